@@ -1,0 +1,103 @@
+"""The FastAPI application and the server that runs it (unix socket, optionally TCP)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+import uvicorn
+from fastapi import FastAPI
+
+from gureum import __version__
+from gureum.api import errors
+from gureum.api.routes import images, instances, operations, system
+from gureum.config import Config
+from gureum.service.core import Services
+
+log = logging.getLogger(__name__)
+
+
+def create_app(svc: Services) -> FastAPI:
+    app = FastAPI(
+        title="gureum",
+        version=__version__,
+        description="Real virtual machines on one host: launch, control, exec, console.",
+    )
+    app.state.services = svc
+    errors.install(app)
+    for module in (instances, operations, images, system):
+        app.include_router(module.router)
+    return app
+
+
+async def serve(config: Config) -> None:
+    """Run the service until SIGINT/SIGTERM. VMs keep running after it stops."""
+    # Everything the service and its QEMUs create (the API socket, disks, logs) is root's alone:
+    # the unix socket is the root-only admin path.
+    os.umask(0o077)
+    svc = Services.build(config)
+    svc.lock_home()
+    report = await svc.start()
+    for key, items in report.items():
+        for item in items:
+            log.info("reconcile at start: %s %s", key, item)
+    app = create_app(svc)
+    sock = config.socket_path
+    sock.unlink(missing_ok=True)
+    servers = [
+        uvicorn.Server(
+            uvicorn.Config(
+                app,
+                uds=str(sock),
+                lifespan="off",
+                log_level="warning",
+                loop="asyncio",
+                ws="websockets-sansio",
+            )
+        )
+    ]
+    if config.listen_tcp:
+        host, _, port = config.listen_tcp.rpartition(":")
+        servers.append(
+            uvicorn.Server(
+                uvicorn.Config(
+                    app,
+                    host=host or "127.0.0.1",
+                    port=int(port),
+                    lifespan="off",
+                    log_level="warning",
+                    loop="asyncio",
+                    ws="websockets-sansio",
+                )
+            )
+        )
+    for server in servers:
+        # We handle signals ourselves, once for all servers.
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    log.info(
+        "gureum %s serving on %s%s (accel %s)",
+        __version__,
+        sock,
+        f" and {config.listen_tcp}" if config.listen_tcp else "",
+        svc.host.accel.accel,
+    )
+    print(
+        f"gureum is serving on {sock} (accel: {svc.host.accel.accel}: {svc.host.accel.reason})",
+        flush=True,
+    )
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    for server in servers:
+        server.should_exit = True
+    with contextlib.suppress(Exception):
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await svc.stop()
+    sock.unlink(missing_ok=True)

@@ -1,0 +1,154 @@
+"""Instances: launch, inspect, control, exec, console."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import contextlib
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, PlainTextResponse
+
+from gureum.api.deps import services, ws_services
+from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, OperationOut
+from gureum.errors import GureumError, InvalidInput
+from gureum.service.core import Services
+from gureum.service.instances import LaunchRequest
+from gureum.units import GIB
+
+router = APIRouter(prefix="/v1/instances", tags=["instances"], responses=COMMON_RESPONSES)
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("", response_model=list[InstanceOut])
+async def list_instances(svc: Svc) -> list[dict[str, object]]:
+    return [svc.instances.view(i) for i in svc.instances.list()]
+
+
+@router.post("", status_code=202, response_model=LaunchOut)
+async def launch(body: LaunchIn, svc: Svc) -> JSONResponse:
+    """Create and boot an instance. Answers at once with the operation to wait on."""
+    if body.disk_gib is not None and not 0 < body.disk_gib < 1e6:
+        raise InvalidInput(f"disk must be a positive size, not {body.disk_gib} GiB")
+    req = LaunchRequest(
+        name=body.name,
+        image=body.image,
+        cpus=body.cpus,
+        memory_mib=body.memory_mib,
+        disk_bytes=None if body.disk_gib is None else int(body.disk_gib * GIB),
+    )
+    inst, op = await svc.instances.launch(req)
+    return JSONResponse(
+        {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
+    )
+
+
+@router.get("/{ref}", response_model=InstanceOut)
+async def get_instance(ref: str, svc: Svc) -> dict[str, object]:
+    """By name or id."""
+    return svc.instances.view(svc.instances.get(ref))
+
+
+def _accepted(op_dict: dict[str, object]) -> JSONResponse:
+    return JSONResponse(op_dict, status_code=202)
+
+
+@router.post("/{ref}/start", status_code=202, response_model=OperationOut)
+async def start(ref: str, svc: Svc) -> JSONResponse:
+    return _accepted((await svc.instances.start(ref)).to_dict())
+
+
+@router.post("/{ref}/stop", status_code=202, response_model=OperationOut)
+async def stop(ref: str, svc: Svc) -> JSONResponse:
+    """Graceful: ACPI power button, then QMP quit, then kill, within the stop timeout."""
+    return _accepted((await svc.instances.stop(ref)).to_dict())
+
+
+@router.post("/{ref}/restart", status_code=202, response_model=OperationOut)
+async def restart(ref: str, svc: Svc) -> JSONResponse:
+    return _accepted((await svc.instances.restart(ref)).to_dict())
+
+
+@router.delete("/{ref}", response_model=InstanceOut)
+async def delete(ref: str, svc: Svc, force: bool = False) -> dict[str, object]:
+    """Removes the instance, its disk and its runtime files. A running one needs ``force``."""
+    inst = await svc.instances.delete(ref, force=force)
+    view = svc.instances.view(inst)
+    view["state"] = "deleted"
+    return view
+
+
+@router.post("/{ref}/exec", response_model=ExecOut)
+async def exec_command(ref: str, body: ExecIn, svc: Svc) -> dict[str, object]:
+    """Run a command in the guest through its agent and wait for it to exit."""
+    stdin = None
+    if body.stdin_b64:
+        try:
+            stdin = base64.b64decode(body.stdin_b64, validate=True)
+        except binascii.Error as exc:
+            raise InvalidInput("stdin_b64 is not valid base64") from exc
+    out = await svc.instances.exec(ref, body.command, stdin=stdin, timeout=body.timeout_s)
+    return {
+        "exit_code": out["exit_code"],
+        "signal": out["signal"],
+        "stdout_b64": base64.b64encode(out["stdout"]).decode(),  # type: ignore[arg-type]
+        "stderr_b64": base64.b64encode(out["stderr"]).decode(),  # type: ignore[arg-type]
+        "truncated": out["truncated"],
+    }
+
+
+@router.get("/{ref}/console/log", response_class=PlainTextResponse)
+async def console_log(
+    ref: str, svc: Svc, tail_bytes: Annotated[int, Query(ge=0, le=64 * 1024 * 1024)] = 65536
+) -> PlainTextResponse:
+    """The serial console's recorded output (the last ``tail_bytes``; 0 = all)."""
+    path = svc.instances.serial_log(ref)
+    try:
+        with open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail_bytes) if tail_bytes else 0)
+            data = f.read()
+    except FileNotFoundError:
+        data = b""
+    return PlainTextResponse(data.decode(errors="replace"))
+
+
+@router.websocket("/{ref}/console")
+async def console(websocket: WebSocket, ref: str) -> None:
+    """Interactive serial console: binary frames both ways, raw bytes."""
+    svc: Services = ws_services(websocket)
+    try:
+        _, serial = svc.instances.console(ref)
+    except GureumError as exc:
+        await websocket.accept()
+        await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})
+        await websocket.close(code=4000 + min(exc.status, 999))
+        return
+    await websocket.accept()
+    output = serial.attach()
+
+    async def pump_out() -> None:
+        while (chunk := await output.get()) is not None:
+            await websocket.send_bytes(chunk)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1000, reason="the VM stopped")
+
+    sender = asyncio.create_task(pump_out())
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes") or (message.get("text") or "").encode()
+            if data:
+                await serial.write(data)
+    except WebSocketDisconnect:
+        pass
+    finally:
+        serial.detach(output)
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender

@@ -1,0 +1,42 @@
+"""Operations: follow and wait on long work."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Query
+
+from gureum.api.deps import services
+from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.schemas import OperationOut
+from gureum.service.core import Services
+
+router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=COMMON_RESPONSES)
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("", response_model=list[OperationOut])
+async def list_operations(
+    svc: Svc,
+    target: str | None = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> list[dict[str, object]]:
+    return [op.to_dict() for op in svc.ops.store.list(limit=limit, target=target)]
+
+
+@router.get("/{op_id}", response_model=OperationOut)
+async def get_operation(
+    op_id: str,
+    svc: Svc,
+    wait_s: Annotated[float, Query(ge=0, le=60, description="long-poll up to this long")] = 0,
+    progress_after: Annotated[
+        int, Query(ge=0, description="return at once if there are more progress lines than this")
+    ] = 0,
+) -> dict[str, object]:
+    """With ``wait_s``, answers as soon as the operation finishes or reports more progress than
+    ``progress_after`` lines, or after ``wait_s`` seconds."""
+    if wait_s > 0:
+        op = await svc.ops.wait(op_id, timeout=wait_s, progress_after=progress_after)
+    else:
+        op = svc.ops.get(op_id)
+    return op.to_dict(progress_after=progress_after)

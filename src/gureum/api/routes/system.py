@@ -1,0 +1,25 @@
+"""The host and the service itself."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from gureum import __version__
+from gureum.api.deps import services
+from gureum.api.schemas import HostOut, VersionOut
+from gureum.service.core import Services
+
+router = APIRouter(prefix="/v1", tags=["system"])
+
+
+@router.get("/version", response_model=VersionOut)
+async def version() -> dict[str, str]:
+    return {"version": __version__, "api": "v1"}
+
+
+@router.get("/host", response_model=HostOut)
+async def host(svc: Annotated[Services, Depends(services)]) -> dict[str, object]:
+    """Accelerator in use, capacity, and what is committed to VMs (admission control)."""
+    return svc.instances.host_summary()

@@ -1,0 +1,130 @@
+"""Request and response bodies of the HTTP API (they make the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Strict(BaseModel):
+    # Unknown fields are an error, not silently ignored: a typo must not launch a default VM.
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable code, e.g. not-found, invalid-input")
+    message: str
+
+
+class ErrorOut(BaseModel):
+    error: ErrorBody
+
+
+class LaunchIn(Strict):
+    name: str = Field(description="instance name: also its hostname", examples=["web1"])
+    image: str = Field(examples=["tiny"])
+    cpus: int = Field(1, description="virtual CPUs")
+    memory_mib: int = Field(256, description="guest memory in MiB")
+    disk_gib: float | None = Field(None, description="root disk size in GiB; default: the image's")
+
+
+class ExecIn(Strict):
+    command: list[str] = Field(min_length=1, examples=[["cat", "/proc/meminfo"]])
+    stdin_b64: str | None = Field(None, description="bytes for the command's stdin, base64")
+    timeout_s: float = Field(60.0, description="give up after this many seconds")
+
+
+class ExecOut(BaseModel):
+    exit_code: int
+    signal: int | None = None
+    stdout_b64: str
+    stderr_b64: str
+    truncated: bool = False
+
+
+class BootPhase(BaseModel):
+    event: str
+    at: float | None
+    since_previous_s: float | None
+
+
+class BootOut(BaseModel):
+    phases: list[BootPhase]
+    total_s: float | None
+
+
+class InstanceOut(BaseModel):
+    id: str
+    name: str
+    state: str = Field(description="pending, starting, running, stopping, stopped, crashed, error")
+    state_reason: str | None
+    image: str
+    image_version: str
+    cpus: int
+    memory_mib: int
+    disk_gib: float
+    disk_bytes: int
+    accel: str | None = Field(description="kvm or tcg")
+    pid: int | None
+    created_at: float
+    updated_at: float | None
+    boot: BootOut
+    host: dict[str, Any]
+
+
+class ProgressOut(BaseModel):
+    index: int
+    at: float
+    message: str
+    fraction: float | None
+
+
+class OperationOut(BaseModel):
+    id: str
+    kind: str
+    target: str
+    status: str = Field(description="running, succeeded or failed")
+    created_at: float
+    finished_at: float | None
+    progress_count: int
+    progress: list[ProgressOut]
+    error: ErrorBody | None
+    result: dict[str, Any] | None
+
+
+class LaunchOut(BaseModel):
+    instance: InstanceOut
+    operation: OperationOut
+
+
+class ImageOut(BaseModel):
+    name: str
+    version: str
+    kernel_version: str
+    path: str
+    files: dict[str, dict[str, Any]]
+    packages: dict[str, str]
+    disk_virtual_bytes: int
+    disk_gib: float
+    size_bytes: int
+    built_at: float
+
+
+class VerifyOut(BaseModel):
+    name: str
+    ok: bool
+    problems: list[str]
+
+
+class HostOut(BaseModel):
+    accel: str
+    accel_reason: str
+    capacity: dict[str, Any]
+    committed: dict[str, Any]
+    instances: int
+
+
+class VersionOut(BaseModel):
+    version: str
+    api: str

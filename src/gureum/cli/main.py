@@ -1,0 +1,46 @@
+"""The ``gureum`` command: a thin client of the API (and ``serve``, which runs it)."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from gureum.cli import images, instances, system
+from gureum.cli.output import err
+from gureum.client.client import ApiError
+from gureum.errors import GureumError
+
+app = typer.Typer(
+    name="gureum",
+    help=(
+        "gureum: real virtual machines on one host.\n\n"
+        "Start the service with `gureum serve`, build an image with `gureum image build tiny`, "
+        "then `gureum launch tiny --name web1`. State lives in $GUREUM_HOME "
+        "(default /var/lib/gureum); GUREUM_URL points the CLI at a TCP service instead."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+instances.register(app)
+system.register(app)
+app.add_typer(images.app, name="image")
+
+
+def main() -> None:
+    try:
+        app()
+    except ApiError as exc:
+        err.print(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else ""), markup=False)
+        sys.exit(1)
+    except GureumError as exc:
+        err.print(f"error: {exc.message} [{exc.code}]", markup=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

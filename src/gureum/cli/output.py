@@ -1,0 +1,127 @@
+"""How the CLI shows things: rich tables for people, JSON for scripts, progress on long work."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from gureum.client.client import Client
+from gureum.units import format_size
+
+out = Console(highlight=False)
+err = Console(stderr=True, highlight=False)
+
+
+class Format(StrEnum):
+    table = "table"
+    json = "json"
+
+
+OutputOpt = Annotated[
+    Format, typer.Option("-o", "--output", help="Output format: a table for people, or json.")
+]
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def table(columns: list[str], rows: list[list[str]]) -> None:
+    t = Table(box=None, pad_edge=False, header_style="bold")
+    for col in columns:
+        t.add_column(col)
+    for row in rows:
+        t.add_row(*row)
+    out.print(t)
+
+
+def age(ts: float | None) -> str:
+    if not ts:
+        return "-"
+    seconds = max(0, time.time() - ts)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def instance_rows(items: list[dict[str, Any]]) -> None:
+    table(
+        ["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "ACCEL", "PID", "AGE"],
+        [
+            [
+                i["name"],
+                i["state"],
+                i["image"],
+                str(i["cpus"]),
+                format_size(i["memory_mib"] * 1024 * 1024),
+                format_size(i["disk_bytes"]),
+                i["accel"] or "-",
+                str(i["pid"] or "-"),
+                age(i["created_at"]),
+            ]
+            for i in items
+        ],
+    )
+
+
+def boot_lines(boot: dict[str, Any]) -> list[str]:
+    lines = []
+    start = None
+    for phase in boot["phases"]:
+        if phase["at"] is None:
+            continue
+        start = start if start is not None else phase["at"]
+        step = phase["since_previous_s"]
+        lines.append(
+            f"  {phase['event']:<16} +{phase['at'] - start:6.2f} s"
+            + (f"  ({step:.2f} s)" if step is not None else "")
+        )
+    return lines
+
+
+def instance_detail(i: dict[str, Any]) -> None:
+    host = i.get("host") or {}
+    pairs = [
+        ("Name", i["name"]),
+        ("ID", i["id"]),
+        ("State", i["state"] + (f" ({i['state_reason']})" if i.get("state_reason") else "")),
+        ("Image", f"{i['image']} ({i['image_version']})"),
+        ("CPUs", str(i["cpus"])),
+        ("Memory", f"{i['memory_mib']} MiB"),
+        ("Disk", f"{i['disk_gib']:g} GiB"),
+        ("Accel", i["accel"] or "-"),
+        ("PID", str(i["pid"] or "-")),
+        ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"]))),
+    ]
+    if host.get("rss_bytes"):
+        pairs.append(("QEMU RSS", format_size(host["rss_bytes"])))
+    if host.get("disk_allocated_bytes") is not None:
+        pairs.append(("Disk used", format_size(host["disk_allocated_bytes"]) + " (overlay)"))
+    for key, value in pairs:
+        out.print(f"[bold]{key + ':':<11}[/bold] {value}")
+    lines = boot_lines(i["boot"])
+    if lines:
+        total = i["boot"]["total_s"]
+        out.print(f"[bold]Boot:[/bold]{'' if total is None else f'       ready in {total:.2f} s'}")
+        for line in lines:
+            out.print(line)
+
+
+def follow(client: Client, op: dict[str, Any], *, quiet: bool = False) -> dict[str, Any]:
+    """Print an operation's progress as it happens; return it finished (raise if it failed)."""
+
+    def show(line: dict[str, Any]) -> None:
+        if not quiet:
+            frac = line.get("fraction")
+            pct = f"[{frac * 100:3.0f}%] " if frac is not None else ""
+            err.print(f"  {pct}{line['message']}")
+
+    return client.wait(op["id"], on_progress=show)

@@ -1,0 +1,116 @@
+"""Service-level commands: serve, host, operation."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from typing import Annotated
+
+import typer
+
+from gureum.cli import output
+from gureum.cli.output import Format, OutputOpt, out
+from gureum.client.client import Client
+
+operation_app = typer.Typer(
+    help="Follow long work: launches, stops, image builds.", no_args_is_help=True
+)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command()
+    def serve(
+        verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log debug detail.")] = False,
+    ) -> None:
+        """Run the gureum service (HTTP API on $GUREUM_HOME/gureum.sock; TCP if GUREUM_LISTEN).
+
+        VMs run in their own processes and keep running when the service stops; the next
+        `gureum serve` re-adopts them.
+        """
+        from gureum.api.app import serve as run_server
+        from gureum.config import load_config
+
+        config = load_config()
+        config.home.mkdir(parents=True, exist_ok=True)
+        handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+        handlers.append(logging.FileHandler(config.log_path))
+        logging.basicConfig(
+            level=logging.DEBUG if verbose else logging.INFO,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+            handlers=handlers,
+        )
+        asyncio.run(run_server(config))
+
+    @app.command()
+    def host(fmt: OutputOpt = Format.table) -> None:
+        """Show the host: accelerator, capacity and what VMs have committed."""
+        with Client() as client:
+            info = client.host()
+        if fmt == Format.json:
+            output.print_json(info)
+            return
+        cap, used = info["capacity"], info["committed"]
+        out.print(f"[bold]Accel:[/]   {info['accel']} ({info['accel_reason']})")
+        out.print(
+            f"[bold]Memory:[/]  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
+            f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)"
+        )
+        out.print(
+            f"[bold]vCPUs:[/]   {used['cpus']} of {cap['vcpu_limit']} committed "
+            f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})"
+        )
+        out.print(f"[bold]VMs:[/]     {info['instances']}")
+
+    app.add_typer(operation_app, name="operation")
+
+
+@operation_app.command("list")
+def op_list(fmt: OutputOpt = Format.table) -> None:
+    """Recent operations."""
+    with Client() as client:
+        ops = client.request("GET", "/v1/operations")
+    if fmt == Format.json:
+        output.print_json(ops)
+        return
+    output.table(
+        ["ID", "KIND", "TARGET", "STATUS", "AGE", "LAST"],
+        [
+            [
+                o["id"],
+                o["kind"],
+                o["target"],
+                o["status"],
+                output.age(o["created_at"]),
+                (o["error"] or {}).get("message")
+                or (o["progress"][-1]["message"] if o["progress"] else ""),
+            ]
+            for o in ops
+        ],
+    )
+
+
+@operation_app.command("show")
+def op_show(op_id: str, fmt: OutputOpt = Format.table) -> None:
+    """One operation with all its progress."""
+    with Client() as client:
+        op = client.operation(op_id)
+    if fmt == Format.json:
+        output.print_json(op)
+        return
+    out.print(f"{op['id']} {op['kind']} {op['target']}: {op['status']}")
+    for line in op["progress"]:
+        out.print(f"  {line['message']}")
+    if op["error"]:
+        out.print(f"  error ({op['error']['code']}): {op['error']['message']}")
+
+
+@operation_app.command("wait")
+def op_wait(op_id: str, fmt: OutputOpt = Format.table) -> None:
+    """Wait for an operation, printing its progress; exits non-zero if it failed."""
+    with Client() as client:
+        op = output.follow(client, client.operation(op_id))
+    if fmt == Format.json:
+        output.print_json(op)
+    else:
+        out.print(f"{op['id']} {op['status']}")

@@ -1,0 +1,204 @@
+"""A Python client of the gureum API. The CLI and the integration tests both use it."""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from gureum.config import home_from_env
+
+UNIX_BASE = "http://gureum"
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+class ServiceDown(ApiError):
+    def __init__(self, where: str, home: Path | None) -> None:
+        how = "gureum serve" if home is None else f"GUREUM_HOME={home} gureum serve"
+        super().__init__(
+            0,
+            "unavailable",
+            f"the gureum service is not running at {where}.\n"
+            f"Start it with `{how} &` (or `make demo` sets everything up).",
+        )
+
+
+@dataclass
+class Endpoint:
+    base_url: str
+    socket: Path | None  # unix socket, or None for TCP
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | None = None) -> Endpoint:
+        env = dict(os.environ) if env is None else env
+        if env.get("GUREUM_URL"):
+            return cls(env["GUREUM_URL"].rstrip("/"), None)
+        return cls(UNIX_BASE, home_from_env(env) / "gureum.sock")
+
+    @property
+    def where(self) -> str:
+        return str(self.socket) if self.socket else self.base_url
+
+    @property
+    def ws_url(self) -> str:
+        return ("ws" + self.base_url[4:]) if self.base_url.startswith("http") else self.base_url
+
+
+class Client:
+    def __init__(self, endpoint: Endpoint | None = None, timeout: float = 120.0) -> None:
+        self.endpoint = endpoint or Endpoint.from_env()
+        transport = (
+            httpx.HTTPTransport(uds=str(self.endpoint.socket)) if self.endpoint.socket else None
+        )
+        self.http = httpx.Client(
+            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
+        )
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise ServiceDown(self.endpoint.where, self._home()) from exc
+        if resp.status_code >= 400:
+            try:
+                err = resp.json()["error"]
+                raise ApiError(resp.status_code, err["code"], err["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(resp.status_code, "http-error", resp.text[:500]) from None
+        if resp.headers.get("content-type", "").startswith("application/json"):
+            return resp.json()
+        return resp.text
+
+    def _home(self) -> Path | None:
+        return self.endpoint.socket.parent if self.endpoint.socket else None
+
+    # -- instances -------------------------------------------------------------------------------
+    def launch(
+        self,
+        name: str,
+        image: str,
+        *,
+        cpus: int = 1,
+        memory_mib: int = 256,
+        disk_gib: float | None = None,
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "name": name,
+            "image": image,
+            "cpus": cpus,
+            "memory_mib": memory_mib,
+        }
+        if disk_gib is not None:
+            body["disk_gib"] = disk_gib
+        return self.request("POST", "/v1/instances", json=body)
+
+    def instances(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/instances")
+
+    def instance(self, ref: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/instances/{ref}")
+
+    def action(self, ref: str, action: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/instances/{ref}/{action}")
+
+    def delete(self, ref: str, *, force: bool = False) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/instances/{ref}", params={"force": str(force).lower()})
+
+    def exec(
+        self, ref: str, command: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> dict[str, Any]:
+        body: dict[str, Any] = {"command": command, "timeout_s": timeout}
+        if stdin:
+            body["stdin_b64"] = base64.b64encode(stdin).decode()
+        out = self.request("POST", f"/v1/instances/{ref}/exec", json=body, timeout=timeout + 30)
+        out["stdout"] = base64.b64decode(out.pop("stdout_b64"))
+        out["stderr"] = base64.b64decode(out.pop("stderr_b64"))
+        return out
+
+    def console_log(self, ref: str, tail_bytes: int = 65536) -> str:
+        return self.request(
+            "GET", f"/v1/instances/{ref}/console/log", params={"tail_bytes": tail_bytes}
+        )
+
+    # -- operations ------------------------------------------------------------------------------
+    def operation(
+        self, op_id: str, *, wait_s: float = 0, progress_after: int = 0
+    ) -> dict[str, Any]:
+        return self.request(
+            "GET",
+            f"/v1/operations/{op_id}",
+            params={"wait_s": wait_s, "progress_after": progress_after},
+            timeout=wait_s + 30,
+        )
+
+    def follow(self, op_id: str, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+        """Yield each progress line as it happens, then the finished operation (last item).
+
+        Long-polls: each request returns the moment there is news, so nothing waits on a timer.
+        """
+        seen = 0
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            op = self.operation(op_id, wait_s=30, progress_after=seen)
+            for line in op["progress"]:
+                if line["index"] >= seen:
+                    yield {"progress": line}
+            seen = op["progress_count"]
+            if op["status"] != "running":
+                yield {"operation": op}
+                return
+            if deadline is not None and time.monotonic() > deadline:
+                raise ApiError(0, "timeout", f"operation {op_id} still running after {timeout} s")
+
+    def wait(
+        self,
+        op_id: str,
+        timeout: float | None = None,
+        on_progress: Callable[[dict[str, Any]], None] | None = None,
+    ) -> dict[str, Any]:
+        """Wait for an operation; raise ApiError with its error if it failed."""
+        for item in self.follow(op_id, timeout):
+            if "progress" in item and on_progress is not None:
+                on_progress(item["progress"])
+            if "operation" in item:
+                op = item["operation"]
+                if op["status"] == "failed":
+                    err = op["error"] or {"code": "internal", "message": "failed"}
+                    raise ApiError(0, err["code"], err["message"])
+                return op
+        raise AssertionError("unreachable")
+
+    # -- images and host -------------------------------------------------------------------------
+    def build_image(self, name: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/images/{name}/build")
+
+    def images(self) -> list[dict[str, Any]]:
+        return self.request("GET", "/v1/images")
+
+    def image(self, name: str) -> dict[str, Any]:
+        return self.request("GET", f"/v1/images/{name}")
+
+    def host(self) -> dict[str, Any]:
+        return self.request("GET", "/v1/host")

@@ -1,0 +1,122 @@
+"""Configuration: one home folder, a few knobs, read from ``$GUREUM_HOME/config.toml`` and env.
+
+Everything gureum keeps lives under ``home`` so that several instances of the service (tests,
+users) can run side by side without seeing each other. Environment variables win over the file
+so that a test can override one knob without writing files.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from gureum.errors import InvalidInput
+
+DEFAULT_HOME = "/var/lib/gureum"
+
+
+@dataclass(frozen=True)
+class Config:
+    home: Path = Path(DEFAULT_HOME)
+    # "host:port" to also serve the API over TCP; the unix socket is always served.
+    listen_tcp: str | None = None
+    # auto: KVM only where the CPU advertises vmx/svm and /dev/kvm opens; else TCG.
+    accel: str = "auto"
+    qemu_binary: str = "qemu-system-x86_64"
+    # Admission control: guest memory may use the host's memory minus this reserve, and vCPUs
+    # may be over-committed up to this ratio of host CPUs. None = max(1 GiB, 10% of host).
+    memory_reserve_mib: int | None = None
+    cpu_overcommit: float = 4.0
+    boot_timeout_s: float = 180.0
+    stop_timeout_s: float = 30.0
+    # TCG's translation cache; QEMU's default (1 GiB on 64-bit hosts) makes each idle VM's RSS
+    # large for no gain on small guests.
+    tcg_tb_size_mib: int = 128
+    reconcile_interval_s: float = 2.0
+    extra: dict[str, str] = field(default_factory=dict)
+
+    # -- derived paths -------------------------------------------------------------------------
+    @property
+    def db_path(self) -> Path:
+        return self.home / "gureum.db"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.home / "gureum.sock"
+
+    @property
+    def images_dir(self) -> Path:
+        return self.home / "images"
+
+    @property
+    def instances_dir(self) -> Path:
+        return self.home / "instances"
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "cache"
+
+    @property
+    def log_path(self) -> Path:
+        return self.home / "service.log"
+
+
+_ENV = {
+    "listen_tcp": "GUREUM_LISTEN",
+    "accel": "GUREUM_ACCEL",
+    "qemu_binary": "GUREUM_QEMU",
+    "memory_reserve_mib": "GUREUM_MEMORY_RESERVE_MIB",
+    "cpu_overcommit": "GUREUM_CPU_OVERCOMMIT",
+    "boot_timeout_s": "GUREUM_BOOT_TIMEOUT",
+    "stop_timeout_s": "GUREUM_STOP_TIMEOUT",
+    "tcg_tb_size_mib": "GUREUM_TCG_TB_SIZE_MIB",
+    "reconcile_interval_s": "GUREUM_RECONCILE_INTERVAL",
+}
+
+
+def home_from_env(env: dict[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(env.get("GUREUM_HOME") or DEFAULT_HOME)
+
+
+def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    home = (home or home_from_env(env)).absolute()
+    values: dict[str, object] = {}
+    path = home / "config.toml"
+    if path.exists():
+        try:
+            values.update(tomllib.loads(path.read_text()))
+        except tomllib.TOMLDecodeError as exc:
+            raise InvalidInput(f"{path}: {exc}") from exc
+    for key, var in _ENV.items():
+        if env.get(var):
+            values[key] = env[var]
+    known = {f.name: f for f in fields(Config)}
+    kwargs: dict[str, object] = {"home": home}
+    for key, raw in values.items():
+        if key not in known or key in ("home", "extra"):
+            raise InvalidInput(f"unknown configuration key {key!r} in {path} or environment")
+        kwargs[key] = _coerce(key, raw, known[key].type)
+    config = Config(**kwargs)  # type: ignore[arg-type]
+    if config.accel not in ("auto", "kvm", "tcg"):
+        raise InvalidInput(f"accel must be auto, kvm or tcg, not {config.accel!r}")
+    return config
+
+
+def _coerce(key: str, raw: object, type_name: object) -> object:
+    text = str(type_name)
+    try:
+        if "float" in text:
+            return float(raw)  # type: ignore[arg-type]
+        if "int" in text:
+            return int(raw)  # type: ignore[call-overload]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"configuration {key}: {raw!r} is not a number") from exc
+    return str(raw)

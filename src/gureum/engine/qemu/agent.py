@@ -1,0 +1,136 @@
+"""The QEMU guest agent (qemu-ga) protocol, spoken over the VM's virtio-serial port.
+
+qemu-ga has no greeting and no request ids: after (re)connecting, stale replies from an earlier
+client may still be in the pipe. ``guest-sync-delimited`` with a random id fixes that: the agent
+answers with a 0xFF byte followed by the id, and everything before it is discarded. Any timeout
+drops the connection so the next call starts clean.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gureum.errors import EngineError, Timeout, Unavailable
+
+
+@dataclass
+class ExecResult:
+    exit_code: int
+    stdout: bytes
+    stderr: bytes
+    signal: int | None = None
+    truncated: bool = False
+
+
+class GuestAgent:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._reader: asyncio.StreamReader | None = None
+        self._writer: asyncio.StreamWriter | None = None
+        self._lock = asyncio.Lock()
+
+    async def _connect(self, timeout: float) -> None:
+        try:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(str(self.path), limit=64 * 1024 * 1024), timeout
+            )
+        except (OSError, TimeoutError) as exc:
+            raise Unavailable(f"guest agent socket {self.path} is not available: {exc}") from exc
+        sync_id = secrets.randbelow(2**31)
+        self._send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+        await self._writer.drain()
+        try:
+            await asyncio.wait_for(self._reader.readuntil(b"\xff"), timeout)
+            while True:
+                reply = await asyncio.wait_for(self._read_message(), timeout)
+                if reply.get("return") == sync_id:
+                    return
+        except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
+            await self.close()
+            raise Timeout(f"guest agent did not answer within {timeout} s") from exc
+
+    def _send(self, msg: dict[str, Any]) -> None:
+        assert self._writer is not None
+        self._writer.write(json.dumps(msg).encode() + b"\n")
+
+    async def _read_message(self) -> dict[str, Any]:
+        assert self._reader is not None
+        while True:
+            line = await self._reader.readline()
+            if not line:
+                raise EngineError("guest agent closed the connection")
+            line = line.strip().lstrip(b"\xff")
+            if line:
+                return json.loads(line)
+
+    async def call(
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 10.0
+    ) -> Any:
+        async with self._lock:
+            if self._writer is None:
+                await self._connect(timeout)
+            msg: dict[str, Any] = {"execute": cmd}
+            if args:
+                msg["arguments"] = args
+            try:
+                self._send(msg)
+                await self._writer.drain()  # type: ignore[union-attr]
+                reply = await asyncio.wait_for(self._read_message(), timeout)
+            except TimeoutError as exc:
+                await self._close_locked()
+                raise Timeout(f"guest agent: {cmd} did not answer within {timeout} s") from exc
+            except (OSError, EngineError, json.JSONDecodeError) as exc:
+                await self._close_locked()
+                raise Unavailable(f"guest agent: {cmd} failed: {exc}") from exc
+        if "error" in reply:
+            raise EngineError(f"guest agent: {cmd}: {reply['error'].get('desc', reply['error'])}")
+        return reply.get("return")
+
+    async def ping(self, timeout: float = 5.0) -> None:
+        await self.call("guest-ping", timeout=timeout)
+
+    async def exec(
+        self, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> ExecResult:
+        """Run argv in the guest and wait for it. qemu-ga offers no push notification on exit,
+        so exit status is polled, starting at 5 ms and backing off to 100 ms."""
+        args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
+        if stdin:
+            args["input-data"] = base64.b64encode(stdin).decode()
+        started = await self.call("guest-exec", args)
+        pid = started["pid"]
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.005
+        while True:
+            status = await self.call("guest-exec-status", {"pid": pid})
+            if status.get("exited"):
+                break
+            if loop.time() >= deadline:
+                raise Timeout(f"command did not finish within {timeout} s (guest pid {pid})")
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.1)
+        return ExecResult(
+            exit_code=int(status.get("exitcode", 128 + int(status.get("signal", 0)))),
+            stdout=base64.b64decode(status.get("out-data", "")),
+            stderr=base64.b64decode(status.get("err-data", "")),
+            signal=status.get("signal"),
+            truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
+        )
+
+    async def _close_locked(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            with contextlib.suppress(Exception):
+                await self._writer.wait_closed()
+        self._reader = self._writer = None
+
+    async def close(self) -> None:
+        await self._close_locked()

@@ -1,0 +1,146 @@
+"""QEMU processes: spawning them detached, watching them die, finding them again.
+
+A VM's QEMU runs in its own session (``setsid``), so it outlives the service: stopping or
+killing the service never stops a VM, as with libvirt. While the service that spawned a QEMU
+lives it reaps it; after a restart the service re-finds each QEMU by its pid file and checks the
+command line before trusting it (pids are reused).
+
+Exit is noticed through a pidfd, which becomes readable the moment the process dies (child or
+not): crash detection is an event, not a poll.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+from gureum.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+
+def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
+    """Start QEMU in a new session with stdout/stderr to its log; returns at once."""
+    with open(log_path, "ab") as out:
+        try:
+            return subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                start_new_session=True,
+                close_fds=True,
+            )
+        except FileNotFoundError as exc:
+            raise EngineError(f"{argv[0]} is not installed (run `make setup`)") from exc
+
+
+def proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc/PID/stat, or None when there is no such process."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # The command name is in parentheses and may itself contain spaces or parentheses.
+    return stat[stat.rindex(")") + 2]
+
+
+def is_alive(pid: int) -> bool:
+    """True for a live process; a zombie (dead, not yet reaped) counts as dead."""
+    state = proc_state(pid)
+    return state is not None and state not in ("Z", "X")
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return []
+    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
+
+
+def read_pidfile(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def owns(pid: int, marker: str) -> bool:
+    """Is ``pid`` a live QEMU whose command line mentions ``marker`` (its runtime folder)?"""
+    if not is_alive(pid):
+        return False
+    argv = cmdline(pid)
+    return bool(argv) and "qemu-system" in argv[0] and any(marker in a for a in argv)
+
+
+def find_by_marker(marker: str) -> list[int]:
+    """Every live QEMU whose command line mentions ``marker`` (used to find leftovers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and owns(int(entry.name), marker):
+            found.append(int(entry.name))
+    return found
+
+
+def reap(pid: int) -> None:
+    """Collect the exit status if ``pid`` is our child, so it does not linger as a zombie."""
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def kill(pid: int, sig: int = signal.SIGKILL) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, sig)
+
+
+class ExitWatch:
+    """Calls ``on_exit`` once, from the event loop, when the process ``pid`` dies."""
+
+    def __init__(self, pid: int, on_exit: Callable[[], None]) -> None:
+        self.pid = pid
+        self._on_exit = on_exit
+        self._loop = asyncio.get_running_loop()
+        self.exited = asyncio.Event()
+        self._fd: int | None = None
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            self._loop.call_soon(self._fire)
+            return
+        self._loop.add_reader(self._fd, self._fire)
+
+    def _fire(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        if self.exited.is_set():
+            return
+        self.exited.set()
+        self._on_exit()  # first: the owner may collect the exit status itself (Popen.poll)
+        reap(self.pid)
+
+    def check(self) -> None:
+        """Safety net for the reconciler: fire if the process is gone but no event came."""
+        if not self.exited.is_set() and not is_alive(self.pid):
+            self._fire()
+
+    async def wait(self, timeout: float | None = None) -> bool:
+        try:
+            await asyncio.wait_for(self.exited.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        if self._fd is not None:
+            self._loop.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = None

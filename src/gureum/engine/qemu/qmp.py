@@ -1,0 +1,67 @@
+"""A VM's QEMU Machine Protocol connection, over the official ``qemu.qmp`` client."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from qemu.qmp import EventListener, QMPClient, QMPError
+from qemu.qmp.qmp_client import ExecuteError
+
+from gureum.errors import EngineError, Timeout
+
+log = logging.getLogger(__name__)
+# qemu.qmp logs every disconnect as an error; a VM powering off is not an error for us.
+logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
+
+EventHandler = Callable[[str, dict[str, Any]], None]
+
+
+class Monitor:
+    def __init__(self, name: str, on_event: EventHandler | None = None) -> None:
+        self.client = QMPClient(name)
+        self._listener = EventListener()
+        self.client.register_listener(self._listener)
+        self._on_event = on_event
+        self._pump: asyncio.Task[None] | None = None
+
+    async def connect(self, path: Path, timeout: float = 10.0) -> None:
+        try:
+            await asyncio.wait_for(self.client.connect(str(path)), timeout)
+        except TimeoutError as exc:
+            raise Timeout(f"QMP at {path} did not answer within {timeout} s") from exc
+        except (QMPError, OSError) as exc:
+            raise EngineError(f"cannot connect to QMP at {path}: {exc}") from exc
+        self._pump = asyncio.create_task(self._dispatch(), name=f"qmp-events-{self.client.name}")
+
+    async def _dispatch(self) -> None:
+        async for event in self._listener:
+            if self._on_event is not None:
+                try:
+                    self._on_event(event["event"], dict(event.get("data") or {}))
+                except Exception:  # a handler bug must not stop event delivery
+                    log.exception("QMP event handler failed")
+
+    async def execute(
+        self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0
+    ) -> Any:
+        try:
+            return await asyncio.wait_for(self.client.execute(cmd, args), timeout)
+        except TimeoutError as exc:
+            raise Timeout(f"QMP {cmd} did not answer within {timeout} s") from exc
+        except ExecuteError as exc:
+            raise EngineError(f"QMP {cmd} failed: {exc.error.desc}") from exc
+        except (QMPError, OSError) as exc:
+            raise EngineError(f"QMP {cmd} failed: {exc}") from exc
+
+    async def close(self) -> None:
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        with contextlib.suppress(Exception):
+            await self.client.disconnect()

@@ -1,0 +1,230 @@
+"""One running QEMU: its process, monitor, guest agent and serial console, as one object.
+
+This is the engine's whole view of a VM. It knows nothing of users, names in a database or
+HTTP; it reports what happens (boot events, exit) to whoever owns it through ``VMEvents``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Protocol
+
+from gureum.engine.qemu import process
+from gureum.engine.qemu.agent import ExecResult, GuestAgent
+from gureum.engine.qemu.argv import AGENT_PORT_ID, VMConfig, render
+from gureum.engine.qemu.qmp import Monitor
+from gureum.engine.qemu.serial import SerialConsole
+from gureum.errors import EngineError, GureumError, Timeout
+
+log = logging.getLogger(__name__)
+
+# What the kernel prints last when the guest powers itself off.
+POWER_DOWN_LINE = b"reboot: Power down"
+
+
+class VMEvents(Protocol):
+    def on_boot_event(self, event: str, at: float) -> None: ...
+
+    def on_exit(self, how: str, detail: str) -> None:
+        """``how`` is "stopped" (asked for: by the host or by the guest) or "crashed"."""
+
+
+def ended_with_power_down(serial_log: Path) -> bool:
+    """For a QEMU that died while nobody watched: did the guest power itself off?"""
+    try:
+        with open(serial_log, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            return POWER_DOWN_LINE in f.read()
+    except FileNotFoundError:
+        return False
+
+
+def log_tail(path: Path, lines: int = 5) -> str:
+    try:
+        text = path.read_text(errors="replace").strip().splitlines()
+    except FileNotFoundError:
+        return ""
+    return " / ".join(text[-lines:])
+
+
+class QemuVM:
+    def __init__(self, cfg: VMConfig, events: VMEvents) -> None:
+        self.cfg = cfg
+        self.events = events
+        rt = cfg.runtime
+        self.monitor = Monitor(cfg.name, self._on_qmp_event)
+        self.agent = GuestAgent(rt.agent)
+        self.serial = SerialConsole(rt.serial, self._on_marker)
+        self.pid: int | None = None
+        self._proc: Any = None
+        self._watch: process.ExitWatch | None = None
+        self._agent_port_open = asyncio.Event()
+        self._stop_requested = False
+        self._guest_shutdown = False
+        self.exit_how: str | None = None
+
+    # -- start / adopt ---------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Spawn QEMU paused, attach monitor and console, then let the guest run."""
+        rt = self.cfg.runtime
+        rt.dir.mkdir(parents=True, exist_ok=True)
+        for stale in (rt.qmp, rt.agent, rt.serial, rt.pidfile):
+            stale.unlink(missing_ok=True)
+        argv = render(self.cfg)
+        started = time.time()
+        self._proc = process.spawn(argv, rt.qemu_log)
+        self.pid = self._proc.pid
+        self.events.on_boot_event("process_started", started)
+        self._watch = process.ExitWatch(self.pid, self._on_process_exit)
+        try:
+            await self._wait_for_socket(rt.qmp, timeout=30)
+            await self.monitor.connect(rt.qmp)
+            await self.serial.connect()
+            await self.monitor.execute("cont")
+        except GureumError:
+            await self.kill()
+            raise
+
+    async def adopt(self, pid: int, *, booted: bool) -> None:
+        """Take over a QEMU left running by an earlier service process."""
+        self.pid = pid
+        self._watch = process.ExitWatch(pid, self._on_process_exit)
+        await self.monitor.connect(self.cfg.runtime.qmp)
+        self.serial.expect_output(booted)
+        await self.serial.connect()
+        # The agent port was opened before we listened: no event will say so again.
+        self._agent_port_open.set()
+
+    async def _wait_for_socket(self, path: Path, timeout: float) -> None:
+        # QEMU creates its sockets within milliseconds of starting; the loop ends as soon as it
+        # does, or as soon as QEMU exits (bad argument, missing file) with its own message.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while not path.exists():
+            assert self._watch is not None
+            if self._watch.exited.is_set() or not process.is_alive(self.pid or 0):
+                raise EngineError(
+                    f"QEMU exited at start: {log_tail(self.cfg.runtime.qemu_log) or 'no output'}"
+                )
+            if loop.time() > deadline:
+                raise Timeout(f"QEMU did not create {path.name} within {timeout} s")
+            await asyncio.sleep(0.005)
+
+    # -- readiness -------------------------------------------------------------------------------
+    async def wait_ready(self, timeout: float) -> None:
+        """Return once the guest agent answers; event-driven: the agent opening its port shows
+        up as a QMP VSERPORT_CHANGE event, and only then is it pinged."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        assert self._watch is not None
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise Timeout(f"guest did not become ready within {timeout:.0f} s")
+            port = asyncio.ensure_future(self._agent_port_open.wait())
+            died = asyncio.ensure_future(self._watch.exited.wait())
+            done, pending = await asyncio.wait(
+                {port, died}, timeout=remaining, return_when=asyncio.FIRST_COMPLETED
+            )
+            for task in pending:
+                task.cancel()
+            if died in done:
+                raise EngineError(
+                    "QEMU exited while the guest was booting: "
+                    f"{log_tail(self.cfg.runtime.qemu_log) or 'no message'}"
+                )
+            if port not in done:
+                continue
+            try:
+                await self.agent.ping(timeout=min(5.0, max(0.5, deadline - loop.time())))
+            except GureumError:
+                # Port opened but the agent is not answering yet (or it restarted): wait for
+                # the next open event.
+                self._agent_port_open.clear()
+                continue
+            self.events.on_boot_event("agent_ready", time.time())
+            return
+
+    def _on_marker(self, event: str, at: float) -> None:
+        if event in ("kernel_started", "init_started"):
+            self.events.on_boot_event(event, at)
+
+    def _on_qmp_event(self, name: str, data: dict[str, Any]) -> None:
+        if name == "VSERPORT_CHANGE" and data.get("id") == AGENT_PORT_ID:
+            if data.get("open"):
+                self._agent_port_open.set()
+            else:
+                self._agent_port_open.clear()
+        elif name == "SHUTDOWN" and data.get("guest"):
+            self._guest_shutdown = True
+
+    # -- stop ------------------------------------------------------------------------------------
+    async def stop(self, timeout: float) -> str:
+        """ACPI power button, then QMP quit, then SIGKILL. Returns which one ended it."""
+        assert self._watch is not None
+        self._stop_requested = True
+        with contextlib.suppress(GureumError):
+            await self.monitor.execute("system_powerdown", timeout=5)
+            if await self._watch.wait(timeout):
+                return "powerdown"
+        with contextlib.suppress(GureumError):
+            await self.monitor.execute("quit", timeout=5)
+        if await self._watch.wait(5):
+            return "quit"
+        await self.kill()
+        return "killed"
+
+    async def kill(self) -> None:
+        self._stop_requested = True
+        if self.pid is not None:
+            process.kill(self.pid)
+        if self._watch is not None:
+            await self._watch.wait(10)
+
+    def _on_process_exit(self) -> None:
+        if self._proc is not None:
+            with contextlib.suppress(Exception):
+                self._proc.wait(timeout=0)
+        if self._stop_requested or self._guest_shutdown:
+            how, detail = "stopped", "guest powered off" if self._guest_shutdown else "stopped"
+        else:
+            how = "crashed"
+            detail = (
+                f"QEMU exited unexpectedly: {log_tail(self.cfg.runtime.qemu_log, 2) or 'killed'}"
+            )
+        self.exit_how = how
+        asyncio.get_running_loop().create_task(self._close_channels())
+        self.events.on_exit(how, detail)
+
+    async def _close_channels(self) -> None:
+        await self.monitor.close()
+        await self.serial.close()
+        await self.agent.close()
+
+    def check_alive(self) -> None:
+        if self._watch is not None:
+            self._watch.check()
+
+    @property
+    def exited(self) -> bool:
+        return self._watch is not None and self._watch.exited.is_set()
+
+    # -- guest -----------------------------------------------------------------------------------
+    async def exec(self, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:
+        return await self.agent.exec(argv, stdin=stdin, timeout=timeout)
+
+    def rss_bytes(self) -> int | None:
+        if self.pid is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+        except FileNotFoundError:
+            return None
+        return None

@@ -1,0 +1,80 @@
+"""One exception hierarchy for everything a user can see go wrong.
+
+Every error carries a stable machine-readable ``code`` (kebab-case), a human ``message`` and the
+HTTP status the API maps it to. The API renders ``{"error": {"code", "message"}}`` from it and
+the CLI prints the message and exits non-zero; nothing else decides how an error looks.
+"""
+
+from __future__ import annotations
+
+
+class GureumError(Exception):
+    """Base of every error gureum reports on purpose."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+    def to_dict(self) -> dict[str, dict[str, str]]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class InvalidInput(GureumError):
+    """The request itself is wrong: a bad name, size, count or body."""
+
+    code = "invalid-input"
+    status = 400
+
+
+class NotFound(GureumError):
+    code = "not-found"
+    status = 404
+
+
+class Conflict(GureumError):
+    """The request is valid but clashes with the current state (duplicate name, wrong state)."""
+
+    code = "conflict"
+    status = 409
+
+
+class InvalidState(Conflict):
+    """The resource is not in a state that allows the action (exec on a stopped VM...)."""
+
+    code = "invalid-state"
+
+
+class InsufficientCapacity(GureumError):
+    """Admission control: the host cannot take this much more without over-committing."""
+
+    code = "insufficient-capacity"
+    status = 409
+
+
+class Unavailable(GureumError):
+    """Something the action needs is not there or not answering (the service, an agent...)."""
+
+    code = "unavailable"
+    status = 503
+
+
+class Timeout(GureumError):
+    code = "timeout"
+    status = 504
+
+
+class EngineError(GureumError):
+    """QEMU or a host tool failed; the message says what it printed."""
+
+    code = "engine-error"
+    status = 500
+
+
+class ImageBuildError(GureumError):
+    code = "image-build-failed"
+    status = 500

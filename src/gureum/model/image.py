@@ -1,0 +1,36 @@
+"""Images: a kernel, an initramfs and a base root disk, with what they were built from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass
+class Image:
+    name: str
+    version: str  # changes whenever the inputs (packages, guest files) change
+    kernel_version: str
+    path: str  # folder holding the files
+    # role -> {"file": name in folder, "bytes": size, "sha256": digest}; roles: kernel, initrd, disk
+    files: dict[str, dict[str, object]] = field(default_factory=dict)
+    packages: dict[str, str] = field(default_factory=dict)  # Debian package -> version
+    disk_virtual_bytes: int = 0
+    built_at: float = 0.0
+
+    def file(self, role: str) -> Path:
+        return Path(self.path) / str(self.files[role]["file"])
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "name": self.name,
+            "version": self.version,
+            "kernel_version": self.kernel_version,
+            "path": self.path,
+            "files": self.files,
+            "packages": self.packages,
+            "disk_virtual_bytes": self.disk_virtual_bytes,
+            "disk_gib": round(self.disk_virtual_bytes / 1024**3, 3),
+            "size_bytes": sum(int(f["bytes"]) for f in self.files.values()),  # type: ignore[call-overload]
+            "built_at": self.built_at,
+        }

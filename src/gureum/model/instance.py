@@ -1,0 +1,140 @@
+"""Instances: what a user asked for (spec), where it stands (state), how it booted (timeline).
+
+Pure data and rules, no I/O: the service applies these rules, the store persists them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+
+from gureum.errors import InvalidState
+
+
+class State(StrEnum):
+    PENDING = "pending"  # admitted, row written, nothing on the host yet
+    STARTING = "starting"  # QEMU spawned, guest not ready yet
+    RUNNING = "running"  # guest agent answered
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    CRASHED = "crashed"  # QEMU died without the guest asking to power off
+    ERROR = "error"  # a start failed (boot timeout, QEMU refused to start...)
+
+
+# States in which a QEMU process may exist and the VM holds host capacity.
+ACTIVE = frozenset({State.PENDING, State.STARTING, State.RUNNING, State.STOPPING})
+
+# The state machine. Anything not listed is refused with InvalidState.
+_TRANSITIONS: dict[State, frozenset[State]] = {
+    State.PENDING: frozenset({State.STARTING, State.ERROR}),
+    State.STARTING: frozenset(
+        {State.RUNNING, State.STOPPING, State.STOPPED, State.CRASHED, State.ERROR}
+    ),
+    State.RUNNING: frozenset({State.STOPPING, State.STOPPED, State.CRASHED, State.STARTING}),
+    State.STOPPING: frozenset({State.STOPPED, State.CRASHED, State.ERROR}),
+    State.STOPPED: frozenset({State.STARTING}),
+    State.CRASHED: frozenset({State.STARTING, State.STOPPED}),
+    State.ERROR: frozenset({State.STARTING, State.STOPPED}),
+}
+
+
+def can_transition(old: State, new: State) -> bool:
+    return new == old or new in _TRANSITIONS[old]
+
+
+def check_transition(old: State, new: State, *, name: str = "instance") -> None:
+    if not can_transition(old, new):
+        raise InvalidState(f"{name} is {old.value}; it cannot become {new.value}")
+
+
+# The user actions and the states they are allowed from (the rest get InvalidState with a hint).
+ACTION_FROM: dict[str, frozenset[State]] = {
+    "start": frozenset({State.STOPPED, State.CRASHED, State.ERROR}),
+    "stop": frozenset({State.RUNNING, State.STARTING}),
+    "restart": frozenset(
+        {State.RUNNING, State.STARTING, State.STOPPED, State.CRASHED, State.ERROR}
+    ),
+    "exec": frozenset({State.RUNNING}),
+    "console": frozenset({State.RUNNING, State.STARTING}),
+}
+
+
+def check_action(action: str, state: State, *, name: str) -> None:
+    if state not in ACTION_FROM[action]:
+        allowed = ", ".join(sorted(s.value for s in ACTION_FROM[action]))
+        raise InvalidState(f"cannot {action} {name}: it is {state.value} (allowed when: {allowed})")
+
+
+@dataclass(frozen=True)
+class InstanceSpec:
+    """What the user asked for. Changes only through explicit user actions."""
+
+    name: str
+    image: str
+    cpus: int
+    memory_mib: int
+    disk_bytes: int
+
+
+# Boot phases, in order. Each is the moment (host wall clock, seconds since the epoch) at which
+# the service saw the event; the durations are between consecutive events.
+BOOT_EVENTS = ("process_started", "kernel_started", "init_started", "agent_ready")
+
+
+@dataclass
+class BootTimeline:
+    process_started: float | None = None  # QEMU spawned
+    kernel_started: float | None = None  # first byte the guest wrote on its serial console
+    init_started: float | None = None  # our init printed its start line
+    agent_ready: float | None = None  # the guest agent first answered a ping
+
+    def mark(self, event: str, at: float) -> bool:
+        """Record an event once; returns True when it was new."""
+        if event not in BOOT_EVENTS:
+            raise ValueError(event)
+        if getattr(self, event) is None:
+            setattr(self, event, at)
+            return True
+        return False
+
+    def to_dict(self) -> dict[str, object]:
+        phases = []
+        previous: float | None = None
+        for event in BOOT_EVENTS:
+            at = getattr(self, event)
+            duration = None if at is None or previous is None else round(at - previous, 3)
+            phases.append({"event": event, "at": at, "since_previous_s": duration})
+            if at is not None:
+                previous = at
+        total = (
+            round(self.agent_ready - self.process_started, 3)
+            if self.agent_ready and self.process_started
+            else None
+        )
+        return {"phases": phases, "total_s": total}
+
+    def raw(self) -> dict[str, float | None]:
+        return asdict(self)
+
+    @classmethod
+    def from_raw(cls, raw: dict[str, float | None] | None) -> BootTimeline:
+        raw = raw or {}
+        return cls(**{k: raw.get(k) for k in BOOT_EVENTS})
+
+
+@dataclass
+class Instance:
+    id: str
+    spec: InstanceSpec
+    state: State
+    created_at: float
+    image_version: str = ""
+    accel: str | None = None
+    pid: int | None = None
+    state_reason: str | None = None
+    boot: BootTimeline = field(default_factory=BootTimeline)
+    updated_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return self.spec.name

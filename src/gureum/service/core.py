@@ -1,0 +1,83 @@
+"""Wiring: the one object that holds the store, the host agent and every service."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from dataclasses import dataclass
+
+from gureum.config import Config
+from gureum.errors import Conflict
+from gureum.host.agent import LocalHostAgent
+from gureum.service.images import ImageService
+from gureum.service.instances import InstanceService
+from gureum.service.operations import OperationManager
+from gureum.service.reconciler import Reconciler
+from gureum.store.db import Database
+from gureum.store.images import ImageStore
+from gureum.store.instances import InstanceStore
+from gureum.store.operations import OperationStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Services:
+    config: Config
+    db: Database
+    host: LocalHostAgent
+    ops: OperationManager
+    images: ImageService
+    instances: InstanceService
+    reconciler: Reconciler
+    _lock_fd: int | None = None
+
+    @classmethod
+    def build(cls, config: Config) -> Services:
+        for folder in (
+            config.home,
+            config.run_dir,
+            config.instances_dir,
+            config.images_dir,
+            config.cache_dir,
+        ):
+            folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(config.home, 0o700)
+        db = Database.open_sqlite(config.db_path)
+        instance_store = InstanceStore(db)
+        ops = OperationManager(OperationStore(db))
+        images = ImageService(config, ImageStore(db), instance_store, ops)
+        host = LocalHostAgent(config)
+        instances = InstanceService(config, instance_store, images, host, ops)
+        reconciler = Reconciler(instances, config.reconcile_interval_s)
+        return cls(config, db, host, ops, images, instances, reconciler)
+
+    def lock_home(self) -> None:
+        """One service per home: two would fight over the same VMs."""
+        fd = os.open(
+            self.config.home / "service.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+        )
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise Conflict(
+                f"another gureum service is already running for {self.config.home}"
+            ) from None
+        self._lock_fd = fd
+
+    async def start(self) -> dict[str, list[str]]:
+        interrupted = self.ops.interrupt_stale()
+        if interrupted:
+            log.warning("%d operation(s) were cut short by the last shutdown", interrupted)
+        return await self.reconciler.start()
+
+    async def stop(self) -> None:
+        """Stop the service, never the VMs: they keep running and are re-adopted next start."""
+        await self.reconciler.stop()
+        await self.ops.shutdown()
+        self.db.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None

@@ -1,0 +1,382 @@
+"""Instance use cases: every rule a user can observe about a VM's life.
+
+Validation and admission happen before anything is created, so bad input leaves nothing behind.
+Each VM's host-side actions run under its own lock; the (slow) wait for a guest to become ready
+does not hold it, so a stop or a forced delete can interrupt a boot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from gureum.config import Config
+from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState, NotFound
+from gureum.host.agent import LocalHostAgent, VMSpec
+from gureum.host.capacity import admit
+from gureum.ids import check_name, looks_like_id, new_id
+from gureum.model.instance import (
+    ACTIVE,
+    BootTimeline,
+    Instance,
+    InstanceSpec,
+    State,
+    check_action,
+    check_transition,
+)
+from gureum.model.operation import Operation
+from gureum.service.images import ImageService
+from gureum.service.operations import OpContext, OperationManager
+from gureum.store.instances import InstanceStore
+from gureum.units import GIB, MIB
+
+log = logging.getLogger(__name__)
+
+MIN_MEMORY_MIB = 128
+MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
+MAX_DISK_BYTES = 16 * 1024 * GIB
+
+BOOT_LABELS = {
+    "process_started": "QEMU started",
+    "kernel_started": "kernel started",
+    "init_started": "init started",
+    "agent_ready": "guest agent ready",
+}
+
+
+@dataclass(frozen=True)
+class LaunchRequest:
+    name: str
+    image: str
+    cpus: int = 1
+    memory_mib: int = 256
+    disk_bytes: int | None = None  # None: the image's own size
+
+
+class _Events:
+    """Receives one VM's engine events and turns them into state and progress."""
+
+    def __init__(self, service: InstanceService, instance_id: str) -> None:
+        self.service = service
+        self.instance_id = instance_id
+        self.ctx: OpContext | None = None
+        self.boot = BootTimeline()
+
+    def on_boot_event(self, event: str, at: float) -> None:
+        if not self.boot.mark(event, at):
+            return
+        self.service.store.update(self.instance_id, boot=self.boot)
+        if self.ctx is not None:
+            start = self.boot.process_started or at
+            self.ctx.progress(f"{BOOT_LABELS[event]} (+{at - start:.2f} s)")
+
+    def on_exit(self, how: str, detail: str) -> None:
+        self.service.on_exit(self.instance_id, how, detail)
+
+
+class InstanceService:
+    def __init__(
+        self,
+        config: Config,
+        store: InstanceStore,
+        images: ImageService,
+        host: LocalHostAgent,
+        ops: OperationManager,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.images = images
+        self.host = host
+        self.ops = ops
+        self._admission = asyncio.Lock()
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._events: dict[str, _Events] = {}
+
+    # -- queries ---------------------------------------------------------------------------------
+    def list(self) -> list[Instance]:
+        return self.store.list()
+
+    def get(self, ref: str) -> Instance:
+        inst = self.store.get(ref) if looks_like_id(ref, "i-") else self.store.get_by_name(ref)
+        if inst is None:
+            raise NotFound(f"no instance named {ref!r}")
+        return inst
+
+    def view(self, inst: Instance) -> dict[str, object]:
+        spec = inst.spec
+        return {
+            "id": inst.id,
+            "name": spec.name,
+            "state": inst.state.value,
+            "state_reason": inst.state_reason,
+            "image": spec.image,
+            "image_version": inst.image_version,
+            "cpus": spec.cpus,
+            "memory_mib": spec.memory_mib,
+            "disk_gib": round(spec.disk_bytes / GIB, 3),
+            "disk_bytes": spec.disk_bytes,
+            "accel": inst.accel,
+            "pid": inst.pid if inst.state in ACTIVE else None,
+            "created_at": inst.created_at,
+            "updated_at": inst.updated_at,
+            "boot": inst.boot.to_dict(),
+            "host": {
+                "rss_bytes": self.host.rss_bytes(inst.id) if inst.state in ACTIVE else None,
+                "disk_allocated_bytes": self.host.disk_allocated_bytes(inst.id),
+            },
+        }
+
+    def _lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    def _vm_spec(self, inst: Instance) -> VMSpec:
+        folder = Path(self.config.images_dir) / inst.spec.image / inst.image_version
+        return VMSpec(
+            instance_id=inst.id,
+            name=inst.spec.name,
+            cpus=inst.spec.cpus,
+            memory_mib=inst.spec.memory_mib,
+            disk_bytes=inst.spec.disk_bytes,
+            kernel=folder / "vmlinuz",
+            initrd=folder / "initrd.img",
+            base_disk=folder / "disk.qcow2",
+        )
+
+    def _set_state(
+        self, inst: Instance, state: State, reason: str | None = None, **fields: object
+    ) -> None:
+        check_transition(inst.state, state, name=inst.name)
+        inst.state = state
+        inst.state_reason = reason
+        self.store.update(inst.id, state=state, state_reason=reason, **fields)
+
+    # -- launch ----------------------------------------------------------------------------------
+    def validate(self, req: LaunchRequest) -> tuple[InstanceSpec, str]:
+        check_name(req.name, what="instance name")
+        if (
+            isinstance(req.cpus, bool)
+            or not isinstance(req.cpus, int)
+            or not 1 <= req.cpus <= MAX_CPUS
+        ):
+            raise InvalidInput(
+                f"cpus must be a whole number from 1 to {MAX_CPUS}, not {req.cpus!r}"
+            )
+        if (
+            isinstance(req.memory_mib, bool)
+            or not isinstance(req.memory_mib, int)
+            or req.memory_mib < MIN_MEMORY_MIB
+        ):
+            raise InvalidInput(
+                f"memory must be at least {MIN_MEMORY_MIB} MiB, not {req.memory_mib!r} MiB"
+            )
+        image = self.images.get(req.image)
+        disk = image.disk_virtual_bytes if req.disk_bytes is None else req.disk_bytes
+        if disk < image.disk_virtual_bytes:
+            raise InvalidInput(
+                f"disk must be at least the image's size, {image.disk_virtual_bytes / GIB:.2f} GiB"
+                f" (asked {disk / GIB:.2f} GiB)"
+            )
+        if disk > MAX_DISK_BYTES:
+            raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
+        disk = (disk + MIB - 1) // MIB * MIB  # whole MiB, as qcow2 needs cluster-friendly sizes
+        spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, disk)
+        return spec, image.version
+
+    async def launch(self, req: LaunchRequest) -> tuple[Instance, Operation]:
+        spec, image_version = self.validate(req)
+        async with self._admission:
+            # Check and claim in one step: two launches can never both take the last MiB.
+            host = self.host.capacity()
+            cpus, mem = self.store.committed(ACTIVE)
+            admit(host, cpus, mem, spec.cpus, spec.memory_mib)
+            inst = Instance(
+                id=new_id("i-"),
+                spec=spec,
+                state=State.PENDING,
+                created_at=time.time(),
+                image_version=image_version,
+                accel=self.host.accel.accel,
+            )
+            self.store.insert(inst)
+        op = self.ops.start("launch", inst.id, lambda ctx: self._boot(inst.id, ctx, fresh=True))
+        return inst, op
+
+    async def _boot(self, instance_id: str, ctx: OpContext, *, fresh: bool) -> dict[str, object]:
+        events = _Events(self, instance_id)
+        async with self._lock(instance_id):
+            inst = self.store.get(instance_id)
+            if inst is None:
+                raise NotFound("the instance was deleted")
+            spec = self._vm_spec(inst)
+            try:
+                if fresh:
+                    ctx.progress(
+                        f"creating root disk ({spec.disk_bytes / GIB:g} GiB, thin overlay)"
+                    )
+                    await self.host.prepare(spec)
+                self._set_state(inst, State.STARTING, boot="{}", pid=None)
+                events.ctx = ctx
+                self._events[instance_id] = events
+                pid = await self.host.start(spec, events)
+                self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
+                ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
+            except GureumError as exc:
+                self._fail_start(instance_id, exc)
+                raise
+        try:
+            await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
+        except GureumError as exc:
+            async with self._lock(instance_id):
+                inst = self.store.get(instance_id)
+                if inst is not None and inst.state == State.STARTING:
+                    await self.host.kill(instance_id)
+                    self._fail_start(instance_id, exc)
+                elif inst is not None:
+                    raise InvalidState(
+                        f"{inst.name} became {inst.state.value} before it was ready"
+                    ) from exc
+            raise
+        finally:
+            events.ctx = None
+        inst = self.get(instance_id)
+        if inst.state == State.STARTING:
+            self._set_state(inst, State.RUNNING)
+        total = events.boot.to_dict()["total_s"]
+        ctx.progress(f"ready in {total} s")
+        return {"instance": self.view(self.get(instance_id))}
+
+    def _fail_start(self, instance_id: str, exc: GureumError) -> None:
+        inst = self.store.get(instance_id)
+        self.host.forget(instance_id)
+        if inst is not None and inst.state in (State.PENDING, State.STARTING):
+            self._set_state(inst, State.ERROR, f"start failed: {exc.message}", pid=None)
+
+    # -- engine events ---------------------------------------------------------------------------
+    def on_exit(self, instance_id: str, how: str, detail: str) -> None:
+        inst = self.store.get(instance_id)
+        self._events.pop(instance_id, None)
+        if inst is None:
+            return
+        if inst.state == State.RUNNING:
+            new = State.STOPPED if how == "stopped" else State.CRASHED
+            self._set_state(inst, new, detail, pid=None)
+            self.host.forget(instance_id)
+            log.warning("%s (%s) %s: %s", inst.name, inst.id, new.value, detail)
+        elif inst.state == State.STOPPING:
+            self._set_state(inst, State.STOPPED, detail, pid=None)
+        # STARTING: the boot waiter sees the exit and records why the start failed.
+
+    # -- stop / start / restart ------------------------------------------------------------------
+    async def stop(self, ref: str) -> Operation:
+        inst = self.get(ref)
+        check_action("stop", inst.state, name=inst.name)
+        return self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
+
+    async def _stop(self, instance_id: str, ctx: OpContext) -> dict[str, object]:
+        async with self._lock(instance_id):
+            inst = self.get(instance_id)
+            if inst.state not in (State.RUNNING, State.STARTING, State.STOPPING):
+                return {"instance": self.view(inst), "how": "already " + inst.state.value}
+            self._set_state(inst, State.STOPPING)
+            ctx.progress(
+                f"asking the guest to power off (ACPI), {self.config.stop_timeout_s:g} s at most"
+            )
+            try:
+                how = await self.host.stop(instance_id, self.config.stop_timeout_s)
+            except InvalidState:
+                how = "already gone"
+            self.host.forget(instance_id)
+            inst = self.get(instance_id)
+            if inst.state != State.STOPPED:
+                self._set_state(inst, State.STOPPED, "stopped", pid=None)
+            ctx.progress(
+                {
+                    "powerdown": "guest powered off",
+                    "quit": "QEMU quit (guest ignored ACPI)",
+                    "killed": "QEMU killed (did not quit)",
+                }.get(how, how)
+            )
+            return {"instance": self.view(inst), "how": how}
+
+    async def start(self, ref: str) -> Operation:
+        inst = self.get(ref)
+        check_action("start", inst.state, name=inst.name)
+        await self._admit_existing(inst)
+        return self.ops.start("start", inst.id, lambda ctx: self._boot(inst.id, ctx, fresh=False))
+
+    async def _admit_existing(self, inst: Instance) -> None:
+        async with self._admission:
+            cpus, mem = self.store.committed(ACTIVE)
+            admit(self.host.capacity(), cpus, mem, inst.spec.cpus, inst.spec.memory_mib)
+
+    async def restart(self, ref: str) -> Operation:
+        inst = self.get(ref)
+        check_action("restart", inst.state, name=inst.name)
+        if inst.state not in ACTIVE:
+            await self._admit_existing(inst)
+
+        async def work(ctx: OpContext) -> dict[str, object]:
+            if self.get(inst.id).state in (State.RUNNING, State.STARTING):
+                await self._stop(inst.id, ctx)
+            return await self._boot(inst.id, ctx, fresh=False)
+
+        return self.ops.start("restart", inst.id, work)
+
+    # -- delete ----------------------------------------------------------------------------------
+    async def delete(self, ref: str, *, force: bool = False) -> Instance:
+        inst = self.get(ref)
+        if inst.state in ACTIVE and not force:
+            raise InvalidState(
+                f"{inst.name} is {inst.state.value}; stop it first or delete with --force"
+            )
+        async with self._lock(inst.id):
+            await self.host.destroy(inst.id)
+            self.store.delete(inst.id)
+            self._events.pop(inst.id, None)
+        self._locks.pop(inst.id, None)
+        return inst
+
+    # -- guest access ----------------------------------------------------------------------------
+    async def exec(
+        self, ref: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+    ) -> dict[str, object]:
+        inst = self.get(ref)
+        check_action("exec", inst.state, name=inst.name)
+        if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
+            raise InvalidInput("command must be a non-empty list of strings")
+        if not 0 < timeout <= 3600:
+            raise InvalidInput("timeout must be between 0 and 3600 seconds")
+        try:
+            result = await self.host.exec(inst.id, argv, stdin, timeout)
+        except EngineError as exc:
+            # qemu-ga reports a command it cannot start as an error; that is the user's input.
+            raise InvalidInput(f"cannot run {argv[0]!r} in {inst.name}: {exc.message}") from exc
+        return {
+            "exit_code": result.exit_code,
+            "signal": result.signal,
+            "stdout": result.stdout,
+            "stderr": result.stderr,
+            "truncated": result.truncated,
+        }
+
+    def console(self, ref: str):  # type: ignore[no-untyped-def]
+        inst = self.get(ref)
+        check_action("console", inst.state, name=inst.name)
+        return inst, self.host.console(inst.id)
+
+    def serial_log(self, ref: str) -> Path:
+        return self.host.serial_log(self.get(ref).id)
+
+    def host_summary(self) -> dict[str, object]:
+        host = self.host.capacity()
+        cpus, mem = self.store.committed(ACTIVE)
+        return {
+            "accel": self.host.accel.accel,
+            "accel_reason": self.host.accel.reason,
+            "capacity": host.to_dict(),
+            "committed": {"cpus": cpus, "memory_mib": mem},
+            "instances": len(self.store.list()),
+        }

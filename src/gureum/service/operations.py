@@ -1,0 +1,145 @@
+"""Running long work as operations: recorded, followed, waited on.
+
+An operation's every step is written to the store as it happens, so a client can follow it, and
+a service restart can tell which operations it cut short (they are marked failed with code
+``interrupted`` rather than left "running" forever).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+
+from gureum.errors import GureumError, NotFound
+from gureum.ids import new_id
+from gureum.model.operation import Operation, OpStatus, Progress
+from gureum.store.operations import OperationStore
+
+log = logging.getLogger(__name__)
+
+
+class OpContext:
+    """Handed to the work function: how it reports progress."""
+
+    def __init__(self, manager: OperationManager, op: Operation) -> None:
+        self._manager = manager
+        self.op = op
+
+    def progress(self, message: str, fraction: float | None = None) -> None:
+        self._manager.progress(self.op, message, fraction)
+
+    def progress_threadsafe(
+        self, loop: asyncio.AbstractEventLoop
+    ) -> Callable[[str, float | None], None]:
+        """A progress function callable from a worker thread."""
+
+        def report(message: str, fraction: float | None = None) -> None:
+            loop.call_soon_threadsafe(self.progress, message, fraction)
+
+        return report
+
+
+Work = Callable[[OpContext], Awaitable[dict[str, object] | None]]
+
+
+class OperationManager:
+    def __init__(self, store: OperationStore) -> None:
+        self.store = store
+        self._live: dict[str, Operation] = {}
+        self._changed: dict[str, asyncio.Event] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def interrupt_stale(self) -> int:
+        """Mark operations a previous service process left running as failed."""
+        stale = self.store.list_running()
+        for op in stale:
+            op.status = OpStatus.FAILED
+            op.finished_at = time.time()
+            op.error = {
+                "code": "interrupted",
+                "message": "the service stopped before this operation finished",
+            }
+            self.store.save(op)
+        return len(stale)
+
+    def start(self, kind: str, target: str, work: Work) -> Operation:
+        op = Operation(
+            id=new_id("op-"),
+            kind=kind,
+            target=target,
+            status=OpStatus.RUNNING,
+            created_at=time.time(),
+        )
+        self.store.insert(op)
+        self._live[op.id] = op
+        self._changed[op.id] = asyncio.Event()
+        task = asyncio.create_task(self._run(op, work), name=f"op-{kind}-{op.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return op
+
+    async def _run(self, op: Operation, work: Work) -> None:
+        try:
+            op.result = await work(OpContext(self, op))
+            op.status = OpStatus.SUCCEEDED
+        except GureumError as exc:
+            op.status = OpStatus.FAILED
+            op.error = {"code": exc.code, "message": exc.message}
+        except asyncio.CancelledError:
+            op.status = OpStatus.FAILED
+            op.error = {"code": "interrupted", "message": "the service is shutting down"}
+        except Exception as exc:
+            log.exception("operation %s (%s) failed", op.id, op.kind)
+            op.status = OpStatus.FAILED
+            op.error = {"code": "internal", "message": f"internal error: {exc!r}"}
+        op.finished_at = time.time()
+        try:
+            self.store.save(op)
+        finally:
+            self._live.pop(op.id, None)
+            self._notify(op.id, final=True)
+
+    def progress(self, op: Operation, message: str, fraction: float | None = None) -> None:
+        op.progress.append(Progress(at=time.time(), message=message, fraction=fraction))
+        self.store.save(op)
+        self._notify(op.id)
+
+    def _notify(self, op_id: str, final: bool = False) -> None:
+        event = self._changed.pop(op_id, None) if final else self._changed.get(op_id)
+        if event is not None:
+            event.set()
+        if not final and op_id in self._live:
+            self._changed[op_id] = asyncio.Event()
+
+    def get(self, op_id: str) -> Operation:
+        op = self._live.get(op_id) or self.store.get(op_id)
+        if op is None:
+            raise NotFound(f"no operation {op_id!r}")
+        return op
+
+    def running(self, kind: str, target: str) -> Operation | None:
+        for op in self._live.values():
+            if op.kind == kind and op.target == target:
+                return op
+        return None
+
+    async def wait(self, op_id: str, *, timeout: float, progress_after: int = 0) -> Operation:
+        """Return when the operation is done, or has progress beyond ``progress_after``, or
+        ``timeout`` passes: a long poll, answered the moment something happens."""
+        op = self.get(op_id)
+        if op.done or len(op.progress) > progress_after:
+            return op
+        event = self._changed.get(op_id)
+        if event is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(event.wait(), timeout)
+        return self.get(op_id)
+
+    async def shutdown(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)

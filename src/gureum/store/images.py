@@ -1,0 +1,59 @@
+"""The image catalog table."""
+
+from __future__ import annotations
+
+import json
+
+from sqlalchemy import RowMapping, delete, insert, select
+
+from gureum.model.image import Image
+from gureum.store.db import Database
+from gureum.store.schema import images as t
+
+
+def _from_row(row: RowMapping) -> Image:
+    return Image(
+        name=row["name"],
+        version=row["version"],
+        kernel_version=row["kernel_version"],
+        path=row["path"],
+        files=json.loads(row["files"]),
+        packages=json.loads(row["packages"]),
+        disk_virtual_bytes=int(row["disk_virtual_bytes"]),
+        built_at=row["built_at"],
+    )
+
+
+class ImageStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def put(self, image: Image) -> None:
+        """Insert or replace the catalog entry, in one transaction."""
+        with self.db.begin() as conn:
+            conn.execute(delete(t).where(t.c.name == image.name))
+            conn.execute(
+                insert(t).values(
+                    name=image.name,
+                    version=image.version,
+                    kernel_version=image.kernel_version,
+                    path=image.path,
+                    files=json.dumps(image.files),
+                    packages=json.dumps(image.packages),
+                    disk_virtual_bytes=image.disk_virtual_bytes,
+                    built_at=image.built_at,
+                )
+            )
+
+    def get(self, name: str) -> Image | None:
+        with self.db.begin() as conn:
+            row = conn.execute(select(t).where(t.c.name == name)).mappings().first()
+        return _from_row(row) if row else None
+
+    def list(self) -> list[Image]:
+        with self.db.begin() as conn:
+            return [_from_row(r) for r in conn.execute(select(t).order_by(t.c.name)).mappings()]
+
+    def delete(self, name: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(t).where(t.c.name == name))

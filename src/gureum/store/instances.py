@@ -1,0 +1,112 @@
+"""The instances table."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from sqlalchemy import Connection, RowMapping, delete, func, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gureum.errors import Conflict
+from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
+from gureum.store.db import Database
+from gureum.store.schema import instances as t
+
+
+def _from_row(row: RowMapping) -> Instance:
+    return Instance(
+        id=row["id"],
+        spec=InstanceSpec(
+            name=row["name"],
+            image=row["image"],
+            cpus=int(row["cpus"]),
+            memory_mib=int(row["memory_mib"]),
+            disk_bytes=int(row["disk_bytes"]),
+        ),
+        image_version=row["image_version"],
+        state=State(row["state"]),
+        state_reason=row["state_reason"],
+        accel=row["accel"],
+        pid=row["pid"],
+        boot=BootTimeline.from_raw(json.loads(row["boot"] or "{}")),
+        created_at=row["created_at"],
+        updated_at=row["updated_at"],
+    )
+
+
+class InstanceStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def insert(self, inst: Instance, conn: Connection | None = None) -> None:
+        values = {
+            "id": inst.id,
+            "name": inst.spec.name,
+            "image": inst.spec.image,
+            "image_version": inst.image_version,
+            "cpus": inst.spec.cpus,
+            "memory_mib": inst.spec.memory_mib,
+            "disk_bytes": inst.spec.disk_bytes,
+            "state": inst.state.value,
+            "state_reason": inst.state_reason,
+            "accel": inst.accel,
+            "pid": inst.pid,
+            "boot": json.dumps(inst.boot.raw()),
+            "created_at": inst.created_at,
+            "updated_at": inst.created_at,
+        }
+        try:
+            if conn is not None:
+                conn.execute(insert(t).values(**values))
+            else:
+                with self.db.begin() as c:
+                    c.execute(insert(t).values(**values))
+        except IntegrityError as exc:
+            raise Conflict(f"an instance named {inst.spec.name!r} already exists") from exc
+
+    def get(self, instance_id: str) -> Instance | None:
+        with self.db.begin() as conn:
+            row = conn.execute(select(t).where(t.c.id == instance_id)).mappings().first()
+        return _from_row(row) if row else None
+
+    def get_by_name(self, name: str) -> Instance | None:
+        with self.db.begin() as conn:
+            row = conn.execute(select(t).where(t.c.name == name)).mappings().first()
+        return _from_row(row) if row else None
+
+    def list(self) -> list[Instance]:
+        with self.db.begin() as conn:
+            rows = conn.execute(select(t).order_by(t.c.created_at)).mappings().all()
+        return [_from_row(r) for r in rows]
+
+    def update(self, instance_id: str, **fields: object) -> None:
+        if "state" in fields and isinstance(fields["state"], State):
+            fields["state"] = fields["state"].value
+        if "boot" in fields and isinstance(fields["boot"], BootTimeline):
+            fields["boot"] = json.dumps(fields["boot"].raw())
+        fields["updated_at"] = time.time()
+        with self.db.begin() as conn:
+            conn.execute(update(t).where(t.c.id == instance_id).values(**fields))
+
+    def delete(self, instance_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(t).where(t.c.id == instance_id))
+
+    def committed(
+        self, states: frozenset[State], conn: Connection | None = None
+    ) -> tuple[int, int]:
+        """Sum of (vCPUs, memory MiB) over instances in the given states."""
+        query = select(
+            func.coalesce(func.sum(t.c.cpus), 0), func.coalesce(func.sum(t.c.memory_mib), 0)
+        ).where(t.c.state.in_([s.value for s in states]))
+        if conn is not None:
+            cpus, mem = conn.execute(query).one()
+        else:
+            with self.db.begin() as c:
+                cpus, mem = c.execute(query).one()
+        return int(cpus), int(mem)
+
+    def count_using_image(self, image: str) -> int:
+        with self.db.begin() as conn:
+            return int(conn.execute(select(func.count()).where(t.c.image == image)).scalar() or 0)

@@ -1,0 +1,53 @@
+"""The current schema as SQLAlchemy Core tables, for queries. Migrations own the DDL."""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text
+
+metadata = MetaData()
+
+instances = Table(
+    "instances",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("image", Text, nullable=False),
+    Column("image_version", Text, nullable=False),
+    Column("cpus", BigInteger, nullable=False),
+    Column("memory_mib", BigInteger, nullable=False),
+    Column("disk_bytes", BigInteger, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("state_reason", Text),
+    Column("accel", Text),
+    Column("pid", BigInteger),
+    Column("boot", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+operations = Table(
+    "operations",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("kind", Text, nullable=False),
+    Column("target", Text, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("progress", Text, nullable=False),
+    Column("error", Text),
+    Column("result", Text),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+
+images = Table(
+    "images",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("version", Text, nullable=False),
+    Column("kernel_version", Text, nullable=False),
+    Column("path", Text, nullable=False),
+    Column("files", Text, nullable=False),
+    Column("packages", Text, nullable=False),
+    Column("disk_virtual_bytes", BigInteger, nullable=False),
+    Column("built_at", Float, nullable=False),
+)

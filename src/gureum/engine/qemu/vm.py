@@ -187,16 +187,17 @@ class QemuVM:
             await self._watch.wait(10)
 
     def _on_process_exit(self) -> None:
+        status = ""
         if self._proc is not None:
             with contextlib.suppress(Exception):
-                self._proc.wait(timeout=0)
+                rc = self._proc.wait(timeout=0)
+                status = f"killed by signal {-rc}" if rc < 0 else f"exit status {rc}"
         if self._stop_requested or self._guest_shutdown:
             how, detail = "stopped", "guest powered off" if self._guest_shutdown else "stopped"
         else:
             how = "crashed"
-            detail = (
-                f"QEMU exited unexpectedly: {log_tail(self.cfg.runtime.qemu_log, 2) or 'killed'}"
-            )
+            said = log_tail(self.cfg.runtime.qemu_log, 2)
+            detail = "QEMU exited unexpectedly" + "".join(f" ({x})" for x in (status, said) if x)
         self.exit_how = how
         asyncio.get_running_loop().create_task(self._close_channels())
         self.events.on_exit(how, detail)

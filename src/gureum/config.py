@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gureum.errors import InvalidInput
@@ -35,7 +35,8 @@ class Config:
     # large for no gain on small guests.
     tcg_tb_size_mib: int = 128
     reconcile_interval_s: float = 2.0
-    extra: dict[str, str] = field(default_factory=dict)
+    # Downloaded Debian packages; may be shared by several homes (tests, demo) to save time.
+    cache_dir_override: str | None = None
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -60,7 +61,7 @@ class Config:
 
     @property
     def cache_dir(self) -> Path:
-        return self.home / "cache"
+        return Path(self.cache_dir_override) if self.cache_dir_override else self.home / "cache"
 
     @property
     def log_path(self) -> Path:
@@ -77,6 +78,7 @@ _ENV = {
     "stop_timeout_s": "GUREUM_STOP_TIMEOUT",
     "tcg_tb_size_mib": "GUREUM_TCG_TB_SIZE_MIB",
     "reconcile_interval_s": "GUREUM_RECONCILE_INTERVAL",
+    "cache_dir_override": "GUREUM_CACHE_DIR",
 }
 
 
@@ -101,7 +103,7 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
     known = {f.name: f for f in fields(Config)}
     kwargs: dict[str, object] = {"home": home}
     for key, raw in values.items():
-        if key not in known or key in ("home", "extra"):
+        if key not in known or key == "home":
             raise InvalidInput(f"unknown configuration key {key!r} in {path} or environment")
         kwargs[key] = _coerce(key, raw, known[key].type)
     config = Config(**kwargs)  # type: ignore[arg-type]

@@ -31,6 +31,7 @@ class SerialConsole:
         self._viewers: set[asyncio.Queue[bytes | None]] = set()
         self._tail = b""  # last bytes seen, to find markers split across reads
         self._seen_output = False
+        self._fired: set[str] = set()  # each marker counts once per QEMU process
 
     async def connect(self, timeout: float = 5.0) -> None:
         self._reader, self._writer = await asyncio.wait_for(
@@ -64,10 +65,10 @@ class SerialConsole:
 
     def _scan(self, chunk: bytes, now: float) -> None:
         window = self._tail + chunk
-        if INIT_STARTED in window:
-            self._on_marker("init_started", now)
-        if INIT_READY in window:
-            self._on_marker("init_ready", now)
+        for marker, event in ((INIT_STARTED, "init_started"), (INIT_READY, "init_ready")):
+            if event not in self._fired and marker in window:
+                self._fired.add(event)
+                self._on_marker(event, now)
         self._tail = window[-64:]
 
     def attach(self) -> asyncio.Queue[bytes | None]:

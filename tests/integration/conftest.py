@@ -1,0 +1,140 @@
+"""Integration harness: real `gureum serve` processes, real QEMU, the tiny image.
+
+Each service runs in its own short home under /tmp (unix socket paths must stay under 108
+bytes). Debian packages are cached in the repository's .gureum/ folder so a second run does not
+download again. Teardown deletes every VM, stops the service and then checks that no QEMU of
+that home is left, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gureum.client.client import ApiError, Client, Endpoint
+from gureum.engine.qemu import process
+
+REPO = Path(__file__).resolve().parents[2]
+CACHE = REPO / ".gureum" / "cache"
+
+
+class Service:
+    def __init__(self, home: Path, env: dict[str, str] | None = None) -> None:
+        self.home = home
+        self.env = {
+            **os.environ,
+            "GUREUM_HOME": str(home),
+            "GUREUM_CACHE_DIR": str(CACHE),
+            "GUREUM_STOP_TIMEOUT": "20",
+            "GUREUM_RECONCILE_INTERVAL": "1",
+            **(env or {}),
+        }
+        self.env.pop("GUREUM_URL", None)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    # -- process ---------------------------------------------------------------------------------
+    def start(self) -> None:
+        log = open(self.home / "serve.out", "ab")  # noqa: SIM115 - lives as long as the service
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gureum.cli.main", "serve"],
+            env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"service exited: {(self.home / 'serve.out').read_text()[-2000:]}"
+                )
+            with contextlib.suppress(ApiError), self.client() as c:
+                c.request("GET", "/v1/version")
+                return
+            time.sleep(0.05)
+        raise RuntimeError("service did not answer within 30 s")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        self.proc.wait(30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.kill(signal.SIGTERM)
+
+    # -- access ----------------------------------------------------------------------------------
+    def client(self) -> Client:
+        return Client(Endpoint("http://gureum", self.home / "gureum.sock"))
+
+    def cli(self, *args: str, input: bytes | None = None, check: bool = True,
+            timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        proc = subprocess.run(
+            [sys.executable, "-m", "gureum.cli.main", *args],
+            env=self.env, input=input.decode() if input is not None else None,
+            capture_output=True, text=True, timeout=timeout,
+            stdin=None if input is not None else subprocess.DEVNULL,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"gureum {' '.join(args)} failed ({proc.returncode}): {proc.stderr}"
+            )
+        return proc
+
+    def qemu_pids(self) -> list[int]:
+        return process.find_by_marker(str(self.home / "run") + "/")
+
+    def launch(self, name: str, **kw: object) -> dict:  # type: ignore[type-arg]
+        with self.client() as c:
+            res = c.launch(name, "tiny", **kw)  # type: ignore[arg-type]
+            op = c.wait(res["operation"]["id"], timeout=240)
+        return op["result"]["instance"]
+
+    def exec(self, name: str, *argv: str) -> str:
+        with self.client() as c:
+            res = c.exec(name, list(argv))
+        assert res["exit_code"] == 0, res
+        return res["stdout"].decode()
+
+    def cleanup(self) -> None:
+        """Delete every VM, stop the service, and make sure nothing of this home survives."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(Exception), self.client() as c:
+                for inst in c.instances():
+                    c.delete(inst["id"], force=True)
+        self.stop()
+        leftovers = self.qemu_pids()
+        for pid in leftovers:
+            process.kill(pid)
+        shutil.rmtree(self.home, ignore_errors=True)
+        assert not leftovers, f"QEMU processes left behind: {leftovers}"
+
+
+def new_home() -> Path:
+    return Path(tempfile.mkdtemp(prefix="gureum-it-", dir="/tmp"))
+
+
+@contextlib.contextmanager
+def running_service(env: dict[str, str] | None = None) -> Iterator[Service]:
+    svc = Service(new_home(), env)
+    try:
+        svc.start()
+        svc.cli("image", "build", "tiny", timeout=900)
+        yield svc
+    finally:
+        svc.cleanup()
+
+
+@pytest.fixture(scope="session")
+def service() -> Iterator[Service]:
+    """One service for most integration tests; tests give their VMs unique names."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with running_service() as svc:
+        yield svc

@@ -1,0 +1,119 @@
+"""A VM's whole life, checked from inside the guest: what it reports through the agent."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from gureum.engine.qemu import process
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def web(service):
+    out = service.cli("launch", "tiny", "--name", "web1", "--cpus", "2", "--memory", "512M",
+                      "--disk", "2G", "-o", "json")  # fmt: skip
+    yield json.loads(out.stdout)
+    service.cli("delete", "web1", "--force", check=False)
+
+
+def test_launch_reports_a_ready_vm(web, service):
+    assert web["state"] == "running" and web["name"] == "web1"
+    assert web["accel"] == "tcg"  # this machine has no vmx/svm
+    assert (web["cpus"], web["memory_mib"], web["disk_gib"]) == (2, 512, 2.0)
+    assert web["image"] == "tiny" and web["id"].startswith("i-")
+    assert process.is_alive(web["pid"])
+    phases = {p["event"]: p["at"] for p in web["boot"]["phases"]}
+    assert None not in phases.values()
+    order = [
+        phases[e] for e in ("process_started", "kernel_started", "init_started", "agent_ready")
+    ]
+    assert order == sorted(order)
+    assert 0 < web["boot"]["total_s"] < 120
+
+
+def test_guest_sees_its_hardware(web, service):
+    assert service.exec("web1", "nproc").strip() == "2"
+    meminfo = service.exec("web1", "cat", "/proc/meminfo")
+    mem_kib = int(
+        next(line.split()[1] for line in meminfo.splitlines() if line.startswith("MemTotal"))
+    )
+    # The kernel keeps some memory for itself: MemTotal is a bit under the 512 MiB given.
+    assert 400 * 1024 < mem_kib <= 512 * 1024
+    sectors = int(service.exec("web1", "cat", "/sys/block/vda/size"))
+    assert sectors * 512 == 2 * 1024**3
+    assert service.exec("web1", "hostname").strip() == "web1"
+
+
+def test_exec_streams_and_exit_codes(web, service):
+    res = service.cli(
+        "exec", "web1", "--", "sh", "-c", "echo out; echo err >&2; exit 7", check=False
+    )
+    assert (res.returncode, res.stdout, res.stderr) == (7, "out\n", "err\n")
+    res = service.cli("exec", "-i", "web1", "--", "sh", "-c", "tr a-z A-Z", input=b"hello\n")
+    assert res.stdout == "HELLO\n"
+    res = service.cli("exec", "web1", "--", "/no/such/program", check=False)
+    assert res.returncode == 1 and "cannot run '/no/such/program'" in res.stderr
+
+
+def test_list_and_show(web, service):
+    items = json.loads(service.cli("list", "-o", "json").stdout)
+    assert [i["name"] for i in items if i["name"] == "web1"] == ["web1"]
+    table = service.cli("list").stdout
+    assert "web1" in table and "running" in table and "NAME" in table
+    shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
+    for key in ("name", "id", "state", "image", "cpus", "memory_mib", "disk_gib", "accel", "pid",
+                "created_at", "boot"):  # fmt: skip
+        assert key in shown
+    assert shown["host"]["rss_bytes"] > 10 * 1024 * 1024
+    assert "agent_ready" in service.cli("show", "web1").stdout
+
+
+def test_console(web, service):
+    res = service.cli("console", "web1", input=b"echo console-$((6*7))\n")
+    assert "console-42" in res.stdout
+    log = service.cli("console", "web1", "--log").stdout
+    assert "gureum-init: ready" in log and "Linux version" in log
+
+
+def test_data_survives_stop_and_start(web, service):
+    service.exec("web1", "sh", "-c", "echo precious > /root/data.txt && sync")
+    stopped = service.cli("stop", "web1")
+    assert "stopped" in stopped.stdout
+    shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
+    assert shown["state"] == "stopped" and shown["pid"] is None
+    assert not process.is_alive(web["pid"])
+    res = service.cli("exec", "web1", "--", "true", check=False)
+    assert res.returncode == 1 and "it is stopped" in res.stderr
+    started = json.loads(service.cli("start", "web1", "-o", "json").stdout)
+    assert started["state"] == "running" and started["pid"] != web["pid"]
+    assert service.exec("web1", "cat", "/root/data.txt") == "precious\n"
+
+
+def test_restart_gives_a_new_boot(web, service):
+    before = json.loads(service.cli("show", "web1", "-o", "json").stdout)
+    after = json.loads(service.cli("restart", "web1", "-o", "json").stdout)
+    assert after["state"] == "running" and after["pid"] != before["pid"]
+    assert after["boot"]["phases"][0]["at"] > before["boot"]["phases"][0]["at"]
+    assert service.exec("web1", "cat", "/root/data.txt") == "precious\n"
+
+
+def test_guest_poweroff_is_a_stop_not_a_crash(service):
+    service.launch("selfstop")
+    with service.client() as c:
+        c.exec("selfstop", ["sh", "-c", "poweroff &"])
+        deadline = time.monotonic() + 30
+        while c.instance("selfstop")["state"] == "running" and time.monotonic() < deadline:
+            time.sleep(0.1)
+        inst = c.instance("selfstop")
+        assert inst["state"] == "stopped", inst
+        c.delete("selfstop")
+
+
+def test_overlay_is_thin(web, service):
+    shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
+    # A 2 GiB disk whose data lives in the image: the VM's own file holds only its writes.
+    assert shown["host"]["disk_allocated_bytes"] < 64 * 1024 * 1024

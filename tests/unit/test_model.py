@@ -1,0 +1,84 @@
+import pytest
+
+from gureum.errors import InvalidState
+from gureum.model.instance import (
+    ACTIVE,
+    BootTimeline,
+    State,
+    can_transition,
+    check_action,
+    check_transition,
+)
+from gureum.model.operation import Operation, OpStatus, Progress
+
+
+def test_lifecycle_path_is_allowed():
+    path = [
+        State.PENDING,
+        State.STARTING,
+        State.RUNNING,
+        State.STOPPING,
+        State.STOPPED,
+        State.STARTING,
+        State.RUNNING,
+        State.CRASHED,
+        State.STARTING,
+        State.ERROR,
+    ]
+    for old, new in zip(path, path[1:], strict=False):
+        check_transition(old, new)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (State.STOPPED, State.RUNNING),
+        (State.PENDING, State.RUNNING),
+        (State.CRASHED, State.RUNNING),
+        (State.STOPPED, State.STOPPING),
+        (State.ERROR, State.RUNNING),
+    ],
+)
+def test_forbidden_transitions(old, new):
+    assert not can_transition(old, new)
+    with pytest.raises(InvalidState):
+        check_transition(old, new)
+
+
+def test_actions_by_state():
+    check_action("exec", State.RUNNING, name="a")
+    with pytest.raises(InvalidState, match="cannot exec a: it is stopped"):
+        check_action("exec", State.STOPPED, name="a")
+    with pytest.raises(InvalidState):
+        check_action("start", State.RUNNING, name="a")
+    check_action("start", State.CRASHED, name="a")
+    assert State.STOPPED not in ACTIVE and State.RUNNING in ACTIVE
+
+
+def test_boot_timeline_durations():
+    boot = BootTimeline()
+    assert boot.mark("process_started", 100.0)
+    assert boot.mark("kernel_started", 100.5)
+    assert not boot.mark("kernel_started", 101.0)  # first one counts
+    boot.mark("init_started", 102.0)
+    boot.mark("agent_ready", 102.25)
+    view = boot.to_dict()
+    assert view["total_s"] == 2.25
+    assert [p["since_previous_s"] for p in view["phases"]] == [None, 0.5, 1.5, 0.25]
+    assert BootTimeline.from_raw(boot.raw()) == boot
+    with pytest.raises(ValueError):
+        boot.mark("nonsense", 1.0)
+
+
+def test_operation_progress_window():
+    op = Operation(
+        "op-1",
+        "launch",
+        "i-1",
+        OpStatus.RUNNING,
+        1.0,
+        progress=[Progress(1.0, "a"), Progress(2.0, "b"), Progress(3.0, "c")],
+    )
+    view = op.to_dict(progress_after=1)
+    assert [p["message"] for p in view["progress"]] == ["b", "c"]
+    assert view["progress_count"] == 3 and not op.done

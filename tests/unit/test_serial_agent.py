@@ -1,0 +1,94 @@
+"""The console's marker scanning and the guest-agent protocol, against a fake agent socket."""
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+
+from gureum.engine.qemu.agent import GuestAgent
+from gureum.engine.qemu.serial import SerialConsole
+from gureum.errors import EngineError, Timeout
+
+
+def test_markers_found_across_chunk_boundaries():
+    seen = []
+    console = SerialConsole(Path("/nonexistent"), lambda event, at: seen.append(event))
+    console._scan(b"boot noise ... gureum-in", 1.0)
+    console._scan(b"it: started\r\nmore", 2.0)
+    console._scan(b" gureum-init: ready\r\n", 3.0)
+    assert seen == ["init_started", "init_ready"]
+
+
+async def fake_agent(path: Path, replies: dict, stale: bytes = b"", hang: set = frozenset()):
+    """A qemu-ga stand-in: answers guest-sync-delimited as the real one does (0xFF first)."""
+
+    async def handle(reader, writer):
+        writer.write(stale)  # leftovers of an earlier client, which the sync must discard
+        while line := await reader.readline():
+            msg = json.loads(line)
+            cmd = msg["execute"]
+            if cmd == "guest-sync-delimited":
+                writer.write(
+                    b"\xff" + json.dumps({"return": msg["arguments"]["id"]}).encode() + b"\n"
+                )
+            elif cmd in hang:
+                continue
+            elif cmd in replies:
+                writer.write(json.dumps(replies[cmd](msg.get("arguments"))).encode() + b"\n")
+            await writer.drain()
+
+    return await asyncio.start_unix_server(handle, str(path))
+
+
+def test_agent_sync_exec_and_errors(tmp_path):
+    async def main():
+        sock = tmp_path / "qga.sock"
+        status_calls = []
+
+        def status(args):
+            status_calls.append(args)
+            if len(status_calls) < 3:
+                return {"return": {"exited": False}}
+            return {
+                "return": {"exited": True, "exitcode": 3, "out-data": "aGVsbG8K", "err-data": ""}
+            }
+
+        replies = {
+            "guest-ping": lambda a: {"return": {}},
+            "guest-exec": lambda a: (
+                {"return": {"pid": 42}}
+                if a["path"] != "nope"
+                else {"error": {"class": "GenericError", "desc": "Failed to execute child"}}
+            ),
+            "guest-exec-status": status,
+        }
+        server = await fake_agent(sock, replies, stale=b'{"return": {"stale": true}}\n')
+        agent = GuestAgent(sock)
+        await agent.ping()
+        result = await agent.exec(["sh", "-c", "echo hello; exit 3"], stdin=b"in", timeout=5)
+        assert (result.exit_code, result.stdout) == (3, b"hello\n")
+        assert len(status_calls) == 3
+        with pytest.raises(EngineError, match="Failed to execute"):
+            await agent.exec(["nope"], stdin=None, timeout=5)
+        await agent.close()
+        server.close()
+
+    asyncio.run(main())
+
+
+def test_agent_timeout_drops_connection(tmp_path):
+    async def main():
+        sock = tmp_path / "qga.sock"
+        server = await fake_agent(
+            sock, {"guest-ping": lambda a: {"return": {}}}, hang={"guest-info"}
+        )
+        agent = GuestAgent(sock)
+        with pytest.raises(Timeout):
+            await agent.call("guest-info", timeout=0.2)
+        assert agent._writer is None  # the next call reconnects and resyncs
+        await agent.ping()
+        await agent.close()
+        server.close()
+
+    asyncio.run(main())

@@ -1,0 +1,114 @@
+import asyncio
+import time
+
+import pytest
+
+from gureum.errors import Conflict, InvalidInput, NotFound
+from gureum.model.instance import ACTIVE, Instance, InstanceSpec, State
+from gureum.model.operation import Operation, OpStatus
+from gureum.service.operations import OperationManager
+from gureum.store.db import Database
+from gureum.store.instances import InstanceStore
+from gureum.store.migrations import latest_version, migrate
+from gureum.store.operations import OperationStore
+
+
+@pytest.fixture
+def db(tmp_path):
+    database = Database.open_sqlite(tmp_path / "state.db")
+    yield database
+    database.close()
+
+
+def make(name, state=State.RUNNING, cpus=1, mem=256):
+    return Instance(
+        id=f"i-{name:0>12}"[:14],
+        spec=InstanceSpec(name, "tiny", cpus, mem, 1 << 30),
+        state=state,
+        created_at=time.time(),
+        image_version="v1",
+    )
+
+
+def test_migrations_are_idempotent(db):
+    with db.begin() as conn:
+        assert migrate(conn) == []
+        version = conn.exec_driver_sql("SELECT MAX(version) FROM schema_migrations").scalar()
+    assert version == latest_version()
+
+
+def test_instances_unique_name_and_committed(db):
+    store = InstanceStore(db)
+    store.insert(make("a", cpus=2, mem=512))
+    store.insert(make("b", state=State.STOPPED, cpus=4, mem=1024))
+    store.insert(make("c", state=State.STARTING, cpus=1, mem=128))
+    with pytest.raises(Conflict, match="already exists"):
+        store.insert(make("a"))
+    assert store.committed(ACTIVE) == (3, 640)
+    store.update(store.get_by_name("a").id, state=State.STOPPED)
+    assert store.get_by_name("a").state == State.STOPPED
+    assert [i.name for i in store.list()] == ["a", "b", "c"]
+
+
+def test_operations_progress_wait_and_failure(db):
+    async def main():
+        ops = OperationManager(OperationStore(db))
+        gate = asyncio.Event()
+
+        async def work(ctx):
+            ctx.progress("step one")
+            await gate.wait()
+            ctx.progress("step two", 0.5)
+            return {"answer": 42}
+
+        op = ops.start("launch", "i-1", work)
+        first = await ops.wait(op.id, timeout=5)
+        assert [p.message for p in first.progress] == ["step one"]
+        started = time.monotonic()
+        waiter = asyncio.ensure_future(ops.wait(op.id, timeout=10, progress_after=1))
+        await asyncio.sleep(0.05)
+        gate.set()
+        later = await waiter
+        assert time.monotonic() - started < 2  # answered on news, not at the timeout
+        assert len(later.progress) >= 2
+        done = await ops.wait(op.id, timeout=5, progress_after=2)
+        assert done.status == OpStatus.SUCCEEDED and done.result == {"answer": 42}
+        assert ops.store.get(op.id).status == OpStatus.SUCCEEDED
+
+        async def bad(ctx):
+            raise InvalidInput("nope")
+
+        failed = ops.start("launch", "i-2", bad)
+        failed = await ops.wait(failed.id, timeout=5)
+        assert failed.error == {"code": "invalid-input", "message": "nope"}
+        with pytest.raises(NotFound):
+            ops.get("op-missing")
+
+    asyncio.run(main())
+
+
+def test_interrupted_operations_are_marked(db):
+    # A service killed mid-operation leaves its row "running"; the next start marks it.
+    store = OperationStore(db)
+    store.insert(Operation("op-dead", "launch", "i-1", OpStatus.RUNNING, time.time()))
+    fresh = OperationManager(store)
+    assert fresh.interrupt_stale() == 1
+    assert store.get("op-dead").status == OpStatus.FAILED
+    assert store.get("op-dead").error["code"] == "interrupted"
+
+
+def test_cancelled_operations_are_recorded(db):
+    # A graceful shutdown cancels running work; it is recorded as interrupted, not lost.
+    async def main():
+        ops = OperationManager(OperationStore(db))
+
+        async def work(ctx):
+            await asyncio.Event().wait()
+
+        op = ops.start("launch", "i-1", work)
+        await asyncio.sleep(0)
+        await ops.shutdown()
+        return op.id
+
+    op_id = asyncio.run(main())
+    assert OperationStore(db).get(op_id).error["code"] == "interrupted"

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -27,10 +27,8 @@ def _reap_orphans(stop: threading.Event) -> None:
                 continue
             fields = stat[stat.rindex(")") + 2 :].split()
             if fields[0] == "Z" and int(fields[1]) == me and "qemu-system" in stat:
-                try:
+                with contextlib.suppress(ChildProcessError):
                     os.waitpid(int(entry.name), os.WNOHANG)
-                except ChildProcessError:
-                    pass
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -43,4 +41,3 @@ def subreaper():
     yield
     stop.set()
     thread.join()
-    time.sleep(0)

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 
 from gureum.errors import InvalidState
@@ -25,7 +27,7 @@ def test_lifecycle_path_is_allowed():
         State.STARTING,
         State.ERROR,
     ]
-    for old, new in zip(path, path[1:], strict=False):
+    for old, new in itertools.pairwise(path):
         check_transition(old, new)
 
 

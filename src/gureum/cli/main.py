@@ -7,7 +7,6 @@ import sys
 import typer
 
 from gureum.cli import images, instances, system
-from gureum.cli.output import err
 from gureum.client.client import ApiError
 from gureum.errors import GureumError
 
@@ -33,10 +32,10 @@ def main() -> None:
     try:
         app()
     except ApiError as exc:
-        err.print(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else ""), markup=False)
+        sys.stderr.write(f"error: {exc.message}" + (f" [{exc.code}]" if exc.code else "") + "\n")
         sys.exit(1)
     except GureumError as exc:
-        err.print(f"error: {exc.message} [{exc.code}]", markup=False)
+        sys.stderr.write(f"error: {exc.message} [{exc.code}]\n")
         sys.exit(1)
     except KeyboardInterrupt:
         sys.exit(130)

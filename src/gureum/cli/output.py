@@ -16,7 +16,7 @@ from gureum.client.client import Client
 from gureum.units import format_size
 
 out = Console(highlight=False)
-err = Console(stderr=True, highlight=False)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class Format(StrEnum):

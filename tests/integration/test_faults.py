@@ -1,0 +1,142 @@
+"""Faults: a VM killed, the service killed, leftovers, a full host. Each VM's fate is its own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+from gureum.client.client import ApiError
+from gureum.engine.qemu import process
+from gureum.host.capacity import host_memory_mib
+from tests.integration.conftest import running_service
+
+pytestmark = pytest.mark.vm
+
+GUEST_LIMIT_MIB = 1100  # the host "has" this much for guests in this module
+
+
+@pytest.fixture(scope="module")
+def small_host():
+    reserve = host_memory_mib() - GUEST_LIMIT_MIB
+    with running_service({"GUREUM_MEMORY_RESERVE_MIB": str(reserve)}) as svc:
+        svc.launch("alpha")
+        svc.launch("beta")
+        yield svc
+
+
+def state_of(svc, name):
+    with svc.client() as c:
+        return c.instance(name)
+
+
+def wait_state(svc, name, want, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        inst = state_of(svc, name)
+        if inst["state"] == want:
+            return inst, time.monotonic()
+        time.sleep(0.05)
+    raise AssertionError(f"{name} is {inst['state']}, not {want}, after {timeout} s")
+
+
+def test_admission_refuses_what_does_not_fit(small_host):
+    # alpha and beta hold 2 x 256 MiB of the 1100: 588 left.
+    before = sorted(small_host.qemu_pids())
+    res = small_host.cli("launch", "tiny", "--name", "gamma", "--memory", "640M", check=False)
+    assert res.returncode == 1 and "[insufficient-capacity]" in res.stderr
+    assert "not enough host memory" in res.stderr
+    assert sorted(small_host.qemu_pids()) == before
+    assert "gamma" not in small_host.cli("list").stdout
+    host = json.loads(small_host.cli("host", "-o", "json").stdout)
+    assert host["committed"]["memory_mib"] == 512
+    assert host["capacity"]["memory_limit_mib"] == GUEST_LIMIT_MIB
+
+
+def test_one_vm_killed_leaves_the_rest_running(small_host):
+    alpha = state_of(small_host, "alpha")
+    killed_at = time.monotonic()
+    os.kill(alpha["pid"], signal.SIGKILL)
+    inst, seen_at = wait_state(small_host, "alpha", "crashed", timeout=5)
+    assert seen_at - killed_at < 5
+    assert "killed by signal 9" in inst["state_reason"]
+    assert small_host.proc.poll() is None  # the service is fine
+    assert small_host.exec("beta", "echo", "still here") == "still here\n"
+    # A crashed VM can be started again, with its disk as it was.
+    small_host.cli("start", "alpha")
+    assert small_host.exec("alpha", "hostname").strip() == "alpha"
+
+
+def test_service_killed_and_restarted_keeps_vms(small_host):
+    pids = {n: state_of(small_host, n)["pid"] for n in ("alpha", "beta")}
+    small_host.exec("alpha", "sh", "-c", "echo before > /root/mark && sync")
+    small_host.kill(signal.SIGKILL)
+    assert all(process.is_alive(p) for p in pids.values())  # VMs outlive the service
+    small_host.start()
+    for name, pid in pids.items():
+        inst = state_of(small_host, name)
+        assert (inst["state"], inst["pid"]) == ("running", pid)
+    assert small_host.exec("alpha", "cat", "/root/mark") == "before\n"
+    assert small_host.exec("beta", "nproc").strip() == "1"
+    # ...and still controllable: stop and start through the re-adopted monitor.
+    small_host.cli("stop", "beta")
+    assert state_of(small_host, "beta")["state"] == "stopped"
+    assert not process.is_alive(pids["beta"])
+    small_host.cli("start", "beta")
+    assert state_of(small_host, "beta")["state"] == "running"
+
+
+def test_crash_while_service_down_is_noticed(small_host):
+    beta = state_of(small_host, "beta")
+    small_host.kill(signal.SIGKILL)
+    os.kill(beta["pid"], signal.SIGKILL)
+    small_host.start()
+    inst = state_of(small_host, "beta")
+    assert inst["state"] == "crashed" and "service was down" in inst["state_reason"]
+    small_host.cli("start", "beta")
+
+
+def test_leftovers_are_removed_at_start(small_host):
+    small_host.stop()
+    ghost = "i-0000deadbeef"
+    (small_host.home / "instances" / ghost).mkdir()
+    (small_host.home / "instances" / ghost / "root.qcow2").write_bytes(b"junk")
+    rundir = small_host.home / "run" / ghost
+    rundir.mkdir()
+    stray = subprocess.Popen(
+        ["qemu-system-x86_64", "-S", "-display", "none", "-nodefaults", "-machine", "none",
+         "-qmp", f"unix:{rundir}/qmp.sock,server=on,wait=off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 10
+        while not (rundir / "qmp.sock").exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        small_host.start()
+        stray.wait(10)  # the reconciler killed it
+        assert not (small_host.home / "instances" / ghost).exists()
+        assert not rundir.exists()
+        assert {i["name"] for i in json.loads(small_host.cli("list", "-o", "json").stdout)} == {
+            "alpha",
+            "beta",
+        }
+    finally:
+        if stray.poll() is None:
+            stray.kill()
+            stray.wait()
+
+
+def test_deleted_vm_leaves_nothing(small_host):
+    alpha = state_of(small_host, "alpha")
+    with small_host.client() as c:
+        with pytest.raises(ApiError) as exc:
+            c.delete("alpha")
+        assert exc.value.code == "invalid-state"
+        c.delete("alpha", force=True)
+    assert not process.is_alive(alpha["pid"])
+    assert not (small_host.home / "instances" / alpha["id"]).exists()
+    assert not (small_host.home / "run" / alpha["id"]).exists()

@@ -1,0 +1,47 @@
+# gureum: two commands do everything on a fresh Debian 12 machine (as root):
+#   make demo   install what is needed, build the tiny image, boot a real VM and show it working
+#   make test   install what is needed and run the whole test suite (unit + real-VM integration)
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+GUREUM := $(VENV)/bin/gureum
+DEMO_HOME ?= /var/lib/gureum-demo
+export GUREUM_CACHE_DIR ?= $(CURDIR)/.gureum/cache
+
+.PHONY: setup system-packages venv demo test unit integration lint bench clean
+
+setup: system-packages venv
+
+system-packages:
+	bash scripts/setup-system.sh
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $@
+
+demo: setup
+	GUREUM_HOME=$(DEMO_HOME) bash scripts/demo.sh
+
+lint: venv
+	$(VENV)/bin/ruff check src tests bench
+	$(VENV)/bin/ruff format --check src tests bench
+
+unit: venv
+	$(PY) -m pytest tests/unit -q
+
+integration: setup
+	$(PY) -m pytest tests/integration -q
+
+test: setup lint
+	$(PY) -m pytest tests -q --durations=10
+
+bench: setup
+	$(PY) bench/launch.py
+
+clean:
+	rm -rf $(VENV) .gureum .pytest_cache .ruff_cache

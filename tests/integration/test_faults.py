@@ -23,7 +23,8 @@ GUEST_LIMIT_MIB = 1100  # the host "has" this much for guests in this module
 @pytest.fixture(scope="module")
 def small_host():
     reserve = host_memory_mib() - GUEST_LIMIT_MIB
-    with running_service({"GUREUM_MEMORY_RESERVE_MIB": str(reserve)}) as svc:
+    env = {"GUREUM_MEMORY_RESERVE_MIB": str(reserve), "GUREUM_STOP_TIMEOUT": "3"}
+    with running_service(env) as svc:
         svc.launch("alpha")
         svc.launch("beta")
         yield svc
@@ -128,6 +129,16 @@ def test_leftovers_are_removed_at_start(small_host):
         if stray.poll() is None:
             stray.kill()
             stray.wait()
+
+
+def test_stop_falls_back_when_the_guest_ignores_acpi(small_host):
+    small_host.exec("beta", "killall", "acpid")  # the power button now does nothing
+    with small_host.client() as c:
+        op = c.wait(c.action("beta", "stop")["id"], timeout=60)
+        assert op["result"]["how"] == "quit"
+        assert c.instance("beta")["state"] == "stopped"
+        c.wait(c.action("beta", "start")["id"], timeout=120)
+        assert c.instance("beta")["state"] == "running"
 
 
 def test_deleted_vm_leaves_nothing(small_host):

@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import pty
+import select
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +52,49 @@ def test_guest_sees_its_hardware(web, service):
     sectors = int(service.exec("web1", "cat", "/sys/block/vda/size"))
     assert sectors * 512 == 2 * 1024**3
     assert service.exec("web1", "hostname").strip() == "web1"
+
+
+def test_qemu_runs_sandboxed(web, service):
+    pid = json.loads(service.cli("show", "web1", "-o", "json").stdout)["pid"]
+    status = Path(f"/proc/{pid}/status").read_text()
+    assert "Seccomp:\t2" in status  # filter mode: -sandbox on
+    argv = process.cmdline(pid)
+    assert argv[argv.index("-name") + 1].startswith("guest=web1")
+    assert os.getsid(pid) == pid  # its own session: detached from the service
+
+
+def test_interactive_console_in_a_terminal(web, service):
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.execvpe(sys.executable, [sys.executable, "-m", "gureum.cli.main", "console", "web1"],
+                   service.env)  # fmt: skip
+    seen = b""
+
+    def read_until(needle: bytes, timeout: float = 20) -> None:
+        nonlocal seen
+        deadline = time.monotonic() + timeout
+        while needle not in seen and time.monotonic() < deadline:
+            ready, _, _ = select.select([fd], [], [], 0.2)
+            if ready:
+                try:
+                    seen += os.read(fd, 4096)
+                except OSError:
+                    break
+        assert needle in seen, seen[-500:]
+
+    try:
+        read_until(b"Detach with Ctrl-]")
+        os.write(fd, b"echo tty-$((40+2))\r")
+        read_until(b"tty-42")
+        os.write(fd, b"\x1d")  # Ctrl-]
+        read_until(b"Detached.")
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(pid, 9)
+            os.waitpid(pid, 0)
+        os.close(fd)
 
 
 def test_exec_streams_and_exit_codes(web, service):

@@ -163,6 +163,9 @@ class Builder:
             self.progress(f"image {self.recipe.name} {version} is up to date", 1.0)
             return existing, False
         work = self.images_dir / ".build" / f"{self.recipe.name}-{version}"
+        for stale in work.parent.glob(f"{self.recipe.name}-*"):
+            if stale != work:  # an unfinished build of inputs that have changed since
+                shutil.rmtree(stale, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
         debs = self._step(work, "download", lambda: self._download([kernel, *packages]))
         kernel_version = self._step(work, "kernel", lambda: self._unpack_kernel(work, debs[0]))

@@ -101,6 +101,25 @@ def test_crash_while_service_down_is_noticed(small_host):
     small_host.cli("start", "beta")
 
 
+def test_service_killed_mid_boot_finishes_the_boot(small_host):
+    with small_host.client() as c:
+        res = c.launch("gamma", "tiny")
+        for item in c.follow(res["operation"]["id"], timeout=60):
+            if "progress" in item and "QEMU running as pid" in item["progress"]["message"]:
+                break
+    small_host.kill(signal.SIGKILL)
+    small_host.start()
+    inst, _ = wait_state(small_host, "gamma", "running", timeout=120)
+    assert inst["boot"]["phases"][-1]["at"] is not None  # agent_ready recorded after adoption
+    assert small_host.exec("gamma", "hostname").strip() == "gamma"
+    with small_host.client() as c:
+        kinds = [
+            o["kind"] for o in c.request("GET", "/v1/operations", params={"target": inst["id"]})
+        ]
+        assert "adopt" in kinds
+        c.delete("gamma", force=True)
+
+
 def test_leftovers_are_removed_at_start(small_host):
     small_host.stop()
     ghost = "i-0000deadbeef"

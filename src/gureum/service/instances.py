@@ -226,6 +226,13 @@ class InstanceService:
             except GureumError as exc:
                 self._fail_start(instance_id, exc)
                 raise
+        return await self._await_ready(instance_id, events, ctx)
+
+    async def _await_ready(
+        self, instance_id: str, events: _Events, ctx: OpContext
+    ) -> dict[str, object]:
+        """Wait for the guest agent (outside the VM's lock, so a stop can interrupt)."""
+        events.ctx = ctx
         try:
             await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
         except GureumError as exc:
@@ -244,9 +251,17 @@ class InstanceService:
         inst = self.get(instance_id)
         if inst.state == State.STARTING:
             self._set_state(inst, State.RUNNING)
-        total = events.boot.to_dict()["total_s"]
-        ctx.progress(f"ready in {total} s")
+        ctx.progress(f"ready in {events.boot.to_dict()['total_s']} s")
         return {"instance": self.view(self.get(instance_id))}
+
+    async def mark_error(self, instance_id: str, reason: str) -> None:
+        """Give up on a VM the service cannot manage: kill what runs, record why."""
+        await self.host.kill(instance_id)
+        self.host.forget(instance_id)
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state != State.ERROR:
+            inst.state = State.ERROR  # any state may fall to error when the host is lost
+            self.store.update(instance_id, state=State.ERROR, state_reason=reason, pid=None)
 
     def _fail_start(self, instance_id: str, exc: GureumError) -> None:
         inst = self.store.get(instance_id)
@@ -268,6 +283,49 @@ class InstanceService:
         elif inst.state == State.STOPPING:
             self._set_state(inst, State.STOPPED, detail, pid=None)
         # STARTING: the boot waiter sees the exit and records why the start failed.
+
+    # -- recovery after a service restart -------------------------------------------------------
+    async def recover(self, inst: Instance) -> str | None:
+        """Make one instance's record agree with its host after a restart; returns what changed.
+
+        A live QEMU of an active VM is re-adopted (and a boot or stop that was under way is
+        finished); a dead one is marked crashed, or stopped if its guest powered off; a QEMU
+        running for a VM the store says is down is killed (the store holds the intent).
+        """
+        pid = self.host.find_running(inst.id)
+        if inst.state not in ACTIVE:
+            if pid is None:
+                return None
+            await self.host.kill(inst.id)
+            return f"{inst.name}: killed the QEMU of a {inst.state.value} VM"
+        if pid is None:
+            if inst.state == State.STOPPING or self.host.died_cleanly(inst.id):
+                new, why = State.STOPPED, "guest powered off while the service was down"
+            elif inst.state == State.RUNNING:
+                new, why = State.CRASHED, "QEMU exited while the service was down"
+            else:
+                new, why = State.ERROR, "start interrupted by a service restart"
+            self._set_state(inst, new, why, pid=None)
+            return f"{inst.name}: {new.value} ({why})"
+        events = _Events(self, inst.id)
+        events.boot = inst.boot
+        self._events[inst.id] = events
+        booted = inst.state == State.RUNNING
+        await self.host.adopt(self._vm_spec(inst), pid, events, booted=booted)
+        self.store.update(inst.id, pid=pid)
+        if inst.state in (State.PENDING, State.STARTING):
+            if inst.state == State.PENDING:
+                self._set_state(inst, State.STARTING)
+
+            async def finish_boot(ctx: OpContext) -> dict[str, object]:
+                ctx.progress("re-adopted a booting VM after a service restart")
+                return await self._await_ready(inst.id, events, ctx)
+
+            self.ops.start("adopt", inst.id, finish_boot)
+        elif inst.state == State.STOPPING:
+            # A stop was under way when the service went down: finish it.
+            self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
+        return f"{inst.name}: re-adopted QEMU pid {pid}"
 
     # -- stop / start / restart ------------------------------------------------------------------
     async def stop(self, ref: str) -> Operation:

@@ -108,3 +108,11 @@ def test_openapi_and_host(api):
     assert host["accel"] in ("kvm", "tcg")
     assert host["capacity"]["memory_reserve_mib"] == 0
     assert api.get("/v1/version").json()["api"] == "v1"
+
+
+def test_home_too_long_for_sockets_is_refused(tmp_path):
+    from gureum.errors import InvalidInput
+
+    deep = tmp_path / ("d" * 90)
+    with pytest.raises(InvalidInput, match="107-byte limit"):
+        Services.build(load_config(deep, env={}))

@@ -8,8 +8,9 @@ import os
 from dataclasses import dataclass
 
 from gureum.config import Config
-from gureum.errors import Conflict
+from gureum.errors import Conflict, InvalidInput
 from gureum.host.agent import LocalHostAgent
+from gureum.ids import new_id
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.operations import OperationManager
@@ -35,6 +36,13 @@ class Services:
 
     @classmethod
     def build(cls, config: Config) -> Services:
+        # Unix socket paths are limited to 107 bytes; each VM's live under run/<id>/.
+        longest = config.run_dir / new_id("i-") / "serial.sock"
+        if len(str(longest).encode()) > 107:
+            raise InvalidInput(
+                f"GUREUM_HOME {config.home} is too long: VM socket paths under it would exceed "
+                "the 107-byte limit of unix sockets; use a shorter path"
+            )
         for folder in (
             config.home,
             config.run_dir,

@@ -12,19 +12,29 @@ import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
 from gureum.engine.qemu import process
 from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.argv import RuntimePaths, VMConfig
-from gureum.engine.qemu.serial import SerialConsole
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import InvalidState
 from gureum.host.capacity import HostCapacity, measure
 from gureum.storage import disks
 
 log = logging.getLogger(__name__)
+
+
+class Console(Protocol):
+    """A VM's serial console as the service sees it (the engine's SerialConsole is one)."""
+
+    def attach(self) -> asyncio.Queue[bytes | None]: ...
+
+    def detach(self, queue: asyncio.Queue[bytes | None]) -> None: ...
+
+    async def write(self, data: bytes) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -149,7 +159,7 @@ class LocalHostAgent:
     ) -> ExecResult:
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
 
-    def console(self, instance_id: str) -> SerialConsole:
+    def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial
 
     def serial_log(self, instance_id: str) -> Path:
@@ -194,6 +204,3 @@ class LocalHostAgent:
                     await asyncio.to_thread(shutil.rmtree, folder, True)
                     removed.append(str(folder))
         return removed
-
-    def known_vm_ids(self) -> set[str]:
-        return set(self._vms)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gureum.config import Config
 from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.agent import LocalHostAgent, VMSpec
+from gureum.host.agent import Console, LocalHostAgent, VMSpec
 from gureum.host.capacity import admit
 from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import (
@@ -420,10 +420,10 @@ class InstanceService:
             "truncated": result.truncated,
         }
 
-    def console(self, ref: str):  # type: ignore[no-untyped-def]
+    def console(self, ref: str) -> Console:
         inst = self.get(ref)
         check_action("console", inst.state, name=inst.name)
-        return inst, self.host.console(inst.id)
+        return self.host.console(inst.id)
 
     def serial_log(self, ref: str) -> Path:
         return self.host.serial_log(self.get(ref).id)

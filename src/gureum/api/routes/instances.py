@@ -121,7 +121,7 @@ async def console(websocket: WebSocket, ref: str) -> None:
     """Interactive serial console: binary frames both ways, raw bytes."""
     svc: Services = ws_services(websocket)
     try:
-        _, serial = svc.instances.console(ref)
+        serial = svc.instances.console(ref)
     except GureumError as exc:
         await websocket.accept()
         await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})

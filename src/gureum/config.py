@@ -56,6 +56,14 @@ class Config:
         return self.home / "instances"
 
     @property
+    def disks_dir(self) -> Path:
+        return self.home / "disks"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.home / "snapshots"
+
+    @property
     def run_dir(self) -> Path:
         return self.home / "run"
 

@@ -33,6 +33,7 @@ def test_launch_reports_a_ready_vm(web, service):
     assert web["image"] == "tiny" and web["id"].startswith("i-")
     assert process.is_alive(web["pid"])
     phases = {p["event"]: p["at"] for p in web["boot"]["phases"]}
+    assert phases.pop("memory_restored") is None  # a cold boot, not a restore
     assert None not in phases.values()
     order = [
         phases[e] for e in ("process_started", "kernel_started", "init_started", "agent_ready")
@@ -115,7 +116,7 @@ def test_list_and_show(web, service):
     assert "web1" in table and "running" in table and "NAME" in table
     shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
     for key in ("name", "id", "state", "image", "cpus", "memory_mib", "disk_gib", "accel", "pid",
-                "created_at", "boot"):  # fmt: skip
+                "created_at", "boot", "mac", "generation_id"):  # fmt: skip
         assert key in shown
     assert shown["host"]["rss_bytes"] > 10 * 1024 * 1024
     assert "agent_ready" in service.cli("show", "web1").stdout

@@ -1,18 +1,37 @@
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from gureum.engine.qemu import accel
-from gureum.engine.qemu.argv import AGENT_PORT_NAME, SANDBOX, RuntimePaths, VMConfig, opt, render
+from gureum.engine.qemu.argv import (
+    AGENT_PORT_NAME,
+    SANDBOX,
+    RamFiles,
+    RuntimePaths,
+    VMConfig,
+    device_args,
+    opt,
+    render,
+)
 from gureum.errors import InvalidInput
+from gureum.model.hardware import Hardware
+
+HW = Hardware(
+    cpus=2,
+    max_cpus=8,
+    memory_mib=512,
+    max_memory_mib=4608,
+    mac="52:54:00:aa:bb:cc",
+    generation_id="11111111-2222-3333-4444-555555555555",
+)
 
 
 def config(**kw):
     base = dict(
         name="web1",
-        cpus=2,
-        memory_mib=512,
+        hardware=HW,
         accel="tcg",
         kernel=Path("/img/vmlinuz"),
         initrd=Path("/img/initrd.img"),
@@ -34,7 +53,10 @@ def test_render_tcg():
     assert arg_after(argv, "-name") == ["guest=web1,debug-threads=on"]
     assert arg_after(argv, "-accel") == ["tcg,thread=multi,tb-size=128"]
     assert arg_after(argv, "-cpu") == ["max"]
-    assert arg_after(argv, "-smp") == ["2"] and arg_after(argv, "-m") == ["512M"]
+    assert arg_after(argv, "-smp") == ["cpus=2,maxcpus=8"]
+    assert arg_after(argv, "-m") == ["512M,slots=8,maxmem=4608M"]
+    assert arg_after(argv, "-object") == ["memory-backend-ram,id=mem0,size=512M"]
+    assert "q35,memory-backend=mem0" in arg_after(argv, "-machine")
     assert arg_after(argv, "-sandbox") == [SANDBOX]
     assert "elevateprivileges=deny" in SANDBOX and "spawn=deny" in SANDBOX
     assert "-S" in argv and "-nodefaults" in argv
@@ -47,12 +69,41 @@ def test_render_tcg():
     devices = " ".join(arg_after(argv, "-device"))
     for dev in ("virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci"):
         assert dev in devices
+    assert "virtio-net-pci,id=nic0,mac=52:54:00:aa:bb:cc" in devices
+    assert "vmgenid,guid=11111111-2222-3333-4444-555555555555" in devices
+    assert "-incoming" not in argv
 
 
 def test_render_kvm_and_unpaused():
     argv = render(config(accel="kvm", start_paused=False))
     assert arg_after(argv, "-accel") == ["kvm"] and arg_after(argv, "-cpu") == ["host"]
     assert "-S" not in argv
+
+
+def test_render_restore_with_hot_plugged_parts():
+    hw = replace(HW, hot_cpus=(2, 3), dimms=(256,))
+    argv = render(config(hardware=hw, ram=RamFiles(Path("/snap/s-1"), share=False), incoming=True))
+    objects = arg_after(argv, "-object")
+    assert objects == [
+        "memory-backend-file,id=mem0,size=512M,mem-path=/snap/s-1/ram-mem0,share=off",
+        "memory-backend-file,id=dimm0-mem,size=256M,mem-path=/snap/s-1/ram-dimm0-mem,share=off",
+    ]
+    devices = arg_after(argv, "-device")
+    assert "pc-dimm,id=dimm0,memdev=dimm0-mem" in devices
+    assert "max-x86_64-cpu,id=cpu2,socket-id=0,core-id=2,thread-id=0" in devices
+    assert arg_after(argv, "-incoming") == ["defer"] and "-S" in argv
+    assert device_args("max-x86_64-cpu,id=cpu3,socket-id=0,core-id=3,thread-id=0") == {
+        "driver": "max-x86_64-cpu",
+        "id": "cpu3",
+        "socket-id": 0,
+        "core-id": 3,
+        "thread-id": 0,
+    }
+
+
+def test_render_read_only_root():
+    argv = render(config(root_read_only=True))
+    assert all(json.loads(b)["read-only"] for b in arg_after(argv, "-blockdev"))
 
 
 def test_commas_in_paths_are_escaped():

@@ -66,7 +66,7 @@ def test_boot_timeline_durations():
     boot.mark("agent_ready", 102.25)
     view = boot.to_dict()
     assert view["total_s"] == 2.25
-    assert [p["since_previous_s"] for p in view["phases"]] == [None, 0.5, 1.5, 0.25]
+    assert [p["since_previous_s"] for p in view["phases"]] == [None, None, 0.5, 1.5, 0.25]
     assert BootTimeline.from_raw(boot.raw()) == boot
     with pytest.raises(ValueError):
         boot.mark("nonsense", 1.0)

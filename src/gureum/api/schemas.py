@@ -67,6 +67,12 @@ class InstanceOut(BaseModel):
     disk_bytes: int
     accel: str | None = Field(description="kvm or tcg")
     pid: int | None
+    mac: str | None
+    generation_id: str | None = Field(description="the vmgenid GUID; new on every restore/clone")
+    pending_next_boot: dict[str, Any] = Field(
+        description="resizes that take effect at the next boot (hot-plug could not apply them)"
+    )
+    snapshots: int
     created_at: float
     updated_at: float | None
     boot: BootOut
@@ -128,3 +134,39 @@ class HostOut(BaseModel):
 class VersionOut(BaseModel):
     version: str
     api: str
+
+
+class SnapshotIn(Strict):
+    name: str = Field(examples=["before-upgrade"])
+    memory: bool = Field(False, description="also save memory: a restore resumes the running VM")
+
+
+class SnapshotOut(BaseModel):
+    id: str
+    instance_id: str
+    name: str
+    memory: bool
+    consistency: str = Field(description="offline, fsfreeze, paused (memory) or crash-consistent")
+    cpus: int
+    memory_mib: int
+    disk_gib: float
+    size_bytes: int
+    created_at: float
+    depended_on_by: list[str] = Field(default_factory=list)
+    disk_data_kept_for: list[str] | None = None
+
+
+class CloneIn(Strict):
+    name: str = Field(description="the new instance's name (and hostname)")
+
+
+class ResizeIn(Strict):
+    cpus: int | None = None
+    memory_mib: int | None = None
+    disk_gib: float | None = Field(None, description="grow only; shrinking is refused")
+
+
+class VerifyBackupOut(BaseModel):
+    ok: bool
+    seconds: float
+    detail: str

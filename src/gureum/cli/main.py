@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from gureum.cli import images, instances, system
+from gureum.cli import images, instances, recovery, system
 from gureum.client.client import ApiError
 from gureum.errors import GureumError
 
@@ -24,6 +24,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 instances.register(app)
+recovery.register(app)
 system.register(app)
 app.add_typer(images.app, name="image")
 

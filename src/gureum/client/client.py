@@ -82,14 +82,18 @@ class Client:
         except (httpx.ConnectError, FileNotFoundError) as exc:
             raise ServiceDown(self.endpoint.where, self._home()) from exc
         if resp.status_code >= 400:
-            try:
-                err = resp.json()["error"]
-                raise ApiError(resp.status_code, err["code"], err["message"])
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(resp.status_code, "http-error", resp.text[:500]) from None
+            self._raise(resp)
         if resp.headers.get("content-type", "").startswith("application/json"):
             return resp.json()
         return resp.text
+
+    @staticmethod
+    def _raise(resp: httpx.Response) -> None:
+        try:
+            err = resp.json()["error"]
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(resp.status_code, "http-error", resp.text[:500]) from None
+        raise ApiError(resp.status_code, err["code"], err["message"])
 
     def _home(self) -> Path | None:
         return self.endpoint.socket.parent if self.endpoint.socket else None
@@ -190,6 +194,75 @@ class Client:
                 return op
         raise AssertionError("unreachable")
 
+    # -- snapshots, clones, resize ---------------------------------------------------------------
+    def snapshot(self, ref: str, name: str, *, memory: bool = False) -> dict[str, Any]:
+        body = {"name": name, "memory": memory}
+        return self.request("POST", f"/v1/instances/{ref}/snapshots", json=body)
+
+    def snapshots(self, ref: str) -> list[dict[str, Any]]:
+        return self.request("GET", f"/v1/instances/{ref}/snapshots")
+
+    def restore(self, ref: str, name: str) -> dict[str, Any]:
+        return self.request("POST", f"/v1/instances/{ref}/snapshots/{name}/restore")
+
+    def delete_snapshot(self, ref: str, name: str) -> dict[str, Any]:
+        return self.request("DELETE", f"/v1/instances/{ref}/snapshots/{name}")
+
+    def clone(self, ref: str, snapshot: str, name: str) -> dict[str, Any]:
+        return self.request(
+            "POST", f"/v1/instances/{ref}/snapshots/{snapshot}/clone", json={"name": name}
+        )
+
+    def resize(
+        self,
+        ref: str,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_gib: float | None = None,
+    ) -> dict[str, Any]:
+        body = {
+            k: v
+            for k, v in (("cpus", cpus), ("memory_mib", memory_mib), ("disk_gib", disk_gib))
+            if v is not None
+        }
+        return self.request("POST", f"/v1/instances/{ref}/resize", json=body)
+
+    # -- backups ---------------------------------------------------------------------------------
+    def export(self, ref: str, out: Any, *, memory: bool = False) -> int:
+        """Stream an instance's backup archive into the binary file ``out``; returns bytes."""
+        written = 0
+        try:
+            with self.http.stream(
+                "GET",
+                f"/v1/instances/{ref}/backup",
+                params={"memory": str(memory).lower()},
+                timeout=None,
+            ) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    self._raise(resp)
+                for chunk in resp.iter_bytes(1 << 20):
+                    out.write(chunk)
+                    written += len(chunk)
+        except (httpx.ConnectError, FileNotFoundError) as exc:
+            raise ServiceDown(self.endpoint.where, self._home()) from exc
+        except httpx.HTTPError as exc:
+            raise ApiError(0, "incomplete", f"the archive stream broke off: {exc}") from exc
+        return written
+
+    def import_backup(self, source: Any, name: str) -> dict[str, Any]:
+        return self.request(
+            "POST",
+            "/v1/backups/import",
+            params={"name": name},
+            content=_chunks(source),
+            timeout=None,
+        )
+
+    def verify_backup(self, source: Any) -> dict[str, Any]:
+        return self.request("POST", "/v1/backups/verify", content=_chunks(source), timeout=None)
+
     # -- images and host -------------------------------------------------------------------------
     def build_image(self, name: str) -> dict[str, Any]:
         return self.request("POST", f"/v1/images/{name}/build")
@@ -202,3 +275,8 @@ class Client:
 
     def host(self) -> dict[str, Any]:
         return self.request("GET", "/v1/host")
+
+
+def _chunks(source: Any) -> Iterator[bytes]:
+    while chunk := source.read(1 << 20):
+        yield chunk

@@ -8,20 +8,25 @@ methods over HTTP. Nothing here knows users, projects or the API.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
+import secrets
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
-from gureum.engine.qemu import process
+from gureum.engine.qemu import memimage, process
 from gureum.engine.qemu.agent import ExecResult
-from gureum.engine.qemu.argv import RuntimePaths, VMConfig
+from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
-from gureum.errors import InvalidState
+from gureum.errors import EngineError, GureumError, InvalidState
 from gureum.host.capacity import HostCapacity, measure
+from gureum.model.hardware import Hardware
 from gureum.storage import disks
 
 log = logging.getLogger(__name__)
@@ -42,13 +47,27 @@ class VMSpec:
     """What a host needs to run one VM."""
 
     instance_id: str
-    name: str
-    cpus: int
-    memory_mib: int
-    disk_bytes: int
+    name: str  # also the guest's hostname
+    hardware: Hardware
     kernel: Path
     initrd: Path
-    base_disk: Path
+    root_disk: Path  # the top layer of its disk
+
+
+# The guest side of an identity refresh (restore, clone): new entropy from stdin mixed into the
+# kernel's pool, a new machine id, and for a clone a new hostname and MAC address. The guest has
+# no vmgenid driver to notice by itself; this is what such a driver's users would do.
+REFRESH_IDENTITY = r"""
+set -e
+head -c 64 > /dev/urandom
+echo "$1" > /etc/machine-id
+if [ -n "$2" ]; then hostname "$2"; echo "$2" > /etc/hostname; fi
+if [ -n "$3" ]; then
+  for dev in /sys/class/net/*; do
+    [ "${dev##*/}" = lo ] || ip link set dev "${dev##*/}" address "$3"
+  done
+fi
+"""
 
 
 class LocalHostAgent:
@@ -61,46 +80,58 @@ class LocalHostAgent:
     def runtime(self, instance_id: str) -> RuntimePaths:
         return RuntimePaths(self.config.run_dir / instance_id)
 
-    def state_dir(self, instance_id: str) -> Path:
-        return self.config.instances_dir / instance_id
-
-    def root_disk(self, instance_id: str) -> Path:
-        return self.state_dir(instance_id) / "root.qcow2"
+    def path(self, relative: str) -> Path:
+        """A path stored relative to the home (layers, snapshots)."""
+        return self.config.home / relative
 
     # -- capacity --------------------------------------------------------------------------------
     def capacity(self) -> HostCapacity:
         return measure(self.config.memory_reserve_mib, self.config.cpu_overcommit)
 
-    # -- lifecycle -------------------------------------------------------------------------------
-    async def prepare(self, spec: VMSpec) -> None:
-        """Create the VM's disk: a thin overlay on the image's base disk, if not there yet."""
-        disk = self.root_disk(spec.instance_id)
-        if not disk.exists():
-            await disks.create_overlay(spec.base_disk, disk, spec.disk_bytes)
+    # -- disks -----------------------------------------------------------------------------------
+    async def create_disk(self, path: Path, backing: Path, size_bytes: int) -> None:
+        """A new qcow2 layer on ``backing`` (thin: nothing is copied)."""
+        await disks.create_overlay(backing, path, size_bytes)
 
-    def _vm_config(self, spec: VMSpec) -> VMConfig:
+    async def grow_disk_offline(self, path: Path, size_bytes: int) -> None:
+        await disks.grow(path, size_bytes)
+
+    async def flatten_disk(self, top: Path, dest: Path) -> None:
+        await disks.flatten(top, dest)
+
+    async def remove_file(self, path: Path) -> None:
+        await asyncio.to_thread(_remove, path)
+
+    def disk_bytes(self, path: Path) -> int:
+        return disks.allocated_bytes(path) if path.exists() else 0
+
+    # -- lifecycle -------------------------------------------------------------------------------
+    def _vm_config(self, spec: VMSpec, ram: RamFiles | None = None) -> VMConfig:
         return VMConfig(
             name=spec.name,
-            cpus=spec.cpus,
-            memory_mib=spec.memory_mib,
+            hardware=spec.hardware,
             accel=self.accel.accel,
             kernel=spec.kernel,
             initrd=spec.initrd,
-            root_disk=self.root_disk(spec.instance_id),
+            root_disk=spec.root_disk,
             runtime=self.runtime(spec.instance_id),
             hostname=spec.name,
             qemu_binary=self.config.qemu_binary,
             tcg_tb_size_mib=self.config.tcg_tb_size_mib,
+            ram=ram,
+            incoming=ram is not None,
         )
 
-    async def start(self, spec: VMSpec, events: VMEvents) -> int:
-        """Spawn the VM's QEMU and let it boot; returns its pid. Readiness: ``wait_ready``."""
+    async def start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None = None) -> int:
+        """Spawn the VM's QEMU: a cold boot, or with ``restore_from`` (a memory snapshot folder)
+        a resume of the saved state. Returns the pid; readiness: ``wait_ready``."""
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
-        vm = QemuVM(self._vm_config(spec), events)
+        ram = RamFiles(restore_from, share=False) if restore_from else None
+        vm = QemuVM(self._vm_config(spec, ram), events)
         self._vms[spec.instance_id] = vm
         try:
-            await vm.start()
+            await vm.start(restore_state=restore_from / "state" if restore_from else None)
         except BaseException:
             self._vms.pop(spec.instance_id, None)
             raise
@@ -121,10 +152,17 @@ class LocalHostAgent:
     def died_cleanly(self, instance_id: str) -> bool:
         return ended_with_power_down(self.runtime(instance_id).serial_log)
 
-    async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> None:
+    async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> Path:
+        """Take over a live QEMU; returns the file its disk really writes to (the truth)."""
         vm = QemuVM(self._vm_config(spec), events)
         await vm.adopt(pid, booted=booted)
         self._vms[spec.instance_id] = vm
+        if await vm.status() in ("paused", "postmigrate"):
+            # A snapshot was under way when the service went down; the VM must not stay frozen.
+            with contextlib.suppress(GureumError):
+                await vm.agent.call("guest-fsfreeze-thaw", timeout=5)
+            await vm.resume()
+        return Path((await vm.disk_top())[1])
 
     async def stop(self, instance_id: str, timeout: float) -> str:
         return await self._vm(instance_id).stop(timeout)
@@ -142,22 +180,91 @@ class LocalHostAgent:
         self._vms.pop(instance_id, None)
 
     async def destroy(self, instance_id: str) -> None:
-        """Remove everything the host holds for this VM. Its QEMU must be gone."""
+        """Remove the VM's runtime folder. Its QEMU must be gone; its disk layers are the
+        service's to collect (a clone may still build on them)."""
         await self.kill(instance_id)
         self.forget(instance_id)
         await asyncio.to_thread(shutil.rmtree, self.runtime(instance_id).dir, True)
-        await asyncio.to_thread(shutil.rmtree, self.state_dir(instance_id), True)
+        await asyncio.to_thread(shutil.rmtree, self.config.instances_dir / instance_id, True)
 
     def check_alive(self) -> None:
         """Reconciler safety net: fire exit events that were somehow missed."""
         for vm in list(self._vms.values()):
             vm.check_alive()
 
+    # -- snapshots -------------------------------------------------------------------------------
+    async def freeze(self, instance_id: str) -> bool:
+        """Quiesce the guest's filesystems through its agent; False when it cannot."""
+        try:
+            await self._vm(instance_id).agent.call("guest-fsfreeze-freeze", timeout=10)
+        except GureumError as exc:
+            log.info("no fsfreeze for %s: %s", instance_id, exc.message)
+            return False
+        return True
+
+    async def thaw(self, instance_id: str) -> None:
+        await self._vm(instance_id).agent.call("guest-fsfreeze-thaw", timeout=30)
+
+    async def pause(self, instance_id: str) -> None:
+        await self._vm(instance_id).pause()
+
+    async def resume(self, instance_id: str) -> None:
+        await self._vm(instance_id).resume()
+
+    async def snapshot_disk_live(self, instance_id: str, new_top: Path) -> None:
+        new_top.parent.mkdir(parents=True, exist_ok=True)
+        await self._vm(instance_id).snapshot_disk(new_top, f"layer-{new_top.stem}")
+
+    async def save_memory(self, instance_id: str, frozen_disk: Path, folder: Path) -> None:
+        """Save the paused VM's memory and device state into ``folder`` as a memory image
+        (``ram-*`` files and ``state``) that restores without copying."""
+        vm = self._vm(instance_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        stream = folder / "stream.tmp"
+        try:
+            await vm.save_state(stream)
+            cfg = vm.cfg
+            source = VMConfig(**{**cfg.__dict__, "root_disk": frozen_disk})
+            await memimage.make(source, stream, folder)
+        finally:
+            stream.unlink(missing_ok=True)
+
+    # -- resources -------------------------------------------------------------------------------
+    async def hotplug_cpu(self, instance_id: str, core: int) -> None:
+        await self._vm(instance_id).hotplug_cpu(core)
+
+    async def hotplug_dimm(self, instance_id: str, index: int, mib: int) -> None:
+        await self._vm(instance_id).hotplug_dimm(index, mib)
+
+    async def resize_disk_live(self, instance_id: str, size_bytes: int) -> None:
+        await self._vm(instance_id).resize_disk(size_bytes)
+
+    def update_hardware(self, instance_id: str, hardware: Hardware) -> None:
+        """Keep the engine's view in step after a hot-plug (a later memory save needs it)."""
+        vm = self._vms.get(instance_id)
+        if vm is not None:
+            vm.cfg = VMConfig(**{**vm.cfg.__dict__, "hardware": hardware})
+
     # -- guest access ----------------------------------------------------------------------------
     async def exec(
         self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
     ) -> ExecResult:
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
+
+    async def agent_call(self, instance_id: str, cmd: str, args: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+        return await self._vm(instance_id).agent.call(cmd, args, timeout=30)
+
+    async def refresh_identity(
+        self, instance_id: str, *, hostname: str | None = None, mac: str | None = None
+    ) -> str:
+        """Tell the guest it was restored or cloned; returns its new machine id."""
+        machine_id = uuid.uuid4().hex
+        argv = ["/bin/sh", "-c", REFRESH_IDENTITY, "refresh", machine_id, hostname or "", mac or ""]
+        result = await self.exec(instance_id, argv, secrets.token_bytes(64), 30)
+        if result.exit_code != 0:
+            detail = result.stderr.decode(errors="replace").strip()
+            raise EngineError(f"identity refresh failed in the guest: {detail}")
+        return machine_id
 
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial
@@ -169,10 +276,6 @@ class LocalHostAgent:
         vm = self._vms.get(instance_id)
         return vm.rss_bytes() if vm else None
 
-    def disk_allocated_bytes(self, instance_id: str) -> int | None:
-        disk = self.root_disk(instance_id)
-        return disks.allocated_bytes(disk) if disk.exists() else None
-
     def _vm(self, instance_id: str) -> QemuVM:
         vm = self._vms.get(instance_id)
         if vm is None or vm.exited:
@@ -180,8 +283,8 @@ class LocalHostAgent:
         return vm
 
     # -- leftovers -------------------------------------------------------------------------------
-    async def remove_leftovers(self, known_ids: set[str]) -> list[str]:
-        """Kill QEMUs and remove folders that belong to no known instance. Returns what went."""
+    async def remove_leftovers(self, known_ids: set[str], known_files: set[Path]) -> list[str]:
+        """Kill QEMUs and remove folders and disk files that belong to nothing known."""
         removed = []
         run_root = str(self.config.run_dir) + "/"
         for pid in process.find_by_marker(run_root):
@@ -197,10 +300,23 @@ class LocalHostAgent:
                 process.kill(pid)
                 removed.append(f"process {pid} of unknown VM {owner}")
         for parent in (self.config.run_dir, self.config.instances_dir):
-            if not parent.exists():
-                continue
-            for folder in parent.iterdir():
-                if folder.name not in known_ids:
-                    await asyncio.to_thread(shutil.rmtree, folder, True)
-                    removed.append(str(folder))
+            if parent.exists():
+                for folder in parent.iterdir():
+                    if folder.name not in known_ids:
+                        await asyncio.to_thread(shutil.rmtree, folder, True)
+                        removed.append(str(folder))
+        for parent in (self.config.disks_dir, self.config.snapshots_dir):
+            if parent.exists():
+                for entry in parent.iterdir():
+                    if entry not in known_files:
+                        await asyncio.to_thread(_remove, entry)
+                        removed.append(str(entry))
         return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)

@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
 from gureum.errors import InvalidState
+from gureum.model.hardware import Hardware
 
 
 class State(StrEnum):
@@ -78,12 +79,19 @@ class InstanceSpec:
 
 # Boot phases, in order. Each is the moment (host wall clock, seconds since the epoch) at which
 # the service saw the event; the durations are between consecutive events.
-BOOT_EVENTS = ("process_started", "kernel_started", "init_started", "agent_ready")
+BOOT_EVENTS = (
+    "process_started",
+    "memory_restored",
+    "kernel_started",
+    "init_started",
+    "agent_ready",
+)
 
 
 @dataclass
 class BootTimeline:
     process_started: float | None = None  # QEMU spawned
+    memory_restored: float | None = None  # a restore: saved state loaded (no boot at all)
     kernel_started: float | None = None  # first byte the guest wrote on its serial console
     init_started: float | None = None  # our init printed its start line
     agent_ready: float | None = None  # the guest agent first answered a ping
@@ -134,6 +142,8 @@ class Instance:
     state_reason: str | None = None
     boot: BootTimeline = field(default_factory=BootTimeline)
     updated_at: float | None = None
+    root_layer: str | None = None  # the disk layer the VM writes to (top of its chain)
+    hardware: Hardware | None = None  # as QEMU sees it now (None: not yet decided)
 
     @property
     def name(self) -> str:

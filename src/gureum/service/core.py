@@ -11,13 +11,17 @@ from gureum.config import Config
 from gureum.errors import Conflict, InvalidInput
 from gureum.host.agent import LocalHostAgent
 from gureum.ids import new_id
+from gureum.service.backups import BackupService
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.operations import OperationManager
 from gureum.service.reconciler import Reconciler
+from gureum.service.resize import ResizeService
+from gureum.service.snapshots import SnapshotService
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
+from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.operations import OperationStore
 
 log = logging.getLogger(__name__)
@@ -31,6 +35,9 @@ class Services:
     ops: OperationManager
     images: ImageService
     instances: InstanceService
+    snapshots: SnapshotService
+    resize: ResizeService
+    backups: BackupService
     reconciler: Reconciler
     _lock_fd: int | None = None
 
@@ -49,6 +56,8 @@ class Services:
             config.instances_dir,
             config.images_dir,
             config.cache_dir,
+            config.disks_dir,
+            config.snapshots_dir,
         ):
             folder.mkdir(parents=True, exist_ok=True)
         os.chmod(config.home, 0o700)
@@ -57,9 +66,14 @@ class Services:
         ops = OperationManager(OperationStore(db))
         images = ImageService(config, ImageStore(db), instance_store, ops)
         host = LocalHostAgent(config)
-        instances = InstanceService(config, instance_store, images, host, ops)
+        instances = InstanceService(
+            config, instance_store, images, host, ops, LayerStore(db), SnapshotStore(db)
+        )
+        snapshots = SnapshotService(instances)
+        resize = ResizeService(instances)
+        backups = BackupService(instances, snapshots)
         reconciler = Reconciler(instances, config.reconcile_interval_s)
-        return cls(config, db, host, ops, images, instances, reconciler)
+        return cls(config, db, host, ops, images, instances, snapshots, resize, backups, reconciler)
 
     def lock_home(self) -> None:
         """One service per home: two would fight over the same VMs."""

@@ -3,6 +3,9 @@
 Validation and admission happen before anything is created, so bad input leaves nothing behind.
 Each VM's host-side actions run under its own lock; the (slow) wait for a guest to become ready
 does not hold it, so a stop or a forced delete can interrupt a boot.
+
+A VM's disk is a chain of qcow2 layers (see ``model/snapshot.py``): the instance points at its
+top layer; snapshots freeze layers; layers nobody builds on any more are collected.
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from gureum.config import Config
@@ -18,6 +21,7 @@ from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState, 
 from gureum.host.agent import Console, LocalHostAgent, VMSpec
 from gureum.host.capacity import admit
 from gureum.ids import check_name, looks_like_id, new_id
+from gureum.model.hardware import Hardware, new_generation_id
 from gureum.model.instance import (
     ACTIVE,
     BootTimeline,
@@ -28,9 +32,11 @@ from gureum.model.instance import (
     check_transition,
 )
 from gureum.model.operation import Operation
+from gureum.model.snapshot import Layer
 from gureum.service.images import ImageService
-from gureum.service.operations import OpContext, OperationManager
+from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.store.instances import InstanceStore
+from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.units import GIB, MIB
 
 log = logging.getLogger(__name__)
@@ -41,6 +47,7 @@ MAX_DISK_BYTES = 16 * 1024 * GIB
 
 BOOT_LABELS = {
     "process_started": "QEMU started",
+    "memory_restored": "memory and device state restored",
     "kernel_started": "kernel started",
     "init_started": "init started",
     "agent_ready": "guest agent ready",
@@ -62,7 +69,7 @@ class _Events:
     def __init__(self, service: InstanceService, instance_id: str) -> None:
         self.service = service
         self.instance_id = instance_id
-        self.ctx: OpContext | None = None
+        self.ctx: Reporter | None = None
         self.boot = BootTimeline()
 
     def on_boot_event(self, event: str, at: float) -> None:
@@ -77,6 +84,26 @@ class _Events:
         self.service.on_exit(self.instance_id, how, detail)
 
 
+def check_cpus(cpus: object) -> int:
+    if isinstance(cpus, bool) or not isinstance(cpus, int) or not 1 <= cpus <= MAX_CPUS:
+        raise InvalidInput(f"cpus must be a whole number from 1 to {MAX_CPUS}, not {cpus!r}")
+    return cpus
+
+
+def check_memory(memory_mib: object) -> int:
+    if (
+        isinstance(memory_mib, bool)
+        or not isinstance(memory_mib, int)
+        or memory_mib < MIN_MEMORY_MIB
+    ):
+        raise InvalidInput(f"memory must be at least {MIN_MEMORY_MIB} MiB, not {memory_mib!r} MiB")
+    return memory_mib
+
+
+def whole_mib(size: int) -> int:
+    return (size + MIB - 1) // MIB * MIB
+
+
 class InstanceService:
     def __init__(
         self,
@@ -85,13 +112,17 @@ class InstanceService:
         images: ImageService,
         host: LocalHostAgent,
         ops: OperationManager,
+        layers: LayerStore,
+        snapshots: SnapshotStore,
     ) -> None:
         self.config = config
         self.store = store
         self.images = images
         self.host = host
         self.ops = ops
-        self._admission = asyncio.Lock()
+        self.layers = layers
+        self.snapshots = snapshots
+        self.admission = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: dict[str, _Events] = {}
 
@@ -107,6 +138,16 @@ class InstanceService:
 
     def view(self, inst: Instance) -> dict[str, object]:
         spec = inst.spec
+        hw = inst.hardware
+        running = inst.state in ACTIVE
+        pending = {}
+        if hw is not None and running:
+            if hw.total_cpus != spec.cpus:
+                pending["cpus"] = spec.cpus
+            if hw.total_memory_mib != spec.memory_mib:
+                pending["memory_mib"] = spec.memory_mib
+        layer = self.layers.get(inst.root_layer) if inst.root_layer else None
+        top = self.host.path(layer.path) if layer else None  # None once deleted
         return {
             "id": inst.id,
             "name": spec.name,
@@ -119,33 +160,41 @@ class InstanceService:
             "disk_gib": round(spec.disk_bytes / GIB, 3),
             "disk_bytes": spec.disk_bytes,
             "accel": inst.accel,
-            "pid": inst.pid if inst.state in ACTIVE else None,
+            "pid": inst.pid if running else None,
+            "mac": hw.mac if hw else None,
+            "generation_id": hw.generation_id if hw else None,
+            # Changes that take effect at the next boot (resize where hot-plug could not).
+            "pending_next_boot": pending,
+            "snapshots": len(self.snapshots.list(inst.id)),
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),
             "host": {
-                "rss_bytes": self.host.rss_bytes(inst.id) if inst.state in ACTIVE else None,
-                "disk_allocated_bytes": self.host.disk_allocated_bytes(inst.id),
+                "rss_bytes": self.host.rss_bytes(inst.id) if running else None,
+                "disk_allocated_bytes": self.host.disk_bytes(top) if top else None,
             },
         }
 
-    def _lock(self, instance_id: str) -> asyncio.Lock:
+    def lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
 
-    def _vm_spec(self, inst: Instance) -> VMSpec:
-        folder = Path(self.config.images_dir) / inst.spec.image / inst.image_version
+    def image_folder(self, inst: Instance) -> Path:
+        return Path(self.config.images_dir) / inst.spec.image / inst.image_version
+
+    def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
+        folder = self.image_folder(inst)
+        hw = hardware or inst.hardware
+        assert hw is not None and inst.root_layer is not None
         return VMSpec(
             instance_id=inst.id,
             name=inst.spec.name,
-            cpus=inst.spec.cpus,
-            memory_mib=inst.spec.memory_mib,
-            disk_bytes=inst.spec.disk_bytes,
+            hardware=hw,
             kernel=folder / "vmlinuz",
             initrd=folder / "initrd.img",
-            base_disk=folder / "disk.qcow2",
+            root_disk=self.layer_path(inst.root_layer),
         )
 
-    def _set_state(
+    def set_state(
         self, inst: Instance, state: State, reason: str | None = None, **fields: object
     ) -> None:
         check_transition(inst.state, state, name=inst.name)
@@ -153,25 +202,66 @@ class InstanceService:
         inst.state_reason = reason
         self.store.update(inst.id, state=state, state_reason=reason, **fields)
 
+    # -- disk layers -----------------------------------------------------------------------------
+    def layer_path(self, layer_id: str) -> Path:
+        layer = self.layers.get(layer_id)
+        if layer is None:
+            raise NotFound(f"disk layer {layer_id} is missing from the store")
+        return self.host.path(layer.path)
+
+    async def new_top_layer(
+        self, inst: Instance, *, on: str | None, size_bytes: int, live: bool = False
+    ) -> Layer:
+        """Give ``inst`` a new, empty top layer over layer ``on`` (None: the image's disk).
+
+        The record is written before the file exists (a crash leaves a row the reconciler
+        repairs, never a disk the store does not know); ``live`` means the running QEMU makes
+        the file itself and switches to it (an external snapshot).
+        """
+        layer_id = new_id("l-")
+        layer = Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", on, time.time())
+        path = self.host.path(layer.path)
+        previous = inst.root_layer
+        self.layers.add_on_top(layer, inst.id)
+        inst.root_layer = layer_id
+        try:
+            if live:
+                await self.host.snapshot_disk_live(inst.id, path)
+            else:
+                backing = self.layer_path(on) if on else self.image_folder(inst) / "disk.qcow2"
+                await self.host.create_disk(path, backing, size_bytes)
+        except GureumError:
+            self.store.update(inst.id, root_layer=previous)
+            inst.root_layer = previous
+            self.layers.remove(layer_id)
+            await self.host.remove_file(path)
+            raise
+        return layer
+
+    async def collect_layers(self) -> list[str]:
+        """Delete the files of layers that no disk and no snapshot builds on any more."""
+        gone = []
+        for layer in self.layers.unreachable():
+            await self.host.remove_file(self.host.path(layer.path))
+            self.layers.remove(layer.id)
+            gone.append(layer.id)
+        return gone
+
+    # -- admission -------------------------------------------------------------------------------
+    async def admit(self, cpus: int, memory_mib: int, *, replacing: Instance | None = None) -> None:
+        """Refuse what the host cannot take. ``replacing``: an active VM whose own share is
+        counted as freed (a restore or resize replaces it)."""
+        used_cpus, used_mib = self.store.committed(ACTIVE)
+        if replacing is not None and replacing.state in ACTIVE:
+            used_cpus -= replacing.spec.cpus
+            used_mib -= replacing.spec.memory_mib
+        admit(self.host.capacity(), used_cpus, used_mib, cpus, memory_mib)
+
     # -- launch ----------------------------------------------------------------------------------
     def validate(self, req: LaunchRequest) -> tuple[InstanceSpec, str]:
         check_name(req.name, what="instance name")
-        if (
-            isinstance(req.cpus, bool)
-            or not isinstance(req.cpus, int)
-            or not 1 <= req.cpus <= MAX_CPUS
-        ):
-            raise InvalidInput(
-                f"cpus must be a whole number from 1 to {MAX_CPUS}, not {req.cpus!r}"
-            )
-        if (
-            isinstance(req.memory_mib, bool)
-            or not isinstance(req.memory_mib, int)
-            or req.memory_mib < MIN_MEMORY_MIB
-        ):
-            raise InvalidInput(
-                f"memory must be at least {MIN_MEMORY_MIB} MiB, not {req.memory_mib!r} MiB"
-            )
+        check_cpus(req.cpus)
+        check_memory(req.memory_mib)
         image = self.images.get(req.image)
         disk = image.disk_virtual_bytes if req.disk_bytes is None else req.disk_bytes
         if disk < image.disk_virtual_bytes:
@@ -181,17 +271,14 @@ class InstanceService:
             )
         if disk > MAX_DISK_BYTES:
             raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
-        disk = (disk + MIB - 1) // MIB * MIB  # whole MiB, as qcow2 needs cluster-friendly sizes
-        spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, disk)
+        spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image.version
 
     async def launch(self, req: LaunchRequest) -> tuple[Instance, Operation]:
         spec, image_version = self.validate(req)
-        async with self._admission:
+        async with self.admission:
             # Check and claim in one step: two launches can never both take the last MiB.
-            host = self.host.capacity()
-            cpus, mem = self.store.committed(ACTIVE)
-            admit(host, cpus, mem, spec.cpus, spec.memory_mib)
+            await self.admit(spec.cpus, spec.memory_mib)
             inst = Instance(
                 id=new_id("i-"),
                 spec=spec,
@@ -199,44 +286,84 @@ class InstanceService:
                 created_at=time.time(),
                 image_version=image_version,
                 accel=self.host.accel.accel,
+                hardware=Hardware.for_boot(spec.cpus, spec.memory_mib),
             )
             self.store.insert(inst)
-        op = self.ops.start("launch", inst.id, lambda ctx: self._boot(inst.id, ctx, fresh=True))
+        op = self.ops.start("launch", inst.id, lambda ctx: self.boot(inst.id, ctx, fresh=True))
         return inst, op
 
-    async def _boot(self, instance_id: str, ctx: OpContext, *, fresh: bool) -> dict[str, object]:
+    async def boot(
+        self,
+        instance_id: str,
+        ctx: Reporter,
+        *,
+        fresh: bool = False,
+        restore_from: Path | None = None,
+        identity: dict[str, str] | None = None,
+    ) -> dict[str, object]:
+        """Start the VM's QEMU and wait for its agent: a cold boot, or with ``restore_from`` a
+        resume from a memory snapshot (the caller has set the hardware and top layer). With
+        ``identity`` the guest is told it is a new machine (clone) once it answers."""
         events = _Events(self, instance_id)
-        async with self._lock(instance_id):
+        async with self.lock(instance_id):
             inst = self.store.get(instance_id)
             if inst is None:
                 raise NotFound("the instance was deleted")
-            spec = self._vm_spec(inst)
             try:
                 if fresh:
                     ctx.progress(
-                        f"creating root disk ({spec.disk_bytes / GIB:g} GiB, thin overlay)"
+                        f"creating root disk ({inst.spec.disk_bytes / GIB:g} GiB, thin overlay)"
                     )
-                    await self.host.prepare(spec)
-                self._set_state(inst, State.STARTING, boot="{}", pid=None)
+                    await self.new_top_layer(inst, on=None, size_bytes=inst.spec.disk_bytes)
+                assert inst.hardware is not None
+                hardware = inst.hardware
+                if restore_from is None:
+                    # A cold boot folds hot-plugged parts and pending resizes into the base.
+                    hardware = hardware.rebooted(inst.spec.cpus, inst.spec.memory_mib)
+                self.set_state(inst, State.STARTING, boot="{}", pid=None, hardware=hardware)
+                inst.hardware = hardware
                 events.ctx = ctx
                 self._events[instance_id] = events
-                pid = await self.host.start(spec, events)
+                spec = self.vm_spec(inst)
+                pid = await self.host.start(spec, events, restore_from=restore_from)
                 self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
                 ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
             except GureumError as exc:
                 self._fail_start(instance_id, exc)
                 raise
-        return await self._await_ready(instance_id, events, ctx)
+        return await self._await_ready(
+            instance_id,
+            events,
+            ctx,
+            refresh=restore_from is not None or identity is not None,
+            identity=identity,
+        )
 
     async def _await_ready(
-        self, instance_id: str, events: _Events, ctx: OpContext
+        self,
+        instance_id: str,
+        events: _Events,
+        ctx: Reporter,
+        *,
+        refresh: bool = False,
+        identity: dict[str, str] | None = None,
     ) -> dict[str, object]:
         """Wait for the guest agent (outside the VM's lock, so a stop can interrupt)."""
         events.ctx = ctx
+        refreshed: dict[str, str] = {}
         try:
             await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
+            if refresh:
+                # Restored or cloned: the guest's random pool and machine id were someone
+                # else's a moment ago (and for a clone, its hostname and MAC too).
+                machine_id = await self.host.refresh_identity(instance_id, **(identity or {}))
+                refreshed = {"machine_id": machine_id, **(identity or {})}
+                ctx.progress(
+                    "guest identity refreshed (random seed, machine id"
+                    + (", hostname, MAC)" if identity else ")")
+                )
         except GureumError as exc:
-            async with self._lock(instance_id):
+            async with self.lock(instance_id):
                 inst = self.store.get(instance_id)
                 if inst is not None and inst.state == State.STARTING:
                     await self.host.kill(instance_id)
@@ -250,9 +377,22 @@ class InstanceService:
             events.ctx = None
         inst = self.get(instance_id)
         if inst.state == State.STARTING:
-            self._set_state(inst, State.RUNNING)
+            self.set_state(inst, State.RUNNING)
         ctx.progress(f"ready in {events.boot.to_dict()['total_s']} s")
-        return {"instance": self.view(self.get(instance_id))}
+        result: dict[str, object] = {"instance": self.view(self.get(instance_id))}
+        if refreshed:
+            assert inst.hardware is not None
+            result["identity_refreshed"] = {
+                **refreshed,
+                "generation_id": inst.hardware.generation_id,
+            }
+        return result
+
+    def _fail_start(self, instance_id: str, exc: GureumError) -> None:
+        inst = self.store.get(instance_id)
+        self.host.forget(instance_id)
+        if inst is not None and inst.state in (State.PENDING, State.STARTING):
+            self.set_state(inst, State.ERROR, f"start failed: {exc.message}", pid=None)
 
     async def mark_error(self, instance_id: str, reason: str) -> None:
         """Give up on a VM the service cannot manage: kill what runs, record why."""
@@ -260,14 +400,8 @@ class InstanceService:
         self.host.forget(instance_id)
         inst = self.store.get(instance_id)
         if inst is not None and inst.state != State.ERROR:
-            inst.state = State.ERROR  # any state may fall to error when the host is lost
+            # Any state may fall to error when the host side is lost.
             self.store.update(instance_id, state=State.ERROR, state_reason=reason, pid=None)
-
-    def _fail_start(self, instance_id: str, exc: GureumError) -> None:
-        inst = self.store.get(instance_id)
-        self.host.forget(instance_id)
-        if inst is not None and inst.state in (State.PENDING, State.STARTING):
-            self._set_state(inst, State.ERROR, f"start failed: {exc.message}", pid=None)
 
     # -- engine events ---------------------------------------------------------------------------
     def on_exit(self, instance_id: str, how: str, detail: str) -> None:
@@ -277,11 +411,11 @@ class InstanceService:
             return
         if inst.state == State.RUNNING:
             new = State.STOPPED if how == "stopped" else State.CRASHED
-            self._set_state(inst, new, detail, pid=None)
+            self.set_state(inst, new, detail, pid=None)
             self.host.forget(instance_id)
             log.warning("%s (%s) %s: %s", inst.name, inst.id, new.value, detail)
         elif inst.state == State.STOPPING:
-            self._set_state(inst, State.STOPPED, detail, pid=None)
+            self.set_state(inst, State.STOPPED, detail, pid=None)
         # STARTING: the boot waiter sees the exit and records why the start failed.
 
     # -- recovery after a service restart -------------------------------------------------------
@@ -292,6 +426,9 @@ class InstanceService:
         finished); a dead one is marked crashed, or stopped if its guest powered off; a QEMU
         running for a VM the store says is down is killed (the store holds the intent).
         """
+        if inst.hardware is None:  # a row from before hardware was recorded
+            inst.hardware = Hardware.for_boot(inst.spec.cpus, inst.spec.memory_mib)
+            self.store.update(inst.id, hardware=inst.hardware)
         pid = self.host.find_running(inst.id)
         if inst.state not in ACTIVE:
             if pid is None:
@@ -305,17 +442,18 @@ class InstanceService:
                 new, why = State.CRASHED, "QEMU exited while the service was down"
             else:
                 new, why = State.ERROR, "start interrupted by a service restart"
-            self._set_state(inst, new, why, pid=None)
+            self.set_state(inst, new, why, pid=None)
             return f"{inst.name}: {new.value} ({why})"
         events = _Events(self, inst.id)
         events.boot = inst.boot
         self._events[inst.id] = events
         booted = inst.state == State.RUNNING
-        await self.host.adopt(self._vm_spec(inst), pid, events, booted=booted)
+        real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
         self.store.update(inst.id, pid=pid)
+        self._repair_top_layer(inst, real_top)
         if inst.state in (State.PENDING, State.STARTING):
             if inst.state == State.PENDING:
-                self._set_state(inst, State.STARTING)
+                self.set_state(inst, State.STARTING)
 
             async def finish_boot(ctx: OpContext) -> dict[str, object]:
                 ctx.progress("re-adopted a booting VM after a service restart")
@@ -327,59 +465,78 @@ class InstanceService:
             self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
         return f"{inst.name}: re-adopted QEMU pid {pid}"
 
+    def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
+        """A snapshot cut short by a crash may leave the store one layer ahead of QEMU: the
+        file QEMU writes to is the truth."""
+        for layer in self.layers.all().values():
+            if self.host.path(layer.path) == real_top and layer.id != inst.root_layer:
+                log.warning(
+                    "%s: disk top is %s, not %s; repaired", inst.name, layer.id, inst.root_layer
+                )
+                self.store.update(inst.id, root_layer=layer.id)
+                inst.root_layer = layer.id
+                return
+
     # -- stop / start / restart ------------------------------------------------------------------
     async def stop(self, ref: str) -> Operation:
         inst = self.get(ref)
         check_action("stop", inst.state, name=inst.name)
         return self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
 
-    async def _stop(self, instance_id: str, ctx: OpContext) -> dict[str, object]:
-        async with self._lock(instance_id):
-            inst = self.get(instance_id)
-            if inst.state not in (State.RUNNING, State.STARTING, State.STOPPING):
-                return {"instance": self.view(inst), "how": "already " + inst.state.value}
-            self._set_state(inst, State.STOPPING)
-            ctx.progress(
-                f"asking the guest to power off (ACPI), {self.config.stop_timeout_s:g} s at most"
-            )
-            try:
-                how = await self.host.stop(instance_id, self.config.stop_timeout_s)
-            except InvalidState:
-                how = "already gone"
-            self.host.forget(instance_id)
-            inst = self.get(instance_id)
-            if inst.state != State.STOPPED:
-                self._set_state(inst, State.STOPPED, "stopped", pid=None)
-            ctx.progress(
-                {
-                    "powerdown": "guest powered off",
-                    "quit": "QEMU quit (guest ignored ACPI)",
-                    "killed": "QEMU killed (did not quit)",
-                }.get(how, how)
-            )
-            return {"instance": self.view(inst), "how": how}
+    async def _stop(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
+        async with self.lock(instance_id):
+            return await self.stop_locked(instance_id, ctx)
+
+    async def stop_locked(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
+        inst = self.get(instance_id)
+        if inst.state not in (State.RUNNING, State.STARTING, State.STOPPING):
+            return {"instance": self.view(inst), "how": "already " + inst.state.value}
+        self.set_state(inst, State.STOPPING)
+        ctx.progress(
+            f"asking the guest to power off (ACPI), {self.config.stop_timeout_s:g} s at most"
+        )
+        try:
+            how = await self.host.stop(instance_id, self.config.stop_timeout_s)
+        except InvalidState:
+            how = "already gone"
+        self.host.forget(instance_id)
+        inst = self.get(instance_id)
+        if inst.state != State.STOPPED:
+            self.set_state(inst, State.STOPPED, "stopped", pid=None)
+        messages = {
+            "powerdown": "guest powered off",
+            "quit": "QEMU quit (the guest ignored ACPI)",
+            "killed": "QEMU killed (it did not quit)",
+        }
+        ctx.progress(messages.get(how, how))
+        return {"instance": self.view(inst), "how": how}
+
+    async def kill_locked(self, inst: Instance) -> None:
+        """Hard-stop a VM whose state is about to be replaced (restore): nothing to save."""
+        if inst.state in (State.RUNNING, State.STARTING, State.STOPPING):
+            self.set_state(inst, State.STOPPING)
+            await self.host.kill(inst.id)
+            self.host.forget(inst.id)
+            self.set_state(inst, State.STOPPED, "stopped for a restore", pid=None)
 
     async def start(self, ref: str) -> Operation:
         inst = self.get(ref)
         check_action("start", inst.state, name=inst.name)
-        await self._admit_existing(inst)
-        return self.ops.start("start", inst.id, lambda ctx: self._boot(inst.id, ctx, fresh=False))
-
-    async def _admit_existing(self, inst: Instance) -> None:
-        async with self._admission:
-            cpus, mem = self.store.committed(ACTIVE)
-            admit(self.host.capacity(), cpus, mem, inst.spec.cpus, inst.spec.memory_mib)
+        async with self.admission:
+            await self.admit(inst.spec.cpus, inst.spec.memory_mib)
+        return self.ops.start("start", inst.id, lambda ctx: self.boot(inst.id, ctx))
 
     async def restart(self, ref: str) -> Operation:
         inst = self.get(ref)
         check_action("restart", inst.state, name=inst.name)
         if inst.state not in ACTIVE:
-            await self._admit_existing(inst)
+            async with self.admission:
+                await self.admit(inst.spec.cpus, inst.spec.memory_mib)
 
         async def work(ctx: OpContext) -> dict[str, object]:
             if self.get(inst.id).state in (State.RUNNING, State.STARTING):
                 await self._stop(inst.id, ctx)
-            return await self._boot(inst.id, ctx, fresh=False)
+            return await self.boot(inst.id, ctx)
 
         return self.ops.start("restart", inst.id, work)
 
@@ -390,10 +547,15 @@ class InstanceService:
             raise InvalidState(
                 f"{inst.name} is {inst.state.value}; stop it first or delete with --force"
             )
-        async with self._lock(inst.id):
+        async with self.lock(inst.id):
             await self.host.destroy(inst.id)
+            for snap in self.snapshots.list(inst.id):
+                self.snapshots.remove(snap.id)
+                await self.host.remove_file(self.config.snapshots_dir / snap.id)
             self.store.delete(inst.id)
             self._events.pop(inst.id, None)
+            # Layers a clone still builds on stay; the rest go.
+            await self.collect_layers()
         self._locks.pop(inst.id, None)
         return inst
 
@@ -438,3 +600,12 @@ class InstanceService:
             "committed": {"cpus": cpus, "memory_mib": mem},
             "instances": len(self.store.list()),
         }
+
+    def known_files(self) -> set[Path]:
+        """Every disk layer and snapshot folder the store knows (the reconciler keeps them)."""
+        files = {self.host.path(layer.path) for layer in self.layers.all().values()}
+        files |= {self.config.snapshots_dir / s.id for s in self.snapshots.list()}
+        return files
+
+    def new_generation(self, hardware: Hardware) -> Hardware:
+        return replace(hardware, generation_id=new_generation_id())

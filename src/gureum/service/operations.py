@@ -12,6 +12,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from gureum.errors import GureumError, NotFound
 from gureum.ids import new_id
@@ -40,6 +41,19 @@ class OpContext:
             loop.call_soon_threadsafe(self.progress, message, fraction)
 
         return report
+
+
+class Reporter(Protocol):
+    """Where long work reports progress: an operation, or nowhere."""
+
+    def progress(self, message: str, fraction: float | None = None) -> None: ...
+
+
+class Quiet:
+    """Progress that goes nowhere: for work run inside another operation or a request."""
+
+    def progress(self, message: str, fraction: float | None = None) -> None:
+        pass
 
 
 Work = Callable[[OpContext], Awaitable[dict[str, object] | None]]

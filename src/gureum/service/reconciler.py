@@ -51,7 +51,8 @@ class Reconciler:
             if change:
                 report["changed"].append(change)
         known = {i.id for i in self.instances.list()}
-        report["removed"] = await self.instances.host.remove_leftovers(known)
+        files = self.instances.known_files()
+        report["removed"] = await self.instances.host.remove_leftovers(known, files)
         for line in report["removed"]:
             log.warning("removed leftover %s", line)
         return report

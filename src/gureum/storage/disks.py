@@ -54,3 +54,15 @@ async def create_overlay(base: Path, overlay: Path, size_bytes: int) -> None:
 def allocated_bytes(path: Path) -> int:
     """Bytes the overlay really uses on the host (its own clusters, not the backing file's)."""
     return path.stat().st_blocks * 512
+
+
+async def grow(path: Path, size_bytes: int) -> None:
+    """Grow an image that no QEMU has open (a stopped VM's top layer)."""
+    await arun(["qemu-img", "resize", "-q", str(path), str(size_bytes)])
+
+
+async def flatten(top: Path, dest: Path) -> None:
+    """One standalone qcow2 with the whole chain's data: portable, no backing file."""
+    tmp = dest.with_suffix(".tmp")
+    await arun(["qemu-img", "convert", "-U", "-O", "qcow2", str(top), str(tmp)], timeout=3600)
+    tmp.rename(dest)

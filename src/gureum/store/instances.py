@@ -9,6 +9,7 @@ from sqlalchemy import Connection, RowMapping, delete, func, insert, select, upd
 from sqlalchemy.exc import IntegrityError
 
 from gureum.errors import Conflict
+from gureum.model.hardware import Hardware
 from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
 from gureum.store.db import Database
 from gureum.store.schema import instances as t
@@ -32,6 +33,8 @@ def _from_row(row: RowMapping) -> Instance:
         boot=BootTimeline.from_raw(json.loads(row["boot"] or "{}")),
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        root_layer=row["root_layer"],
+        hardware=Hardware.from_json(row["hardware"]) if row["hardware"] else None,
     )
 
 
@@ -55,6 +58,8 @@ class InstanceStore:
             "boot": json.dumps(inst.boot.raw()),
             "created_at": inst.created_at,
             "updated_at": inst.created_at,
+            "root_layer": inst.root_layer,
+            "hardware": inst.hardware.to_json() if inst.hardware else None,
         }
         try:
             if conn is not None:
@@ -85,6 +90,8 @@ class InstanceStore:
             fields["state"] = fields["state"].value
         if "boot" in fields and isinstance(fields["boot"], BootTimeline):
             fields["boot"] = json.dumps(fields["boot"].raw())
+        if "hardware" in fields and isinstance(fields["hardware"], Hardware):
+            fields["hardware"] = fields["hardware"].to_json()
         fields["updated_at"] = time.time()
         with self.db.begin() as conn:
             conn.execute(update(t).where(t.c.id == instance_id).values(**fields))

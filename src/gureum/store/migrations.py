@@ -62,6 +62,47 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        2,
+        "disk layers, snapshots, recorded hardware",
+        [
+            # Every qcow2 file is a layer; a VM's disk is its top layer and the chain below it.
+            # Paths are relative to GUREUM_HOME so a home can move.
+            """
+            CREATE TABLE layers (
+                id TEXT PRIMARY KEY,
+                instance_id TEXT,
+                path TEXT NOT NULL,
+                backing TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE snapshots (
+                id TEXT PRIMARY KEY,
+                instance_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                layer TEXT NOT NULL,
+                memory BIGINT NOT NULL,
+                consistency TEXT NOT NULL,
+                hardware TEXT NOT NULL,
+                disk_bytes BIGINT NOT NULL,
+                size_bytes BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (instance_id, name)
+            )
+            """,
+            "ALTER TABLE instances ADD COLUMN root_layer TEXT",
+            "ALTER TABLE instances ADD COLUMN hardware TEXT",
+            # Disks made before layers existed stay where they are, as one-layer chains.
+            """
+            INSERT INTO layers (id, instance_id, path, backing, created_at)
+            SELECT 'l-' || substr(id, 3), id, 'instances/' || id || '/root.qcow2', NULL, created_at
+            FROM instances
+            """,
+            "UPDATE instances SET root_layer = 'l-' || substr(id, 3)",
+        ],
+    ),
 ]
 
 

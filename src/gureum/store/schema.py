@@ -23,6 +23,33 @@ instances = Table(
     Column("boot", Text, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    Column("root_layer", Text),
+    Column("hardware", Text),
+)
+
+layers = Table(
+    "layers",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("instance_id", Text),
+    Column("path", Text, nullable=False),
+    Column("backing", Text),
+    Column("created_at", Float, nullable=False),
+)
+
+snapshots = Table(
+    "snapshots",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("instance_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("layer", Text, nullable=False),
+    Column("memory", BigInteger, nullable=False),
+    Column("consistency", Text, nullable=False),
+    Column("hardware", Text, nullable=False),
+    Column("disk_bytes", BigInteger, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 operations = Table(

@@ -6,6 +6,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from gureum.model.hardware import MAX_DIMMS, Hardware
+
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 AGENT_PORT_ID = "agent-port"
 
@@ -46,10 +48,25 @@ class RuntimePaths:
 
 
 @dataclass(frozen=True)
+class RamFiles:
+    """Guest RAM backed by files (one per memory backend, named ``ram-<backend id>``).
+
+    ``share=False`` maps them privately, copy-on-write: how a restore or clone starts from a
+    memory snapshot without copying it. ``share=True`` writes through to the files: how a
+    snapshot's memory image is made.
+    """
+
+    folder: Path
+    share: bool
+
+    def path(self, backend: str) -> Path:
+        return self.folder / f"ram-{backend}"
+
+
+@dataclass(frozen=True)
 class VMConfig:
     name: str
-    cpus: int
-    memory_mib: int
+    hardware: Hardware
     accel: str  # kvm | tcg
     kernel: Path
     initrd: Path
@@ -59,11 +76,28 @@ class VMConfig:
     qemu_binary: str = "qemu-system-x86_64"
     tcg_tb_size_mib: int = 128
     start_paused: bool = True
+    ram: RamFiles | None = None  # None: anonymous memory
+    incoming: bool = False  # wait for a migration stream (restore) instead of booting
+    root_read_only: bool = False
     extra_cmdline: str = ""
 
     @property
+    def cpu_model(self) -> str:
+        return "host" if self.accel == "kvm" else "max"
+
+    @property
     def kernel_cmdline(self) -> str:
-        parts = ["console=ttyS0", "root=/dev/vda", "rw", f"gureum.hostname={self.hostname}"]
+        parts = [
+            "console=ttyS0",
+            "root=/dev/vda",
+            "rw",
+            f"gureum.hostname={self.hostname}",
+            # Hot-plugged memory comes online by itself (tiny has no udev to do it).
+            "memhp_default_state=online",
+            # Hot-pluggable memory above 4 GiB would make the kernel reserve 64 MiB of bounce
+            # buffers; virtio needs none.
+            "swiotlb=noforce",
+        ]
         if self.extra_cmdline:
             parts.append(self.extra_cmdline)
         return " ".join(parts)
@@ -74,26 +108,41 @@ def opt(value: str | Path) -> str:
     return str(value).replace(",", ",,")
 
 
+def memory_backend(cfg: VMConfig, backend: str, mib: int) -> str:
+    if cfg.ram is None:
+        return f"memory-backend-ram,id={backend},size={mib}M"
+    share = "on" if cfg.ram.share else "off"
+    return (
+        f"memory-backend-file,id={backend},size={mib}M,"
+        f"mem-path={opt(cfg.ram.path(backend))},share={share}"
+    )
+
+
 def render(cfg: VMConfig) -> list[str]:
     rt = cfg.runtime
+    hw = cfg.hardware
     if cfg.accel == "kvm":
-        accel = ["-accel", "kvm", "-cpu", "host"]
+        accel = ["-accel", "kvm", "-cpu", cfg.cpu_model]
     else:
-        accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tcg_tb_size_mib}", "-cpu", "max"]
+        accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tcg_tb_size_mib}", "-cpu", cfg.cpu_model]
     # -blockdev in JSON form: file names need no escaping there.
     root_file = {"driver": "file", "filename": str(cfg.root_disk), "node-name": "root-file"}
     root = {"driver": "qcow2", "file": "root-file", "node-name": "root", "discard": "unmap"}
+    if cfg.root_read_only:
+        root_file["read-only"] = root["read-only"] = True
     argv = [
         cfg.qemu_binary,
         "-name",
         f"guest={cfg.name},debug-threads=on",
         "-machine",
-        "q35",
+        "q35,memory-backend=mem0",
         *accel,
         "-smp",
-        str(cfg.cpus),
+        f"cpus={hw.cpus},maxcpus={hw.max_cpus}",
         "-m",
-        f"{cfg.memory_mib}M",
+        f"{hw.memory_mib}M,slots={MAX_DIMMS},maxmem={hw.max_memory_mib}M",
+        "-object",
+        memory_backend(cfg, "mem0", hw.memory_mib),
         "-nodefaults",
         "-no-user-config",
         "-display",
@@ -116,6 +165,11 @@ def render(cfg: VMConfig) -> list[str]:
         "virtio-blk-pci,drive=root,id=root-disk,bootindex=1",
         "-device",
         "virtio-rng-pci,id=rng0",
+        # No network yet: the NIC is there so the VM has its own MAC from the start.
+        "-device",
+        f"virtio-net-pci,id=nic0,mac={hw.mac}",
+        "-device",
+        f"vmgenid,guid={hw.generation_id},id=vmgenid0",
         "-device",
         "virtio-serial-pci,id=vser0",
         "-chardev",
@@ -132,8 +186,31 @@ def render(cfg: VMConfig) -> list[str]:
         "-pidfile",
         str(rt.pidfile),
     ]
+    for i, mib in enumerate(hw.dimms):
+        argv += ["-object", memory_backend(cfg, f"dimm{i}-mem", mib)]
+        argv += ["-device", f"pc-dimm,id=dimm{i},memdev=dimm{i}-mem"]
+    for core in hw.hot_cpus:
+        argv += ["-device", hot_cpu_device(cfg.cpu_model, core)]
+    if cfg.incoming:
+        argv += ["-incoming", "defer"]
     if cfg.start_paused:
         # Started paused: the service attaches to the serial console and QMP before the first
-        # guest instruction runs, so no boot output or event is missed; then `cont`.
+        # guest instruction runs, so no boot output or event is missed; then `cont`. After an
+        # incoming migration too: the VM runs only when told to.
         argv.append("-S")
     return argv
+
+
+def hot_cpu_device(cpu_model: str, core: int) -> str:
+    """A hot-plugged vCPU (default topology: one socket, one thread per core)."""
+    return f"{cpu_model}-x86_64-cpu,id=cpu{core},socket-id=0,core-id={core},thread-id=0"
+
+
+def device_args(spec: str) -> dict[str, object]:
+    """A -device string as QMP device_add arguments."""
+    driver, *props = spec.split(",")
+    args: dict[str, object] = {"driver": driver}
+    for prop in props:
+        key, _, value = prop.partition("=")
+        args[key] = int(value) if value.isdigit() else value
+    return args

@@ -28,6 +28,7 @@ class Monitor:
         self.client.register_listener(self._listener)
         self._on_event = on_event
         self._pump: asyncio.Task[None] | None = None
+        self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool], asyncio.Future[Any]]] = []
 
     async def connect(self, path: Path, timeout: float = 10.0) -> None:
         try:
@@ -40,11 +41,43 @@ class Monitor:
 
     async def _dispatch(self) -> None:
         async for event in self._listener:
+            data = dict(event.get("data") or {})
+            for waiter in list(self._waiters):
+                name, predicate, future = waiter
+                if name == event["event"] and not future.done() and predicate(data):
+                    future.set_result(data)
+                    self._waiters.remove(waiter)
             if self._on_event is not None:
                 try:
                     self._on_event(event["event"], dict(event.get("data") or {}))
                 except Exception:  # a handler bug must not stop event delivery
                     log.exception("QMP event handler failed")
+
+    def expect(
+        self, name: str, predicate: Callable[[dict[str, Any]], bool] = lambda _: True
+    ) -> asyncio.Future[Any]:
+        """A future for the next event ``name`` whose data passes ``predicate``. Register it
+        before issuing the command that causes the event, so it cannot be missed."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._waiters.append((name, predicate, future))
+        return future
+
+    async def wait(self, future: asyncio.Future[Any], what: str, timeout: float) -> Any:
+        try:
+            return await asyncio.wait_for(future, timeout)
+        except TimeoutError as exc:
+            raise Timeout(f"{what} did not finish within {timeout} s") from exc
+        finally:
+            self._waiters = [w for w in self._waiters if w[2] is not future]
+
+    async def pass_fd(self, fd: int, name: str) -> None:
+        """Hand QEMU an open file (SCM_RIGHTS): the sandbox keeps QEMU from exec'ing helpers,
+        and a file opened here is one whose path gureum chose."""
+        try:
+            self.client.send_fd_scm(fd)
+        except (QMPError, OSError) as exc:
+            raise EngineError(f"cannot pass a file to QEMU: {exc}") from exc
+        await self.execute("getfd", {"fdname": name})
 
     async def execute(
         self, cmd: str, args: dict[str, Any] | None = None, timeout: float = 30.0

@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Protocol
 
-from gureum.engine.qemu import process
+from gureum.engine.qemu import migration, process
 from gureum.engine.qemu.agent import ExecResult, GuestAgent
-from gureum.engine.qemu.argv import AGENT_PORT_ID, VMConfig, render
+from gureum.engine.qemu.argv import AGENT_PORT_ID, VMConfig, device_args, hot_cpu_device, render
 from gureum.engine.qemu.qmp import Monitor
 from gureum.engine.qemu.serial import SerialConsole
 from gureum.errors import EngineError, GureumError, Timeout
@@ -69,8 +69,12 @@ class QemuVM:
         self.exit_how: str | None = None
 
     # -- start / adopt ---------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Spawn QEMU paused, attach monitor and console, then let the guest run."""
+    async def start(self, restore_state: Path | None = None) -> None:
+        """Spawn QEMU paused, attach monitor and console, then let the guest run.
+
+        With ``restore_state`` (a saved VM state; the config maps the matching RAM files) the
+        guest does not boot: it resumes exactly where the state was saved.
+        """
         rt = self.cfg.runtime
         rt.dir.mkdir(parents=True, exist_ok=True)
         for stale in (rt.qmp, rt.agent, rt.serial, rt.pidfile):
@@ -84,7 +88,15 @@ class QemuVM:
         try:
             await self._wait_for_socket(rt.qmp, timeout=30)
             await self.monitor.connect(rt.qmp)
-            await self.serial.connect()
+            if restore_state is None:
+                await self.serial.connect()
+            else:
+                self.serial.expect_output(True)  # the guest booted long ago: no boot markers
+                await self.serial.connect()
+                await migration.load(self.monitor, restore_state, ignore_shared=True)
+                self.events.on_boot_event("memory_restored", time.time())
+                # The guest's agent had its port open when the state was saved.
+                self._agent_port_open.set()
             await self.monitor.execute("cont")
         except GureumError:
             await self.kill()
@@ -214,6 +226,59 @@ class QemuVM:
     @property
     def exited(self) -> bool:
         return self._watch is not None and self._watch.exited.is_set()
+
+    # -- snapshots and resources -----------------------------------------------------------------
+    async def pause(self) -> None:
+        await self.monitor.execute("stop")
+
+    async def resume(self) -> None:
+        await self.monitor.execute("cont")
+
+    async def status(self) -> str:
+        return str((await self.monitor.execute("query-status"))["status"])
+
+    async def disk_top(self) -> tuple[str, str]:
+        """(node name, file) of the root disk's current top layer."""
+        for dev in await self.monitor.execute("query-block"):
+            if "root-disk" in str(dev.get("qdev", "")) and dev.get("inserted"):
+                inserted = dev["inserted"]
+                return inserted["node-name"], inserted["file"]
+        raise EngineError("the root disk is not attached")
+
+    async def snapshot_disk(self, new_top: Path, node_name: str) -> None:
+        """Freeze the current top layer: writes go to ``new_top`` (backed by it) from now on."""
+        node, _ = await self.disk_top()
+        await self.monitor.execute(
+            "blockdev-snapshot-sync",
+            {
+                "node-name": node,
+                "snapshot-file": str(new_top),
+                "format": "qcow2",
+                "snapshot-node-name": node_name,
+            },
+        )
+
+    async def save_state(self, dest: Path) -> None:
+        """The whole state, RAM included, to a file (the VM should be paused)."""
+        await migration.save(self.monitor, dest, ignore_shared=False)
+
+    async def hotplug_cpu(self, core: int) -> None:
+        await self.monitor.execute(
+            "device_add", device_args(hot_cpu_device(self.cfg.cpu_model, core))
+        )
+
+    async def hotplug_dimm(self, index: int, mib: int) -> None:
+        backend = f"dimm{index}-mem"
+        await self.monitor.execute(
+            "object-add", {"qom-type": "memory-backend-ram", "id": backend, "size": mib << 20}
+        )
+        await self.monitor.execute(
+            "device_add", {"driver": "pc-dimm", "id": f"dimm{index}", "memdev": backend}
+        )
+
+    async def resize_disk(self, size_bytes: int) -> None:
+        node, _ = await self.disk_top()
+        await self.monitor.execute("block_resize", {"node-name": node, "size": size_bytes})
 
     # -- guest -----------------------------------------------------------------------------------
     async def exec(self, argv: list[str], *, stdin: bytes | None, timeout: float) -> ExecResult:

@@ -1,0 +1,65 @@
+"""Snapshots, restore, clone and resize of one instance."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
+
+from gureum.api.deps import services
+from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.schemas import CloneIn, LaunchOut, OperationOut, ResizeIn, SnapshotIn, SnapshotOut
+from gureum.errors import InvalidInput
+from gureum.service.core import Services
+from gureum.units import GIB
+
+router = APIRouter(prefix="/v1/instances/{ref}", tags=["snapshots"], responses=COMMON_RESPONSES)
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("/snapshots", response_model=list[SnapshotOut])
+async def list_snapshots(ref: str, svc: Svc) -> list[dict[str, object]]:
+    return [svc.snapshots.view(s) for s in svc.snapshots.list(ref)]
+
+
+@router.post("/snapshots", status_code=202, response_model=OperationOut)
+async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc) -> JSONResponse:
+    """Disk snapshot (quiesced through the guest agent when it answers), or with ``memory``
+    disk and memory of a running VM."""
+    op = await svc.snapshots.create(ref, body.name, memory=body.memory)
+    return JSONResponse(op.to_dict(), status_code=202)
+
+
+@router.post("/snapshots/{name}/restore", status_code=202, response_model=OperationOut)
+async def restore_snapshot(ref: str, name: str, svc: Svc) -> JSONResponse:
+    """Back to the snapshot: the disk, and with a memory snapshot the running state."""
+    op = await svc.snapshots.restore(ref, name)
+    return JSONResponse(op.to_dict(), status_code=202)
+
+
+@router.delete("/snapshots/{name}", response_model=SnapshotOut)
+async def delete_snapshot(ref: str, name: str, svc: Svc) -> dict[str, object]:
+    """Disk data another disk still builds on (a clone's) is kept; ``disk_data_kept_for``."""
+    return await svc.snapshots.delete(ref, name)
+
+
+@router.post("/snapshots/{name}/clone", status_code=202, response_model=LaunchOut)
+async def clone_snapshot(ref: str, name: str, body: CloneIn, svc: Svc) -> JSONResponse:
+    """A new VM from a snapshot: thin disk, new id, name, MAC, hostname and generation id."""
+    inst, op = await svc.snapshots.clone(ref, name, body.name)
+    return JSONResponse(
+        {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
+    )
+
+
+@router.post("/resize", status_code=202, response_model=OperationOut)
+async def resize(ref: str, body: ResizeIn, svc: Svc) -> JSONResponse:
+    """Live where the guest allows, else at the next boot; the result says which."""
+    disk = None
+    if body.disk_gib is not None:
+        if not 0 < body.disk_gib < 1e6:
+            raise InvalidInput(f"disk must be a positive size, not {body.disk_gib} GiB")
+        disk = int(body.disk_gib * GIB)
+    op = await svc.resize.resize(ref, cpus=body.cpus, memory_mib=body.memory_mib, disk_bytes=disk)
+    return JSONResponse(op.to_dict(), status_code=202)

@@ -1,0 +1,253 @@
+"""Backup and recovery, and elastic resources: snapshot, clone, backup, resize."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from gureum.cli import output
+from gureum.cli.output import Format, OutputOpt, err, out
+from gureum.client.client import Client
+from gureum.errors import InvalidInput
+from gureum.units import GIB, MIB, format_size, parse_size
+
+snapshot_app = typer.Typer(
+    help="Snapshots of a VM: disk only, or disk and memory.", no_args_is_help=True
+)
+backup_app = typer.Typer(
+    help="Portable backup archives: export, import, verify.", no_args_is_help=True
+)
+Name = Annotated[str, typer.Argument(help="Instance name or id.")]
+Snap = Annotated[str, typer.Argument(help="Snapshot name.")]
+
+
+def _finish(client: Client, op: dict, fmt: Format) -> dict:  # type: ignore[type-arg]
+    return output.follow(client, op, quiet=fmt == Format.json)
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    name: Name,
+    snapshot: Snap,
+    memory: Annotated[
+        bool, typer.Option("--memory", help="Also save memory: restore resumes the running VM.")
+    ] = False,
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Take a snapshot. A running VM's filesystems are frozen through its guest agent for a
+    disk snapshot; --memory pauses it briefly instead."""
+    with Client() as client:
+        done = _finish(client, client.snapshot(name, snapshot, memory=memory), fmt)
+    snap = done["result"]["snapshot"]
+    if fmt == Format.json:
+        output.print_json(done["result"])
+    else:
+        kind = "disk + memory" if snap["memory"] else "disk"
+        out.print(
+            f"snapshot {snap['name']} of {name} taken in {done['result']['seconds']:.2f} s "
+            f"({kind}, {snap['consistency']}, {format_size(snap['size_bytes'])})"
+        )
+
+
+@snapshot_app.command("list")
+def snapshot_list(name: Name, fmt: OutputOpt = Format.table) -> None:
+    """A VM's snapshots."""
+    with Client() as client:
+        snaps = client.snapshots(name)
+    if fmt == Format.json:
+        output.print_json(snaps)
+        return
+    if not snaps:
+        err.print(f"{name} has no snapshots. Take one with `gureum snapshot create {name} NAME`.")
+        return
+    output.table(
+        ["NAME", "MEMORY", "CONSISTENCY", "CPUS", "MEMORY SIZE", "DISK", "SIZE", "AGE", "CLONES"],
+        [
+            [
+                s["name"],
+                "yes" if s["memory"] else "no",
+                s["consistency"],
+                str(s["cpus"]),
+                f"{s['memory_mib']}M",
+                f"{s['disk_gib']:g}G",
+                format_size(s["size_bytes"]),
+                output.age(s["created_at"]),
+                ", ".join(s["depended_on_by"]) or "-",
+            ]
+            for s in snaps
+        ],
+    )
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) -> None:
+    """Put the VM back to the snapshot: its disk, and with a memory snapshot its running state
+    (the guest resumes where it was). Changes since are discarded."""
+    with Client() as client:
+        done = _finish(client, client.restore(name, snapshot), fmt)
+        inst = client.instance(name)
+    if fmt == Format.json:
+        output.print_json(done["result"])
+        return
+    took = done["finished_at"] - done["created_at"]
+    out.print(f"{name} restored to {snapshot} in {took:.2f} s; it is {inst['state']}")
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) -> None:
+    """Delete a snapshot. Disk data a clone (or the VM itself) builds on is kept while needed."""
+    with Client() as client:
+        gone = client.delete_snapshot(name, snapshot)
+    if fmt == Format.json:
+        output.print_json(gone)
+        return
+    kept = gone.get("disk_data_kept_for") or []
+    out.print(
+        f"snapshot {snapshot} deleted"
+        + (f"; its disk data stays while {', '.join(kept)} build(s) on it" if kept else "")
+    )
+
+
+def clone(
+    source: Annotated[str, typer.Argument(help="VM/SNAPSHOT to clone, e.g. web1/before-upgrade.")],
+    name: Annotated[str, typer.Argument(help="The new VM's name (and hostname).")],
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """A new VM from a snapshot: a thin copy with its own id, name, MAC, hostname and machine
+    id. From a memory snapshot it resumes running at once instead of booting."""
+    if "/" not in source:
+        raise InvalidInput("clone needs VM/SNAPSHOT, e.g. web1/before-upgrade")
+    vm, snap = source.split("/", 1)
+    with Client() as client:
+        res = client.clone(vm, snap, name)
+        done = _finish(client, res["operation"], fmt)
+    result = done["result"]
+    if fmt == Format.json:
+        output.print_json(result)
+        return
+    inst = result["instance"]
+    took = done["finished_at"] - done["created_at"]
+    out.print(f"{name} cloned from {source} in {took:.2f} s; it is {inst['state']}")
+    ident = result.get("identity_refreshed")
+    if ident:
+        out.print(
+            f"  identity refreshed: hostname {ident['hostname']}, MAC {ident['mac']}, "
+            f"machine id {ident['machine_id']}, generation id {ident['generation_id']}"
+        )
+
+
+def resize(
+    name: Name,
+    cpus: Annotated[int | None, typer.Option(help="vCPUs.")] = None,
+    memory: Annotated[str | None, typer.Option(help="Memory, e.g. 1G.")] = None,
+    disk: Annotated[str | None, typer.Option(help="Disk size, e.g. 4G (grow only).")] = None,
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Change vCPUs, memory or disk: live where the guest allows (hot-plug), else at the next
+    boot. Says which for each."""
+    memory_mib = None
+    if memory is not None:
+        size = parse_size(memory, default_unit="M", what="memory")
+        if size % MIB:
+            raise InvalidInput(f"memory must be a whole number of MiB, not {memory!r}")
+        memory_mib = size // MIB
+    disk_gib = None if disk is None else parse_size(disk, default_unit="G", what="disk") / GIB
+    with Client() as client:
+        op = client.resize(name, cpus=cpus, memory_mib=memory_mib, disk_gib=disk_gib)
+        done = _finish(client, op, fmt)
+    result = done["result"]
+    if fmt == Format.json:
+        output.print_json(result)
+        return
+    words = {
+        "live": "live",
+        "next-boot": "at the next boot",
+        "offline": "now (VM stopped)",
+        "unchanged": "unchanged",
+    }
+    for what, how in result["applied"].items():
+        out.print(f"{what}: {words.get(how, how)}")
+
+
+@backup_app.command("export")
+def backup_export(
+    name: Name,
+    path: Annotated[str, typer.Argument(help="Archive file to write, or - for stdout.")],
+    memory: Annotated[bool, typer.Option("--memory", help="Include memory (running VM).")] = False,
+) -> None:
+    """Write one portable archive of the VM: config, disk, boot files, checksums, and with
+    --memory its running state. The VM keeps running."""
+    started = time.monotonic()
+    with Client() as client:
+        if path == "-":
+            size = client.export(name, sys.stdout.buffer, memory=memory)
+            return
+        target = Path(path)
+        partial = target.with_name(target.name + ".partial")
+        try:
+            with open(partial, "wb") as f:
+                size = client.export(name, f, memory=memory)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            partial.unlink(missing_ok=True)  # never leave half an archive under any name
+            raise
+        partial.rename(target)
+    out.print(
+        f"{name} exported to {path}: {format_size(size)} in {time.monotonic() - started:.1f} s"
+    )
+
+
+@backup_app.command("import")
+def backup_import(
+    path: Annotated[Path, typer.Argument(help="Archive file, or - for stdin.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new VM.")],
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Create a VM from an archive (checked whole first; a damaged one creates nothing). It
+    is stopped; with memory, `gureum snapshot restore NAME backup` resumes it."""
+    with Client() as client, _open(path) as f:
+        inst = client.import_backup(f, name)
+    if fmt == Format.json:
+        output.print_json(inst)
+        return
+    hint = ""
+    if inst["snapshots"]:
+        hint = f" (resume it with `gureum snapshot restore {name} backup`)"
+    out.print(f"{name} imported ({inst['id']}); it is {inst['state']}{hint}")
+
+
+@backup_app.command("verify")
+def backup_verify(
+    path: Annotated[Path, typer.Argument(help="Archive file, or - for stdin.")],
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Prove an archive restores: import it as a throw-away VM, boot it, check the guest
+    answers, remove it. Exits 0 on pass, 1 on fail."""
+    with Client() as client, _open(path) as f:
+        res = client.verify_backup(f)
+    if fmt == Format.json:
+        output.print_json(res)
+    else:
+        out.print(f"{'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.1f} s: {res['detail']}")
+    raise typer.Exit(0 if res["ok"] else 1)
+
+
+def _open(path: Path):  # type: ignore[no-untyped-def]
+    if str(path) == "-":
+        return open(sys.stdin.fileno(), "rb", closefd=False)
+    if not path.is_file():
+        raise InvalidInput(f"{path} is not a file")
+    return open(path, "rb")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(snapshot_app, name="snapshot")
+    app.add_typer(backup_app, name="backup")
+    app.command("clone")(clone)
+    app.command("resize")(resize)

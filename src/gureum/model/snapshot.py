@@ -1,0 +1,47 @@
+"""Snapshots and disk layers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gureum.model.hardware import Hardware
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One qcow2 file. A VM's disk is a chain: its top layer, that layer's backing, and so on
+    down to the image's base disk. A layer under another never changes again."""
+
+    id: str
+    instance_id: str | None  # who made it (informational: clones share their source's layers)
+    path: str  # relative to GUREUM_HOME
+    backing: str | None  # the layer below, or None when the bottom is the image (or nothing)
+    created_at: float
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    id: str
+    instance_id: str
+    name: str
+    layer: str  # the frozen disk layer holding the disk as it was
+    memory: bool  # with memory: the VM resumes where it was
+    consistency: str  # "offline", "fsfreeze", "paused" (memory) or "crash-consistent"
+    hardware: Hardware  # the machine at that moment (a memory restore needs the same)
+    disk_bytes: int
+    size_bytes: int  # bytes this snapshot added on the host (its layer + memory files)
+    created_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "instance_id": self.instance_id,
+            "name": self.name,
+            "memory": self.memory,
+            "consistency": self.consistency,
+            "cpus": self.hardware.total_cpus,
+            "memory_mib": self.hardware.total_memory_mib,
+            "disk_gib": round(self.disk_bytes / 1024**3, 3),
+            "size_bytes": self.size_bytes,
+            "created_at": self.created_at,
+        }

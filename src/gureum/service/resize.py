@@ -1,0 +1,195 @@
+"""Resizing a VM by configuration alone: vCPUs, memory and disk, live where the guest allows.
+
+Running VM: vCPUs are hot-plugged (and brought online through the guest agent), memory is
+hot-plugged as a DIMM (the guest onlines it itself, ``memhp_default_state=online``), the disk is
+grown through QMP and its ext4 filesystem grown online. What cannot happen live (shrinking CPUs
+or memory, a memory step that is not whole 128 MiB blocks, beyond the hot-plug ceiling) is
+recorded and takes effect at the next boot; the answer says which. Stopped VM: everything takes
+effect at the next boot, the disk is grown at once. A disk never shrinks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import replace
+
+from gureum.errors import GureumError, InvalidInput, InvalidState
+from gureum.model.hardware import MAX_DIMMS, MEMORY_BLOCK_MIB
+from gureum.model.instance import Instance, State
+from gureum.model.operation import Operation
+from gureum.service.instances import (
+    MAX_DISK_BYTES,
+    InstanceService,
+    check_cpus,
+    check_memory,
+    whole_mib,
+)
+from gureum.service.operations import OpContext
+from gureum.units import GIB
+
+
+class ResizeService:
+    def __init__(self, instances: InstanceService) -> None:
+        self.instances = instances
+        self.host = instances.host
+
+    async def resize(
+        self,
+        ref: str,
+        *,
+        cpus: int | None = None,
+        memory_mib: int | None = None,
+        disk_bytes: int | None = None,
+    ) -> Operation:
+        inst = self.instances.get(ref)
+        if cpus is None and memory_mib is None and disk_bytes is None:
+            raise InvalidInput("say what to resize: cpus, memory and/or disk")
+        if cpus is not None:
+            check_cpus(cpus)
+        if memory_mib is not None:
+            check_memory(memory_mib)
+        if disk_bytes is not None:
+            disk_bytes = whole_mib(disk_bytes)
+            if disk_bytes < inst.spec.disk_bytes:
+                raise InvalidInput(
+                    f"shrinking a disk is not supported ({inst.name} has "
+                    f"{inst.spec.disk_bytes / GIB:g} GiB, asked {disk_bytes / GIB:g} GiB)"
+                )
+            if disk_bytes > MAX_DISK_BYTES:
+                raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
+        if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
+            raise InvalidState(f"cannot resize {inst.name} while it is {inst.state.value}")
+        new_cpus = inst.spec.cpus if cpus is None else cpus
+        new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
+        if inst.state == State.RUNNING:
+            # Quota and capacity apply to the new size, counted against everything else.
+            async with self.instances.admission:
+                await self.instances.admit(new_cpus, new_mib, replacing=inst)
+        return self.instances.ops.start(
+            "resize", inst.id, lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx)
+        )
+
+    async def _resize(
+        self,
+        instance_id: str,
+        cpus: int | None,
+        memory_mib: int | None,
+        disk_bytes: int | None,
+        ctx: OpContext,
+    ) -> dict[str, object]:
+        svc = self.instances
+        applied: dict[str, str] = {}
+        async with svc.lock(instance_id):
+            inst = svc.get(instance_id)
+            live = inst.state == State.RUNNING
+            if cpus is not None:
+                applied["cpus"] = await self._cpus(inst, cpus, live, ctx)
+            if memory_mib is not None:
+                applied["memory"] = await self._memory(inst, memory_mib, live, ctx)
+            if disk_bytes is not None:
+                applied["disk"] = await self._disk(inst, disk_bytes, live, ctx)
+        return {"instance": svc.view(svc.get(instance_id)), "applied": applied}
+
+    async def _cpus(self, inst: Instance, cpus: int, live: bool, ctx: OpContext) -> str:
+        hw = inst.hardware
+        assert hw is not None
+        self.instances.store.update(inst.id, cpus=cpus)
+        inst.spec = replace(inst.spec, cpus=cpus)
+        if not live:
+            return "next-boot"
+        if cpus == hw.total_cpus:
+            return "unchanged"
+        if cpus < hw.total_cpus or cpus > hw.max_cpus:
+            why = "removing vCPUs" if cpus < hw.total_cpus else f"more than {hw.max_cpus} vCPUs"
+            ctx.progress(f"vCPUs: {why} takes effect at the next boot")
+            return "next-boot"
+        present = set(range(hw.cpus)) | set(hw.hot_cpus)
+        new_cores = [c for c in range(hw.max_cpus) if c not in present][: cpus - hw.total_cpus]
+        for core in new_cores:
+            await self.host.hotplug_cpu(inst.id, core)
+        hw = replace(hw, hot_cpus=(*hw.hot_cpus, *new_cores))
+        self._save_hardware(inst, hw)
+        await self._online_cpus(inst, cpus)
+        ctx.progress(f"vCPUs: {cpus} online (hot-plugged {len(new_cores)})")
+        return "live"
+
+    async def _online_cpus(self, inst: Instance, want: int) -> None:
+        """The new vCPUs appear in the guest a moment after the ACPI event; tiny has no udev
+        to online them, so the agent does."""
+        for attempt in range(100):
+            vcpus = await self.host.agent_call(inst.id, "guest-get-vcpus")
+            offline = [v for v in vcpus if not v["online"]]
+            if offline:
+                await self.host.agent_call(
+                    inst.id,
+                    "guest-set-vcpus",
+                    {"vcpus": [{"logical-id": v["logical-id"], "online": True} for v in offline]},
+                )
+            elif len(vcpus) >= want:
+                return
+            await asyncio.sleep(min(0.02 * (attempt + 1), 0.2))
+        raise InvalidState(f"the guest did not bring its vCPUs online ({len(vcpus)} of {want})")
+
+    async def _memory(self, inst: Instance, mib: int, live: bool, ctx: OpContext) -> str:
+        hw = inst.hardware
+        assert hw is not None
+        self.instances.store.update(inst.id, memory_mib=mib)
+        inst.spec = replace(inst.spec, memory_mib=mib)
+        if not live:
+            return "next-boot"
+        if mib == hw.total_memory_mib:
+            return "unchanged"
+        grow = mib - hw.total_memory_mib
+        if (
+            grow < 0
+            or grow % MEMORY_BLOCK_MIB
+            or len(hw.dimms) >= MAX_DIMMS
+            or mib > hw.max_memory_mib
+        ):
+            ctx.progress(
+                "memory: takes effect at the next boot (live growth is in whole "
+                f"{MEMORY_BLOCK_MIB} MiB steps, up to {hw.max_memory_mib} MiB)"
+            )
+            return "next-boot"
+        before = await self._guest_mem_kib(inst)
+        await self.host.hotplug_dimm(inst.id, len(hw.dimms), grow)
+        hw = replace(hw, dimms=(*hw.dimms, grow))
+        self._save_hardware(inst, hw)
+        for attempt in range(100):
+            now = await self._guest_mem_kib(inst)
+            if now - before >= grow * 1024 * 0.9:
+                ctx.progress(f"memory: guest sees {now // 1024} MiB (hot-plugged {grow} MiB)")
+                return "live"
+            await asyncio.sleep(min(0.02 * (attempt + 1), 0.2))
+        raise InvalidState("the guest did not bring the new memory online")
+
+    async def _guest_mem_kib(self, inst: Instance) -> int:
+        out = await self.host.exec(inst.id, ["cat", "/proc/meminfo"], None, 30)
+        line = next(x for x in out.stdout.decode().splitlines() if x.startswith("MemTotal:"))
+        return int(line.split()[1])
+
+    async def _disk(self, inst: Instance, size: int, live: bool, ctx: OpContext) -> str:
+        if size == inst.spec.disk_bytes:
+            return "unchanged"
+        top = self.instances.layer_path(inst.root_layer)  # type: ignore[arg-type]
+        if live:
+            await self.host.resize_disk_live(inst.id, size)
+        else:
+            await self.host.grow_disk_offline(top, size)
+        self.instances.store.update(inst.id, disk_bytes=size)
+        inst.spec = replace(inst.spec, disk_bytes=size)
+        if not live:
+            ctx.progress(f"disk: {size / GIB:g} GiB (the filesystem grows at the next boot)")
+            return "offline"
+        try:
+            out = await self.host.exec(inst.id, ["resize2fs", "/dev/vda"], None, 120)
+            grown = out.exit_code == 0
+        except GureumError:
+            grown = False
+        ctx.progress(f"disk: {size / GIB:g} GiB" + (", filesystem grown" if grown else ""))
+        return "live"
+
+    def _save_hardware(self, inst: Instance, hw) -> None:  # type: ignore[no-untyped-def]
+        inst.hardware = hw
+        self.instances.store.update(inst.id, hardware=hw)
+        self.host.update_hardware(inst.id, hw)

@@ -54,19 +54,11 @@ class VMSpec:
     root_disk: Path  # the top layer of its disk
 
 
-# The guest side of an identity refresh (restore, clone): new entropy from stdin mixed into the
-# kernel's pool, a new machine id, and for a clone a new hostname and MAC address. The guest has
-# no vmgenid driver to notice by itself; this is what such a driver's users would do.
-REFRESH_IDENTITY = r"""
-set -e
-head -c 64 > /dev/urandom
-echo "$1" > /etc/machine-id
-if [ -n "$2" ]; then hostname "$2"; echo "$2" > /etc/hostname; fi
-if [ -n "$3" ]; then
-  for dev in /sys/class/net/*; do
-    [ "${dev##*/}" = lo ] || ip link set dev "${dev##*/}" address "$3"
-  done
-fi
+# A clone's new MAC address, set on the guest's NIC (the only step that needs a process).
+SET_MAC = r"""
+for dev in /sys/class/net/*; do
+  [ "${dev##*/}" = lo ] || ip link set dev "${dev##*/}" address "$1"
+done
 """
 
 
@@ -257,13 +249,29 @@ class LocalHostAgent:
     async def refresh_identity(
         self, instance_id: str, *, hostname: str | None = None, mac: str | None = None
     ) -> str:
-        """Tell the guest it was restored or cloned; returns its new machine id."""
+        """Tell the guest it was restored or cloned; returns its new machine id.
+
+        The guest has no vmgenid driver to notice by itself, so the agent does what such a
+        driver's users would: new entropy mixed into the kernel's pool, a new machine id, and
+        for a clone a new hostname and MAC. Files are written through the agent directly (no
+        guest process), which matters right after a restore, when TCG has translated nothing.
+        """
+        agent = self._vm(instance_id).agent
         machine_id = uuid.uuid4().hex
-        argv = ["/bin/sh", "-c", REFRESH_IDENTITY, "refresh", machine_id, hostname or "", mac or ""]
-        result = await self.exec(instance_id, argv, secrets.token_bytes(64), 30)
-        if result.exit_code != 0:
-            detail = result.stderr.decode(errors="replace").strip()
-            raise EngineError(f"identity refresh failed in the guest: {detail}")
+        await agent.write_file("/dev/urandom", secrets.token_bytes(64))
+        await agent.write_file("/etc/machine-id", f"{machine_id}\n".encode())
+        if hostname:
+            await agent.write_file("/proc/sys/kernel/hostname", hostname.encode())
+            await agent.write_file("/etc/hostname", f"{hostname}\n".encode())
+        if mac:
+            current = await agent.read_file("/sys/class/net/eth0/address")
+            if current.decode().strip() != mac:
+                result = await self.exec(
+                    instance_id, ["/bin/sh", "-c", SET_MAC, "mac", mac], None, 30
+                )
+                if result.exit_code != 0:
+                    detail = result.stderr.decode(errors="replace").strip()
+                    raise EngineError(f"cannot set the guest's MAC address: {detail}")
         return machine_id
 
     def console(self, instance_id: str) -> Console:

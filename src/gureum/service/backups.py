@@ -237,7 +237,8 @@ class BackupService:
                         layer=base_id,
                         memory=True,
                         consistency=str(cfg.get("consistency", "paused")),
-                        hardware=hardware,
+                        # The source's machine: its MAC tells a restore to rename the guest.
+                        hardware=source_hw,
                         disk_bytes=spec.disk_bytes,
                         size_bytes=0,
                         created_at=time.time(),

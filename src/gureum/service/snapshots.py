@@ -176,7 +176,10 @@ class SnapshotService:
             await svc.kill_locked(inst)
             ctx.progress(f"disk back to snapshot {snap.name}")
             await svc.new_top_layer(inst, on=snap.layer, size_bytes=snap.disk_bytes)
-            hardware = svc.new_generation(snap.hardware if snap.memory else inst.hardware)  # type: ignore[arg-type]
+            assert inst.hardware is not None
+            own_mac = inst.hardware.mac
+            base = replace(snap.hardware, mac=own_mac) if snap.memory else inst.hardware
+            hardware = svc.new_generation(base)
             spec = inst.spec
             if snap.memory:
                 spec = replace(spec, cpus=hardware.total_cpus, memory_mib=hardware.total_memory_mib)
@@ -189,9 +192,11 @@ class SnapshotService:
                 disk_bytes=spec.disk_bytes,
             )
         await svc.collect_layers()
-        # Every restore is a new generation: the guest is told (seed, machine id) and keeps
-        # this VM's own hostname and MAC (an imported backup gets them here).
-        identity = {"hostname": inst.spec.name, "mac": hardware.mac}
+        # Every restore is a new generation: the guest is told (seed, machine id). A memory
+        # image from another machine (an imported backup) also learns this VM's name and MAC.
+        identity = {}
+        if snap.memory and snap.hardware.mac != own_mac:
+            identity = {"hostname": inst.spec.name, "mac": own_mac}
         if snap.memory:
             ctx.progress("resuming from the memory snapshot")
             folder = self.config.snapshots_dir / snap.id

@@ -125,6 +125,24 @@ class GuestAgent:
             truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
         )
 
+    async def write_file(self, path: str, data: bytes) -> None:
+        """Write a guest file through the agent itself: no process is started in the guest."""
+        handle = await self.call("guest-file-open", {"path": path, "mode": "w"})
+        try:
+            await self.call(
+                "guest-file-write", {"handle": handle, "buf-b64": base64.b64encode(data).decode()}
+            )
+        finally:
+            await self.call("guest-file-close", {"handle": handle})
+
+    async def read_file(self, path: str, limit: int = 65536) -> bytes:
+        handle = await self.call("guest-file-open", {"path": path, "mode": "r"})
+        try:
+            out = await self.call("guest-file-read", {"handle": handle, "count": limit})
+        finally:
+            await self.call("guest-file-close", {"handle": handle})
+        return base64.b64decode(out.get("buf-b64", ""))
+
     async def _close_locked(self) -> None:
         if self._writer is not None:
             self._writer.close()

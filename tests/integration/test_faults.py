@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -56,6 +57,43 @@ def test_admission_refuses_what_does_not_fit(small_host):
     host = json.loads(small_host.cli("host", "-o", "json").stdout)
     assert host["committed"]["memory_mib"] == 512
     assert host["capacity"]["memory_limit_mib"] == GUEST_LIMIT_MIB
+
+
+def test_disk_full_during_a_memory_snapshot(small_host):
+    snaps = small_host.home / "snapshots"
+    assert not list(snaps.iterdir())  # nothing to hide under the small filesystem
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=24m", "gureum-test-full", str(snaps)],
+                   check=True)  # fmt: skip
+    try:
+        res = small_host.cli("snapshot", "create", "alpha", "full", "--memory", check=False)
+        assert res.returncode == 1 and "No space left" in res.stderr, res.stderr
+        assert small_host.exec("alpha", "echo", "alive") == "alive\n"  # running, not paused
+        assert json.loads(small_host.cli("snapshot", "list", "alpha", "-o", "json").stdout) == []
+        assert not list(snaps.iterdir())  # the partial memory image is gone
+    finally:
+        subprocess.run(["umount", str(snaps)], check=True)
+
+
+def test_export_cut_short_leaves_nothing(small_host, tmp_path):
+    target = tmp_path / "alpha.gbk"
+    cli = subprocess.Popen(
+        [sys.executable, "-m", "gureum.cli.main", "backup", "export", "alpha", str(target),
+         "--memory"],
+        env=small_host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    partial = tmp_path / "alpha.gbk.partial"
+    deadline = time.monotonic() + 60
+    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    cli.send_signal(signal.SIGINT)
+    cli.wait(30)
+    assert not target.exists() and not partial.exists()
+    deadline = time.monotonic() + 10
+    while list((small_host.home / "scratch").iterdir()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not list((small_host.home / "scratch").iterdir())
+    assert json.loads(small_host.cli("snapshot", "list", "alpha", "-o", "json").stdout) == []
+    assert small_host.exec("alpha", "echo", "alive") == "alive\n"
 
 
 def test_one_vm_killed_leaves_the_rest_running(small_host):
@@ -118,6 +156,45 @@ def test_service_killed_mid_boot_finishes_the_boot(small_host):
         ]
         assert "adopt" in kinds
         c.delete("gamma", force=True)
+
+
+def test_restored_vm_survives_a_service_restart(small_host):
+    small_host.cli("snapshot", "create", "beta", "keep", "--memory")
+    small_host.cli("snapshot", "restore", "beta", "keep")
+    pid = state_of(small_host, "beta")["pid"]
+    small_host.kill(signal.SIGKILL)
+    small_host.start()
+    inst = state_of(small_host, "beta")
+    assert (inst["state"], inst["pid"]) == ("running", pid)
+    assert small_host.exec("beta", "hostname").strip() == "beta"
+
+
+def test_snapshot_cut_short_by_a_service_kill(small_host):
+    with small_host.client() as c:
+        op = c.snapshot("beta", "cut", memory=True)
+        for item in c.follow(op["id"], timeout=60):
+            if "progress" in item and "saving memory" in item["progress"]["message"]:
+                break
+    small_host.kill(signal.SIGKILL)
+    small_host.start()
+    inst = state_of(small_host, "beta")
+    assert inst["state"] == "running"
+    assert small_host.exec("beta", "echo", "alive") == "alive\n"  # resumed, not left paused
+    names = [
+        s["name"]
+        for s in json.loads(small_host.cli("snapshot", "list", "beta", "-o", "json").stdout)
+    ]
+    assert names == ["keep"]  # the cut one is not listed; the earlier one is intact
+    snaps = small_host.home / "snapshots"
+    assert not [p for p in snaps.iterdir() if p.name.endswith(".partial")]
+    assert not [
+        p
+        for p in small_host.qemu_pids()
+        if p not in (inst["pid"], state_of(small_host, "alpha")["pid"])
+    ]
+    small_host.cli("snapshot", "restore", "beta", "keep")
+    assert small_host.exec("beta", "hostname").strip() == "beta"
+    small_host.cli("snapshot", "delete", "beta", "keep")
 
 
 def test_leftovers_are_removed_at_start(small_host):

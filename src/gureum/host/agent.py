@@ -149,11 +149,14 @@ class LocalHostAgent:
         vm = QemuVM(self._vm_config(spec), events)
         await vm.adopt(pid, booted=booted)
         self._vms[spec.instance_id] = vm
-        if await vm.status() in ("paused", "postmigrate"):
-            # A snapshot was under way when the service went down; the VM must not stay frozen.
-            with contextlib.suppress(GureumError):
-                await vm.agent.call("guest-fsfreeze-thaw", timeout=5)
+        # A snapshot may have been under way when the service went down: the VM must not stay
+        # paused, nor its filesystems frozen.
+        if await vm.status() in ("paused", "postmigrate", "finish-migrate"):
             await vm.resume()
+        if booted:
+            with contextlib.suppress(GureumError):
+                if await vm.agent.call("guest-fsfreeze-status", timeout=2) == "frozen":
+                    await vm.agent.call("guest-fsfreeze-thaw", timeout=10)
         return Path((await vm.disk_top())[1])
 
     async def stop(self, instance_id: str, timeout: float) -> str:
@@ -291,9 +294,23 @@ class LocalHostAgent:
         return vm
 
     # -- leftovers -------------------------------------------------------------------------------
+    def memory_image_helpers(self) -> list[int]:
+        marker = str(self.config.snapshots_dir) + "/"
+        return [p for p in process.find_by_marker(marker) if _is_helper(process.cmdline(p))]
+
     async def remove_leftovers(self, known_ids: set[str], known_files: set[Path]) -> list[str]:
         """Kill QEMUs and remove folders and disk files that belong to nothing known."""
         removed = []
+        # Memory-image helpers of a snapshot cut short (restored VMs also name the snapshots
+        # folder, for their RAM files: only the helpers' own QMP socket tells them apart).
+        for pid in self.memory_image_helpers():
+            process.kill(pid)
+            removed.append(f"memory image helper {pid}")
+        scratch = self.config.home / "scratch"
+        if scratch.exists():  # exports and imports in flight when the service stopped
+            for entry in scratch.iterdir():
+                await asyncio.to_thread(_remove, entry)
+                removed.append(str(entry))
         run_root = str(self.config.run_dir) + "/"
         for pid in process.find_by_marker(run_root):
             owner = next(
@@ -320,6 +337,10 @@ class LocalHostAgent:
                         await asyncio.to_thread(_remove, entry)
                         removed.append(str(entry))
         return removed
+
+
+def _is_helper(argv: list[str]) -> bool:
+    return any(memimage.HELPER_QMP in a for a in argv)
 
 
 def _remove(path: Path) -> None:

@@ -17,6 +17,7 @@ import os
 import secrets
 import shutil
 import time
+import weakref
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -28,7 +29,12 @@ from gureum.images.debian import sha256_file
 from gureum.model.hardware import Hardware, new_mac
 from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.snapshot import Layer, Snapshot
-from gureum.service.instances import InstanceService, check_cpus, check_memory
+from gureum.service.instances import (
+    INTERNAL_SNAPSHOT_PREFIX,
+    InstanceService,
+    check_cpus,
+    check_memory,
+)
 from gureum.service.operations import Quiet
 from gureum.service.snapshots import SnapshotService
 from gureum.storage import archive
@@ -60,13 +66,17 @@ class BackupService:
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
-        return f"{inst.name}.gbk", self._stream(files, config, work)
+        stream = self._stream(files, config, work)
+        # If the client is gone before the first byte, the stream never starts and its own
+        # cleanup never runs: the scratch folder goes when the stream object does.
+        weakref.finalize(stream, shutil.rmtree, work, True)
+        return f"{inst.name}.gbk", stream
 
     async def _prepare(
         self, inst: Instance, memory: bool, work: Path
     ) -> tuple[dict[str, Path], dict[str, Any]]:
-        name = f"export-{secrets.token_hex(3)}"
-        await self.snapshots.create_now(inst.id, name, memory, Quiet())
+        name = f"{INTERNAL_SNAPSHOT_PREFIX}export-{secrets.token_hex(3)}"
+        await self.snapshots.create_now(inst.id, name, memory, Quiet(), internal=True)
         try:
             _, snap = self.snapshots.get(inst.id, name)
             files = {"disk.qcow2": work / "disk.qcow2"}

@@ -42,6 +42,8 @@ from gureum.units import GIB, MIB
 log = logging.getLogger(__name__)
 
 MIN_MEMORY_MIB = 128
+# Names gureum uses for its own short-lived snapshots (backup export); users cannot take them.
+INTERNAL_SNAPSHOT_PREFIX = "gureum-"
 MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
 MAX_DISK_BYTES = 16 * 1024 * GIB
 
@@ -600,6 +602,16 @@ class InstanceService:
             "committed": {"cpus": cpus, "memory_mib": mem},
             "instances": len(self.store.list()),
         }
+
+    async def drop_internal_snapshots(self) -> list[str]:
+        """Snapshots gureum takes for itself (exports) that a stopped service left behind."""
+        dropped = []
+        for snap in self.snapshots.list():
+            if snap.name.startswith(INTERNAL_SNAPSHOT_PREFIX):
+                self.snapshots.remove(snap.id)
+                await self.host.remove_file(self.config.snapshots_dir / snap.id)
+                dropped.append(f"internal snapshot {snap.name} dropped")
+        return dropped
 
     def known_files(self) -> set[Path]:
         """Every disk layer and snapshot folder the store knows (the reconciler keeps them)."""

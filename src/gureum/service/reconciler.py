@@ -50,9 +50,12 @@ class Reconciler:
                 change = f"{inst.name}: error ({exc.message})"
             if change:
                 report["changed"].append(change)
+        for line in await self.instances.drop_internal_snapshots():
+            report["changed"].append(line)
         known = {i.id for i in self.instances.list()}
         files = self.instances.known_files()
         report["removed"] = await self.instances.host.remove_leftovers(known, files)
+        report["removed"] += [f"disk layer {lid}" for lid in await self.instances.collect_layers()]
         for line in report["removed"]:
             log.warning("removed leftover %s", line)
         return report

@@ -23,13 +23,13 @@ import shutil
 import time
 from dataclasses import replace
 
-from gureum.errors import Conflict, GureumError, InvalidState, NotFound
+from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import new_mac
 from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
-from gureum.service.instances import InstanceService
+from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
 from gureum.service.operations import Reporter
 
 
@@ -67,8 +67,12 @@ class SnapshotService:
             "snapshot", inst.id, lambda ctx: self.create_now(inst.id, name, memory, ctx)
         )
 
-    def _check_create(self, inst: Instance, name: str, memory: bool) -> None:
+    def _check_create(
+        self, inst: Instance, name: str, memory: bool, *, internal: bool = False
+    ) -> None:
         check_name(name, what="snapshot name")
+        if name.startswith(INTERNAL_SNAPSHOT_PREFIX) and not internal:
+            raise InvalidInput(f"snapshot names starting {INTERNAL_SNAPSHOT_PREFIX!r} are reserved")
         if self.store.get(inst.id, name) is not None:
             raise Conflict(f"{inst.name} already has a snapshot named {name!r}")
         if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
@@ -79,13 +83,13 @@ class SnapshotService:
             )
 
     async def create_now(
-        self, instance_id: str, name: str, memory: bool, ctx: Reporter
+        self, instance_id: str, name: str, memory: bool, ctx: Reporter, *, internal: bool = False
     ) -> dict[str, object]:
         """Take the snapshot (the operation's work; also used by backup export)."""
         svc = self.instances
         async with svc.lock(instance_id):
             inst = svc.get(instance_id)
-            self._check_create(inst, name, memory)
+            self._check_create(inst, name, memory, internal=internal)
             frozen = inst.root_layer
             assert frozen is not None and inst.hardware is not None
             hardware = inst.hardware

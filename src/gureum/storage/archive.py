@@ -111,6 +111,8 @@ def read(
             if first:
                 raise ArchiveError("the archive is empty")
     except (tarfile.TarError, EOFError, OSError) as exc:
+        if "unexpected end" in str(exc) or isinstance(exc, EOFError):
+            raise ArchiveError(f"the archive is truncated ({exc})") from exc
         raise ArchiveError(f"not a complete gureum backup archive: {exc}") from exc
     if manifest is None:
         raise ArchiveError("the archive ends before its manifest: it is truncated")

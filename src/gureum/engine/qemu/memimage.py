@@ -22,6 +22,9 @@ from gureum.engine.qemu.qmp import Monitor
 from gureum.engine.qemu.vm import log_tail
 from gureum.errors import EngineError, GureumError
 
+HELPER_DIR = "memimage-helper"
+HELPER_QMP = f"/{HELPER_DIR}/qmp.sock"  # how a helper QEMU is recognised among others
+
 
 async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
     """Write ``folder``/ram-<block> files and ``folder``/state from a full-state ``stream``.
@@ -29,7 +32,7 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
     ``cfg`` is the source VM's configuration; its root disk should be the frozen layer the
     state was taken with (the helper opens it read-only and never runs).
     """
-    runtime = RuntimePaths(folder / "helper")
+    runtime = RuntimePaths(folder / HELPER_DIR)
     runtime.dir.mkdir(parents=True, exist_ok=True)
     helper = replace(
         cfg,

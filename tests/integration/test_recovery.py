@@ -1,0 +1,271 @@
+"""Snapshots, restore, clone, backups and resize, checked from inside the guests."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from gureum.client.client import ApiError
+from gureum.engine.qemu import process
+
+pytestmark = pytest.mark.vm
+
+COUNTER = (
+    "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &"
+)
+
+
+def sh(service, name, script):
+    return service.exec(name, "sh", "-c", script)
+
+
+def show(service, name):
+    return json.loads(service.cli("show", name, "-o", "json").stdout)
+
+
+def wait_op(service, op):
+    with service.client() as c:
+        return c.wait(op["id"], timeout=240)
+
+
+@pytest.fixture(scope="module")
+def vm(service):
+    """rec1 with 8 MiB of random data on its disk and a counter running in memory."""
+    service.launch("rec1")
+    sh(service, "rec1", "head -c 8388608 /dev/urandom > /root/blob && sync")
+    sh(service, "rec1", COUNTER)
+    yield "rec1"
+    for name in ("rec1", "rec2", "rec3", "rec4", "rec1-copy"):
+        service.cli("delete", name, "--force", check=False)
+
+
+def blob_sum(service, name):
+    return sh(service, name, "sha256sum /root/blob").split()[0]
+
+
+def test_disk_snapshot_restore_gives_back_the_data(service, vm):
+    original = blob_sum(service, vm)
+    out = json.loads(service.cli("snapshot", "create", vm, "s1", "-o", "json").stdout)
+    assert out["snapshot"]["consistency"] == "fsfreeze"  # quiesced through the agent
+    assert out["snapshot"]["memory"] is False
+    sh(service, vm, "head -c 8388608 /dev/urandom > /root/blob && sync")
+    assert blob_sum(service, vm) != original
+    before = show(service, vm)
+    service.cli("snapshot", "restore", vm, "s1")
+    after = show(service, vm)
+    assert after["state"] == "running"
+    assert blob_sum(service, vm) == original
+    assert after["generation_id"] != before["generation_id"]  # a new generation
+    sh(service, vm, COUNTER)  # the restore rebooted the VM: start the counter again
+
+
+def test_memory_snapshot_resumes_a_running_process(service, vm):
+    machine_id = sh(service, vm, "cat /etc/machine-id").strip()
+    out = json.loads(service.cli("snapshot", "create", vm, "m1", "--memory", "-o", "json").stdout)
+    assert out["snapshot"]["memory"] and out["snapshot"]["consistency"] == "paused"
+    at_snapshot = int(sh(service, vm, "cat /tmp/counter"))
+    time.sleep(1.5)
+    later = int(sh(service, vm, "cat /tmp/counter"))
+    assert later > at_snapshot + 5
+    gen_before = show(service, vm)["generation_id"]
+    res = json.loads(service.cli("snapshot", "restore", vm, "m1", "-o", "json").stdout)
+    assert res["identity_refreshed"]["generation_id"] != gen_before
+    resumed = int(sh(service, vm, "cat /tmp/counter"))
+    # Back at the moment of the snapshot (the counter lived only in memory), and still counting.
+    assert at_snapshot <= resumed < later
+    time.sleep(0.5)
+    assert int(sh(service, vm, "cat /tmp/counter")) > resumed
+    boot = show(service, vm)["boot"]
+    phases = {p["event"]: p["at"] for p in boot["phases"]}
+    assert phases["memory_restored"] is not None and phases["kernel_started"] is None
+    assert sh(service, vm, "cat /etc/machine-id").strip() != machine_id  # told it was restored
+
+
+def test_clone_from_memory_snapshot_is_a_new_machine(service, vm):
+    source = show(service, vm)
+    res = json.loads(service.cli("clone", f"{vm}/m1", "rec2", "-o", "json").stdout)
+    clone = res["instance"]
+    assert clone["state"] == "running" and clone["id"] != source["id"]
+    ident = res["identity_refreshed"]
+    assert ident["hostname"] == "rec2" and ident["mac"] == clone["mac"] != source["mac"]
+    assert ident["generation_id"] == clone["generation_id"] != source["generation_id"]
+    # What the guest itself reports:
+    assert sh(service, "rec2", "hostname").strip() == "rec2"
+    assert sh(service, "rec2", "cat /sys/class/net/eth0/address").strip() == clone["mac"]
+    assert sh(service, "rec2", "cat /etc/machine-id").strip() == ident["machine_id"]
+    assert sh(service, "rec2", "cat /etc/machine-id") != sh(service, vm, "cat /etc/machine-id")
+    assert blob_sum(service, "rec2") == blob_sum(service, vm)
+    # The counter process came along in memory, and runs.
+    first = int(sh(service, "rec2", "cat /tmp/counter"))
+    time.sleep(0.5)
+    assert int(sh(service, "rec2", "cat /tmp/counter")) > first
+    # It shares no writable file with its source: a write in one is not seen in the other.
+    sh(service, "rec2", "echo clone-only > /root/mine && sync")
+    assert "No such file" in service.cli("exec", vm, "--", "cat", "/root/mine", check=False).stderr
+
+
+def test_clone_from_disk_snapshot_boots_with_the_data(service, vm):
+    res = json.loads(service.cli("clone", f"{vm}/s1", "rec3", "-o", "json").stdout)
+    assert res["instance"]["state"] == "running"
+    assert sh(service, "rec3", "hostname").strip() == "rec3"
+    assert show(service, "rec3")["mac"] != show(service, vm)["mac"]
+    assert sh(service, "rec3", "test -s /root/blob && echo yes").strip() == "yes"
+
+
+def test_deleting_a_snapshot_a_clone_uses_keeps_its_data(service, vm):
+    listed = json.loads(service.cli("snapshot", "list", vm, "-o", "json").stdout)
+    s1 = next(s for s in listed if s["name"] == "s1")
+    assert set(s1["depended_on_by"]) >= {"rec3"}
+    gone = json.loads(service.cli("snapshot", "delete", vm, "s1", "-o", "json").stdout)
+    assert "rec3" in gone["disk_data_kept_for"]
+    assert [
+        s["name"] for s in json.loads(service.cli("snapshot", "list", vm, "-o", "json").stdout)
+    ] == ["m1"]
+    # The clone's chain is whole: it still cold-boots and reads its data.
+    service.cli("restart", "rec3")
+    assert sh(service, "rec3", "test -s /root/blob && echo yes").strip() == "yes"
+    # Even with the source VM's snapshots all gone, and a restart of the clone from memory's.
+    service.cli("snapshot", "delete", vm, "m1")
+    service.cli("restart", "rec2")
+    assert sh(service, "rec2", "cat /root/mine").strip() == "clone-only"
+
+
+def test_snapshot_errors(service, vm):
+    res = service.cli("snapshot", "create", vm, "Bad Name", check=False)
+    assert res.returncode == 1 and "[invalid-input]" in res.stderr
+    res = service.cli("snapshot", "restore", vm, "nope", check=False)
+    assert res.returncode == 1 and "[not-found]" in res.stderr
+    service.cli("snapshot", "create", vm, "dup")
+    res = service.cli("snapshot", "create", vm, "dup", check=False)
+    assert res.returncode == 1 and "[conflict]" in res.stderr
+    res = service.cli("snapshot", "create", vm, "gureum-x", check=False)
+    assert res.returncode == 1 and "reserved" in res.stderr
+    res = service.cli("clone", f"{vm}/dup", "rec1", check=False)
+    assert res.returncode == 1 and "[conflict]" in res.stderr
+    service.cli("snapshot", "delete", vm, "dup")
+
+
+def test_export_delete_import_same_data(service, vm, tmp_path: Path):
+    service.launch("rec4")
+    sh(service, "rec4", "head -c 4194304 /dev/urandom > /root/blob && sync")
+    original = blob_sum(service, "rec4")
+    archive = tmp_path / "rec4.gbk"
+    out = service.cli("backup", "export", "rec4", str(archive))
+    assert "exported" in out.stdout and archive.stat().st_size > 1024 * 1024
+    service.cli("delete", "rec4", "--force")
+    imported = json.loads(
+        service.cli("backup", "import", str(archive), "--name", "rec4", "-o", "json").stdout
+    )
+    assert imported["state"] == "stopped"
+    service.cli("start", "rec4")
+    assert blob_sum(service, "rec4") == original
+    assert sh(service, "rec4", "hostname").strip() == "rec4"
+
+
+def test_memory_backup_resumes_elsewhere(service, vm, tmp_path: Path):
+    archive = tmp_path / "rec1-mem.gbk"
+    service.cli("backup", "export", vm, str(archive), "--memory")
+    at_export = int(sh(service, vm, "cat /tmp/counter"))
+    service.cli("backup", "import", str(archive), "--name", "rec1-copy")
+    service.cli("snapshot", "restore", "rec1-copy", "backup")
+    assert sh(service, "rec1-copy", "hostname").strip() == "rec1-copy"
+    copy_mac = show(service, "rec1-copy")["mac"]
+    assert copy_mac != show(service, vm)["mac"]
+    assert sh(service, "rec1-copy", "cat /sys/class/net/eth0/address").strip() == copy_mac
+    assert int(sh(service, "rec1-copy", "cat /tmp/counter")) <= at_export + 2
+    assert blob_sum(service, "rec1-copy") == blob_sum(service, vm)
+    res = service.cli("backup", "verify", str(archive))
+    assert res.stdout.startswith("PASS") and "resumed from memory" in res.stdout
+
+
+def _nothing_created(service, before):
+    with service.client() as c:
+        assert sorted(i["name"] for i in c.instances()) == before[0]
+    assert sorted(p.name for p in (service.home / "disks").iterdir()) == before[1]
+    assert sorted(p.name for p in (service.home / "snapshots").iterdir()) == before[2]
+
+
+@pytest.mark.parametrize("damage", ["truncated", "tampered", "not-an-archive"])
+def test_damaged_archives_are_refused(service, vm, tmp_path: Path, damage):
+    good = tmp_path / "good.gbk"
+    service.cli("backup", "export", vm, str(good))
+    data = bytearray(good.read_bytes())
+    if damage == "truncated":
+        data = data[: len(data) // 2]
+    elif damage == "tampered":
+        data[len(data) // 3] ^= 0xFF  # one bit-flip inside the disk image
+    else:
+        data = bytearray(b"hello, this is not a backup\n" * 1000)
+    bad = tmp_path / "bad.gbk"
+    bad.write_bytes(bytes(data))
+    with service.client() as c:
+        before = (sorted(i["name"] for i in c.instances()),
+                  sorted(p.name for p in (service.home / "disks").iterdir()),
+                  sorted(p.name for p in (service.home / "snapshots").iterdir()))  # fmt: skip
+    res = service.cli("backup", "import", str(bad), "--name", "damaged", check=False)
+    assert res.returncode == 1 and "[invalid-archive]" in res.stderr
+    words = {"truncated": "truncated", "tampered": "checksum", "not-an-archive": "not a"}[damage]
+    assert words in res.stderr
+    _nothing_created(service, before)
+    verify = service.cli("backup", "verify", str(bad), check=False)
+    assert verify.returncode == 1 and verify.stdout.startswith("FAIL")
+    _nothing_created(service, before)
+
+
+def test_resize_live_seen_by_the_guest(service, vm):
+    assert sh(service, vm, "nproc").strip() == "1"
+    res = json.loads(service.cli("resize", vm, "--cpus", "3", "--memory", "512M", "--disk", "1G",
+                                 "-o", "json").stdout)  # fmt: skip
+    assert res["applied"] == {"cpus": "live", "memory": "live", "disk": "live"}
+    assert sh(service, vm, "nproc").strip() == "3"
+    mem_kib = int(sh(service, vm, "grep MemTotal /proc/meminfo").split()[1])
+    assert mem_kib > 400 * 1024  # was ~210 MiB with 256 MiB
+    assert int(sh(service, vm, "cat /sys/block/vda/size")) * 512 == 1024**3
+    df_kib = int(sh(service, vm, "df -k / | tail -1").split()[1])
+    assert df_kib > 900 * 1024  # the ext4 filesystem was grown online too
+    shown = show(service, vm)
+    assert (shown["cpus"], shown["memory_mib"], shown["disk_gib"]) == (3, 512, 1.0)
+    # Shrinking CPUs and memory: recorded for the next boot, and said so.
+    res = json.loads(
+        service.cli("resize", vm, "--cpus", "2", "--memory", "384M", "-o", "json").stdout
+    )
+    assert res["applied"] == {"cpus": "next-boot", "memory": "next-boot"}
+    assert show(service, vm)["pending_next_boot"] == {"cpus": 2, "memory_mib": 384}
+    # A disk never shrinks; capacity still applies.
+    res = service.cli("resize", vm, "--disk", "600M", check=False)
+    assert res.returncode == 1 and "shrinking a disk is not supported" in res.stderr
+    res = service.cli("resize", vm, "--memory", "100T", check=False)
+    assert res.returncode == 1 and "[insufficient-capacity]" in res.stderr
+    # A memory snapshot of the hot-plugged machine restores with the same hardware.
+    service.cli("snapshot", "create", vm, "hot", "--memory")
+    service.cli("snapshot", "restore", vm, "hot")
+    assert sh(service, vm, "nproc").strip() == "3"
+    # The next cold boot applies what was pending.
+    service.cli("resize", vm, "--cpus", "2", "--memory", "384M")
+    service.cli("restart", vm)
+    assert sh(service, vm, "nproc").strip() == "2"
+    assert show(service, vm)["pending_next_boot"] == {}
+
+
+def test_resize_a_stopped_vm(service, vm):
+    service.cli("stop", vm)
+    res = json.loads(service.cli("resize", vm, "--cpus", "1", "--disk", "2G", "-o", "json").stdout)
+    assert res["applied"] == {"cpus": "next-boot", "disk": "offline"}
+    service.cli("start", vm)
+    assert sh(service, vm, "nproc").strip() == "1"
+    assert int(sh(service, vm, "cat /sys/block/vda/size")) * 512 == 2 * 1024**3
+    with service.client() as c, pytest.raises(ApiError) as exc:
+        c.resize(vm)
+    assert exc.value.code == "invalid-input"
+
+
+def test_no_helper_or_stray_file_left(service, vm):
+    snaps_dir = service.home / "snapshots"
+    assert not [p for p in snaps_dir.iterdir() if p.name.endswith(".partial")]
+    helpers = [p for p in process.find_by_marker(str(snaps_dir) + "/")
+               if any("memimage-helper" in a for a in process.cmdline(p))]  # fmt: skip
+    assert not helpers
+    assert not list((service.home / "scratch").iterdir())

@@ -42,6 +42,7 @@ test: setup lint
 
 bench: setup
 	$(PY) bench/launch.py
+	$(PY) bench/recovery.py
 
 clean:
 	rm -rf $(VENV) .gureum .pytest_cache .ruff_cache

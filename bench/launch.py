@@ -45,12 +45,20 @@ def rss_bytes(pid: int) -> int:
 class Service:
     def __init__(self, home: Path, accel: str) -> None:
         self.home = home
-        env = {**os.environ, "GUREUM_HOME": str(home), "GUREUM_ACCEL": accel,
-               "GUREUM_CACHE_DIR": str(REPO / ".gureum" / "cache")}  # fmt: skip
+        env = {
+            **os.environ,
+            "GUREUM_HOME": str(home),
+            "GUREUM_ACCEL": accel,
+            "GUREUM_CACHE_DIR": str(REPO / ".gureum" / "cache"),
+        }
         self.env = env
         self.log = open(home / "serve.out", "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen([sys.executable, "-m", "gureum.cli.main", "serve"], env=env,
-                                     stdout=self.log, stderr=self.log)  # fmt: skip
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gureum.cli.main", "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+        )
         self.client = Client(Endpoint("http://gureum", home / "gureum.sock"), timeout=600)
         for _ in range(300):
             try:
@@ -86,14 +94,23 @@ async def raw_boot(image: dict, workdir: Path, accel: str, tb_size: int) -> tupl
     disk = workdir / "root.qcow2"
     await create_overlay(folder / "disk.qcow2", disk, image["disk_virtual_bytes"])
     cfg = VMConfig(
-        name="raw", cpus=CPUS, memory_mib=MEMORY_MIB, accel=accel, kernel=folder / "vmlinuz",
-        initrd=folder / "initrd.img", root_disk=disk, runtime=RuntimePaths(workdir / "rt"),
-        hostname="raw", tcg_tb_size_mib=tb_size, start_paused=False,
-    )  # fmt: skip
+        name="raw",
+        cpus=CPUS,
+        memory_mib=MEMORY_MIB,
+        accel=accel,
+        kernel=folder / "vmlinuz",
+        initrd=folder / "initrd.img",
+        root_disk=disk,
+        runtime=RuntimePaths(workdir / "rt"),
+        hostname="raw",
+        tcg_tb_size_mib=tb_size,
+        start_paused=False,
+    )
     cfg.runtime.dir.mkdir()
     started = time.perf_counter()
-    proc = subprocess.Popen(render(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = subprocess.Popen(
+        render(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         while not cfg.runtime.agent.exists():
             await asyncio.sleep(0.002)
@@ -123,8 +140,10 @@ def main() -> None:
         image = svc.build()
         accel = svc.client.host()["accel"]
         tb_size = 128
-        print(f"accel: {accel}; image tiny {image['version']} (kernel {image['kernel_version']}); "
-              f"{args.runs} runs each, {CPUS} vCPU, {MEMORY_MIB} MiB")  # fmt: skip
+        print(
+            f"accel: {accel}; image tiny {image['version']} (kernel {image['kernel_version']}); "
+            f"{args.runs} runs each, {CPUS} vCPU, {MEMORY_MIB} MiB"
+        )
         gureum_s, raw_s, gureum_rss, raw_rss, phases = [], [], [], [], []
         for i in range(args.runs):
             elapsed, inst = svc.launch(f"bench{i}")
@@ -151,11 +170,15 @@ def main() -> None:
             "guest_memory_mib": MEMORY_MIB,
             "last_boot_timeline": phases[-1],
         }
-        print(f"gureum launch median: {g:.3f} s   raw QEMU boot median: {r:.3f} s   "
-              f"ratio: {g / r:.3f}")  # fmt: skip
-        print(f"QEMU RSS per idle VM ({MEMORY_MIB} MiB guest): gureum "
-              f"{result['qemu_rss_idle_mib_gureum_median']} MiB, raw "
-              f"{result['qemu_rss_idle_mib_raw_median']} MiB")  # fmt: skip
+        print(
+            f"gureum launch median: {g:.3f} s   raw QEMU boot median: {r:.3f} s   "
+            f"ratio: {g / r:.3f}"
+        )
+        print(
+            f"QEMU RSS per idle VM ({MEMORY_MIB} MiB guest): gureum "
+            f"{result['qemu_rss_idle_mib_gureum_median']} MiB, raw "
+            f"{result['qemu_rss_idle_mib_raw_median']} MiB"
+        )
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:

@@ -14,7 +14,7 @@ import pytest
 from gureum.client.client import ApiError
 from gureum.engine.qemu import process
 from gureum.host.capacity import host_memory_mib
-from tests.integration.conftest import running_service
+from tests.integration.conftest import Service, new_home, running_service
 
 pytestmark = pytest.mark.vm
 
@@ -94,6 +94,23 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
     assert not list((small_host.home / "scratch").iterdir())
     assert json.loads(small_host.cli("snapshot", "list", "alpha", "-o", "json").stdout) == []
     assert small_host.exec("alpha", "echo", "alive") == "alive\n"
+
+
+def test_backup_restores_into_a_fresh_home(small_host, tmp_path):
+    """An archive carries what another gureum needs: this home has never built an image."""
+    archive = tmp_path / "alpha.gbk"
+    small_host.exec("alpha", "sh", "-c", "echo travelled > /root/note && sync")
+    small_host.cli("backup", "export", "alpha", str(archive))
+    fresh = Service(new_home())
+    try:
+        fresh.start()
+        assert json.loads(fresh.cli("image", "list", "-o", "json").stdout) == []
+        fresh.cli("backup", "import", str(archive), "--name", "visitor")
+        fresh.cli("start", "visitor")
+        assert fresh.exec("visitor", "cat", "/root/note") == "travelled\n"
+        assert fresh.exec("visitor", "hostname").strip() == "visitor"
+    finally:
+        fresh.cleanup()
 
 
 def test_one_vm_killed_leaves_the_rest_running(small_host):

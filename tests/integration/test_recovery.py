@@ -107,6 +107,33 @@ def test_clone_from_memory_snapshot_is_a_new_machine(service, vm):
     assert "No such file" in service.cli("exec", vm, "--", "cat", "/root/mine", check=False).stderr
 
 
+def ram_mapping(pid: int) -> dict[str, int]:
+    """The smaps fields (kB) of a QEMU's guest RAM mapping of a snapshot's ram-mem0 file."""
+    fields: dict[str, int] = {}
+    current = False
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        if line[:1].isdigit() or line[:1] in "abcdef":
+            current = line.rstrip().endswith("/ram-mem0")
+        elif current and line.split(":")[0] in ("Rss", "Pss", "Shared_Clean", "Shared_Dirty"):
+            key, value = line.split(":")
+            fields[key] = fields.get(key, 0) + int(value.split()[0])
+    return fields
+
+
+def test_clones_share_unchanged_memory_pages(service, vm):
+    """Two VMs started from one memory snapshot map its RAM file privately: the pages neither
+    has written are the same page-cache pages (shown as Shared_*: clean, or dirty while the
+    file is not yet written back), so each is charged only a share (Pss < Rss)."""
+    res = json.loads(service.cli("clone", f"{vm}/m1", "rec4", "-o", "json").stdout)
+    pid_a, pid_b = show(service, "rec2")["pid"], res["instance"]["pid"]
+    a, b = ram_mapping(pid_a), ram_mapping(pid_b)
+    assert a["Rss"] > 10 * 1024 and b["Rss"] > 10 * 1024
+    for m in (a, b):
+        assert m["Shared_Clean"] + m["Shared_Dirty"] > 10 * 1024
+    assert a["Pss"] < a["Rss"]  # shared pages are split between the clones
+    service.cli("delete", "rec4", "--force")
+
+
 def test_clone_from_disk_snapshot_boots_with_the_data(service, vm):
     res = json.loads(service.cli("clone", f"{vm}/s1", "rec3", "-o", "json").stdout)
     assert res["instance"]["state"] == "running"

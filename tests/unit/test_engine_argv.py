@@ -23,8 +23,8 @@ HW = Hardware(
     max_cpus=8,
     memory_mib=512,
     max_memory_mib=4608,
-    mac="52:54:00:aa:bb:cc",
     generation_id="11111111-2222-3333-4444-555555555555",
+    nics=((0, "52:54:00:aa:bb:cc", "n-1"),),
 )
 
 
@@ -38,6 +38,7 @@ def config(**kw):
         root_disk=Path("/home/i/root.qcow2"),
         runtime=RuntimePaths(Path("/run/g/i-1")),
         hostname="web1",
+        taps=((0, 7),),
     )
     base.update(kw)
     return VMConfig(**base)
@@ -69,7 +70,9 @@ def test_render_tcg():
     devices = " ".join(arg_after(argv, "-device"))
     for dev in ("virtio-blk-pci", "virtio-rng-pci", "virtio-serial-pci"):
         assert dev in devices
-    assert "virtio-net-pci,id=nic0,mac=52:54:00:aa:bb:cc" in devices
+    assert "virtio-net-pci,id=nic0,netdev=net0,mac=52:54:00:aa:bb:cc,bus=rp0" in devices
+    assert arg_after(argv, "-netdev") == ["tap,id=net0,fd=7"]
+    assert sum(d.startswith("pcie-root-port") for d in arg_after(argv, "-device")) == 4
     assert "vmgenid,guid=11111111-2222-3333-4444-555555555555" in devices
     assert "-incoming" not in argv
 

@@ -11,7 +11,7 @@ from gureum.store.layers import LayerStore, SnapshotStore
 
 
 def test_hardware_for_boot_and_reboot():
-    hw = Hardware.for_boot(2, 512)
+    hw = Hardware.for_boot(2, 512, ((0, new_mac(), "n-1"),))
     assert (hw.cpus, hw.max_cpus, hw.memory_mib) == (2, 8, 512)
     assert hw.max_memory_mib >= 512 * 4
     assert hw.mac.startswith("52:54:00:") and len(hw.mac) == 17

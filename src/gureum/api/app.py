@@ -13,7 +13,15 @@ from fastapi import FastAPI
 
 from gureum import __version__
 from gureum.api import errors
-from gureum.api.routes import backups, images, instances, operations, snapshots, system
+from gureum.api.routes import (
+    backups,
+    images,
+    instances,
+    networks,
+    operations,
+    snapshots,
+    system,
+)
 from gureum.config import Config
 from gureum.service.core import Services
 
@@ -28,7 +36,7 @@ def create_app(svc: Services) -> FastAPI:
     )
     app.state.services = svc
     errors.install(app)
-    for module in (instances, snapshots, backups, operations, images, system):
+    for module in (instances, snapshots, backups, networks, operations, images, system):
         app.include_router(module.router)
     return app
 

@@ -27,6 +27,12 @@ class LaunchIn(Strict):
     cpus: int = Field(1, description="virtual CPUs")
     memory_mib: int = Field(256, description="guest memory in MiB")
     disk_gib: float | None = Field(None, description="root disk size in GiB; default: the image's")
+    networks: list[str] = Field(
+        default_factory=list, description="one NIC per network; default: default"
+    )
+    secgroups: list[str] = Field(default_factory=list, description="default: the default group")
+    user_data: str | None = Field(None, description="served at /latest/user-data")
+    ssh_keys: list[str] = Field(default_factory=list, description="OpenSSH public keys")
 
 
 class ExecIn(Strict):
@@ -68,6 +74,9 @@ class InstanceOut(BaseModel):
     accel: str | None = Field(description="kvm or tcg")
     pid: int | None
     mac: str | None
+    nics: list[dict[str, Any]]
+    secgroups: list[str]
+    forwards: list[dict[str, Any]]
     generation_id: str | None = Field(description="the vmgenid GUID; new on every restore/clone")
     pending_next_boot: dict[str, Any] = Field(
         description="resizes that take effect at the next boot (hot-plug could not apply them)"
@@ -170,3 +179,68 @@ class VerifyBackupOut(BaseModel):
     ok: bool
     seconds: float
     detail: str
+
+
+class NetworkIn(Strict):
+    name: str = Field(examples=["backend"])
+    subnet: str = Field(examples=["10.80.1.0/24"])
+    imds_tokens_required: bool = Field(False, description="metadata answers IMDSv2 (token) only")
+    nat: bool = Field(False, description="egress NAT (not available yet)")
+
+
+class NetworkOut(BaseModel):
+    id: str
+    name: str
+    subnet: str
+    gateway: str
+    nat: bool
+    imds_tokens_required: bool
+    created_at: float
+    namespace: str
+    instances: list[dict[str, Any]]
+
+
+class SecGroupIn(Strict):
+    name: str
+
+
+class RuleIn(Strict):
+    ingress: str = Field(examples=["tcp/80"], description="tcp/PORT[-PORT], udp/..., icmp, all")
+    from_cidr: str | None = Field(None, examples=["0.0.0.0/0"])
+    from_group: str | None = None
+
+
+class SecGroupOut(BaseModel):
+    id: str
+    name: str
+    rules: list[dict[str, Any]]
+    instances: int
+    created_at: float
+
+
+class ForwardIn(Strict):
+    mapping: str = Field(examples=["8080:80"], description="[ADDRESS:]HOSTPORT:GUESTPORT")
+
+
+class ForwardOut(BaseModel):
+    id: str
+    instance: str
+    host: str
+    guest: str
+    host_address: str
+    host_port: int
+    guest_port: int
+    created_at: float
+
+
+class NicIn(Strict):
+    network: str
+
+
+class NicOut(BaseModel):
+    id: str
+    network: str
+    slot: int
+    mac: str
+    ip: str
+    applied: str | None = None

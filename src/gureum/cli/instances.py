@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -36,13 +37,36 @@ def register(app: typer.Typer) -> None:
         disk: Annotated[
             str | None, typer.Option(help="Root disk size, e.g. 2G (default: image's).")
         ] = None,
+        network: Annotated[
+            list[str] | None, typer.Option("--network", help="Network (repeat for more NICs).")
+        ] = None,
+        secgroup: Annotated[
+            list[str] | None, typer.Option("--secgroup", help="Security group (repeatable).")
+        ] = None,
+        user_data: Annotated[
+            Path | None, typer.Option("--user-data", help="File served at /latest/user-data.")
+        ] = None,
+        ssh_key: Annotated[
+            list[str] | None, typer.Option("--ssh-key", help="OpenSSH public key (repeatable).")
+        ] = None,
         no_wait: NoWait = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
         """Create and boot a VM; returns when its guest agent answers (unless --no-wait)."""
         disk_gib = None if disk is None else parse_size(disk, default_unit="G", what="disk") / GIB
+        extra: dict[str, object] = {
+            "networks": network or [],
+            "secgroups": secgroup or [],
+            "ssh_keys": ssh_key or [],
+        }
+        if user_data is not None:
+            if not user_data.is_file():
+                raise InvalidInput(f"{user_data} is not a file")
+            extra["user_data"] = user_data.read_text()
         with Client() as client:
-            res = client.launch(name, image, cpus=cpus, memory_mib=_mib(memory), disk_gib=disk_gib)
+            res = client.launch(
+                name, image, cpus=cpus, memory_mib=_mib(memory), disk_gib=disk_gib, **extra
+            )
             if no_wait:
                 _show_instance(
                     res["instance"] | {"operation": res["operation"]["id"]}, fmt, brief=True

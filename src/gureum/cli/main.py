@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from gureum.cli import images, instances, recovery, system
+from gureum.cli import images, instances, networks, recovery, system
 from gureum.client.client import ApiError
 from gureum.errors import GureumError
 
@@ -25,6 +25,7 @@ app = typer.Typer(
 )
 instances.register(app)
 recovery.register(app)
+networks.register(app)
 system.register(app)
 app.add_typer(images.app, name="image")
 

@@ -107,12 +107,15 @@ class Client:
         cpus: int = 1,
         memory_mib: int = 256,
         disk_gib: float | None = None,
+        **extra: Any,
     ) -> dict[str, Any]:
+        """``extra``: networks, secgroups, user_data, ssh_keys (see the API)."""
         body: dict[str, Any] = {
             "name": name,
             "image": image,
             "cpus": cpus,
             "memory_mib": memory_mib,
+            **extra,
         }
         if disk_gib is not None:
             body["disk_gib"] = disk_gib

@@ -26,7 +26,9 @@ from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import EngineError, GureumError, InvalidState
 from gureum.host.capacity import HostCapacity, measure
+from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
+from gureum.network import tap
 from gureum.storage import disks
 
 log = logging.getLogger(__name__)
@@ -54,11 +56,16 @@ class VMSpec:
     root_disk: Path  # the top layer of its disk
 
 
-# A clone's new MAC address, set on the guest's NIC (the only step that needs a process).
-SET_MAC = r"""
-for dev in /sys/class/net/*; do
-  [ "${dev##*/}" = lo ] || ip link set dev "${dev##*/}" address "$1"
+# A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
+# asked again for the clone's own addresses. The only step of a refresh that needs a process.
+SET_MACS = r"""
+for pair in "$@"; do
+  old=${pair%%=*}; new=${pair#*=}
+  for dev in /sys/class/net/*; do
+    [ "$(cat "$dev/address")" = "$old" ] && ip link set dev "${dev##*/}" address "$new"
+  done
 done
+/etc/gureum/network renew
 """
 
 
@@ -67,6 +74,7 @@ class LocalHostAgent:
         self.config = config
         self._vms: dict[str, QemuVM] = {}
         self.accel = accel_probe.choose(config.accel)
+        self.network = NetworkHost(config)
 
     # -- folders ---------------------------------------------------------------------------------
     def runtime(self, instance_id: str) -> RuntimePaths:
@@ -98,6 +106,23 @@ class LocalHostAgent:
         return disks.allocated_bytes(path) if path.exists() else 0
 
     # -- lifecycle -------------------------------------------------------------------------------
+    async def _open_taps(
+        self, instance_id: str, hardware: Hardware, *, attach: bool = True, tag: str = ""
+    ) -> tuple[tuple[int, int], ...]:
+        """One TAP per NIC, in its network's namespace; the caller closes the fds once QEMU
+        has them. ``attach=False``: left off the bridge (a helper QEMU that never runs)."""
+        fds: list[tuple[int, int]] = []
+        try:
+            for slot, _mac, network_id in hardware.nics:
+                name = tap.tap_name(instance_id, slot) if not tag else f"h{tag}{slot}"
+                bridge = BRIDGE if attach else None
+                namespace = self.network.namespace(network_id)
+                fds.append((slot, await tap.open_tap(namespace, name, bridge)))
+        except BaseException:
+            _close_fds(fds)
+            raise
+        return tuple(fds)
+
     def _vm_config(self, spec: VMSpec, ram: RamFiles | None = None) -> VMConfig:
         return VMConfig(
             name=spec.name,
@@ -120,13 +145,17 @@ class LocalHostAgent:
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
         ram = RamFiles(restore_from, share=False) if restore_from else None
-        vm = QemuVM(self._vm_config(spec, ram), events)
+        taps = await self._open_taps(spec.instance_id, spec.hardware)
+        cfg = VMConfig(**{**self._vm_config(spec, ram).__dict__, "taps": taps})
+        vm = QemuVM(cfg, events)
         self._vms[spec.instance_id] = vm
         try:
             await vm.start(restore_state=restore_from / "state" if restore_from else None)
         except BaseException:
             self._vms.pop(spec.instance_id, None)
             raise
+        finally:
+            _close_fds(taps)  # QEMU holds its own copies; each TAP lives as long as QEMU
         assert vm.pid is not None
         return vm.pid
 
@@ -216,12 +245,17 @@ class LocalHostAgent:
         vm = self._vm(instance_id)
         folder.mkdir(parents=True, exist_ok=True)
         stream = folder / "stream.tmp"
+        taps: tuple[tuple[int, int], ...] = ()
         try:
             await vm.save_state(stream)
-            cfg = vm.cfg
-            source = VMConfig(**{**cfg.__dict__, "root_disk": frozen_disk})
+            # The helper needs the same NICs (TAP backends), never attached to anything.
+            taps = await self._open_taps(
+                instance_id, vm.cfg.hardware, attach=False, tag=secrets.token_hex(3)
+            )
+            source = VMConfig(**{**vm.cfg.__dict__, "root_disk": frozen_disk, "taps": taps})
             await memimage.make(source, stream, folder)
         finally:
+            _close_fds(taps)
             stream.unlink(missing_ok=True)
 
     # -- resources -------------------------------------------------------------------------------
@@ -230,6 +264,17 @@ class LocalHostAgent:
 
     async def hotplug_dimm(self, instance_id: str, index: int, mib: int) -> None:
         await self._vm(instance_id).hotplug_dimm(index, mib)
+
+    async def hotplug_nic(self, instance_id: str, slot: int, mac: str, network_id: str) -> None:
+        namespace = self.network.namespace(network_id)
+        fd = await tap.open_tap(namespace, tap.tap_name(instance_id, slot), BRIDGE)
+        try:
+            await self._vm(instance_id).hotplug_nic(slot, mac, fd)
+        finally:
+            os.close(fd)
+
+    async def unplug_nic(self, instance_id: str, slot: int) -> None:
+        await self._vm(instance_id).unplug_nic(slot)
 
     async def resize_disk_live(self, instance_id: str, size_bytes: int) -> None:
         await self._vm(instance_id).resize_disk(size_bytes)
@@ -250,14 +295,19 @@ class LocalHostAgent:
         return await self._vm(instance_id).agent.call(cmd, args, timeout=30)
 
     async def refresh_identity(
-        self, instance_id: str, *, hostname: str | None = None, mac: str | None = None
+        self,
+        instance_id: str,
+        *,
+        hostname: str | None = None,
+        macs: list[tuple[str, str]] | None = None,
     ) -> str:
         """Tell the guest it was restored or cloned; returns its new machine id.
 
         The guest has no vmgenid driver to notice by itself, so the agent does what such a
         driver's users would: new entropy mixed into the kernel's pool, a new machine id, and
-        for a clone a new hostname and MAC. Files are written through the agent directly (no
-        guest process), which matters right after a restore, when TCG has translated nothing.
+        for a clone a new hostname and MACs (``macs``: old, new), then new DHCP leases. Files
+        are written through the agent directly (no guest process), which matters right after a
+        restore, when TCG has translated nothing yet.
         """
         agent = self._vm(instance_id).agent
         machine_id = uuid.uuid4().hex
@@ -266,16 +316,19 @@ class LocalHostAgent:
         if hostname:
             await agent.write_file("/proc/sys/kernel/hostname", hostname.encode())
             await agent.write_file("/etc/hostname", f"{hostname}\n".encode())
-        if mac:
-            current = await agent.read_file("/sys/class/net/eth0/address")
-            if current.decode().strip() != mac:
-                result = await self.exec(
-                    instance_id, ["/bin/sh", "-c", SET_MAC, "mac", mac], None, 30
-                )
-                if result.exit_code != 0:
-                    detail = result.stderr.decode(errors="replace").strip()
-                    raise EngineError(f"cannot set the guest's MAC address: {detail}")
+        if macs:
+            pairs = [f"{old}={new}" for old, new in macs]
+            result = await self.exec(
+                instance_id, ["/bin/sh", "-c", SET_MACS, "macs", *pairs], None, 30
+            )
+            if result.exit_code != 0:
+                detail = result.stderr.decode(errors="replace").strip()
+                raise EngineError(f"cannot set the guest's MAC addresses: {detail}")
         return machine_id
+
+    async def renew_network(self, instance_id: str) -> None:
+        """Start DHCP on NICs the guest has not configured yet (after a hot-plug)."""
+        await self.exec(instance_id, ["/etc/gureum/network"], None, 30)
 
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial
@@ -337,6 +390,12 @@ class LocalHostAgent:
                         await asyncio.to_thread(_remove, entry)
                         removed.append(str(entry))
         return removed
+
+
+def _close_fds(fds: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:
+    for _slot, fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
 
 
 def _is_helper(argv: list[str]) -> bool:

@@ -93,6 +93,8 @@ TINY = Recipe(
         "etc/gureum/agent": ("agent", 0o755),
         "etc/gureum/rc.shutdown": ("rc.shutdown", 0o755),
         "etc/acpi/PWRF/00000080": ("acpi-power", 0o755),
+        "etc/gureum/udhcpc": ("udhcpc", 0o755),
+        "etc/gureum/network": ("network", 0o755),
     },
 )
 
@@ -261,6 +263,9 @@ class Builder:
         (root / "etc/hostname").write_text(f"{self.recipe.name}\n")
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")
+        # Static busybox resolves names through glibc's NSS modules (libc6 is in the image).
+        (root / "etc/nsswitch.conf").write_text("hosts: files dns\nnetworks: files\n")
+        (root / "etc/hosts").write_text("127.0.0.1 localhost\n")
         (root / "etc/profile").write_text(
             "export PATH=/sbin:/usr/sbin:/bin:/usr/bin\nexport PS1='\\h:\\w\\$ '\n"
         )

@@ -144,6 +144,8 @@ class Instance:
     updated_at: float | None = None
     root_layer: str | None = None  # the disk layer the VM writes to (top of its chain)
     hardware: Hardware | None = None  # as QEMU sees it now (None: not yet decided)
+    user_data: str | None = None  # served by the metadata service at /latest/user-data
+    ssh_keys: tuple[str, ...] = ()  # served at /latest/meta-data/public-keys/
 
     @property
     def name(self) -> str:

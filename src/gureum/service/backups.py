@@ -26,7 +26,7 @@ from typing import Any
 from gureum.errors import Conflict, GureumError, InvalidInput
 from gureum.ids import check_name, new_id
 from gureum.images.debian import sha256_file
-from gureum.model.hardware import Hardware, new_mac
+from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.snapshot import Layer, Snapshot
 from gureum.service.instances import (
@@ -198,7 +198,6 @@ class BackupService:
         if not version.isalnum():
             raise archive.ArchiveError("the manifest names an invalid image version")
         data = work / "in"
-        hardware = replace(self.instances.new_generation(source_hw), mac=new_mac())
         self._install_boot_files(image, version, data)
         created: list[Path] = []
         inst = Instance(
@@ -208,8 +207,12 @@ class BackupService:
             created_at=time.time(),
             image_version=version,
             accel=self.host.accel.accel,
-            hardware=hardware if has_memory else hardware.rebooted(spec.cpus, spec.memory_mib),
         )
+        # Networks are this host's: every NIC the source had goes on the default network.
+        nets = self.instances.networks
+        default = await nets.default()
+        slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
+        old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
         base_id = new_id("l-")
         base = Layer(base_id, inst.id, f"disks/{base_id}.qcow2", None, time.time())
         try:
@@ -218,6 +221,17 @@ class BackupService:
             created.append(dest)
             self.instances.layers.add(base)
             self.instances.store.insert(inst)
+            for slot in slots:
+                nets.new_nic(inst.id, default, slot)
+            nets.store.set_instance_groups(inst.id, self.instances.secgroups.resolve([]))
+            new_nics = nets.hardware_nics(inst.id)
+            hardware = replace(self.instances.new_generation(source_hw), nics=new_nics)
+            if not has_memory:
+                hardware = hardware.rebooted(spec.cpus, spec.memory_mib)
+            inst.hardware = hardware
+            self.instances.store.update(inst.id, hardware=hardware)
+            # The memory image still holds the source's MACs: a restore will set the new ones.
+            image_nics = tuple((s, old_macs.get(s, m), n) for s, m, n in new_nics)
             await self.instances.new_top_layer(inst, on=base_id, size_bytes=spec.disk_bytes)
             if has_memory:
                 snap_id = new_id("s-")
@@ -247,8 +261,8 @@ class BackupService:
                         layer=base_id,
                         memory=True,
                         consistency=str(cfg.get("consistency", "paused")),
-                        # The source's machine: its MAC tells a restore to rename the guest.
-                        hardware=source_hw,
+                        # The source's machine and MACs: a restore renames the guest.
+                        hardware=replace(source_hw, nics=image_nics),
                         disk_bytes=spec.disk_bytes,
                         size_bytes=0,
                         created_at=time.time(),
@@ -256,6 +270,7 @@ class BackupService:
                 )
         except BaseException:
             # Nothing half-made stays: rows, layers and files all go.
+            nets.store.forget_instance(inst.id)
             for snap in self.instances.snapshots.list(inst.id):
                 self.instances.snapshots.remove(snap.id)
             self.instances.store.delete(inst.id)

@@ -11,17 +11,23 @@ from gureum.config import Config
 from gureum.errors import Conflict, InvalidInput
 from gureum.host.agent import LocalHostAgent
 from gureum.ids import new_id
+from gureum.model.instance import ACTIVE
 from gureum.service.backups import BackupService
+from gureum.service.forwards import ForwardService
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
+from gureum.service.networks import NetworkService
+from gureum.service.nics import NicService
 from gureum.service.operations import OperationManager
 from gureum.service.reconciler import Reconciler
 from gureum.service.resize import ResizeService
+from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
+from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
 
 log = logging.getLogger(__name__)
@@ -39,6 +45,10 @@ class Services:
     resize: ResizeService
     backups: BackupService
     reconciler: Reconciler
+    networks: NetworkService
+    secgroups: SecGroupService
+    forwards: ForwardService
+    nics: NicService
     _lock_fd: int | None = None
 
     @classmethod
@@ -69,11 +79,32 @@ class Services:
         instances = InstanceService(
             config, instance_store, images, host, ops, LayerStore(db), SnapshotStore(db)
         )
+        network_store = NetworkStore(db)
+        networks = NetworkService(host, network_store, instance_store)
+        secgroups = SecGroupService(network_store, networks)
+        forwards = ForwardService(host.network, network_store, instance_store)
+        instances.networks, instances.secgroups, instances.forwards = networks, secgroups, forwards
         snapshots = SnapshotService(instances)
+        nics = NicService(instances)
         resize = ResizeService(instances)
         backups = BackupService(instances, snapshots)
         reconciler = Reconciler(instances, config.reconcile_interval_s)
-        return cls(config, db, host, ops, images, instances, snapshots, resize, backups, reconciler)
+        return cls(
+            config,
+            db,
+            host,
+            ops,
+            images,
+            instances,
+            snapshots,
+            resize,
+            backups,
+            reconciler,
+            networks,
+            secgroups,
+            forwards,
+            nics,
+        )
 
     def lock_home(self) -> None:
         """One service per home: two would fight over the same VMs."""
@@ -93,12 +124,19 @@ class Services:
         interrupted = self.ops.interrupt_stale()
         if interrupted:
             log.warning("%d operation(s) were cut short by the last shutdown", interrupted)
-        return await self.reconciler.start()
+        await self.networks.ensure_all()
+        report = await self.reconciler.start()
+        await self.forwards.start_all()
+        return report
 
     async def stop(self) -> None:
         """Stop the service, never the VMs: they keep running and are re-adopted next start."""
         await self.reconciler.stop()
         await self.ops.shutdown()
+        await self.host.network.close()
+        # Networks stay while VMs run (their TAPs are in them); with none, nothing is left.
+        active = any(i.state in ACTIVE for i in self.instances.list())
+        await self.networks.teardown_if_idle(active)
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -15,13 +15,14 @@ import logging
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gureum.config import Config
 from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.host.agent import Console, LocalHostAgent, VMSpec
 from gureum.host.capacity import admit
 from gureum.ids import check_name, looks_like_id, new_id
-from gureum.model.hardware import Hardware, new_generation_id
+from gureum.model.hardware import MAX_NICS, Hardware, new_generation_id
 from gureum.model.instance import (
     ACTIVE,
     BootTimeline,
@@ -34,10 +35,16 @@ from gureum.model.instance import (
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Layer
 from gureum.service.images import ImageService
+from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.units import GIB, MIB
+
+if TYPE_CHECKING:
+    from gureum.service.forwards import ForwardService
+    from gureum.service.networks import NetworkService
+    from gureum.service.secgroups import SecGroupService
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +70,10 @@ class LaunchRequest:
     cpus: int = 1
     memory_mib: int = 256
     disk_bytes: int | None = None  # None: the image's own size
+    networks: tuple[str, ...] = ()  # () : the default network
+    secgroups: tuple[str, ...] = ()  # () : the default security group
+    user_data: str | None = None
+    ssh_keys: tuple[str, ...] = ()
 
 
 class _Events:
@@ -127,6 +138,10 @@ class InstanceService:
         self.admission = asyncio.Lock()
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: dict[str, _Events] = {}
+        # Wired by Services.build (they need this service's store too).
+        self.networks: NetworkService = None  # type: ignore[assignment]
+        self.secgroups: SecGroupService = None  # type: ignore[assignment]
+        self.forwards: ForwardService = None  # type: ignore[assignment]
 
     # -- queries ---------------------------------------------------------------------------------
     def list(self) -> list[Instance]:
@@ -164,6 +179,11 @@ class InstanceService:
             "accel": inst.accel,
             "pid": inst.pid if running else None,
             "mac": hw.mac if hw else None,
+            "nics": self.networks.nics_view(inst.id) if self.networks else [],
+            "secgroups": self._group_names(inst.id),
+            "forwards": [self.forwards.view(f) for f in self.forwards.list(inst.id)]
+            if self.forwards
+            else [],
             "generation_id": hw.generation_id if hw else None,
             # Changes that take effect at the next boot (resize where hot-plug could not).
             "pending_next_boot": pending,
@@ -176,6 +196,13 @@ class InstanceService:
                 "disk_allocated_bytes": self.host.disk_bytes(top) if top else None,
             },
         }
+
+    def _group_names(self, instance_id: str) -> list[str]:
+        if self.networks is None:
+            return []
+        names = {g.id: g.name for g in self.networks.store.groups()}
+        ids = self.networks.store.instance_groups().get(instance_id, [])
+        return [names.get(g, g) for g in ids]
 
     def lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -273,14 +300,37 @@ class InstanceService:
             )
         if disk > MAX_DISK_BYTES:
             raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
+        if len(req.networks) > MAX_NICS:
+            raise InvalidInput(f"an instance has at most {MAX_NICS} NICs")
+        if len(set(req.networks)) != len(req.networks):
+            raise InvalidInput("a network is named twice")
+        for ref in req.networks:
+            if ref != DEFAULT_NETWORK:
+                self.networks.get(ref)
+        for ref in req.secgroups:
+            if ref != DEFAULT_GROUP:
+                self.secgroups.get(ref)
+        if req.user_data is not None and len(req.user_data.encode()) > 64 * 1024:
+            raise InvalidInput("user data must be at most 64 KiB")
+        for key in req.ssh_keys:
+            if not key.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in key or len(key) > 16384:
+                raise InvalidInput(
+                    "an SSH key must be one line in OpenSSH format (ssh-ed25519 ...)"
+                )
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image.version
 
     async def launch(self, req: LaunchRequest) -> tuple[Instance, Operation]:
         spec, image_version = self.validate(req)
         async with self.admission:
-            # Check and claim in one step: two launches can never both take the last MiB.
+            # Check and claim in one step: two launches can never both take the last MiB (or
+            # the same address).
             await self.admit(spec.cpus, spec.memory_mib)
+            nets = [
+                await self.networks.default() if r == DEFAULT_NETWORK else self.networks.get(r)
+                for r in (req.networks or (DEFAULT_NETWORK,))
+            ]
+            groups = self.secgroups.resolve(list(req.secgroups))
             inst = Instance(
                 id=new_id("i-"),
                 spec=spec,
@@ -288,9 +338,22 @@ class InstanceService:
                 created_at=time.time(),
                 image_version=image_version,
                 accel=self.host.accel.accel,
-                hardware=Hardware.for_boot(spec.cpus, spec.memory_mib),
+                user_data=req.user_data,
+                ssh_keys=tuple(req.ssh_keys),
             )
             self.store.insert(inst)
+            try:
+                for slot, net in enumerate(nets):
+                    self.networks.new_nic(inst.id, net, slot)
+                self.networks.store.set_instance_groups(inst.id, groups)
+            except BaseException:
+                self.networks.store.forget_instance(inst.id)
+                self.store.delete(inst.id)
+                raise
+            inst.hardware = Hardware.for_boot(
+                spec.cpus, spec.memory_mib, self.networks.hardware_nics(inst.id)
+            )
+            self.store.update(inst.id, hardware=inst.hardware)
         op = self.ops.start("launch", inst.id, lambda ctx: self.boot(inst.id, ctx, fresh=True))
         return inst, op
 
@@ -301,7 +364,7 @@ class InstanceService:
         *,
         fresh: bool = False,
         restore_from: Path | None = None,
-        identity: dict[str, str] | None = None,
+        identity: dict[str, object] | None = None,
     ) -> dict[str, object]:
         """Start the VM's QEMU and wait for its agent: a cold boot, or with ``restore_from`` a
         resume from a memory snapshot (the caller has set the hardware and top layer). With
@@ -321,7 +384,11 @@ class InstanceService:
                 hardware = inst.hardware
                 if restore_from is None:
                     # A cold boot folds hot-plugged parts and pending resizes into the base.
-                    hardware = hardware.rebooted(inst.spec.cpus, inst.spec.memory_mib)
+                    hardware = hardware.rebooted(
+                        inst.spec.cpus, inst.spec.memory_mib, self.networks.hardware_nics(inst.id)
+                    )
+                # DHCP must know the NICs' MACs, and the firewall their TAPs, before they speak.
+                await self.networks.sync_instance(inst.id)
                 self.set_state(inst, State.STARTING, boot="{}", pid=None, hardware=hardware)
                 inst.hardware = hardware
                 events.ctx = ctx
@@ -348,17 +415,17 @@ class InstanceService:
         ctx: Reporter,
         *,
         refresh: bool = False,
-        identity: dict[str, str] | None = None,
+        identity: dict[str, object] | None = None,
     ) -> dict[str, object]:
         """Wait for the guest agent (outside the VM's lock, so a stop can interrupt)."""
         events.ctx = ctx
-        refreshed: dict[str, str] = {}
+        refreshed: dict[str, object] = {}
         try:
             await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
             if refresh:
                 # Restored or cloned: the guest's random pool and machine id were someone
-                # else's a moment ago (and for a clone, its hostname and MAC too).
-                machine_id = await self.host.refresh_identity(instance_id, **(identity or {}))
+                # else's a moment ago (and for a clone, its hostname and MACs too).
+                machine_id = await self.host.refresh_identity(instance_id, **(identity or {}))  # type: ignore[arg-type]
                 refreshed = {"machine_id": machine_id, **(identity or {})}
                 ctx.progress(
                     "guest identity refreshed (random seed, machine id"
@@ -551,6 +618,13 @@ class InstanceService:
             )
         async with self.lock(inst.id):
             await self.host.destroy(inst.id)
+            await self.forwards.drop_instance(inst.id)
+            networks = {n.network_id for n in self.networks.store.nics(instance_id=inst.id)}
+            self.networks.store.forget_instance(inst.id)
+            for network_id in networks:
+                net = self.networks.store.network(network_id)
+                if net is not None:
+                    await self.networks.sync(net)
             for snap in self.snapshots.list(inst.id):
                 self.snapshots.remove(snap.id)
                 await self.host.remove_file(self.config.snapshots_dir / snap.id)

@@ -25,7 +25,6 @@ from dataclasses import replace
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.ids import check_name, new_id
-from gureum.model.hardware import new_mac
 from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
@@ -162,6 +161,8 @@ class SnapshotService:
         if inst.state in (State.PENDING, State.STARTING, State.STOPPING):
             raise InvalidState(f"cannot restore {inst.name} while it is {inst.state.value}")
         if snap.memory:
+            # The machine must be the same: a NIC added or removed since cannot be restored.
+            self.instances.networks.check_slots_match(inst.id, snap.hardware.nics)
             async with self.instances.admission:
                 await self.instances.admit(
                     snap.hardware.total_cpus, snap.hardware.total_memory_mib, replacing=inst
@@ -181,8 +182,9 @@ class SnapshotService:
             ctx.progress(f"disk back to snapshot {snap.name}")
             await svc.new_top_layer(inst, on=snap.layer, size_bytes=snap.disk_bytes)
             assert inst.hardware is not None
-            own_mac = inst.hardware.mac
-            base = replace(snap.hardware, mac=own_mac) if snap.memory else inst.hardware
+            nets = svc.networks
+            own_nics = nets.with_current_macs(inst.id, snap.hardware.nics)
+            base = replace(snap.hardware, nics=own_nics) if snap.memory else inst.hardware
             hardware = svc.new_generation(base)
             spec = inst.spec
             if snap.memory:
@@ -198,9 +200,10 @@ class SnapshotService:
         await svc.collect_layers()
         # Every restore is a new generation: the guest is told (seed, machine id). A memory
         # image from another machine (an imported backup) also learns this VM's name and MAC.
-        identity = {}
-        if snap.memory and snap.hardware.mac != own_mac:
-            identity = {"hostname": inst.spec.name, "mac": own_mac}
+        identity: dict[str, object] = {}
+        changed = nets.mac_changes(snap.hardware.nics, own_nics) if snap.memory else []
+        if changed:
+            identity = {"hostname": inst.spec.name, "macs": changed}
         if snap.memory:
             ctx.progress("resuming from the memory snapshot")
             folder = self.config.snapshots_dir / snap.id
@@ -227,10 +230,12 @@ class SnapshotService:
         source, snap = self.get(ref, name)
         check_name(new_name, what="instance name")
         hw = snap.hardware
-        hardware = replace(self.instances.new_generation(hw), mac=new_mac())
+        nets = self.instances.networks
+        networks = [nets.get(network_id) for _slot, _mac, network_id in hw.nics]
         spec = InstanceSpec(
             new_name, source.spec.image, hw.total_cpus, hw.total_memory_mib, snap.disk_bytes
         )
+        groups = nets.store.instance_groups().get(source.id) or self.instances.secgroups.resolve([])
         async with self.instances.admission:
             await self.instances.admit(spec.cpus, spec.memory_mib)
             clone = Instance(
@@ -240,9 +245,25 @@ class SnapshotService:
                 created_at=time.time(),
                 image_version=source.image_version,
                 accel=self.host.accel.accel,
-                hardware=hardware if snap.memory else hardware.rebooted(spec.cpus, spec.memory_mib),
+                user_data=source.user_data,
+                ssh_keys=source.ssh_keys,
             )
             self.instances.store.insert(clone)
+            try:
+                # Its own NICs: same networks and slots, new MACs and addresses.
+                for (slot, _mac, _net), net in zip(hw.nics, networks, strict=True):
+                    nets.new_nic(clone.id, net, slot)
+                nets.store.set_instance_groups(clone.id, groups)
+            except BaseException:
+                nets.store.forget_instance(clone.id)
+                self.instances.store.delete(clone.id)
+                raise
+            new_nics = nets.hardware_nics(clone.id)
+            hardware = replace(self.instances.new_generation(hw), nics=new_nics)
+            if not snap.memory:
+                hardware = hardware.rebooted(spec.cpus, spec.memory_mib)
+            clone.hardware = hardware
+            self.instances.store.update(clone.id, hardware=hardware)
 
         async def work(ctx: Reporter) -> dict[str, object]:
             svc = self.instances
@@ -254,7 +275,9 @@ class SnapshotService:
             except GureumError as exc:
                 await svc.mark_error(clone.id, f"clone failed: {exc.message}")
                 raise
-            identity = {"hostname": new_name, "mac": hardware.mac}
+            identity: dict[str, object] = {"hostname": new_name}
+            if snap.memory:
+                identity["macs"] = nets.mac_changes(hw.nics, new_nics)
             folder = self.config.snapshots_dir / snap.id if snap.memory else None
             return await svc.boot(clone.id, ctx, restore_from=folder, identity=identity)
 

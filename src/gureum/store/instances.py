@@ -35,6 +35,8 @@ def _from_row(row: RowMapping) -> Instance:
         updated_at=row["updated_at"],
         root_layer=row["root_layer"],
         hardware=Hardware.from_json(row["hardware"]) if row["hardware"] else None,
+        user_data=row["user_data"],
+        ssh_keys=tuple(json.loads(row["ssh_keys"] or "[]")),
     )
 
 
@@ -60,6 +62,8 @@ class InstanceStore:
             "updated_at": inst.created_at,
             "root_layer": inst.root_layer,
             "hardware": inst.hardware.to_json() if inst.hardware else None,
+            "user_data": inst.user_data,
+            "ssh_keys": json.dumps(list(inst.ssh_keys)),
         }
         try:
             if conn is not None:

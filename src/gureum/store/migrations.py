@@ -103,6 +103,73 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "UPDATE instances SET root_layer = 'l-' || substr(id, 3)",
         ],
     ),
+    (
+        3,
+        "networks, NICs, security groups, port forwards",
+        [
+            """
+            CREATE TABLE networks (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                subnet TEXT NOT NULL,
+                nat BIGINT NOT NULL,
+                imds_tokens_required BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE nics (
+                id TEXT PRIMARY KEY,
+                instance_id TEXT NOT NULL,
+                network_id TEXT NOT NULL,
+                slot BIGINT NOT NULL,
+                mac TEXT NOT NULL UNIQUE,
+                ip TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (network_id, ip)
+            )
+            """,
+            """
+            CREATE TABLE secgroups (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE secgroup_rules (
+                id TEXT PRIMARY KEY,
+                secgroup_id TEXT NOT NULL,
+                protocol TEXT NOT NULL,
+                port_from BIGINT,
+                port_to BIGINT,
+                cidr TEXT,
+                source_group TEXT,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE instance_secgroups (
+                instance_id TEXT NOT NULL,
+                secgroup_id TEXT NOT NULL,
+                PRIMARY KEY (instance_id, secgroup_id)
+            )
+            """,
+            """
+            CREATE TABLE forwards (
+                id TEXT PRIMARY KEY,
+                instance_id TEXT NOT NULL,
+                host_address TEXT NOT NULL,
+                host_port BIGINT NOT NULL,
+                guest_port BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (host_address, host_port)
+            )
+            """,
+            "ALTER TABLE instances ADD COLUMN user_data TEXT",
+            "ALTER TABLE instances ADD COLUMN ssh_keys TEXT",
+        ],
+    ),
 ]
 
 

@@ -25,6 +25,8 @@ instances = Table(
     Column("updated_at", Float, nullable=False),
     Column("root_layer", Text),
     Column("hardware", Text),
+    Column("user_data", Text),
+    Column("ssh_keys", Text),
 )
 
 layers = Table(
@@ -77,4 +79,66 @@ images = Table(
     Column("packages", Text, nullable=False),
     Column("disk_virtual_bytes", BigInteger, nullable=False),
     Column("built_at", Float, nullable=False),
+)
+
+networks = Table(
+    "networks",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("subnet", Text, nullable=False),
+    Column("nat", BigInteger, nullable=False),
+    Column("imds_tokens_required", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+nics = Table(
+    "nics",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("instance_id", Text, nullable=False),
+    Column("network_id", Text, nullable=False),
+    Column("slot", BigInteger, nullable=False),
+    Column("mac", Text, nullable=False, unique=True),
+    Column("ip", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+)
+
+secgroups = Table(
+    "secgroups",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+secgroup_rules = Table(
+    "secgroup_rules",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("secgroup_id", Text, nullable=False),
+    Column("protocol", Text, nullable=False),
+    Column("port_from", BigInteger),
+    Column("port_to", BigInteger),
+    Column("cidr", Text),
+    Column("source_group", Text),
+    Column("created_at", Float, nullable=False),
+)
+
+instance_secgroups = Table(
+    "instance_secgroups",
+    metadata,
+    Column("instance_id", Text, primary_key=True),
+    Column("secgroup_id", Text, primary_key=True),
+)
+
+forwards = Table(
+    "forwards",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("instance_id", Text, nullable=False),
+    Column("host_address", Text, nullable=False),
+    Column("host_port", BigInteger, nullable=False),
+    Column("guest_port", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
 )

@@ -60,20 +60,27 @@ def run(
     return _check(argv, proc.returncode, proc.stdout, proc.stderr, check)
 
 
-async def arun(argv: Sequence[str], *, check: bool = True, timeout: float | None = 600) -> Result:
+async def arun(
+    argv: Sequence[str],
+    *,
+    check: bool = True,
+    timeout: float | None = 600,
+    input: str | None = None,
+) -> Result:
     argv = [str(a) for a in argv]
     log.debug("run %s", shlex.join(argv))
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
-            stdin=asyncio.subprocess.DEVNULL,
+            stdin=asyncio.subprocess.PIPE if input is not None else asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
     except FileNotFoundError as exc:
         raise EngineError(f"{argv[0]} is not installed (run `make setup`)") from exc
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        data = input.encode() if input is not None else None
+        out, err = await asyncio.wait_for(proc.communicate(data), timeout)
     except TimeoutError as exc:
         proc.kill()
         await proc.wait()

@@ -39,6 +39,10 @@ async def launch(body: LaunchIn, svc: Svc) -> JSONResponse:
         cpus=body.cpus,
         memory_mib=body.memory_mib,
         disk_bytes=None if body.disk_gib is None else int(body.disk_gib * GIB),
+        networks=tuple(body.networks),
+        secgroups=tuple(body.secgroups),
+        user_data=body.user_data,
+        ssh_keys=tuple(body.ssh_keys),
     )
     inst, op = await svc.instances.launch(req)
     return JSONResponse(

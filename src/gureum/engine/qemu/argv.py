@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gureum.model.hardware import MAX_DIMMS, Hardware
+from gureum.model.hardware import MAX_DIMMS, MAX_NICS, Hardware
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 AGENT_PORT_ID = "agent-port"
@@ -79,6 +79,7 @@ class VMConfig:
     ram: RamFiles | None = None  # None: anonymous memory
     incoming: bool = False  # wait for a migration stream (restore) instead of booting
     root_read_only: bool = False
+    taps: tuple[tuple[int, int], ...] = ()  # (NIC slot, TAP file descriptor QEMU inherits)
     extra_cmdline: str = ""
 
     @property
@@ -165,9 +166,6 @@ def render(cfg: VMConfig) -> list[str]:
         "virtio-blk-pci,drive=root,id=root-disk,bootindex=1",
         "-device",
         "virtio-rng-pci,id=rng0",
-        # No network yet: the NIC is there so the VM has its own MAC from the start.
-        "-device",
-        f"virtio-net-pci,id=nic0,mac={hw.mac}",
         "-device",
         f"vmgenid,guid={hw.generation_id},id=vmgenid0",
         "-device",
@@ -186,6 +184,13 @@ def render(cfg: VMConfig) -> list[str]:
         "-pidfile",
         str(rt.pidfile),
     ]
+    for slot in range(MAX_NICS):
+        # PCIe root ports: on q35 only a device behind one can be hot-plugged.
+        argv += ["-device", f"pcie-root-port,id=rp{slot},chassis={slot + 1},slot={slot + 1}"]
+    fds = dict(cfg.taps)
+    for slot, mac, _network in hw.nics:
+        argv += ["-netdev", f"tap,id=net{slot},fd={fds[slot]}"]
+        argv += ["-device", nic_device(slot, mac)]
     for i, mib in enumerate(hw.dimms):
         argv += ["-object", memory_backend(cfg, f"dimm{i}-mem", mib)]
         argv += ["-device", f"pc-dimm,id=dimm{i},memdev=dimm{i}-mem"]
@@ -199,6 +204,10 @@ def render(cfg: VMConfig) -> list[str]:
         # incoming migration too: the VM runs only when told to.
         argv.append("-S")
     return argv
+
+
+def nic_device(slot: int, mac: str) -> str:
+    return f"virtio-net-pci,id=nic{slot},netdev=net{slot},mac={mac},bus=rp{slot}"
 
 
 def hot_cpu_device(cpu_model: str, core: int) -> str:

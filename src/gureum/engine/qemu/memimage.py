@@ -43,7 +43,7 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
         start_paused=True,
         root_read_only=True,
     )
-    proc = process.spawn(render(helper), runtime.qemu_log)
+    proc = process.spawn(render(helper), runtime.qemu_log, tuple(fd for _, fd in helper.taps))
     monitor = Monitor(helper.name)
     try:
         for _ in range(6000):

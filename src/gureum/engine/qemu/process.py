@@ -25,8 +25,11 @@ from gureum.errors import EngineError
 log = logging.getLogger(__name__)
 
 
-def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
-    """Start QEMU in a new session with stdout/stderr to its log; returns at once."""
+def spawn(
+    argv: list[str], log_path: Path, pass_fds: tuple[int, ...] = ()
+) -> subprocess.Popen[bytes]:
+    """Start QEMU in a new session with stdout/stderr to its log; returns at once.
+    ``pass_fds`` (TAP devices) are inherited under the same numbers."""
     with open(log_path, "ab") as out:
         try:
             return subprocess.Popen(
@@ -36,6 +39,7 @@ def spawn(argv: list[str], log_path: Path) -> subprocess.Popen[bytes]:
                 stderr=out,
                 start_new_session=True,
                 close_fds=True,
+                pass_fds=pass_fds,
             )
         except FileNotFoundError as exc:
             raise EngineError(f"{argv[0]} is not installed (run `make setup`)") from exc

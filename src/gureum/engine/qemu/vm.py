@@ -16,7 +16,14 @@ from typing import Any, Protocol
 
 from gureum.engine.qemu import migration, process
 from gureum.engine.qemu.agent import ExecResult, GuestAgent
-from gureum.engine.qemu.argv import AGENT_PORT_ID, VMConfig, device_args, hot_cpu_device, render
+from gureum.engine.qemu.argv import (
+    AGENT_PORT_ID,
+    VMConfig,
+    device_args,
+    hot_cpu_device,
+    nic_device,
+    render,
+)
 from gureum.engine.qemu.qmp import Monitor
 from gureum.engine.qemu.serial import SerialConsole
 from gureum.errors import EngineError, GureumError, Timeout
@@ -44,9 +51,12 @@ def ended_with_power_down(serial_log: Path) -> bool:
         return False
 
 
-def log_tail(path: Path, lines: int = 5) -> str:
+def log_tail(path: Path, lines: int = 5, since: int = 0) -> str:
+    """The last lines QEMU wrote to its log (from byte ``since``: this run's, not earlier)."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        with open(path, "rb") as f:
+            f.seek(since)
+            text = f.read().decode(errors="replace").strip().splitlines()
     except FileNotFoundError:
         return ""
     return " / ".join(text[-lines:])
@@ -67,6 +77,7 @@ class QemuVM:
         self._stop_requested = False
         self._guest_shutdown = False
         self.exit_how: str | None = None
+        self._log_from = 0  # where this run's lines start in the (appended) QEMU log
 
     # -- start / adopt ---------------------------------------------------------------------------
     async def start(self, restore_state: Path | None = None) -> None:
@@ -80,8 +91,9 @@ class QemuVM:
         for stale in (rt.qmp, rt.agent, rt.serial, rt.pidfile):
             stale.unlink(missing_ok=True)
         argv = render(self.cfg)
+        self._log_from = rt.qemu_log.stat().st_size if rt.qemu_log.exists() else 0
         started = time.time()
-        self._proc = process.spawn(argv, rt.qemu_log)
+        self._proc = process.spawn(argv, rt.qemu_log, tuple(fd for _, fd in self.cfg.taps))
         self.pid = self._proc.pid
         self.events.on_boot_event("process_started", started)
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)
@@ -121,7 +133,8 @@ class QemuVM:
             assert self._watch is not None
             if self._watch.exited.is_set() or not process.is_alive(self.pid or 0):
                 raise EngineError(
-                    f"QEMU exited at start: {log_tail(self.cfg.runtime.qemu_log) or 'no output'}"
+                    "QEMU exited at start: "
+                    f"{log_tail(self.cfg.runtime.qemu_log, since=self._log_from) or 'no output'}"
                 )
             if loop.time() > deadline:
                 raise Timeout(f"QEMU did not create {path.name} within {timeout} s")
@@ -148,7 +161,7 @@ class QemuVM:
             if died in done:
                 raise EngineError(
                     "QEMU exited while the guest was booting: "
-                    f"{log_tail(self.cfg.runtime.qemu_log) or 'no message'}"
+                    f"{log_tail(self.cfg.runtime.qemu_log, since=self._log_from) or 'no message'}"
                 )
             if port not in done:
                 continue
@@ -208,7 +221,7 @@ class QemuVM:
             how, detail = "stopped", "guest powered off" if self._guest_shutdown else "stopped"
         else:
             how = "crashed"
-            said = log_tail(self.cfg.runtime.qemu_log, 2)
+            said = log_tail(self.cfg.runtime.qemu_log, 2, since=self._log_from)
             detail = "QEMU exited unexpectedly" + "".join(f" ({x})" for x in (status, said) if x)
         self.exit_how = how
         asyncio.get_running_loop().create_task(self._close_channels())
@@ -275,6 +288,24 @@ class QemuVM:
         await self.monitor.execute(
             "device_add", {"driver": "pc-dimm", "id": f"dimm{index}", "memdev": backend}
         )
+
+    async def hotplug_nic(self, slot: int, mac: str, tap_fd: int) -> None:
+        await self.monitor.pass_fd(tap_fd, f"tap{slot}")
+        await self.monitor.execute(
+            "netdev_add", {"type": "tap", "id": f"net{slot}", "fd": f"tap{slot}"}
+        )
+        try:
+            await self.monitor.execute("device_add", device_args(nic_device(slot, mac)))
+        except GureumError:
+            await self.monitor.execute("netdev_del", {"id": f"net{slot}"})
+            raise
+
+    async def unplug_nic(self, slot: int, timeout: float = 30) -> None:
+        """Ask the guest to release the NIC (PCIe hot-unplug), then drop its backend."""
+        gone = self.monitor.expect("DEVICE_DELETED", lambda d: d.get("device") == f"nic{slot}")
+        await self.monitor.execute("device_del", {"id": f"nic{slot}"})
+        await self.monitor.wait(gone, "unplugging the NIC", timeout)
+        await self.monitor.execute("netdev_del", {"id": f"net{slot}"})
 
     async def resize_disk(self, size_bytes: int) -> None:
         node, _ = await self.disk_top()

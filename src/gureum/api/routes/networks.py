@@ -1,0 +1,141 @@
+"""Networks, security groups, NICs and port forwards."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+
+from gureum.api.deps import services
+from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.schemas import (
+    ForwardIn,
+    ForwardOut,
+    NetworkIn,
+    NetworkOut,
+    NicIn,
+    NicOut,
+    RuleIn,
+    SecGroupIn,
+    SecGroupOut,
+)
+from gureum.service.core import Services
+
+router = APIRouter(tags=["networks"], responses=COMMON_RESPONSES)
+Svc = Annotated[Services, Depends(services)]
+
+
+@router.get("/v1/networks", response_model=list[NetworkOut])
+async def list_networks(svc: Svc) -> list[dict[str, object]]:
+    return [svc.networks.view(n) for n in svc.networks.list()]
+
+
+@router.post("/v1/networks", status_code=201, response_model=NetworkOut)
+async def create_network(body: NetworkIn, svc: Svc) -> dict[str, object]:
+    """A sealed network: its own namespace, bridge, DHCP and DNS server, firewall and metadata
+    service. Subnets of different networks may overlap."""
+    net = await svc.networks.create(
+        body.name, body.subnet, imds_tokens_required=body.imds_tokens_required, nat=body.nat
+    )
+    return svc.networks.view(net)
+
+
+@router.get("/v1/networks/{ref}", response_model=NetworkOut)
+async def get_network(ref: str, svc: Svc) -> dict[str, object]:
+    return svc.networks.view(svc.networks.get(ref))
+
+
+@router.delete("/v1/networks/{ref}", response_model=NetworkOut)
+async def delete_network(ref: str, svc: Svc) -> dict[str, object]:
+    """Refused while any instance has a NIC on it."""
+    net = await svc.networks.delete(ref)
+    return {**net.to_dict(), "namespace": "", "instances": []}
+
+
+@router.get("/v1/secgroups", response_model=list[SecGroupOut])
+async def list_secgroups(svc: Svc) -> list[dict[str, object]]:
+    return [svc.secgroups.view(g) for g in svc.secgroups.list()]
+
+
+@router.post("/v1/secgroups", status_code=201, response_model=SecGroupOut)
+async def create_secgroup(body: SecGroupIn, svc: Svc) -> dict[str, object]:
+    return svc.secgroups.view(svc.secgroups.create(body.name))
+
+
+@router.get("/v1/secgroups/{ref}", response_model=SecGroupOut)
+async def get_secgroup(ref: str, svc: Svc) -> dict[str, object]:
+    return svc.secgroups.view(svc.secgroups.get(ref))
+
+
+@router.delete("/v1/secgroups/{ref}", response_model=SecGroupOut)
+async def delete_secgroup(ref: str, svc: Svc) -> dict[str, object]:
+    group = await svc.secgroups.delete(ref)
+    return {
+        "id": group.id,
+        "name": group.name,
+        "rules": [],
+        "instances": 0,
+        "created_at": group.created_at,
+    }
+
+
+@router.post("/v1/secgroups/{ref}/rules", status_code=201, response_model=SecGroupOut)
+async def add_rule(ref: str, body: RuleIn, svc: Svc) -> dict[str, object]:
+    """Applies at once to running VMs (their firewall is swapped atomically)."""
+    await svc.secgroups.add_rule(
+        ref, body.ingress, cidr=body.from_cidr, source_group=body.from_group
+    )
+    return svc.secgroups.view(svc.secgroups.get(ref))
+
+
+@router.delete("/v1/secgroups/{ref}/rules/{rule_id}", response_model=SecGroupOut)
+async def remove_rule(ref: str, rule_id: str, svc: Svc) -> dict[str, object]:
+    await svc.secgroups.remove_rule(ref, rule_id)
+    return svc.secgroups.view(svc.secgroups.get(ref))
+
+
+@router.get("/v1/instances/{ref}/nics", response_model=list[NicOut])
+async def list_nics(ref: str, svc: Svc) -> list[dict[str, object]]:
+    return svc.nics.list(ref)
+
+
+@router.post("/v1/instances/{ref}/nics", status_code=201, response_model=NicOut)
+async def add_nic(ref: str, body: NicIn, svc: Svc) -> dict[str, object]:
+    """Hot-plugged when the VM runs (``applied: live``), else from the next boot."""
+    return await svc.nics.add(ref, body.network)
+
+
+@router.delete("/v1/instances/{ref}/nics/{nic}", response_model=NicOut)
+async def remove_nic(ref: str, nic: str, svc: Svc) -> dict[str, object]:
+    """By NIC id, MAC, address or network name."""
+    return await svc.nics.remove(ref, nic)
+
+
+@router.get("/v1/instances/{ref}/forwards", response_model=list[ForwardOut])
+async def list_forwards(ref: str, svc: Svc) -> list[dict[str, object]]:
+    inst = svc.instances.get(ref)
+    return [svc.forwards.view(f) for f in svc.forwards.list(inst.id)]
+
+
+@router.post("/v1/instances/{ref}/forwards", status_code=201, response_model=ForwardOut)
+async def add_forward(ref: str, body: ForwardIn, svc: Svc) -> dict[str, object]:
+    """A host loopback port relayed to a port of the instance's first NIC."""
+    inst = svc.instances.get(ref)
+    return svc.forwards.view(await svc.forwards.add(inst.id, body.mapping))
+
+
+@router.delete("/v1/instances/{ref}/forwards/{forward}", response_model=ForwardOut)
+async def remove_forward(ref: str, forward: str, svc: Svc) -> dict[str, object]:
+    """By id, host port or ADDRESS:PORT."""
+    inst = svc.instances.get(ref)
+    fwd = await svc.forwards.remove(inst.id, forward)
+    return {
+        "id": fwd.id,
+        "instance": inst.name,
+        "host": f"{fwd.host_address}:{fwd.host_port}",
+        "guest": f":{fwd.guest_port}",
+        "host_address": fwd.host_address,
+        "host_port": fwd.host_port,
+        "guest_port": fwd.guest_port,
+        "created_at": fwd.created_at,
+    }

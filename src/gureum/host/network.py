@@ -1,0 +1,162 @@
+"""The host side of networks: namespaces, bridges, TAPs, DHCP/DNS, firewall, metadata, forwards.
+
+One namespace per network (``network/netns.py`` says why). Nothing here knows users or the
+API; the service hands in the desired state (NICs, security groups) and this makes it so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from gureum.config import Config
+from gureum.model.network import Network, Nic, Rule
+from gureum.network import firewall, netns, tap
+from gureum.network.dhcp import Dhcp
+from gureum.network.forward import Forward
+from gureum.network.metadata import Lookup, Tokens, make_app
+
+log = logging.getLogger(__name__)
+
+BRIDGE = "br0"
+
+
+class NetworkHost:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.tokens = Tokens()
+        self._metadata: dict[str, uvicorn.Server] = {}
+        self._metadata_tasks: dict[str, asyncio.Task[None]] = {}
+        self._forwards: dict[str, Forward] = {}
+        self._dhcp: dict[str, Dhcp] = {}
+        self.lookup: Lookup | None = None  # set by the service: who owns an address
+        self.tokens_required: dict[str, bool] = {}
+
+    def namespace(self, network_id: str) -> str:
+        return netns.name_for(self.config.home, network_id)
+
+    def folder(self, network_id: str) -> Path:
+        return self.config.run_dir / "networks" / network_id
+
+    def dhcp(self, net: Network) -> Dhcp:
+        if net.id not in self._dhcp:
+            self._dhcp[net.id] = Dhcp(self.folder(net.id), self.namespace(net.id), net)
+        return self._dhcp[net.id]
+
+    # -- networks --------------------------------------------------------------------------------
+    async def ensure(self, net: Network) -> None:
+        """Make the network exist on this host (idempotent: also how a restart recovers it)."""
+        ns = self.namespace(net.id)
+        await netns.create(ns)
+        links = await netns.ip(ns, "-o", "link", "show")
+        if f": {BRIDGE}:" not in links:
+            await netns.ip(ns, "link", "add", BRIDGE, "type", "bridge")
+        prefix = net.net.prefixlen
+        addrs = await netns.ip(ns, "-o", "addr", "show", "dev", BRIDGE)
+        for addr in (f"{net.gateway}/{prefix}", f"{firewall.METADATA_IP}/32"):
+            if f" {addr} " not in addrs:
+                await netns.ip(ns, "addr", "add", addr, "dev", BRIDGE)
+        await netns.ip(ns, "link", "set", BRIDGE, "up")
+        # Bridged IPv4 through the inet hooks: security groups get connection tracking.
+        await netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
+        await netns.sysctl(ns, "net.ipv4.ip_forward", "0")
+        await asyncio.to_thread(self.dhcp(net).start)
+        self.tokens_required[net.id] = net.imds_tokens_required
+        await self._start_metadata(net)
+
+    async def remove(self, network_id: str) -> None:
+        await self._stop_metadata(network_id)
+        dhcp = self._dhcp.pop(network_id, None)
+        if dhcp is not None:
+            await asyncio.to_thread(dhcp.stop)
+        await netns.delete(self.namespace(network_id))
+        await asyncio.to_thread(shutil.rmtree, self.folder(network_id), True)
+
+    async def sync(
+        self,
+        net: Network,
+        nics: list[tuple[Nic, str]],
+        ports: list[firewall.Port],
+        rules: dict[str, list[Rule]],
+    ) -> None:
+        """Make DHCP, DNS and the firewall match the network's NICs and security groups."""
+        dhcp = self.dhcp(net)
+        await asyncio.to_thread(dhcp.write_hosts, nics)
+        await asyncio.to_thread(dhcp.reload)
+        await firewall.apply(self.namespace(net.id), firewall.render(net.gateway, ports, rules))
+
+    def present(self) -> list[str]:
+        """Network ids whose namespace exists on this host."""
+        prefix = f"gureum-{netns.home_tag(self.config.home)}-"
+        return [name[len(prefix) :] for name in netns.ours(self.config.home)]
+
+    # -- NICs ------------------------------------------------------------------------------------
+    async def open_tap(self, nic: Nic) -> int:
+        return await tap.open_tap(self.namespace(nic.network_id), nic.tap, BRIDGE)
+
+    async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
+        out = await netns.ip(self.namespace(network_id), "neigh", "show", ip, check=False)
+        parts = out.split()
+        return parts[parts.index("lladdr") + 1] if "lladdr" in parts else None
+
+    # -- metadata --------------------------------------------------------------------------------
+    async def _start_metadata(self, net: Network) -> None:
+        if net.id in self._metadata or self.lookup is None:
+            return
+
+        def listen() -> socket.socket:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind((firewall.METADATA_IP, 80))
+            sock.listen(64)
+            sock.setblocking(False)
+            return sock
+
+        sock = await netns.arun_in(self.namespace(net.id), listen)
+        app = make_app(
+            net.id, self.lookup, self.tokens, lambda: self.tokens_required.get(net.id, False)
+        )
+        server = uvicorn.Server(
+            uvicorn.Config(
+                app, lifespan="off", log_level="warning", loop="asyncio", access_log=False
+            )
+        )
+        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        self._metadata[net.id] = server
+        self._metadata_tasks[net.id] = asyncio.create_task(server.serve(sockets=[sock]))
+
+    async def _stop_metadata(self, network_id: str) -> None:
+        server = self._metadata.pop(network_id, None)
+        task = self._metadata_tasks.pop(network_id, None)
+        if server is not None:
+            server.should_exit = True
+        if task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(task, 5)
+
+    # -- port forwards ---------------------------------------------------------------------------
+    async def add_forward(
+        self, forward_id: str, host: str, port: int, network_id: str, ip: str, guest_port: int
+    ) -> None:
+        fwd = Forward(host, port, self.namespace(network_id), ip, guest_port)
+        await fwd.start()
+        self._forwards[forward_id] = fwd
+
+    async def remove_forward(self, forward_id: str) -> None:
+        fwd = self._forwards.pop(forward_id, None)
+        if fwd is not None:
+            await fwd.stop()
+
+    # -- shutdown --------------------------------------------------------------------------------
+    async def close(self) -> None:
+        """Stop what lives in the service process (metadata, forwards); the rest stays."""
+        for fid in list(self._forwards):
+            await self.remove_forward(fid)
+        for nid in list(self._metadata):
+            await self._stop_metadata(nid)

@@ -1,0 +1,100 @@
+"""Networks, NICs, security groups and port forwards: the pure data."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+PROTOCOLS = ("tcp", "udp", "icmp", "all")
+
+
+@dataclass(frozen=True)
+class Network:
+    id: str
+    name: str
+    subnet: str  # e.g. 10.80.1.0/24
+    nat: bool  # egress NAT to the outside (off by default)
+    imds_tokens_required: bool  # metadata: IMDSv2 tokens only
+    created_at: float
+
+    @property
+    def net(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.subnet)
+
+    @property
+    def gateway(self) -> str:
+        """The network's own address: gateway, DHCP and DNS server."""
+        return str(next(self.net.hosts()))
+
+    def host_addresses(self) -> list[str]:
+        """Addresses VMs may get (all hosts but the gateway)."""
+        return [str(a) for a in self.net.hosts()][1:]
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "subnet": self.subnet,
+            "gateway": self.gateway,
+            "nat": self.nat,
+            "imds_tokens_required": self.imds_tokens_required,
+            "created_at": self.created_at,
+        }
+
+
+@dataclass(frozen=True)
+class Nic:
+    id: str
+    instance_id: str
+    network_id: str
+    slot: int  # its PCIe root port in the VM (0..MAX_NICS-1)
+    mac: str
+    ip: str
+    created_at: float
+
+    @property
+    def tap(self) -> str:
+        """Its TAP device's name in the network's namespace."""
+        return f"t{self.instance_id[-11:]}{self.slot}"
+
+
+@dataclass(frozen=True)
+class Rule:
+    id: str
+    secgroup_id: str
+    protocol: str  # tcp, udp, icmp, all
+    port_from: int | None
+    port_to: int | None
+    cidr: str | None  # source CIDR, or
+    source_group: str | None  # source security group id
+    created_at: float
+
+    def describe(self, group_names: dict[str, str] | None = None) -> str:
+        ports = ""
+        if self.port_from is not None:
+            ports = f"/{self.port_from}" + (
+                f"-{self.port_to}" if self.port_to != self.port_from else ""
+            )
+        source = (
+            self.cidr
+            or f"group {(group_names or {}).get(self.source_group or '', self.source_group)}"
+        )
+        return f"ingress {self.protocol}{ports} from {source}"
+
+
+@dataclass
+class SecGroup:
+    id: str
+    name: str
+    created_at: float
+    rules: list[Rule] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Forward:
+    id: str
+    instance_id: str
+    host_address: str
+    host_port: int
+    guest_port: int
+    created_at: float

@@ -1,0 +1,125 @@
+"""One dnsmasq per network: DHCP with fixed addresses, and DNS for the instances' names.
+
+Only known MACs get an address (``dhcp-range=...,static``): the address each NIC was given
+when it was attached, kept across stop/start. Names resolve from an ``addn-hosts`` file, so a
+VM is in DNS from the moment it exists, not only once it asked for a lease. Both files are
+rewritten and re-read (SIGHUP) when NICs come and go. dnsmasq runs in the network's namespace,
+detached like the VMs, so it outlives a service restart.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from gureum.engine.qemu import process
+from gureum.errors import EngineError
+from gureum.model.network import Network, Nic
+
+
+class Dhcp:
+    def __init__(self, folder: Path, namespace: str, network: Network) -> None:
+        self.folder = folder
+        self.namespace = namespace
+        self.network = network
+        self._proc: subprocess.Popen[bytes] | None = None  # when this process started it
+
+    @property
+    def pidfile(self) -> Path:
+        return self.folder / "dnsmasq.pid"
+
+    def pid(self) -> int | None:
+        if self._proc is not None:
+            self._proc.poll()  # reap it if it died, rather than leave a zombie
+        pid = process.read_pidfile(self.pidfile)
+        if (
+            pid is not None
+            and process.is_alive(pid)
+            and any(str(self.folder) in a for a in process.cmdline(pid))
+        ):
+            return pid
+        return None
+
+    def write_hosts(self, nics: list[tuple[Nic, str]]) -> None:
+        """``nics``: (NIC, hostname) pairs of this network."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        dhcp = "".join(f"{n.mac},{n.ip},{host},infinite\n" for n, host in nics)
+        dns = "".join(f"{n.ip} {host}\n" for n, host in nics)
+        for name, text in (("dhcp-hosts", dhcp), ("hosts", dns)):
+            tmp = self.folder / f"{name}.tmp"
+            tmp.write_text(text)
+            tmp.rename(self.folder / name)
+
+    def argv(self) -> list[str]:
+        net = self.network
+        f = self.folder
+        return [
+            "ip",
+            "netns",
+            "exec",
+            self.namespace,
+            "dnsmasq",
+            "--keep-in-foreground",
+            "--conf-file=/dev/null",  # never Debian's /etc/dnsmasq.conf
+            "--no-resolv",
+            "--no-hosts",
+            "--no-poll",
+            "--bind-interfaces",
+            "--interface=br0",
+            "--except-interface=lo",
+            f"--listen-address={net.gateway}",
+            f"--dhcp-range={net.net.network_address},static,{net.net.netmask},infinite",
+            f"--dhcp-hostsfile={f / 'dhcp-hosts'}",
+            f"--addn-hosts={f / 'hosts'}",
+            f"--dhcp-option=option:router,{net.gateway}",
+            f"--dhcp-option=option:dns-server,{net.gateway}",
+            f"--dhcp-leasefile={f / 'leases'}",
+            f"--pid-file={self.pidfile}",
+            f"--log-facility={f / 'dnsmasq.log'}",
+            "--dhcp-authoritative",
+            "--user=root",
+            "--group=root",
+        ]
+
+    def start(self) -> int:
+        if (pid := self.pid()) is not None:
+            return pid
+        self.folder.mkdir(parents=True, exist_ok=True)
+        for name in ("dhcp-hosts", "hosts"):
+            (self.folder / name).touch()
+        log = open(self.folder / "dnsmasq.out", "ab")  # noqa: SIM115 - handed to the child
+        with log:
+            proc = subprocess.Popen(
+                self.argv(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        self._proc = proc
+        for _ in range(200):
+            if (pid := self.pid()) is not None:
+                return pid
+            if proc.poll() is not None:
+                said = (self.folder / "dnsmasq.out").read_text(errors="replace")[-500:]
+                raise EngineError(f"dnsmasq for network {self.network.name} failed: {said}")
+            time.sleep(0.01)
+        raise EngineError(f"dnsmasq for network {self.network.name} did not start")
+
+    def reload(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            process.kill(pid, signal.SIGHUP)
+
+    def stop(self) -> None:
+        pid = self.pid()
+        if pid is not None:
+            process.kill(pid, signal.SIGTERM)
+        if self._proc is not None:
+            try:
+                self._proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()

@@ -1,0 +1,108 @@
+"""Port forwards from a host loopback port to a port of an instance (its first NIC)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+
+from gureum.errors import GureumError, InvalidInput, InvalidState, NotFound
+from gureum.host.network import NetworkHost
+from gureum.ids import new_id
+from gureum.model.network import Forward
+from gureum.store.instances import InstanceStore
+from gureum.store.networks import NetworkStore
+
+log = logging.getLogger(__name__)
+
+
+def parse_mapping(text: str) -> tuple[str, int, int]:
+    """``8080:80`` or ``127.0.0.2:8080:80`` -> (host address, host port, guest port)."""
+    parts = text.split(":")
+    if len(parts) == 2:
+        parts.insert(0, "127.0.0.1")
+    if len(parts) != 3:
+        raise InvalidInput(
+            f"a forward is HOSTPORT:GUESTPORT or ADDRESS:HOSTPORT:GUESTPORT, not {text!r}"
+        )
+    address, host_port, guest_port = parts
+    try:
+        if not ipaddress.IPv4Address(address).is_loopback:
+            raise InvalidInput(f"forwards listen on the host's loopback only, not {address}")
+        ports = int(host_port), int(guest_port)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid forward {text!r}") from exc
+    if not all(1 <= p <= 65535 for p in ports):
+        raise InvalidInput("ports must be 1 to 65535")
+    return address, ports[0], ports[1]
+
+
+class ForwardService:
+    def __init__(self, host: NetworkHost, store: NetworkStore, instances: InstanceStore) -> None:
+        self.host = host
+        self.store = store
+        self.instances = instances
+
+    def _target(self, instance_id: str) -> tuple[str, str]:
+        nics = sorted(self.store.nics(instance_id=instance_id), key=lambda n: n.slot)
+        if not nics:
+            raise InvalidState("the instance has no NIC to forward to")
+        return nics[0].network_id, nics[0].ip
+
+    def list(self, instance_id: str | None = None) -> list[Forward]:
+        return self.store.forwards(instance_id)
+
+    def view(self, fwd: Forward) -> dict[str, object]:
+        inst = self.instances.get(fwd.instance_id)
+        _, ip = self._target(fwd.instance_id)
+        return {
+            "id": fwd.id,
+            "instance": inst.name if inst else fwd.instance_id,
+            "host": f"{fwd.host_address}:{fwd.host_port}",
+            "guest": f"{ip}:{fwd.guest_port}",
+            "host_address": fwd.host_address,
+            "host_port": fwd.host_port,
+            "guest_port": fwd.guest_port,
+            "created_at": fwd.created_at,
+        }
+
+    async def add(self, instance_id: str, mapping: str) -> Forward:
+        address, host_port, guest_port = parse_mapping(mapping)
+        network_id, ip = self._target(instance_id)
+        fwd = Forward(new_id("f-"), instance_id, address, host_port, guest_port, time.time())
+        self.store.add_forward(fwd)  # the unique (address, port) refuses a duplicate first
+        try:
+            await self.host.add_forward(fwd.id, address, host_port, network_id, ip, guest_port)
+        except GureumError:
+            self.store.remove_forward(fwd.id)
+            raise
+        return fwd
+
+    async def remove(self, instance_id: str, ref: str) -> Forward:
+        fwd = next(
+            (
+                f
+                for f in self.list(instance_id)
+                if ref in (f.id, str(f.host_port), f"{f.host_address}:{f.host_port}")
+            ),
+            None,
+        )
+        if fwd is None:
+            raise NotFound(f"no port forward {ref!r} on this instance")
+        await self.host.remove_forward(fwd.id)
+        self.store.remove_forward(fwd.id)
+        return fwd
+
+    async def drop_instance(self, instance_id: str) -> None:
+        for fwd in self.list(instance_id):
+            await self.host.remove_forward(fwd.id)
+
+    async def start_all(self) -> None:
+        for fwd in self.list():
+            try:
+                network_id, ip = self._target(fwd.instance_id)
+                await self.host.add_forward(
+                    fwd.id, fwd.host_address, fwd.host_port, network_id, ip, fwd.guest_port
+                )
+            except GureumError as exc:
+                log.error("port forward %s:%s: %s", fwd.host_address, fwd.host_port, exc.message)

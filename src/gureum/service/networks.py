@@ -1,0 +1,235 @@
+"""Networks and NICs: the rules. Addresses, MACs and slots are decided here and kept in the
+store; the host makes the network match (``host/network.py``) after every change."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from dataclasses import replace
+
+from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
+from gureum.host.agent import LocalHostAgent
+from gureum.ids import check_name, new_id
+from gureum.model.hardware import MAX_NICS, new_mac
+from gureum.model.network import Network, Nic, Rule
+from gureum.network.firewall import Port
+from gureum.network.metadata import Caller
+from gureum.store.instances import InstanceStore
+from gureum.store.networks import NetworkStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_NETWORK = "default"
+DEFAULT_SUBNET = "10.88.0.0/24"
+DEFAULT_GROUP = "default"
+# Address space a network may not use: what the host or every network already means.
+RESERVED = [
+    ipaddress.IPv4Network(n)
+    for n in ("0.0.0.0/8", "127.0.0.0/8", "169.254.0.0/16", "224.0.0.0/4", "240.0.0.0/4")
+]
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    try:
+        net = ipaddress.IPv4Network(text, strict=True)
+    except ValueError as exc:
+        raise InvalidInput(
+            f"invalid subnet {text!r}: {exc} (use a CIDR like 10.80.1.0/24)"
+        ) from exc
+    if not 16 <= net.prefixlen <= 29:
+        raise InvalidInput(f"subnet {text} must be between a /16 and a /29")
+    for reserved in RESERVED:
+        if net.overlaps(reserved):
+            raise InvalidInput(f"subnet {text} overlaps reserved range {reserved}")
+    return net
+
+
+class NetworkService:
+    def __init__(self, host: LocalHostAgent, store: NetworkStore, instances: InstanceStore) -> None:
+        self.host = host
+        self.net = host.network
+        self.store = store
+        self.instances = instances
+        self.net.lookup = self.lookup
+
+    # -- networks --------------------------------------------------------------------------------
+    def list(self) -> list[Network]:
+        return self.store.networks()
+
+    def get(self, ref: str) -> Network:
+        net = self.store.network(ref)
+        if net is None:
+            raise NotFound(f"no network named {ref!r}")
+        return net
+
+    def view(self, net: Network) -> dict[str, object]:
+        names = {i.id: i.name for i in self.instances.list()}
+        nics = self.store.nics(network_id=net.id)
+        return {
+            **net.to_dict(),
+            "namespace": self.net.namespace(net.id),
+            "instances": [
+                {"name": names.get(n.instance_id, n.instance_id), "ip": n.ip, "mac": n.mac}
+                for n in nics
+            ],
+        }
+
+    async def create(
+        self, name: str, subnet: str, *, imds_tokens_required: bool = False, nat: bool = False
+    ) -> Network:
+        check_name(name, what="network name")
+        parsed = parse_subnet(subnet)
+        if nat:
+            raise InvalidInput(
+                "egress NAT is not available yet: gureum networks are sealed namespaces "
+                "(create the network without --nat)"
+            )
+        net = Network(new_id("n-"), name, str(parsed), nat, imds_tokens_required, time.time())
+        self.store.add_network(net)
+        try:
+            await self.net.ensure(net)
+            await self.sync(net)
+        except BaseException:
+            await self.net.remove(net.id)
+            self.store.remove_network(net.id)
+            raise
+        return net
+
+    async def default(self) -> Network:
+        net = self.store.network(DEFAULT_NETWORK)
+        if net is None:
+            try:
+                net = await self.create(DEFAULT_NETWORK, DEFAULT_SUBNET)
+            except Conflict:  # made meanwhile by a concurrent launch
+                net = self.get(DEFAULT_NETWORK)
+        return net
+
+    async def delete(self, ref: str) -> Network:
+        net = self.get(ref)
+        users = sorted({self._name(n.instance_id) for n in self.store.nics(network_id=net.id)})
+        if users:
+            raise Conflict(
+                f"network {net.name} is in use by {', '.join(users)}; detach or delete them first"
+            )
+        await self.net.remove(net.id)
+        self.store.remove_network(net.id)
+        return net
+
+    async def ensure_all(self) -> None:
+        """Start-up: every network's namespace, DHCP, firewall and metadata; strays removed."""
+        known = set()
+        for net in self.list():
+            known.add(net.id)
+            try:
+                await self.net.ensure(net)
+                await self.sync(net)
+            except GureumError as exc:
+                log.error("network %s: %s", net.name, exc.message)
+        for stray in set(self.net.present()) - known:
+            log.warning("removing leftover network namespace of %s", stray)
+            await self.net.remove(stray)
+
+    async def teardown_if_idle(self, active: bool) -> bool:
+        """At service stop: remove the namespaces when no VM needs them (else keep them)."""
+        if active:
+            return False
+        for network_id in self.net.present():
+            await self.net.remove(network_id)
+        return True
+
+    # -- NICs ------------------------------------------------------------------------------------
+    def new_nic(self, instance_id: str, net: Network, slot: int) -> Nic:
+        """A NIC record with a free address on ``net`` (the caller holds the admission lock)."""
+        taken = {n.ip for n in self.store.nics(network_id=net.id)}
+        free = next((a for a in net.host_addresses() if a not in taken), None)
+        if free is None:
+            raise Conflict(f"network {net.name} has no free address left ({net.subnet})")
+        nic = Nic(new_id("nic-"), instance_id, net.id, slot, new_mac(), free, time.time())
+        self.store.add_nic(nic)
+        return nic
+
+    def free_slot(self, instance_id: str) -> int:
+        used = {n.slot for n in self.store.nics(instance_id=instance_id)}
+        slot = next((s for s in range(MAX_NICS) if s not in used), None)
+        if slot is None:
+            raise Conflict(f"an instance has at most {MAX_NICS} NICs")
+        return slot
+
+    def hardware_nics(self, instance_id: str) -> tuple[tuple[int, str, str], ...]:
+        return tuple(
+            (n.slot, n.mac, n.network_id)
+            for n in sorted(self.store.nics(instance_id=instance_id), key=lambda n: n.slot)
+        )
+
+    def nics_view(self, instance_id: str) -> list[dict[str, object]]:
+        nets = {n.id: n.name for n in self.list()}
+        return [
+            {
+                "id": n.id,
+                "network": nets.get(n.network_id, n.network_id),
+                "slot": n.slot,
+                "mac": n.mac,
+                "ip": n.ip,
+            }
+            for n in self.store.nics(instance_id=instance_id)
+        ]
+
+    def _name(self, instance_id: str) -> str:
+        inst = self.instances.get(instance_id)
+        return inst.name if inst else instance_id
+
+    # -- keeping the host in step ----------------------------------------------------------------
+    async def sync(self, net: Network) -> None:
+        nics = self.store.nics(network_id=net.id)
+        groups = self.store.instance_groups()
+        hosts = [(n, self._name(n.instance_id)) for n in nics]
+        ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
+        rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
+        await self.net.sync(net, hosts, ports, rules)
+
+    async def sync_instance(self, instance_id: str) -> None:
+        for network_id in {n.network_id for n in self.store.nics(instance_id=instance_id)}:
+            net = self.store.network(network_id)
+            if net is not None:
+                await self.sync(net)
+
+    async def sync_all(self) -> None:
+        for net in self.list():
+            await self.sync(net)
+
+    # -- metadata --------------------------------------------------------------------------------
+    async def lookup(self, network_id: str, ip: str) -> Caller | None:
+        """Who is asking: the VM whose NIC has this address on this network, if the address
+        really resolves to that NIC's MAC there."""
+        nic = next((n for n in self.store.nics(network_id=network_id) if n.ip == ip), None)
+        if nic is None:
+            return None
+        seen = await self.net.neighbour_mac(network_id, ip)
+        if seen is None or seen.lower() != nic.mac.lower():
+            return None
+        inst = self.instances.get(nic.instance_id)
+        if inst is None:
+            return None
+        return Caller(inst.id, inst.name, nic.ip, nic.mac, inst.ssh_keys, inst.user_data)
+
+    def check_slots_match(
+        self, instance_id: str, snapshot_nics: tuple[tuple[int, str, str], ...]
+    ) -> None:
+        current = {(s, n) for s, _m, n in self.hardware_nics(instance_id)}
+        wanted = {(s, n) for s, _m, n in snapshot_nics}
+        if current != wanted:
+            raise InvalidState(
+                "the VM's NICs changed since this memory snapshot; restore needs the same NICs"
+            )
+
+    def with_current_macs(self, instance_id: str, nics: tuple[tuple[int, str, str], ...]) -> tuple:  # type: ignore[type-arg]
+        macs = {s: m for s, m, _n in self.hardware_nics(instance_id)}
+        return tuple((s, macs.get(s, m), n) for s, m, n in nics)
+
+    def mac_changes(self, before: tuple, after: tuple) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+        old = {s: m for s, m, _ in before}
+        return [(old[s], m) for s, m, _ in after if s in old and old[s] != m]
+
+    def replace_nics(self, hw, nics):  # type: ignore[no-untyped-def]
+        return replace(hw, nics=nics)

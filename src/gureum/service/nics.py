@@ -1,0 +1,91 @@
+"""NICs of an instance: attach and detach, hot-plugged when the VM runs."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from gureum.errors import GureumError, InvalidState, NotFound
+from gureum.model.instance import State
+from gureum.model.network import Nic
+from gureum.service.instances import InstanceService
+
+
+class NicService:
+    def __init__(self, instances: InstanceService) -> None:
+        self.instances = instances
+        self.networks = instances.networks
+        self.host = instances.host
+
+    def list(self, ref: str) -> list[dict[str, object]]:
+        return self.networks.nics_view(self.instances.get(ref).id)
+
+    async def add(self, ref: str, network_ref: str) -> dict[str, object]:
+        inst = self.instances.get(ref)
+        net = self.networks.get(network_ref)
+        if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
+            raise InvalidState(f"cannot change {inst.name}'s NICs while it is {inst.state.value}")
+        async with self.instances.lock(inst.id):
+            async with self.instances.admission:  # addresses are handed out under this lock
+                nic = self.networks.new_nic(inst.id, net, self.networks.free_slot(inst.id))
+            try:
+                await self.networks.sync(net)
+                how = "next-boot"
+                if inst.state == State.RUNNING:
+                    await self.host.hotplug_nic(inst.id, nic.slot, nic.mac, net.id)
+                    self._record(inst.id)
+                    await self.host.renew_network(inst.id)
+                    how = "live"
+            except GureumError:
+                self.networks.store.remove_nic(nic.id)
+                await self.networks.sync(net)
+                raise
+        return {**self._view(nic), "applied": how}
+
+    async def remove(self, ref: str, nic_ref: str) -> dict[str, object]:
+        inst = self.instances.get(ref)
+        nets = {n.id: n.name for n in self.networks.list()}
+        nic = next(
+            (
+                n
+                for n in self.networks.store.nics(instance_id=inst.id)
+                if nic_ref in (n.id, n.mac, n.ip, nets.get(n.network_id))
+            ),
+            None,
+        )
+        if nic is None:
+            raise NotFound(f"{inst.name} has no NIC {nic_ref!r}")
+        async with self.instances.lock(inst.id):
+            inst = self.instances.get(inst.id)
+            how = "next-boot"
+            if inst.state == State.RUNNING:
+                await self.host.unplug_nic(inst.id, nic.slot)
+                how = "live"
+            first = min(self.networks.store.nics(instance_id=inst.id), key=lambda n: n.slot)
+            if first.id == nic.id:  # forwards go to the first NIC: they go with it
+                for fwd in self.instances.forwards.list(inst.id):
+                    await self.instances.forwards.remove(inst.id, fwd.id)
+            self.networks.store.remove_nic(nic.id)
+            if how == "live":
+                self._record(inst.id)
+            net = self.networks.store.network(nic.network_id)
+            if net is not None:
+                await self.networks.sync(net)
+        return {**self._view(nic), "applied": how}
+
+    def _record(self, instance_id: str) -> None:
+        """The running machine's NICs changed: keep its recorded hardware in step."""
+        inst = self.instances.get(instance_id)
+        assert inst.hardware is not None
+        hw = replace(inst.hardware, nics=self.networks.hardware_nics(instance_id))
+        self.instances.store.update(instance_id, hardware=hw)
+        self.host.update_hardware(instance_id, hw)
+
+    def _view(self, nic: Nic) -> dict[str, object]:
+        net = self.networks.store.network(nic.network_id)
+        return {
+            "id": nic.id,
+            "network": net.name if net else nic.network_id,
+            "slot": nic.slot,
+            "mac": nic.mac,
+            "ip": nic.ip,
+        }

@@ -1,0 +1,156 @@
+"""Networks, NICs, security groups and port forwards tables."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from gureum.errors import Conflict
+from gureum.model.network import Forward, Network, Nic, Rule, SecGroup
+from gureum.store.db import Database
+from gureum.store.schema import (
+    forwards,
+    instance_secgroups,
+    networks,
+    nics,
+    secgroup_rules,
+    secgroups,
+)
+
+
+class NetworkStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _insert(self, table: Table, values: dict[str, Any], conflict: str) -> None:
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(table).values(**values))
+        except IntegrityError as exc:
+            raise Conflict(conflict) from exc
+
+    def _rows(self, query: Any, make: Callable[..., Any]) -> list[Any]:
+        with self.db.begin() as conn:
+            return [make(**dict(r)) for r in conn.execute(query).mappings()]
+
+    # -- networks --------------------------------------------------------------------------------
+    def add_network(self, net: Network) -> None:
+        values = {
+            **net.__dict__,
+            "nat": int(net.nat),
+            "imds_tokens_required": int(net.imds_tokens_required),
+        }
+        self._insert(networks, values, f"a network named {net.name!r} already exists")
+
+    def networks(self) -> list[Network]:
+        def make(**r: Any) -> Network:
+            return Network(
+                **{
+                    **r,
+                    "nat": bool(r["nat"]),
+                    "imds_tokens_required": bool(r["imds_tokens_required"]),
+                }
+            )
+
+        return self._rows(select(networks).order_by(networks.c.created_at), make)
+
+    def network(self, ref: str) -> Network | None:
+        return next((n for n in self.networks() if ref in (n.id, n.name)), None)
+
+    def remove_network(self, network_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(networks).where(networks.c.id == network_id))
+
+    # -- NICs ------------------------------------------------------------------------------------
+    def add_nic(self, nic: Nic, conn: Connection | None = None) -> None:
+        self._insert(nics, nic.__dict__, f"address {nic.ip} or MAC {nic.mac} is already taken")
+
+    def nics(self, *, instance_id: str | None = None, network_id: str | None = None) -> list[Nic]:
+        query = select(nics).order_by(nics.c.created_at, nics.c.id)
+        if instance_id is not None:
+            query = query.where(nics.c.instance_id == instance_id)
+        if network_id is not None:
+            query = query.where(nics.c.network_id == network_id)
+        return self._rows(query, Nic)
+
+    def remove_nic(self, nic_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(nics).where(nics.c.id == nic_id))
+
+    # -- security groups -------------------------------------------------------------------------
+    def add_group(self, group: SecGroup) -> None:
+        values = {"id": group.id, "name": group.name, "created_at": group.created_at}
+        self._insert(secgroups, values, f"a security group named {group.name!r} already exists")
+
+    def groups(self) -> list[SecGroup]:
+        groups = self._rows(select(secgroups).order_by(secgroups.c.created_at), SecGroup)
+        rules = self._rows(select(secgroup_rules).order_by(secgroup_rules.c.created_at), Rule)
+        by_id = {g.id: g for g in groups}
+        for rule in rules:
+            if rule.secgroup_id in by_id:
+                by_id[rule.secgroup_id].rules.append(rule)
+        return groups
+
+    def group(self, ref: str) -> SecGroup | None:
+        return next((g for g in self.groups() if ref in (g.id, g.name)), None)
+
+    def remove_group(self, group_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(secgroup_rules).where(secgroup_rules.c.secgroup_id == group_id))
+            conn.execute(delete(secgroups).where(secgroups.c.id == group_id))
+
+    def add_rule(self, rule: Rule) -> None:
+        self._insert(secgroup_rules, rule.__dict__, "rule already exists")
+
+    def remove_rule(self, rule_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(secgroup_rules).where(secgroup_rules.c.id == rule_id))
+
+    def set_instance_groups(self, instance_id: str, group_ids: list[str]) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                delete(instance_secgroups).where(instance_secgroups.c.instance_id == instance_id)
+            )
+            for gid in group_ids:
+                conn.execute(
+                    insert(instance_secgroups).values(instance_id=instance_id, secgroup_id=gid)
+                )
+
+    def instance_groups(self) -> dict[str, list[str]]:
+        """instance id -> its security group ids."""
+        out: dict[str, list[str]] = {}
+        with self.db.begin() as conn:
+            for iid, gid in conn.execute(
+                select(instance_secgroups.c.instance_id, instance_secgroups.c.secgroup_id)
+            ):
+                out.setdefault(iid, []).append(gid)
+        return out
+
+    # -- forwards --------------------------------------------------------------------------------
+    def add_forward(self, fwd: Forward) -> None:
+        self._insert(
+            forwards, fwd.__dict__, f"port {fwd.host_address}:{fwd.host_port} is already forwarded"
+        )
+
+    def forwards(self, instance_id: str | None = None) -> list[Forward]:
+        query = select(forwards).order_by(forwards.c.created_at)
+        if instance_id is not None:
+            query = query.where(forwards.c.instance_id == instance_id)
+        return self._rows(query, Forward)
+
+    def remove_forward(self, forward_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(forwards).where(forwards.c.id == forward_id))
+
+    def forget_instance(self, instance_id: str) -> None:
+        """Everything network-side of a deleted instance."""
+        with self.db.begin() as conn:
+            conn.execute(delete(nics).where(nics.c.instance_id == instance_id))
+            conn.execute(delete(forwards).where(forwards.c.instance_id == instance_id))
+            conn.execute(
+                delete(instance_secgroups).where(instance_secgroups.c.instance_id == instance_id)
+            )

@@ -30,6 +30,7 @@ from gureum.client.client import Client, Endpoint  # noqa: E402
 from gureum.engine.qemu import process  # noqa: E402
 from gureum.engine.qemu.agent import GuestAgent  # noqa: E402
 from gureum.engine.qemu.argv import RuntimePaths, VMConfig, render  # noqa: E402
+from gureum.model.hardware import Hardware  # noqa: E402
 from gureum.storage.disks import create_overlay  # noqa: E402
 
 CPUS, MEMORY_MIB = 1, 256
@@ -74,7 +75,8 @@ class Service:
 
     def launch(self, name: str) -> tuple[float, dict]:
         started = time.perf_counter()
-        res = self.client.launch(name, "tiny", cpus=CPUS, memory_mib=MEMORY_MIB)
+        # No NIC: the raw side has none either (same command line).
+        res = self.client.launch(name, "tiny", cpus=CPUS, memory_mib=MEMORY_MIB, networks=["none"])
         op = self.client.wait(res["operation"]["id"], timeout=600)
         return time.perf_counter() - started, op["result"]["instance"]
 
@@ -95,8 +97,7 @@ async def raw_boot(image: dict, workdir: Path, accel: str, tb_size: int) -> tupl
     await create_overlay(folder / "disk.qcow2", disk, image["disk_virtual_bytes"])
     cfg = VMConfig(
         name="raw",
-        cpus=CPUS,
-        memory_mib=MEMORY_MIB,
+        hardware=Hardware.for_boot(CPUS, MEMORY_MIB),
         accel=accel,
         kernel=folder / "vmlinuz",
         initrd=folder / "initrd.img",

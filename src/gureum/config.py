@@ -64,6 +64,10 @@ class Config:
         return self.home / "snapshots"
 
     @property
+    def networks_dir(self) -> Path:
+        return self.home / "networks"
+
+    @property
     def run_dir(self) -> Path:
         return self.home / "run"
 

@@ -23,6 +23,7 @@ import pytest
 
 from gureum.client.client import ApiError, Client, Endpoint
 from gureum.engine.qemu import process
+from gureum.network import netns
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".gureum" / "cache"
@@ -113,8 +114,25 @@ class Service:
         leftovers = self.qemu_pids()
         for pid in leftovers:
             process.kill(pid)
+        namespaces = netns.ours(self.home)
+        dnsmasq = [
+            p
+            for p in _pids_named("dnsmasq")
+            if any(str(self.home) in a for a in process.cmdline(p))
+        ]
+        for pid in dnsmasq:
+            process.kill(pid)
+        for name in namespaces:
+            subprocess.run(["ip", "netns", "delete", name], check=False)
         shutil.rmtree(self.home, ignore_errors=True)
         assert not leftovers, f"QEMU processes left behind: {leftovers}"
+        assert not namespaces, f"network namespaces left behind: {namespaces}"
+        assert not dnsmasq, f"dnsmasq processes left behind: {dnsmasq}"
+
+
+def _pids_named(name: str) -> list[int]:
+    out = subprocess.run(["pgrep", "-x", name], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
 
 
 def new_home() -> Path:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import shutil
 import socket
@@ -16,6 +17,7 @@ from pathlib import Path
 import uvicorn
 
 from gureum.config import Config
+from gureum.engine.qemu import process
 from gureum.model.network import Network, Nic, Rule
 from gureum.network import firewall, netns, tap
 from gureum.network.dhcp import Dhcp
@@ -25,6 +27,12 @@ from gureum.network.metadata import Lookup, Tokens, make_app
 log = logging.getLogger(__name__)
 
 BRIDGE = "br0"
+
+
+def bridge_mac(network_id: str) -> str:
+    """Stable, locally administered (02:...), different for every network."""
+    digest = hashlib.sha256(network_id.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in digest[:5])
 
 
 class NetworkHost:
@@ -42,7 +50,7 @@ class NetworkHost:
         return netns.name_for(self.config.home, network_id)
 
     def folder(self, network_id: str) -> Path:
-        return self.config.run_dir / "networks" / network_id
+        return self.config.networks_dir / network_id
 
     def dhcp(self, net: Network) -> Dhcp:
         if net.id not in self._dhcp:
@@ -56,7 +64,11 @@ class NetworkHost:
         await netns.create(ns)
         links = await netns.ip(ns, "-o", "link", "show")
         if f": {BRIDGE}:" not in links:
-            await netns.ip(ns, "link", "add", BRIDGE, "type", "bridge")
+            # A fixed MAC: left alone, a bridge takes the lowest MAC of its ports, which changes
+            # as VMs come and go, and the guests' ARP caches would point at a MAC gone stale.
+            await netns.ip(
+                ns, "link", "add", BRIDGE, "address", bridge_mac(net.id), "type", "bridge"
+            )
         prefix = net.net.prefixlen
         addrs = await netns.ip(ns, "-o", "addr", "show", "dev", BRIDGE)
         for addr in (f"{net.gateway}/{prefix}", f"{firewall.METADATA_IP}/32"):
@@ -66,7 +78,13 @@ class NetworkHost:
         # Bridged IPv4 through the inet hooks: security groups get connection tracking.
         await netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
         await netns.sysctl(ns, "net.ipv4.ip_forward", "0")
-        await asyncio.to_thread(self.dhcp(net).start)
+        dhcp = self.dhcp(net)
+        if dhcp.pid() is None:
+            # A dnsmasq we do not recognise (left by an older layout) would hold the ports.
+            for pid in await netns.pids(ns):
+                if process.cmdline(pid)[:1] == ["dnsmasq"]:
+                    process.kill(pid)
+        await asyncio.to_thread(dhcp.start)
         self.tokens_required[net.id] = net.imds_tokens_required
         await self._start_metadata(net)
 

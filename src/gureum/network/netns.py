@@ -54,14 +54,18 @@ async def create(name: str) -> None:
     await arun(["ip", "-n", name, "link", "set", "lo", "up"])
 
 
+async def pids(name: str) -> list[int]:
+    out = (await arun(["ip", "netns", "pids", name], check=False)).stdout.split()
+    return [int(p) for p in out if p.isdigit()]
+
+
 async def delete(name: str) -> None:
     """Kill whatever still runs in the namespace, then remove it."""
     if not exists(name):
         return
-    pids = (await arun(["ip", "netns", "pids", name], check=False)).stdout.split()
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, ValueError):
-            os.kill(int(pid), 9)
+    for pid in await pids(name):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, 9)
     await arun(["ip", "netns", "delete", name])
 
 

@@ -35,7 +35,7 @@ from gureum.model.instance import (
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Layer
 from gureum.service.images import ImageService
-from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK
+from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
@@ -304,8 +304,10 @@ class InstanceService:
             raise InvalidInput(f"an instance has at most {MAX_NICS} NICs")
         if len(set(req.networks)) != len(req.networks):
             raise InvalidInput("a network is named twice")
+        if NO_NETWORK in req.networks and len(req.networks) > 1:
+            raise InvalidInput(f"network {NO_NETWORK!r} cannot be combined with others")
         for ref in req.networks:
-            if ref != DEFAULT_NETWORK:
+            if ref not in (DEFAULT_NETWORK, NO_NETWORK):
                 self.networks.get(ref)
         for ref in req.secgroups:
             if ref != DEFAULT_GROUP:
@@ -329,6 +331,7 @@ class InstanceService:
             nets = [
                 await self.networks.default() if r == DEFAULT_NETWORK else self.networks.get(r)
                 for r in (req.networks or (DEFAULT_NETWORK,))
+                if r != NO_NETWORK
             ]
             groups = self.secgroups.resolve(list(req.secgroups))
             inst = Instance(

@@ -21,6 +21,7 @@ from gureum.store.networks import NetworkStore
 log = logging.getLogger(__name__)
 
 DEFAULT_NETWORK = "default"
+NO_NETWORK = "none"  # launch --network none: a VM with no NIC at all
 DEFAULT_SUBNET = "10.88.0.0/24"
 DEFAULT_GROUP = "default"
 # Address space a network may not use: what the host or every network already means.
@@ -79,6 +80,8 @@ class NetworkService:
         self, name: str, subnet: str, *, imds_tokens_required: bool = False, nat: bool = False
     ) -> Network:
         check_name(name, what="network name")
+        if name == NO_NETWORK:
+            raise InvalidInput(f"{NO_NETWORK!r} is reserved: it means no network at launch")
         parsed = parse_subnet(subnet)
         if nat:
             raise InvalidInput(
@@ -126,8 +129,11 @@ class NetworkService:
                 await self.sync(net)
             except GureumError as exc:
                 log.error("network %s: %s", net.name, exc.message)
-        for stray in set(self.net.present()) - known:
-            log.warning("removing leftover network namespace of %s", stray)
+        strays = set(self.net.present())
+        if self.net.config.networks_dir.exists():
+            strays |= {p.name for p in self.net.config.networks_dir.iterdir()}
+        for stray in strays - known:
+            log.warning("removing leftovers of network %s", stray)
             await self.net.remove(stray)
 
     async def teardown_if_idle(self, active: bool) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from gureum.errors import GureumError, InvalidState, NotFound
@@ -33,6 +34,7 @@ class NicService:
                 if inst.state == State.RUNNING:
                     await self.host.hotplug_nic(inst.id, nic.slot, nic.mac, net.id)
                     self._record(inst.id)
+                    await self._wait_for_interface(inst.id, nic.mac)
                     await self.host.renew_network(inst.id)
                     how = "live"
             except GureumError:
@@ -71,6 +73,21 @@ class NicService:
             if net is not None:
                 await self.networks.sync(net)
         return {**self._view(nic), "applied": how}
+
+    async def _wait_for_interface(self, instance_id: str, mac: str, timeout: float = 30) -> None:
+        """The guest sees a hot-plugged NIC a moment after QEMU adds it (PCIe hot-plug)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while loop.time() < deadline:
+            out = await self.host.exec(
+                instance_id, ["sh", "-c", "cat /sys/class/net/*/address"], None, 10
+            )
+            if mac in out.stdout.decode():
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        raise InvalidState(f"the guest did not show the new NIC {mac} within {timeout:.0f} s")
 
     def _record(self, instance_id: str) -> None:
         """The running machine's NICs changed: keep its recorded hardware in step."""

@@ -43,6 +43,7 @@ test: setup lint
 bench: setup
 	$(PY) bench/launch.py
 	$(PY) bench/recovery.py
+	$(PY) bench/network.py
 
 clean:
 	rm -rf $(VENV) .gureum .pytest_cache .ruff_cache

@@ -90,7 +90,8 @@ def test_clone_from_memory_snapshot_is_a_new_machine(service, vm):
     clone = res["instance"]
     assert clone["state"] == "running" and clone["id"] != source["id"]
     ident = res["identity_refreshed"]
-    assert ident["hostname"] == "rec2" and ident["mac"] == clone["mac"] != source["mac"]
+    assert ident["hostname"] == "rec2" and clone["mac"] != source["mac"]
+    assert ident["macs"] == [[source["mac"], clone["mac"]]]  # old -> new, set in the guest
     assert ident["generation_id"] == clone["generation_id"] != source["generation_id"]
     # What the guest itself reports:
     assert sh(service, "rec2", "hostname").strip() == "rec2"

@@ -135,8 +135,9 @@ def clone(
     out.print(f"{name} cloned from {source} in {took:.2f} s; it is {inst['state']}")
     ident = result.get("identity_refreshed")
     if ident:
+        macs = ", ".join(new for _old, new in ident.get("macs", [])) or inst.get("mac") or "-"
         out.print(
-            f"  identity refreshed: hostname {ident['hostname']}, MAC {ident['mac']}, "
+            f"  identity refreshed: hostname {ident['hostname']}, MAC {macs}, "
             f"machine id {ident['machine_id']}, generation id {ident['generation_id']}"
         )
 

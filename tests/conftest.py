@@ -25,6 +25,7 @@ ORPHANS = {
     "depmod",
     "ldconfig",
     "chroot",
+    "dnsmasq",
 }
 
 

@@ -31,12 +31,24 @@ class Monitor:
         self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool], asyncio.Future[Any]]] = []
 
     async def connect(self, path: Path, timeout: float = 10.0) -> None:
-        try:
-            await asyncio.wait_for(self.client.connect(str(path)), timeout)
-        except TimeoutError as exc:
-            raise Timeout(f"QMP at {path} did not answer within {timeout} s") from exc
-        except (QMPError, OSError) as exc:
-            raise EngineError(f"cannot connect to QMP at {path}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            try:
+                await asyncio.wait_for(self.client.connect(str(path)), timeout)
+                break
+            except TimeoutError as exc:
+                raise Timeout(f"QMP at {path} did not answer within {timeout} s") from exc
+            except (QMPError, OSError) as exc:
+                # QEMU binds its socket a moment before it listens: refused means "not yet".
+                refused = "Connection refused" in str(exc) or isinstance(
+                    exc, ConnectionRefusedError
+                )
+                if not refused or loop.time() > deadline:
+                    raise EngineError(f"cannot connect to QMP at {path}: {exc}") from exc
+                self.client = QMPClient(self.client.name)
+                self.client.register_listener(self._listener)
+                await asyncio.sleep(0.01)
         self._pump = asyncio.create_task(self._dispatch(), name=f"qmp-events-{self.client.name}")
 
     async def _dispatch(self) -> None:

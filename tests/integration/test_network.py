@@ -233,6 +233,19 @@ def test_nic_hot_plug(service, net):
     ] == ["backend"]
 
 
+def test_a_freed_address_goes_to_the_next_vm_at_once(service, net):
+    """dnsmasq keeps leases; a deleted VM's lease must not block its address for the next."""
+    service.cli("launch", "tiny", "--name", "nr1", "--network", "backend")
+    first = ip_of(service, "nr1")
+    service.cli("delete", "nr1", "--force")
+    service.cli("launch", "tiny", "--name", "nr2", "--network", "backend")
+    try:
+        assert ip_of(service, "nr2") == first
+        assert f"inet {first}/24" in sh(service, "nr2", "ip -4 addr show eth0")
+    finally:
+        service.cli("delete", "nr2", "--force")
+
+
 def test_network_errors(service, net):
     cases = [
         (["network", "delete", "backend"], "in use by", "conflict"),

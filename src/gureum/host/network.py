@@ -106,7 +106,7 @@ class NetworkHost:
         """Make DHCP, DNS and the firewall match the network's NICs and security groups."""
         dhcp = self.dhcp(net)
         await asyncio.to_thread(dhcp.write_hosts, nics)
-        await asyncio.to_thread(dhcp.reload)
+        await asyncio.to_thread(dhcp.reload, nics)
         await firewall.apply(self.namespace(net.id), firewall.render(net.gateway, ports, rules))
 
     def present(self) -> list[str]:

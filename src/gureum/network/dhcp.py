@@ -108,7 +108,21 @@ class Dhcp:
             time.sleep(0.01)
         raise EngineError(f"dnsmasq for network {self.network.name} did not start")
 
-    def reload(self) -> None:
+    def reload(self, nics: list[tuple[Nic, str]]) -> None:
+        """Re-read the host files; restart instead when a lease belongs to a NIC that is gone.
+
+        dnsmasq never hands a fixed address to a new MAC while an old lease holds it, and it
+        reads its lease file only when it starts: a gone NIC's address would stay blocked.
+        """
+        macs = {n.mac.lower() for n, _ in nics}
+        leases = self.folder / "leases"
+        lines = leases.read_text().splitlines() if leases.exists() else []
+        kept = [line for line in lines if len(line.split()) > 1 and line.split()[1].lower() in macs]
+        if len(kept) != len(lines):
+            self.stop()
+            leases.write_text("".join(f"{line}\n" for line in kept))
+            self.start()
+            return
         pid = self.pid()
         if pid is not None:
             process.kill(pid, signal.SIGHUP)

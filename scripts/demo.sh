@@ -32,6 +32,8 @@ step "gureum exec demo -- uname -a";    $G exec demo -- uname -a
 step "gureum exec demo -- nproc";       $G exec demo -- nproc
 step "gureum exec demo -- grep MemTotal /proc/meminfo"; $G exec demo -- grep MemTotal /proc/meminfo
 step "gureum exec demo -- df -h /";     $G exec demo -- df -h /
+step "gureum exec demo -- wget -qO- http://169.254.169.254/latest/meta-data/local-ipv4   (metadata service)"
+$G exec demo -- wget -qO- http://169.254.169.254/latest/meta-data/local-ipv4; echo
 step "echo 'echo hello from the serial console; uptime' | gureum console demo"
 echo 'echo hello from the serial console; uptime' | $G console demo
 echo

@@ -2,7 +2,7 @@
 # Installs the Debian packages gureum needs, and refreshes the apt lists the image builder reads
 # (the tiny image is built from Debian packages fetched with apt-get download).
 set -euo pipefail
-packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsmasq-base iputils-ping
+packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsmasq-base iputils-ping acl
           python3 python3-venv python3-pip
           ca-certificates)
 missing=()

@@ -35,6 +35,10 @@ class Config:
     # large for no gain on small guests.
     tcg_tb_size_mib: int = 128
     reconcile_interval_s: float = 2.0
+    # Per API token: sustained requests per second and burst (0: no limit).
+    rate_limit_per_s: float = 20.0
+    rate_limit_burst: float = 40.0
+    max_request_bytes: int = 1024 * 1024
     # Downloaded Debian packages; may be shared by several homes (tests, demo) to save time.
     cache_dir_override: str | None = None
 
@@ -76,6 +80,10 @@ class Config:
         return Path(self.cache_dir_override) if self.cache_dir_override else self.home / "cache"
 
     @property
+    def tls_dir(self) -> Path:
+        return self.home / "tls"
+
+    @property
     def log_path(self) -> Path:
         return self.home / "service.log"
 
@@ -91,6 +99,9 @@ _ENV = {
     "tcg_tb_size_mib": "GUREUM_TCG_TB_SIZE_MIB",
     "reconcile_interval_s": "GUREUM_RECONCILE_INTERVAL",
     "cache_dir_override": "GUREUM_CACHE_DIR",
+    "rate_limit_per_s": "GUREUM_RATE_LIMIT",
+    "rate_limit_burst": "GUREUM_RATE_BURST",
+    "max_request_bytes": "GUREUM_MAX_REQUEST_BYTES",
 }
 
 

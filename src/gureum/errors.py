@@ -49,6 +49,34 @@ class InvalidState(Conflict):
     code = "invalid-state"
 
 
+class Unauthenticated(GureumError):
+    """No valid identity: a missing, unknown or revoked token."""
+
+    code = "unauthenticated"
+    status = 401
+
+
+class Forbidden(GureumError):
+    """Known caller, visible resource, but the caller's role does not allow the action."""
+
+    code = "forbidden"
+    status = 403
+
+
+class QuotaExceeded(GureumError):
+    code = "quota-exceeded"
+    status = 409
+
+
+class RateLimited(GureumError):
+    code = "rate-limited"
+    status = 429
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
 class InsufficientCapacity(GureumError):
     """Admission control: the host cannot take this much more without over-committing."""
 

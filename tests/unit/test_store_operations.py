@@ -45,8 +45,8 @@ def test_instances_unique_name_and_committed(db):
     with pytest.raises(Conflict, match="already exists"):
         store.insert(make("a"))
     assert store.committed(ACTIVE) == (3, 640)
-    store.update(store.get_by_name("a").id, state=State.STOPPED)
-    assert store.get_by_name("a").state == State.STOPPED
+    store.update(store.get_by_name("a", "p-default").id, state=State.STOPPED)
+    assert store.get_by_name("a", "p-default").state == State.STOPPED
     assert [i.name for i in store.list()] == ["a", "b", "c"]
 
 

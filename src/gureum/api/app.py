@@ -10,9 +10,13 @@ import signal
 
 import uvicorn
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 
 from gureum import __version__
-from gureum.api import errors
+from gureum.api import errors, tls
+from gureum.api.auth import AnyUser, RateLimiter
+from gureum.api.middleware import AuditMiddleware, AuthMiddleware, BodyLimitMiddleware
 from gureum.api.routes import (
     backups,
     images,
@@ -21,6 +25,7 @@ from gureum.api.routes import (
     operations,
     snapshots,
     system,
+    tenancy,
 )
 from gureum.config import Config
 from gureum.service.core import Services
@@ -28,16 +33,38 @@ from gureum.service.core import Services
 log = logging.getLogger(__name__)
 
 
-def create_app(svc: Services) -> FastAPI:
+def create_app(svc: Services, transport: str = "unix") -> FastAPI:
+    """The API. ``transport``: "unix" (the root-only local socket, where a request without a
+    token is the administrator) or "tcp" (a token on every request)."""
     app = FastAPI(
         title="gureum",
         version=__version__,
         description="Real virtual machines on one host: launch, control, exec, console.",
+        # The schema and docs are served by our own routes, which require an identity too.
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
     )
     app.state.services = svc
+    app.state.transport = transport
+    app.state.limiter = RateLimiter(svc.config.rate_limit_per_s, svc.config.rate_limit_burst)
     errors.install(app)
-    for module in (instances, snapshots, backups, networks, operations, images, system):
+    for module in (instances, snapshots, backups, networks, operations, images, system, tenancy):
         app.include_router(module.router)
+
+    for route in app.routes:
+        # Every route says which role it needs; the authorisation test checks each one.
+        if isinstance(route, APIRoute) and "x-gureum-role" not in (route.openapi_extra or {}):
+            raise RuntimeError(f"route {route.path} does not declare x-gureum-role")
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(_: AnyUser) -> JSONResponse:
+        return JSONResponse(app.openapi())
+
+    # Outermost last: authentication first, then the size limit, then the audit.
+    app.add_middleware(AuditMiddleware)
+    app.add_middleware(BodyLimitMiddleware, limit=svc.config.max_request_bytes)
+    app.add_middleware(AuthMiddleware)
     return app
 
 
@@ -52,7 +79,7 @@ async def serve(config: Config) -> None:
     for key, items in report.items():
         for item in items:
             log.info("reconcile at start: %s %s", key, item)
-    app = create_app(svc)
+    app = create_app(svc, "unix")
     sock = config.socket_path
     sock.unlink(missing_ok=True)
     servers = [
@@ -69,12 +96,17 @@ async def serve(config: Config) -> None:
     ]
     if config.listen_tcp:
         host, _, port = config.listen_tcp.rpartition(":")
+        cert, key, print_ = tls.ensure(config.tls_dir)
+        log.info("TLS on %s, certificate fingerprint SHA256 %s", config.listen_tcp, print_)
+        print(f"gureum TLS certificate fingerprint (SHA256): {print_}", flush=True)
         servers.append(
             uvicorn.Server(
                 uvicorn.Config(
-                    app,
+                    create_app(svc, "tcp"),
                     host=host or "127.0.0.1",
                     port=int(port),
+                    ssl_certfile=str(cert),
+                    ssl_keyfile=str(key),
                     lifespan="off",
                     log_level="warning",
                     loop="asyncio",

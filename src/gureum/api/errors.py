@@ -3,18 +3,23 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gureum.errors import GureumError
+from gureum.errors import GureumError, RateLimited, Unauthenticated
 
 log = logging.getLogger(__name__)
 
 COMMON_RESPONSES: dict[int | str, dict[str, object]] = {
     400: {"description": "invalid input"},
+    401: {"description": "no valid identity"},
+    403: {"description": "the caller's role does not allow this"},
+    413: {"description": "request body too large"},
+    429: {"description": "rate limited (see Retry-After)"},
     404: {"description": "no such resource"},
     409: {"description": "conflicts with the current state"},
 }
@@ -40,7 +45,12 @@ def _describe(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(GureumError)
     async def _gureum(_: Request, exc: GureumError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message)
+        response = error_response(exc.status, exc.code, exc.message)
+        if isinstance(exc, RateLimited):
+            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        if isinstance(exc, Unauthenticated):
+            response.headers["WWW-Authenticate"] = "Bearer"
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:

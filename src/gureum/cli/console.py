@@ -26,9 +26,20 @@ def run_console(ref: str) -> int:
 async def _open(endpoint: Endpoint, ref: str) -> ClientConnection:
     path = f"/v1/instances/{ref}/console"
     try:
+        headers = endpoint.headers()
         if endpoint.socket is not None:
-            return await unix_connect(str(endpoint.socket), uri=f"ws://gureum{path}", max_size=None)
-        return await connect(endpoint.ws_url + path, max_size=None)
+            return await unix_connect(
+                str(endpoint.socket),
+                uri=f"ws://gureum{path}",
+                max_size=None,
+                additional_headers=headers,
+            )
+        return await connect(
+            endpoint.ws_url + path,
+            max_size=None,
+            additional_headers=headers,
+            ssl=endpoint.ssl_context(),
+        )
     except (OSError, FileNotFoundError) as exc:
         raise ServiceDown(
             endpoint.where, endpoint.socket.parent if endpoint.socket else None

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import sys
+from typing import Annotated
 
 import typer
 
-from gureum.cli import images, instances, networks, recovery, system
+from gureum.cli import images, instances, networks, recovery, system, tenancy
 from gureum.client.client import ApiError
 from gureum.errors import GureumError
 
@@ -26,8 +28,25 @@ app = typer.Typer(
 instances.register(app)
 recovery.register(app)
 networks.register(app)
+tenancy.register(app)
 system.register(app)
 app.add_typer(images.app, name="image")
+
+
+@app.callback()
+def _global(
+    project: Annotated[
+        str | None, typer.Option("--project", help="Project to act in (or GUREUM_PROJECT).")
+    ] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="Remote service to talk to (or GUREUM_REMOTE).")
+    ] = None,
+) -> None:
+    """Options that apply to every command."""
+    if project:
+        os.environ["GUREUM_PROJECT"] = project
+    if remote:
+        os.environ["GUREUM_REMOTE"] = remote
 
 
 def main() -> None:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import json
 import os
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -36,17 +38,63 @@ class ServiceDown(ApiError):
         )
 
 
+def remotes_file(env: dict[str, str] | None = None) -> Path:
+    env = dict(os.environ) if env is None else env
+    if env.get("GUREUM_CONFIG"):
+        return Path(env["GUREUM_CONFIG"])
+    return Path(env.get("HOME", "/root")) / ".config" / "gureum" / "remotes.json"
+
+
+def load_remotes(env: dict[str, str] | None = None) -> dict[str, Any]:
+    path = remotes_file(env)
+    if not path.exists():
+        return {"remotes": {}, "current": None}
+    return json.loads(path.read_text())
+
+
+def save_remotes(data: dict[str, Any], env: dict[str, str] | None = None) -> None:
+    path = remotes_file(env)
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)  # it holds tokens
+    with os.fdopen(fd, "w") as f:
+        json.dump(data, f, indent=2)
+    tmp.rename(path)
+
+
 @dataclass
 class Endpoint:
     base_url: str
     socket: Path | None  # unix socket, or None for TCP
+    token: str | None = None
+    project: str | None = None
+    cert_pem: str | None = None  # a pinned server certificate (remotes over TLS)
 
     @classmethod
     def from_env(cls, env: dict[str, str] | None = None) -> Endpoint:
+        """Where the CLI talks: a remote (GUREUM_REMOTE or the current one), GUREUM_URL, or
+        the local socket in GUREUM_HOME. GUREUM_TOKEN and GUREUM_PROJECT apply to all."""
         env = dict(os.environ) if env is None else env
-        if env.get("GUREUM_URL"):
-            return cls(env["GUREUM_URL"].rstrip("/"), None)
-        return cls(UNIX_BASE, home_from_env(env) / "gureum.sock")
+        remotes = load_remotes(env)
+        name = env.get("GUREUM_REMOTE") or (
+            None if env.get("GUREUM_URL") or env.get("GUREUM_HOME") else remotes.get("current")
+        )
+        if name and name != "local":
+            remote = remotes["remotes"].get(name)
+            if remote is None:
+                raise ApiError(
+                    0, "not-found", f"no remote named {name!r} (see `gureum remote list`)"
+                )
+            endpoint = cls(
+                remote["url"].rstrip("/"), None, remote.get("token"), None, remote.get("cert")
+            )
+        elif env.get("GUREUM_URL"):
+            endpoint = cls(env["GUREUM_URL"].rstrip("/"), None)
+        else:
+            endpoint = cls(UNIX_BASE, home_from_env(env) / "gureum.sock")
+        endpoint.token = env.get("GUREUM_TOKEN") or endpoint.token
+        endpoint.project = env.get("GUREUM_PROJECT") or None
+        return endpoint
 
     @property
     def where(self) -> str:
@@ -56,15 +104,35 @@ class Endpoint:
     def ws_url(self) -> str:
         return ("ws" + self.base_url[4:]) if self.base_url.startswith("http") else self.base_url
 
+    def headers(self) -> dict[str, str]:
+        out = {}
+        if self.token:
+            out["Authorization"] = f"Bearer {self.token}"
+        if self.project:
+            out["X-Gureum-Project"] = self.project
+        return out
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """Trust exactly the pinned certificate (no CA, no host name: the certificate is the
+        identity)."""
+        if self.cert_pem is None:
+            return None
+        ctx = ssl.create_default_context(cadata=self.cert_pem)
+        ctx.check_hostname = False
+        return ctx
+
 
 class Client:
     def __init__(self, endpoint: Endpoint | None = None, timeout: float = 120.0) -> None:
-        self.endpoint = endpoint or Endpoint.from_env()
-        transport = (
-            httpx.HTTPTransport(uds=str(self.endpoint.socket)) if self.endpoint.socket else None
-        )
+        self.endpoint = ep = endpoint or Endpoint.from_env()
+        transport = httpx.HTTPTransport(uds=str(ep.socket)) if ep.socket else None
+        verify: ssl.SSLContext | bool = ep.ssl_context() or True
         self.http = httpx.Client(
-            base_url=self.endpoint.base_url, transport=transport, timeout=timeout
+            base_url=ep.base_url,
+            transport=transport,
+            timeout=timeout,
+            headers=ep.headers(),
+            verify=verify,
         )
 
     def close(self) -> None:
@@ -80,6 +148,13 @@ class Client:
         try:
             resp = self.http.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise ApiError(
+                    0,
+                    "untrusted",
+                    f"{self.endpoint.where} presented a certificate other "
+                    "than the one pinned for it: refusing to talk to it",
+                ) from exc
             raise ServiceDown(self.endpoint.where, self._home()) from exc
         if resp.status_code >= 400:
             self._raise(resp)

@@ -25,10 +25,12 @@ from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import EngineError, GureumError, InvalidState
+from gureum.host import permissions
 from gureum.host.capacity import HostCapacity, measure
+from gureum.host.cgroups import ProjectGroups
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
-from gureum.network import tap
+from gureum.network import netns, tap
 from gureum.storage import disks
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class VMSpec:
     instance_id: str
     name: str  # also the guest's hostname
     hardware: Hardware
+    project_id: str
+    uid: int | None  # the unprivileged user its QEMU runs as
     kernel: Path
     initrd: Path
     root_disk: Path  # the top layer of its disk
@@ -75,6 +79,7 @@ class LocalHostAgent:
         self._vms: dict[str, QemuVM] = {}
         self.accel = accel_probe.choose(config.accel)
         self.network = NetworkHost(config)
+        self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
 
     # -- folders ---------------------------------------------------------------------------------
     def runtime(self, instance_id: str) -> RuntimePaths:
@@ -137,6 +142,7 @@ class LocalHostAgent:
             tcg_tb_size_mib=self.config.tcg_tb_size_mib,
             ram=ram,
             incoming=ram is not None,
+            uid=spec.uid,
         )
 
     async def start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None = None) -> int:
@@ -145,6 +151,7 @@ class LocalHostAgent:
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
         ram = RamFiles(restore_from, share=False) if restore_from else None
+        await asyncio.to_thread(self._prepare_files, spec, restore_from)
         taps = await self._open_taps(spec.instance_id, spec.hardware)
         cfg = VMConfig(**{**self._vm_config(spec, ram).__dict__, "taps": taps})
         vm = QemuVM(cfg, events)
@@ -157,7 +164,49 @@ class LocalHostAgent:
         finally:
             _close_fds(taps)  # QEMU holds its own copies; each TAP lives as long as QEMU
         assert vm.pid is not None
+        self._join_project(spec.project_id, vm.pid)
         return vm.pid
+
+    def _prepare_files(self, spec: VMSpec, restore_from: Path | None) -> None:
+        """Give the VM's user exactly what its QEMU must open (``host/permissions.py``)."""
+        uid = spec.uid
+        if uid is None:
+            return
+        cfg = self.config
+        permissions.crossable(cfg.home, cfg.disks_dir, cfg.snapshots_dir, cfg.run_dir)
+        rt = self.runtime(spec.instance_id).dir
+        rt.mkdir(parents=True, exist_ok=True)
+        permissions.own(rt, uid, 0o700)
+        for entry in rt.iterdir():
+            if entry.is_file():
+                os.chown(entry, uid, uid)
+        permissions.own(spec.root_disk, uid)
+        images = cfg.images_dir.resolve()
+        for boot_file in (spec.kernel, spec.initrd):
+            for path in (boot_file, *list(boot_file.parents)):
+                if path == images.parent:
+                    break
+                permissions.public(path)
+        for lower in permissions.backing_chain(spec.root_disk):
+            if images in lower.resolve().parents:
+                permissions.public(lower)
+            else:
+                permissions.root_only(lower)
+                permissions.grant_read([lower], uid)
+        if restore_from is not None:
+            os.chmod(restore_from, 0o711)
+            rams = sorted(restore_from.glob("ram-*"))
+            for ram in rams:
+                permissions.root_only(ram)
+            # QEMU 7.2 opens even a private (copy-on-write) RAM file for writing.
+            permissions.grant_read(rams, uid, "rw")
+
+    def _join_project(self, project_id: str, pid: int) -> None:
+        """The QEMU counts against its project's CPU and memory limits from now on."""
+        try:
+            self.cgroups.add(project_id, pid)
+        except OSError as exc:
+            log.warning("cannot put pid %s in project %s's control group: %s", pid, project_id, exc)
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None:
         await self._vm(instance_id).wait_ready(timeout)
@@ -178,6 +227,7 @@ class LocalHostAgent:
         vm = QemuVM(self._vm_config(spec), events)
         await vm.adopt(pid, booted=booted)
         self._vms[spec.instance_id] = vm
+        self._join_project(spec.project_id, pid)
         # A snapshot may have been under way when the service went down: the VM must not stay
         # paused, nor its filesystems frozen.
         if await vm.status() in ("paused", "postmigrate", "finish-migrate"):
@@ -236,8 +286,19 @@ class LocalHostAgent:
         await self._vm(instance_id).resume()
 
     async def snapshot_disk_live(self, instance_id: str, new_top: Path) -> None:
-        new_top.parent.mkdir(parents=True, exist_ok=True)
-        await self._vm(instance_id).snapshot_disk(new_top, f"layer-{new_top.stem}")
+        """Freeze the running VM's top layer under a new, empty one that is its own."""
+        vm = self._vm(instance_id)
+        _, top = await vm.disk_top()
+        top_path = Path(top)
+        await disks.create_on(top_path, new_top, disks.virtual_size(top_path))
+        uid = vm.cfg.uid
+        if uid is not None:
+            await asyncio.to_thread(permissions.own, new_top, uid)
+            await asyncio.to_thread(permissions.grant_read, [top_path], uid)
+        await vm.snapshot_disk(new_top, f"layer-{new_top.stem}")
+        if uid is not None:  # frozen now: the VM may read it, never write it again
+            await asyncio.to_thread(permissions.root_only, top_path)
+            await asyncio.to_thread(permissions.grant_read, [top_path], uid)
 
     async def save_memory(self, instance_id: str, frozen_disk: Path, folder: Path) -> None:
         """Save the paused VM's memory and device state into ``folder`` as a memory image
@@ -254,6 +315,9 @@ class LocalHostAgent:
             )
             source = VMConfig(**{**vm.cfg.__dict__, "root_disk": frozen_disk, "taps": taps})
             await memimage.make(source, stream, folder)
+            for made in folder.iterdir():  # the memory image is no VM's to change
+                if made.is_file():
+                    await asyncio.to_thread(permissions.root_only, made)
         finally:
             _close_fds(taps)
             stream.unlink(missing_ok=True)

@@ -130,6 +130,9 @@ class BootTimeline:
         return cls(**{k: raw.get(k) for k in BOOT_EVENTS})
 
 
+DEFAULT_PROJECT = "p-default"
+
+
 @dataclass
 class Instance:
     id: str
@@ -146,6 +149,8 @@ class Instance:
     hardware: Hardware | None = None  # as QEMU sees it now (None: not yet decided)
     user_data: str | None = None  # served by the metadata service at /latest/user-data
     ssh_keys: tuple[str, ...] = ()  # served at /latest/meta-data/public-keys/
+    project_id: str = DEFAULT_PROJECT
+    uid: int | None = None  # the unprivileged user its QEMU runs as
 
     @property
     def name(self) -> str:

@@ -11,6 +11,7 @@ PROTOCOLS = ("tcp", "udp", "icmp", "all")
 @dataclass(frozen=True)
 class Network:
     id: str
+    project_id: str
     name: str
     subnet: str  # e.g. 10.80.1.0/24
     nat: bool  # egress NAT to the outside (off by default)
@@ -85,6 +86,7 @@ class Rule:
 @dataclass
 class SecGroup:
     id: str
+    project_id: str
     name: str
     created_at: float
     rules: list[Rule] = field(default_factory=list)

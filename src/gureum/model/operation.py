@@ -31,6 +31,7 @@ class Operation:
     finished_at: float | None = None
     error: dict[str, str] | None = None  # {"code", "message"} when failed
     result: dict[str, object] | None = None
+    project_id: str | None = None
 
     @property
     def done(self) -> bool:

@@ -27,7 +27,7 @@ from gureum.errors import Conflict, GureumError, InvalidInput
 from gureum.ids import check_name, new_id
 from gureum.images.debian import sha256_file
 from gureum.model.hardware import Hardware
-from gureum.model.instance import Instance, InstanceSpec, State
+from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
 from gureum.model.snapshot import Layer, Snapshot
 from gureum.service.instances import (
     INTERNAL_SNAPSHOT_PREFIX,
@@ -56,10 +56,12 @@ class BackupService:
         return path
 
     # -- export ----------------------------------------------------------------------------------
-    async def export(self, ref: str, *, memory: bool = False) -> tuple[str, AsyncIterator[bytes]]:
+    async def export(
+        self, ref: str, *, memory: bool = False, project_id: str | None = None
+    ) -> tuple[str, AsyncIterator[bytes]]:
         """Prepare an export and return (file name, the archive as a byte stream). Everything
         that can fail on bad input fails here, before the first byte is sent."""
-        inst = self.instances.get(ref)
+        inst = self.instances.get(ref, project_id)
         work = self._scratch()
         try:
             files, config = await self._prepare(inst, memory, work)
@@ -147,14 +149,16 @@ class BackupService:
             shutil.rmtree(work, ignore_errors=True)
 
     # -- import ----------------------------------------------------------------------------------
-    async def import_(self, body: AsyncIterator[bytes], name: str) -> Instance:
+    async def import_(
+        self, body: AsyncIterator[bytes], name: str, project_id: str = DEFAULT_PROJECT
+    ) -> Instance:
         check_name(name, what="instance name")
-        if self.instances.store.get_by_name(name) is not None:
+        if self.instances.store.get_by_name(name, project_id) is not None:
             raise Conflict(f"an instance named {name!r} already exists")
         work = self._scratch()
         try:
             manifest = await self._receive(body, work)
-            return await self._create(manifest, work, name)
+            return await self._create(manifest, work, name, project_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
@@ -177,7 +181,9 @@ class BackupService:
         finally:
             reader.close()
 
-    async def _create(self, manifest: dict[str, Any], work: Path, name: str) -> Instance:
+    async def _create(
+        self, manifest: dict[str, Any], work: Path, name: str, project_id: str
+    ) -> Instance:
         cfg = manifest["config"]
         try:
             image, version = str(cfg["image"]), str(cfg["image_version"])
@@ -207,10 +213,20 @@ class BackupService:
             created_at=time.time(),
             image_version=version,
             accel=self.host.accel.accel,
+            project_id=project_id,
+            uid=self.instances.store.next_uid(),
         )
         # Networks are this host's: every NIC the source had goes on the default network.
         nets = self.instances.networks
-        default = await nets.default()
+        async with self.instances.admission:
+            self.instances.quotas.check(
+                project_id,
+                instances=1,
+                cpus=spec.cpus,
+                memory_mib=spec.memory_mib,
+                disk_bytes=spec.disk_bytes,
+            )
+        default = await nets.default(project_id)
         slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
         old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
         base_id = new_id("l-")
@@ -223,7 +239,9 @@ class BackupService:
             self.instances.store.insert(inst)
             for slot in slots:
                 nets.new_nic(inst.id, default, slot)
-            nets.store.set_instance_groups(inst.id, self.instances.secgroups.resolve([]))
+            nets.store.set_instance_groups(
+                inst.id, self.instances.secgroups.resolve([], project_id)
+            )
             new_nics = nets.hardware_nics(inst.id)
             hardware = replace(self.instances.new_generation(source_hw), nics=new_nics)
             if not has_memory:
@@ -293,12 +311,14 @@ class BackupService:
             shutil.move(data / name, target)
 
     # -- verify ----------------------------------------------------------------------------------
-    async def verify(self, body: AsyncIterator[bytes]) -> dict[str, object]:
+    async def verify(
+        self, body: AsyncIterator[bytes], project_id: str = DEFAULT_PROJECT
+    ) -> dict[str, object]:
         """Prove an archive restores: import it as a throw-away VM, boot it, ask the guest."""
         started = time.monotonic()
         name = f"verify-{secrets.token_hex(4)}"
         try:
-            inst = await self.import_(body, name)
+            inst = await self.import_(body, name, project_id)
         except InvalidInput as exc:
             return {
                 "ok": False,

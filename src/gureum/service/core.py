@@ -19,16 +19,19 @@ from gureum.service.instances import InstanceService
 from gureum.service.networks import NetworkService
 from gureum.service.nics import NicService
 from gureum.service.operations import OperationManager
+from gureum.service.quotas import QuotaService
 from gureum.service.reconciler import Reconciler
 from gureum.service.resize import ResizeService
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
+from gureum.service.tenancy import TenancyService
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
+from gureum.store.tenancy import TenancyStore
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,8 @@ class Services:
     secgroups: SecGroupService
     forwards: ForwardService
     nics: NicService
+    tenancy: TenancyService
+    quotas: QuotaService
     _lock_fd: int | None = None
 
     @classmethod
@@ -80,7 +85,19 @@ class Services:
             config, instance_store, images, host, ops, LayerStore(db), SnapshotStore(db)
         )
         network_store = NetworkStore(db)
+        tenancy_store = TenancyStore(db)
+        tenancy = TenancyService(tenancy_store)
+        quotas = QuotaService(
+            tenancy_store,
+            instance_store,
+            instances.snapshots,
+            network_store,
+            instances.layers,
+            host,
+        )
+        instances.quotas = quotas
         networks = NetworkService(host, network_store, instance_store)
+        networks.quotas = quotas
         secgroups = SecGroupService(network_store, networks)
         forwards = ForwardService(host.network, network_store, instance_store)
         instances.networks, instances.secgroups, instances.forwards = networks, secgroups, forwards
@@ -104,6 +121,8 @@ class Services:
             secgroups,
             forwards,
             nics,
+            tenancy,
+            quotas,
         )
 
     def lock_home(self) -> None:
@@ -124,6 +143,8 @@ class Services:
         interrupted = self.ops.interrupt_stale()
         if interrupted:
             log.warning("%d operation(s) were cut short by the last shutdown", interrupted)
+        self.tenancy.ensure_default()
+        await self.quotas.apply_all()
         await self.networks.ensure_all()
         report = await self.reconciler.start()
         await self.forwards.start_all()

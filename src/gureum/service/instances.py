@@ -25,6 +25,7 @@ from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.hardware import MAX_NICS, Hardware, new_generation_id
 from gureum.model.instance import (
     ACTIVE,
+    DEFAULT_PROJECT,
     BootTimeline,
     Instance,
     InstanceSpec,
@@ -44,6 +45,7 @@ from gureum.units import GIB, MIB
 if TYPE_CHECKING:
     from gureum.service.forwards import ForwardService
     from gureum.service.networks import NetworkService
+    from gureum.service.quotas import QuotaService
     from gureum.service.secgroups import SecGroupService
 
 log = logging.getLogger(__name__)
@@ -139,16 +141,24 @@ class InstanceService:
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: dict[str, _Events] = {}
         # Wired by Services.build (they need this service's store too).
+        self.quotas: QuotaService = None  # type: ignore[assignment]
         self.networks: NetworkService = None  # type: ignore[assignment]
         self.secgroups: SecGroupService = None  # type: ignore[assignment]
         self.forwards: ForwardService = None  # type: ignore[assignment]
 
     # -- queries ---------------------------------------------------------------------------------
-    def list(self) -> list[Instance]:
-        return self.store.list()
+    def list(self, project_id: str | None = None) -> list[Instance]:
+        return self.store.list(project_id)
 
-    def get(self, ref: str) -> Instance:
-        inst = self.store.get(ref) if looks_like_id(ref, "i-") else self.store.get_by_name(ref)
+    def get(self, ref: str, project_id: str | None = None) -> Instance:
+        """By id, or by name within a project. Another project's instance is "not found",
+        exactly like a missing one (``project_id`` None: any, for internal callers)."""
+        if looks_like_id(ref, "i-"):
+            inst = self.store.get(ref)
+            if inst is not None and project_id is not None and inst.project_id != project_id:
+                inst = None
+        else:
+            inst = self.store.get_by_name(ref, project_id or DEFAULT_PROJECT)
         if inst is None:
             raise NotFound(f"no instance named {ref!r}")
         return inst
@@ -168,6 +178,9 @@ class InstanceService:
         return {
             "id": inst.id,
             "name": spec.name,
+            "project": self.quotas.project_name(inst.project_id)
+            if self.quotas
+            else inst.project_id,
             "state": inst.state.value,
             "state_reason": inst.state_reason,
             "image": spec.image,
@@ -180,7 +193,7 @@ class InstanceService:
             "pid": inst.pid if running else None,
             "mac": hw.mac if hw else None,
             "nics": self.networks.nics_view(inst.id) if self.networks else [],
-            "secgroups": self._group_names(inst.id),
+            "secgroups": self._group_names(inst),
             "forwards": [self.forwards.view(f) for f in self.forwards.list(inst.id)]
             if self.forwards
             else [],
@@ -197,11 +210,11 @@ class InstanceService:
             },
         }
 
-    def _group_names(self, instance_id: str) -> list[str]:
+    def _group_names(self, inst: Instance) -> list[str]:
         if self.networks is None:
             return []
-        names = {g.id: g.name for g in self.networks.store.groups()}
-        ids = self.networks.store.instance_groups().get(instance_id, [])
+        names = {g.id: g.name for g in self.networks.store.groups(inst.project_id)}
+        ids = self.networks.store.instance_groups().get(inst.id, [])
         return [names.get(g, g) for g in ids]
 
     def lock(self, instance_id: str) -> asyncio.Lock:
@@ -218,6 +231,8 @@ class InstanceService:
             instance_id=inst.id,
             name=inst.spec.name,
             hardware=hw,
+            project_id=inst.project_id,
+            uid=inst.uid,
             kernel=folder / "vmlinuz",
             initrd=folder / "initrd.img",
             root_disk=self.layer_path(inst.root_layer),
@@ -287,7 +302,9 @@ class InstanceService:
         admit(self.host.capacity(), used_cpus, used_mib, cpus, memory_mib)
 
     # -- launch ----------------------------------------------------------------------------------
-    def validate(self, req: LaunchRequest) -> tuple[InstanceSpec, str]:
+    def validate(
+        self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
+    ) -> tuple[InstanceSpec, str]:
         check_name(req.name, what="instance name")
         check_cpus(req.cpus)
         check_memory(req.memory_mib)
@@ -308,10 +325,10 @@ class InstanceService:
             raise InvalidInput(f"network {NO_NETWORK!r} cannot be combined with others")
         for ref in req.networks:
             if ref not in (DEFAULT_NETWORK, NO_NETWORK):
-                self.networks.get(ref)
+                self.networks.get(ref, project_id)
         for ref in req.secgroups:
             if ref != DEFAULT_GROUP:
-                self.secgroups.get(ref)
+                self.secgroups.get(ref, project_id)
         if req.user_data is not None and len(req.user_data.encode()) > 64 * 1024:
             raise InvalidInput("user data must be at most 64 KiB")
         for key in req.ssh_keys:
@@ -322,18 +339,29 @@ class InstanceService:
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image.version
 
-    async def launch(self, req: LaunchRequest) -> tuple[Instance, Operation]:
-        spec, image_version = self.validate(req)
+    async def launch(
+        self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
+    ) -> tuple[Instance, Operation]:
+        spec, image_version = self.validate(req, project_id)
         async with self.admission:
-            # Check and claim in one step: two launches can never both take the last MiB (or
-            # the same address).
+            # Check and claim in one step: two launches can never both take the last MiB of
+            # the host or of the project's quota (or the same address).
+            self.quotas.check(
+                project_id,
+                instances=1,
+                cpus=spec.cpus,
+                memory_mib=spec.memory_mib,
+                disk_bytes=spec.disk_bytes,
+            )
             await self.admit(spec.cpus, spec.memory_mib)
             nets = [
-                await self.networks.default() if r == DEFAULT_NETWORK else self.networks.get(r)
+                await self.networks.default(project_id)
+                if r == DEFAULT_NETWORK
+                else self.networks.get(r, project_id)
                 for r in (req.networks or (DEFAULT_NETWORK,))
                 if r != NO_NETWORK
             ]
-            groups = self.secgroups.resolve(list(req.secgroups))
+            groups = self.secgroups.resolve(list(req.secgroups), project_id)
             inst = Instance(
                 id=new_id("i-"),
                 spec=spec,
@@ -343,6 +371,8 @@ class InstanceService:
                 accel=self.host.accel.accel,
                 user_data=req.user_data,
                 ssh_keys=tuple(req.ssh_keys),
+                project_id=project_id,
+                uid=self.store.next_uid(),
             )
             self.store.insert(inst)
             try:
@@ -357,7 +387,9 @@ class InstanceService:
                 spec.cpus, spec.memory_mib, self.networks.hardware_nics(inst.id)
             )
             self.store.update(inst.id, hardware=inst.hardware)
-        op = self.ops.start("launch", inst.id, lambda ctx: self.boot(inst.id, ctx, fresh=True))
+        op = self.ops.start(
+            "launch", inst.id, lambda ctx: self.boot(inst.id, ctx, fresh=True), inst.project_id
+        )
         return inst, op
 
     async def boot(
@@ -385,6 +417,9 @@ class InstanceService:
                     await self.new_top_layer(inst, on=None, size_bytes=inst.spec.disk_bytes)
                 assert inst.hardware is not None
                 hardware = inst.hardware
+                if inst.uid is None:  # made before VMs had users of their own
+                    inst.uid = self.store.next_uid()
+                    self.store.update(inst.id, uid=inst.uid)
                 if restore_from is None:
                     # A cold boot folds hot-plugged parts and pending resizes into the base.
                     hardware = hardware.rebooted(
@@ -531,10 +566,10 @@ class InstanceService:
                 ctx.progress("re-adopted a booting VM after a service restart")
                 return await self._await_ready(inst.id, events, ctx)
 
-            self.ops.start("adopt", inst.id, finish_boot)
+            self.ops.start("adopt", inst.id, finish_boot, inst.project_id)
         elif inst.state == State.STOPPING:
             # A stop was under way when the service went down: finish it.
-            self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
+            self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx), inst.project_id)
         return f"{inst.name}: re-adopted QEMU pid {pid}"
 
     def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
@@ -550,10 +585,12 @@ class InstanceService:
                 return
 
     # -- stop / start / restart ------------------------------------------------------------------
-    async def stop(self, ref: str) -> Operation:
-        inst = self.get(ref)
+    async def stop(self, ref: str, project_id: str | None = None) -> Operation:
+        inst = self.get(ref, project_id)
         check_action("stop", inst.state, name=inst.name)
-        return self.ops.start("stop", inst.id, lambda ctx: self._stop(inst.id, ctx))
+        return self.ops.start(
+            "stop", inst.id, lambda ctx: self._stop(inst.id, ctx), inst.project_id
+        )
 
     async def _stop(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
         async with self.lock(instance_id):
@@ -591,15 +628,17 @@ class InstanceService:
             self.host.forget(inst.id)
             self.set_state(inst, State.STOPPED, "stopped for a restore", pid=None)
 
-    async def start(self, ref: str) -> Operation:
-        inst = self.get(ref)
+    async def start(self, ref: str, project_id: str | None = None) -> Operation:
+        inst = self.get(ref, project_id)
         check_action("start", inst.state, name=inst.name)
         async with self.admission:
             await self.admit(inst.spec.cpus, inst.spec.memory_mib)
-        return self.ops.start("start", inst.id, lambda ctx: self.boot(inst.id, ctx))
+        return self.ops.start(
+            "start", inst.id, lambda ctx: self.boot(inst.id, ctx), inst.project_id
+        )
 
-    async def restart(self, ref: str) -> Operation:
-        inst = self.get(ref)
+    async def restart(self, ref: str, project_id: str | None = None) -> Operation:
+        inst = self.get(ref, project_id)
         check_action("restart", inst.state, name=inst.name)
         if inst.state not in ACTIVE:
             async with self.admission:
@@ -610,11 +649,13 @@ class InstanceService:
                 await self._stop(inst.id, ctx)
             return await self.boot(inst.id, ctx)
 
-        return self.ops.start("restart", inst.id, work)
+        return self.ops.start("restart", inst.id, work, inst.project_id)
 
     # -- delete ----------------------------------------------------------------------------------
-    async def delete(self, ref: str, *, force: bool = False) -> Instance:
-        inst = self.get(ref)
+    async def delete(
+        self, ref: str, *, force: bool = False, project_id: str | None = None
+    ) -> Instance:
+        inst = self.get(ref, project_id)
         if inst.state in ACTIVE and not force:
             raise InvalidState(
                 f"{inst.name} is {inst.state.value}; stop it first or delete with --force"
@@ -640,9 +681,15 @@ class InstanceService:
 
     # -- guest access ----------------------------------------------------------------------------
     async def exec(
-        self, ref: str, argv: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
+        self,
+        ref: str,
+        argv: list[str],
+        *,
+        stdin: bytes | None = None,
+        timeout: float = 60.0,
+        project_id: str | None = None,
     ) -> dict[str, object]:
-        inst = self.get(ref)
+        inst = self.get(ref, project_id)
         check_action("exec", inst.state, name=inst.name)
         if not argv or not all(isinstance(a, str) for a in argv) or not argv[0]:
             raise InvalidInput("command must be a non-empty list of strings")
@@ -661,13 +708,13 @@ class InstanceService:
             "truncated": result.truncated,
         }
 
-    def console(self, ref: str) -> Console:
-        inst = self.get(ref)
+    def console(self, ref: str, project_id: str | None = None) -> Console:
+        inst = self.get(ref, project_id)
         check_action("console", inst.state, name=inst.name)
         return self.host.console(inst.id)
 
-    def serial_log(self, ref: str) -> Path:
-        return self.host.serial_log(self.get(ref).id)
+    def serial_log(self, ref: str, project_id: str | None = None) -> Path:
+        return self.host.serial_log(self.get(ref, project_id).id)
 
     def host_summary(self) -> dict[str, object]:
         host = self.host.capacity()

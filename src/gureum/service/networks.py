@@ -7,16 +7,21 @@ import ipaddress
 import logging
 import time
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.host.agent import LocalHostAgent
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
+from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import Network, Nic, Rule
 from gureum.network.firewall import Port
 from gureum.network.metadata import Caller
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
+
+if TYPE_CHECKING:
+    from gureum.service.quotas import QuotaService
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +58,15 @@ class NetworkService:
         self.store = store
         self.instances = instances
         self.net.lookup = self.lookup
+        self.quotas: QuotaService | None = None  # wired by Services.build
 
     # -- networks --------------------------------------------------------------------------------
-    def list(self) -> list[Network]:
-        return self.store.networks()
+    def list(self, project_id: str | None = None) -> list[Network]:
+        return self.store.networks(project_id)
 
-    def get(self, ref: str) -> Network:
-        net = self.store.network(ref)
+    def get(self, ref: str, project_id: str | None = None) -> Network:
+        """By id, or by name within a project; another project's network is "not found"."""
+        net = self.store.network(ref, project_id)
         if net is None:
             raise NotFound(f"no network named {ref!r}")
         return net
@@ -77,7 +84,13 @@ class NetworkService:
         }
 
     async def create(
-        self, name: str, subnet: str, *, imds_tokens_required: bool = False, nat: bool = False
+        self,
+        name: str,
+        subnet: str,
+        *,
+        imds_tokens_required: bool = False,
+        nat: bool = False,
+        project_id: str = DEFAULT_PROJECT,
     ) -> Network:
         check_name(name, what="network name")
         if name == NO_NETWORK:
@@ -88,7 +101,11 @@ class NetworkService:
                 "egress NAT is not available yet: gureum networks are sealed namespaces "
                 "(create the network without --nat)"
             )
-        net = Network(new_id("n-"), name, str(parsed), nat, imds_tokens_required, time.time())
+        net = Network(
+            new_id("n-"), project_id, name, str(parsed), nat, imds_tokens_required, time.time()
+        )
+        if self.quotas is not None:
+            self.quotas.check(project_id, networks=1)
         self.store.add_network(net)
         try:
             await self.net.ensure(net)
@@ -99,17 +116,18 @@ class NetworkService:
             raise
         return net
 
-    async def default(self) -> Network:
-        net = self.store.network(DEFAULT_NETWORK)
+    async def default(self, project_id: str = DEFAULT_PROJECT) -> Network:
+        """The project's default network, made on first use (every project has its own)."""
+        net = self.store.network(DEFAULT_NETWORK, project_id)
         if net is None:
             try:
-                net = await self.create(DEFAULT_NETWORK, DEFAULT_SUBNET)
+                net = await self.create(DEFAULT_NETWORK, DEFAULT_SUBNET, project_id=project_id)
             except Conflict:  # made meanwhile by a concurrent launch
-                net = self.get(DEFAULT_NETWORK)
+                net = self.get(DEFAULT_NETWORK, project_id)
         return net
 
-    async def delete(self, ref: str) -> Network:
-        net = self.get(ref)
+    async def delete(self, ref: str, project_id: str | None = None) -> Network:
+        net = self.get(ref, project_id)
         users = sorted({self._name(n.instance_id) for n in self.store.nics(network_id=net.id)})
         if users:
             raise Conflict(

@@ -17,12 +17,14 @@ class NicService:
         self.networks = instances.networks
         self.host = instances.host
 
-    def list(self, ref: str) -> list[dict[str, object]]:
-        return self.networks.nics_view(self.instances.get(ref).id)
+    def list(self, ref: str, project_id: str | None = None) -> list[dict[str, object]]:
+        return self.networks.nics_view(self.instances.get(ref, project_id).id)
 
-    async def add(self, ref: str, network_ref: str) -> dict[str, object]:
-        inst = self.instances.get(ref)
-        net = self.networks.get(network_ref)
+    async def add(
+        self, ref: str, network_ref: str, project_id: str | None = None
+    ) -> dict[str, object]:
+        inst = self.instances.get(ref, project_id)
+        net = self.networks.get(network_ref, inst.project_id)
         if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
             raise InvalidState(f"cannot change {inst.name}'s NICs while it is {inst.state.value}")
         async with self.instances.lock(inst.id):
@@ -43,8 +45,10 @@ class NicService:
                 raise
         return {**self._view(nic), "applied": how}
 
-    async def remove(self, ref: str, nic_ref: str) -> dict[str, object]:
-        inst = self.instances.get(ref)
+    async def remove(
+        self, ref: str, nic_ref: str, project_id: str | None = None
+    ) -> dict[str, object]:
+        inst = self.instances.get(ref, project_id)
         nets = {n.id: n.name for n in self.networks.list()}
         nic = next(
             (

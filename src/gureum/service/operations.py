@@ -79,13 +79,14 @@ class OperationManager:
             self.store.save(op)
         return len(stale)
 
-    def start(self, kind: str, target: str, work: Work) -> Operation:
+    def start(self, kind: str, target: str, work: Work, project_id: str | None = None) -> Operation:
         op = Operation(
             id=new_id("op-"),
             kind=kind,
             target=target,
             status=OpStatus.RUNNING,
             created_at=time.time(),
+            project_id=project_id,
         )
         self.store.insert(op)
         self._live[op.id] = op
@@ -128,9 +129,11 @@ class OperationManager:
         if not final and op_id in self._live:
             self._changed[op_id] = asyncio.Event()
 
-    def get(self, op_id: str) -> Operation:
+    def get(self, op_id: str, project_id: str | None = None) -> Operation:
+        """``project_id``: only an operation of that project (another's is "not found");
+        operations of no project (image builds) are everyone's to follow."""
         op = self._live.get(op_id) or self.store.get(op_id)
-        if op is None:
+        if op is None or (project_id is not None and op.project_id not in (None, project_id)):
             raise NotFound(f"no operation {op_id!r}")
         return op
 
@@ -140,10 +143,12 @@ class OperationManager:
                 return op
         return None
 
-    async def wait(self, op_id: str, *, timeout: float, progress_after: int = 0) -> Operation:
+    async def wait(
+        self, op_id: str, *, timeout: float, progress_after: int = 0, project_id: str | None = None
+    ) -> Operation:
         """Return when the operation is done, or has progress beyond ``progress_after``, or
         ``timeout`` passes: a long poll, answered the moment something happens."""
-        op = self.get(op_id)
+        op = self.get(op_id, project_id)
         if op.done or len(op.progress) > progress_after:
             return op
         event = self._changed.get(op_id)

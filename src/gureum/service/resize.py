@@ -40,8 +40,9 @@ class ResizeService:
         cpus: int | None = None,
         memory_mib: int | None = None,
         disk_bytes: int | None = None,
+        project_id: str | None = None,
     ) -> Operation:
-        inst = self.instances.get(ref)
+        inst = self.instances.get(ref, project_id)
         if cpus is None and memory_mib is None and disk_bytes is None:
             raise InvalidInput("say what to resize: cpus, memory and/or disk")
         if cpus is not None:
@@ -61,12 +62,23 @@ class ResizeService:
             raise InvalidState(f"cannot resize {inst.name} while it is {inst.state.value}")
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
-        if inst.state == State.RUNNING:
+        new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes
+        async with self.instances.admission:
             # Quota and capacity apply to the new size, counted against everything else.
-            async with self.instances.admission:
+            self.instances.quotas.check(
+                inst.project_id,
+                replacing=inst,
+                cpus=new_cpus,
+                memory_mib=new_mib,
+                disk_bytes=new_disk,
+            )
+            if inst.state == State.RUNNING:
                 await self.instances.admit(new_cpus, new_mib, replacing=inst)
         return self.instances.ops.start(
-            "resize", inst.id, lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx)
+            "resize",
+            inst.id,
+            lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx),
+            inst.project_id,
         )
 
     async def _resize(

@@ -11,6 +11,7 @@ import time
 
 from gureum.errors import Conflict, InvalidInput, NotFound
 from gureum.ids import check_name, new_id
+from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import PROTOCOLS, Rule, SecGroup
 from gureum.service.networks import DEFAULT_GROUP, NetworkService
 from gureum.store.networks import NetworkStore
@@ -41,11 +42,11 @@ class SecGroupService:
         self.store = store
         self.networks = networks
 
-    def list(self) -> list[SecGroup]:
-        return self.store.groups()
+    def list(self, project_id: str | None = None) -> list[SecGroup]:
+        return self.store.groups(project_id)
 
-    def get(self, ref: str) -> SecGroup:
-        group = self.store.group(ref)
+    def get(self, ref: str, project_id: str | None = None) -> SecGroup:
+        group = self.store.group(ref, project_id)
         if group is None:
             raise NotFound(f"no security group named {ref!r}")
         return group
@@ -72,23 +73,23 @@ class SecGroupService:
             "created_at": group.created_at,
         }
 
-    def create(self, name: str) -> SecGroup:
+    def create(self, name: str, project_id: str = DEFAULT_PROJECT) -> SecGroup:
         check_name(name, what="security group name")
-        group = SecGroup(new_id("sg-"), name, time.time())
+        group = SecGroup(new_id("sg-"), project_id, name, time.time())
         self.store.add_group(group)
         return group
 
-    def default(self) -> SecGroup:
-        group = self.store.group(DEFAULT_GROUP)
+    def default(self, project_id: str = DEFAULT_PROJECT) -> SecGroup:
+        group = self.store.group(DEFAULT_GROUP, project_id)
         if group is None:
             try:
-                group = self.create(DEFAULT_GROUP)
+                group = self.create(DEFAULT_GROUP, project_id)
             except Conflict:
-                group = self.get(DEFAULT_GROUP)
+                group = self.get(DEFAULT_GROUP, project_id)
         return group
 
-    async def delete(self, ref: str) -> SecGroup:
-        group = self.get(ref)
+    async def delete(self, ref: str, project_id: str | None = None) -> SecGroup:
+        group = self.get(ref, project_id)
         if any(group.id in gids for gids in self.store.instance_groups().values()):
             raise Conflict(f"security group {group.name} is in use by instances")
         if any(r.source_group == group.id for g in self.store.groups() for r in g.rules):
@@ -99,9 +100,15 @@ class SecGroupService:
         return group
 
     async def add_rule(
-        self, ref: str, ingress: str, *, cidr: str | None = None, source_group: str | None = None
+        self,
+        ref: str,
+        ingress: str,
+        *,
+        cidr: str | None = None,
+        source_group: str | None = None,
+        project_id: str | None = None,
     ) -> Rule:
-        group = self.get(ref)
+        group = self.get(ref, project_id)
         proto, first, last = parse_ingress(ingress)
         if (cidr is None) == (source_group is None):
             raise InvalidInput("say where traffic may come from: --from CIDR or --from-group NAME")
@@ -110,14 +117,14 @@ class SecGroupService:
                 cidr = str(ipaddress.IPv4Network(cidr, strict=False))
             except ValueError as exc:
                 raise InvalidInput(f"invalid source CIDR {cidr!r}") from exc
-        source_id = self.get(source_group).id if source_group else None
+        source_id = self.get(source_group, group.project_id).id if source_group else None
         rule = Rule(new_id("r-"), group.id, proto, first, last, cidr, source_id, time.time())
         self.store.add_rule(rule)
         await self.networks.sync_all()  # live: every network's firewall, swapped atomically
         return rule
 
-    async def remove_rule(self, ref: str, rule_id: str) -> Rule:
-        group = self.get(ref)
+    async def remove_rule(self, ref: str, rule_id: str, project_id: str | None = None) -> Rule:
+        group = self.get(ref, project_id)
         rule = next((r for r in group.rules if r.id == rule_id), None)
         if rule is None:
             raise NotFound(f"security group {group.name} has no rule {rule_id!r}")
@@ -125,8 +132,8 @@ class SecGroupService:
         await self.networks.sync_all()
         return rule
 
-    def resolve(self, refs: list[str] | None) -> list[str]:
-        """Group ids for a launch: the named ones, or the default group."""
+    def resolve(self, refs: list[str] | None, project_id: str = DEFAULT_PROJECT) -> list[str]:
+        """Group ids for a launch: the named ones, or the project's default group."""
         if not refs:
-            return [self.default().id]
-        return [self.get(r).id for r in refs]
+            return [self.default(project_id).id]
+        return [self.get(r, project_id).id for r in refs]

@@ -39,11 +39,11 @@ class SnapshotService:
         self.host = instances.host
         self.config = instances.config
 
-    def list(self, ref: str) -> list[Snapshot]:
-        return self.store.list(self.instances.get(ref).id)
+    def list(self, ref: str, project_id: str | None = None) -> list[Snapshot]:
+        return self.store.list(self.instances.get(ref, project_id).id)
 
-    def get(self, ref: str, name: str) -> tuple[Instance, Snapshot]:
-        inst = self.instances.get(ref)
+    def get(self, ref: str, name: str, project_id: str | None = None) -> tuple[Instance, Snapshot]:
+        inst = self.instances.get(ref, project_id)
         snap = self.store.get(inst.id, name)
         if snap is None:
             raise NotFound(f"{inst.name} has no snapshot named {name!r}")
@@ -59,11 +59,18 @@ class SnapshotService:
         return out
 
     # -- create ----------------------------------------------------------------------------------
-    async def create(self, ref: str, name: str, *, memory: bool = False) -> Operation:
-        inst = self.instances.get(ref)
+    async def create(
+        self, ref: str, name: str, *, memory: bool = False, project_id: str | None = None
+    ) -> Operation:
+        inst = self.instances.get(ref, project_id)
         self._check_create(inst, name, memory)
+        async with self.instances.admission:
+            self.instances.quotas.check(inst.project_id, snapshots=1)
         return self.instances.ops.start(
-            "snapshot", inst.id, lambda ctx: self.create_now(inst.id, name, memory, ctx)
+            "snapshot",
+            inst.id,
+            lambda ctx: self.create_now(inst.id, name, memory, ctx),
+            inst.project_id,
         )
 
     def _check_create(
@@ -156,8 +163,8 @@ class SnapshotService:
             return {"snapshot": self.view(snap), "seconds": round(took, 3)}
 
     # -- restore ---------------------------------------------------------------------------------
-    async def restore(self, ref: str, name: str) -> Operation:
-        inst, snap = self.get(ref, name)
+    async def restore(self, ref: str, name: str, project_id: str | None = None) -> Operation:
+        inst, snap = self.get(ref, name, project_id)
         if inst.state in (State.PENDING, State.STARTING, State.STOPPING):
             raise InvalidState(f"cannot restore {inst.name} while it is {inst.state.value}")
         if snap.memory:
@@ -168,7 +175,7 @@ class SnapshotService:
                     snap.hardware.total_cpus, snap.hardware.total_memory_mib, replacing=inst
                 )
         return self.instances.ops.start(
-            "restore", inst.id, lambda ctx: self.restore_now(inst.id, snap, ctx)
+            "restore", inst.id, lambda ctx: self.restore_now(inst.id, snap, ctx), inst.project_id
         )
 
     async def restore_now(
@@ -213,8 +220,8 @@ class SnapshotService:
         return {"instance": svc.view(svc.get(instance_id))}
 
     # -- delete ----------------------------------------------------------------------------------
-    async def delete(self, ref: str, name: str) -> dict[str, object]:
-        inst, snap = self.get(ref, name)
+    async def delete(self, ref: str, name: str, project_id: str | None = None) -> dict[str, object]:
+        inst, snap = self.get(ref, name, project_id)
         async with self.instances.lock(inst.id):
             users = [self.instances.get(i).name for i in self.instances.layers.users(snap.layer)]
             self.store.remove(snap.id)
@@ -226,8 +233,10 @@ class SnapshotService:
         return view
 
     # -- clone -----------------------------------------------------------------------------------
-    async def clone(self, ref: str, name: str, new_name: str) -> tuple[Instance, Operation]:
-        source, snap = self.get(ref, name)
+    async def clone(
+        self, ref: str, name: str, new_name: str, project_id: str | None = None
+    ) -> tuple[Instance, Operation]:
+        source, snap = self.get(ref, name, project_id)
         check_name(new_name, what="instance name")
         hw = snap.hardware
         nets = self.instances.networks
@@ -235,8 +244,17 @@ class SnapshotService:
         spec = InstanceSpec(
             new_name, source.spec.image, hw.total_cpus, hw.total_memory_mib, snap.disk_bytes
         )
-        groups = nets.store.instance_groups().get(source.id) or self.instances.secgroups.resolve([])
+        groups = nets.store.instance_groups().get(source.id) or self.instances.secgroups.resolve(
+            [], source.project_id
+        )
         async with self.instances.admission:
+            self.instances.quotas.check(
+                source.project_id,
+                instances=1,
+                cpus=spec.cpus,
+                memory_mib=spec.memory_mib,
+                disk_bytes=spec.disk_bytes,
+            )
             await self.instances.admit(spec.cpus, spec.memory_mib)
             clone = Instance(
                 id=new_id("i-"),
@@ -247,6 +265,8 @@ class SnapshotService:
                 accel=self.host.accel.accel,
                 user_data=source.user_data,
                 ssh_keys=source.ssh_keys,
+                project_id=source.project_id,
+                uid=self.instances.store.next_uid(),
             )
             self.instances.store.insert(clone)
             try:
@@ -281,4 +301,4 @@ class SnapshotService:
             folder = self.config.snapshots_dir / snap.id if snap.memory else None
             return await svc.boot(clone.id, ctx, restore_from=folder, identity=identity)
 
-        return clone, self.instances.ops.start("clone", clone.id, work)
+        return clone, self.instances.ops.start("clone", clone.id, work, clone.project_id)

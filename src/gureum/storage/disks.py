@@ -51,6 +51,27 @@ async def create_overlay(base: Path, overlay: Path, size_bytes: int) -> None:
     tmp.rename(overlay)  # a crash never leaves a half-made overlay under the real name
 
 
+async def create_on(backing: Path, path: Path, size_bytes: int) -> None:
+    """An empty qcow2 over a file a running QEMU holds (its backing is not opened: -u)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    await arun(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-F",
+            "qcow2",
+            "-u",
+            "-b",
+            str(backing.absolute()),
+            str(path),
+            str(size_bytes),
+        ]
+    )
+
+
 def allocated_bytes(path: Path) -> int:
     """Bytes the overlay really uses on the host (its own clusters, not the backing file's)."""
     return path.stat().st_blocks * 512

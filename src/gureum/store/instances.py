@@ -13,6 +13,9 @@ from gureum.model.hardware import Hardware
 from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
 from gureum.store.db import Database
 from gureum.store.schema import instances as t
+from gureum.store.schema import sequences
+
+VM_UID_BASE = 1_500_000_000
 
 
 def _from_row(row: RowMapping) -> Instance:
@@ -37,6 +40,8 @@ def _from_row(row: RowMapping) -> Instance:
         hardware=Hardware.from_json(row["hardware"]) if row["hardware"] else None,
         user_data=row["user_data"],
         ssh_keys=tuple(json.loads(row["ssh_keys"] or "[]")),
+        project_id=row["project_id"],
+        uid=row["uid"],
     )
 
 
@@ -64,6 +69,8 @@ class InstanceStore:
             "hardware": inst.hardware.to_json() if inst.hardware else None,
             "user_data": inst.user_data,
             "ssh_keys": json.dumps(list(inst.ssh_keys)),
+            "project_id": inst.project_id,
+            "uid": inst.uid,
         }
         try:
             if conn is not None:
@@ -72,22 +79,45 @@ class InstanceStore:
                 with self.db.begin() as c:
                     c.execute(insert(t).values(**values))
         except IntegrityError as exc:
-            raise Conflict(f"an instance named {inst.spec.name!r} already exists") from exc
+            raise Conflict(
+                f"an instance named {inst.spec.name!r} already exists in this project"
+            ) from exc
 
     def get(self, instance_id: str) -> Instance | None:
         with self.db.begin() as conn:
             row = conn.execute(select(t).where(t.c.id == instance_id)).mappings().first()
         return _from_row(row) if row else None
 
-    def get_by_name(self, name: str) -> Instance | None:
+    def get_by_name(self, name: str, project_id: str) -> Instance | None:
+        query = select(t).where(t.c.name == name, t.c.project_id == project_id)
         with self.db.begin() as conn:
-            row = conn.execute(select(t).where(t.c.name == name)).mappings().first()
+            row = conn.execute(query).mappings().first()
         return _from_row(row) if row else None
 
-    def list(self) -> list[Instance]:
+    def list(self, project_id: str | None = None) -> list[Instance]:
+        query = select(t).order_by(t.c.created_at)
+        if project_id is not None:
+            query = query.where(t.c.project_id == project_id)
         with self.db.begin() as conn:
-            rows = conn.execute(select(t).order_by(t.c.created_at)).mappings().all()
+            rows = conn.execute(query).mappings().all()
         return [_from_row(r) for r in rows]
+
+    def allocated(self, project_id: str) -> dict[str, int]:
+        """What a project's instances hold, whatever their state (quotas count these)."""
+        query = select(
+            func.count(),
+            func.coalesce(func.sum(t.c.cpus), 0),
+            func.coalesce(func.sum(t.c.memory_mib), 0),
+            func.coalesce(func.sum(t.c.disk_bytes), 0),
+        ).where(t.c.project_id == project_id)
+        with self.db.begin() as conn:
+            n, cpus, mem, disk = conn.execute(query).one()
+        return {
+            "instances": int(n),
+            "cpus": int(cpus),
+            "memory_mib": int(mem),
+            "disk_bytes": int(disk),
+        }
 
     def update(self, instance_id: str, **fields: object) -> None:
         if "state" in fields and isinstance(fields["state"], State):
@@ -99,6 +129,20 @@ class InstanceStore:
         fields["updated_at"] = time.time()
         with self.db.begin() as conn:
             conn.execute(update(t).where(t.c.id == instance_id).values(**fields))
+
+    def next_uid(self) -> int:
+        """A user id no VM ever had on this host (1 500 000 000 and up: clear of the system's
+        and of the usual subordinate id ranges)."""
+        with self.db.begin() as conn:
+            conn.execute(
+                update(sequences)
+                .where(sequences.c.name == "vm_uid")
+                .values(value=sequences.c.value + 1)
+            )
+            value = conn.execute(
+                select(sequences.c.value).where(sequences.c.name == "vm_uid")
+            ).scalar_one()
+        return VM_UID_BASE + int(value)
 
     def delete(self, instance_id: str) -> None:
         with self.db.begin() as conn:

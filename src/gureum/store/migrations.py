@@ -170,6 +170,138 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE instances ADD COLUMN ssh_keys TEXT",
         ],
     ),
+    (
+        4,
+        "projects, users, roles, API tokens, audit; resources belong to projects",
+        [
+            """
+            CREATE TABLE projects (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                max_instances BIGINT,
+                max_cpus BIGINT,
+                max_memory_mib BIGINT,
+                max_disk_bytes BIGINT,
+                max_snapshots BIGINT,
+                max_networks BIGINT,
+                cpu_limit DOUBLE PRECISION,
+                memory_limit_mib BIGINT,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE users (
+                id TEXT PRIMARY KEY,
+                name TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            """
+            CREATE TABLE memberships (
+                project_id TEXT NOT NULL,
+                user_id TEXT NOT NULL,
+                role TEXT NOT NULL,
+                PRIMARY KEY (project_id, user_id)
+            )
+            """,
+            """
+            CREATE TABLE tokens (
+                id TEXT PRIMARY KEY,
+                user_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                secret_hash TEXT NOT NULL UNIQUE,
+                created_at DOUBLE PRECISION NOT NULL,
+                revoked_at DOUBLE PRECISION,
+                last_used_at DOUBLE PRECISION
+            )
+            """,
+            """
+            CREATE TABLE audit (
+                id TEXT PRIMARY KEY,
+                at DOUBLE PRECISION NOT NULL,
+                user_name TEXT NOT NULL,
+                project TEXT,
+                action TEXT NOT NULL,
+                target TEXT,
+                result BIGINT NOT NULL,
+                detail TEXT
+            )
+            """,
+            "CREATE INDEX audit_at ON audit (at)",
+            # Everything made before projects existed belongs to the project "default".
+            """
+            INSERT INTO projects (id, name, created_at) VALUES ('p-default', 'default', 0)
+            """,
+            "ALTER TABLE operations ADD COLUMN project_id TEXT",
+            # Names are unique within a project now, not across projects: the three named
+            # tables are rebuilt (a UNIQUE constraint cannot be dropped portably).
+            """
+            CREATE TABLE instances_v4 (
+                id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                image TEXT NOT NULL,
+                image_version TEXT NOT NULL,
+                cpus BIGINT NOT NULL,
+                memory_mib BIGINT NOT NULL,
+                disk_bytes BIGINT NOT NULL,
+                state TEXT NOT NULL,
+                state_reason TEXT,
+                accel TEXT,
+                pid BIGINT,
+                boot TEXT NOT NULL DEFAULT '{}',
+                created_at DOUBLE PRECISION NOT NULL,
+                updated_at DOUBLE PRECISION NOT NULL,
+                root_layer TEXT,
+                hardware TEXT,
+                user_data TEXT,
+                ssh_keys TEXT,
+                uid BIGINT,
+                UNIQUE (project_id, name)
+            )
+            """,
+            """
+            INSERT INTO instances_v4 SELECT id, 'p-default', name, image, image_version, cpus,
+                memory_mib, disk_bytes, state, state_reason, accel, pid, boot, created_at,
+                updated_at, root_layer, hardware, user_data, ssh_keys, NULL FROM instances
+            """,
+            # Each VM's QEMU runs as a user of its own; ids are handed out once, never again.
+            "CREATE TABLE sequences (name TEXT PRIMARY KEY, value BIGINT NOT NULL)",
+            "INSERT INTO sequences VALUES ('vm_uid', 0)",
+            "DROP TABLE instances",
+            "ALTER TABLE instances_v4 RENAME TO instances",
+            """
+            CREATE TABLE networks_v4 (
+                id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                subnet TEXT NOT NULL,
+                nat BIGINT NOT NULL,
+                imds_tokens_required BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (project_id, name)
+            )
+            """,
+            """
+            INSERT INTO networks_v4 SELECT id, 'p-default', name, subnet, nat,
+                imds_tokens_required, created_at FROM networks
+            """,
+            "DROP TABLE networks",
+            "ALTER TABLE networks_v4 RENAME TO networks",
+            """
+            CREATE TABLE secgroups_v4 (
+                id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (project_id, name)
+            )
+            """,
+            "INSERT INTO secgroups_v4 SELECT id, 'p-default', name, created_at FROM secgroups",
+            "DROP TABLE secgroups",
+            "ALTER TABLE secgroups_v4 RENAME TO secgroups",
+        ],
+    ),
 ]
 
 

@@ -44,9 +44,11 @@ class NetworkStore:
             "nat": int(net.nat),
             "imds_tokens_required": int(net.imds_tokens_required),
         }
-        self._insert(networks, values, f"a network named {net.name!r} already exists")
+        self._insert(
+            networks, values, f"a network named {net.name!r} already exists in this project"
+        )
 
-    def networks(self) -> list[Network]:
+    def networks(self, project_id: str | None = None) -> list[Network]:
         def make(**r: Any) -> Network:
             return Network(
                 **{
@@ -56,10 +58,17 @@ class NetworkStore:
                 }
             )
 
-        return self._rows(select(networks).order_by(networks.c.created_at), make)
+        query = select(networks).order_by(networks.c.created_at)
+        if project_id is not None:
+            query = query.where(networks.c.project_id == project_id)
+        return self._rows(query, make)
 
-    def network(self, ref: str) -> Network | None:
-        return next((n for n in self.networks() if ref in (n.id, n.name)), None)
+    def network(self, ref: str, project_id: str | None = None) -> Network | None:
+        """By id, or by name within a project."""
+        for net in self.networks(project_id):
+            if net.id == ref or (project_id is not None and net.name == ref):
+                return net
+        return None
 
     def remove_network(self, network_id: str) -> None:
         with self.db.begin() as conn:
@@ -83,11 +92,19 @@ class NetworkStore:
 
     # -- security groups -------------------------------------------------------------------------
     def add_group(self, group: SecGroup) -> None:
-        values = {"id": group.id, "name": group.name, "created_at": group.created_at}
+        values = {
+            "id": group.id,
+            "project_id": group.project_id,
+            "name": group.name,
+            "created_at": group.created_at,
+        }
         self._insert(secgroups, values, f"a security group named {group.name!r} already exists")
 
-    def groups(self) -> list[SecGroup]:
-        groups = self._rows(select(secgroups).order_by(secgroups.c.created_at), SecGroup)
+    def groups(self, project_id: str | None = None) -> list[SecGroup]:
+        query = select(secgroups).order_by(secgroups.c.created_at)
+        if project_id is not None:
+            query = query.where(secgroups.c.project_id == project_id)
+        groups = self._rows(query, SecGroup)
         rules = self._rows(select(secgroup_rules).order_by(secgroup_rules.c.created_at), Rule)
         by_id = {g.id: g for g in groups}
         for rule in rules:
@@ -95,8 +112,11 @@ class NetworkStore:
                 by_id[rule.secgroup_id].rules.append(rule)
         return groups
 
-    def group(self, ref: str) -> SecGroup | None:
-        return next((g for g in self.groups() if ref in (g.id, g.name)), None)
+    def group(self, ref: str, project_id: str | None = None) -> SecGroup | None:
+        for group in self.groups(project_id):
+            if group.id == ref or (project_id is not None and group.name == ref):
+                return group
+        return None
 
     def remove_group(self, group_id: str) -> None:
         with self.db.begin() as conn:

@@ -22,6 +22,7 @@ def _from_row(row: RowMapping) -> Operation:
         progress=[Progress(**p) for p in json.loads(row["progress"] or "[]")],
         error=json.loads(row["error"]) if row["error"] else None,
         result=json.loads(row["result"]) if row["result"] else None,
+        project_id=row["project_id"],
     )
 
 
@@ -47,6 +48,7 @@ class OperationStore:
                     kind=op.kind,
                     target=op.target,
                     created_at=op.created_at,
+                    project_id=op.project_id,
                     **_values(op),
                 )
             )
@@ -60,10 +62,14 @@ class OperationStore:
             row = conn.execute(select(t).where(t.c.id == op_id)).mappings().first()
         return _from_row(row) if row else None
 
-    def list(self, limit: int = 50, target: str | None = None) -> list[Operation]:
+    def list(
+        self, limit: int = 50, target: str | None = None, project_id: str | None = None
+    ) -> list[Operation]:
         query = select(t).order_by(t.c.created_at.desc()).limit(limit)
         if target:
             query = query.where(t.c.target == target)
+        if project_id is not None:
+            query = query.where(t.c.project_id == project_id)
         with self.db.begin() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings().all()]
 

@@ -10,7 +10,8 @@ instances = Table(
     "instances",
     metadata,
     Column("id", Text, primary_key=True),
-    Column("name", Text, nullable=False, unique=True),
+    Column("project_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
     Column("image", Text, nullable=False),
     Column("image_version", Text, nullable=False),
     Column("cpus", BigInteger, nullable=False),
@@ -27,6 +28,14 @@ instances = Table(
     Column("hardware", Text),
     Column("user_data", Text),
     Column("ssh_keys", Text),
+    Column("uid", BigInteger),
+)
+
+sequences = Table(
+    "sequences",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", BigInteger, nullable=False),
 )
 
 layers = Table(
@@ -58,6 +67,7 @@ operations = Table(
     "operations",
     metadata,
     Column("id", Text, primary_key=True),
+    Column("project_id", Text),
     Column("kind", Text, nullable=False),
     Column("target", Text, nullable=False),
     Column("status", Text, nullable=False),
@@ -85,7 +95,8 @@ networks = Table(
     "networks",
     metadata,
     Column("id", Text, primary_key=True),
-    Column("name", Text, nullable=False, unique=True),
+    Column("project_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
     Column("subnet", Text, nullable=False),
     Column("nat", BigInteger, nullable=False),
     Column("imds_tokens_required", BigInteger, nullable=False),
@@ -108,7 +119,8 @@ secgroups = Table(
     "secgroups",
     metadata,
     Column("id", Text, primary_key=True),
-    Column("name", Text, nullable=False, unique=True),
+    Column("project_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
     Column("created_at", Float, nullable=False),
 )
 
@@ -141,4 +153,61 @@ forwards = Table(
     Column("host_port", BigInteger, nullable=False),
     Column("guest_port", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+projects = Table(
+    "projects",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("max_instances", BigInteger),
+    Column("max_cpus", BigInteger),
+    Column("max_memory_mib", BigInteger),
+    Column("max_disk_bytes", BigInteger),
+    Column("max_snapshots", BigInteger),
+    Column("max_networks", BigInteger),
+    Column("cpu_limit", Float),
+    Column("memory_limit_mib", BigInteger),
+    Column("created_at", Float, nullable=False),
+)
+
+users = Table(
+    "users",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+)
+
+memberships = Table(
+    "memberships",
+    metadata,
+    Column("project_id", Text, primary_key=True),
+    Column("user_id", Text, primary_key=True),
+    Column("role", Text, nullable=False),
+)
+
+tokens = Table(
+    "tokens",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("user_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("secret_hash", Text, nullable=False, unique=True),
+    Column("created_at", Float, nullable=False),
+    Column("revoked_at", Float),
+    Column("last_used_at", Float),
+)
+
+audit = Table(
+    "audit",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("at", Float, nullable=False),
+    Column("user_name", Text, nullable=False),
+    Column("project", Text),
+    Column("action", Text, nullable=False),
+    Column("target", Text),
+    Column("result", BigInteger, nullable=False),
+    Column("detail", Text),
 )

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 
+from gureum.api.auth import Member
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import InstanceOut, VerifyBackupOut
@@ -20,27 +21,40 @@ Svc = Annotated[Services, Depends(services)]
     "/v1/instances/{ref}/backup",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-tar": {}}, "description": "the archive"}},
+    openapi_extra={"x-gureum-role": "member"},
 )
-async def export_backup(ref: str, svc: Svc, memory: bool = False) -> StreamingResponse:
+async def export_backup(
+    ref: str, svc: Svc, scope: Member, memory: bool = False
+) -> StreamingResponse:
     """The instance as one archive (tar: config, flattened disk, boot files, optional memory,
     checksums), streamed as it is written. The VM keeps running (a snapshot is read)."""
-    filename, stream = await svc.backups.export(ref, memory=memory)
+    filename, stream = await svc.backups.export(ref, memory=memory, project_id=scope.project_id)
     headers = {"content-disposition": f'attachment; filename="{filename}"'}
     return StreamingResponse(stream, media_type="application/x-tar", headers=headers)
 
 
-@router.post("/v1/backups/import", status_code=201, response_model=InstanceOut)
+@router.post(
+    "/v1/backups/import",
+    status_code=201,
+    response_model=InstanceOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
 async def import_backup(
-    request: Request, svc: Svc, name: Annotated[str, Query(description="the new instance's name")]
+    request: Request,
+    svc: Svc,
+    scope: Member,
+    name: Annotated[str, Query(description="the new instance's name")],
 ) -> dict[str, object]:
     """Create a (stopped) instance from an archive in the request body. The archive is checked
     whole first: a truncated or altered one is refused and nothing is created. With memory, the
     new instance has a snapshot named ``backup`` that resumes it."""
-    inst = await svc.backups.import_(request.stream(), name)
+    inst = await svc.backups.import_(request.stream(), name, scope.project_id)
     return svc.instances.view(inst)
 
 
-@router.post("/v1/backups/verify", response_model=VerifyBackupOut)
-async def verify_backup(request: Request, svc: Svc) -> dict[str, object]:
+@router.post(
+    "/v1/backups/verify", response_model=VerifyBackupOut, openapi_extra={"x-gureum-role": "member"}
+)
+async def verify_backup(request: Request, svc: Svc, scope: Member) -> dict[str, object]:
     """Import the archive as a throw-away VM, boot it, check the guest answers, remove it."""
-    return await svc.backups.verify(request.stream())
+    return await svc.backups.verify(request.stream(), scope.project_id)

@@ -11,10 +11,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, OperationOut
 from gureum.errors import GureumError, InvalidInput
+from gureum.model.tenancy import Role
 from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
 from gureum.units import GIB
@@ -23,13 +25,15 @@ router = APIRouter(prefix="/v1/instances", tags=["instances"], responses=COMMON_
 Svc = Annotated[Services, Depends(services)]
 
 
-@router.get("", response_model=list[InstanceOut])
-async def list_instances(svc: Svc) -> list[dict[str, object]]:
-    return [svc.instances.view(i) for i in svc.instances.list()]
+@router.get("", response_model=list[InstanceOut], openapi_extra={"x-gureum-role": "viewer"})
+async def list_instances(svc: Svc, scope: Viewer) -> list[dict[str, object]]:
+    return [svc.instances.view(i) for i in svc.instances.list(scope.project_id)]
 
 
-@router.post("", status_code=202, response_model=LaunchOut)
-async def launch(body: LaunchIn, svc: Svc) -> JSONResponse:
+@router.post(
+    "", status_code=202, response_model=LaunchOut, openapi_extra={"x-gureum-role": "member"}
+)
+async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
     """Create and boot an instance. Answers at once with the operation to wait on."""
     if body.disk_gib is not None and not 0 < body.disk_gib < 1e6:
         raise InvalidInput(f"disk must be a positive size, not {body.disk_gib} GiB")
@@ -44,49 +48,64 @@ async def launch(body: LaunchIn, svc: Svc) -> JSONResponse:
         user_data=body.user_data,
         ssh_keys=tuple(body.ssh_keys),
     )
-    inst, op = await svc.instances.launch(req)
+    inst, op = await svc.instances.launch(req, scope.project_id)
     return JSONResponse(
         {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
     )
 
 
-@router.get("/{ref}", response_model=InstanceOut)
-async def get_instance(ref: str, svc: Svc) -> dict[str, object]:
+@router.get("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "viewer"})
+async def get_instance(ref: str, svc: Svc, scope: Viewer) -> dict[str, object]:
     """By name or id."""
-    return svc.instances.view(svc.instances.get(ref))
+    return svc.instances.view(svc.instances.get(ref, scope.project_id))
 
 
 def _accepted(op_dict: dict[str, object]) -> JSONResponse:
     return JSONResponse(op_dict, status_code=202)
 
 
-@router.post("/{ref}/start", status_code=202, response_model=OperationOut)
-async def start(ref: str, svc: Svc) -> JSONResponse:
-    return _accepted((await svc.instances.start(ref)).to_dict())
+@router.post(
+    "/{ref}/start",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def start(ref: str, svc: Svc, scope: Member) -> JSONResponse:
+    return _accepted((await svc.instances.start(ref, scope.project_id)).to_dict())
 
 
-@router.post("/{ref}/stop", status_code=202, response_model=OperationOut)
-async def stop(ref: str, svc: Svc) -> JSONResponse:
+@router.post(
+    "/{ref}/stop",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def stop(ref: str, svc: Svc, scope: Member) -> JSONResponse:
     """Graceful: ACPI power button, then QMP quit, then kill, within the stop timeout."""
-    return _accepted((await svc.instances.stop(ref)).to_dict())
+    return _accepted((await svc.instances.stop(ref, scope.project_id)).to_dict())
 
 
-@router.post("/{ref}/restart", status_code=202, response_model=OperationOut)
-async def restart(ref: str, svc: Svc) -> JSONResponse:
-    return _accepted((await svc.instances.restart(ref)).to_dict())
+@router.post(
+    "/{ref}/restart",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def restart(ref: str, svc: Svc, scope: Member) -> JSONResponse:
+    return _accepted((await svc.instances.restart(ref, scope.project_id)).to_dict())
 
 
-@router.delete("/{ref}", response_model=InstanceOut)
-async def delete(ref: str, svc: Svc, force: bool = False) -> dict[str, object]:
+@router.delete("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "member"})
+async def delete(ref: str, svc: Svc, scope: Member, force: bool = False) -> dict[str, object]:
     """Removes the instance, its disk and its runtime files. A running one needs ``force``."""
-    inst = await svc.instances.delete(ref, force=force)
+    inst = await svc.instances.delete(ref, force=force, project_id=scope.project_id)
     view = svc.instances.view(inst)
     view["state"] = "deleted"
     return view
 
 
-@router.post("/{ref}/exec", response_model=ExecOut)
-async def exec_command(ref: str, body: ExecIn, svc: Svc) -> dict[str, object]:
+@router.post("/{ref}/exec", response_model=ExecOut, openapi_extra={"x-gureum-role": "member"})
+async def exec_command(ref: str, body: ExecIn, svc: Svc, scope: Member) -> dict[str, object]:
     """Run a command in the guest through its agent and wait for it to exit."""
     stdin = None
     if body.stdin_b64:
@@ -94,7 +113,9 @@ async def exec_command(ref: str, body: ExecIn, svc: Svc) -> dict[str, object]:
             stdin = base64.b64decode(body.stdin_b64, validate=True)
         except binascii.Error as exc:
             raise InvalidInput("stdin_b64 is not valid base64") from exc
-    out = await svc.instances.exec(ref, body.command, stdin=stdin, timeout=body.timeout_s)
+    out = await svc.instances.exec(
+        ref, body.command, stdin=stdin, timeout=body.timeout_s, project_id=scope.project_id
+    )
     return {
         "exit_code": out["exit_code"],
         "signal": out["signal"],
@@ -104,12 +125,19 @@ async def exec_command(ref: str, body: ExecIn, svc: Svc) -> dict[str, object]:
     }
 
 
-@router.get("/{ref}/console/log", response_class=PlainTextResponse)
+@router.get(
+    "/{ref}/console/log",
+    response_class=PlainTextResponse,
+    openapi_extra={"x-gureum-role": "viewer"},
+)
 async def console_log(
-    ref: str, svc: Svc, tail_bytes: Annotated[int, Query(ge=0, le=64 * 1024 * 1024)] = 65536
+    ref: str,
+    svc: Svc,
+    scope: Viewer,
+    tail_bytes: Annotated[int, Query(ge=0, le=64 * 1024 * 1024)] = 65536,
 ) -> PlainTextResponse:
     """The serial console's recorded output (the last ``tail_bytes``; 0 = all)."""
-    path = svc.instances.serial_log(ref)
+    path = svc.instances.serial_log(ref, scope.project_id)
     try:
         with open(path, "rb") as f:
             size = f.seek(0, 2)
@@ -125,7 +153,8 @@ async def console(websocket: WebSocket, ref: str) -> None:
     """Interactive serial console: binary frames both ways, raw bytes."""
     svc: Services = ws_services(websocket)
     try:
-        serial = svc.instances.console(ref)
+        scope = ws_scope(websocket, Role.MEMBER)
+        serial = svc.instances.console(ref, scope.project_id)
     except GureumError as exc:
         await websocket.accept()
         await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})

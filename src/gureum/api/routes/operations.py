@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
 
+from gureum.api.auth import Viewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import OperationOut
@@ -15,19 +16,22 @@ router = APIRouter(prefix="/v1/operations", tags=["operations"], responses=COMMO
 Svc = Annotated[Services, Depends(services)]
 
 
-@router.get("", response_model=list[OperationOut])
+@router.get("", response_model=list[OperationOut], openapi_extra={"x-gureum-role": "viewer"})
 async def list_operations(
     svc: Svc,
+    scope: Viewer,
     target: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, object]]:
-    return [op.to_dict() for op in svc.ops.store.list(limit=limit, target=target)]
+    ops = svc.ops.store.list(limit=limit, target=target, project_id=scope.project_id)
+    return [op.to_dict() for op in ops]
 
 
-@router.get("/{op_id}", response_model=OperationOut)
+@router.get("/{op_id}", response_model=OperationOut, openapi_extra={"x-gureum-role": "viewer"})
 async def get_operation(
     op_id: str,
     svc: Svc,
+    scope: Viewer,
     wait_s: Annotated[float, Query(ge=0, le=60, description="long-poll up to this long")] = 0,
     progress_after: Annotated[
         int, Query(ge=0, description="return at once if there are more progress lines than this")
@@ -36,7 +40,9 @@ async def get_operation(
     """With ``wait_s``, answers as soon as the operation finishes or reports more progress than
     ``progress_after`` lines, or after ``wait_s`` seconds."""
     if wait_s > 0:
-        op = await svc.ops.wait(op_id, timeout=wait_s, progress_after=progress_after)
+        op = await svc.ops.wait(
+            op_id, timeout=wait_s, progress_after=progress_after, project_id=scope.project_id
+        )
     else:
-        op = svc.ops.get(op_id)
+        op = svc.ops.get(op_id, scope.project_id)
     return op.to_dict(progress_after=progress_after)

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from gureum.api.auth import Member, Viewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import CloneIn, LaunchOut, OperationOut, ResizeIn, SnapshotIn, SnapshotOut
@@ -18,48 +19,80 @@ router = APIRouter(prefix="/v1/instances/{ref}", tags=["snapshots"], responses=C
 Svc = Annotated[Services, Depends(services)]
 
 
-@router.get("/snapshots", response_model=list[SnapshotOut])
-async def list_snapshots(ref: str, svc: Svc) -> list[dict[str, object]]:
-    return [svc.snapshots.view(s) for s in svc.snapshots.list(ref)]
+@router.get(
+    "/snapshots", response_model=list[SnapshotOut], openapi_extra={"x-gureum-role": "viewer"}
+)
+async def list_snapshots(ref: str, svc: Svc, scope: Viewer) -> list[dict[str, object]]:
+    return [svc.snapshots.view(s) for s in svc.snapshots.list(ref, scope.project_id)]
 
 
-@router.post("/snapshots", status_code=202, response_model=OperationOut)
-async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc) -> JSONResponse:
+@router.post(
+    "/snapshots",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc, scope: Member) -> JSONResponse:
     """Disk snapshot (quiesced through the guest agent when it answers), or with ``memory``
     disk and memory of a running VM."""
-    op = await svc.snapshots.create(ref, body.name, memory=body.memory)
+    op = await svc.snapshots.create(ref, body.name, memory=body.memory, project_id=scope.project_id)
     return JSONResponse(op.to_dict(), status_code=202)
 
 
-@router.post("/snapshots/{name}/restore", status_code=202, response_model=OperationOut)
-async def restore_snapshot(ref: str, name: str, svc: Svc) -> JSONResponse:
+@router.post(
+    "/snapshots/{name}/restore",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def restore_snapshot(ref: str, name: str, svc: Svc, scope: Member) -> JSONResponse:
     """Back to the snapshot: the disk, and with a memory snapshot the running state."""
-    op = await svc.snapshots.restore(ref, name)
+    op = await svc.snapshots.restore(ref, name, scope.project_id)
     return JSONResponse(op.to_dict(), status_code=202)
 
 
-@router.delete("/snapshots/{name}", response_model=SnapshotOut)
-async def delete_snapshot(ref: str, name: str, svc: Svc) -> dict[str, object]:
+@router.delete(
+    "/snapshots/{name}", response_model=SnapshotOut, openapi_extra={"x-gureum-role": "member"}
+)
+async def delete_snapshot(ref: str, name: str, svc: Svc, scope: Member) -> dict[str, object]:
     """Disk data another disk still builds on (a clone's) is kept; ``disk_data_kept_for``."""
-    return await svc.snapshots.delete(ref, name)
+    return await svc.snapshots.delete(ref, name, scope.project_id)
 
 
-@router.post("/snapshots/{name}/clone", status_code=202, response_model=LaunchOut)
-async def clone_snapshot(ref: str, name: str, body: CloneIn, svc: Svc) -> JSONResponse:
+@router.post(
+    "/snapshots/{name}/clone",
+    status_code=202,
+    response_model=LaunchOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def clone_snapshot(
+    ref: str, name: str, body: CloneIn, svc: Svc, scope: Member
+) -> JSONResponse:
     """A new VM from a snapshot: thin disk, new id, name, MAC, hostname and generation id."""
-    inst, op = await svc.snapshots.clone(ref, name, body.name)
+    inst, op = await svc.snapshots.clone(ref, name, body.name, scope.project_id)
     return JSONResponse(
         {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
     )
 
 
-@router.post("/resize", status_code=202, response_model=OperationOut)
-async def resize(ref: str, body: ResizeIn, svc: Svc) -> JSONResponse:
+@router.post(
+    "/resize",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
+)
+async def resize(ref: str, body: ResizeIn, svc: Svc, scope: Member) -> JSONResponse:
     """Live where the guest allows, else at the next boot; the result says which."""
     disk = None
     if body.disk_gib is not None:
         if not 0 < body.disk_gib < 1e6:
             raise InvalidInput(f"disk must be a positive size, not {body.disk_gib} GiB")
         disk = int(body.disk_gib * GIB)
-    op = await svc.resize.resize(ref, cpus=body.cpus, memory_mib=body.memory_mib, disk_bytes=disk)
+    op = await svc.resize.resize(
+        ref,
+        cpus=body.cpus,
+        memory_mib=body.memory_mib,
+        disk_bytes=disk,
+        project_id=scope.project_id,
+    )
     return JSONResponse(op.to_dict(), status_code=202)

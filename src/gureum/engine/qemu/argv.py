@@ -80,6 +80,7 @@ class VMConfig:
     incoming: bool = False  # wait for a migration stream (restore) instead of booting
     root_read_only: bool = False
     taps: tuple[tuple[int, int], ...] = ()  # (NIC slot, TAP file descriptor QEMU inherits)
+    uid: int | None = None  # the unprivileged user QEMU runs as (None: the caller's)
     extra_cmdline: str = ""
 
     @property

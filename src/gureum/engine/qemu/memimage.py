@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 from dataclasses import replace
 from pathlib import Path
@@ -34,6 +35,14 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
     """
     runtime = RuntimePaths(folder / HELPER_DIR)
     runtime.dir.mkdir(parents=True, exist_ok=True)
+    if cfg.uid is not None:
+        # The helper runs as the VM's user: it writes the RAM files and its own sockets.
+        os.chown(runtime.dir, cfg.uid, cfg.uid)
+        for backend, mib in cfg.hardware.memory_backends():
+            ram = RamFiles(folder, share=True).path(backend)
+            with open(ram, "wb") as f:
+                f.truncate(mib << 20)
+            os.chown(ram, cfg.uid, cfg.uid)
     helper = replace(
         cfg,
         name=f"{cfg.name}-memimage",
@@ -43,7 +52,9 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
         start_paused=True,
         root_read_only=True,
     )
-    proc = process.spawn(render(helper), runtime.qemu_log, tuple(fd for _, fd in helper.taps))
+    proc = process.spawn(
+        render(helper), runtime.qemu_log, tuple(fd for _, fd in helper.taps), uid=helper.uid
+    )
     monitor = Monitor(helper.name)
     try:
         for _ in range(6000):

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import grp
 import logging
 import os
 import signal
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 def spawn(
-    argv: list[str], log_path: Path, pass_fds: tuple[int, ...] = ()
+    argv: list[str], log_path: Path, pass_fds: tuple[int, ...] = (), uid: int | None = None
 ) -> subprocess.Popen[bytes]:
     """Start QEMU in a new session with stdout/stderr to its log; returns at once.
     ``pass_fds`` (TAP devices) are inherited under the same numbers."""
@@ -40,9 +41,20 @@ def spawn(
                 start_new_session=True,
                 close_fds=True,
                 pass_fds=pass_fds,
+                # A user of its own, no supplementary groups but kvm's (for /dev/kvm).
+                user=uid,
+                group=uid,
+                extra_groups=_kvm_group() if uid is not None else None,
             )
         except FileNotFoundError as exc:
             raise EngineError(f"{argv[0]} is not installed (run `make setup`)") from exc
+
+
+def _kvm_group() -> list[int]:
+    try:
+        return [grp.getgrnam("kvm").gr_gid]
+    except KeyError:
+        return []
 
 
 def proc_state(pid: int) -> str | None:

@@ -93,7 +93,9 @@ class QemuVM:
         argv = render(self.cfg)
         self._log_from = rt.qemu_log.stat().st_size if rt.qemu_log.exists() else 0
         started = time.time()
-        self._proc = process.spawn(argv, rt.qemu_log, tuple(fd for _, fd in self.cfg.taps))
+        self._proc = process.spawn(
+            argv, rt.qemu_log, tuple(fd for _, fd in self.cfg.taps), uid=self.cfg.uid
+        )
         self.pid = self._proc.pid
         self.events.on_boot_event("process_started", started)
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)
@@ -259,17 +261,25 @@ class QemuVM:
         raise EngineError("the root disk is not attached")
 
     async def snapshot_disk(self, new_top: Path, node_name: str) -> None:
-        """Freeze the current top layer: writes go to ``new_top`` (backed by it) from now on."""
+        """Freeze the current top layer: writes go to ``new_top`` (an empty qcow2 made by the
+        caller, backed by the current top) from now on. QEMU opens the file; it never creates
+        one (it may not write to the folder)."""
         node, _ = await self.disk_top()
         await self.monitor.execute(
-            "blockdev-snapshot-sync",
+            "blockdev-add",
             {
-                "node-name": node,
-                "snapshot-file": str(new_top),
-                "format": "qcow2",
-                "snapshot-node-name": node_name,
+                "driver": "qcow2",
+                "node-name": node_name,
+                "backing": None,
+                "discard": "unmap",
+                "file": {"driver": "file", "filename": str(new_top)},
             },
         )
+        try:
+            await self.monitor.execute("blockdev-snapshot", {"node": node, "overlay": node_name})
+        except GureumError:
+            await self.monitor.execute("blockdev-del", {"node-name": node_name})
+            raise
 
     async def save_state(self, dest: Path) -> None:
         """The whole state, RAM included, to a file (the VM should be paused)."""

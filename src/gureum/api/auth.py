@@ -1,0 +1,131 @@
+"""Authentication and authorisation for every route, as FastAPI dependencies.
+
+Every route declares what it needs, and nothing answers without it (a test walks the OpenAPI
+document and calls every route as every role to prove it):
+
+- ``AnyUser``: a valid identity (token, or root on the local socket);
+- ``Viewer`` / ``Member`` / ``Admin``: that role or better in the request's project
+  (``X-Gureum-Project``); a project where the caller has no role does not exist for them;
+- ``Super``: the administrator (root on the local socket, no token).
+
+Rate limiting is per token (the local root path is not limited): a token bucket, answered with
+429 and Retry-After when empty.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated
+
+from fastapi import Depends, Request, WebSocket
+
+from gureum.errors import RateLimited, Unauthenticated
+from gureum.model.tenancy import Principal, Role, Scope
+from gureum.service.core import Services
+from gureum.service.tenancy import SUPERUSER
+
+PROJECT_HEADER = "x-gureum-project"
+
+
+class RateLimiter:
+    """A token bucket per key: ``rate`` requests a second, bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def take(self, key: str) -> None:
+        if self.rate <= 0:
+            return
+        now = time.monotonic()
+        tokens, last = self._buckets.get(key, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens < 1:
+            self._buckets[key] = (tokens, now)
+            wait = (1 - tokens) / self.rate
+            raise RateLimited(f"too many requests; retry in {wait:.1f} s", retry_after=wait)
+        self._buckets[key] = (tokens - 1, now)
+
+
+def identify(app: object, headers: dict[str, str]) -> Principal:
+    """Who is calling, from the request headers and the transport it came in on."""
+    svc: Services = app.state.services  # type: ignore[attr-defined]
+    header = headers.get("authorization")
+    if header:
+        scheme, _, secret = header.partition(" ")
+        if scheme.lower() != "bearer" or not secret.strip():
+            raise Unauthenticated("use an Authorization: Bearer TOKEN header")
+        principal = svc.tenancy.authenticate(secret.strip())
+        app.state.limiter.take(principal.token_id or principal.name)  # type: ignore[attr-defined]
+        return principal
+    if app.state.transport == "unix":  # type: ignore[attr-defined]
+        return SUPERUSER  # the socket is root's alone (mode 0600)
+    raise Unauthenticated("this endpoint needs a token (Authorization: Bearer TOKEN)")
+
+
+def _identify(conn: Request | WebSocket) -> Principal:
+    # The authentication middleware has already identified every request; this reads it.
+    principal = getattr(conn.state, "principal", None)
+    if principal is None:
+        principal = identify(conn.app, dict(conn.headers))
+        conn.state.principal = principal
+    return principal
+
+
+async def principal(request: Request) -> Principal:
+    return _identify(request)
+
+
+async def ws_principal(websocket: WebSocket) -> Principal:
+    return _identify(websocket)
+
+
+def _scope(role: Role):  # type: ignore[no-untyped-def]
+    async def dependency(request: Request, who: Annotated[Principal, Depends(principal)]) -> Scope:
+        svc: Services = request.app.state.services
+        scope = svc.tenancy.scope(who, request.headers.get(PROJECT_HEADER))
+        request.state.scope = scope
+        svc.tenancy.require(scope, role)
+        return scope
+
+    return dependency
+
+
+async def superuser(who: Annotated[Principal, Depends(principal)]) -> Principal:
+    from gureum.service.tenancy import TenancyService
+
+    TenancyService.require_superuser(who)
+    return who
+
+
+def ws_scope(websocket: WebSocket, role: Role) -> Scope:
+    svc: Services = websocket.app.state.services
+    who = _identify(websocket)
+    scope = svc.tenancy.scope(who, websocket.headers.get(PROJECT_HEADER))
+    svc.tenancy.require(scope, role)
+    return scope
+
+
+def _path_scope(role: Role):  # type: ignore[no-untyped-def]
+    """For /v1/projects/{project}/...: the project named in the path, checked before anything
+    else about the request (its body included)."""
+
+    async def dependency(
+        request: Request, project: str, who: Annotated[Principal, Depends(principal)]
+    ) -> Scope:
+        svc: Services = request.app.state.services
+        scope = svc.tenancy.scope(who, project)
+        request.state.scope = scope
+        svc.tenancy.require(scope, role)
+        return scope
+
+    return dependency
+
+
+AnyUser = Annotated[Principal, Depends(principal)]
+ProjectViewer = Annotated[Scope, Depends(_path_scope(Role.VIEWER))]
+ProjectAdmin = Annotated[Scope, Depends(_path_scope(Role.ADMIN))]
+Viewer = Annotated[Scope, Depends(_scope(Role.VIEWER))]
+Member = Annotated[Scope, Depends(_scope(Role.MEMBER))]
+Admin = Annotated[Scope, Depends(_scope(Role.ADMIN))]
+Super = Annotated[Principal, Depends(superuser)]

@@ -1,0 +1,145 @@
+"""ASGI middleware: the audit trail and the request size limit."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gureum.errors import GureumError
+
+log = logging.getLogger(__name__)
+
+CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+# Routes whose body is a backup archive, streamed: no size limit there.
+STREAMED = ("/v1/backups/",)
+
+
+class AuditMiddleware:
+    """Records every state-changing call: user, project, action, target, result, time."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] not in CHANGES:
+            await self.app(scope, receive, send)
+            return
+        status = {"code": 500}
+
+        async def watch(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watch)
+        finally:
+            self._record(scope, status["code"])
+
+    @staticmethod
+    def _record(scope: Scope, result: int) -> None:
+        state: dict[str, Any] = scope.get("state") or {}
+        principal = state.get("principal")
+        project = state.get("scope")
+        route = scope.get("route")
+        action = f"{scope['method']} {getattr(route, 'path', scope['path'])}"
+        target = "/".join(str(v) for v in (scope.get("path_params") or {}).values()) or None
+        svc = scope["app"].state.services
+        try:
+            svc.tenancy.store.record(
+                user=principal.name if principal else "anonymous",
+                project=project.project.name if project else None,
+                action=action,
+                target=target,
+                result=result,
+            )
+        except Exception:  # the audit must never turn a done action into an error
+            log.exception("cannot record audit entry for %s", action)
+
+
+class PayloadTooLarge(GureumError):
+    code = "payload-too-large"
+    status = 413
+
+
+class BodyLimitMiddleware:
+    """Refuses request bodies over ``limit`` bytes (announced or streamed), backups aside."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(STREAMED):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _refuse(send, self.limit)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise PayloadTooLarge(f"request body over {self.limit} bytes")
+            return message
+
+        await self.app(scope, counted, send)
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    await _respond(send, 413, PayloadTooLarge(f"request body over {limit} bytes").to_dict(), [])
+
+
+class AuthMiddleware:
+    """Identifies every request before anything else runs (routing, body parsing): without a
+    valid identity nothing answers but 401, and a rate-limited token gets 429."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        from gureum.api.auth import identify
+
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        try:
+            principal = identify(scope["app"], headers)
+        except GureumError as exc:
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4000 + exc.status})
+                return
+            extra = []
+            retry = getattr(exc, "retry_after", None)
+            if retry is not None:
+                extra.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))
+            if exc.status == 401:
+                extra.append((b"www-authenticate", b"Bearer"))
+            await _respond(send, exc.status, exc.to_dict(), extra)
+            return
+        scope.setdefault("state", {})["principal"] = principal
+        await self.app(scope, receive, send)
+
+
+async def _respond(
+    send: Send, status: int, body: dict[str, Any], extra: list[tuple[bytes, bytes]]
+) -> None:
+    data = json.dumps(body).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(data)).encode()),
+        *extra,
+    ]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": data})

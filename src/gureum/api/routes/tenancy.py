@@ -1,0 +1,301 @@
+"""Projects, users, members, tokens, usage and the audit log."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from pydantic import BaseModel, Field
+
+from gureum.api.auth import AnyUser, ProjectAdmin, ProjectViewer, Super
+from gureum.api.deps import services
+from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.schemas import Strict
+from gureum.model.tenancy import Principal, Role, Scope
+from gureum.service.core import Services
+
+router = APIRouter(tags=["tenancy"], responses=COMMON_RESPONSES)
+Svc = Annotated[Services, Depends(services)]
+
+
+class ProjectIn(Strict):
+    name: str
+    max_instances: int | None = None
+    max_cpus: int | None = None
+    max_memory_mib: int | None = None
+    max_disk_bytes: int | None = None
+    max_snapshots: int | None = None
+    max_networks: int | None = None
+    cpu_limit: float | None = Field(None, description="cores the project's VMs may use together")
+    memory_limit_mib: int | None = Field(
+        None, description="memory the project's VMs may use together"
+    )
+
+
+class QuotasIn(Strict):
+    max_instances: int | None = None
+    max_cpus: int | None = None
+    max_memory_mib: int | None = None
+    max_disk_bytes: int | None = None
+    max_snapshots: int | None = None
+    max_networks: int | None = None
+    cpu_limit: float | None = None
+    memory_limit_mib: int | None = None
+
+
+class ProjectOut(BaseModel):
+    id: str
+    name: str
+    created_at: float
+    quotas: dict[str, Any]
+    cpu_limit: float | None
+    memory_limit_mib: int | None
+    role: str | None = None
+
+
+class NameIn(Strict):
+    name: str
+
+
+class UserOut(BaseModel):
+    id: str
+    name: str
+    created_at: float
+
+
+class MemberIn(Strict):
+    role: str = Field(description="admin, member or viewer")
+
+
+class MemberOut(BaseModel):
+    user: str
+    role: str
+
+
+class TokenIn(Strict):
+    name: str
+    user: str | None = Field(
+        None, description="whose token (the administrator only); default: yours"
+    )
+
+
+class TokenOut(BaseModel):
+    id: str
+    user: str
+    name: str
+    created_at: float
+    revoked_at: float | None
+    last_used_at: float | None
+    token: str | None = Field(None, description="the secret: shown once, at creation")
+
+
+class AuditOut(BaseModel):
+    id: str
+    at: float
+    user: str
+    project: str | None
+    action: str
+    target: str | None
+    result: int
+    detail: dict[str, Any] | None
+
+
+def _project_view(svc: Services, project: Any, role: str | None = None) -> dict[str, object]:
+    return {
+        "id": project.id,
+        "name": project.name,
+        "created_at": project.created_at,
+        "quotas": project.quotas(),
+        "cpu_limit": project.cpu_limit,
+        "memory_limit_mib": project.memory_limit_mib,
+        "role": role,
+    }
+
+
+def _in_project(request: Request, who: Principal, name: str, role: Role) -> Scope:
+    svc: Services = request.app.state.services
+    scope = svc.tenancy.scope(who, name)
+    request.state.scope = scope
+    svc.tenancy.require(scope, role)
+    return scope
+
+
+def _token_view(svc: Services, token: Any, secret: str | None = None) -> dict[str, object]:
+    user = svc.tenancy.store.user(token.user_id)
+    return {
+        "id": token.id,
+        "user": user.name if user else token.user_id,
+        "name": token.name,
+        "created_at": token.created_at,
+        "revoked_at": token.revoked_at,
+        "last_used_at": token.last_used_at,
+        "token": secret,
+    }
+
+
+# -- projects ------------------------------------------------------------------------------------
+@router.post(
+    "/v1/projects",
+    status_code=201,
+    response_model=ProjectOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)
+async def create_project(body: ProjectIn, svc: Svc, _: Super) -> dict[str, object]:
+    quotas = body.model_dump(exclude={"name"})
+    project = svc.tenancy.create_project(body.name, quotas)
+    await svc.quotas.apply_limits(project)
+    return _project_view(svc, project)
+
+
+@router.get(
+    "/v1/projects", response_model=list[ProjectOut], openapi_extra={"x-gureum-role": "user"}
+)
+async def list_projects(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
+    roles = dict(svc.tenancy.store.memberships_of(who.user_id)) if who.user_id else {}
+    return [
+        _project_view(svc, p, "admin" if who.superuser else roles.get(p.id))
+        for p in svc.tenancy.projects(who)
+    ]
+
+
+@router.get(
+    "/v1/projects/{project}", response_model=ProjectOut, openapi_extra={"x-gureum-role": "viewer"}
+)
+async def get_project(project: str, svc: Svc, scope: ProjectViewer) -> dict[str, object]:
+    return _project_view(svc, scope.project, scope.role.value)
+
+
+@router.patch(
+    "/v1/projects/{project}/quotas",
+    response_model=ProjectOut,
+    openapi_extra={"x-gureum-role": "admin"},
+)
+async def set_quotas(
+    project: str, body: QuotasIn, svc: Svc, scope: ProjectAdmin
+) -> dict[str, object]:
+    """Project admins set their project's quotas (unset fields stay as they are)."""
+    updated = svc.tenancy.set_quotas(scope, body.model_dump(exclude_unset=True))
+    await svc.quotas.apply_limits(updated)
+    return _project_view(svc, updated, scope.role.value)
+
+
+@router.delete(
+    "/v1/projects/{project}",
+    response_model=ProjectOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)
+async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
+    target = svc.quotas.project(project)
+    in_use = len(svc.instances.list(target.id)) + len(svc.networks.list(target.id))
+    return _project_view(svc, svc.tenancy.delete_project(project, in_use))
+
+
+@router.get("/v1/projects/{project}/usage", openapi_extra={"x-gureum-role": "viewer"})
+async def project_usage(project: str, svc: Svc, scope: ProjectViewer) -> dict[str, object]:
+    """Allocated (what quotas count) next to really used: CPU time, resident memory, disk."""
+    return svc.quotas.usage(scope.project)
+
+
+@router.get(
+    "/v1/projects/{project}/members",
+    response_model=list[MemberOut],
+    openapi_extra={"x-gureum-role": "viewer"},
+)
+async def list_members(project: str, svc: Svc, scope: ProjectViewer) -> list[dict[str, str]]:
+    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+
+
+@router.put(
+    "/v1/projects/{project}/members/{user}",
+    response_model=list[MemberOut],
+    openapi_extra={"x-gureum-role": "admin"},
+)
+async def set_member(
+    project: str, user: str, body: MemberIn, svc: Svc, scope: ProjectAdmin
+) -> list[dict[str, str]]:
+    svc.tenancy.set_member(scope, user, body.role)
+    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+
+
+@router.delete(
+    "/v1/projects/{project}/members/{user}",
+    response_model=list[MemberOut],
+    openapi_extra={"x-gureum-role": "admin"},
+)
+async def remove_member(
+    project: str, user: str, svc: Svc, scope: ProjectAdmin
+) -> list[dict[str, str]]:
+    svc.tenancy.remove_member(scope, user)
+    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+
+
+# -- users ---------------------------------------------------------------------------------------
+@router.post(
+    "/v1/users",
+    status_code=201,
+    response_model=UserOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)
+async def create_user(body: NameIn, svc: Svc, _: Super) -> dict[str, object]:
+    return svc.tenancy.create_user(body.name).__dict__
+
+
+@router.get("/v1/users", response_model=list[UserOut], openapi_extra={"x-gureum-role": "superuser"})
+async def list_users(svc: Svc, _: Super) -> list[dict[str, object]]:
+    return [u.__dict__ for u in svc.tenancy.store.users()]
+
+
+@router.delete(
+    "/v1/users/{user}", response_model=UserOut, openapi_extra={"x-gureum-role": "superuser"}
+)
+async def delete_user(user: str, svc: Svc, _: Super) -> dict[str, object]:
+    """Also revokes all the user's tokens, at once."""
+    return svc.tenancy.delete_user(user).__dict__
+
+
+# -- tokens --------------------------------------------------------------------------------------
+@router.post(
+    "/v1/tokens", status_code=201, response_model=TokenOut, openapi_extra={"x-gureum-role": "user"}
+)
+async def create_token(body: TokenIn, svc: Svc, who: AnyUser) -> dict[str, object]:
+    """The secret is in ``token``, this once; only its hash is kept."""
+    token, secret = svc.tenancy.create_token(who, body.user, body.name)
+    return _token_view(svc, token, secret)
+
+
+@router.get("/v1/tokens", response_model=list[TokenOut], openapi_extra={"x-gureum-role": "user"})
+async def list_tokens(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
+    return [_token_view(svc, t) for t in svc.tenancy.tokens(who)]
+
+
+@router.delete(
+    "/v1/tokens/{token_id}", response_model=TokenOut, openapi_extra={"x-gureum-role": "user"}
+)
+async def revoke_token(token_id: str, svc: Svc, who: AnyUser) -> dict[str, object]:
+    """Revoked at once: the next request with it is refused."""
+    return _token_view(svc, svc.tenancy.revoke(who, token_id))
+
+
+# -- audit ---------------------------------------------------------------------------------------
+@router.get("/v1/audit", response_model=list[AuditOut], openapi_extra={"x-gureum-role": "admin"})
+async def list_audit(
+    request: Request,
+    svc: Svc,
+    who: AnyUser,
+    project: str | None = None,
+    user: str | None = None,
+    action: str | None = None,
+    since: float | None = None,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> list[dict[str, Any]]:
+    """Every state-changing call: who, project, action, target, result (HTTP status), when.
+    Project admins see their project's; the administrator sees all."""
+    if not who.superuser:
+        scope = _in_project(request, who, project or "", Role.ADMIN) if project else None
+        if scope is None:
+            scope = svc.tenancy.scope(who, request.headers.get("x-gureum-project"))
+            svc.tenancy.require(scope, Role.ADMIN)
+        project = scope.project.name
+    return svc.tenancy.store.audit(
+        project=project, user=user, action=action, since=since, limit=limit
+    )

@@ -1,0 +1,152 @@
+"""Project quotas: allocation limits checked before anything is made, and usage reports.
+
+Checks run under the service's admission lock, together with the claim they guard, so
+concurrent launches can never overshoot a limit. What counts: every instance of the project
+(whatever its state: a stopped VM still holds its disk and its place), its snapshots, networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from gureum.errors import NotFound, QuotaExceeded
+from gureum.host.agent import LocalHostAgent
+from gureum.model.instance import Instance
+from gureum.model.tenancy import Project
+from gureum.store.instances import InstanceStore
+from gureum.store.layers import LayerStore, SnapshotStore
+from gureum.store.networks import NetworkStore
+from gureum.store.tenancy import TenancyStore
+from gureum.units import GIB, MIB
+
+log = logging.getLogger(__name__)
+
+_WHAT = {
+    "instances": ("max_instances", "instances", 1),
+    "cpus": ("max_cpus", "vCPUs", 1),
+    "memory_mib": ("max_memory_mib", "MiB of memory", 1),
+    "disk_bytes": ("max_disk_bytes", "GiB of disk", GIB),
+    "snapshots": ("max_snapshots", "snapshots", 1),
+    "networks": ("max_networks", "networks", 1),
+}
+
+
+class QuotaService:
+    def __init__(
+        self,
+        tenancy: TenancyStore,
+        instances: InstanceStore,
+        snapshots: SnapshotStore,
+        networks: NetworkStore,
+        layers: LayerStore,
+        host: LocalHostAgent,
+    ) -> None:
+        self.tenancy = tenancy
+        self.instances = instances
+        self.snapshots = snapshots
+        self.networks = networks
+        self.layers = layers
+        self.host = host
+        self._names: dict[str, str] = {}
+
+    def project(self, ref: str) -> Project:
+        project = self.tenancy.project(ref)
+        if project is None:
+            raise NotFound(f"no project named {ref!r}")
+        return project
+
+    def project_name(self, project_id: str) -> str:
+        if project_id not in self._names:
+            project = self.tenancy.project(project_id)
+            self._names[project_id] = project.name if project else project_id
+        return self._names[project_id]
+
+    def allocated(self, project_id: str) -> dict[str, int]:
+        counts = self.instances.allocated(project_id)
+        ids = {i.id for i in self.instances.list(project_id)}
+        counts["snapshots"] = sum(1 for s in self.snapshots.list() if s.instance_id in ids)
+        counts["networks"] = len(self.networks.networks(project_id))
+        return counts
+
+    def check(self, project_id: str, *, replacing: Instance | None = None, **wanted: int) -> None:
+        """Refuse (QuotaExceeded) if adding ``wanted`` (instances=1, cpus=2...) to what the
+        project holds would pass one of its limits. ``replacing``: an instance whose own
+        allocation is being replaced (a resize), not added to."""
+        project = self.project(project_id)
+        held = self.allocated(project_id)
+        if replacing is not None:
+            held["cpus"] -= replacing.spec.cpus
+            held["memory_mib"] -= replacing.spec.memory_mib
+            held["disk_bytes"] -= replacing.spec.disk_bytes
+        for key, more in wanted.items():
+            field, label, unit = _WHAT[key]
+            limit = getattr(project, field)
+            if limit is None or more <= 0:
+                continue
+            if held[key] + more > limit:
+                raise QuotaExceeded(
+                    f"project {project.name}: {_fmt(held[key], unit)} of {_fmt(limit, unit)} "
+                    f"{label} in use; {_fmt(more, unit)} more would pass its quota"
+                )
+
+    # -- real use ---------------------------------------------------------------------------------
+    @staticmethod
+    def limits(project: Project) -> tuple[float | None, int | None]:
+        """(CPU cores, memory bytes) for the project's control group. CPU follows cpu_limit,
+        else max_cpus; memory follows memory_limit_mib only (QEMU's own overhead per VM is
+        not the guest's memory, so max_memory_mib alone would starve the VMs)."""
+        cores = project.cpu_limit if project.cpu_limit is not None else project.max_cpus
+        memory = project.memory_limit_mib * MIB if project.memory_limit_mib is not None else None
+        return (float(cores) if cores is not None else None), memory
+
+    async def apply_limits(self, project: Project) -> None:
+        cores, memory = self.limits(project)
+        try:
+            await asyncio.to_thread(self.host.cgroups.ensure, project.id, cores, memory)
+        except OSError as exc:
+            log.warning("control group of project %s: %s", project.name, exc)
+
+    async def apply_all(self) -> None:
+        for project in self.tenancy.projects():
+            await self.apply_limits(project)
+
+    def usage(self, project: Project) -> dict[str, object]:
+        instances = self.instances.list(project.id)
+        ids = {i.id for i in instances}
+        rss = sum(self.host.rss_bytes(i.id) or 0 for i in instances)
+        disk = sum(
+            self.host.disk_bytes(self.host.path(layer.path))
+            for layer in self.layers.all().values()
+            if layer.instance_id in ids
+        )
+        disk += sum(
+            f.stat().st_blocks * 512
+            for s in self.snapshots.list()
+            if s.instance_id in ids
+            for f in (self.host.config.snapshots_dir / s.id).glob("*")
+        )
+        measured = self.host.cgroups.usage(project.id)
+        cores, memory = self.limits(project)
+        return {
+            "project": project.name,
+            "quotas": project.quotas(),
+            "allocated": self.allocated(project.id),
+            "used": {
+                "cpu_seconds": round(measured.cpu_seconds, 3) if measured else None,
+                "memory_bytes": measured.memory_bytes if measured else None,
+                "resident_bytes": rss,
+                "disk_bytes": disk,
+            },
+            "limits": {
+                "cpu_cores": cores,
+                "memory_bytes": memory,
+                "cgroup": f"{self.host.cgroups.name}/{project.id}"
+                if self.host.cgroups.available()
+                else None,
+            },
+        }
+
+
+def _fmt(value: int, unit: int) -> str:
+    return f"{value / unit:g}" if unit != 1 else str(value)

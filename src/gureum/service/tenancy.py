@@ -1,0 +1,195 @@
+"""Who may do what: authentication, projects, users, roles, tokens, and the audit trail.
+
+Identity: a bearer token (any transport) is its user; with no token, only the local unix socket
+(root-only) is accepted, as the bootstrap superuser. Tokens are random secrets shown once; the
+store keeps only their SHA-256, so a leaked database grants nothing. A revoked token fails on
+its very next request (no cache).
+
+Projects: a user acts in one project at a time (``--project`` / ``X-Gureum-Project``). In a
+project where they have no role, nothing exists for them: every lookup answers "not found",
+exactly as for a missing resource. Viewers read, members act, admins also manage members and
+quotas. Only the superuser creates projects and users.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+import time
+
+from gureum.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from gureum.ids import check_name, new_id
+from gureum.model.instance import DEFAULT_PROJECT
+from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
+from gureum.store.tenancy import TenancyStore
+
+SUPERUSER = Principal(name="root", user_id=None)
+TOKEN_PREFIX = "gur_"
+
+
+def hash_secret(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+class TenancyService:
+    def __init__(self, store: TenancyStore) -> None:
+        self.store = store
+
+    # -- authentication --------------------------------------------------------------------------
+    def authenticate(self, secret: str) -> Principal:
+        token = (
+            self.store.token_by_hash(hash_secret(secret))
+            if secret.startswith(TOKEN_PREFIX)
+            else None
+        )
+        if token is None or token.revoked_at is not None:
+            raise Unauthenticated("invalid or revoked token")
+        user = self.store.user(token.user_id)
+        if user is None:
+            raise Unauthenticated("the token's user no longer exists")
+        self.store.touch(token.id)
+        return Principal(name=user.name, user_id=user.id, token_id=token.id)
+
+    def scope(self, principal: Principal, project_ref: str | None) -> Scope:
+        """The project a request acts in, and the caller's role there."""
+        if principal.superuser:
+            project = self._project(project_ref or DEFAULT_PROJECT)
+            return Scope(principal, project, Role.ADMIN)
+        assert principal.user_id is not None
+        if project_ref is None:
+            mine = self.store.memberships_of(principal.user_id)
+            if len(mine) != 1:
+                raise InvalidInput(
+                    "say which project to act in (--project NAME or GUREUM_PROJECT)"
+                    if mine
+                    else f"user {principal.name} is not a member of any project"
+                )
+            project_ref = mine[0][0]
+        project = self.store.project(project_ref)
+        role = self.store.role(project.id, principal.user_id) if project else None
+        if project is None or role is None:
+            raise NotFound(f"no project named {project_ref!r}")  # the same as a missing one
+        return Scope(principal, project, role)
+
+    @staticmethod
+    def require(scope: Scope, role: Role) -> None:
+        if scope.role.rank < role.rank:
+            raise Forbidden(
+                f"{scope.principal.name} is a {scope.role.value} in {scope.project.name}; "
+                f"this needs {role.value}"
+            )
+
+    @staticmethod
+    def require_superuser(principal: Principal) -> None:
+        if not principal.superuser:
+            raise Forbidden("only the administrator on the service's host may do this")
+
+    # -- projects --------------------------------------------------------------------------------
+    def _project(self, ref: str) -> Project:
+        project = self.store.project(ref)
+        if project is None:
+            raise NotFound(f"no project named {ref!r}")
+        return project
+
+    def ensure_default(self) -> None:
+        if self.store.project(DEFAULT_PROJECT) is None:
+            self.store.add_project(Project(DEFAULT_PROJECT, "default", time.time()))
+
+    def projects(self, principal: Principal) -> list[Project]:
+        if principal.superuser:
+            return self.store.projects()
+        mine = {p for p, _ in self.store.memberships_of(principal.user_id or "")}
+        return [p for p in self.store.projects() if p.id in mine]
+
+    def create_project(self, name: str, quotas: dict[str, float | int | None]) -> Project:
+        check_name(name, what="project name")
+        project = Project(new_id("p-"), name, time.time(), **_checked_quotas(quotas))
+        self.store.add_project(project)
+        return project
+
+    def set_quotas(self, scope: Scope, quotas: dict[str, float | int | None]) -> Project:
+        self.require(scope, Role.ADMIN)
+        self.store.update_project(scope.project.id, **_checked_quotas(quotas))
+        return self._project(scope.project.id)
+
+    def delete_project(self, ref: str, in_use: int) -> Project:
+        project = self._project(ref)
+        if project.id == DEFAULT_PROJECT:
+            raise Conflict("the default project cannot be deleted")
+        if in_use:
+            raise Conflict(
+                f"project {project.name} still has {in_use} resource(s); delete them first"
+            )
+        self.store.remove_project(project.id)
+        return project
+
+    # -- users and members -----------------------------------------------------------------------
+    def create_user(self, name: str) -> User:
+        check_name(name, what="user name")
+        user = User(new_id("u-"), name, time.time())
+        self.store.add_user(user)
+        return user
+
+    def user(self, ref: str) -> User:
+        user = self.store.user(ref)
+        if user is None:
+            raise NotFound(f"no user named {ref!r}")
+        return user
+
+    def delete_user(self, ref: str) -> User:
+        user = self.user(ref)
+        self.store.remove_user(user.id)  # its tokens are revoked with it
+        return user
+
+    def set_member(self, scope: Scope, user_ref: str, role: str) -> None:
+        self.require(scope, Role.ADMIN)
+        try:
+            parsed = Role(role)
+        except ValueError as exc:
+            raise InvalidInput(f"role must be admin, member or viewer, not {role!r}") from exc
+        self.store.set_role(scope.project.id, self.user(user_ref).id, parsed)
+
+    def remove_member(self, scope: Scope, user_ref: str) -> None:
+        self.require(scope, Role.ADMIN)
+        if not self.store.remove_member(scope.project.id, self.user(user_ref).id):
+            raise NotFound(f"{user_ref} is not a member of {scope.project.name}")
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def create_token(
+        self, principal: Principal, user_ref: str | None, name: str
+    ) -> tuple[Token, str]:
+        """A new token; the secret is returned here and never again."""
+        user = self.user(user_ref) if user_ref else None
+        if user is None:
+            if principal.superuser:
+                raise InvalidInput("say whose token this is (--user NAME)")
+            user = self.user(principal.user_id or "")
+        if not principal.superuser and user.id != principal.user_id:
+            raise Forbidden("a user may only create tokens for themself")
+        check_name(name, what="token name")
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+        token = Token(new_id("t-"), user.id, name, hash_secret(secret), time.time())
+        self.store.add_token(token)
+        return token, secret
+
+    def tokens(self, principal: Principal) -> list[Token]:
+        return self.store.tokens(None if principal.superuser else principal.user_id)
+
+    def revoke(self, principal: Principal, token_id: str) -> Token:
+        token = next((t for t in self.tokens(principal) if t.id == token_id), None)
+        if token is None:
+            raise NotFound(f"no token {token_id!r}")
+        self.store.revoke(token.id)
+        return token
+
+
+def _checked_quotas(quotas: dict[str, float | int | None]) -> dict[str, float | int | None]:
+    allowed = (*QUOTA_FIELDS, "cpu_limit", "memory_limit_mib")
+    out: dict[str, float | int | None] = {}
+    for key, value in quotas.items():
+        if key not in allowed:
+            raise InvalidInput(f"unknown quota {key!r}")
+        if value is not None and (isinstance(value, bool) or value < 0):
+            raise InvalidInput(f"{key} must be a positive number")
+        out[key] = value
+    return out

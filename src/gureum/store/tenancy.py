@@ -1,0 +1,224 @@
+"""Projects, users, memberships, tokens and audit tables."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+from sqlalchemy import delete, insert, select, update
+from sqlalchemy.exc import IntegrityError
+
+from gureum.errors import Conflict
+from gureum.ids import new_id
+from gureum.model.tenancy import Project, Role, Token, User
+from gureum.store.db import Database
+from gureum.store.schema import audit, memberships, projects, tokens, users
+
+
+class TenancyStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # -- projects --------------------------------------------------------------------------------
+    def add_project(self, project: Project) -> None:
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(projects).values(**project.__dict__))
+        except IntegrityError as exc:
+            raise Conflict(f"a project named {project.name!r} already exists") from exc
+
+    def projects(self) -> list[Project]:
+        with self.db.begin() as conn:
+            return [
+                Project(**dict(r))
+                for r in conn.execute(select(projects).order_by(projects.c.created_at)).mappings()
+            ]
+
+    def project(self, ref: str) -> Project | None:
+        with self.db.begin() as conn:
+            row = (
+                conn.execute(
+                    select(projects).where((projects.c.id == ref) | (projects.c.name == ref))
+                )
+                .mappings()
+                .first()
+            )
+        return Project(**dict(row)) if row else None
+
+    def update_project(self, project_id: str, **fields: Any) -> None:
+        if not fields:
+            return
+        with self.db.begin() as conn:
+            conn.execute(update(projects).where(projects.c.id == project_id).values(**fields))
+
+    def remove_project(self, project_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(memberships).where(memberships.c.project_id == project_id))
+            conn.execute(delete(projects).where(projects.c.id == project_id))
+
+    # -- users -----------------------------------------------------------------------------------
+    def add_user(self, user: User) -> None:
+        try:
+            with self.db.begin() as conn:
+                conn.execute(insert(users).values(**user.__dict__))
+        except IntegrityError as exc:
+            raise Conflict(f"a user named {user.name!r} already exists") from exc
+
+    def users(self) -> list[User]:
+        with self.db.begin() as conn:
+            return [
+                User(**dict(r))
+                for r in conn.execute(select(users).order_by(users.c.created_at)).mappings()
+            ]
+
+    def user(self, ref: str) -> User | None:
+        with self.db.begin() as conn:
+            row = (
+                conn.execute(select(users).where((users.c.id == ref) | (users.c.name == ref)))
+                .mappings()
+                .first()
+            )
+        return User(**dict(row)) if row else None
+
+    def remove_user(self, user_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(delete(memberships).where(memberships.c.user_id == user_id))
+            conn.execute(
+                update(tokens).where(tokens.c.user_id == user_id).values(revoked_at=time.time())
+            )
+            conn.execute(delete(users).where(users.c.id == user_id))
+
+    # -- memberships -----------------------------------------------------------------------------
+    def set_role(self, project_id: str, user_id: str, role: Role) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                delete(memberships).where(
+                    (memberships.c.project_id == project_id) & (memberships.c.user_id == user_id)
+                )
+            )
+            conn.execute(
+                insert(memberships).values(project_id=project_id, user_id=user_id, role=role.value)
+            )
+
+    def remove_member(self, project_id: str, user_id: str) -> bool:
+        with self.db.begin() as conn:
+            res = conn.execute(
+                delete(memberships).where(
+                    (memberships.c.project_id == project_id) & (memberships.c.user_id == user_id)
+                )
+            )
+        return bool(res.rowcount)
+
+    def role(self, project_id: str, user_id: str) -> Role | None:
+        with self.db.begin() as conn:
+            value = conn.execute(
+                select(memberships.c.role).where(
+                    (memberships.c.project_id == project_id) & (memberships.c.user_id == user_id)
+                )
+            ).scalar()
+        return Role(value) if value else None
+
+    def members(self, project_id: str) -> list[tuple[str, str]]:
+        """(user name, role) of a project."""
+        query = (
+            select(users.c.name, memberships.c.role)
+            .join(users, users.c.id == memberships.c.user_id)
+            .where(memberships.c.project_id == project_id)
+            .order_by(users.c.name)
+        )
+        with self.db.begin() as conn:
+            return [(n, r) for n, r in conn.execute(query)]
+
+    def memberships_of(self, user_id: str) -> list[tuple[str, str]]:
+        """(project id, role) of a user."""
+        with self.db.begin() as conn:
+            rows = conn.execute(
+                select(memberships.c.project_id, memberships.c.role).where(
+                    memberships.c.user_id == user_id
+                )
+            )
+            return [(p, r) for p, r in rows]
+
+    # -- tokens ----------------------------------------------------------------------------------
+    def add_token(self, token: Token) -> None:
+        with self.db.begin() as conn:
+            conn.execute(insert(tokens).values(**token.__dict__))
+
+    def token_by_hash(self, secret_hash: str) -> Token | None:
+        with self.db.begin() as conn:
+            row = (
+                conn.execute(select(tokens).where(tokens.c.secret_hash == secret_hash))
+                .mappings()
+                .first()
+            )
+        return Token(**dict(row)) if row else None
+
+    def tokens(self, user_id: str | None = None) -> list[Token]:
+        query = select(tokens).order_by(tokens.c.created_at)
+        if user_id is not None:
+            query = query.where(tokens.c.user_id == user_id)
+        with self.db.begin() as conn:
+            return [Token(**dict(r)) for r in conn.execute(query).mappings()]
+
+    def revoke(self, token_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                update(tokens).where(tokens.c.id == token_id).values(revoked_at=time.time())
+            )
+
+    def touch(self, token_id: str) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                update(tokens).where(tokens.c.id == token_id).values(last_used_at=time.time())
+            )
+
+    # -- audit -----------------------------------------------------------------------------------
+    def record(
+        self,
+        *,
+        user: str,
+        project: str | None,
+        action: str,
+        target: str | None,
+        result: int,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(audit).values(
+                    id=new_id("a-"),
+                    at=time.time(),
+                    user_name=user,
+                    project=project,
+                    action=action,
+                    target=target,
+                    result=result,
+                    detail=json.dumps(detail) if detail else None,
+                )
+            )
+
+    def audit(
+        self,
+        *,
+        project: str | None = None,
+        user: str | None = None,
+        action: str | None = None,
+        since: float | None = None,
+        limit: int = 100,
+    ) -> list[dict[str, Any]]:
+        query = select(audit).order_by(audit.c.at.desc()).limit(limit)
+        if project is not None:
+            query = query.where(audit.c.project == project)
+        if user is not None:
+            query = query.where(audit.c.user_name == user)
+        if action is not None:
+            query = query.where(audit.c.action == action)
+        if since is not None:
+            query = query.where(audit.c.at >= since)
+        with self.db.begin() as conn:
+            rows = [dict(r) for r in conn.execute(query).mappings()]
+        for row in rows:
+            row["user"] = row.pop("user_name")
+            row["detail"] = json.loads(row["detail"]) if row["detail"] else None
+        return rows

@@ -62,6 +62,66 @@ def test_qemu_runs_sandboxed(web, service):
     argv = process.cmdline(pid)
     assert argv[argv.index("-name") + 1].startswith("guest=web1")
     assert os.getsid(pid) == pid  # its own session: detached from the service
+    assert "NoNewPrivs:\t1" in status
+
+
+def _uid(pid: int) -> int:
+    line = next(
+        x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith("Uid:")
+    )
+    real, effective, saved, fs = (int(v) for v in line.split()[1:])
+    assert real == effective == saved == fs  # no way back to another identity
+    return real
+
+
+def _top_layer(pid: int) -> Path:
+    argv = process.cmdline(pid)
+    specs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
+    return Path(next(s["filename"] for s in specs if s.get("node-name") == "root-file"))
+
+
+def _open_as(uid: int, path: Path) -> int:
+    """0 if a process with this uid (and no other privilege) can open the file, else errno."""
+    child = os.fork()
+    if child == 0:
+        code = 0
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            os.close(os.open(path, os.O_RDONLY))
+        except OSError as exc:
+            code = exc.errno or 1
+        os._exit(code)
+    _, status = os.waitpid(child, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def test_each_vm_runs_as_its_own_user(web, service):
+    """A QEMU broken into by its guest holds a uid of its own, which opens its own disk only."""
+    import errno
+
+    service.cli("launch", "tiny", "--name", "web2", "--memory", "256M")
+    try:
+        shown = {
+            n: json.loads(service.cli("show", n, "-o", "json").stdout) for n in ("web1", "web2")
+        }
+        pid1, pid2 = shown["web1"]["pid"], shown["web2"]["pid"]
+        uid1, uid2 = _uid(pid1), _uid(pid2)
+        assert 0 not in (uid1, uid2) and uid1 != uid2
+        top1, top2 = _top_layer(pid1), _top_layer(pid2)
+        st = top1.stat()
+        assert (st.st_uid, st.st_mode & 0o777) == (uid1, 0o600)
+        assert _open_as(uid1, top1) == 0  # the control: its own disk opens
+        assert _open_as(uid1, top2) == errno.EACCES  # the other VM's disk does not
+        assert _open_as(uid2, top1) == errno.EACCES
+        qmp2 = Path(
+            process.cmdline(pid2)[process.cmdline(pid2).index("-qmp") + 1].split(",")[0][5:]
+        )
+        assert _open_as(uid1, qmp2) == errno.EACCES  # nor its control socket's folder
+        assert service.exec("web2", "echo", "ok").strip() == "ok"  # and both still work
+    finally:
+        service.cli("delete", "web2", "--force", check=False)
 
 
 def test_interactive_console_in_a_terminal(web, service):

@@ -61,3 +61,16 @@ def subreaper():
     yield
     stop.set()
     thread.join()
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """One private PostgreSQL server for the whole run (``tests/postgres.py``)."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()

@@ -39,6 +39,9 @@ class Config:
     rate_limit_per_s: float = 20.0
     rate_limit_burst: float = 40.0
     max_request_bytes: int = 1024 * 1024
+    # None: the SQLite file under home. A postgresql:// URL (psycopg 3) to keep the store in
+    # PostgreSQL instead, e.g. postgresql://gureum@/gureum?host=/run/postgresql
+    database_url: str | None = None
     # Downloaded Debian packages; may be shared by several homes (tests, demo) to save time.
     cache_dir_override: str | None = None
 
@@ -102,6 +105,7 @@ _ENV = {
     "rate_limit_per_s": "GUREUM_RATE_LIMIT",
     "rate_limit_burst": "GUREUM_RATE_BURST",
     "max_request_bytes": "GUREUM_MAX_REQUEST_BYTES",
+    "database_url": "GUREUM_DATABASE_URL",
 }
 
 

@@ -124,10 +124,17 @@ class Service:
             process.kill(pid)
         for name in namespaces:
             subprocess.run(["ip", "netns", "delete", name], check=False)
+        group = f"gureum-{netns.home_tag(self.home)}"
+        groups = [
+            str(p)
+            for p in (Path("/sys/fs/cgroup", c, group) for c in ("", "cpu", "cpuacct", "memory"))
+            if p.is_dir()
+        ]
         shutil.rmtree(self.home, ignore_errors=True)
         assert not leftovers, f"QEMU processes left behind: {leftovers}"
         assert not namespaces, f"network namespaces left behind: {namespaces}"
         assert not dnsmasq, f"dnsmasq processes left behind: {dnsmasq}"
+        assert not groups, f"control groups left behind: {groups}"
 
 
 def _pids_named(name: str) -> list[int]:

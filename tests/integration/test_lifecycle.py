@@ -119,6 +119,12 @@ def test_each_vm_runs_as_its_own_user(web, service):
             process.cmdline(pid2)[process.cmdline(pid2).index("-qmp") + 1].split(",")[0][5:]
         )
         assert _open_as(uid1, qmp2) == errno.EACCES  # nor its control socket's folder
+        # The home is crossable (0711) for them, but what is the service's stays root's: the
+        # admin socket (root is superuser there) and the store (users, token hashes).
+        for own in (service.home / "gureum.sock", service.home / "gureum.db"):
+            st = own.stat()
+            assert (st.st_uid, st.st_mode & 0o777) == (0, 0o600), own
+        assert _open_as(uid1, service.home / "gureum.db") == errno.EACCES
         assert service.exec("web2", "echo", "ok").strip() == "ok"  # and both still work
     finally:
         service.cli("delete", "web2", "--force", check=False)

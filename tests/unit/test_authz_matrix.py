@@ -23,10 +23,14 @@ from gureum.service.tenancy import SUPERUSER
 RANK = {"user": 0, "viewer": 1, "member": 2, "admin": 3, "superuser": 99}
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def world(request, tmp_path_factory):
+    """The whole app on each store backend: every route's queries run on PostgreSQL too."""
     home = tmp_path_factory.mktemp("authz")
-    svc = Services.build(load_config(home, env={"GUREUM_RATE_LIMIT": "0"}))
+    env = {"GUREUM_RATE_LIMIT": "0"}
+    if request.param == "postgresql":
+        env["GUREUM_DATABASE_URL"] = request.getfixturevalue("postgres").new_database()
+    svc = Services.build(load_config(home, env=env))
     svc.tenancy.ensure_default()
     t = svc.tenancy
     team_a = t.create_project("team-a", {})

@@ -30,13 +30,6 @@ def test_hardware_for_boot_and_reboot():
     assert new_mac() != new_mac()
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = Database.open_sqlite(tmp_path / "state.db")
-    yield database
-    database.close()
-
-
 def layer(lid, backing=None):
     return Layer(lid, None, f"disks/{lid}.qcow2", backing, time.time())
 
@@ -82,14 +75,15 @@ def test_snapshot_names_unique_per_instance(db):
     assert [s.id for s in snaps.list("i-a")] == ["s-1"]
 
 
-def test_migration_two_adopts_old_disks(tmp_path):
-    """A database made before layers: its disks become one-layer chains where they are."""
+def test_old_database_migrates_to_the_latest(tmp_path, db_url):
+    """A database made by the first release: its disks become one-layer chains where they are,
+    and its VM joins the project "default" (migrations 2 and 4, on either backend)."""
     import sqlalchemy
 
-    from gureum.store.db import sqlite_engine
+    from gureum.store.db import sqlite_engine, url_engine
     from gureum.store.migrations import MIGRATIONS, current_version
 
-    engine = sqlite_engine(tmp_path / "old.db")
+    engine = url_engine(db_url) if db_url else sqlite_engine(tmp_path / "old.db")
     with engine.begin() as conn:
         current_version(conn)
         for stmt in MIGRATIONS[0][2]:
@@ -103,8 +97,9 @@ def test_migration_two_adopts_old_disks(tmp_path):
             )
         )
     engine.dispose()
-    db = Database.open_sqlite(tmp_path / "old.db")
+    db = Database.open_url(db_url) if db_url else Database.open_sqlite(tmp_path / "old.db")
     inst = InstanceStore(db).get("i-0123456789ab")
     assert inst.root_layer == "l-0123456789ab"
+    assert inst.project_id == "p-default" and inst.uid is None
     assert LayerStore(db).get("l-0123456789ab").path == "instances/i-0123456789ab/root.qcow2"
     db.close()

@@ -13,13 +13,6 @@ from gureum.store.migrations import latest_version, migrate
 from gureum.store.operations import OperationStore
 
 
-@pytest.fixture
-def db(tmp_path):
-    database = Database.open_sqlite(tmp_path / "state.db")
-    yield database
-    database.close()
-
-
 def make(name, state=State.RUNNING, cpus=1, mem=256):
     return Instance(
         id=f"i-{name:0>12}"[:14],
@@ -112,3 +105,20 @@ def test_cancelled_operations_are_recorded(db):
 
     op_id = asyncio.run(main())
     assert OperationStore(db).get(op_id).error["code"] == "interrupted"
+
+
+def test_database_url_is_checked(tmp_path):
+    from gureum.errors import Unavailable
+
+    with pytest.raises(InvalidInput, match="postgresql://"):
+        Database.open_url("mysql://root@localhost/gureum")
+    with pytest.raises(InvalidInput, match="not a database URL"):
+        Database.open_url("not a url")
+    # Nothing listens there: a clear error that names the place, never the password.
+    with pytest.raises(Unavailable, match="cannot reach") as caught:
+        Database.open_url(f"postgresql://gureum:s3cret@/gureum?host={tmp_path}")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_backend_is_reported(db):
+    assert db.backend in ("sqlite", "postgresql")

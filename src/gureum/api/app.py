@@ -7,6 +7,8 @@ import contextlib
 import logging
 import os
 import signal
+import socket
+from pathlib import Path
 
 import uvicorn
 from fastapi import FastAPI
@@ -68,6 +70,20 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     return app
 
 
+def _root_only_socket(path: Path) -> socket.socket:
+    """The admin socket, bound here with mode 0600 before anyone can connect. (Given a path,
+    uvicorn would make it 0666; the home is crossable by VM users, so the mode must hold.)"""
+    path.unlink(missing_ok=True)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    return sock
+
+
 async def serve(config: Config) -> None:
     """Run the service until SIGINT/SIGTERM. VMs keep running after it stops."""
     # Everything the service and its QEMUs create (the API socket, disks, logs) is root's alone:
@@ -81,12 +97,12 @@ async def serve(config: Config) -> None:
             log.info("reconcile at start: %s %s", key, item)
     app = create_app(svc, "unix")
     sock = config.socket_path
-    sock.unlink(missing_ok=True)
+    admin_socket = _root_only_socket(sock)
     servers = [
         uvicorn.Server(
             uvicorn.Config(
                 app,
-                uds=str(sock),
+                fd=admin_socket.fileno(),
                 lifespan="off",
                 log_level="warning",
                 loop="asyncio",
@@ -140,4 +156,5 @@ async def serve(config: Config) -> None:
     with contextlib.suppress(Exception):
         await asyncio.gather(*tasks, return_exceptions=True)
     await svc.stop()
+    admin_socket.close()
     sock.unlink(missing_ok=True)

@@ -138,6 +138,7 @@ class HostOut(BaseModel):
     capacity: dict[str, Any]
     committed: dict[str, Any]
     instances: int
+    store: str = Field(description="where the service keeps its state: sqlite or postgresql")
 
 
 class VersionOut(BaseModel):

@@ -61,6 +61,7 @@ def register(app: typer.Typer) -> None:
             f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})"
         )
         out.print(f"[bold]VMs:[/]     {info['instances']}")
+        out.print(f"[bold]Store:[/]   {info['store']}")
 
     app.add_typer(operation_app, name="operation")
 

@@ -102,3 +102,21 @@ class ProjectGroups:
         for path in set(self._dirs(project_id).values()):
             with contextlib.suppress(OSError):
                 path.rmdir()
+
+    def remove_idle(self) -> None:
+        """Remove every group of this home that no process is in any more (a group with a
+        running VM stays: the VM outlives the service and is re-adopted into it)."""
+        if not self.available():
+            return
+        parents = [ROOT / self.name] if self.version == 2 else [
+            ROOT / c / self.name for c in ("cpu", "cpuacct", "memory")
+        ]  # fmt: skip
+        for parent in parents:
+            if not parent.is_dir():
+                continue
+            for group in parent.iterdir():
+                if group.is_dir():
+                    with contextlib.suppress(OSError):  # EBUSY: processes still in it
+                        group.rmdir()
+            with contextlib.suppress(OSError):
+                parent.rmdir()

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from gureum.config import Config
 from gureum.errors import Conflict, InvalidInput
+from gureum.host import permissions
 from gureum.host.agent import LocalHostAgent
 from gureum.ids import new_id
 from gureum.model.instance import ACTIVE
@@ -75,8 +76,18 @@ class Services:
             config.snapshots_dir,
         ):
             folder.mkdir(parents=True, exist_ok=True)
-        os.chmod(config.home, 0o700)
-        db = Database.open_sqlite(config.db_path)
+        # The home and the folders VMs' files are in are 0711 (crossable, not listable: each
+        # QEMU runs as its own user and opens its own files by path); all else is 0600/0700.
+        permissions.crossable(
+            config.home, config.run_dir, config.disks_dir, config.snapshots_dir,
+            config.instances_dir,
+        )  # fmt: skip
+        os.chmod(config.cache_dir, 0o700)
+        db = (
+            Database.open_url(config.database_url)
+            if config.database_url
+            else Database.open_sqlite(config.db_path)
+        )
         instance_store = InstanceStore(db)
         ops = OperationManager(OperationStore(db))
         images = ImageService(config, ImageStore(db), instance_store, ops)
@@ -158,6 +169,7 @@ class Services:
         # Networks stay while VMs run (their TAPs are in them); with none, nothing is left.
         active = any(i.state in ACTIVE for i in self.instances.list())
         await self.networks.teardown_if_idle(active)
+        self.host.cgroups.remove_idle()
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

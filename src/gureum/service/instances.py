@@ -725,6 +725,7 @@ class InstanceService:
             "capacity": host.to_dict(),
             "committed": {"cpus": cpus, "memory_mib": mem},
             "instances": len(self.store.list()),
+            "store": self.store.db.backend,
         }
 
     async def drop_internal_snapshots(self) -> list[str]:

@@ -1,13 +1,22 @@
-"""The store's connection: one SQLAlchemy engine, SQLite in WAL mode by default."""
+"""The store's connection: one SQLAlchemy engine, SQLite in WAL mode by default.
+
+A single host needs nothing more than SQLite. PostgreSQL (``database_url`` in the config) is
+for when several API processes or an operator's own tooling share one store; the schema and
+every query are the same on both (``store/migrations.py`` keeps to SQL both accept).
+"""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError
 
+from gureum.errors import InvalidInput, Unavailable
 from gureum.store.migrations import migrate
 
 
@@ -31,6 +40,30 @@ def sqlite_engine(path: Path) -> Engine:
     return engine
 
 
+def url_engine(url: str) -> Engine:
+    """An engine for a ``postgresql://`` URL (psycopg 3 is the driver either way)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise InvalidInput(f"database_url is not a database URL: {exc}") from exc
+    if parsed.get_backend_name() != "postgresql":
+        raise InvalidInput(
+            f"database_url must be a postgresql:// URL, not {parsed.drivername!r} "
+            "(leave it unset for the built-in SQLite store)"
+        )
+    parsed = parsed.set(drivername="postgresql+psycopg")
+    # pool_pre_ping: a server restart must not turn into errors on the next requests.
+    return create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def redact(url: str) -> str:
+    """The URL as it may be shown: no password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return "<invalid URL>"
+
+
 class Database:
     """Owns the engine; repositories borrow connections from it."""
 
@@ -42,7 +75,24 @@ class Database:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = cls(sqlite_engine(path))
         db.migrate()
+        for part in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+            if part.exists():  # tokens' hashes, users, audit: root's alone
+                os.chmod(part, 0o600)
         return db
+
+    @classmethod
+    def open_url(cls, url: str) -> Database:
+        db = cls(url_engine(url))
+        try:
+            db.migrate()
+        except OperationalError as exc:
+            db.close()
+            raise Unavailable(f"cannot reach the database at {redact(url)}: {exc.orig}") from exc
+        return db
+
+    @property
+    def backend(self) -> str:
+        return self.engine.dialect.name
 
     def migrate(self) -> list[int]:
         with self.engine.begin() as conn:

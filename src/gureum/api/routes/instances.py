@@ -111,7 +111,7 @@ async def exec_command(ref: str, body: ExecIn, svc: Svc, scope: Member) -> dict[
     if body.stdin_b64:
         try:
             stdin = base64.b64decode(body.stdin_b64, validate=True)
-        except binascii.Error as exc:
+        except (binascii.Error, ValueError) as exc:  # ValueError: characters outside ASCII
             raise InvalidInput("stdin_b64 is not valid base64") from exc
     out = await svc.instances.exec(
         ref, body.command, stdin=stdin, timeout=body.timeout_s, project_id=scope.project_id

@@ -187,7 +187,9 @@ async def set_quotas(
 async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
     target = svc.quotas.project(project)
     in_use = len(svc.instances.list(target.id)) + len(svc.networks.list(target.id))
-    return _project_view(svc, svc.tenancy.delete_project(project, in_use))
+    deleted = svc.tenancy.delete_project(project, in_use)
+    svc.host.cgroups.remove(deleted.id)
+    return _project_view(svc, deleted)
 
 
 @router.get("/v1/projects/{project}/usage", openapi_extra={"x-gureum-role": "viewer"})

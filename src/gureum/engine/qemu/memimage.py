@@ -36,7 +36,9 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
     runtime = RuntimePaths(folder / HELPER_DIR)
     runtime.dir.mkdir(parents=True, exist_ok=True)
     if cfg.uid is not None:
-        # The helper runs as the VM's user: it writes the RAM files and its own sockets.
+        # The helper runs as the VM's user: it writes the RAM files and its own sockets. It
+        # may cross the folder (0711), not list it.
+        os.chmod(folder, 0o711)
         os.chown(runtime.dir, cfg.uid, cfg.uid)
         for backend, mib in cfg.hardware.memory_backends():
             ram = RamFiles(folder, share=True).path(backend)

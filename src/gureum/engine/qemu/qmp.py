@@ -99,7 +99,7 @@ class Monitor:
         except TimeoutError as exc:
             raise Timeout(f"QMP {cmd} did not answer within {timeout} s") from exc
         except ExecuteError as exc:
-            raise EngineError(f"QMP {cmd} failed: {exc.error.desc}") from exc
+            raise EngineError(f"QMP {cmd} failed: {exc.error.error.desc}") from exc
         except (QMPError, OSError) as exc:
             raise EngineError(f"QMP {cmd} failed: {exc}") from exc
 

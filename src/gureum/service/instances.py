@@ -164,6 +164,59 @@ class InstanceService:
         return inst
 
     def view(self, inst: Instance) -> dict[str, object]:
+        return self.views([inst])[0]
+
+    def views(self, insts: list[Instance]) -> list[dict[str, object]]:
+        """What the API shows of each instance. Related rows (layers, NICs, groups, snapshots)
+        are read once for the whole list, not once per instance: a list of 100 is a handful
+        of queries, which matters most on a networked store (PostgreSQL)."""
+        if not insts:
+            return []
+        one = insts[0].id if len(insts) == 1 else None
+        if one is not None:
+            root = insts[0].root_layer
+            layer = self.layers.get(root) if root else None
+            layers = {root: layer} if root and layer else {}
+        else:
+            layers = self.layers.all()
+        snapshots: dict[str, int] = {}
+        for snap in self.snapshots.list(one):
+            snapshots[snap.instance_id] = snapshots.get(snap.instance_id, 0) + 1
+        nics: dict[str, list[dict[str, object]]] = {}
+        groups: dict[str, list[str]] = {}
+        if self.networks is not None:
+            store = self.networks.store
+            net_names = {n.id: n.name for n in self.networks.list()}
+            for nic in store.nics(instance_id=one):
+                nics.setdefault(nic.instance_id, []).append(
+                    {
+                        "id": nic.id,
+                        "network": net_names.get(nic.network_id, nic.network_id),
+                        "slot": nic.slot,
+                        "mac": nic.mac,
+                        "ip": nic.ip,
+                    }
+                )
+            group_names = {g.id: g.name for g in store.groups()}
+            for instance_id, ids in store.instance_groups().items():
+                groups[instance_id] = [group_names.get(g, g) for g in ids]
+        forwards: dict[str, list[dict[str, object]]] = {}
+        if self.forwards is not None:
+            for fwd in self.forwards.list(one):
+                forwards.setdefault(fwd.instance_id, []).append(self.forwards.view(fwd))
+        return [
+            self._view(i, layers, snapshots, nics, groups, forwards) for i in insts
+        ]  # fmt: skip
+
+    def _view(
+        self,
+        inst: Instance,
+        layers: dict[str, Layer],
+        snapshots: dict[str, int],
+        nics: dict[str, list[dict[str, object]]],
+        groups: dict[str, list[str]],
+        forwards: dict[str, list[dict[str, object]]],
+    ) -> dict[str, object]:
         spec = inst.spec
         hw = inst.hardware
         running = inst.state in ACTIVE
@@ -173,7 +226,7 @@ class InstanceService:
                 pending["cpus"] = spec.cpus
             if hw.total_memory_mib != spec.memory_mib:
                 pending["memory_mib"] = spec.memory_mib
-        layer = self.layers.get(inst.root_layer) if inst.root_layer else None
+        layer = layers.get(inst.root_layer) if inst.root_layer else None
         top = self.host.path(layer.path) if layer else None  # None once deleted
         return {
             "id": inst.id,
@@ -192,15 +245,13 @@ class InstanceService:
             "accel": inst.accel,
             "pid": inst.pid if running else None,
             "mac": hw.mac if hw else None,
-            "nics": self.networks.nics_view(inst.id) if self.networks else [],
-            "secgroups": self._group_names(inst),
-            "forwards": [self.forwards.view(f) for f in self.forwards.list(inst.id)]
-            if self.forwards
-            else [],
+            "nics": nics.get(inst.id, []),
+            "secgroups": groups.get(inst.id, []),
+            "forwards": forwards.get(inst.id, []),
             "generation_id": hw.generation_id if hw else None,
             # Changes that take effect at the next boot (resize where hot-plug could not).
             "pending_next_boot": pending,
-            "snapshots": len(self.snapshots.list(inst.id)),
+            "snapshots": snapshots.get(inst.id, 0),
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),
@@ -209,13 +260,6 @@ class InstanceService:
                 "disk_allocated_bytes": self.host.disk_bytes(top) if top else None,
             },
         }
-
-    def _group_names(self, inst: Instance) -> list[str]:
-        if self.networks is None:
-            return []
-        names = {g.id: g.name for g in self.networks.store.groups(inst.project_id)}
-        ids = self.networks.store.instance_groups().get(inst.id, [])
-        return [names.get(g, g) for g in ids]
 
     def lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())

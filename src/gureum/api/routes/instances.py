@@ -27,7 +27,7 @@ Svc = Annotated[Services, Depends(services)]
 
 @router.get("", response_model=list[InstanceOut], openapi_extra={"x-gureum-role": "viewer"})
 async def list_instances(svc: Svc, scope: Viewer) -> list[dict[str, object]]:
-    return [svc.instances.view(i) for i in svc.instances.list(scope.project_id)]
+    return svc.instances.views(svc.instances.list(scope.project_id))
 
 
 @router.post(

@@ -176,3 +176,24 @@ def test_audit_records_state_changes(world):
     assert client.get("/v1/audit", headers=member).status_code == 403
     # No secret ever lands in the audit log.
     assert "gur_" not in str(client.get("/v1/audit", headers=headers).json())
+
+
+def test_project_admins_tighten_quotas_never_loosen(world):
+    """The host's administrator grants; a project admin may lower what was granted (their own
+    team's limit) but never raise it, which would take from the other tenants."""
+    client, tokens = world
+    headers = {"Authorization": f"Bearer {tokens['ada']}"}
+    url = "/v1/projects/team-a/quotas"
+    svc = client.app.state.services
+    project = svc.tenancy.store.project("team-a")
+    svc.tenancy.store.update_project(project.id, max_instances=8, cpu_limit=2.0)
+    try:
+        assert client.patch(url, json={"max_instances": 5}, headers=headers).status_code == 200
+        for loosen in ({"max_instances": 6}, {"max_instances": None}, {"cpu_limit": 4.0}):
+            resp = client.patch(url, json=loosen, headers=headers)
+            assert resp.status_code == 403, loosen
+            assert "administrator" in resp.json()["error"]["message"]
+        assert client.get("/v1/projects/team-a", headers=headers).json()["quotas"][
+            "max_instances"] == 5  # fmt: skip
+    finally:
+        svc.tenancy.store.update_project(project.id, max_instances=None, cpu_limit=None)

@@ -114,8 +114,19 @@ class TenancyService:
         return project
 
     def set_quotas(self, scope: Scope, quotas: dict[str, float | int | None]) -> Project:
+        """The host's administrator grants; a project's admins may tighten what was granted
+        (lower a quota or limit), never loosen it: that would take from the other tenants."""
         self.require(scope, Role.ADMIN)
-        self.store.update_project(scope.project.id, **_checked_quotas(quotas))
+        checked = _checked_quotas(quotas)
+        if not scope.principal.superuser:
+            for key, value in checked.items():
+                granted = getattr(scope.project, key)
+                if granted is not None and (value is None or value > granted):
+                    raise Forbidden(
+                        f"{key} can only be lowered (granted: {granted}); raising it is for the "
+                        "host's administrator"
+                    )
+        self.store.update_project(scope.project.id, **checked)
         return self._project(scope.project.id)
 
     def delete_project(self, ref: str, in_use: int) -> Project:

@@ -44,6 +44,7 @@ bench: setup
 	$(PY) bench/launch.py
 	$(PY) bench/recovery.py
 	$(PY) bench/network.py
+	$(PY) bench/api.py
 
 clean:
 	rm -rf $(VENV) .gureum .pytest_cache .ruff_cache

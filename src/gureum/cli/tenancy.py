@@ -202,18 +202,27 @@ def project_show(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
 @project_app.command("quota")
 def project_quota(
     name: ProjectName,
-    max_instances: Annotated[int | None, typer.Option()] = None,
-    max_cpus: Annotated[int | None, typer.Option()] = None,
-    max_memory: Annotated[str | None, typer.Option()] = None,
-    max_disk: Annotated[str | None, typer.Option()] = None,
-    max_snapshots: Annotated[int | None, typer.Option()] = None,
-    max_networks: Annotated[int | None, typer.Option()] = None,
-    cpu_limit: Annotated[float | None, typer.Option()] = None,
-    memory_limit: Annotated[str | None, typer.Option()] = None,
+    max_instances: Annotated[int | None, typer.Option(help="Instances at most.")] = None,
+    max_cpus: Annotated[int | None, typer.Option(help="vCPUs at most, all together.")] = None,
+    max_memory: Annotated[str | None, typer.Option(help="Guest memory at most, e.g. 8G.")] = None,
+    max_disk: Annotated[str | None, typer.Option(help="Disk at most, e.g. 100G.")] = None,
+    max_snapshots: Annotated[int | None, typer.Option(help="Snapshots at most.")] = None,
+    max_networks: Annotated[int | None, typer.Option(help="Networks at most.")] = None,
+    cpu_limit: Annotated[
+        float | None, typer.Option(help="Cores its VMs may really use (control group).")
+    ] = None,
+    memory_limit: Annotated[
+        str | None, typer.Option(help="Memory its VMs may really use, e.g. 4G.")
+    ] = None,
+    unset: Annotated[
+        list[str] | None,
+        typer.Option(help="Remove a bound, e.g. --unset max-cpus (repeatable; administrator)."),
+    ] = None,
     fmt: OutputOpt = Format.table,
 ) -> None:
-    """Change a project's quotas (project admins); options not given stay as they are."""
-    given = {
+    """Change a project's quotas; options not given stay as they are. The administrator
+    (root) grants; the project's admins may only lower what was granted."""
+    given: dict[str, int | float | None] = {
         "max_instances": max_instances,
         "max_cpus": max_cpus,
         "max_memory_mib": _mib(max_memory),
@@ -223,12 +232,15 @@ def project_quota(
         "cpu_limit": cpu_limit,
         "memory_limit_mib": _mib(memory_limit),
     }
+    body: dict[str, int | float | None] = {k: v for k, v in given.items() if v is not None}
+    names = {k.replace("_mib", "").replace("_bytes", "").replace("_", "-"): k for k in given}
+    for option in unset or []:
+        key = names.get(option.removeprefix("--"))
+        if key is None:
+            raise InvalidInput(f"--unset takes one of {', '.join(sorted(names))}, not {option!r}")
+        body[key] = None
     with Client() as c:
-        project = c.request(
-            "PATCH",
-            f"/v1/projects/{name}/quotas",
-            json={k: v for k, v in given.items() if v is not None},
-        )
+        project = c.request("PATCH", f"/v1/projects/{name}/quotas", json=body)
     _emit(project, fmt, f"{name}: {_quotas_text(project['quotas'])}")
 
 

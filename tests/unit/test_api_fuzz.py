@@ -63,7 +63,7 @@ SERVICES, schema, HEADERS = _world(HOME)
 @pytest.fixture(scope="module", autouse=True)
 def _remove_world():
     yield
-    SERVICES.db.close()
+    SERVICES.close()
     shutil.rmtree(HOME, ignore_errors=True)
 
 

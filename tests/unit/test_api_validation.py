@@ -34,7 +34,7 @@ def api(tmp_path):
     with TestClient(create_app(svc)) as client:
         client.svc = svc
         yield client
-    svc.db.close()
+    svc.close()
 
 
 def error_of(resp, status, code):

@@ -45,7 +45,7 @@ def world(request, tmp_path_factory):
     app = create_app(svc, "tcp")
     with TestClient(app) as client:
         yield client, tokens
-    svc.db.close()
+    svc.close()
 
 
 def operations(client, token):
@@ -153,7 +153,7 @@ def test_rate_limit_answers_429_with_retry_after(tmp_path):
         assert resp.status_code == 429 and int(resp.headers["retry-after"]) >= 1
         time.sleep(1.1)
         assert client.get("/v1/instances", headers=headers).status_code == 200
-    svc.db.close()
+    svc.close()
 
 
 def test_request_size_is_limited(world):

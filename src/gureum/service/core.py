@@ -161,6 +161,12 @@ class Services:
         await self.forwards.start_all()
         return report
 
+    def close(self) -> None:
+        """Release what a service built but never started holds (tests, tools): the store's
+        connections and the control groups made for projects."""
+        self.host.cgroups.remove_idle()
+        self.db.close()
+
     async def stop(self) -> None:
         """Stop the service, never the VMs: they keep running and are re-adopted next start."""
         await self.reconciler.stop()

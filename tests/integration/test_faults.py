@@ -75,6 +75,9 @@ def test_disk_full_during_a_memory_snapshot(small_host):
 
 
 def test_export_cut_short_leaves_nothing(small_host, tmp_path):
+    # 96 MiB of random bytes in guest memory (tmpfs): the archive cannot be sparse or small,
+    # so the stream is still flowing when the CLI is interrupted, however fast the host.
+    small_host.exec("alpha", "dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=96")
     target = tmp_path / "alpha.gbk"
     cli = subprocess.Popen(
         [sys.executable, "-m", "gureum.cli.main", "backup", "export", "alpha", str(target),
@@ -84,7 +87,7 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
     partial = tmp_path / "alpha.gbk.partial"
     deadline = time.monotonic() + 60
     while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.01)
+        time.sleep(0.002)
     cli.send_signal(signal.SIGINT)
     cli.wait(30)
     assert not target.exists() and not partial.exists()
@@ -94,6 +97,7 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
     assert not list((small_host.home / "scratch").iterdir())
     assert json.loads(small_host.cli("snapshot", "list", "alpha", "-o", "json").stdout) == []
     assert small_host.exec("alpha", "echo", "alive") == "alive\n"
+    small_host.exec("alpha", "rm", "/tmp/fill")
 
 
 def test_backup_restores_into_a_fresh_home(small_host, tmp_path):

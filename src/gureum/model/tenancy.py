@@ -38,7 +38,7 @@ class Project:
     max_disk_bytes: int | None = None
     max_snapshots: int | None = None
     max_networks: int | None = None
-    # Real use: the project's control group (None: derived from max_cpus / max_memory_mib).
+    # Real use: the project's control group (None: CPU follows max_cpus, memory unbounded).
     cpu_limit: float | None = None  # cores
     memory_limit_mib: int | None = None
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import subprocess
 import time
 from pathlib import Path
 
@@ -159,6 +160,30 @@ def test_deleting_a_snapshot_a_clone_uses_keeps_its_data(service, vm):
     service.cli("snapshot", "delete", vm, "m1")
     service.cli("restart", "rec2")
     assert sh(service, "rec2", "cat /root/mine").strip() == "clone-only"
+
+
+def _acl(path: Path) -> str:
+    return subprocess.run(["getfacl", "-n", "-p", str(path)], capture_output=True, text=True,
+                          check=True).stdout  # fmt: skip
+
+
+def test_a_deleted_clone_keeps_no_grant(service, vm):
+    """A clone's QEMU reads the layers it shares through an ACL entry for its own uid; the
+    entry goes with the clone."""
+    pid = show(service, "rec3")["pid"]
+    status = Path(f"/proc/{pid}/status").read_text().splitlines()
+    uid = int(next(x for x in status if x.startswith("Uid:")).split()[1])
+    argv = process.cmdline(pid)
+    disk = next(json.loads(argv[i + 1])["filename"] for i, a in enumerate(argv)
+                if a == "-blockdev" and '"root-file"' in argv[i + 1])  # fmt: skip
+    info = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", disk],
+                          capture_output=True, text=True, check=True).stdout  # fmt: skip
+    shared = [Path(e["filename"]) for e in json.loads(info)[1:] if "/disks/" in e["filename"]]
+    assert shared and all(f"user:{uid}:r" in _acl(p) for p in shared)
+    service.cli("delete", "rec3", "--force")
+    kept = [p for p in shared if p.exists()]
+    assert kept  # the source VM still builds on them
+    assert all(f"user:{uid}:" not in _acl(p) for p in kept)
 
 
 def test_snapshot_errors(service, vm):

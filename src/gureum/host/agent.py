@@ -104,6 +104,10 @@ class LocalHostAgent:
     async def flatten_disk(self, top: Path, dest: Path) -> None:
         await disks.flatten(top, dest)
 
+    async def revoke_access(self, uid: int, paths: list[Path]) -> None:
+        """A deleted VM's user loses the read grants it had on layers others still use."""
+        await asyncio.to_thread(permissions.revoke, paths, uid)
+
     async def remove_file(self, path: Path) -> None:
         await asyncio.to_thread(_remove, path)
 

@@ -116,3 +116,23 @@ def test_home_too_long_for_sockets_is_refused(tmp_path):
     deep = tmp_path / ("d" * 90)
     with pytest.raises(InvalidInput, match="107-byte limit"):
         Services.build(load_config(deep, env={}))
+
+
+def test_instance_views_match_their_model(api):
+    """List and show skip the model's validation for speed; this holds them to it (every field
+    of InstanceOut present with its type, and nothing the model does not document)."""
+    from gureum.api.schemas import InstanceOut
+    from gureum.model.instance import Instance, InstanceSpec, State
+    from gureum.store.instances import InstanceStore
+
+    store = InstanceStore(api.svc.db)
+    for i, state in enumerate((State.STOPPED, State.ERROR)):
+        spec = InstanceSpec(f"vm{i}", "tiny", 2, 512, 2 << 30)
+        store.insert(Instance(f"i-00000000000{i}", spec, state, time.time(), "v1"))
+    listed = api.get("/v1/instances").json()
+    shown = api.get("/v1/instances/vm1").json()
+    assert [v["name"] for v in listed] == ["vm0", "vm1"] and shown == listed[1]
+    for view in listed:
+        assert set(view) == set(InstanceOut.model_fields)
+        assert InstanceOut.model_validate(view).model_dump(mode="json") == view
+    assert shown["project"] == "default" and shown["cpus"] == 2

@@ -63,6 +63,7 @@ class BootOut(BaseModel):
 class InstanceOut(BaseModel):
     id: str
     name: str
+    project: str = Field(description="the project's name")
     state: str = Field(description="pending, starting, running, stopping, stopped, crashed, error")
     state_reason: str | None
     image: str

@@ -186,20 +186,12 @@ class InstanceService:
         groups: dict[str, list[str]] = {}
         if self.networks is not None:
             store = self.networks.store
-            net_names = {n.id: n.name for n in self.networks.list()}
-            for nic in store.nics(instance_id=one):
+            for nic, network in store.nics_with_network(one):
                 nics.setdefault(nic.instance_id, []).append(
-                    {
-                        "id": nic.id,
-                        "network": net_names.get(nic.network_id, nic.network_id),
-                        "slot": nic.slot,
-                        "mac": nic.mac,
-                        "ip": nic.ip,
-                    }
-                )
-            group_names = {g.id: g.name for g in store.groups()}
-            for instance_id, ids in store.instance_groups().items():
-                groups[instance_id] = [group_names.get(g, g) for g in ids]
+                    {"id": nic.id, "network": network, "slot": nic.slot, "mac": nic.mac,
+                     "ip": nic.ip}
+                )  # fmt: skip
+            groups = store.group_names_of(one)
         forwards: dict[str, list[dict[str, object]]] = {}
         if self.forwards is not None:
             for fwd in self.forwards.list(one):

@@ -39,14 +39,11 @@ class TenancyService:
 
     # -- authentication --------------------------------------------------------------------------
     def authenticate(self, secret: str) -> Principal:
-        token = (
-            self.store.token_by_hash(hash_secret(secret))
-            if secret.startswith(TOKEN_PREFIX)
-            else None
-        )
-        if token is None or token.revoked_at is not None:
+        known = secret.startswith(TOKEN_PREFIX)
+        found = self.store.token_holder(hash_secret(secret)) if known else None
+        if found is None or found[0].revoked_at is not None:
             raise Unauthenticated("invalid or revoked token")
-        user = self.store.user(token.user_id)
+        token, user = found
         if user is None:
             raise Unauthenticated("the token's user no longer exists")
         now = time.monotonic()
@@ -71,11 +68,10 @@ class TenancyService:
                     else f"user {principal.name} is not a member of any project"
                 )
             project_ref = mine[0][0]
-        project = self.store.project(project_ref)
-        role = self.store.role(project.id, principal.user_id) if project else None
-        if project is None or role is None:
+        found = self.store.project_role(project_ref, principal.user_id)
+        if found is None or found[1] is None:
             raise NotFound(f"no project named {project_ref!r}")  # the same as a missing one
-        return Scope(principal, project, role)
+        return Scope(principal, found[0], found[1])
 
     @staticmethod
     def require(scope: Scope, role: Role) -> None:

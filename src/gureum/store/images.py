@@ -46,12 +46,12 @@ class ImageStore:
             )
 
     def get(self, name: str) -> Image | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(t).where(t.c.name == name)).mappings().first()
         return _from_row(row) if row else None
 
     def list(self) -> list[Image]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(select(t).order_by(t.c.name)).mappings()]
 
     def delete(self, name: str) -> None:

@@ -84,13 +84,13 @@ class InstanceStore:
             ) from exc
 
     def get(self, instance_id: str) -> Instance | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(t).where(t.c.id == instance_id)).mappings().first()
         return _from_row(row) if row else None
 
     def get_by_name(self, name: str, project_id: str) -> Instance | None:
         query = select(t).where(t.c.name == name, t.c.project_id == project_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).mappings().first()
         return _from_row(row) if row else None
 
@@ -98,7 +98,7 @@ class InstanceStore:
         query = select(t).order_by(t.c.created_at)
         if project_id is not None:
             query = query.where(t.c.project_id == project_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(query).mappings().all()
         return [_from_row(r) for r in rows]
 
@@ -110,7 +110,7 @@ class InstanceStore:
             func.coalesce(func.sum(t.c.memory_mib), 0),
             func.coalesce(func.sum(t.c.disk_bytes), 0),
         ).where(t.c.project_id == project_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             n, cpus, mem, disk = conn.execute(query).one()
         return {
             "instances": int(n),
@@ -163,5 +163,5 @@ class InstanceStore:
         return int(cpus), int(mem)
 
     def count_using_image(self, image: str) -> int:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return int(conn.execute(select(func.count()).where(t.c.image == image)).scalar() or 0)

@@ -48,12 +48,12 @@ class LayerStore:
             )
 
     def get(self, layer_id: str) -> Layer | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(layers).where(layers.c.id == layer_id)).mappings().first()
         return _layer(row) if row else None
 
     def all(self) -> dict[str, Layer]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return {r["id"]: _layer(r) for r in conn.execute(select(layers)).mappings()}
 
     def chain(self, layer_id: str) -> list[Layer]:
@@ -83,7 +83,7 @@ class LayerStore:
     def users(self, layer_id: str) -> list[str]:
         """Instance ids whose disk chain includes this layer."""
         every = self.all()
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(instances.c.id, instances.c.root_layer)).all()
         found = []
         for instance_id, root in rows:
@@ -116,7 +116,7 @@ class SnapshotStore:
         query = select(snapshots).where(
             snapshots.c.instance_id == instance_id, snapshots.c.name == name
         )
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(query).mappings().first()
         return _snapshot(row) if row else None
 
@@ -124,7 +124,7 @@ class SnapshotStore:
         query = select(snapshots).order_by(snapshots.c.created_at)
         if instance_id is not None:
             query = query.where(snapshots.c.instance_id == instance_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [_snapshot(r) for r in conn.execute(query).mappings()]
 
     def remove(self, snapshot_id: str) -> None:

@@ -34,7 +34,7 @@ class NetworkStore:
             raise Conflict(conflict) from exc
 
     def _rows(self, query: Any, make: Callable[..., Any]) -> list[Any]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [make(**dict(r)) for r in conn.execute(query).mappings()]
 
     # -- networks --------------------------------------------------------------------------------
@@ -140,10 +140,39 @@ class NetworkStore:
                     insert(instance_secgroups).values(instance_id=instance_id, secgroup_id=gid)
                 )
 
+    def group_names_of(self, instance_id: str | None = None) -> dict[str, list[str]]:
+        """instance id -> the names of its security groups (of one instance, or all)."""
+        query = select(instance_secgroups.c.instance_id, secgroups.c.name).join(
+            secgroups, secgroups.c.id == instance_secgroups.c.secgroup_id
+        )
+        if instance_id is not None:
+            query = query.where(instance_secgroups.c.instance_id == instance_id)
+        out: dict[str, list[str]] = {}
+        with self.db.read() as conn:
+            for iid, name in conn.execute(query.order_by(secgroups.c.name)):
+                out.setdefault(iid, []).append(name)
+        return out
+
+    def nics_with_network(self, instance_id: str | None = None) -> list[tuple[Nic, str]]:
+        """NICs (of one instance, or all) with their network's name."""
+        query = select(nics, networks.c.name.label("network_name")).join(
+            networks, networks.c.id == nics.c.network_id
+        )
+        if instance_id is not None:
+            query = query.where(nics.c.instance_id == instance_id)
+        with self.db.read() as conn:
+            rows = conn.execute(query.order_by(nics.c.created_at, nics.c.id)).mappings().all()
+        out = []
+        for row in rows:
+            values = dict(row)
+            name = values.pop("network_name")
+            out.append((Nic(**values), name))
+        return out
+
     def instance_groups(self) -> dict[str, list[str]]:
         """instance id -> its security group ids."""
         out: dict[str, list[str]] = {}
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             for iid, gid in conn.execute(
                 select(instance_secgroups.c.instance_id, instance_secgroups.c.secgroup_id)
             ):

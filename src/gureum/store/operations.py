@@ -58,7 +58,7 @@ class OperationStore:
             conn.execute(update(t).where(t.c.id == op.id).values(**_values(op)))
 
     def get(self, op_id: str) -> Operation | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = conn.execute(select(t).where(t.c.id == op_id)).mappings().first()
         return _from_row(row) if row else None
 
@@ -70,10 +70,10 @@ class OperationStore:
             query = query.where(t.c.target == target)
         if project_id is not None:
             query = query.where(t.c.project_id == project_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings().all()]
 
     def list_running(self) -> list[Operation]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(select(t).where(t.c.status == OpStatus.RUNNING.value)).mappings()
             return [_from_row(r) for r in rows.all()]

@@ -29,14 +29,14 @@ class TenancyStore:
             raise Conflict(f"a project named {project.name!r} already exists") from exc
 
     def projects(self) -> list[Project]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [
                 Project(**dict(r))
                 for r in conn.execute(select(projects).order_by(projects.c.created_at)).mappings()
             ]
 
     def project(self, ref: str) -> Project | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = (
                 conn.execute(
                     select(projects).where((projects.c.id == ref) | (projects.c.name == ref))
@@ -66,14 +66,14 @@ class TenancyStore:
             raise Conflict(f"a user named {user.name!r} already exists") from exc
 
     def users(self) -> list[User]:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [
                 User(**dict(r))
                 for r in conn.execute(select(users).order_by(users.c.created_at)).mappings()
             ]
 
     def user(self, ref: str) -> User | None:
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             row = (
                 conn.execute(select(users).where((users.c.id == ref) | (users.c.name == ref)))
                 .mappings()
@@ -110,15 +110,6 @@ class TenancyStore:
             )
         return bool(res.rowcount)
 
-    def role(self, project_id: str, user_id: str) -> Role | None:
-        with self.db.begin() as conn:
-            value = conn.execute(
-                select(memberships.c.role).where(
-                    (memberships.c.project_id == project_id) & (memberships.c.user_id == user_id)
-                )
-            ).scalar()
-        return Role(value) if value else None
-
     def members(self, project_id: str) -> list[tuple[str, str]]:
         """(user name, role) of a project."""
         query = (
@@ -127,12 +118,12 @@ class TenancyStore:
             .where(memberships.c.project_id == project_id)
             .order_by(users.c.name)
         )
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [(n, r) for n, r in conn.execute(query)]
 
     def memberships_of(self, user_id: str) -> list[tuple[str, str]]:
         """(project id, role) of a user."""
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = conn.execute(
                 select(memberships.c.project_id, memberships.c.role).where(
                     memberships.c.user_id == user_id
@@ -145,20 +136,41 @@ class TenancyStore:
         with self.db.begin() as conn:
             conn.execute(insert(tokens).values(**token.__dict__))
 
-    def token_by_hash(self, secret_hash: str) -> Token | None:
-        with self.db.begin() as conn:
-            row = (
-                conn.execute(select(tokens).where(tokens.c.secret_hash == secret_hash))
-                .mappings()
-                .first()
-            )
-        return Token(**dict(row)) if row else None
+    def token_holder(self, secret_hash: str) -> tuple[Token, User | None] | None:
+        """The token with this hash and its user (None if the user is gone), in one query:
+        every authenticated request starts here."""
+        query = select(tokens, users.c.name.label("user_name"), users.c.created_at.label("uc"))
+        query = query.outerjoin(users, users.c.id == tokens.c.user_id)
+        with self.db.read() as conn:
+            row = conn.execute(query.where(tokens.c.secret_hash == secret_hash)).mappings().first()
+        if row is None:
+            return None
+        values = dict(row)
+        name, created = values.pop("user_name"), values.pop("uc")
+        token = Token(**values)
+        return token, User(token.user_id, name, created) if name is not None else None
+
+    def project_role(self, ref: str, user_id: str) -> tuple[Project, Role | None] | None:
+        """A project by id or name, and this user's role there (None: not a member)."""
+        role = memberships.c.role
+        query = select(projects, role).outerjoin(
+            memberships,
+            (memberships.c.project_id == projects.c.id) & (memberships.c.user_id == user_id),
+        )
+        query = query.where((projects.c.id == ref) | (projects.c.name == ref))
+        with self.db.read() as conn:
+            row = conn.execute(query).mappings().first()
+        if row is None:
+            return None
+        values = dict(row)
+        value = values.pop("role")
+        return Project(**values), Role(value) if value else None
 
     def tokens(self, user_id: str | None = None) -> list[Token]:
         query = select(tokens).order_by(tokens.c.created_at)
         if user_id is not None:
             query = query.where(tokens.c.user_id == user_id)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             return [Token(**dict(r)) for r in conn.execute(query).mappings()]
 
     def revoke(self, token_id: str) -> None:
@@ -216,7 +228,7 @@ class TenancyStore:
             query = query.where(audit.c.action == action)
         if since is not None:
             query = query.where(audit.c.at >= since)
-        with self.db.begin() as conn:
+        with self.db.read() as conn:
             rows = [dict(r) for r in conn.execute(query).mappings()]
         for row in rows:
             row["user"] = row.pop("user_name")

@@ -25,9 +25,12 @@ router = APIRouter(prefix="/v1/instances", tags=["instances"], responses=COMMON_
 Svc = Annotated[Services, Depends(services)]
 
 
+# The views are built field by field by the service; checking them against the model again on
+# every read cost more than reading them (2 ms of a 5.6 ms list of 100). The model still
+# documents the answer, and the schema-driven fuzz test checks every answer against it.
 @router.get("", response_model=list[InstanceOut], openapi_extra={"x-gureum-role": "viewer"})
-async def list_instances(svc: Svc, scope: Viewer) -> list[dict[str, object]]:
-    return svc.instances.views(svc.instances.list(scope.project_id))
+async def list_instances(svc: Svc, scope: Viewer) -> JSONResponse:
+    return JSONResponse(svc.instances.views(svc.instances.list(scope.project_id)))
 
 
 @router.post(
@@ -55,9 +58,9 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
 
 
 @router.get("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "viewer"})
-async def get_instance(ref: str, svc: Svc, scope: Viewer) -> dict[str, object]:
+async def get_instance(ref: str, svc: Svc, scope: Viewer) -> JSONResponse:
     """By name or id."""
-    return svc.instances.view(svc.instances.get(ref, scope.project_id))
+    return JSONResponse(svc.instances.view(svc.instances.get(ref, scope.project_id)))
 
 
 def _accepted(op_dict: dict[str, object]) -> JSONResponse:

@@ -103,6 +103,7 @@ def remote_use(name: Annotated[str, typer.Argument(help="Remote name, or 'local'
 
 @remote_app.command("remove")
 def remote_remove(name: Annotated[str, typer.Argument(help="Remote name.")]) -> None:
+    """Forget a remote (its token and pinned certificate go with it)."""
     data = load_remotes()
     if data["remotes"].pop(name, None) is None:
         raise InvalidInput(f"no remote named {name!r}")
@@ -188,6 +189,7 @@ def _quotas_text(quotas: dict[str, int | None]) -> str:
 
 @project_app.command("show")
 def project_show(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
+    """A project's quotas, limits and members."""
     with Client() as c:
         project = c.request("GET", f"/v1/projects/{name}")
         members = c.request("GET", f"/v1/projects/{name}/members")
@@ -299,6 +301,7 @@ def member_remove(
     user: Annotated[str, typer.Argument(help="User name.")],
     fmt: OutputOpt = Format.table,
 ) -> None:
+    """Take a user's role in a project away (their tokens stay, for their other projects)."""
     with Client() as c:
         members = c.request("DELETE", f"/v1/projects/{project}/members/{user}")
     _emit(members, fmt, f"{user} removed from {project}")
@@ -306,6 +309,7 @@ def member_remove(
 
 @member_app.command("list")
 def member_list(project: ProjectName, fmt: OutputOpt = Format.table) -> None:
+    """A project's users and their roles."""
     with Client() as c:
         members = c.request("GET", f"/v1/projects/{project}/members")
     if fmt == Format.json:
@@ -319,6 +323,7 @@ def member_list(project: ProjectName, fmt: OutputOpt = Format.table) -> None:
 def user_create(
     name: Annotated[str, typer.Argument(help="User name.")], fmt: OutputOpt = Format.table
 ) -> None:
+    """Add a user (the administrator only); give them a role with `project member add`."""
     with Client() as c:
         user = c.request("POST", "/v1/users", json={"name": name})
     _emit(user, fmt, f"user {name} created")
@@ -326,6 +331,7 @@ def user_create(
 
 @user_app.command("list")
 def user_list(fmt: OutputOpt = Format.table) -> None:
+    """All users (the administrator only)."""
     with Client() as c:
         users = c.request("GET", "/v1/users")
     if fmt == Format.json:
@@ -364,6 +370,7 @@ def token_create(
 
 @token_app.command("list")
 def token_list(fmt: OutputOpt = Format.table) -> None:
+    """Your tokens (the administrator sees everyone's); secrets are never shown again."""
     with Client() as c:
         tokens = c.request("GET", "/v1/tokens")
     if fmt == Format.json:

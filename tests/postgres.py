@@ -7,6 +7,7 @@ Each test gets a fresh database of its own (``new_database``).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import itertools
 import os
@@ -44,9 +45,11 @@ class PostgresServer:
         self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-o", options, "-l",
                           self.folder / "server.log", "-w", "-t", "60", "start")  # fmt: skip
         self._started = True
+        atexit.register(self.stop)  # an owner that forgets (or dies of an exception) leaks none
 
     def stop(self) -> None:
         if self._started:
+            self._started = False
             with contextlib.suppress(subprocess.SubprocessError):
                 self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
         shutil.rmtree(self.folder, ignore_errors=True)

@@ -121,6 +121,8 @@ def test_remote_pins_the_certificate(cloud, tmp_path):
     assert config.stat().st_mode & 0o077 == 0  # it holds a token: the user's eyes only
     listed = cloud.remote_cli(config, "--project", "team-a", "list", "-o", "json")
     assert isinstance(json.loads(listed.stdout), list)
+    me = cloud.remote_cli(config, "whoami").stdout
+    assert "alice, token laptop" in me and cloud.url in me and "team-a (admin)" in me
 
     # A different server at the same address (another certificate) is refused, not trusted.
     data = json.loads(config.read_text())

@@ -197,3 +197,12 @@ def test_project_admins_tighten_quotas_never_loosen(world):
             "max_instances"] == 5  # fmt: skip
     finally:
         svc.tenancy.store.update_project(project.id, max_instances=None, cpu_limit=None)
+
+
+def test_whoami_says_who_and_where(world):
+    client, tokens = world
+    me = client.get("/v1/whoami", headers={"Authorization": f"Bearer {tokens['mark']}"}).json()
+    assert me["user"] == "mark" and not me["superuser"] and me["token_name"] == "test"
+    assert me["projects"] == [{"project": "team-a", "role": "member"}]  # not team-b's
+    bob = client.get("/v1/whoami", headers={"Authorization": f"Bearer {tokens['bob']}"}).json()
+    assert bob["projects"] == [{"project": "team-b", "role": "admin"}]

@@ -439,7 +439,24 @@ def audit_list(
     )
 
 
+def whoami(fmt: OutputOpt = Format.table) -> None:
+    """Who you are to the service you talk to: user, token, and your role in each project."""
+    with Client() as c:
+        me = c.request("GET", "/v1/whoami")
+        where = c.endpoint.base_url if c.endpoint.socket is None else str(c.endpoint.socket)
+    if fmt == Format.json:
+        output.print_json({**me, "endpoint": where})
+        return
+    how = "the host's administrator (local socket)" if me["superuser"] else me["user"]
+    if me["token_name"]:
+        how += f", token {me['token_name']} ({me['token_id']})"
+    out.print(f"[bold]{how}[/] at {where}")
+    roles = ", ".join(f"{m['project']} ({m['role']})" for m in me["projects"])
+    out.print(f"  projects: {roles or 'none'}")
+
+
 def register(app: typer.Typer) -> None:
+    app.command("whoami")(whoami)
     app.add_typer(remote_app, name="remote")
     app.add_typer(project_app, name="project")
     app.add_typer(user_app, name="user")

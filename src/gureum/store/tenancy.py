@@ -166,6 +166,11 @@ class TenancyStore:
         value = values.pop("role")
         return Project(**values), Role(value) if value else None
 
+    def token(self, token_id: str) -> Token | None:
+        with self.db.read() as conn:
+            row = conn.execute(select(tokens).where(tokens.c.id == token_id)).mappings().first()
+        return Token(**dict(row)) if row else None
+
     def tokens(self, user_id: str | None = None) -> list[Token]:
         query = select(tokens).order_by(tokens.c.created_at)
         if user_id is not None:

@@ -89,6 +89,19 @@ class TokenOut(BaseModel):
     token: str | None = Field(None, description="the secret: shown once, at creation")
 
 
+class MembershipOut(BaseModel):
+    project: str
+    role: str
+
+
+class WhoAmIOut(BaseModel):
+    user: str
+    superuser: bool = Field(description="root on the local socket, no token")
+    token_id: str | None
+    token_name: str | None
+    projects: list[MembershipOut] = Field(description="where the caller has a role")
+
+
 class AuditOut(BaseModel):
     id: str
     at: float
@@ -145,6 +158,27 @@ async def create_project(body: ProjectIn, svc: Svc, _: Super) -> dict[str, objec
     project = svc.tenancy.create_project(body.name, quotas)
     await svc.quotas.apply_limits(project)
     return _project_view(svc, project)
+
+
+@router.get("/v1/whoami", response_model=WhoAmIOut, openapi_extra={"x-gureum-role": "user"})
+async def whoami(svc: Svc, who: AnyUser) -> dict[str, object]:
+    """Who the caller is: user, token, and their role in each project."""
+    token = svc.tenancy.store.token(who.token_id) if who.token_id else None
+    if who.superuser:
+        projects = [{"project": p.name, "role": "admin"} for p in svc.tenancy.store.projects()]
+    else:
+        names = {p.id: p.name for p in svc.tenancy.store.projects()}
+        projects = [
+            {"project": names.get(pid, pid), "role": role}
+            for pid, role in svc.tenancy.store.memberships_of(who.user_id or "")
+        ]
+    return {
+        "user": who.name,
+        "superuser": who.superuser,
+        "token_id": who.token_id,
+        "token_name": token.name if token else None,
+        "projects": sorted(projects, key=lambda m: m["project"]),
+    }
 
 
 @router.get(

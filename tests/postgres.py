@@ -41,11 +41,18 @@ class PostgresServer:
         os.chmod(self.folder, 0o755)
         self._as_postgres(BIN / "initdb", "-D", self.data, "-U", "postgres", "-A", "trust",
                           "--no-sync", "-E", "UTF8")  # fmt: skip
+        self.resume()
+        self._started = True
+        atexit.register(self.stop)  # an owner that forgets (or dies of an exception) leaks none
+
+    def pause(self) -> None:
+        """Stop the server process, keeping its data: the store goes away under its users."""
+        self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop")
+
+    def resume(self) -> None:
         options = f"-k {self.folder} -c listen_addresses='' -c fsync=off -c max_connections=200"
         self._as_postgres(BIN / "pg_ctl", "-D", self.data, "-o", options, "-l",
                           self.folder / "server.log", "-w", "-t", "60", "start")  # fmt: skip
-        self._started = True
-        atexit.register(self.stop)  # an owner that forgets (or dies of an exception) leaks none
 
     def stop(self) -> None:
         if self._started:

@@ -206,3 +206,34 @@ def test_whoami_says_who_and_where(world):
     assert me["projects"] == [{"project": "team-a", "role": "member"}]  # not team-b's
     bob = client.get("/v1/whoami", headers={"Authorization": f"Bearer {tokens['bob']}"}).json()
     assert bob["projects"] == [{"project": "team-b", "role": "admin"}]
+
+
+def test_a_store_that_goes_away_is_unavailable_not_an_error(tmp_path):
+    """PostgreSQL stopped under a running service: every call answers 503 `unavailable` with
+    Retry-After (authentication included, which is where a request meets the store first),
+    no detail of where the store lives; once it is back the same service answers again."""
+    from tests.postgres import PostgresServer
+
+    pg = PostgresServer()
+    pg.start()
+    try:
+        env = {"GUREUM_RATE_LIMIT": "0", "GUREUM_DATABASE_URL": pg.new_database()}
+        svc = Services.build(load_config(tmp_path, env=env))
+        svc.tenancy.ensure_default()
+        svc.tenancy.create_user("una")
+        svc.tenancy.store.set_role("p-default", svc.tenancy.store.user("una").id, Role.MEMBER)
+        headers = {"Authorization": f"Bearer {svc.tenancy.create_token(SUPERUSER, 'una', 't')[1]}"}
+        with TestClient(create_app(svc, "tcp"), raise_server_exceptions=False) as client:
+            assert client.get("/v1/instances", headers=headers).status_code == 200
+            pg.pause()
+            for path in ("/v1/version", "/v1/instances"):
+                resp = client.get(path, headers=headers)
+                assert resp.status_code == 503, resp.text
+                assert resp.json()["error"]["code"] == "unavailable"
+                assert resp.headers["retry-after"] == "5"
+                assert str(pg.folder) not in resp.text
+            pg.resume()
+            assert client.get("/v1/instances", headers=headers).status_code == 200
+        svc.close()
+    finally:
+        pg.stop()

@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from gureum.errors import GureumError, RateLimited, Unauthenticated
+from gureum.errors import GureumError, RateLimited, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +20,7 @@ COMMON_RESPONSES: dict[int | str, dict[str, object]] = {
     403: {"description": "the caller's role does not allow this"},
     413: {"description": "request body too large"},
     429: {"description": "rate limited (see Retry-After)"},
+    503: {"description": "something it needs is not answering, the store say (see Retry-After)"},
     404: {"description": "no such resource"},
     409: {"description": "conflicts with the current state"},
 }
@@ -50,6 +51,8 @@ def install(app: FastAPI) -> None:
             response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
         if isinstance(exc, Unauthenticated):
             response.headers["WWW-Authenticate"] = "Bearer"
+        if isinstance(exc, Unavailable):
+            response.headers["Retry-After"] = "5"
         return response
 
     @app.exception_handler(RequestValidationError)

@@ -126,6 +126,8 @@ class AuthMiddleware:
                 extra.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))
             if exc.status == 401:
                 extra.append((b"www-authenticate", b"Bearer"))
+            if exc.status == 503:
+                extra.append((b"retry-after", b"5"))
             await _respond(send, exc.status, exc.to_dict(), extra)
             return
         scope.setdefault("state", {})["principal"] = principal

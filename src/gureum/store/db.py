@@ -7,6 +7,7 @@ every query are the same on both (``store/migrations.py`` keeps to SQL both acce
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +15,12 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, OperationalError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from gureum.errors import InvalidInput, Unavailable
 from gureum.store.migrations import migrate
+
+log = logging.getLogger(__name__)
 
 
 def sqlite_engine(path: Path) -> Engine:
@@ -54,6 +57,11 @@ def url_engine(url: str) -> Engine:
     parsed = parsed.set(drivername="postgresql+psycopg")
     # pool_pre_ping: a server restart must not turn into errors on the next requests.
     return create_engine(parsed, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _first_line(exc: Exception) -> str:
+    orig = getattr(exc, "orig", None) or exc
+    return (str(orig).strip().splitlines() or [type(orig).__name__])[0]
 
 
 def redact(url: str) -> str:
@@ -104,16 +112,34 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        with self.engine.begin() as conn:
-            yield conn
+        try:
+            with self.engine.begin() as conn:
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise self._unreachable(exc) from exc
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for one SELECT, outside any transaction: a single statement is its own
         consistent snapshot either way, and on PostgreSQL this saves two of the three round
         trips of every read (the API's list and show are nothing but reads)."""
-        with self._reader.connect() as conn:
-            yield conn
+        try:
+            with self._reader.connect() as conn:
+                yield conn
+        except (OperationalError, InterfaceError) as exc:
+            raise self._unreachable(exc) from exc
+
+    def _unreachable(self, exc: OperationalError | InterfaceError) -> Exception:
+        """A store that is down or busy is `unavailable` (503: try again), not an internal
+        error. On SQLite an OperationalError is mostly a bug (no such table...): only a lock
+        held past the busy timeout is the store being busy."""
+        if self.backend == "postgresql":
+            # The detail (socket path, host, port) is the operator's, not the caller's.
+            log.warning("store unreachable: %s", _first_line(exc))
+            return Unavailable("the store is not answering; try again shortly")
+        if "locked" in str(exc.orig):
+            return Unavailable("the store is busy (database is locked); try again")
+        return exc
 
     def close(self) -> None:
         self.engine.dispose()

@@ -131,8 +131,9 @@ async def serve(config: Config) -> None:
             )
         )
     for server in servers:
-        # We handle signals ourselves, once for all servers.
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        # We handle signals ourselves, once for all servers: uvicorn's own capture would
+        # replace the process's handlers per server and raise the signal again on its way out.
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

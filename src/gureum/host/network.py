@@ -145,7 +145,7 @@ class NetworkHost:
                 app, lifespan="off", log_level="warning", loop="asyncio", access_log=False
             )
         )
-        server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # ours
         self._metadata[net.id] = server
         self._metadata_tasks[net.id] = asyncio.create_task(server.serve(sockets=[sock]))
 

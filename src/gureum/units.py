@@ -1,4 +1,4 @@
-"""Parsing and printing of sizes the way users type them (512M, 2G, 1.5GiB)."""
+"""Parsing and printing of sizes and durations the way users type them (512M, 2G, 30d)."""
 
 from __future__ import annotations
 
@@ -61,3 +61,15 @@ def format_size(num_bytes: int | float) -> str:
             text = f"{value:.1f}".rstrip("0").rstrip(".")
             return f"{text}{unit}"
     return f"{int(num_bytes)}B"
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_duration(text: str, *, what: str = "duration") -> int:
+    """Seconds, from 90s, 15m, 12h, 30d or 2w (a bare number is seconds)."""
+    match = _DURATION.match(text)
+    if not match or int(match.group(1)) <= 0:
+        raise InvalidInput(f"{what} must be a duration such as 12h, 30d or 2w, not {text!r}")
+    return int(match.group(1)) * _SECONDS[match.group(2)]

@@ -230,6 +230,18 @@ def test_revoked_token_is_refused_at_once(cloud):
         assert (e.value.status, e.value.code) == (401, "unauthenticated")
 
 
+def test_token_lifetime_from_the_cli(cloud):
+    made = json.loads(cloud.svc.cli("token", "create", "--user", "vic", "--name", "day",
+                                    "--expires", "1d", "-o", "json").stdout)  # fmt: skip
+    assert 86390 < made["expires_at"] - time.time() <= 86400
+    listed = cloud.svc.cli("token", "list").stdout
+    assert any(made["id"] in line and "in 23h" in line for line in listed.splitlines()), listed
+    bad = cloud.svc.cli("token", "create", "--user", "vic", "--name", "x", "--expires", "1y",
+                        check=False)  # fmt: skip
+    assert bad.returncode == 1 and "[invalid-input]" in bad.stderr and "duration" in bad.stderr
+    cloud.svc.cli("token", "revoke", made["id"])
+
+
 def test_audit_says_who_did_what(cloud, a1):
     with cloud.client("vic", "team-a") as c, pytest.raises(ApiError):
         c.delete("a1", force=True)

@@ -237,3 +237,31 @@ def test_a_store_that_goes_away_is_unavailable_not_an_error(tmp_path):
         svc.close()
     finally:
         pg.stop()
+
+
+def test_tokens_expire(world):
+    """A token made with a lifetime works until then and is refused after, at once; a
+    lifetime out of range is refused when the token is made."""
+    client, tokens = world
+    mark = {"Authorization": f"Bearer {tokens['mark']}"}
+    resp = client.post("/v1/tokens", json={"name": "ci", "expires_in_s": 3600}, headers=mark)
+    assert resp.status_code == 201, resp.text
+    made = resp.json()
+    assert 3590 < made["expires_at"] - time.time() <= 3600
+    short = {"Authorization": f"Bearer {made['token']}", "X-Gureum-Project": "team-a"}
+    assert client.get("/v1/instances", headers=short).status_code == 200
+    store = client.app.state.services.tenancy.store
+    from sqlalchemy import update
+
+    from gureum.store.schema import tokens as table
+
+    with store.db.begin() as conn:  # its hour is up
+        conn.execute(update(table).where(table.c.id == made["id"]).values(expires_at=time.time()))
+    resp = client.get("/v1/instances", headers=short)
+    assert resp.status_code == 401 and "expired" in resp.json()["error"]["message"]
+    listed = client.get("/v1/tokens", headers=mark).json()
+    assert next(t for t in listed if t["id"] == made["id"])["expires_at"] <= time.time()
+    assert next(t for t in listed if t["name"] == "test")["expires_at"] is None  # never
+    for bad in (0, -5, 11 * 365 * 86400):
+        resp = client.post("/v1/tokens", json={"name": "x", "expires_in_s": bad}, headers=mark)
+        assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid-input", bad

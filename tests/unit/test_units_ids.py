@@ -2,7 +2,7 @@ import pytest
 
 from gureum.errors import InvalidInput
 from gureum.ids import check_name, looks_like_id, new_id
-from gureum.units import GIB, MIB, format_size, parse_size
+from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize(
@@ -25,6 +25,20 @@ def test_parse_size(text, unit, expected):
 def test_parse_size_rejects(text):
     with pytest.raises(InvalidInput):
         parse_size(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("15m", 900), ("12h", 43200), ("30d", 2592000), (" 2w ", 1209600)],
+)
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["0", "0d", "-1d", "1y", "1.5h", "d", "", "12 hours"])
+def test_parse_duration_rejects(text):
+    with pytest.raises(InvalidInput, match="duration"):
+        parse_duration(text)
 
 
 def test_format_size():

@@ -13,7 +13,7 @@ from gureum.cli import output
 from gureum.cli.output import Format, OutputOpt, out
 from gureum.client.client import Client, Endpoint, load_remotes, save_remotes
 from gureum.errors import InvalidInput
-from gureum.units import GIB, MIB, format_size, parse_size
+from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
 
 remote_app = typer.Typer(
     help="Other gureum services, over TLS with a pinned certificate.", no_args_is_help=True
@@ -354,11 +354,18 @@ def user_delete(
 def token_create(
     name: Annotated[str, typer.Option("--name", help="What the token is for, e.g. laptop.")],
     user: Annotated[str | None, typer.Option("--user", help="Whose (administrator only).")] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", help="Lifetime, e.g. 12h, 30d or 2w (default: until revoked)."),
+    ] = None,
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a token. Its secret is shown this once (-o json: field ``token``)."""
+    body = {"name": name, "user": user}
+    if expires is not None:
+        body["expires_in_s"] = parse_duration(expires, what="--expires")
     with Client() as c:
-        token = c.request("POST", "/v1/tokens", json={"name": name, "user": user})
+        token = c.request("POST", "/v1/tokens", json=body)
     if fmt == Format.json:
         output.print_json(token)
     else:
@@ -366,6 +373,15 @@ def token_create(
             f"token {token['id']} for {token['user']} ({name}); keep it now, it is not shown again:"
         )
         print(token["token"])
+
+
+def _expiry(at: float | None) -> str:
+    if at is None:
+        return "never"
+    left = at - time.time()
+    if left <= 0:
+        return "expired"
+    return "in " + output.age(time.time() - left)
 
 
 @token_app.command("list")
@@ -377,7 +393,7 @@ def token_list(fmt: OutputOpt = Format.table) -> None:
         output.print_json(tokens)
         return
     output.table(
-        ["ID", "USER", "NAME", "CREATED", "LAST USED", "REVOKED"],
+        ["ID", "USER", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
         [
             [
                 t["id"],
@@ -385,6 +401,7 @@ def token_list(fmt: OutputOpt = Format.table) -> None:
                 t["name"],
                 output.age(t["created_at"]),
                 output.age(t["last_used_at"]),
+                _expiry(t["expires_at"]),
                 "yes" if t["revoked_at"] else "",
             ]
             for t in tokens

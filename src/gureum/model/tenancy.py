@@ -62,6 +62,7 @@ class Token:
     created_at: float
     revoked_at: float | None = None
     last_used_at: float | None = None
+    expires_at: float | None = None  # None: until revoked
 
 
 @dataclass(frozen=True)

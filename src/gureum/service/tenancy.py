@@ -25,6 +25,7 @@ from gureum.store.tenancy import TenancyStore
 
 SUPERUSER = Principal(name="root", user_id=None)
 TOKEN_PREFIX = "gur_"
+MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 TOUCH_EVERY_S = 60.0
 
 
@@ -44,6 +45,8 @@ class TenancyService:
         if found is None or found[0].revoked_at is not None:
             raise Unauthenticated("invalid or revoked token")
         token, user = found
+        if token.expires_at is not None and time.time() >= token.expires_at:
+            raise Unauthenticated("the token has expired; create a new one")
         if user is None:
             raise Unauthenticated("the token's user no longer exists")
         now = time.monotonic()
@@ -169,9 +172,19 @@ class TenancyService:
 
     # -- tokens ----------------------------------------------------------------------------------
     def create_token(
-        self, principal: Principal, user_ref: str | None, name: str
+        self,
+        principal: Principal,
+        user_ref: str | None,
+        name: str,
+        expires_in_s: int | None = None,
     ) -> tuple[Token, str]:
-        """A new token; the secret is returned here and never again."""
+        """A new token; the secret is returned here and never again. ``expires_in_s``: it stops
+        working that many seconds from now (None: until revoked)."""
+        if expires_in_s is not None and not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S:
+            raise InvalidInput(
+                f"a token's lifetime is 1 s to {MAX_TOKEN_LIFETIME_S // 86400} days, "
+                f"not {expires_in_s} s"
+            )
         user = self.user(user_ref) if user_ref else None
         if user is None:
             if principal.superuser:
@@ -181,7 +194,9 @@ class TenancyService:
             raise Forbidden("a user may only create tokens for themself")
         check_name(name, what="token name")
         secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = Token(new_id("t-"), user.id, name, hash_secret(secret), time.time())
+        now = time.time()
+        expires = now + expires_in_s if expires_in_s is not None else None
+        token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
         self.store.add_token(token)
         return token, secret
 

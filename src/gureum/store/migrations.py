@@ -302,6 +302,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE secgroups_v4 RENAME TO secgroups",
         ],
     ),
+    (
+        5,
+        "tokens may expire",
+        ["ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION"],
+    ),
 ]
 
 

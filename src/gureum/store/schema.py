@@ -197,6 +197,7 @@ tokens = Table(
     Column("created_at", Float, nullable=False),
     Column("revoked_at", Float),
     Column("last_used_at", Float),
+    Column("expires_at", Float),
 )
 
 audit = Table(

@@ -77,6 +77,9 @@ class TokenIn(Strict):
     user: str | None = Field(
         None, description="whose token (the administrator only); default: yours"
     )
+    expires_in_s: int | None = Field(
+        None, description="seconds until it stops working (up to 10 years); default: never"
+    )
 
 
 class TokenOut(BaseModel):
@@ -86,6 +89,7 @@ class TokenOut(BaseModel):
     created_at: float
     revoked_at: float | None
     last_used_at: float | None
+    expires_at: float | None = Field(None, description="when it stops working; null: never")
     token: str | None = Field(None, description="the secret: shown once, at creation")
 
 
@@ -142,6 +146,7 @@ def _token_view(svc: Services, token: Any, secret: str | None = None) -> dict[st
         "created_at": token.created_at,
         "revoked_at": token.revoked_at,
         "last_used_at": token.last_used_at,
+        "expires_at": token.expires_at,
         "token": secret,
     }
 
@@ -295,7 +300,7 @@ async def delete_user(user: str, svc: Svc, _: Super) -> dict[str, object]:
 )
 async def create_token(body: TokenIn, svc: Svc, who: AnyUser) -> dict[str, object]:
     """The secret is in ``token``, this once; only its hash is kept."""
-    token, secret = svc.tenancy.create_token(who, body.user, body.name)
+    token, secret = svc.tenancy.create_token(who, body.user, body.name, body.expires_in_s)
     return _token_view(svc, token, secret)
 
 

@@ -39,6 +39,8 @@ class Config:
     rate_limit_per_s: float = 20.0
     rate_limit_burst: float = 40.0
     max_request_bytes: int = 1024 * 1024
+    # Audit entries older than this are deleted (at start and hourly); 0: kept forever.
+    audit_retention_days: float = 90.0
     # None: the SQLite file under home. A postgresql:// URL (psycopg 3) to keep the store in
     # PostgreSQL instead, e.g. postgresql://gureum@/gureum?host=/run/postgresql
     database_url: str | None = None
@@ -105,6 +107,7 @@ _ENV = {
     "rate_limit_per_s": "GUREUM_RATE_LIMIT",
     "rate_limit_burst": "GUREUM_RATE_BURST",
     "max_request_bytes": "GUREUM_MAX_REQUEST_BYTES",
+    "audit_retention_days": "GUREUM_AUDIT_RETENTION_DAYS",
     "database_url": "GUREUM_DATABASE_URL",
 }
 

@@ -250,6 +250,10 @@ def test_audit_says_who_did_what(cloud, a1):
     assert ("alice", "POST /v1/instances", 202) in seen
     assert ("vic", "DELETE /v1/instances/{ref}", 403) in seen
     assert all(r["project"] == "team-a" for r in rows)
+    recent = cloud.svc.cli("audit", "list", "--project", "team-a", "--since", "1h", "-o", "json")
+    assert {r["id"] for r in json.loads(recent.stdout)} >= {r["id"] for r in rows[:5]}
+    bad = cloud.svc.cli("audit", "list", "--since", "yesterday", check=False)
+    assert bad.returncode == 1 and "[invalid-input]" in bad.stderr
 
 
 def test_no_secret_in_the_logs(cloud, a1):

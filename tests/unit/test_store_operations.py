@@ -122,3 +122,28 @@ def test_database_url_is_checked(tmp_path):
 
 def test_backend_is_reported(db):
     assert db.backend in ("sqlite", "postgresql")
+
+
+def test_audit_retention(db):
+    from sqlalchemy import update
+
+    from gureum.service.reconciler import Reconciler
+    from gureum.service.tenancy import TenancyService
+    from gureum.store.schema import audit
+    from gureum.store.tenancy import TenancyStore
+
+    tenancy = TenancyService(TenancyStore(db))
+    for action in ("POST /old", "POST /new"):
+        tenancy.store.record(user="u", project=None, action=action, target=None, result=200)
+    with db.begin() as conn:  # one entry is 91 days old
+        conn.execute(
+            update(audit).where(audit.c.action == "POST /old").values(at=time.time() - 91 * 86400)
+        )
+    assert tenancy.prune_audit(0) == 0  # 0: kept forever
+    assert len(tenancy.store.audit()) == 2
+    # The service's housekeeping runs it (a failing chore does not stop the others).
+    failing = [lambda: 1 / 0, lambda: tenancy.prune_audit(90)]
+    Reconciler(None, 1.0, chores=failing).run_chores()  # type: ignore[arg-type]
+    assert [r["action"] for r in tenancy.store.audit()] == ["POST /new"]
+    week = tenancy.store.audit(since=time.time() - 7 * 86400)
+    assert [r["action"] for r in week] == ["POST /new"]

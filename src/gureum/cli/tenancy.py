@@ -426,15 +426,16 @@ def audit_list(
     action: Annotated[
         str | None, typer.Option(help="Only this action, e.g. 'POST /v1/instances'.")
     ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only the last while, e.g. 15m, 12h or 7d.")
+    ] = None,
     limit: Annotated[int, typer.Option(help="At most this many, newest first.")] = 50,
     fmt: OutputOpt = Format.table,
 ) -> None:
-    """The audit log of state-changing calls."""
-    params = {
-        k: v
-        for k, v in {"project": project, "user": user, "action": action, "limit": limit}.items()
-        if v is not None
-    }
+    """The audit log of state-changing calls (kept audit_retention_days, 90 by default)."""
+    after = time.time() - parse_duration(since, what="--since") if since is not None else None
+    wanted = {"project": project, "user": user, "action": action, "since": after, "limit": limit}
+    params = {k: v for k, v in wanted.items() if v is not None}
     with Client() as c:
         rows = c.request("GET", "/v1/audit", params=params)
     if fmt == Format.json:

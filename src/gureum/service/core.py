@@ -116,7 +116,11 @@ class Services:
         nics = NicService(instances)
         resize = ResizeService(instances)
         backups = BackupService(instances, snapshots)
-        reconciler = Reconciler(instances, config.reconcile_interval_s)
+        reconciler = Reconciler(
+            instances,
+            config.reconcile_interval_s,
+            chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
+        )
         return cls(
             config,
             db,

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
 from gureum.errors import GureumError
 from gureum.model.instance import ACTIVE
@@ -19,14 +21,26 @@ from gureum.service.instances import InstanceService
 log = logging.getLogger(__name__)
 
 
+CHORES_EVERY_S = 3600.0
+
+
 class Reconciler:
-    def __init__(self, instances: InstanceService, interval_s: float) -> None:
+    def __init__(
+        self,
+        instances: InstanceService,
+        interval_s: float,
+        chores: list[Callable[[], object]] | None = None,
+    ) -> None:
         self.instances = instances
+        # Housekeeping of the store (audit retention...): at start, then hourly.
+        self.chores = chores or []
+        self._chores_done = 0.0
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> dict[str, list[str]]:
         report = await self.reconcile_once()
+        self.run_chores()
         self._task = asyncio.create_task(self._loop(), name="reconciler")
         return report
 
@@ -37,6 +51,16 @@ class Reconciler:
                 self.instances.host.check_alive()
             except Exception:
                 log.exception("reconciler pass failed")
+            if time.monotonic() - self._chores_done >= CHORES_EVERY_S:
+                self.run_chores()
+
+    def run_chores(self) -> None:
+        self._chores_done = time.monotonic()
+        for chore in self.chores:
+            try:
+                chore()
+            except Exception:
+                log.exception("housekeeping failed")
 
     async def reconcile_once(self) -> dict[str, list[str]]:
         report: dict[str, list[str]] = {"changed": [], "removed": []}

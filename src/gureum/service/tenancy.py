@@ -14,6 +14,7 @@ quotas. Only the superuser creates projects and users.
 from __future__ import annotations
 
 import hashlib
+import logging
 import secrets
 import time
 
@@ -22,6 +23,8 @@ from gureum.ids import check_name, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
 from gureum.store.tenancy import TenancyStore
+
+log = logging.getLogger(__name__)
 
 SUPERUSER = Principal(name="root", user_id=None)
 TOKEN_PREFIX = "gur_"
@@ -199,6 +202,15 @@ class TenancyService:
         token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
         self.store.add_token(token)
         return token, secret
+
+    def prune_audit(self, retention_days: float) -> int:
+        """Forget audit entries older than the retention (0: keep everything)."""
+        if retention_days <= 0:
+            return 0
+        gone = self.store.prune_audit(time.time() - retention_days * 86400)
+        if gone:
+            log.info("audit: %d entries older than %g days removed", gone, retention_days)
+        return gone
 
     def tokens(self, principal: Principal) -> list[Token]:
         return self.store.tokens(None if principal.superuser else principal.user_id)

@@ -215,6 +215,11 @@ class TenancyStore:
                 )
             )
 
+    def prune_audit(self, before: float) -> int:
+        """Delete the entries recorded before ``before``; how many went."""
+        with self.db.begin() as conn:
+            return int(conn.execute(delete(audit).where(audit.c.at < before)).rowcount or 0)
+
     def audit(
         self,
         *,

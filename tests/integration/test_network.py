@@ -138,6 +138,13 @@ def test_port_forward_reaches_a_guest_server(service, net):
         assert s.recv(100) == b"port80\n"
     listed = json.loads(service.cli("forward", "list", "nc", "-o", "json").stdout)
     assert [f["host_port"] for f in listed] == [port]
+    # What a person reads: the address, groups and forwards in show, the address in list.
+    ip = ip_of(service, "nc")
+    shown = service.cli("show", "nc").stdout
+    assert f"backend {ip}" in shown and "Groups:" in shown and "web" in shown
+    assert f"127.0.0.1:{port} -> {ip}:80" in shown
+    row = next(line for line in service.cli("list").stdout.splitlines() if line.startswith("nc "))
+    assert ip in row.split()
     res = service.cli("forward", "add", "na", f"{port}:80", check=False)
     assert res.returncode == 1 and "[conflict]" in res.stderr
     res = service.cli("forward", "add", "na", f"10.0.0.1:{free_port()}:80", check=False)

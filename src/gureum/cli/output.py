@@ -54,11 +54,12 @@ def age(ts: float | None) -> str:
 
 def instance_rows(items: list[dict[str, Any]]) -> None:
     table(
-        ["NAME", "STATE", "IMAGE", "CPUS", "MEMORY", "DISK", "ACCEL", "PID", "AGE"],
+        ["NAME", "STATE", "IPV4", "IMAGE", "CPUS", "MEMORY", "DISK", "ACCEL", "PID", "AGE"],
         [
             [
                 i["name"],
                 i["state"],
+                ", ".join(n["ip"] for n in i.get("nics") or [] if n.get("ip")) or "-",
                 i["image"],
                 str(i["cpus"]),
                 format_size(i["memory_mib"] * 1024 * 1024),
@@ -92,6 +93,7 @@ def instance_detail(i: dict[str, Any]) -> None:
     pairs = [
         ("Name", i["name"]),
         ("ID", i["id"]),
+        ("Project", i.get("project") or "-"),
         ("State", i["state"] + (f" ({i['state_reason']})" if i.get("state_reason") else "")),
         ("Image", f"{i['image']} ({i['image_version']})"),
         ("CPUs", str(i["cpus"])),
@@ -105,6 +107,12 @@ def instance_detail(i: dict[str, Any]) -> None:
         pairs.append(("QEMU RSS", format_size(host["rss_bytes"])))
     if host.get("disk_allocated_bytes") is not None:
         pairs.append(("Disk used", format_size(host["disk_allocated_bytes"]) + " (overlay)"))
+    for nic in i.get("nics") or []:
+        pairs.append((f"NIC {nic['slot']}", f"{nic['network']} {nic['ip'] or '-'} ({nic['mac']})"))
+    if i.get("secgroups"):
+        pairs.append(("Groups", ", ".join(i["secgroups"])))
+    for fwd in i.get("forwards") or []:
+        pairs.append(("Forward", f"{fwd['host']} -> {fwd['guest']}"))
     for key, value in pairs:
         out.print(f"[bold]{key + ':':<11}[/bold] {value}")
     lines = boot_lines(i["boot"])

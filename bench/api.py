@@ -3,7 +3,8 @@
 For each store backend, a real `gureum serve` with its HTTPS listener on loopback, 100
 instances in its store (stopped VMs: this measures the API and the store, not QEMU), and
 --clients concurrent clients, each with its own connection and token-authenticated requests,
-for --seconds: half `GET /v1/instances` (the whole list of 100), half `GET /v1/instances/NAME`.
+for --seconds: half `GET /v1/instances` (the whole list of 100), half `GET /v1/instances/NAME`;
+then one client alone for a quarter of that (a single request's latency, with no queue).
 The baseline, run the same way on the same service just before, is `GET /v1/version`
 (authentication and routing, no store query): the ratios say what the store work costs.
 
@@ -164,13 +165,15 @@ def main() -> None:
             svc = Service(pg.new_database() if backend == "postgresql" else None)
             try:
                 base = asyncio.run(load(svc, ["/v1/version"], args.clients, args.seconds / 2))
-                work = asyncio.run(
-                    load(svc, ["/v1/instances", "/v1/instances/vm{k}"], args.clients, args.seconds)
-                )
+                paths = ["/v1/instances", "/v1/instances/vm{k}"]
+                work = asyncio.run(load(svc, paths, args.clients, args.seconds))
+                # One client alone: what a single request costs, no queue in front of it.
+                alone = asyncio.run(load(svc, paths, 1, args.seconds / 4))
             finally:
                 svc.close()
             work["ratio_vs_version"] = round(work["req_per_s"] / base["req_per_s"], 3)  # type: ignore[operator]
-            result[backend] = {"baseline_version": base, "list_and_show": work}
+            result[backend] = {"baseline_version": base, "list_and_show": work,
+                               "one_client": alone}  # fmt: skip
             print(f"{backend:10s} version {base['req_per_s']:7.1f} req/s | list+show "
                   f"{work['req_per_s']:7.1f} req/s (x{work['ratio_vs_version']} of version), "
                   f"list p50 {work['/v1/instances']['p50_ms']} ms p99 "  # type: ignore[index]
@@ -178,7 +181,9 @@ def main() -> None:
                   f"{work['/v1/instances/vm{k}']['p50_ms']} ms p99 "  # type: ignore[index]
                   f"{work['/v1/instances/vm{k}']['p99_ms']} ms, errors {work['errors']}; "
                   f"service CPU per request {base['service_cpu_ms_per_req']} ms (version), "
-                  f"{work['service_cpu_ms_per_req']} ms (list+show)",
+                  f"{work['service_cpu_ms_per_req']} ms (list+show); one client alone: list "
+                  f"p50 {alone['/v1/instances']['p50_ms']} ms, show p50 "  # type: ignore[index]
+                  f"{alone['/v1/instances/vm{k}']['p50_ms']} ms",  # type: ignore[index]
                   flush=True)  # fmt: skip
     finally:
         pg.stop()

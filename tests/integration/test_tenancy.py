@@ -167,6 +167,45 @@ def test_concurrent_launches_never_overshoot_the_quota(cloud):
         assert c.instances() == []
 
 
+def test_concurrent_snapshots_never_overshoot_the_quota(cloud, a1):
+    """Snapshots are taken by operations that add their row at the end: the quota must count
+    the ones under way, or six at once would all pass a check made before any exists."""
+    cloud.svc.cli("project", "quota", "team-a", "--max-snapshots", "2")
+    results: list[object] = [None] * 6
+
+    def snap(i: int) -> None:
+        with cloud.client("alice", "team-a") as c:
+            try:
+                results[i] = c.snapshot("a1", f"race{i}")
+            except ApiError as exc:
+                results[i] = exc
+
+    try:
+        threads = [threading.Thread(target=snap, args=(i,)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        admitted = [r for r in results if isinstance(r, dict)]
+        refused = [r for r in results if isinstance(r, ApiError)]
+        assert len(admitted) == 2, results
+        assert {(e.status, e.code) for e in refused} == {(409, "quota-exceeded")}
+        with cloud.client("alice", "team-a") as c:
+            for op in admitted:
+                c.wait(op["id"], timeout=120)  # type: ignore[index]
+            assert len(c.snapshots("a1")) == 2
+            # The holds were released: with one deleted, exactly one more fits.
+            c.delete_snapshot("a1", c.snapshots("a1")[0]["name"])
+            c.wait(c.snapshot("a1", "after")["id"], timeout=120)
+            with pytest.raises(ApiError) as e:
+                c.snapshot("a1", "over")
+            assert e.value.code == "quota-exceeded"
+            for s in c.snapshots("a1"):
+                c.delete_snapshot("a1", s["name"])
+    finally:
+        cloud.svc.cli("project", "quota", "team-a", "--unset", "max-snapshots")
+
+
 def test_roles_and_projects(cloud, a1):
     with cloud.client("vic", "team-a") as c:  # viewer: sees, cannot change
         assert [i["name"] for i in c.instances()] == ["a1"]

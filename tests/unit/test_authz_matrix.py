@@ -16,6 +16,7 @@ from fastapi.testclient import TestClient
 
 from gureum.api.app import create_app
 from gureum.config import load_config
+from gureum.errors import QuotaExceeded
 from gureum.model.tenancy import Role
 from gureum.service.core import Services
 from gureum.service.tenancy import SUPERUSER
@@ -265,3 +266,27 @@ def test_tokens_expire(world):
     for bad in (0, -5, 11 * 365 * 86400):
         resp = client.post("/v1/tokens", json={"name": "x", "expires_in_s": bad}, headers=mark)
         assert resp.status_code == 400 and resp.json()["error"]["code"] == "invalid-input", bad
+
+
+def test_held_allocations_count_until_released(world):
+    """What is being made (a snapshot under way, a backup being imported) counts against the
+    quota before its row exists, and stops counting once released (twice is harmless)."""
+    client, _ = world
+    svc = client.app.state.services
+    project = svc.tenancy.store.project("team-a")
+    other = svc.tenancy.store.project("team-b")
+    svc.tenancy.store.update_project(project.id, max_snapshots=2, max_cpus=4)
+    try:
+        svc.quotas.check(project.id, snapshots=2, cpus=4)
+        release = svc.quotas.hold(project.id, snapshots=1, cpus=3)
+        elsewhere = svc.quotas.hold(other.id, snapshots=5, cpus=50)  # not team-a's
+        svc.quotas.check(project.id, snapshots=1, cpus=1)
+        for over in ({"snapshots": 2}, {"cpus": 2}):
+            with pytest.raises(QuotaExceeded):
+                svc.quotas.check(project.id, **over)
+        release()
+        release()
+        elsewhere()
+        svc.quotas.check(project.id, snapshots=2, cpus=4)
+    finally:
+        svc.tenancy.store.update_project(project.id, max_snapshots=None, max_cpus=None)

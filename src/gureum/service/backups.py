@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -216,16 +216,33 @@ class BackupService:
             project_id=project_id,
             uid=self.instances.store.next_uid(),
         )
+        wanted = {"instances": 1, "cpus": spec.cpus, "memory_mib": spec.memory_mib,
+                  "disk_bytes": spec.disk_bytes}  # fmt: skip
+        async with self.instances.admission:
+            self.instances.quotas.check(project_id, **wanted)
+            # Counted until its row is in the store (or the import fails): concurrent imports
+            # and launches see it.
+            release = self.instances.quotas.hold(project_id, **wanted)
+        try:
+            return await self._create_held(inst, source_hw, has_memory, cfg, data, created,
+                                           release)  # fmt: skip
+        finally:
+            release()
+
+    async def _create_held(
+        self,
+        inst: Instance,
+        source_hw: Hardware,
+        has_memory: bool,
+        cfg: dict[str, Any],
+        data: Path,
+        created: list[Path],
+        release: Callable[[], None],
+    ) -> Instance:
+        """The import's work once its quota is held; ``release`` once its row counts instead."""
+        spec, project_id = inst.spec, inst.project_id
         # Networks are this host's: every NIC the source had goes on the default network.
         nets = self.instances.networks
-        async with self.instances.admission:
-            self.instances.quotas.check(
-                project_id,
-                instances=1,
-                cpus=spec.cpus,
-                memory_mib=spec.memory_mib,
-                disk_bytes=spec.disk_bytes,
-            )
         default = await nets.default(project_id)
         slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
         old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
@@ -237,6 +254,7 @@ class BackupService:
             created.append(dest)
             self.instances.layers.add(base)
             self.instances.store.insert(inst)
+            release()  # the row counts now
             for slot in slots:
                 nets.new_nic(inst.id, default, slot)
             nets.store.set_instance_groups(

@@ -2,13 +2,17 @@
 
 Checks run under the service's admission lock, together with the claim they guard, so
 concurrent launches can never overshoot a limit. What counts: every instance of the project
-(whatever its state: a stopped VM still holds its disk and its place), its snapshots, networks.
+(whatever its state: a stopped VM still holds its disk and its place), its snapshots, networks,
+and what is being made but not in the store yet (``hold``: a snapshot being taken, a backup
+being imported), so that those cannot overshoot either.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
+from collections.abc import Callable
 
 from gureum.errors import NotFound, QuotaExceeded
 from gureum.host.agent import LocalHostAgent
@@ -49,6 +53,7 @@ class QuotaService:
         self.layers = layers
         self.host = host
         self._names: dict[str, str] = {}
+        self._held: dict[str, Counter[str]] = {}
 
     def project(self, ref: str) -> Project:
         project = self.tenancy.project(ref)
@@ -69,12 +74,30 @@ class QuotaService:
         counts["networks"] = len(self.networks.networks(project_id))
         return counts
 
+    def hold(self, project_id: str, **amounts: int) -> Callable[[], None]:
+        """Count an allocation that is being made (not in the store yet) against the project's
+        quotas until the returned release is called (twice is harmless). Take it under the
+        admission lock, right after the check it follows."""
+        held = self._held.setdefault(project_id, Counter())
+        held.update(amounts)
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                held.subtract(amounts)
+
+        return release
+
     def check(self, project_id: str, *, replacing: Instance | None = None, **wanted: int) -> None:
         """Refuse (QuotaExceeded) if adding ``wanted`` (instances=1, cpus=2...) to what the
         project holds would pass one of its limits. ``replacing``: an instance whose own
         allocation is being replaced (a resize), not added to."""
         project = self.project(project_id)
         held = self.allocated(project_id)
+        for key, amount in self._held.get(project_id, Counter()).items():
+            held[key] += amount
         if replacing is not None:
             held["cpus"] -= replacing.spec.cpus
             held["memory_mib"] -= replacing.spec.memory_mib

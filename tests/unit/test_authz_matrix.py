@@ -290,3 +290,50 @@ def test_held_allocations_count_until_released(world):
         svc.quotas.check(project.id, snapshots=2, cpus=4)
     finally:
         svc.tenancy.store.update_project(project.id, max_snapshots=None, max_cpus=None)
+
+
+def test_resizes_under_way_count_against_the_quota(tmp_path):
+    """Two resizes admitted back to back, before either operation has run (nothing yields
+    between them): the second sees the first's growth and is refused. Stopped VMs: the
+    operations only write the new size, so they finish here without a host."""
+    import asyncio
+
+    from gureum.model.hardware import Hardware
+    from gureum.model.instance import Instance, InstanceSpec, State
+
+    svc = Services.build(load_config(tmp_path, env={"GUREUM_RATE_LIMIT": "0"}))
+    try:
+        svc.tenancy.ensure_default()
+        for i in (1, 2):
+            spec = InstanceSpec(f"r{i}", "tiny", 1, 256, 1 << 30)
+            inst = Instance(f"i-00000000000{i}", spec, State.STOPPED, time.time(), "v1")
+            inst.hardware = Hardware.for_boot(1, 256)
+            svc.instances.store.insert(inst)
+        svc.tenancy.store.update_project("p-default", max_cpus=4)
+
+        async def finish(op_id: str):  # type: ignore[no-untyped-def]
+            op = await svc.ops.wait(op_id, timeout=30)
+            while not op.done:
+                op = await svc.ops.wait(op_id, timeout=30, progress_after=len(op.progress))
+            return op
+
+        async def both() -> tuple[object, object]:
+            first = await svc.resize.resize("r1", cpus=3, project_id="p-default")
+            try:
+                await svc.resize.resize("r2", cpus=3, project_id="p-default")
+                second: object = None
+            except QuotaExceeded as exc:
+                second = exc
+            done = await finish(first.id)
+            # Released: the first has its size, and one more vCPU is all that is left.
+            await finish((await svc.resize.resize("r2", cpus=1, project_id="p-default")).id)
+            with pytest.raises(QuotaExceeded):
+                await svc.resize.resize("r2", cpus=2, project_id="p-default")
+            return done, second
+
+        done, second = asyncio.run(both())
+        assert isinstance(second, QuotaExceeded) and "vCPUs" in second.message
+        assert done.status.value == "succeeded"  # type: ignore[attr-defined]
+        assert svc.instances.store.allocated("p-default")["cpus"] == 4
+    finally:
+        svc.close()

@@ -138,6 +138,9 @@ class InstanceService:
         self.layers = layers
         self.snapshots = snapshots
         self.admission = asyncio.Lock()
+        # vCPUs and MiB admitted to running VMs that are still growing into them (a live
+        # resize under way): the host counts them before the store does.
+        self.growing = [0, 0]
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: dict[str, _Events] = {}
         # Wired by Services.build (they need this service's store too).
@@ -343,6 +346,7 @@ class InstanceService:
         """Refuse what the host cannot take. ``replacing``: an active VM whose own share is
         counted as freed (a restore or resize replaces it)."""
         used_cpus, used_mib = self.store.committed(ACTIVE)
+        used_cpus, used_mib = used_cpus + self.growing[0], used_mib + self.growing[1]
         if replacing is not None and replacing.state in ACTIVE:
             used_cpus -= replacing.spec.cpus
             used_mib -= replacing.spec.memory_mib

@@ -63,23 +63,54 @@ class ResizeService:
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
         new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes
-        async with self.instances.admission:
+        svc = self.instances
+        more_cpus = max(0, new_cpus - inst.spec.cpus)
+        more_mib = max(0, new_mib - inst.spec.memory_mib)
+        more_disk = max(0, new_disk - inst.spec.disk_bytes)
+        async with svc.admission:
             # Quota and capacity apply to the new size, counted against everything else.
-            self.instances.quotas.check(
+            svc.quotas.check(
                 inst.project_id,
                 replacing=inst,
                 cpus=new_cpus,
                 memory_mib=new_mib,
                 disk_bytes=new_disk,
             )
-            if inst.state == State.RUNNING:
-                await self.instances.admit(new_cpus, new_mib, replacing=inst)
-        return self.instances.ops.start(
-            "resize",
-            inst.id,
-            lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx),
-            inst.project_id,
-        )
+            grows = inst.state == State.RUNNING
+            if grows:
+                await svc.admit(new_cpus, new_mib, replacing=inst)
+            # The growth counts from now, until the operation has written the new size:
+            # concurrent resizes and launches see it.
+            release = svc.quotas.hold(
+                inst.project_id, cpus=more_cpus, memory_mib=more_mib, disk_bytes=more_disk
+            )
+            if grows:
+                svc.growing[0] += more_cpus
+                svc.growing[1] += more_mib
+
+        finished = False
+
+        def done() -> None:
+            nonlocal finished
+            if finished:
+                return
+            finished = True
+            release()
+            if grows:
+                svc.growing[0] -= more_cpus
+                svc.growing[1] -= more_mib
+
+        async def work(ctx: OpContext) -> dict[str, object]:
+            try:
+                return await self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx)
+            finally:
+                done()
+
+        try:
+            return svc.ops.start("resize", inst.id, work, inst.project_id)
+        except BaseException:
+            done()
+            raise
 
     async def _resize(
         self,

@@ -132,25 +132,31 @@ def test_remote_pins_the_certificate(cloud, tmp_path):
     assert refused.returncode != 0 and "certificate" in refused.stderr.lower()
 
 
-def test_concurrent_launches_never_overshoot_the_quota(cloud):
-    """Twenty launches at once against max-instances 3: exactly three are admitted."""
-    results: list[object] = [None] * 20
+def _all_at_once(cloud, n, call):  # type: ignore[no-untyped-def]
+    """``call(client, i)`` from n threads at once, each alice's own HTTPS connection in team-a:
+    the answers admitted, and the errors refused."""
+    results: list[object] = [None] * n
 
-    def launch(i: int) -> None:
+    def one(i: int) -> None:
         with cloud.client("alice", "team-a") as c:
             try:
-                results[i] = c.launch(f"race{i}", "tiny")
+                results[i] = call(c, i)
             except ApiError as exc:
                 results[i] = exc
 
-    threads = [threading.Thread(target=launch, args=(i,)) for i in range(20)]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     admitted = [r for r in results if isinstance(r, dict)]
-    refused = [r for r in results if isinstance(r, ApiError)]
-    assert len(admitted) == 3, results
+    return admitted, [r for r in results if isinstance(r, ApiError)]
+
+
+def test_concurrent_launches_never_overshoot_the_quota(cloud):
+    """Twenty launches at once against max-instances 3: exactly three are admitted."""
+    admitted, refused = _all_at_once(cloud, 20, lambda c, i: c.launch(f"race{i}", "tiny"))
+    assert len(admitted) == 3, refused
     assert len(refused) == 17 and {(e.status, e.code) for e in refused} == {(409, "quota-exceeded")}
     with cloud.client("alice", "team-a") as c:
         for res in admitted:
@@ -171,24 +177,9 @@ def test_concurrent_snapshots_never_overshoot_the_quota(cloud, a1):
     """Snapshots are taken by operations that add their row at the end: the quota must count
     the ones under way, or six at once would all pass a check made before any exists."""
     cloud.svc.cli("project", "quota", "team-a", "--max-snapshots", "2")
-    results: list[object] = [None] * 6
-
-    def snap(i: int) -> None:
-        with cloud.client("alice", "team-a") as c:
-            try:
-                results[i] = c.snapshot("a1", f"race{i}")
-            except ApiError as exc:
-                results[i] = exc
-
     try:
-        threads = [threading.Thread(target=snap, args=(i,)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        admitted = [r for r in results if isinstance(r, dict)]
-        refused = [r for r in results if isinstance(r, ApiError)]
-        assert len(admitted) == 2, results
+        admitted, refused = _all_at_once(cloud, 6, lambda c, i: c.snapshot("a1", f"race{i}"))
+        assert len(admitted) == 2, refused
         assert {(e.status, e.code) for e in refused} == {(409, "quota-exceeded")}
         with cloud.client("alice", "team-a") as c:
             for op in admitted:

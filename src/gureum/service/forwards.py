@@ -52,14 +52,22 @@ class ForwardService:
     def list(self, instance_id: str | None = None) -> list[Forward]:
         return self.store.forwards(instance_id)
 
-    def view(self, fwd: Forward) -> dict[str, object]:
-        inst = self.instances.get(fwd.instance_id)
-        _, ip = self._target(fwd.instance_id)
+    def view(
+        self, fwd: Forward, *, name: str | None = None, ip: str | None = None
+    ) -> dict[str, object]:
+        """``name`` and ``ip`` (its instance's, its first NIC's) when the caller has them
+        already: a list of many instances reads them once, not once per forward."""
+        if name is None:
+            inst = self.instances.get(fwd.instance_id)
+            name = inst.name if inst else fwd.instance_id
+        if ip is None:
+            nics = sorted(self.store.nics(instance_id=fwd.instance_id), key=lambda n: n.slot)
+            ip = nics[0].ip if nics else None
         return {
             "id": fwd.id,
-            "instance": inst.name if inst else fwd.instance_id,
+            "instance": name,
             "host": f"{fwd.host_address}:{fwd.host_port}",
-            "guest": f"{ip}:{fwd.guest_port}",
+            "guest": f"{ip or '-'}:{fwd.guest_port}",
             "host_address": fwd.host_address,
             "host_port": fwd.host_port,
             "guest_port": fwd.guest_port,

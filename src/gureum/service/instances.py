@@ -187,6 +187,7 @@ class InstanceService:
             snapshots[snap.instance_id] = snapshots.get(snap.instance_id, 0) + 1
         nics: dict[str, list[dict[str, object]]] = {}
         groups: dict[str, list[str]] = {}
+        first_ip: dict[str, tuple[int, str | None]] = {}  # forwards go to the lowest slot
         if self.networks is not None:
             store = self.networks.store
             for nic, network in store.nics_with_network(one):
@@ -194,11 +195,18 @@ class InstanceService:
                     {"id": nic.id, "network": network, "slot": nic.slot, "mac": nic.mac,
                      "ip": nic.ip}
                 )  # fmt: skip
+                if nic.slot < first_ip.get(nic.instance_id, (nic.slot + 1, None))[0]:
+                    first_ip[nic.instance_id] = (nic.slot, nic.ip)
             groups = store.group_names_of(one)
         forwards: dict[str, list[dict[str, object]]] = {}
         if self.forwards is not None:
+            names = {i.id: i.spec.name for i in insts}
             for fwd in self.forwards.list(one):
-                forwards.setdefault(fwd.instance_id, []).append(self.forwards.view(fwd))
+                if fwd.instance_id not in names:  # another project's
+                    continue
+                ip = first_ip.get(fwd.instance_id, (0, None))[1]
+                view = self.forwards.view(fwd, name=names[fwd.instance_id], ip=ip)
+                forwards.setdefault(fwd.instance_id, []).append(view)
         return [
             self._view(i, layers, snapshots, nics, groups, forwards) for i in insts
         ]  # fmt: skip

@@ -80,13 +80,19 @@ async def ws_principal(websocket: WebSocket) -> Principal:
     return _identify(websocket)
 
 
+def enter(conn: Request | WebSocket, who: Principal, project_ref: str | None, role: Role) -> Scope:
+    """The caller acting in a project (None: their only one) with at least ``role``; kept on
+    the request, where the audit finds it."""
+    svc: Services = conn.app.state.services
+    scope = svc.tenancy.scope(who, project_ref)
+    conn.state.scope = scope
+    svc.tenancy.require(scope, role)
+    return scope
+
+
 def _scope(role: Role):  # type: ignore[no-untyped-def]
     async def dependency(request: Request, who: Annotated[Principal, Depends(principal)]) -> Scope:
-        svc: Services = request.app.state.services
-        scope = svc.tenancy.scope(who, request.headers.get(PROJECT_HEADER))
-        request.state.scope = scope
-        svc.tenancy.require(scope, role)
-        return scope
+        return enter(request, who, request.headers.get(PROJECT_HEADER), role)
 
     return dependency
 
@@ -99,11 +105,7 @@ async def superuser(who: Annotated[Principal, Depends(principal)]) -> Principal:
 
 
 def ws_scope(websocket: WebSocket, role: Role) -> Scope:
-    svc: Services = websocket.app.state.services
-    who = _identify(websocket)
-    scope = svc.tenancy.scope(who, websocket.headers.get(PROJECT_HEADER))
-    svc.tenancy.require(scope, role)
-    return scope
+    return enter(websocket, _identify(websocket), websocket.headers.get(PROJECT_HEADER), role)
 
 
 def _path_scope(role: Role):  # type: ignore[no-untyped-def]
@@ -113,11 +115,7 @@ def _path_scope(role: Role):  # type: ignore[no-untyped-def]
     async def dependency(
         request: Request, project: str, who: Annotated[Principal, Depends(principal)]
     ) -> Scope:
-        svc: Services = request.app.state.services
-        scope = svc.tenancy.scope(who, project)
-        request.state.scope = scope
-        svc.tenancy.require(scope, role)
-        return scope
+        return enter(request, who, project, role)
 
     return dependency
 

@@ -7,11 +7,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Query, Request
 from pydantic import BaseModel, Field
 
-from gureum.api.auth import AnyUser, ProjectAdmin, ProjectViewer, Super
+from gureum.api.auth import PROJECT_HEADER, AnyUser, ProjectAdmin, ProjectViewer, Super, enter
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import Strict
-from gureum.model.tenancy import Principal, Role, Scope
+from gureum.model.tenancy import Role
 from gureum.service.core import Services
 
 router = APIRouter(tags=["tenancy"], responses=COMMON_RESPONSES)
@@ -127,14 +127,6 @@ def _project_view(svc: Services, project: Any, role: str | None = None) -> dict[
         "memory_limit_mib": project.memory_limit_mib,
         "role": role,
     }
-
-
-def _in_project(request: Request, who: Principal, name: str, role: Role) -> Scope:
-    svc: Services = request.app.state.services
-    scope = svc.tenancy.scope(who, name)
-    request.state.scope = scope
-    svc.tenancy.require(scope, role)
-    return scope
 
 
 def _token_view(svc: Services, token: Any, secret: str | None = None) -> dict[str, object]:
@@ -332,11 +324,8 @@ async def list_audit(
     """Every state-changing call: who, project, action, target, result (HTTP status), when.
     Project admins see their project's; the administrator sees all."""
     if not who.superuser:
-        scope = _in_project(request, who, project or "", Role.ADMIN) if project else None
-        if scope is None:
-            scope = svc.tenancy.scope(who, request.headers.get("x-gureum-project"))
-            svc.tenancy.require(scope, Role.ADMIN)
-        project = scope.project.name
+        ref = project or request.headers.get(PROJECT_HEADER)
+        project = enter(request, who, ref, Role.ADMIN).project.name
     return svc.tenancy.store.audit(
         project=project, user=user, action=action, since=since, limit=limit
     )

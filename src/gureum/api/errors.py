@@ -43,16 +43,23 @@ def _describe(exc: RequestValidationError) -> str:
     return "; ".join(parts) or "invalid request"
 
 
+def error_headers(exc: GureumError) -> dict[str, str]:
+    """The headers an error's answer carries: when to retry, how to authenticate. The one
+    place for them, whether the error is answered by a route or by the auth middleware."""
+    if isinstance(exc, RateLimited):
+        return {"Retry-After": str(max(1, math.ceil(exc.retry_after)))}
+    if isinstance(exc, Unavailable):
+        return {"Retry-After": "5"}
+    if isinstance(exc, Unauthenticated):
+        return {"WWW-Authenticate": "Bearer"}
+    return {}
+
+
 def install(app: FastAPI) -> None:
     @app.exception_handler(GureumError)
     async def _gureum(_: Request, exc: GureumError) -> JSONResponse:
         response = error_response(exc.status, exc.code, exc.message)
-        if isinstance(exc, RateLimited):
-            response.headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
-        if isinstance(exc, Unauthenticated):
-            response.headers["WWW-Authenticate"] = "Bearer"
-        if isinstance(exc, Unavailable):
-            response.headers["Retry-After"] = "5"
+        response.headers.update(error_headers(exc))
         return response
 
     @app.exception_handler(RequestValidationError)

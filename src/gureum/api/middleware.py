@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gureum.api.errors import error_headers
 from gureum.errors import GureumError
 
 log = logging.getLogger(__name__)
@@ -120,14 +120,7 @@ class AuthMiddleware:
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 4000 + exc.status})
                 return
-            extra = []
-            retry = getattr(exc, "retry_after", None)
-            if retry is not None:
-                extra.append((b"retry-after", str(max(1, math.ceil(retry))).encode()))
-            if exc.status == 401:
-                extra.append((b"www-authenticate", b"Bearer"))
-            if exc.status == 503:
-                extra.append((b"retry-after", b"5"))
+            extra = [(k.lower().encode(), v.encode()) for k, v in error_headers(exc).items()]
             await _respond(send, exc.status, exc.to_dict(), extra)
             return
         scope.setdefault("state", {})["principal"] = principal

@@ -103,11 +103,13 @@ class TenancyService:
         if self.store.project(DEFAULT_PROJECT) is None:
             self.store.add_project(Project(DEFAULT_PROJECT, "default", time.time()))
 
-    def projects(self, principal: Principal) -> list[Project]:
+    def projects(self, principal: Principal) -> list[tuple[Project, Role]]:
+        """The projects the caller has a role in, with that role (the administrator: all, as
+        admin)."""
         if principal.superuser:
-            return self.store.projects()
-        mine = {p for p, _ in self.store.memberships_of(principal.user_id or "")}
-        return [p for p in self.store.projects() if p.id in mine]
+            return [(p, Role.ADMIN) for p in self.store.projects()]
+        roles = dict(self.store.memberships_of(principal.user_id or ""))
+        return [(p, Role(roles[p.id])) for p in self.store.projects() if p.id in roles]
 
     def create_project(self, name: str, quotas: dict[str, float | int | None]) -> Project:
         check_name(name, what="project name")
@@ -216,9 +218,9 @@ class TenancyService:
         return self.store.tokens(None if principal.superuser else principal.user_id)
 
     def revoke(self, principal: Principal, token_id: str) -> Token:
-        token = next((t for t in self.tokens(principal) if t.id == token_id), None)
-        if token is None:
-            raise NotFound(f"no token {token_id!r}")
+        token = self.store.token(token_id)
+        if token is None or not (principal.superuser or token.user_id == principal.user_id):
+            raise NotFound(f"no token {token_id!r}")  # another's is as good as missing
         self.store.revoke(token.id)
         return token
 

@@ -11,7 +11,7 @@ from gureum.api.auth import PROJECT_HEADER, AnyUser, ProjectAdmin, ProjectViewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import Strict
-from gureum.model.tenancy import Role
+from gureum.model.tenancy import Role, Scope
 from gureum.service.core import Services
 
 router = APIRouter(tags=["tenancy"], responses=COMMON_RESPONSES)
@@ -117,7 +117,7 @@ class AuditOut(BaseModel):
     detail: dict[str, Any] | None
 
 
-def _project_view(svc: Services, project: Any, role: str | None = None) -> dict[str, object]:
+def _project_view(project: Any, role: str | None = None) -> dict[str, object]:
     return {
         "id": project.id,
         "name": project.name,
@@ -129,11 +129,18 @@ def _project_view(svc: Services, project: Any, role: str | None = None) -> dict[
     }
 
 
-def _token_view(svc: Services, token: Any, secret: str | None = None) -> dict[str, object]:
-    user = svc.tenancy.store.user(token.user_id)
+def _token_views(
+    svc: Services, tokens: list[Any], secret: str | None = None
+) -> list[dict[str, object]]:
+    """Tokens as shown, their users' names read once for all of them."""
+    users = {u.id: u.name for u in svc.tenancy.store.users()}
+    return [_token_view(t, users.get(t.user_id, t.user_id), secret) for t in tokens]
+
+
+def _token_view(token: Any, user: str, secret: str | None) -> dict[str, object]:
     return {
         "id": token.id,
-        "user": user.name if user else token.user_id,
+        "user": user,
         "name": token.name,
         "created_at": token.created_at,
         "revoked_at": token.revoked_at,
@@ -141,6 +148,10 @@ def _token_view(svc: Services, token: Any, secret: str | None = None) -> dict[st
         "expires_at": token.expires_at,
         "token": secret,
     }
+
+
+def _members(svc: Services, scope: Scope) -> list[dict[str, str]]:
+    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
 
 
 # -- projects ------------------------------------------------------------------------------------
@@ -154,21 +165,14 @@ async def create_project(body: ProjectIn, svc: Svc, _: Super) -> dict[str, objec
     quotas = body.model_dump(exclude={"name"})
     project = svc.tenancy.create_project(body.name, quotas)
     await svc.quotas.apply_limits(project)
-    return _project_view(svc, project)
+    return _project_view(project)
 
 
 @router.get("/v1/whoami", response_model=WhoAmIOut, openapi_extra={"x-gureum-role": "user"})
 async def whoami(svc: Svc, who: AnyUser) -> dict[str, object]:
     """Who the caller is: user, token, and their role in each project."""
     token = svc.tenancy.store.token(who.token_id) if who.token_id else None
-    if who.superuser:
-        projects = [{"project": p.name, "role": "admin"} for p in svc.tenancy.store.projects()]
-    else:
-        names = {p.id: p.name for p in svc.tenancy.store.projects()}
-        projects = [
-            {"project": names.get(pid, pid), "role": role}
-            for pid, role in svc.tenancy.store.memberships_of(who.user_id or "")
-        ]
+    projects = [{"project": p.name, "role": r.value} for p, r in svc.tenancy.projects(who)]
     return {
         "user": who.name,
         "superuser": who.superuser,
@@ -182,18 +186,14 @@ async def whoami(svc: Svc, who: AnyUser) -> dict[str, object]:
     "/v1/projects", response_model=list[ProjectOut], openapi_extra={"x-gureum-role": "user"}
 )
 async def list_projects(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
-    roles = dict(svc.tenancy.store.memberships_of(who.user_id)) if who.user_id else {}
-    return [
-        _project_view(svc, p, "admin" if who.superuser else roles.get(p.id))
-        for p in svc.tenancy.projects(who)
-    ]
+    return [_project_view(p, role.value) for p, role in svc.tenancy.projects(who)]
 
 
 @router.get(
     "/v1/projects/{project}", response_model=ProjectOut, openapi_extra={"x-gureum-role": "viewer"}
 )
 async def get_project(project: str, svc: Svc, scope: ProjectViewer) -> dict[str, object]:
-    return _project_view(svc, scope.project, scope.role.value)
+    return _project_view(scope.project, scope.role.value)
 
 
 @router.patch(
@@ -207,7 +207,7 @@ async def set_quotas(
     """Project admins set their project's quotas (unset fields stay as they are)."""
     updated = svc.tenancy.set_quotas(scope, body.model_dump(exclude_unset=True))
     await svc.quotas.apply_limits(updated)
-    return _project_view(svc, updated, scope.role.value)
+    return _project_view(updated, scope.role.value)
 
 
 @router.delete(
@@ -220,7 +220,7 @@ async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
     in_use = len(svc.instances.list(target.id)) + len(svc.networks.list(target.id))
     deleted = svc.tenancy.delete_project(project, in_use)
     svc.host.cgroups.remove(deleted.id)
-    return _project_view(svc, deleted)
+    return _project_view(deleted)
 
 
 @router.get("/v1/projects/{project}/usage", openapi_extra={"x-gureum-role": "viewer"})
@@ -235,7 +235,7 @@ async def project_usage(project: str, svc: Svc, scope: ProjectViewer) -> dict[st
     openapi_extra={"x-gureum-role": "viewer"},
 )
 async def list_members(project: str, svc: Svc, scope: ProjectViewer) -> list[dict[str, str]]:
-    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+    return _members(svc, scope)
 
 
 @router.put(
@@ -247,7 +247,7 @@ async def set_member(
     project: str, user: str, body: MemberIn, svc: Svc, scope: ProjectAdmin
 ) -> list[dict[str, str]]:
     svc.tenancy.set_member(scope, user, body.role)
-    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+    return _members(svc, scope)
 
 
 @router.delete(
@@ -259,7 +259,7 @@ async def remove_member(
     project: str, user: str, svc: Svc, scope: ProjectAdmin
 ) -> list[dict[str, str]]:
     svc.tenancy.remove_member(scope, user)
-    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+    return _members(svc, scope)
 
 
 # -- users ---------------------------------------------------------------------------------------
@@ -293,12 +293,12 @@ async def delete_user(user: str, svc: Svc, _: Super) -> dict[str, object]:
 async def create_token(body: TokenIn, svc: Svc, who: AnyUser) -> dict[str, object]:
     """The secret is in ``token``, this once; only its hash is kept."""
     token, secret = svc.tenancy.create_token(who, body.user, body.name, body.expires_in_s)
-    return _token_view(svc, token, secret)
+    return _token_views(svc, [token], secret)[0]
 
 
 @router.get("/v1/tokens", response_model=list[TokenOut], openapi_extra={"x-gureum-role": "user"})
 async def list_tokens(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
-    return [_token_view(svc, t) for t in svc.tenancy.tokens(who)]
+    return _token_views(svc, svc.tenancy.tokens(who))
 
 
 @router.delete(
@@ -306,7 +306,7 @@ async def list_tokens(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
 )
 async def revoke_token(token_id: str, svc: Svc, who: AnyUser) -> dict[str, object]:
     """Revoked at once: the next request with it is refused."""
-    return _token_view(svc, svc.tenancy.revoke(who, token_id))
+    return _token_views(svc, [svc.tenancy.revoke(who, token_id)])[0]
 
 
 # -- audit ---------------------------------------------------------------------------------------

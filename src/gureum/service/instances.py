@@ -329,17 +329,6 @@ class InstanceService:
             raise
         return layer
 
-    def _layers_below(self, inst: Instance) -> list[Path]:
-        """The files under the VM's top layer (others may share them)."""
-        layers = self.layers.all()
-        out: list[Path] = []
-        top = layers.get(inst.root_layer) if inst.root_layer else None
-        layer = layers.get(top.backing) if top and top.backing else None
-        while layer is not None:
-            out.append(self.host.path(layer.path))
-            layer = layers.get(layer.backing) if layer.backing else None
-        return out
-
     async def collect_layers(self) -> list[str]:
         """Delete the files of layers that no disk and no snapshot builds on any more."""
         gone = []
@@ -721,7 +710,9 @@ class InstanceService:
             )
         async with self.lock(inst.id):
             await self.host.destroy(inst.id)
-            below = self._layers_below(inst)
+            # The files under its top layer: others (a clone's source) may share them.
+            chain = self.layers.chain(inst.root_layer) if inst.root_layer else []
+            below = [self.host.path(layer.path) for layer in chain[1:]]
             await self.forwards.drop_instance(inst.id)
             networks = {n.network_id for n in self.networks.store.nics(instance_id=inst.id)}
             self.networks.store.forget_instance(inst.id)

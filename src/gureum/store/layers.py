@@ -57,11 +57,12 @@ class LayerStore:
             return {r["id"]: _layer(r) for r in conn.execute(select(layers)).mappings()}
 
     def chain(self, layer_id: str) -> list[Layer]:
-        """The layer and everything under it, top first."""
+        """The layer and everything under it, top first (ending early at a layer the store
+        no longer has, as ``unreachable`` does)."""
         every = self.all()
         out = []
         current: str | None = layer_id
-        while current is not None:
+        while current is not None and current in every:
             out.append(every[current])
             current = every[current].backing
         return out

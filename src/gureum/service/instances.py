@@ -35,6 +35,7 @@ from gureum.model.instance import (
 )
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Layer
+from gureum.service.holds import Holds
 from gureum.service.images import ImageService
 from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK
 from gureum.service.operations import OpContext, OperationManager, Reporter
@@ -50,6 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+HOST = "host"  # the key of what the host holds for growing VMs
 MIN_MEMORY_MIB = 128
 # Names gureum uses for its own short-lived snapshots (backup export); users cannot take them.
 INTERNAL_SNAPSHOT_PREFIX = "gureum-"
@@ -139,8 +141,8 @@ class InstanceService:
         self.snapshots = snapshots
         self.admission = asyncio.Lock()
         # vCPUs and MiB admitted to running VMs that are still growing into them (a live
-        # resize under way): the host counts them before the store does.
-        self.growing = [0, 0]
+        # resize under way), under HOST: the host counts them before the store does.
+        self.growing = Holds()
         self._locks: dict[str, asyncio.Lock] = {}
         self._events: dict[str, _Events] = {}
         # Wired by Services.build (they need this service's store too).
@@ -343,7 +345,8 @@ class InstanceService:
         """Refuse what the host cannot take. ``replacing``: an active VM whose own share is
         counted as freed (a restore or resize replaces it)."""
         used_cpus, used_mib = self.store.committed(ACTIVE)
-        used_cpus, used_mib = used_cpus + self.growing[0], used_mib + self.growing[1]
+        growing = self.growing.of(HOST)
+        used_cpus, used_mib = used_cpus + growing["cpus"], used_mib + growing["memory_mib"]
         if replacing is not None and replacing.state in ACTIVE:
             used_cpus -= replacing.spec.cpus
             used_mib -= replacing.spec.memory_mib

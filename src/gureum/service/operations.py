@@ -79,7 +79,17 @@ class OperationManager:
             self.store.save(op)
         return len(stale)
 
-    def start(self, kind: str, target: str, work: Work, project_id: str | None = None) -> Operation:
+    def start(
+        self,
+        kind: str,
+        target: str,
+        work: Work,
+        project_id: str | None = None,
+        *,
+        then: Callable[[], object] | None = None,
+    ) -> Operation:
+        """Run ``work`` as an operation. ``then`` is called once it has ended, however it ended
+        (at once if it cannot start): releasing what was held for it, say."""
         op = Operation(
             id=new_id("op-"),
             kind=kind,
@@ -88,15 +98,20 @@ class OperationManager:
             created_at=time.time(),
             project_id=project_id,
         )
-        self.store.insert(op)
+        try:
+            self.store.insert(op)
+        except BaseException:
+            if then is not None:
+                then()
+            raise
         self._live[op.id] = op
         self._changed[op.id] = asyncio.Event()
-        task = asyncio.create_task(self._run(op, work), name=f"op-{kind}-{op.id}")
+        task = asyncio.create_task(self._run(op, work, then), name=f"op-{kind}-{op.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return op
 
-    async def _run(self, op: Operation, work: Work) -> None:
+    async def _run(self, op: Operation, work: Work, then: Callable[[], object] | None) -> None:
         try:
             op.result = await work(OpContext(self, op))
             op.status = OpStatus.SUCCEEDED
@@ -110,6 +125,9 @@ class OperationManager:
             log.exception("operation %s (%s) failed", op.id, op.kind)
             op.status = OpStatus.FAILED
             op.error = {"code": "internal", "message": f"internal error: {exc!r}"}
+        finally:
+            if then is not None:
+                then()
         op.finished_at = time.time()
         try:
             self.store.save(op)

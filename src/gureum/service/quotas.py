@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from collections.abc import Callable
 
 from gureum.errors import NotFound, QuotaExceeded
 from gureum.host.agent import LocalHostAgent
 from gureum.model.instance import Instance
 from gureum.model.tenancy import Project
+from gureum.service.holds import Holds
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
@@ -53,7 +53,7 @@ class QuotaService:
         self.layers = layers
         self.host = host
         self._names: dict[str, str] = {}
-        self._held: dict[str, Counter[str]] = {}
+        self.held = Holds()  # by project id
 
     def project(self, ref: str) -> Project:
         project = self.tenancy.project(ref)
@@ -76,19 +76,9 @@ class QuotaService:
 
     def hold(self, project_id: str, **amounts: int) -> Callable[[], None]:
         """Count an allocation that is being made (not in the store yet) against the project's
-        quotas until the returned release is called (twice is harmless). Take it under the
-        admission lock, right after the check it follows."""
-        held = self._held.setdefault(project_id, Counter())
-        held.update(amounts)
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                held.subtract(amounts)
-
-        return release
+        quotas until the returned release is called. Take it under the admission lock, right
+        after the check it follows."""
+        return self.held.hold(project_id, **amounts)
 
     def check(self, project_id: str, *, replacing: Instance | None = None, **wanted: int) -> None:
         """Refuse (QuotaExceeded) if adding ``wanted`` (instances=1, cpus=2...) to what the
@@ -96,7 +86,7 @@ class QuotaService:
         allocation is being replaced (a resize), not added to."""
         project = self.project(project_id)
         held = self.allocated(project_id)
-        for key, amount in self._held.get(project_id, Counter()).items():
+        for key, amount in self.held.of(project_id).items():
             held[key] += amount
         if replacing is not None:
             held["cpus"] -= replacing.spec.cpus

@@ -18,6 +18,7 @@ from gureum.model.hardware import MAX_DIMMS, MEMORY_BLOCK_MIB
 from gureum.model.instance import Instance, State
 from gureum.model.operation import Operation
 from gureum.service.instances import (
+    HOST,
     MAX_DISK_BYTES,
     InstanceService,
     check_cpus,
@@ -76,41 +77,24 @@ class ResizeService:
                 memory_mib=new_mib,
                 disk_bytes=new_disk,
             )
-            grows = inst.state == State.RUNNING
-            if grows:
+            if inst.state == State.RUNNING:
                 await svc.admit(new_cpus, new_mib, replacing=inst)
-            # The growth counts from now, until the operation has written the new size:
+            # The growth counts from now until the operation has written the new size:
             # concurrent resizes and launches see it.
-            release = svc.quotas.hold(
-                inst.project_id, cpus=more_cpus, memory_mib=more_mib, disk_bytes=more_disk
-            )
-            if grows:
-                svc.growing[0] += more_cpus
-                svc.growing[1] += more_mib
-
-        finished = False
-
-        def done() -> None:
-            nonlocal finished
-            if finished:
-                return
-            finished = True
-            release()
-            if grows:
-                svc.growing[0] -= more_cpus
-                svc.growing[1] -= more_mib
-
-        async def work(ctx: OpContext) -> dict[str, object]:
-            try:
-                return await self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx)
-            finally:
-                done()
-
-        try:
-            return svc.ops.start("resize", inst.id, work, inst.project_id)
-        except BaseException:
-            done()
-            raise
+            releases = [
+                svc.quotas.hold(
+                    inst.project_id, cpus=more_cpus, memory_mib=more_mib, disk_bytes=more_disk
+                )
+            ]
+            if inst.state == State.RUNNING:
+                releases.append(svc.growing.hold(HOST, cpus=more_cpus, memory_mib=more_mib))
+        return svc.ops.start(
+            "resize",
+            inst.id,
+            lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx),
+            inst.project_id,
+            then=lambda: [release() for release in releases],
+        )
 
     async def _resize(
         self,

@@ -69,18 +69,13 @@ class SnapshotService:
             quotas.check(inst.project_id, snapshots=1)
             # Counted from now: concurrent requests see it before its row exists.
             release = quotas.hold(inst.project_id, snapshots=1)
-
-        async def work(ctx: Reporter) -> dict[str, object]:
-            try:
-                return await self.create_now(inst.id, name, memory, ctx)
-            finally:
-                release()
-
-        try:
-            return self.instances.ops.start("snapshot", inst.id, work, inst.project_id)
-        except BaseException:
-            release()
-            raise
+        return self.instances.ops.start(
+            "snapshot",
+            inst.id,
+            lambda ctx: self.create_now(inst.id, name, memory, ctx),
+            inst.project_id,
+            then=release,
+        )
 
     def _check_create(
         self, inst: Instance, name: str, memory: bool, *, internal: bool = False

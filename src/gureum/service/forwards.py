@@ -9,7 +9,7 @@ import time
 from gureum.errors import GureumError, InvalidInput, InvalidState, NotFound
 from gureum.host.network import NetworkHost
 from gureum.ids import new_id
-from gureum.model.network import Forward
+from gureum.model.network import Forward, Nic
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
 
@@ -43,11 +43,15 @@ class ForwardService:
         self.store = store
         self.instances = instances
 
+    def _first_nic(self, instance_id: str) -> Nic | None:
+        """Forwards go to the NIC in the lowest slot."""
+        return min(self.store.nics(instance_id=instance_id), key=lambda n: n.slot, default=None)
+
     def _target(self, instance_id: str) -> tuple[str, str]:
-        nics = sorted(self.store.nics(instance_id=instance_id), key=lambda n: n.slot)
-        if not nics:
+        nic = self._first_nic(instance_id)
+        if nic is None:
             raise InvalidState("the instance has no NIC to forward to")
-        return nics[0].network_id, nics[0].ip
+        return nic.network_id, nic.ip
 
     def list(self, instance_id: str | None = None) -> list[Forward]:
         return self.store.forwards(instance_id)
@@ -61,8 +65,8 @@ class ForwardService:
             inst = self.instances.get(fwd.instance_id)
             name = inst.name if inst else fwd.instance_id
         if ip is None:
-            nics = sorted(self.store.nics(instance_id=fwd.instance_id), key=lambda n: n.slot)
-            ip = nics[0].ip if nics else None
+            nic = self._first_nic(fwd.instance_id)
+            ip = nic.ip if nic else None
         return {
             "id": fwd.id,
             "instance": name,

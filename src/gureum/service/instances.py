@@ -37,7 +37,7 @@ from gureum.model.operation import Operation
 from gureum.model.snapshot import Layer
 from gureum.service.holds import Holds
 from gureum.service.images import ImageService
-from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK
+from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK, nic_view
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
@@ -193,10 +193,7 @@ class InstanceService:
         if self.networks is not None:
             store = self.networks.store
             for nic, network in store.nics_with_network(one):
-                nics.setdefault(nic.instance_id, []).append(
-                    {"id": nic.id, "network": network, "slot": nic.slot, "mac": nic.mac,
-                     "ip": nic.ip}
-                )  # fmt: skip
+                nics.setdefault(nic.instance_id, []).append(nic_view(nic, network))
                 if nic.slot < first_ip.get(nic.instance_id, (nic.slot + 1, None))[0]:
                     first_ip[nic.instance_id] = (nic.slot, nic.ip)
             groups = store.group_names_of(one)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
@@ -51,6 +50,11 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     return net
 
 
+def nic_view(nic: Nic, network: str) -> dict[str, object]:
+    """A NIC as the API shows it (``network``: its network's name)."""
+    return {"id": nic.id, "network": network, "slot": nic.slot, "mac": nic.mac, "ip": nic.ip}
+
+
 class NetworkService:
     def __init__(self, host: LocalHostAgent, store: NetworkStore, instances: InstanceStore) -> None:
         self.host = host
@@ -72,7 +76,7 @@ class NetworkService:
         return net
 
     def view(self, net: Network) -> dict[str, object]:
-        names = {i.id: i.name for i in self.instances.list()}
+        names = self._names()
         nics = self.store.nics(network_id=net.id)
         return {
             **net.to_dict(),
@@ -128,8 +132,10 @@ class NetworkService:
 
     async def delete(self, ref: str, project_id: str | None = None) -> Network:
         net = self.get(ref, project_id)
-        users = sorted({self._name(n.instance_id) for n in self.store.nics(network_id=net.id)})
-        if users:
+        nics = self.store.nics(network_id=net.id)
+        if nics:
+            names = self._names()
+            users = sorted({names.get(n.instance_id, n.instance_id) for n in nics})
             raise Conflict(
                 f"network {net.name} is in use by {', '.join(users)}; detach or delete them first"
             )
@@ -187,27 +193,18 @@ class NetworkService:
         )
 
     def nics_view(self, instance_id: str) -> list[dict[str, object]]:
-        nets = {n.id: n.name for n in self.list()}
-        return [
-            {
-                "id": n.id,
-                "network": nets.get(n.network_id, n.network_id),
-                "slot": n.slot,
-                "mac": n.mac,
-                "ip": n.ip,
-            }
-            for n in self.store.nics(instance_id=instance_id)
-        ]
+        return [nic_view(n, network) for n, network in self.store.nics_with_network(instance_id)]
 
-    def _name(self, instance_id: str) -> str:
-        inst = self.instances.get(instance_id)
-        return inst.name if inst else instance_id
+    def _names(self) -> dict[str, str]:
+        """Instance id -> name, read once for a whole network's NICs."""
+        return {i.id: i.name for i in self.instances.list()}
 
     # -- keeping the host in step ----------------------------------------------------------------
     async def sync(self, net: Network) -> None:
         nics = self.store.nics(network_id=net.id)
         groups = self.store.instance_groups()
-        hosts = [(n, self._name(n.instance_id)) for n in nics]
+        names = self._names()
+        hosts = [(n, names.get(n.instance_id, n.instance_id)) for n in nics]
         ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
         rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
         await self.net.sync(net, hosts, ports, rules)
@@ -254,6 +251,3 @@ class NetworkService:
     def mac_changes(self, before: tuple, after: tuple) -> list[tuple[str, str]]:  # type: ignore[type-arg]
         old = {s: m for s, m, _ in before}
         return [(old[s], m) for s, m, _ in after if s in old and old[s] != m]
-
-    def replace_nics(self, hw, nics):  # type: ignore[no-untyped-def]
-        return replace(hw, nics=nics)

@@ -55,6 +55,8 @@ def test_reachability_keeps_every_chain_whole(db):
     snaps.add(Snapshot("s-1", "i-a", "s1", "l1", False, "offline", hw, 1 << 30, 0, time.time()))
     assert [x.id for x in layers.unreachable()] == ["l4"]
     assert [x.id for x in layers.chain("l2")] == ["l2", "l1"]
+    assert [x.id for x in layers.chain("gone")] == []  # a missing layer ends the chain
+    assert snaps.count("p-default") == 1 and snaps.count("p-other") == 0
     assert sorted(layers.users("l1")) == ["i-a", "i-b"]
     # Deleting the snapshot and vm a: l1 still carries clone b.
     snaps.remove("s-1")

@@ -69,8 +69,7 @@ class QuotaService:
 
     def allocated(self, project_id: str) -> dict[str, int]:
         counts = self.instances.allocated(project_id)
-        ids = {i.id for i in self.instances.list(project_id)}
-        counts["snapshots"] = sum(1 for s in self.snapshots.list() if s.instance_id in ids)
+        counts["snapshots"] = self.snapshots.count(project_id)
         counts["networks"] = len(self.networks.networks(project_id))
         return counts
 

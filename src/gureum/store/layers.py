@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import RowMapping, delete, insert, select, update
+from sqlalchemy import RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gureum.errors import Conflict
@@ -127,6 +127,16 @@ class SnapshotStore:
             query = query.where(snapshots.c.instance_id == instance_id)
         with self.db.read() as conn:
             return [_snapshot(r) for r in conn.execute(query).mappings()]
+
+    def count(self, project_id: str) -> int:
+        """How many snapshots a project's instances have (what its quota counts)."""
+        query = (
+            select(func.count())
+            .select_from(snapshots.join(instances, instances.c.id == snapshots.c.instance_id))
+            .where(instances.c.project_id == project_id)
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def remove(self, snapshot_id: str) -> None:
         with self.db.begin() as conn:

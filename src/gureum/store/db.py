@@ -112,34 +112,32 @@ class Database:
 
     @contextmanager
     def begin(self) -> Iterator[Connection]:
-        try:
-            with self.engine.begin() as conn:
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise self._unreachable(exc) from exc
+        with self._reachable(), self.engine.begin() as conn:
+            yield conn
 
     @contextmanager
     def read(self) -> Iterator[Connection]:
         """A connection for one SELECT, outside any transaction: a single statement is its own
         consistent snapshot either way, and on PostgreSQL this saves two of the three round
         trips of every read (the API's list and show are nothing but reads)."""
-        try:
-            with self._reader.connect() as conn:
-                yield conn
-        except (OperationalError, InterfaceError) as exc:
-            raise self._unreachable(exc) from exc
+        with self._reachable(), self._reader.connect() as conn:
+            yield conn
 
-    def _unreachable(self, exc: OperationalError | InterfaceError) -> Exception:
+    @contextmanager
+    def _reachable(self) -> Iterator[None]:
         """A store that is down or busy is `unavailable` (503: try again), not an internal
         error. On SQLite an OperationalError is mostly a bug (no such table...): only a lock
         held past the busy timeout is the store being busy."""
-        if self.backend == "postgresql":
-            # The detail (socket path, host, port) is the operator's, not the caller's.
-            log.warning("store unreachable: %s", _first_line(exc))
-            return Unavailable("the store is not answering; try again shortly")
-        if "locked" in str(exc.orig):
-            return Unavailable("the store is busy (database is locked); try again")
-        return exc
+        try:
+            yield
+        except (OperationalError, InterfaceError) as exc:
+            if self.backend == "postgresql":
+                # The detail (socket path, host, port) is the operator's, not the caller's.
+                log.warning("store unreachable: %s", _first_line(exc))
+                raise Unavailable("the store is not answering; try again shortly") from exc
+            if "locked" in str(exc.orig):
+                raise Unavailable("the store is busy (database is locked); try again") from exc
+            raise
 
     def close(self) -> None:
         self.engine.dispose()

@@ -43,9 +43,12 @@ def table(columns: list[str], rows: list[list[str]]) -> None:
 
 
 def age(ts: float | None) -> str:
-    if not ts:
-        return "-"
-    seconds = max(0, time.time() - ts)
+    return duration(time.time() - ts) if ts else "-"
+
+
+def duration(seconds: float) -> str:
+    """Short human form, in its largest whole unit: 3d, 5h, 12m, 40s."""
+    seconds = max(0, seconds)
     for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
         if seconds >= size:
             return f"{int(seconds // size)}{unit}"

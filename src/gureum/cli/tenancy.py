@@ -379,9 +379,7 @@ def _expiry(at: float | None) -> str:
     if at is None:
         return "never"
     left = at - time.time()
-    if left <= 0:
-        return "expired"
-    return "in " + output.age(time.time() - left)
+    return "in " + output.duration(left) if left > 0 else "expired"
 
 
 @token_app.command("list")

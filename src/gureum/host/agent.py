@@ -298,7 +298,6 @@ class LocalHostAgent:
         uid = vm.cfg.uid
         if uid is not None:
             await asyncio.to_thread(permissions.own, new_top, uid)
-            await asyncio.to_thread(permissions.grant_read, [top_path], uid)
         await vm.snapshot_disk(new_top, f"layer-{new_top.stem}")
         if uid is not None:  # frozen now: the VM may read it, never write it again
             await asyncio.to_thread(permissions.root_only, top_path)

@@ -57,9 +57,9 @@ class ProjectGroups:
             for folder in (ROOT, parent):
                 with contextlib.suppress(OSError):
                     (folder / "cgroup.subtree_control").write_text("+cpu +memory")
-        for path in set(self._dirs(project_id).values()):
-            path.mkdir(parents=True, exist_ok=True)
         dirs = self._dirs(project_id)
+        for path in set(dirs.values()):
+            path.mkdir(parents=True, exist_ok=True)
         if self.version == 2:
             quota = "max" if cpu_cores is None else str(int(cpu_cores * PERIOD_US))
             (dirs["cpu"] / "cpu.max").write_text(f"{quota} {PERIOD_US}")

@@ -16,6 +16,16 @@ log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
 PERIOD_US = 100_000
+# What the kernel takes as a CFS quota per period (v1 cpu.cfs_quota_us and v2 cpu.max alike):
+# at least 1 ms (EINVAL below), at most 2^44 - 1 us (its bandwidth arithmetic's width).
+MIN_QUOTA_US = 1000
+MAX_QUOTA_US = (1 << 44) - 1
+MIN_CPU_CORES = MIN_QUOTA_US / PERIOD_US
+
+
+def cpu_quota_us(cores: float) -> int:
+    """The CFS quota per period that gives ``cores`` CPUs."""
+    return int(cores * PERIOD_US)
 
 
 def version() -> int | None:
@@ -61,14 +71,14 @@ class ProjectGroups:
         for path in set(dirs.values()):
             path.mkdir(parents=True, exist_ok=True)
         if self.version == 2:
-            quota = "max" if cpu_cores is None else str(int(cpu_cores * PERIOD_US))
+            quota = "max" if cpu_cores is None else str(cpu_quota_us(cpu_cores))
             (dirs["cpu"] / "cpu.max").write_text(f"{quota} {PERIOD_US}")
             (dirs["memory"] / "memory.max").write_text(
                 "max" if memory_bytes is None else str(memory_bytes)
             )
         else:
             (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            quota = -1 if cpu_cores is None else int(cpu_cores * PERIOD_US)
+            quota = -1 if cpu_cores is None else cpu_quota_us(cpu_cores)
             (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
             limit = -1 if memory_bytes is None else memory_bytes
             (dirs["memory"] / "memory.limit_in_bytes").write_text(str(limit))

@@ -15,10 +15,12 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import secrets
 import time
 
 from gureum.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from gureum.host.cgroups import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
 from gureum.ids import check_name, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
@@ -117,14 +119,19 @@ class TenancyService:
         self.store.add_project(project)
         return project
 
-    def set_quotas(self, scope: Scope, quotas: dict[str, float | int | None]) -> Project:
+    def set_quotas(
+        self, scope: Scope, quotas: dict[str, float | int | None], host_cpus: int
+    ) -> Project:
         """The host's administrator grants; a project's admins may tighten what was granted
-        (lower a quota or limit), never loosen it: that would take from the other tenants."""
+        (lower a quota or limit), never loosen it: that would take from the other tenants.
+        ``host_cpus``: the ceiling of a CPU limit that neither cpu_limit nor max_cpus sets."""
         self.require(scope, Role.ADMIN)
         checked = _checked_quotas(quotas)
         if not scope.principal.superuser:
             for key, value in checked.items():
-                granted = getattr(scope.project, key)
+                if value is None and getattr(scope.project, key) is None:
+                    continue  # unset stays unset
+                granted = _granted(scope.project, key, host_cpus)
                 if granted is not None and (value is None or value > granted):
                     raise Forbidden(
                         f"{key} can only be lowered (granted: {granted}); raising it is for the "
@@ -225,13 +232,35 @@ class TenancyService:
         return token
 
 
+def _granted(project: Project, key: str, host_cpus: int) -> float | int | None:
+    """What the administrator granted for ``key``, as it applies. An unset cpu_limit is not
+    "no limit": the project's VMs may use max_cpus cores, or with that unset too, the host's
+    (QuotaService.limits); an admin setting one must stay under that."""
+    value = getattr(project, key)
+    if key == "cpu_limit" and value is None:
+        return project.max_cpus if project.max_cpus is not None else host_cpus
+    return value
+
+
 def _checked_quotas(quotas: dict[str, float | int | None]) -> dict[str, float | int | None]:
     allowed = (*QUOTA_FIELDS, "cpu_limit", "memory_limit_mib")
     out: dict[str, float | int | None] = {}
     for key, value in quotas.items():
         if key not in allowed:
             raise InvalidInput(f"unknown quota {key!r}")
-        if value is not None and (isinstance(value, bool) or value < 0):
+        if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
             raise InvalidInput(f"{key} must be a positive number")
+        # Stored only if the kernel will take it: a limit kept but never applied would leave
+        # the project's VMs with whatever the control group had before.
+        if (
+            key == "cpu_limit"
+            and value is not None
+            and not (MIN_QUOTA_US <= cpu_quota_us(value) <= MAX_QUOTA_US)
+        ):
+            raise InvalidInput(
+                f"cpu_limit must be {MIN_CPU_CORES:g} to {MAX_QUOTA_US // PERIOD_US} cores "
+                f"(the kernel's CPU quota is at least {MIN_QUOTA_US} us per {PERIOD_US} us), "
+                f"not {value:g}"
+            )
         out[key] = value
     return out

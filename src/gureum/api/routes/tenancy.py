@@ -205,7 +205,8 @@ async def set_quotas(
     project: str, body: QuotasIn, svc: Svc, scope: ProjectAdmin
 ) -> dict[str, object]:
     """Project admins set their project's quotas (unset fields stay as they are)."""
-    updated = svc.tenancy.set_quotas(scope, body.model_dump(exclude_unset=True))
+    quotas = body.model_dump(exclude_unset=True)
+    updated = svc.tenancy.set_quotas(scope, quotas, svc.host.capacity().cpus)
     await svc.quotas.apply_limits(updated)
     return _project_view(updated, scope.role.value)
 

@@ -38,6 +38,11 @@ class Config:
     # Per API token: sustained requests per second and burst (0: no limit).
     rate_limit_per_s: float = 20.0
     rate_limit_burst: float = 40.0
+    # Per user, all their tokens together (0: no limit): more tokens are not more requests.
+    user_rate_limit_per_s: float = 40.0
+    user_rate_limit_burst: float = 80.0
+    # Tokens a user may hold at once (neither revoked nor expired); 0: no bound.
+    max_tokens_per_user: int = 50
     max_request_bytes: int = 1024 * 1024
     # Audit entries older than this are deleted (at start and hourly); 0: kept forever.
     audit_retention_days: float = 90.0
@@ -106,6 +111,9 @@ _ENV = {
     "cache_dir_override": "GUREUM_CACHE_DIR",
     "rate_limit_per_s": "GUREUM_RATE_LIMIT",
     "rate_limit_burst": "GUREUM_RATE_BURST",
+    "user_rate_limit_per_s": "GUREUM_USER_RATE_LIMIT",
+    "user_rate_limit_burst": "GUREUM_USER_RATE_BURST",
+    "max_tokens_per_user": "GUREUM_MAX_TOKENS_PER_USER",
     "max_request_bytes": "GUREUM_MAX_REQUEST_BYTES",
     "audit_retention_days": "GUREUM_AUDIT_RETENTION_DAYS",
     "database_url": "GUREUM_DATABASE_URL",

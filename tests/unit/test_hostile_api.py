@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import math
 import os
+import time
 
 import pytest
 from fastapi.testclient import TestClient
 
 from gureum.api.app import create_app
 from gureum.config import load_config
+from gureum.errors import QuotaExceeded
 from gureum.model.tenancy import Role
 from gureum.service.core import Services
 from gureum.service.tenancy import SUPERUSER
@@ -106,3 +108,80 @@ def test_a_cpu_limit_of_not_a_number_is_refused(world):
         ],
         0.01,
     )
+
+
+# -- #6: tokens minted by tokens, per-user rate, how many tokens a user may hold ------------------
+def test_a_token_minted_by_a_short_lived_token_does_not_outlive_it(world):
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    t = world.svc.tenancy
+    parent, secret = t.create_token(SUPERUSER, "mark", "short", expires_in_s=3600)
+    who = {"Authorization": f"Bearer {secret}"}
+    # Asked for nothing: it ends with its parent, not never.
+    child = world.tcp.post("/v1/tokens", json={"name": "child"}, headers=who).json()
+    assert child["expires_at"] == parent.expires_at
+    # Asked for longer than the parent has left: refused, nothing made.
+    before = len(t.tokens(t.authenticate(secret)))
+    resp = world.tcp.post("/v1/tokens", json={"name": "longer", "expires_in_s": 7200}, headers=who)
+    assert "outlive" in error_of(resp, 400, "invalid-input")
+    assert len(t.tokens(t.authenticate(secret))) == before
+    # Shorter is fine.
+    shorter = world.tcp.post(
+        "/v1/tokens", json={"name": "shorter", "expires_in_s": 600}, headers=who
+    ).json()
+    assert shorter["expires_at"] < parent.expires_at
+    # A token that never expires mints what it is asked for.
+    lasting = world.tcp.post(
+        "/v1/tokens", json={"name": "lasting"}, headers=world.as_("mark")
+    ).json()
+    assert lasting["expires_at"] is None
+
+
+def test_many_tokens_of_one_user_share_one_rate(tmp_path):
+    env = {
+        "GUREUM_RATE_LIMIT": "2",
+        "GUREUM_RATE_BURST": "3",
+        "GUREUM_USER_RATE_LIMIT": "2",
+        "GUREUM_USER_RATE_BURST": "4",
+    }
+    svc = Services.build(load_config(tmp_path, env=env))
+    svc.tenancy.ensure_default()
+    svc.tenancy.store.set_role("p-default", svc.tenancy.create_user("rita").id, Role.VIEWER)
+    svc.tenancy.store.set_role("p-default", svc.tenancy.create_user("sam").id, Role.VIEWER)
+    secrets = [svc.tenancy.create_token(SUPERUSER, "rita", f"t{i}")[1] for i in range(5)]
+    other = svc.tenancy.create_token(SUPERUSER, "sam", "t")[1]
+    with TestClient(create_app(svc, "tcp")) as client:
+        codes = [
+            client.get("/v1/instances", headers={"Authorization": f"Bearer {s}"}).status_code
+            for s in secrets
+            for _ in range(2)
+        ]
+        assert codes.count(200) == 4 and set(codes[4:]) == {429}, codes
+        # Another user's budget is their own.
+        resp = client.get("/v1/instances", headers={"Authorization": f"Bearer {other}"})
+        assert resp.status_code == 200
+    svc.close()
+
+
+def test_a_user_holds_a_bounded_number_of_live_tokens(tmp_path):
+    svc = Services.build(load_config(tmp_path, env={"GUREUM_MAX_TOKENS_PER_USER": "3"}))
+    t = svc.tenancy
+    t.ensure_default()
+    t.store.set_role("p-default", t.create_user("mark").id, Role.MEMBER)
+    first, secret = t.create_token(SUPERUSER, "mark", "a")
+    t.create_token(SUPERUSER, "mark", "b")
+    t.create_token(SUPERUSER, "mark", "c", expires_in_s=1)
+    with TestClient(create_app(svc, "tcp")) as client:
+        who = {"Authorization": f"Bearer {secret}"}
+        resp = client.post("/v1/tokens", json={"name": "d"}, headers=who)
+        assert "max_tokens_per_user" in error_of(resp, 409, "quota-exceeded")
+        assert len(t.tokens(SUPERUSER)) == 3
+    with pytest.raises(QuotaExceeded):  # the administrator minting for them too
+        t.create_token(SUPERUSER, "mark", "d")
+    t.revoke(SUPERUSER, first.id)  # revoked ones do not count
+    t.create_token(SUPERUSER, "mark", "d")
+    time.sleep(1.1)  # nor do expired ones
+    t.create_token(SUPERUSER, "mark", "e")
+    with pytest.raises(QuotaExceeded):
+        t.create_token(SUPERUSER, "mark", "f")
+    svc.close()

@@ -49,7 +49,11 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     )
     app.state.services = svc
     app.state.transport = transport
-    app.state.limiter = RateLimiter(svc.config.rate_limit_per_s, svc.config.rate_limit_burst)
+    config = svc.config
+    app.state.limiter = RateLimiter(config.rate_limit_per_s, config.rate_limit_burst)
+    # rate_limit_per_s 0 turns rate limiting off, the users' buckets with the tokens'.
+    user_rate = config.user_rate_limit_per_s if config.rate_limit_per_s > 0 else 0
+    app.state.user_limiter = RateLimiter(user_rate, config.user_rate_limit_burst)
     errors.install(app)
     for module in (instances, snapshots, backups, networks, operations, images, system, tenancy):
         app.include_router(module.router)

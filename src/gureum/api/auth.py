@@ -8,8 +8,9 @@ document and calls every route as every role to prove it):
   (``X-Gureum-Project``); a project where the caller has no role does not exist for them;
 - ``Super``: the administrator (root on the local socket, no token).
 
-Rate limiting is per token (the local root path is not limited): a token bucket, answered with
-429 and Retry-After when empty.
+Rate limiting is per token and per user (the local root path is not limited): a token bucket
+for each, answered with 429 and Retry-After when either is empty, so that minting more tokens
+does not buy more requests.
 """
 
 from __future__ import annotations
@@ -35,16 +36,26 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}
 
     def take(self, key: str) -> None:
-        if self.rate <= 0:
-            return
-        now = time.monotonic()
+        take_all((self, key))
+
+    def _level(self, key: str, now: float) -> float:
         tokens, last = self._buckets.get(key, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens < 1:
-            self._buckets[key] = (tokens, now)
-            wait = (1 - tokens) / self.rate
-            raise RateLimited(f"too many requests; retry in {wait:.1f} s", retry_after=wait)
-        self._buckets[key] = (tokens - 1, now)
+        return min(self.burst, tokens + (now - last) * self.rate)
+
+
+def take_all(*buckets: tuple[RateLimiter, str]) -> None:
+    """One request against several buckets (its token's, its user's): it passes only if each
+    has room, and only then is it counted in each (a refused request costs nothing)."""
+    now = time.monotonic()
+    levels = [
+        (limiter, key, limiter._level(key, now)) for limiter, key in buckets if limiter.rate > 0
+    ]
+    waits = [(1 - level) / limiter.rate for limiter, _, level in levels if level < 1]
+    for limiter, key, level in levels:
+        limiter._buckets[key] = (level if waits else level - 1, now)
+    if waits:
+        wait = max(waits)
+        raise RateLimited(f"too many requests; retry in {wait:.1f} s", retry_after=wait)
 
 
 def identify(app: object, headers: dict[str, str]) -> Principal:
@@ -56,7 +67,11 @@ def identify(app: object, headers: dict[str, str]) -> Principal:
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("use an Authorization: Bearer TOKEN header")
         principal = svc.tenancy.authenticate(secret.strip())
-        app.state.limiter.take(principal.token_id or principal.name)  # type: ignore[attr-defined]
+        state = app.state  # type: ignore[attr-defined]
+        take_all(
+            (state.limiter, principal.token_id or principal.name),
+            (state.user_limiter, principal.user_id or principal.name),
+        )
         return principal
     if app.state.transport == "unix":  # type: ignore[attr-defined]
         return SUPERUSER  # the socket is root's alone (mode 0600)

@@ -97,7 +97,7 @@ class Services:
         )
         network_store = NetworkStore(db)
         tenancy_store = TenancyStore(db)
-        tenancy = TenancyService(tenancy_store)
+        tenancy = TenancyService(tenancy_store, max_tokens_per_user=config.max_tokens_per_user)
         quotas = QuotaService(
             tenancy_store,
             instance_store,

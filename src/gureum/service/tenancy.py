@@ -19,7 +19,14 @@ import math
 import secrets
 import time
 
-from gureum.errors import Conflict, Forbidden, InvalidInput, NotFound, Unauthenticated
+from gureum.errors import (
+    Conflict,
+    Forbidden,
+    InvalidInput,
+    NotFound,
+    QuotaExceeded,
+    Unauthenticated,
+)
 from gureum.host.cgroups import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
 from gureum.ids import check_name, new_id
 from gureum.model.instance import DEFAULT_PROJECT
@@ -39,8 +46,9 @@ def hash_secret(secret: str) -> str:
 
 
 class TenancyService:
-    def __init__(self, store: TenancyStore) -> None:
+    def __init__(self, store: TenancyStore, *, max_tokens_per_user: int = 50) -> None:
         self.store = store
+        self.max_tokens_per_user = max_tokens_per_user  # 0: no bound
         self._touched: dict[str, float] = {}  # token id -> when its last_used_at was written
 
     # -- authentication --------------------------------------------------------------------------
@@ -191,7 +199,8 @@ class TenancyService:
         expires_in_s: int | None = None,
     ) -> tuple[Token, str]:
         """A new token; the secret is returned here and never again. ``expires_in_s``: it stops
-        working that many seconds from now (None: until revoked)."""
+        working that many seconds from now (None: until revoked, or, made with a token that
+        expires, when that one does: a token never outlives the token that made it)."""
         if expires_in_s is not None and not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S:
             raise InvalidInput(
                 f"a token's lifetime is 1 s to {MAX_TOKEN_LIFETIME_S // 86400} days, "
@@ -205,9 +214,28 @@ class TenancyService:
         if not principal.superuser and user.id != principal.user_id:
             raise Forbidden("a user may only create tokens for themself")
         check_name(name, what="token name")
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         now = time.time()
         expires = now + expires_in_s if expires_in_s is not None else None
+        parent = self.store.token(principal.token_id) if principal.token_id else None
+        if parent is not None and parent.expires_at is not None:
+            # Else a short-lived token (a CI job's, a laptop's for the day) would be a way to
+            # a lasting one, and its expiry would bound nothing.
+            if expires is None:
+                expires = parent.expires_at
+            elif expires > parent.expires_at:
+                left = max(0, int(parent.expires_at - now))
+                raise InvalidInput(
+                    f"a token cannot outlive the token that creates it, which expires in {left} "
+                    f"s: ask for {left} s or less, or leave the lifetime out to end with it"
+                )
+        # No await from this count to the insert: concurrent requests cannot both pass it.
+        cap = self.max_tokens_per_user
+        if cap and self.store.live_tokens(user.id, now) >= cap:
+            raise QuotaExceeded(
+                f"user {user.name} already holds {cap} tokens that work (max_tokens_per_user); "
+                "revoke one first (gureum token revoke ID)"
+            )
+        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
         token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
         self.store.add_token(token)
         return token, secret

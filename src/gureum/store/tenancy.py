@@ -6,7 +6,7 @@ import json
 import time
 from typing import Any
 
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from gureum.errors import Conflict
@@ -177,6 +177,16 @@ class TenancyStore:
             query = query.where(tokens.c.user_id == user_id)
         with self.db.read() as conn:
             return [Token(**dict(r)) for r in conn.execute(query).mappings()]
+
+    def live_tokens(self, user_id: str, now: float) -> int:
+        """How many of a user's tokens still work: neither revoked nor expired."""
+        query = select(func.count()).where(
+            (tokens.c.user_id == user_id)
+            & tokens.c.revoked_at.is_(None)
+            & (tokens.c.expires_at.is_(None) | (tokens.c.expires_at > now))
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def revoke(self, token_id: str) -> None:
         with self.db.begin() as conn:

@@ -8,8 +8,10 @@ import secrets
 from gureum.errors import InvalidInput
 
 # A name becomes the guest's hostname and part of QEMU's -name, so it follows the DNS label
-# rules (RFC 1123): lowercase letters, digits and inner hyphens, at most 63 characters.
-_NAME = re.compile(r"^[a-z]([a-z0-9-]{0,61}[a-z0-9])?$")
+# rules (RFC 1123): lowercase letters, digits and inner hyphens, at most 63 characters. Matched
+# whole (fullmatch): "$" also matches before a final newline, and "a1\n" would reach DNS host
+# files, DHCP host files and the kernel command line.
+_NAME = re.compile(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?")
 NAME_RULE = (
     "1 to 63 characters: lowercase letters, digits and '-', starting with a letter "
     "and not ending with '-'"
@@ -22,7 +24,7 @@ def new_id(prefix: str = "") -> str:
 
 
 def check_name(name: str, *, what: str = "name") -> str:
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         shown = name if isinstance(name, str) and len(name) <= 70 else f"{str(name)[:60]}..."
         raise InvalidInput(f"invalid {what} {shown!r}: {NAME_RULE}")
     return name

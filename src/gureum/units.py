@@ -28,7 +28,8 @@ _UNITS = {
     "TIB": TIB,
 }
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*$")
+# Matched whole, and ASCII only: \d alone would take digits of any script.
+_SIZE = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", re.ASCII)
 
 
 def parse_size(text: str | int, *, default_unit: str = "B", what: str = "size") -> int:
@@ -43,7 +44,7 @@ def parse_size(text: str | int, *, default_unit: str = "B", what: str = "size") 
         if text < 0:
             raise InvalidInput(f"{what} must not be negative")
         return text * _UNITS[default_unit.upper()]
-    match = _SIZE.match(text)
+    match = _SIZE.fullmatch(text)
     if not match:
         raise InvalidInput(f"{what} must be a size such as 512M or 2G, not {text!r}")
     number, unit = match.groups()
@@ -63,13 +64,13 @@ def format_size(num_bytes: int | float) -> str:
     return f"{int(num_bytes)}B"
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*([smhdw]?)\s*$")
+_DURATION = re.compile(r"\s*(\d+)\s*([smhdw]?)\s*", re.ASCII)
 _SECONDS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
 def parse_duration(text: str, *, what: str = "duration") -> int:
     """Seconds, from 90s, 15m, 12h, 30d or 2w (a bare number is seconds)."""
-    match = _DURATION.match(text)
+    match = _DURATION.fullmatch(text)
     if not match or int(match.group(1)) <= 0:
         raise InvalidInput(f"{what} must be a duration such as 12h, 30d or 2w, not {text!r}")
     return int(match.group(1)) * _SECONDS[match.group(2)]

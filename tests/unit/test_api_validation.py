@@ -63,6 +63,7 @@ def launch(api, **body):
         ({"name": "web/1"}, 400, "invalid-input", "invalid instance name"),
         ({"name": "web 1"}, 400, "invalid-input", "invalid instance name"),
         ({"name": "w" * 200}, 400, "invalid-input", "invalid instance name"),
+        ({"name": "web1\n"}, 400, "invalid-input", "invalid instance name"),
         ({"disk_gib": 0.1}, 400, "invalid-input", "at least the image's size"),
         ({"disk_gib": -2}, 400, "invalid-input", "positive size"),
         ({"colour": "blue"}, 400, "invalid-input", "unknown field"),

@@ -185,3 +185,46 @@ def test_a_user_holds_a_bounded_number_of_live_tokens(tmp_path):
     with pytest.raises(QuotaExceeded):
         t.create_token(SUPERUSER, "mark", "f")
     svc.close()
+
+
+# -- #7: names with a trailing newline; users named like the service's own callers --------------
+@pytest.mark.parametrize("bad", ["a1\n", "a1\r\n", "\na1", "a1\n\n", "a\n1"])
+def test_a_name_is_matched_whole(bad):
+    from gureum.errors import InvalidInput
+    from gureum.ids import check_name
+
+    with pytest.raises(InvalidInput, match="invalid"):
+        check_name(bad)
+
+
+def test_no_name_with_a_newline_gets_in_through_the_api(world):
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    who = world.as_("mark", "team-a")
+    calls = [
+        ("/v1/secgroups", {"name": "web\n"}),
+        ("/v1/networks", {"name": "back\n", "subnet": "10.80.1.0/24"}),
+        ("/v1/tokens", {"name": "laptop\n"}),
+        ("/v1/instances", {"name": "web1\n", "image": "tiny"}),
+    ]
+    for url, body in calls:
+        error_of(world.tcp.post(url, json=body, headers=who), 400, "invalid-input")
+    error_of(world.root.post("/v1/users", json={"name": "eve\n"}), 400, "invalid-input")
+    error_of(world.root.post("/v1/projects", json={"name": "team-b\n"}), 400, "invalid-input")
+    assert world.svc.secgroups.list() == [] and world.svc.networks.list() == []
+
+
+@pytest.mark.parametrize("name", ["root", "anonymous"])
+def test_users_cannot_be_named_like_the_services_own_callers(world, name):
+    """root is the host's administrator in lists and the audit, anonymous an unauthenticated
+    caller: a user by either name would pass for them."""
+    resp = world.root.post("/v1/users", json={"name": name})
+    assert "reserved" in error_of(resp, 400, "invalid-input")
+    assert world.svc.tenancy.store.user(name) is None
+
+
+def test_users_cannot_be_named_like_a_user_id(world):
+    """Users are found by id or name: a name shaped like another user's id would shadow it."""
+    victim = world.svc.tenancy.create_user("victim")
+    error_of(world.root.post("/v1/users", json={"name": victim.id}), 400, "invalid-input")
+    assert world.svc.tenancy.user(victim.id).name == "victim"

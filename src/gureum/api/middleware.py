@@ -10,6 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gureum.api.errors import error_headers
 from gureum.errors import GureumError
+from gureum.service.tenancy import ANONYMOUS
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +52,7 @@ class AuditMiddleware:
         svc = scope["app"].state.services
         try:
             svc.tenancy.store.record(
-                user=principal.name if principal else "anonymous",
+                user=principal.name if principal else ANONYMOUS,
                 project=project.project.name if project else None,
                 action=action,
                 target=target,

@@ -28,7 +28,7 @@ from gureum.errors import (
     Unauthenticated,
 )
 from gureum.host.cgroups import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
-from gureum.ids import check_name, new_id
+from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
 from gureum.store.tenancy import TenancyStore
@@ -36,6 +36,10 @@ from gureum.store.tenancy import TenancyStore
 log = logging.getLogger(__name__)
 
 SUPERUSER = Principal(name="root", user_id=None)
+ANONYMOUS = "anonymous"  # who the audit says called without a valid identity
+# Names the service itself writes as a caller in lists and the audit: a user by one of these
+# names would pass for the host's administrator or for an unauthenticated caller.
+RESERVED_USER_NAMES = frozenset({SUPERUSER.name, ANONYMOUS})
 TOKEN_PREFIX = "gur_"
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 TOUCH_EVERY_S = 60.0
@@ -123,6 +127,9 @@ class TenancyService:
 
     def create_project(self, name: str, quotas: dict[str, float | int | None]) -> Project:
         check_name(name, what="project name")
+        if looks_like_id(name, "p-"):
+            # Projects are found by id or name: this one would shadow the project with that id.
+            raise InvalidInput(f"a project name may not look like a project id ({name!r})")
         project = Project(new_id("p-"), name, time.time(), **_checked_quotas(quotas))
         self.store.add_project(project)
         return project
@@ -162,6 +169,11 @@ class TenancyService:
     # -- users and members -----------------------------------------------------------------------
     def create_user(self, name: str) -> User:
         check_name(name, what="user name")
+        if name in RESERVED_USER_NAMES:
+            raise InvalidInput(f"the user name {name!r} is reserved for the service's own use")
+        if looks_like_id(name, "u-"):
+            # Users are found by id or name: this one would shadow the user with that id.
+            raise InvalidInput(f"a user name may not look like a user id ({name!r})")
         user = User(new_id("u-"), name, time.time())
         self.store.add_user(user)
         return user

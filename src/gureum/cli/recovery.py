@@ -191,7 +191,11 @@ def backup_export(
         target = Path(path)
         partial = target.with_name(target.name + ".partial")
         try:
-            with open(partial, "wb") as f:
+            # The archive holds the VM's whole disk (and RAM): its owner's alone, whatever the
+            # umask, and also if a .partial was left readable by others.
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+            os.fchmod(fd, 0o600)
+            with open(fd, "wb") as f:
                 size = client.export(name, f, memory=memory)
                 f.flush()
                 os.fsync(f.fileno())

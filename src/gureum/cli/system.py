@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -16,6 +18,18 @@ from gureum.client.client import Client
 operation_app = typer.Typer(
     help="Follow long work: launches, stops, image builds.", no_args_is_help=True
 )
+
+
+def service_log_handler(path: Path) -> logging.Handler:
+    """The service's log file, root's alone (0600): it names every tenant's instances, projects
+    and users. Made so before the first line is written (the service's own umask is set only
+    later), and put right if an older file was readable by others."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+    finally:
+        os.close(fd)
+    return logging.FileHandler(path)
 
 
 def register(app: typer.Typer) -> None:
@@ -34,7 +48,7 @@ def register(app: typer.Typer) -> None:
         config = load_config()
         config.home.mkdir(parents=True, exist_ok=True)
         handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
-        handlers.append(logging.FileHandler(config.log_path))
+        handlers.append(service_log_handler(config.log_path))
         logging.basicConfig(
             level=logging.DEBUG if verbose else logging.INFO,
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -101,7 +101,7 @@ async def raw_boot(image: dict, workdir: Path, accel: str, tb_size: int) -> tupl
         accel=accel,
         kernel=folder / "vmlinuz",
         initrd=folder / "initrd.img",
-        root_disk=disk,
+        disk_chain=(disk, folder / "disk.qcow2"),
         runtime=RuntimePaths(workdir / "rt"),
         hostname="raw",
         tcg_tb_size_mib=tb_size,

@@ -31,6 +31,13 @@ class InvalidInput(GureumError):
     status = 400
 
 
+class InvalidImage(InvalidInput):
+    """A disk image handed in is not what gureum takes: not qcow2, or its header names another
+    file (a backing file, an external data file), or uses features gureum does not produce."""
+
+    code = "invalid-image"
+
+
 class NotFound(GureumError):
     code = "not-found"
     status = 404

@@ -35,7 +35,7 @@ def config(**kw):
         accel="tcg",
         kernel=Path("/img/vmlinuz"),
         initrd=Path("/img/initrd.img"),
-        root_disk=Path("/home/i/root.qcow2"),
+        disk_chain=(Path("/home/i/root.qcow2"),),
         runtime=RuntimePaths(Path("/run/g/i-1")),
         hostname="web1",
         taps=((0, 7),),
@@ -102,6 +102,21 @@ def test_render_restore_with_hot_plugged_parts():
         "core-id": 3,
         "thread-id": 0,
     }
+
+
+def test_disk_chain_is_given_node_by_node():
+    """QEMU opens exactly the recorded chain: every qcow2 node names its backing node, the
+    bottom ``null``, so no backing name written in a file's header is ever followed."""
+    chain = (Path("/h/disks/top.qcow2"), Path("/h/disks/mid.qcow2"), Path("/h/images/disk.qcow2"))
+    argv = render(config(disk_chain=chain))
+    nodes = [json.loads(b) for b in arg_after(argv, "-blockdev")]
+    files = {n["node-name"]: n["filename"] for n in nodes if n["driver"] == "file"}
+    formats = [n for n in nodes if n["driver"] == "qcow2"]
+    assert [files[f["file"]] for f in formats] == [str(p) for p in reversed(chain)]
+    assert [f["backing"] for f in formats] == [None, "layer2", "layer1"]
+    assert formats[-1]["node-name"] == "root" and not formats[-1]["read-only"]
+    assert all(n["read-only"] for n in nodes if not n["node-name"].startswith("root"))
+    assert "virtio-blk-pci,drive=root,id=root-disk,bootindex=1" in arg_after(argv, "-device")
 
 
 def test_render_read_only_root():

@@ -14,7 +14,7 @@ import os
 import secrets
 import shutil
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol
 
@@ -31,7 +31,7 @@ from gureum.host.cgroups import ProjectGroups
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
 from gureum.network import netns, tap
-from gureum.storage import disks
+from gureum.storage import disks, qcow2
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,13 @@ class VMSpec:
     uid: int | None  # the unprivileged user its QEMU runs as
     kernel: Path
     initrd: Path
-    root_disk: Path  # the top layer of its disk
+    # Its disk's files, top first, down to the image disk (if any): what the store recorded.
+    # QEMU is given exactly these, and the VM's user is granted read on exactly these.
+    disk_chain: tuple[Path, ...]
+
+    @property
+    def root_disk(self) -> Path:
+        return self.disk_chain[0]
 
 
 # A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
@@ -101,8 +107,30 @@ class LocalHostAgent:
     async def grow_disk_offline(self, path: Path, size_bytes: int) -> None:
         await disks.grow(path, size_bytes)
 
-    async def flatten_disk(self, top: Path, dest: Path) -> None:
-        await disks.flatten(top, dest)
+    async def flatten_disk(self, chain: tuple[Path, ...], dest: Path) -> None:
+        await disks.flatten(chain, dest)
+
+    async def check_image(self, path: Path, size_bytes: int, what: str) -> None:
+        """Refuse (InvalidImage) a qcow2 handed in from outside unless it is standalone and of
+        ``size_bytes``: nothing is created, and no file its header names is opened."""
+        await disks.check_standalone(path, size_bytes=size_bytes, what=what)
+
+    async def take_disk(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
+        """A qcow2 handed in from outside as a standalone layer of gureum's own, after checking
+        its header names no other file (``storage/qcow2.py``); InvalidImage if it does."""
+        await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what)
+
+    async def take_ram(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
+        """A RAM image handed in as qcow2, checked the same way, written out raw."""
+        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what)
+
+    async def pack_ram(self, src: Path, dest: Path) -> None:
+        """A memory snapshot's RAM file as a qcow2 of its written clusters (for export)."""
+        await disks.compress_raw(src, dest)
+
+    def names_backing_file(self, path: Path) -> bool:
+        """Whether a layer's own header names a file under it (read once, for migration 6)."""
+        return path.exists() and qcow2.names_backing(path)
 
     async def revoke_access(self, uid: int, paths: list[Path]) -> None:
         """A deleted VM's user loses the read grants it had on layers others still use."""
@@ -139,7 +167,7 @@ class LocalHostAgent:
             accel=self.accel.accel,
             kernel=spec.kernel,
             initrd=spec.initrd,
-            root_disk=spec.root_disk,
+            disk_chain=spec.disk_chain,
             runtime=self.runtime(spec.instance_id),
             hostname=spec.name,
             qemu_binary=self.config.qemu_binary,
@@ -187,11 +215,17 @@ class LocalHostAgent:
         permissions.own(spec.root_disk, uid)
         images = cfg.images_dir.resolve()
         for boot_file in (spec.kernel, spec.initrd):
+            if images not in boot_file.resolve().parents:
+                # An imported machine's own boot files (instances/<id>/): its user's alone.
+                permissions.crossable(cfg.instances_dir, boot_file.parent)
+                permissions.root_only(boot_file)
+                permissions.grant_read([boot_file], uid)
+                continue
             for path in (boot_file, *list(boot_file.parents)):
                 if path == images.parent:
                     break
                 permissions.public(path)
-        for lower in permissions.backing_chain(spec.root_disk):
+        for lower in spec.disk_chain[1:]:
             if images in lower.resolve().parents:
                 permissions.public(lower)
             else:
@@ -299,13 +333,17 @@ class LocalHostAgent:
         if uid is not None:
             await asyncio.to_thread(permissions.own, new_top, uid)
         await vm.snapshot_disk(new_top, f"layer-{new_top.stem}")
+        vm.cfg = replace(vm.cfg, disk_chain=(new_top, *vm.cfg.disk_chain))
         if uid is not None:  # frozen now: the VM may read it, never write it again
             await asyncio.to_thread(permissions.root_only, top_path)
             await asyncio.to_thread(permissions.grant_read, [top_path], uid)
 
-    async def save_memory(self, instance_id: str, frozen_disk: Path, folder: Path) -> None:
+    async def save_memory(
+        self, instance_id: str, frozen_chain: tuple[Path, ...], folder: Path
+    ) -> None:
         """Save the paused VM's memory and device state into ``folder`` as a memory image
-        (``ram-*`` files and ``state``) that restores without copying."""
+        (``ram-*`` files and ``state``) that restores without copying. ``frozen_chain``: the
+        disk as it was at that moment, top first (the helper QEMU opens it read-only)."""
         vm = self._vm(instance_id)
         folder.mkdir(parents=True, exist_ok=True)
         stream = folder / "stream.tmp"
@@ -316,7 +354,7 @@ class LocalHostAgent:
             taps = await self._open_taps(
                 instance_id, vm.cfg.hardware, attach=False, tag=secrets.token_hex(3)
             )
-            source = VMConfig(**{**vm.cfg.__dict__, "root_disk": frozen_disk, "taps": taps})
+            source = replace(vm.cfg, disk_chain=frozen_chain, taps=taps)
             await memimage.make(source, stream, folder)
             for made in folder.iterdir():  # the memory image is no VM's to change
                 if made.is_file():

@@ -10,7 +10,6 @@ runtime files. Folders along the way are 0711: crossable, not listable.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -51,9 +50,3 @@ def revoke(paths: list[Path], uid: int) -> None:
     existing = [str(p) for p in paths if p.exists()]
     if existing:
         run(["setfacl", "-x", f"u:{uid}", *existing], check=False, timeout=30)
-
-
-def backing_chain(top: Path) -> list[Path]:
-    """The files under a qcow2 image, top first excluded, bottom last."""
-    out = run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", str(top)]).stdout
-    return [Path(entry["filename"]) for entry in json.loads(out)[1:]]

@@ -9,6 +9,7 @@ memory snapshot, and rendered into the command line.
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import uuid
 from dataclasses import asdict, dataclass, replace
@@ -17,6 +18,9 @@ MAX_DIMMS = 8
 MAX_NICS = 4  # PCIe root ports made at boot, so NICs can be hot-plugged into them
 MEMORY_BLOCK_MIB = 128  # x86 Linux onlines hot-plugged memory in 128 MiB blocks
 DEFAULT_MAX_CPUS = 8
+MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
+MAX_MEMORY_MIB = 1024 * 1024  # the hot-plug ceiling for_boot never exceeds
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def new_mac() -> str:
@@ -82,9 +86,43 @@ class Hardware:
 
     @classmethod
     def from_json(cls, text: str) -> Hardware:
+        """Hardware as gureum recorded it (see ``check_hardware`` for one from elsewhere)."""
         raw = json.loads(text)
         raw["hot_cpus"] = tuple(raw.get("hot_cpus", ()))
         raw["dimms"] = tuple(raw.get("dimms", ()))
         raw["nics"] = tuple(tuple(n) for n in raw.get("nics", ()))
         raw.pop("mac", None)  # recorded by versions before NICs had rows of their own
         return cls(**raw)
+
+
+def check_hardware(hw: Hardware) -> None:
+    """Refuse (ValueError) a machine description that did not come from gureum: every value
+    is rendered into QEMU's command line, so each is checked for type and range (a MAC such as
+    ``52:54:00:00:00:01,romfile=...`` would add an option)."""
+
+    def whole(value: object, low: int, high: int, what: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"{what} must be a whole number from {low} to {high}, not {value!r}")
+        return value
+
+    whole(hw.cpus, 1, MAX_CPUS, "cpus")
+    whole(hw.max_cpus, hw.cpus, MAX_CPUS, "max_cpus")
+    whole(hw.memory_mib, MEMORY_BLOCK_MIB, MAX_MEMORY_MIB, "memory_mib")
+    if len(hw.dimms) > MAX_DIMMS:
+        raise ValueError(f"at most {MAX_DIMMS} memory modules")
+    for mib in hw.dimms:
+        if whole(mib, MEMORY_BLOCK_MIB, MAX_MEMORY_MIB, "a module's MiB") % MEMORY_BLOCK_MIB:
+            raise ValueError(f"a memory module is a multiple of {MEMORY_BLOCK_MIB} MiB")
+    whole(hw.max_memory_mib, hw.total_memory_mib, MAX_MEMORY_MIB, "max_memory_mib")
+    if len(set(hw.hot_cpus)) != len(hw.hot_cpus):
+        raise ValueError("a hot-plugged CPU is listed twice")
+    for core in hw.hot_cpus:
+        whole(core, hw.cpus, hw.max_cpus - 1, "a hot-plugged CPU's core id")
+    if not isinstance(hw.generation_id, str) or len(hw.generation_id) > 64:
+        raise ValueError("generation_id is not a GUID")
+    if len(hw.nics) > MAX_NICS or len({n[0] for n in hw.nics}) != len(hw.nics):
+        raise ValueError(f"at most {MAX_NICS} NICs, each in its own slot")
+    for nic in hw.nics:
+        if len(nic) != 3 or not isinstance(nic[1], str) or not MAC.fullmatch(nic[1]):
+            raise ValueError(f"a NIC is (slot, MAC, network), not {nic!r}")
+        whole(nic[0], 0, MAX_NICS - 1, "a NIC's slot")

@@ -6,6 +6,10 @@ from dataclasses import dataclass
 
 from gureum.model.hardware import Hardware
 
+# ``Layer.base_image`` of a bottom layer recorded before the store kept it (migration 6), until
+# the service settles it at start.
+UNSETTLED_BASE = "?"
+
 
 @dataclass(frozen=True)
 class Layer:
@@ -15,8 +19,12 @@ class Layer:
     id: str
     instance_id: str | None  # who made it (informational: clones share their source's layers)
     path: str  # relative to GUREUM_HOME
-    backing: str | None  # the layer below, or None when the bottom is the image (or nothing)
+    backing: str | None  # the layer below, or None at the bottom of the chain
     created_at: float
+    # At the bottom only: the image disk under it (relative to GUREUM_HOME), or None for a
+    # standalone bottom (an imported disk). The store's word, never the file header's: chains
+    # are passed to QEMU and qemu-img explicitly from these two fields.
+    base_image: str | None = None
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,6 @@ removes it.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import os
 import secrets
@@ -19,18 +18,18 @@ import shutil
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import Conflict, GureumError, InvalidInput
+from gureum.errors import Conflict, GureumError, InvalidImage, InvalidInput
 from gureum.ids import check_name, new_id
-from gureum.images.debian import sha256_file
-from gureum.model.hardware import Hardware
+from gureum.model.hardware import Hardware, check_hardware
 from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
 from gureum.model.snapshot import Layer, Snapshot
 from gureum.service.instances import (
     INTERNAL_SNAPSHOT_PREFIX,
+    MAX_DISK_BYTES,
     InstanceService,
     check_cpus,
     check_memory,
@@ -38,7 +37,7 @@ from gureum.service.instances import (
 from gureum.service.operations import Quiet
 from gureum.service.snapshots import SnapshotService
 from gureum.storage import archive
-from gureum.sys.runner import arun
+from gureum.sys import streams
 
 CHUNK = 1 << 20
 
@@ -82,8 +81,9 @@ class BackupService:
         try:
             _, snap = self.snapshots.get(inst.id, name)
             files = {"disk.qcow2": work / "disk.qcow2"}
-            await self.host.flatten_disk(self.instances.layer_path(snap.layer), work / "disk.qcow2")
-            boot = self.instances.image_folder(inst)
+            chain = self.instances.disk_chain(snap.layer)
+            await self.host.flatten_disk(chain, work / "disk.qcow2")
+            boot = self.instances.boot_folder(inst)
             files["vmlinuz"] = boot / "vmlinuz"
             files["initrd.img"] = boot / "initrd.img"
             if snap.memory:
@@ -93,19 +93,7 @@ class BackupService:
                 for backend, _ in snap.hardware.memory_backends():
                     # RAM files are mostly holes; qcow2 keeps only the written clusters.
                     dest = work / f"ram-{backend}.qcow2"
-                    await arun(
-                        [
-                            "qemu-img",
-                            "convert",
-                            "-f",
-                            "raw",
-                            "-O",
-                            "qcow2",
-                            str(folder / f"ram-{backend}"),
-                            str(dest),
-                        ],
-                        timeout=3600,
-                    )
+                    await self.host.pack_ram(folder / f"ram-{backend}", dest)
                     files[f"memory/ram-{backend}.qcow2"] = dest
             config = {
                 "name": inst.spec.name,
@@ -126,26 +114,14 @@ class BackupService:
     async def _stream(
         self, files: dict[str, Path], config: dict[str, Any], work: Path
     ) -> AsyncIterator[bytes]:
-        """The archive, written by a thread into a pipe and read here as it is produced."""
-        read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "rb", buffering=0)
-        writer = os.fdopen(write_fd, "wb")
-
-        def produce() -> None:
-            try:
-                archive.write(writer, files, config)
-            finally:
-                writer.close()
-
-        producer = asyncio.get_running_loop().run_in_executor(None, produce)
+        """The archive, written on a thread of its own and sent as it is produced."""
         try:
-            while chunk := await asyncio.to_thread(reader.read, CHUNK):
+            stream = streams.produce_in_thread(
+                lambda out: archive.write(out, files, config), name="backup-export"
+            )
+            async for chunk in stream:
                 yield chunk
-            await producer
         finally:
-            reader.close()  # a client gone mid-stream makes the writer fail and stop
-            with contextlib.suppress(Exception):
-                await producer
             shutil.rmtree(work, ignore_errors=True)
 
     # -- import ----------------------------------------------------------------------------------
@@ -163,55 +139,34 @@ class BackupService:
             shutil.rmtree(work, ignore_errors=True)
 
     async def _receive(self, body: AsyncIterator[bytes], work: Path) -> dict[str, Any]:
-        read_fd, write_fd = os.pipe()
-        reader = os.fdopen(read_fd, "rb")
-        writer = os.fdopen(write_fd, "wb", buffering=0)
-        consumer = asyncio.get_running_loop().run_in_executor(
-            None, archive.read, reader, work / "in"
+        """Read and check the archive on a thread of its own; an archive found bad is refused
+        at once, without reading the rest of the body (``sys/streams.py``)."""
+        return await streams.consume_in_thread(
+            body, lambda inp: archive.read(inp, work / "in"), name="backup-import"
         )
-        try:
-            async for chunk in body:
-                await asyncio.to_thread(writer.write, chunk)
-        except BrokenPipeError:
-            pass  # the reader stopped early: it will say why
-        finally:
-            writer.close()
-        try:
-            return await consumer
-        finally:
-            reader.close()
 
     async def _create(
         self, manifest: dict[str, Any], work: Path, name: str, project_id: str
     ) -> Instance:
-        cfg = manifest["config"]
-        try:
-            image, version = str(cfg["image"]), str(cfg["image_version"])
-            spec = InstanceSpec(
-                name,
-                image,
-                check_cpus(cfg["cpus"]),
-                check_memory(cfg["memory_mib"]),
-                int(cfg["disk_bytes"]),
-            )
-            source_hw = Hardware.from_json(cfg["hardware"])
-            has_memory = bool(cfg["memory"])
-        except (KeyError, TypeError, ValueError) as exc:
-            raise archive.ArchiveError(
-                f"the manifest's configuration is incomplete: {exc}"
-            ) from exc
-        check_name(image, what="image name")
-        if not version.isalnum():
-            raise archive.ArchiveError("the manifest names an invalid image version")
         data = work / "in"
-        self._install_boot_files(image, version, data)
-        created: list[Path] = []
+        found = _Found.check(manifest, set(manifest.get("files") or {}))
+        spec = InstanceSpec(name, found.image, found.cpus, found.memory_mib, found.disk_bytes)
+        # Every image file is checked before anything is created or counted: a header that
+        # names another host file (backing, data file) is refused here (storage/qcow2.py).
+        images = [("disk.qcow2", spec.disk_bytes)] + [
+            (f"memory/ram-{backend}.qcow2", mib << 20) for backend, mib in found.backends
+        ]
+        for member, size in images:
+            try:
+                await self.host.check_image(data / member, size, member)
+            except InvalidImage as exc:
+                raise archive.ArchiveError(exc.message) from exc
         inst = Instance(
             id=new_id("i-"),
             spec=spec,
             state=State.STOPPED,
             created_at=time.time(),
-            image_version=version,
+            image_version=found.version,
             accel=self.host.accel.accel,
             project_id=project_id,
             uid=self.instances.store.next_uid(),
@@ -224,34 +179,37 @@ class BackupService:
             # and launches see it.
             release = self.instances.quotas.hold(project_id, **wanted)
         try:
-            return await self._create_held(inst, source_hw, has_memory, cfg, data, created,
-                                           release)  # fmt: skip
+            return await self._create_held(inst, found, data, [], release)
         finally:
             release()
 
     async def _create_held(
         self,
         inst: Instance,
-        source_hw: Hardware,
-        has_memory: bool,
-        cfg: dict[str, Any],
+        found: _Found,
         data: Path,
         created: list[Path],
         release: Callable[[], None],
     ) -> Instance:
         """The import's work once its quota is held; ``release`` once its row counts instead."""
-        spec, project_id = inst.spec, inst.project_id
+        spec, project_id, source_hw = inst.spec, inst.project_id, found.hardware
         # Networks are this host's: every NIC the source had goes on the default network.
         nets = self.instances.networks
         default = await nets.default(project_id)
         slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
         old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
         base_id = new_id("l-")
-        base = Layer(base_id, inst.id, f"disks/{base_id}.qcow2", None, time.time())
+        base = Layer(base_id, inst.id, f"disks/{base_id}.qcow2", None, time.time(), None)
         try:
+            # The boot files live with this machine, never in the shared image store.
+            boot = self.config.instances_dir / inst.id
+            created.append(boot)
+            boot.mkdir(parents=True)
+            for boot_file in ("vmlinuz", "initrd.img"):
+                shutil.move(data / boot_file, boot / boot_file)
             dest = self.host.path(base.path)
-            await asyncio.to_thread(shutil.move, data / "disk.qcow2", dest)
             created.append(dest)
+            await self.host.take_disk(data / "disk.qcow2", dest, spec.disk_bytes, "disk.qcow2")
             self.instances.layers.add(base)
             self.instances.store.insert(inst)
             release()  # the row counts now
@@ -262,33 +220,23 @@ class BackupService:
             )
             new_nics = nets.hardware_nics(inst.id)
             hardware = replace(self.instances.new_generation(source_hw), nics=new_nics)
-            if not has_memory:
+            if not found.memory:
                 hardware = hardware.rebooted(spec.cpus, spec.memory_mib)
             inst.hardware = hardware
             self.instances.store.update(inst.id, hardware=hardware)
             # The memory image still holds the source's MACs: a restore will set the new ones.
             image_nics = tuple((s, old_macs.get(s, m), n) for s, m, n in new_nics)
             await self.instances.new_top_layer(inst, on=base_id, size_bytes=spec.disk_bytes)
-            if has_memory:
+            if found.memory:
                 snap_id = new_id("s-")
                 folder = self.config.snapshots_dir / snap_id
                 created.append(folder)
                 folder.mkdir()
                 shutil.move(data / "memory" / "state", folder / "state")
-                for backend, _ in hardware.memory_backends():
-                    await arun(
-                        [
-                            "qemu-img",
-                            "convert",
-                            "-f",
-                            "qcow2",
-                            "-O",
-                            "raw",
-                            str(data / "memory" / f"ram-{backend}.qcow2"),
-                            str(folder / f"ram-{backend}"),
-                        ],
-                        timeout=3600,
-                    )
+                for backend, mib in found.backends:
+                    member = f"memory/ram-{backend}.qcow2"
+                    await self.host.take_ram(data / member, folder / f"ram-{backend}",
+                                             mib << 20, member)  # fmt: skip
                 self.instances.snapshots.add(
                     Snapshot(
                         id=snap_id,
@@ -296,7 +244,7 @@ class BackupService:
                         name="backup",
                         layer=base_id,
                         memory=True,
-                        consistency=str(cfg.get("consistency", "paused")),
+                        consistency=found.consistency,
                         # The source's machine and MACs: a restore renames the guest.
                         hardware=replace(source_hw, nics=image_nics),
                         disk_bytes=spec.disk_bytes,
@@ -304,7 +252,7 @@ class BackupService:
                         created_at=time.time(),
                     )
                 )
-        except BaseException:
+        except BaseException as exc:
             # Nothing half-made stays: rows, layers and files all go.
             nets.store.forget_instance(inst.id)
             for snap in self.instances.snapshots.list(inst.id):
@@ -313,20 +261,10 @@ class BackupService:
             await self.instances.collect_layers()
             for path in created:
                 await self.host.remove_file(path)
+            if isinstance(exc, InvalidImage):
+                raise archive.ArchiveError(exc.message) from exc
             raise
         return self.instances.get(inst.id)
-
-    def _install_boot_files(self, image: str, version: str, data: Path) -> None:
-        """The kernel and initramfs the disk was made with, unless this host has them."""
-        folder = self.config.images_dir / image / version
-        folder.mkdir(parents=True, exist_ok=True)
-        for name in ("vmlinuz", "initrd.img"):
-            target = folder / name
-            if target.exists():
-                if sha256_file(target) != sha256_file(data / name):
-                    raise Conflict(f"image {image} {version} here has a different {name}")
-                continue
-            shutil.move(data / name, target)
 
     # -- verify ----------------------------------------------------------------------------------
     async def verify(
@@ -359,3 +297,72 @@ class BackupService:
             with contextlib.suppress(GureumError):
                 await self.instances.delete(inst.id, force=True)
         return {"ok": ok, "seconds": round(time.monotonic() - started, 3), "detail": detail}
+
+
+CONSISTENCIES = ("offline", "fsfreeze", "paused", "crash-consistent")
+
+
+@dataclass(frozen=True)
+class _Found:
+    """What an archive's manifest declares, each field checked: the manifest is the tenant's
+    word (its checksums prove the archive is whole, not who wrote it)."""
+
+    image: str
+    version: str
+    cpus: int
+    memory_mib: int
+    disk_bytes: int
+    hardware: Hardware  # the machine the memory state was saved from (used as is on resume)
+    memory: bool
+    consistency: str
+
+    @property
+    def backends(self) -> list[tuple[str, int]]:
+        """(backend, MiB) of each RAM image the archive must hold (none without memory)."""
+        return self.hardware.memory_backends() if self.memory else []
+
+    @classmethod
+    def check(cls, manifest: dict[str, Any], members: set[str]) -> _Found:
+        cfg = manifest.get("config")
+        if not isinstance(cfg, dict):
+            raise archive.ArchiveError("the manifest has no configuration")
+        try:
+            found = cls(
+                image=check_name(cfg["image"], what="image name"),
+                version=str(cfg["image_version"]),
+                cpus=check_cpus(cfg["cpus"]),
+                memory_mib=check_memory(cfg["memory_mib"]),
+                disk_bytes=cfg["disk_bytes"],
+                hardware=Hardware.from_json(cfg["hardware"]),
+                memory=cfg["memory"],
+                consistency=cfg.get("consistency", "paused"),
+            )
+            check_hardware(found.hardware)
+        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+            detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
+            raise archive.ArchiveError(f"the manifest's configuration is invalid: {detail}") from (
+                exc
+            )
+        if not found.version.isalnum() or len(found.version) > 64:
+            raise archive.ArchiveError("the manifest names an invalid image version")
+        disk = found.disk_bytes
+        if isinstance(disk, bool) or not isinstance(disk, int) or not 0 < disk <= MAX_DISK_BYTES:
+            raise archive.ArchiveError(f"the manifest's disk size {disk!r} is out of range")
+        if not isinstance(found.memory, bool) or found.consistency not in CONSISTENCIES:
+            raise archive.ArchiveError("the manifest's memory fields are invalid")
+        hw = found.hardware
+        if found.memory and (hw.total_cpus, hw.total_memory_mib) != (found.cpus, found.memory_mib):
+            # Admission and quotas count the manifest's size; a resume runs the saved machine.
+            raise archive.ArchiveError(
+                f"the manifest declares {found.cpus} vCPU and {found.memory_mib} MiB, but its"
+                f" memory state is of a {hw.total_cpus} vCPU, {hw.total_memory_mib} MiB machine"
+            )
+        wanted = {"disk.qcow2", "vmlinuz", "initrd.img"}
+        if found.memory:
+            wanted |= {"memory/state"} | {f"memory/ram-{b}.qcow2" for b, _ in found.backends}
+        if members != wanted:
+            raise archive.ArchiveError(
+                f"the archive holds {sorted(members)}, not the {sorted(wanted)} its"
+                " configuration needs"
+            )
+        return found

@@ -22,7 +22,7 @@ from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState, 
 from gureum.host.agent import Console, LocalHostAgent, VMSpec
 from gureum.host.capacity import admit
 from gureum.ids import check_name, looks_like_id, new_id
-from gureum.model.hardware import MAX_NICS, Hardware, new_generation_id
+from gureum.model.hardware import MAX_CPUS, MAX_NICS, Hardware, new_generation_id
 from gureum.model.instance import (
     ACTIVE,
     DEFAULT_PROJECT,
@@ -34,7 +34,7 @@ from gureum.model.instance import (
     check_transition,
 )
 from gureum.model.operation import Operation
-from gureum.model.snapshot import Layer
+from gureum.model.snapshot import UNSETTLED_BASE, Layer
 from gureum.service.holds import Holds
 from gureum.service.images import ImageService
 from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK, nic_view
@@ -55,7 +55,6 @@ HOST = "host"  # the key of what the host holds for growing VMs
 MIN_MEMORY_MIB = 128
 # Names gureum uses for its own short-lived snapshots (backup export); users cannot take them.
 INTERNAL_SNAPSHOT_PREFIX = "gureum-"
-MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
 MAX_DISK_BYTES = 16 * 1024 * GIB
 
 BOOT_LABELS = {
@@ -269,8 +268,15 @@ class InstanceService:
     def image_folder(self, inst: Instance) -> Path:
         return Path(self.config.images_dir) / inst.spec.image / inst.image_version
 
+    def boot_folder(self, inst: Instance) -> Path:
+        """Where the VM's kernel and initramfs are: its image's, or for a machine imported from
+        a backup its own (instances/<id>/: an import never writes into the shared image store).
+        """
+        own = self.config.instances_dir / inst.id
+        return own if (own / "vmlinuz").exists() else self.image_folder(inst)
+
     def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
-        folder = self.image_folder(inst)
+        folder = self.boot_folder(inst)
         hw = hardware or inst.hardware
         assert hw is not None and inst.root_layer is not None
         return VMSpec(
@@ -281,7 +287,7 @@ class InstanceService:
             uid=inst.uid,
             kernel=folder / "vmlinuz",
             initrd=folder / "initrd.img",
-            root_disk=self.layer_path(inst.root_layer),
+            disk_chain=self.disk_chain(inst.root_layer),
         )
 
     def set_state(
@@ -299,6 +305,42 @@ class InstanceService:
             raise NotFound(f"disk layer {layer_id} is missing from the store")
         return self.host.path(layer.path)
 
+    def disk_chain(self, layer_id: str) -> tuple[Path, ...]:
+        """The files of a disk whose top is ``layer_id``, top first, down to the image disk
+        under its bottom layer if it has one: what QEMU and qemu-img are given, explicitly,
+        instead of the backing names written in the files' headers."""
+        chain = self.layers.chain(layer_id)
+        if not chain or chain[-1].backing is not None:
+            raise NotFound(f"disk layer {chain[-1].backing if chain else layer_id} is missing")
+        paths = [self.host.path(layer.path) for layer in chain]
+        bottom = chain[-1]
+        if bottom.base_image == UNSETTLED_BASE:
+            raise EngineError(f"disk layer {bottom.id} has no recorded base yet")
+        if bottom.base_image:
+            paths.append(self.host.path(bottom.base_image))
+        return tuple(paths)
+
+    def settle_base_images(self) -> list[str]:
+        """Layers recorded before the store kept each bottom layer's base (migration 6): read
+        once from the file whether it was made over an image, and record which image the store
+        says (never the path the header names)."""
+        settled = []
+        instances = {inst.id: inst for inst in self.store.list()}
+        for layer in self.layers.all().values():
+            if layer.base_image != UNSETTLED_BASE:
+                continue
+            owner = instances.get(layer.instance_id or "") or next(
+                (instances[i] for i in self.layers.users(layer.id) if i in instances), None
+            )
+            path = self.host.path(layer.path)
+            if owner is not None and self.host.names_backing_file(path):
+                base = self.image_folder(owner) / "disk.qcow2"
+                self.layers.set_base_image(layer.id, str(base.relative_to(self.config.home)))
+            else:
+                self.layers.set_base_image(layer.id, None)
+            settled.append(f"layer {layer.id}: base recorded")
+        return settled
+
     async def new_top_layer(
         self, inst: Instance, *, on: str | None, size_bytes: int, live: bool = False
     ) -> Layer:
@@ -309,7 +351,9 @@ class InstanceService:
         the file itself and switches to it (an external snapshot).
         """
         layer_id = new_id("l-")
-        layer = Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", on, time.time())
+        image_disk = self.image_folder(inst) / "disk.qcow2"
+        base = None if on else str(image_disk.relative_to(self.config.home))
+        layer = Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", on, time.time(), base)
         path = self.host.path(layer.path)
         previous = inst.root_layer
         self.layers.add_on_top(layer, inst.id)
@@ -318,7 +362,7 @@ class InstanceService:
             if live:
                 await self.host.snapshot_disk_live(inst.id, path)
             else:
-                backing = self.layer_path(on) if on else self.image_folder(inst) / "disk.qcow2"
+                backing = self.layer_path(on) if on else image_disk
                 await self.host.create_disk(path, backing, size_bytes)
         except GureumError:
             self.store.update(inst.id, root_layer=previous)

@@ -64,6 +64,7 @@ class Reconciler:
 
     async def reconcile_once(self) -> dict[str, list[str]]:
         report: dict[str, list[str]] = {"changed": [], "removed": []}
+        report["changed"] += self.instances.settle_base_images()
         for inst in self.instances.list():
             try:
                 change = await self.instances.recover(inst)

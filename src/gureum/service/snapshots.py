@@ -19,6 +19,7 @@ breaks a chain: layers another disk builds on (the VM's own, a clone's) stay unt
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from dataclasses import replace
@@ -115,7 +116,7 @@ class SnapshotService:
                         inst, on=frozen, size_bytes=inst.spec.disk_bytes, live=True
                     )
                     ctx.progress("disk frozen; saving memory and device state")
-                    await self.host.save_memory(inst.id, svc.layer_path(frozen), partial)
+                    await self.host.save_memory(inst.id, svc.disk_chain(frozen), partial)
                 except GureumError:
                     shutil.rmtree(partial, ignore_errors=True)
                     raise
@@ -273,14 +274,22 @@ class SnapshotService:
                 uid=self.instances.store.next_uid(),
             )
             self.instances.store.insert(clone)
+            own_boot = self.config.instances_dir / clone.id
             try:
                 # Its own NICs: same networks and slots, new MACs and addresses.
                 for (slot, _mac, _net), net in zip(hw.nics, networks, strict=True):
                     nets.new_nic(clone.id, net, slot)
                 nets.store.set_instance_groups(clone.id, groups)
+                boot = self.instances.boot_folder(source)
+                if boot != self.instances.image_folder(source):
+                    # An imported source's own kernel and initramfs: the clone keeps a link.
+                    own_boot.mkdir(parents=True)
+                    for boot_file in ("vmlinuz", "initrd.img"):
+                        os.link(boot / boot_file, own_boot / boot_file)
             except BaseException:
                 nets.store.forget_instance(clone.id)
                 self.instances.store.delete(clone.id)
+                shutil.rmtree(own_boot, ignore_errors=True)
                 raise
             new_nics = nets.hardware_nics(clone.id)
             hardware = replace(self.instances.new_generation(hw), nics=new_nics)

@@ -1,17 +1,54 @@
-"""qcow2 disks through qemu-img: thin overlays on an image's base disk."""
+"""qcow2 disks through qemu-img: thin overlays on an image's base disk.
+
+A disk is a chain of qcow2 files, and each file's header names the one below it. gureum never
+lets qemu-img follow those names: every command that reads through a chain is given the chain
+the store recorded, explicitly, as a ``json:`` image with ``"backing": null`` at the bottom
+(``chain_options``), so a header that names some other host file is never opened. Commands
+that must not read the chain at all (``create -u``, ``resize``) open one file with no backing.
+"""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from gureum.errors import InvalidInput
+from gureum.errors import GureumError, InvalidImage, InvalidInput
+from gureum.storage import qcow2
 from gureum.sys.runner import arun, run
+
+# Data copies of a large disk take a while on 2 cores; header work is instant.
+COPY_TIMEOUT = 3600
+
+
+def chain_options(chain: Sequence[Path], *, read_only: bool = True) -> dict[str, Any]:
+    """QEMU block options for a qcow2 chain given top first: each layer backed by the next,
+    the last by nothing. ``read_only`` applies to the top (the layers under it always are)."""
+    if not chain:
+        raise ValueError("a disk chain has at least one layer")
+    options: dict[str, Any] | None = None
+    for depth, path in enumerate(reversed(chain)):
+        top = depth == len(chain) - 1
+        options = {
+            "driver": "qcow2",
+            "read-only": read_only or not top,
+            "file": {"driver": "file", "filename": str(path.absolute())},
+            "backing": options,
+        }
+    assert options is not None
+    return options
+
+
+def image_name(chain: Sequence[Path], *, read_only: bool = True) -> str:
+    """A qemu-img file name for the chain: ``json:{...}`` with every backing given."""
+    return "json:" + json.dumps(chain_options(chain, read_only=read_only))
 
 
 def info(path: Path) -> dict[str, object]:
-    # -U: read even while a running QEMU holds the image's write lock.
-    out = run(["qemu-img", "info", "-U", "--output=json", str(path)]).stdout
+    """qemu-img's view of one file. It opens no backing file (info never does without
+    --backing-chain); -U reads even while a running QEMU holds the image's write lock."""
+    out = run(["qemu-img", "info", "-U", "--output=json", image_name([path])], timeout=60).stdout
     return json.loads(out)
 
 
@@ -31,28 +68,14 @@ async def create_overlay(base: Path, overlay: Path, size_bytes: int) -> None:
             f"disk must be at least the image's size ({base_size / 1024**3:.2f} GiB),"
             f" not {size_bytes / 1024**3:.2f} GiB"
         )
-    overlay.parent.mkdir(parents=True, exist_ok=True)
     tmp = overlay.with_suffix(".tmp")
-    await arun(
-        [
-            "qemu-img",
-            "create",
-            "-q",
-            "-f",
-            "qcow2",
-            "-F",
-            "qcow2",
-            "-b",
-            str(base.absolute()),
-            str(tmp),
-            str(size_bytes),
-        ]
-    )
+    await create_on(base, tmp, size_bytes)
     tmp.rename(overlay)  # a crash never leaves a half-made overlay under the real name
 
 
 async def create_on(backing: Path, path: Path, size_bytes: int) -> None:
-    """An empty qcow2 over a file a running QEMU holds (its backing is not opened: -u)."""
+    """An empty qcow2 of ``size_bytes`` whose header names ``backing`` (for tools that read
+    headers; gureum itself passes chains explicitly). -u: the backing file is not opened."""
     path.parent.mkdir(parents=True, exist_ok=True)
     await arun(
         [
@@ -78,12 +101,69 @@ def allocated_bytes(path: Path) -> int:
 
 
 async def grow(path: Path, size_bytes: int) -> None:
-    """Grow an image that no QEMU has open (a stopped VM's top layer)."""
-    await arun(["qemu-img", "resize", "-q", str(path), str(size_bytes)])
+    """Grow an image that no QEMU has open (a stopped VM's top layer). Growing reads nothing
+    below, so the file is opened alone; its header keeps naming its backing file."""
+    name = image_name([path], read_only=False)
+    await arun(["qemu-img", "resize", "-q", name, str(size_bytes)])
 
 
-async def flatten(top: Path, dest: Path) -> None:
-    """One standalone qcow2 with the whole chain's data: portable, no backing file."""
+async def flatten(chain: Sequence[Path], dest: Path) -> None:
+    """One standalone qcow2 with the data of ``chain`` (top first, as the store records it):
+    portable, no backing file."""
     tmp = dest.with_suffix(".tmp")
-    await arun(["qemu-img", "convert", "-U", "-O", "qcow2", str(top), str(tmp)], timeout=3600)
+    argv = ["qemu-img", "convert", "-U", "-O", "qcow2", image_name(chain), str(tmp)]
+    await arun(argv, timeout=COPY_TIMEOUT)
     tmp.rename(dest)
+
+
+async def take_standalone(src: Path, dest: Path, *, size_bytes: int, what: str) -> None:
+    """Check a qcow2 that came from outside and rewrite it as a fresh qcow2 of gureum's own.
+
+    Refused (InvalidImage) unless ``src`` is a standalone qcow2 (``qcow2.inspect``) of exactly
+    ``size_bytes``, and qemu-img, opening it alone, agrees. The copy has a header gureum wrote.
+    """
+    await check_standalone(src, size_bytes=size_bytes, what=what)
+    tmp = dest.with_suffix(".tmp")
+    try:
+        await arun(["qemu-img", "convert", "-O", "qcow2", image_name([src]), str(tmp)],
+                   timeout=COPY_TIMEOUT)  # fmt: skip
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+async def take_raw(src: Path, dest: Path, *, size_bytes: int, what: str) -> None:
+    """Like ``take_standalone``, the result a raw file (a RAM image restores from one)."""
+    await check_standalone(src, size_bytes=size_bytes, what=what)
+    argv = ["qemu-img", "convert", "-O", "raw", image_name([src]), str(dest)]
+    await arun(argv, timeout=COPY_TIMEOUT)
+
+
+async def compress_raw(src: Path, dest: Path) -> None:
+    """A raw file (mostly holes: a RAM image) as a qcow2 that keeps only written clusters."""
+    await arun(["qemu-img", "convert", "-f", "raw", "-O", "qcow2", str(src), str(dest)],
+               timeout=COPY_TIMEOUT)  # fmt: skip
+
+
+async def check_standalone(src: Path, *, size_bytes: int, what: str) -> qcow2.Header:
+    header = qcow2.inspect(src, what=what)
+    if header.virtual_size != size_bytes:
+        raise InvalidImage(
+            f"{what} is {header.virtual_size} bytes in its header, not the {size_bytes} declared"
+        )
+    # A second opinion from qemu-img itself, opening the file alone (backing: null).
+    argv = ["qemu-img", "info", "--output=json", image_name([src])]
+    try:
+        seen = json.loads((await arun(argv, timeout=60)).stdout)
+    except (ValueError, GureumError) as exc:
+        raise InvalidImage(f"{what} is not a readable qcow2 image") from exc
+    specific = (seen.get("format-specific") or {}).get("data") or {}
+    if (
+        seen.get("format") != "qcow2"
+        or seen.get("virtual-size") != size_bytes
+        or "backing-filename" in seen
+        or "data-file" in specific
+        or specific.get("corrupt")
+    ):
+        raise InvalidImage(f"{what} is not a standalone qcow2 image of {size_bytes} bytes")
+    return header

@@ -13,7 +13,10 @@ from gureum.store.schema import instances, layers, snapshots
 
 
 def _layer(row: RowMapping) -> Layer:
-    return Layer(row["id"], row["instance_id"], row["path"], row["backing"], row["created_at"])
+    return Layer(
+        row["id"], row["instance_id"], row["path"], row["backing"], row["created_at"],
+        row["base_image"],
+    )  # fmt: skip
 
 
 def _snapshot(row: RowMapping) -> Snapshot:
@@ -99,6 +102,12 @@ class LayerStore:
     def remove(self, layer_id: str) -> None:
         with self.db.begin() as conn:
             conn.execute(delete(layers).where(layers.c.id == layer_id))
+
+    def set_base_image(self, layer_id: str, base_image: str | None) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                update(layers).where(layers.c.id == layer_id).values(base_image=base_image)
+            )
 
 
 class SnapshotStore:

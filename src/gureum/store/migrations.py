@@ -307,6 +307,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "tokens may expire",
         ["ALTER TABLE tokens ADD COLUMN expires_at DOUBLE PRECISION"],
     ),
+    (
+        6,
+        "a bottom disk layer records the image disk it is an overlay of",
+        [
+            "ALTER TABLE layers ADD COLUMN base_image TEXT",
+            # Unknown for layers made before: the service settles each once at start
+            # (InstanceService.settle_base_images), from the file itself.
+            "UPDATE layers SET base_image = '?' WHERE backing IS NULL",
+        ],
+    ),
 ]
 
 

@@ -46,6 +46,7 @@ layers = Table(
     Column("path", Text, nullable=False),
     Column("backing", Text),
     Column("created_at", Float, nullable=False),
+    Column("base_image", Text),
 )
 
 snapshots = Table(

@@ -70,7 +70,9 @@ class VMConfig:
     accel: str  # kvm | tcg
     kernel: Path
     initrd: Path
-    root_disk: Path
+    # The disk's files, top first, each backed by the next, the last by nothing: given to QEMU
+    # node by node, so it never opens a file because a qcow2 header names it.
+    disk_chain: tuple[Path, ...]
     runtime: RuntimePaths
     hostname: str
     qemu_binary: str = "qemu-system-x86_64"
@@ -82,6 +84,11 @@ class VMConfig:
     taps: tuple[tuple[int, int], ...] = ()  # (NIC slot, TAP file descriptor QEMU inherits)
     uid: int | None = None  # the unprivileged user QEMU runs as (None: the caller's)
     extra_cmdline: str = ""
+
+    @property
+    def root_disk(self) -> Path:
+        """The top layer: the one file of the disk QEMU writes."""
+        return self.disk_chain[0]
 
     @property
     def cpu_model(self) -> str:
@@ -127,11 +134,6 @@ def render(cfg: VMConfig) -> list[str]:
         accel = ["-accel", "kvm", "-cpu", cfg.cpu_model]
     else:
         accel = ["-accel", f"tcg,thread=multi,tb-size={cfg.tcg_tb_size_mib}", "-cpu", cfg.cpu_model]
-    # -blockdev in JSON form: file names need no escaping there.
-    root_file = {"driver": "file", "filename": str(cfg.root_disk), "node-name": "root-file"}
-    root = {"driver": "qcow2", "file": "root-file", "node-name": "root", "discard": "unmap"}
-    if cfg.root_read_only:
-        root_file["read-only"] = root["read-only"] = True
     argv = [
         cfg.qemu_binary,
         "-name",
@@ -159,10 +161,7 @@ def render(cfg: VMConfig) -> list[str]:
         str(cfg.initrd),
         "-append",
         cfg.kernel_cmdline,
-        "-blockdev",
-        json.dumps(root_file),
-        "-blockdev",
-        json.dumps(root),
+        *disk_blockdevs(cfg.disk_chain, read_only=cfg.root_read_only),
         "-device",
         "virtio-blk-pci,drive=root,id=root-disk,bootindex=1",
         "-device",
@@ -204,6 +203,29 @@ def render(cfg: VMConfig) -> list[str]:
         # guest instruction runs, so no boot output or event is missed; then `cont`. After an
         # incoming migration too: the VM runs only when told to.
         argv.append("-S")
+    return argv
+
+
+def disk_blockdevs(chain: tuple[Path, ...], *, read_only: bool) -> list[str]:
+    """-blockdev options for a disk chain (top first), bottom node first: each node names its
+    backing node, the bottom ``null``. The top is node ``root`` (the disk device's drive); the
+    layers under it are opened read-only, as QEMU would open backing files itself. JSON form:
+    file names need no escaping there."""
+    argv: list[str] = []
+    below: str | None = None
+    for depth in range(len(chain) - 1, -1, -1):
+        top = depth == 0
+        node = "root" if top else f"layer{depth}"
+        ro = read_only or not top
+        file = {"driver": "file", "filename": str(chain[depth]), "node-name": f"{node}-file"}
+        fmt = {"driver": "qcow2", "file": f"{node}-file", "node-name": node, "backing": below}
+        argv += [
+            "-blockdev",
+            json.dumps({**file, "read-only": ro}),
+            "-blockdev",
+            json.dumps({**fmt, "read-only": ro, "discard": "unmap"}),
+        ]
+        below = node
     return argv
 
 

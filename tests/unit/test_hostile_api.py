@@ -228,3 +228,48 @@ def test_users_cannot_be_named_like_a_user_id(world):
     victim = world.svc.tenancy.create_user("victim")
     error_of(world.root.post("/v1/users", json={"name": victim.id}), 400, "invalid-input")
     assert world.svc.tenancy.user(victim.id).name == "victim"
+
+
+# -- low: a chunked body past the limit; 401s in the audit ---------------------------------------
+def test_a_chunked_body_past_the_limit_is_413(world):
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+
+    def chunks():
+        for _ in range(32):
+            yield b"x" * (64 * 1024)  # 2 MiB in all, never announced
+
+    headers = {**world.as_("mark", "team-a"), "content-type": "application/json"}
+    resp = world.tcp.post("/v1/instances", content=chunks(), headers=headers)
+    assert "content-length" not in {k.lower() for k in resp.request.headers}
+    error_of(resp, 413, "payload-too-large")
+    audited = world.svc.tenancy.store.audit(action="POST /v1/instances")
+    assert [a["result"] for a in audited] == [413]
+
+
+def test_unauthenticated_calls_are_audited_without_their_secret(world):
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    forged = "gur_" + "A" * 43
+    assert (
+        world.tcp.get("/v1/instances", headers={"Authorization": f"Bearer {forged}"}).status_code
+        == 401
+    )
+    assert world.tcp.post("/v1/secgroups", json={"name": "x"}).status_code == 401
+    t = world.svc.tenancy
+    secret = t.create_token(SUPERUSER, "mark", "old", expires_in_s=1)[1]
+    time.sleep(1.05)
+    assert (
+        world.tcp.get("/v1/whoami", headers={"Authorization": f"Bearer {secret}"}).status_code
+        == 401
+    )
+    rows = [r for r in t.store.audit() if r["result"] == 401]
+    assert {r["action"] for r in rows} == {
+        "GET /v1/instances",
+        "POST /v1/secgroups",
+        "GET /v1/whoami",
+    }
+    assert all(r["user"] == "anonymous" and r["detail"]["reason"] for r in rows)
+    assert "expired" in next(r for r in rows if r["action"] == "GET /v1/whoami")["detail"]["reason"]
+    text = str(t.store.audit())
+    assert forged not in text and secret not in text and "gur_" not in text

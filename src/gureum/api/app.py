@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import resource
 import signal
 import socket
 from pathlib import Path
@@ -54,6 +55,7 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     # rate_limit_per_s 0 turns rate limiting off, the users' buckets with the tokens'.
     user_rate = config.user_rate_limit_per_s if config.rate_limit_per_s > 0 else 0
     app.state.user_limiter = RateLimiter(user_rate, config.user_rate_limit_burst)
+    app.state.unauthenticated_audit = RateLimiter(1, 60)  # per client address
     errors.install(app)
     for module in (instances, snapshots, backups, networks, operations, images, system, tenancy):
         app.include_router(module.router)
@@ -67,9 +69,10 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     async def openapi(_: AnyUser) -> JSONResponse:
         return JSONResponse(app.openapi())
 
-    # Outermost last: authentication first, then the size limit, then the audit.
-    app.add_middleware(AuditMiddleware)
+    # Outermost last: authentication first (it audits its own refusals), then the audit, then
+    # the size limit (so that the audit records a 413 as the caller got it).
     app.add_middleware(BodyLimitMiddleware, limit=svc.config.max_request_bytes)
+    app.add_middleware(AuditMiddleware)
     app.add_middleware(AuthMiddleware)
     return app
 
@@ -88,11 +91,20 @@ def _root_only_socket(path: Path) -> socket.socket:
     return sock
 
 
+# On SIGTERM, requests in flight get this long to finish; then their connections are closed
+# (an upload that never ends must not keep the service from stopping).
+GRACE_S = 5
+
+
 async def serve(config: Config) -> None:
     """Run the service until SIGINT/SIGTERM. VMs keep running after it stops."""
     # Everything the service and its QEMUs create (the API socket, disks, logs) is root's alone:
     # the unix socket is the root-only admin path.
     os.umask(0o077)
+    # Every guest connection (metadata, forwards, consoles) is a descriptor: take all the
+    # kernel allows rather than the default 1024 (the limits per guest keep it bounded).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     svc = Services.build(config)
     svc.lock_home()
     report = await svc.start()
@@ -111,6 +123,7 @@ async def serve(config: Config) -> None:
                 log_level="warning",
                 loop="asyncio",
                 ws="websockets-sansio",
+                timeout_graceful_shutdown=GRACE_S,
             )
         )
     ]
@@ -131,6 +144,7 @@ async def serve(config: Config) -> None:
                     log_level="warning",
                     loop="asyncio",
                     ws="websockets-sansio",
+                    timeout_graceful_shutdown=GRACE_S,
                 )
             )
         )

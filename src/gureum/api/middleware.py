@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gureum.api.errors import error_headers
-from gureum.errors import GureumError
+from gureum.errors import GureumError, RateLimited
 from gureum.service.tenancy import ANONYMOUS
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,11 @@ class PayloadTooLarge(GureumError):
 
 
 class BodyLimitMiddleware:
-    """Refuses request bodies over ``limit`` bytes (announced or streamed), backups aside."""
+    """Refuses request bodies over ``limit`` bytes (announced or streamed), backups aside.
+
+    A streamed (chunked) body is counted as it is read; past the limit the read fails, and
+    whatever the route then makes of that (FastAPI answers a failed body read with a 400) is
+    replaced by the 413 the caller is owed."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -84,17 +89,32 @@ class BodyLimitMiddleware:
             await _refuse(send, self.limit)
             return
         seen = 0
+        too_large = started = False
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, too_large
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
+                    too_large = True
                     raise PayloadTooLarge(f"request body over {self.limit} bytes")
             return message
 
-        await self.app(scope, counted, send)
+        async def answer(message: Message) -> None:
+            nonlocal started
+            if too_large:
+                if message["type"] == "http.response.start" and not started:
+                    started = True
+                    await _refuse(send, self.limit)
+                return  # the app's own answer to a body it could not read is not sent
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        with contextlib.suppress(PayloadTooLarge):  # the app let it through: ours to answer
+            await self.app(scope, counted, answer)
+        if too_large and not started:
+            await _refuse(send, self.limit)
 
 
 async def _refuse(send: Send, limit: int) -> None:
@@ -118,6 +138,8 @@ class AuthMiddleware:
         try:
             principal = identify(scope["app"], headers)
         except GureumError as exc:
+            if exc.status == 401:
+                _record_unauthenticated(scope, exc.message)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 4000 + exc.status})
                 return
@@ -126,6 +148,30 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+
+def _record_unauthenticated(scope: Scope, reason: str) -> None:
+    """A call refused for want of a valid identity, in the audit: method, path, reason and the
+    caller's address, never the token. Past a burst, at most one a second per address is
+    recorded, so that anyone who can reach the port cannot fill the audit log."""
+    app = scope["app"]
+    client = (scope.get("client") or ("-", 0))[0]
+    try:
+        app.state.unauthenticated_audit.take(client)
+    except RateLimited:
+        return
+    method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
+    try:
+        app.state.services.tenancy.store.record(
+            user=ANONYMOUS,
+            project=None,
+            action=f"{method} {scope['path'][:200]}",
+            target=None,
+            result=401,
+            detail={"reason": reason, "client": client},
+        )
+    except Exception:  # the audit must never turn a refusal into an error
+        log.exception("cannot record audit entry for an unauthenticated call")
 
 
 async def _respond(

@@ -273,3 +273,48 @@ def test_unauthenticated_calls_are_audited_without_their_secret(world):
     assert "expired" in next(r for r in rows if r["action"] == "GET /v1/whoami")["detail"]["reason"]
     text = str(t.store.audit())
     assert forged not in text and secret not in text and "gur_" not in text
+
+
+# -- low: what the host and images say to tenants ------------------------------------------------
+def _put_instance(svc, name, project_id, cpus, memory_mib):
+    from gureum.model.instance import Instance, InstanceSpec, State
+    from gureum.store.instances import InstanceStore
+
+    spec = InstanceSpec(name, "tiny", cpus, memory_mib, 2 << 30)
+    inst = Instance(f"i-{os.urandom(6).hex()}", spec, State.RUNNING, time.time(), "v1")
+    inst.project_id = project_id
+    InstanceStore(svc.db).insert(inst)
+
+
+def test_the_host_view_is_the_administrators(world):
+    a = world.svc.tenancy.create_project("team-a", {})
+    b = world.svc.tenancy.create_project("team-b", {})
+    world.person("mark", "team-a")
+    _put_instance(world.svc, "mine", a.id, 1, 256)
+    _put_instance(world.svc, "theirs", b.id, 3, 2048)
+    full = world.root.get("/v1/host").json()
+    assert full["view"] == "host" and full["instances"] == 2
+    assert full["committed"] == {"cpus": 4, "memory_mib": 2304}
+    assert full["capacity"]["memory_mib"] > 0
+    mine = world.tcp.get("/v1/host", headers=world.as_("mark")).json()
+    assert mine["view"] == "projects" and mine["instances"] == 1
+    assert mine["committed"] == {"cpus": 1, "memory_mib": 256}
+    assert mine["capacity"] == {}  # the host's size and reserve are the operator's business
+    assert mine["accel"] == full["accel"]
+
+
+def test_images_show_no_host_paths_to_tenants(world):
+    from gureum.model.image import Image
+    from gureum.store.images import ImageStore
+
+    home = str(world.svc.config.home)
+    ImageStore(world.svc.db).put(
+        Image("tiny", "v1", "6.1", f"{home}/images/tiny/v1", {}, {}, 512 << 20, time.time())
+    )
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    for url in ("/v1/images", "/v1/images/tiny"):
+        resp = world.tcp.get(url, headers=world.as_("mark"))
+        assert resp.status_code == 200 and home not in resp.text, resp.text
+    assert world.tcp.get("/v1/images/tiny", headers=world.as_("mark")).json()["path"] is None
+    assert world.root.get("/v1/images/tiny").json()["path"] == f"{home}/images/tiny/v1"

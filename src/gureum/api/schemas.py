@@ -118,7 +118,7 @@ class ImageOut(BaseModel):
     name: str
     version: str
     kernel_version: str
-    path: str
+    path: str | None = Field(description="the folder on the host; the administrator's only")
     files: dict[str, dict[str, Any]]
     packages: dict[str, str]
     disk_virtual_bytes: int
@@ -136,10 +136,13 @@ class VerifyOut(BaseModel):
 class HostOut(BaseModel):
     accel: str
     accel_reason: str
-    capacity: dict[str, Any]
-    committed: dict[str, Any]
+    capacity: dict[str, Any] = Field(description="the host's; empty but for the administrator")
+    committed: dict[str, Any] = Field(description="vCPUs and memory of active VMs in the view")
     instances: int
     store: str = Field(description="where the service keeps its state: sqlite or postgresql")
+    view: str = Field(
+        description="host: the whole host (the administrator); projects: the caller's projects"
+    )
 
 
 class VersionOut(BaseModel):

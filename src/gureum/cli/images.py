@@ -72,9 +72,8 @@ def show(name: Name, fmt: OutputOpt = Format.table) -> None:
     if fmt == Format.json:
         output.print_json(img)
         return
-    out.print(
-        f"[bold]{img['name']}[/] {img['version']}  kernel {img['kernel_version']}  at {img['path']}"
-    )
+    where = f"  at {img['path']}" if img.get("path") else ""  # the administrator's only
+    out.print(f"[bold]{img['name']}[/] {img['version']}  kernel {img['kernel_version']}{where}")
     for role, meta in img["files"].items():
         out.print(
             f"  {role:<7} {meta['file']:<11} {format_size(meta['bytes']):>6}"

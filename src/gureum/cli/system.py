@@ -66,6 +66,11 @@ def register(app: typer.Typer) -> None:
             return
         cap, used = info["capacity"], info["committed"]
         out.print(f"[bold]Accel:[/]   {info['accel']} ({info['accel_reason']})")
+        if info.get("view") == "projects":  # a user: their own projects' figures only
+            out.print(f"[bold]Memory:[/]  {used['memory_mib']} MiB committed in your projects")
+            out.print(f"[bold]vCPUs:[/]   {used['cpus']} committed in your projects")
+            out.print(f"[bold]VMs:[/]     {info['instances']} in your projects")
+            return
         out.print(
             f"[bold]Memory:[/]  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
             f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)"

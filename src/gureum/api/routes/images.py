@@ -11,20 +11,30 @@ from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import ImageOut, OperationOut, VerifyOut
+from gureum.model.image import Image
+from gureum.model.tenancy import Principal
 from gureum.service.core import Services
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=COMMON_RESPONSES)
 Svc = Annotated[Services, Depends(services)]
 
 
+def _view(image: Image, who: Principal) -> dict[str, object]:
+    """An image as the caller may see it: where it lies on the host is the administrator's."""
+    view = image.to_dict()
+    if not who.superuser:
+        view["path"] = None
+    return view
+
+
 @router.get("", response_model=list[ImageOut], openapi_extra={"x-gureum-role": "user"})
-async def list_images(svc: Svc, _: AnyUser) -> list[dict[str, object]]:
-    return [i.to_dict() for i in svc.images.list()]
+async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
+    return [_view(i, who) for i in svc.images.list()]
 
 
 @router.get("/{name}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
-async def get_image(name: str, svc: Svc, _: AnyUser) -> dict[str, object]:
-    return svc.images.get(name).to_dict()
+async def get_image(name: str, svc: Svc, who: AnyUser) -> dict[str, object]:
+    return _view(svc.images.get(name), who)
 
 
 @router.post(

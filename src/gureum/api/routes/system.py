@@ -10,6 +10,7 @@ from gureum import __version__
 from gureum.api.auth import AnyUser
 from gureum.api.deps import services
 from gureum.api.schemas import HostOut, VersionOut
+from gureum.model.instance import ACTIVE
 from gureum.service.core import Services
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -21,6 +22,25 @@ async def version(_: AnyUser) -> dict[str, str]:
 
 
 @router.get("/host", response_model=HostOut, openapi_extra={"x-gureum-role": "user"})
-async def host(svc: Annotated[Services, Depends(services)], _: AnyUser) -> dict[str, object]:
-    """Accelerator in use, capacity, and what is committed to VMs (admission control)."""
-    return svc.instances.host_summary()
+async def host(svc: Annotated[Services, Depends(services)], who: AnyUser) -> dict[str, object]:
+    """Accelerator in use, capacity, and what is committed to VMs (admission control). The
+    whole host for the administrator; for a user, what their own projects commit only."""
+    summary = svc.instances.host_summary()
+    if who.superuser:
+        return {**summary, "view": "host"}
+    # Other tenants' totals and the host's size are not a user's business (they would show
+    # who else runs what, and when).
+    mine = [
+        inst for project, _ in svc.tenancy.projects(who) for inst in svc.instances.list(project.id)
+    ]
+    active = [i for i in mine if i.state in ACTIVE]
+    return {
+        **summary,
+        "capacity": {},
+        "committed": {
+            "cpus": sum(i.spec.cpus for i in active),
+            "memory_mib": sum(i.spec.memory_mib for i in active),
+        },
+        "instances": len(mine),
+        "view": "projects",
+    }

@@ -318,3 +318,32 @@ def test_images_show_no_host_paths_to_tenants(world):
         assert resp.status_code == 200 and home not in resp.text, resp.text
     assert world.tcp.get("/v1/images/tiny", headers=world.as_("mark")).json()["path"] is None
     assert world.root.get("/v1/images/tiny").json()["path"] == f"{home}/images/tiny/v1"
+
+
+# -- low: which user names exist, through member add and remove -----------------------------------
+def test_a_project_admin_cannot_learn_which_users_exist(world):
+    t = world.svc.tenancy
+    for project in ("team-a", "team-b", "team-c"):
+        t.create_project(project, {})
+    world.person("ada", "team-a", Role.ADMIN)
+    t.store.set_role(t.store.project("team-b").id, t.store.user("ada").id, Role.VIEWER)
+    world.person("bob", "team-b")  # shares team-b with ada: she sees him in its members
+    world.person("carol", "team-c")  # shares nothing with ada
+    who = world.as_("ada")
+
+    def put(user):
+        return world.tcp.put(f"/v1/projects/team-a/members/{user}", json={"role": "viewer"},
+                             headers=who)  # fmt: skip
+
+    def delete(user):
+        return world.tcp.delete(f"/v1/projects/team-a/members/{user}", headers=who)
+
+    for call in (put, delete):
+        hidden = error_of(call("carol"), 404, "not-found")
+        missing = error_of(call("ghost"), 404, "not-found")
+        assert hidden.replace("carol", "X") == missing.replace("ghost", "X")
+    assert "carol" not in str(world.root.get("/v1/projects/team-a/members").json())
+    # Someone she already sees, she may add; the administrator may add anyone.
+    assert {"user": "bob", "role": "viewer"} in put("bob").json()
+    resp = world.root.put("/v1/projects/team-a/members/carol", json={"role": "viewer"})
+    assert {"user": "carol", "role": "viewer"} in resp.json()

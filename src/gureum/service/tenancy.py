@@ -189,18 +189,34 @@ class TenancyService:
         self.store.remove_user(user.id)  # its tokens are revoked with it
         return user
 
+    def visible_user(self, principal: Principal, ref: str) -> User:
+        """A user the caller may know exists: the administrator knows everyone, a user the
+        people they share a project with (whom they see in its members anyway). Anyone else
+        answers exactly as a missing user does, so that no one learns names by trying them."""
+        user = self.store.user(ref)
+        if user is not None and not principal.superuser:
+            mine = principal.user_id or ""
+            if user.id != mine and not self.store.share_a_project(mine, user.id):
+                user = None
+        if user is None:
+            raise NotFound(f"no user named {ref!r}")
+        return user
+
     def set_member(self, scope: Scope, user_ref: str, role: str) -> None:
         self.require(scope, Role.ADMIN)
         try:
             parsed = Role(role)
         except ValueError as exc:
             raise InvalidInput(f"role must be admin, member or viewer, not {role!r}") from exc
-        self.store.set_role(scope.project.id, self.user(user_ref).id, parsed)
+        user = self.visible_user(scope.principal, user_ref)
+        self.store.set_role(scope.project.id, user.id, parsed)
 
     def remove_member(self, scope: Scope, user_ref: str) -> None:
         self.require(scope, Role.ADMIN)
-        if not self.store.remove_member(scope.project.id, self.user(user_ref).id):
-            raise NotFound(f"{user_ref} is not a member of {scope.project.name}")
+        user = self.store.user(user_ref)
+        # A user who is not a member answers as one who does not exist (no name is confirmed).
+        if user is None or not self.store.remove_member(scope.project.id, user.id):
+            raise NotFound(f"no user named {user_ref!r} in {scope.project.name}")
 
     # -- tokens ----------------------------------------------------------------------------------
     def create_token(

@@ -121,6 +121,18 @@ class TenancyStore:
         with self.db.read() as conn:
             return [(n, r) for n, r in conn.execute(query)]
 
+    def share_a_project(self, user_a: str, user_b: str) -> bool:
+        """Whether two users hold a role in one same project."""
+        other = memberships.alias("other")
+        query = (
+            select(func.count())
+            .select_from(memberships)
+            .join(other, other.c.project_id == memberships.c.project_id)
+            .where((memberships.c.user_id == user_a) & (other.c.user_id == user_b))
+        )
+        with self.db.read() as conn:
+            return bool(conn.execute(query).scalar())
+
     def memberships_of(self, user_id: str) -> list[tuple[str, str]]:
         """(project id, role) of a user."""
         with self.db.read() as conn:

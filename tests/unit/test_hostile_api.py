@@ -347,3 +347,18 @@ def test_a_project_admin_cannot_learn_which_users_exist(world):
     assert {"user": "bob", "role": "viewer"} in put("bob").json()
     resp = world.root.put("/v1/projects/team-a/members/carol", json={"role": "viewer"})
     assert {"user": "carol", "role": "viewer"} in resp.json()
+
+
+# -- low: the console log is what the guest printed: members only --------------------------------
+def test_a_viewer_cannot_read_the_console_log(world):
+    a = world.svc.tenancy.create_project("team-a", {})
+    world.person("vera", "team-a", Role.VIEWER)
+    world.person("mark", "team-a", Role.MEMBER)
+    _put_instance(world.svc, "web1", a.id, 1, 256)
+    url = "/v1/instances/web1/console/log"
+    error_of(world.tcp.get(url, headers=world.as_("vera", "team-a")), 403, "forbidden")
+    assert world.tcp.get(url, headers=world.as_("mark", "team-a")).status_code == 200
+    # Reading the instance itself stays a viewer's.
+    assert (
+        world.tcp.get("/v1/instances/web1", headers=world.as_("vera", "team-a")).status_code == 200
+    )

@@ -131,15 +131,16 @@ async def exec_command(ref: str, body: ExecIn, svc: Svc, scope: Member) -> dict[
 @router.get(
     "/{ref}/console/log",
     response_class=PlainTextResponse,
-    openapi_extra={"x-gureum-role": "viewer"},
+    openapi_extra={"x-gureum-role": "member"},
 )
 async def console_log(
     ref: str,
     svc: Svc,
-    scope: Viewer,
+    scope: Member,
     tail_bytes: Annotated[int, Query(ge=0, le=64 * 1024 * 1024)] = 65536,
 ) -> PlainTextResponse:
-    """The serial console's recorded output (the last ``tail_bytes``; 0 = all)."""
+    """The serial console's recorded output (the last ``tail_bytes``; 0 = all). Members only,
+    as the console itself: it is what the guest printed, logins and secrets included."""
     path = svc.instances.serial_log(ref, scope.project_id)
     try:
         with open(path, "rb") as f:

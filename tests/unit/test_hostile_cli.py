@@ -67,3 +67,63 @@ def test_backup_archives_are_written_0600(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert target.read_bytes() == b"archive of web1" and mode(target) == 0o600
     assert not (tmp_path / "web1.gbk.partial").exists()
+
+
+# -- what the CLI prints: data as it is, never read as markup or emoji codes ---------------------
+FINGERPRINT = "12:AB:CD:EF:00:CL:AB:ok:FF"
+TRICKY = "[red]x[/red] :smile: [bold]"
+
+
+def test_fingerprints_and_data_are_printed_as_they_are():
+    from gureum.cli.output import bold, err, out, table
+
+    with out.capture() as seen:
+        out.print(f"certificate SHA256 {FINGERPRINT}")
+        out.print(bold(TRICKY, f" {FINGERPRINT}"))
+        table(["A"], [[TRICKY], [FINGERPRINT]])
+    text = seen.get()
+    assert text.count(FINGERPRINT) == 3 and text.count(TRICKY) == 2, text
+    with err.capture() as seen:
+        err.print(TRICKY)
+    assert TRICKY in seen.get()
+
+
+class _FakeClient:
+    """The API client's stand-in: answers each request from a table."""
+
+    answers: dict[str, object] = {}
+
+    def __init__(self, *_, **__):
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *_):
+        return False
+
+    def request(self, method, path, **_):
+        return self.answers[f"{method} {path}"]
+
+
+def test_remote_add_prints_the_fingerprint_as_it_is(tmp_path, monkeypatch):
+    monkeypatch.setenv("GUREUM_CONFIG", str(tmp_path / "remotes.json"))
+    monkeypatch.setattr("gureum.cli.tenancy._server_certificate", lambda url: "PEM")
+    monkeypatch.setattr("gureum.api.tls.fingerprint", lambda pem: FINGERPRINT)
+    monkeypatch.setattr("gureum.cli.tenancy.Client", _FakeClient)
+    _FakeClient.answers = {"GET /v1/version": {"version": "x", "api": "v1"}}
+    res = CliRunner().invoke(
+        app, ["remote", "add", "lab", "https://h:8443", "--token", "gur_x"], env={"COLUMNS": "200"}
+    )
+    assert res.exit_code == 0, res.output
+    assert f"certificate SHA256 {FINGERPRINT} pinned" in res.output, res.output
+
+
+def test_audit_rows_are_printed_as_they_are(monkeypatch):
+    monkeypatch.setattr("gureum.cli.tenancy.Client", _FakeClient)
+    row = {"at": 0, "user": "anonymous", "project": None, "action": f"GET /v1/{TRICKY}",
+           "target": FINGERPRINT, "result": 401}  # fmt: skip
+    _FakeClient.answers = {"GET /v1/audit": [row]}
+    res = CliRunner().invoke(app, ["audit", "list"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert TRICKY in res.output and FINGERPRINT in res.output, res.output

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, out
+from gureum.cli.output import Format, OutputOpt, bold, out
 from gureum.client.client import Client
 from gureum.units import format_size
 
@@ -73,7 +73,7 @@ def show(name: Name, fmt: OutputOpt = Format.table) -> None:
         output.print_json(img)
         return
     where = f"  at {img['path']}" if img.get("path") else ""  # the administrator's only
-    out.print(f"[bold]{img['name']}[/] {img['version']}  kernel {img['kernel_version']}{where}")
+    out.print(bold(img["name"], f" {img['version']}  kernel {img['kernel_version']}{where}"))
     for role, meta in img["files"].items():
         out.print(
             f"  {role:<7} {meta['file']:<11} {format_size(meta['bytes']):>6}"

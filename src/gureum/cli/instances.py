@@ -10,7 +10,7 @@ import typer
 
 from gureum.cli import output
 from gureum.cli.console import run_console
-from gureum.cli.output import Format, OutputOpt, err, out
+from gureum.cli.output import Format, OutputOpt, bold, err, out
 from gureum.client.client import Client
 from gureum.errors import InvalidInput
 from gureum.units import GIB, MIB, parse_size
@@ -83,8 +83,11 @@ def register(app: typer.Typer) -> None:
                 output.print_json(inst)
                 return
             out.print(
-                f"[bold green]{name}[/] is running ({inst['accel']}), "
-                f"ready in {inst['boot']['total_s']:.2f} s"
+                bold(
+                    name,
+                    f" is running ({inst['accel']}), ready in {inst['boot']['total_s']:.2f} s",
+                    style="bold green",
+                )
             )
             for line in output.boot_lines(inst["boot"]):
                 out.print(line)

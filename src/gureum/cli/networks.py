@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, err, out
+from gureum.cli.output import Format, OutputOpt, bold, err, out
 from gureum.client.client import Client
 
 network_app = typer.Typer(
@@ -90,8 +90,10 @@ def network_show(
         output.print_json(net)
         return
     out.print(
-        f"[bold]{net['name']}[/] {net['subnet']} gateway {net['gateway']} "
-        f"(namespace {net['namespace']})"
+        bold(
+            net["name"],
+            f" {net['subnet']} gateway {net['gateway']} (namespace {net['namespace']})",
+        )
     )
     for i in net["instances"]:
         out.print(f"  {i['name']:<20} {i['ip']:<16} {i['mac']}")
@@ -145,9 +147,7 @@ def secgroup_show(
     if fmt == Format.json:
         output.print_json(group)
         return
-    out.print(
-        f"[bold]{group['name']}[/] ({group['instances']} instances): same-group traffic allowed"
-    )
+    out.print(bold(group["name"], f" ({group['instances']} instances): same-group traffic allowed"))
     for r in group["rules"]:
         out.print(f"  {r['id']}  {r['text']}")
 

@@ -1,4 +1,10 @@
-"""How the CLI shows things: rich tables for people, JSON for scripts, progress on long work."""
+"""How the CLI shows things: rich tables for people, JSON for scripts, progress on long work.
+
+Everything printed is plain text: rich's markup and emoji codes are off on both consoles, since
+what is printed is mostly data from the service (names, messages, fingerprints, checksums) and
+a fingerprint's ``:AB:`` became an emoji, a ``[red]`` in a message a style. The few headings
+that are bold say so with ``bold()``, which styles its text without reading it.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +17,18 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from gureum.client.client import Client
 from gureum.units import format_size
 
-out = Console(highlight=False)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+out = Console(highlight=False, markup=False, emoji=False)
+err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+
+
+def bold(heading: str, rest: str = "", style: str = "bold") -> Text:
+    """``heading`` styled, then ``rest``: both taken as they are, never as markup."""
+    return Text.assemble((heading, style), rest)
 
 
 class Format(StrEnum):
@@ -117,11 +129,11 @@ def instance_detail(i: dict[str, Any]) -> None:
     for fwd in i.get("forwards") or []:
         pairs.append(("Forward", f"{fwd['host']} -> {fwd['guest']}"))
     for key, value in pairs:
-        out.print(f"[bold]{key + ':':<11}[/bold] {value}")
+        out.print(bold(f"{key + ':':<11}", f" {value}"))
     lines = boot_lines(i["boot"])
     if lines:
         total = i["boot"]["total_s"]
-        out.print(f"[bold]Boot:[/bold]{'' if total is None else f'       ready in {total:.2f} s'}")
+        out.print(bold("Boot:", "" if total is None else f"       ready in {total:.2f} s"))
         for line in lines:
             out.print(line)
 

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, out
+from gureum.cli.output import Format, OutputOpt, bold, out
 from gureum.client.client import Client
 
 operation_app = typer.Typer(
@@ -65,22 +65,28 @@ def register(app: typer.Typer) -> None:
             output.print_json(info)
             return
         cap, used = info["capacity"], info["committed"]
-        out.print(f"[bold]Accel:[/]   {info['accel']} ({info['accel_reason']})")
+        out.print(bold("Accel:", f"   {info['accel']} ({info['accel_reason']})"))
         if info.get("view") == "projects":  # a user: their own projects' figures only
-            out.print(f"[bold]Memory:[/]  {used['memory_mib']} MiB committed in your projects")
-            out.print(f"[bold]vCPUs:[/]   {used['cpus']} committed in your projects")
-            out.print(f"[bold]VMs:[/]     {info['instances']} in your projects")
+            out.print(bold("Memory:", f"  {used['memory_mib']} MiB committed in your projects"))
+            out.print(bold("vCPUs:", f"   {used['cpus']} committed in your projects"))
+            out.print(bold("VMs:", f"     {info['instances']} in your projects"))
             return
         out.print(
-            f"[bold]Memory:[/]  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
-            f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)"
+            bold(
+                "Memory:",
+                f"  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
+                f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)",
+            )
         )
         out.print(
-            f"[bold]vCPUs:[/]   {used['cpus']} of {cap['vcpu_limit']} committed "
-            f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})"
+            bold(
+                "vCPUs:",
+                f"   {used['cpus']} of {cap['vcpu_limit']} committed "
+                f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})",
+            )
         )
-        out.print(f"[bold]VMs:[/]     {info['instances']}")
-        out.print(f"[bold]Store:[/]   {info['store']}")
+        out.print(bold("VMs:", f"     {info['instances']}"))
+        out.print(bold("Store:", f"   {info['store']}"))
 
     app.add_typer(operation_app, name="operation")
 

@@ -10,7 +10,7 @@ from urllib.parse import urlparse
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, out
+from gureum.cli.output import Format, OutputOpt, bold, out
 from gureum.client.client import Client, Endpoint, load_remotes, save_remotes
 from gureum.errors import InvalidInput
 from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
@@ -196,7 +196,7 @@ def project_show(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     if fmt == Format.json:
         output.print_json({**project, "members": members})
         return
-    out.print(f"[bold]{project['name']}[/] ({project['role']}): {_quotas_text(project['quotas'])}")
+    out.print(bold(project["name"], f" ({project['role']}): {_quotas_text(project['quotas'])}"))
     for m in members:
         out.print(f"  {m['user']:<20} {m['role']}")
 
@@ -268,7 +268,7 @@ def project_usage(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
         limit = q.get(key)
         return value + (f" of {fmt_q(limit)}" if limit is not None else "")
 
-    out.print(f"[bold]{name}[/]")
+    out.print(bold(name))
     out.print(f"  instances   {of('max_instances', str(a['instances']))}")
     out.print(
         f"  vCPUs       {of('max_cpus', str(a['cpus']))}  allocated; "
@@ -466,7 +466,7 @@ def whoami(fmt: OutputOpt = Format.table) -> None:
     how = "the host's administrator (local socket)" if me["superuser"] else me["user"]
     if me["token_name"]:
         how += f", token {me['token_name']} ({me['token_id']})"
-    out.print(f"[bold]{how}[/] at {where}")
+    out.print(bold(how, f" at {where}"))
     roles = ", ".join(f"{m['project']} ({m['role']})" for m in me["projects"])
     out.print(f"  projects: {roles or 'none'}")
 

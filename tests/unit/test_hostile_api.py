@@ -362,3 +362,38 @@ def test_a_viewer_cannot_read_the_console_log(world):
     assert (
         world.tcp.get("/v1/instances/web1", headers=world.as_("vera", "team-a")).status_code == 200
     )
+
+
+# -- low: strict types in request bodies ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "body"),
+    [
+        ("/v1/instances", {"name": "w", "image": "tiny", "cpus": True}),
+        ("/v1/instances", {"name": "w", "image": "tiny", "memory_mib": "512"}),
+        ("/v1/instances", {"name": "w", "image": "tiny", "disk_gib": False}),
+        ("/v1/instances/ghost/exec", {"command": ["true"], "timeout_s": True}),
+        ("/v1/instances/ghost/snapshots", {"name": "s", "memory": 1}),
+        ("/v1/instances/ghost/resize", {"cpus": 2.0}),
+        ("/v1/tokens", {"name": "t", "expires_in_s": True}),
+        ("/v1/tokens", {"name": "t", "expires_in_s": "3600"}),
+    ],
+)
+def test_request_numbers_and_booleans_are_what_they_say(world, url, body):
+    """JSON true is not 1, "512" is not 512, 2.0 is not a count of CPUs."""
+    world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    resp = world.tcp.post(url, json=body, headers=world.as_("mark", "team-a"))
+    error_of(resp, 400, "invalid-input")
+    assert len(world.svc.tenancy.tokens(SUPERUSER)) == 1  # mark's own, nothing new
+
+
+@pytest.mark.parametrize(
+    "body", [{"max_instances": "3"}, {"max_cpus": 2.0}, {"cpu_limit": True}, {"max_networks": []}]
+)
+def test_quota_numbers_are_numbers(world, body):
+    world.svc.tenancy.create_project("team-a", {})
+    error_of(world.root.patch("/v1/projects/team-a/quotas", json=body), 400, "invalid-input")
+    error_of(world.root.post("/v1/projects", json={"name": "b", **body}), 400, "invalid-input")
+    assert world.svc.tenancy.store.project("team-a").quotas() == dict.fromkeys(
+        world.svc.tenancy.store.project("team-a").quotas()
+    )

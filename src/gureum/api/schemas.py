@@ -9,7 +9,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 class Strict(BaseModel):
     # Unknown fields are an error, not silently ignored: a typo must not launch a default VM.
-    model_config = ConfigDict(extra="forbid")
+    # Types are strict: JSON true is not the count 1, "512" not 512, 2.0 not 2 CPUs (a float
+    # field still takes an integer); NaN and infinities are not numbers anywhere.
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
 
 class ErrorBody(BaseModel):

@@ -388,7 +388,15 @@ def test_request_numbers_and_booleans_are_what_they_say(world, url, body):
 
 
 @pytest.mark.parametrize(
-    "body", [{"max_instances": "3"}, {"max_cpus": 2.0}, {"cpu_limit": True}, {"max_networks": []}]
+    "body",
+    [
+        {"max_instances": "3"},
+        {"max_cpus": 2.0},
+        {"cpu_limit": True},
+        {"max_networks": []},
+        {"max_disk_bytes": 10**30},  # past what the store holds: was a 500
+        {"memory_limit_mib": 2**60},  # past what a control group takes, in bytes
+    ],
 )
 def test_quota_numbers_are_numbers(world, body):
     world.svc.tenancy.create_project("team-a", {})

@@ -32,6 +32,7 @@ from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
 from gureum.store.tenancy import TenancyStore
+from gureum.units import MIB
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ ANONYMOUS = "anonymous"  # who the audit says called without a valid identity
 # Names the service itself writes as a caller in lists and the audit: a user by one of these
 # names would pass for the host's administrator or for an unauthenticated caller.
 RESERVED_USER_NAMES = frozenset({SUPERUSER.name, ANONYMOUS})
+BIGINT_MAX = (1 << 63) - 1
 TOKEN_PREFIX = "gur_"
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 TOUCH_EVERY_S = 60.0
@@ -306,6 +308,10 @@ def _checked_quotas(quotas: dict[str, float | int | None]) -> dict[str, float | 
             raise InvalidInput(f"unknown quota {key!r}")
         if value is not None and (isinstance(value, bool) or not math.isfinite(value) or value < 0):
             raise InvalidInput(f"{key} must be a positive number")
+        # The store keeps 64-bit integers, and a control group's memory limit is in bytes.
+        most = BIGINT_MAX // MIB if key == "memory_limit_mib" else BIGINT_MAX
+        if value is not None and value > most:
+            raise InvalidInput(f"{key} must be at most {most}, not {value}")
         # Stored only if the kernel will take it: a limit kept but never applied would leave
         # the project's VMs with whatever the control group had before.
         if (

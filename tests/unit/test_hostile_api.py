@@ -405,3 +405,22 @@ def test_quota_numbers_are_numbers(world, body):
     assert world.svc.tenancy.store.project("team-a").quotas() == dict.fromkeys(
         world.svc.tenancy.store.project("team-a").quotas()
     )
+
+
+# -- low: a security group whose rule names itself ------------------------------------------------
+def test_a_group_naming_itself_can_be_deleted(world):
+    project = world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    who = world.as_("mark", "team-a")
+    for name in ("web", "db"):
+        assert world.tcp.post("/v1/secgroups", json={"name": name}, headers=who).status_code == 201
+    rule = {"ingress": "tcp/80", "from_group": "web"}
+    assert world.tcp.post("/v1/secgroups/web/rules", json=rule, headers=who).status_code == 201
+    assert world.tcp.post("/v1/secgroups/db/rules", json=rule, headers=who).status_code == 201
+    # Named by another group: still refused, that group's rule would point nowhere.
+    error_of(world.tcp.delete("/v1/secgroups/web", headers=who), 409, "conflict")
+    db = world.svc.secgroups.get("db", project.id)
+    world.tcp.delete(f"/v1/secgroups/db/rules/{db.rules[0].id}", headers=who)
+    # Named only by its own rule: deleted with it.
+    assert world.tcp.delete("/v1/secgroups/web", headers=who).status_code == 200
+    assert [g.name for g in world.svc.secgroups.list()] == ["db"]

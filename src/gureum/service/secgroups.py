@@ -92,7 +92,14 @@ class SecGroupService:
         group = self.get(ref, project_id)
         if any(group.id in gids for gids in self.store.instance_groups().values()):
             raise Conflict(f"security group {group.name} is in use by instances")
-        if any(r.source_group == group.id for g in self.store.groups() for r in g.rules):
+        # Its own rules go with it (one naming the group itself too); another group's rule
+        # naming it would be left pointing at nothing.
+        if any(
+            r.source_group == group.id
+            for g in self.store.groups()
+            if g.id != group.id
+            for r in g.rules
+        ):
             raise Conflict(
                 f"security group {group.name} is named as a source by another group's rule"
             )

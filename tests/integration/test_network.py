@@ -131,18 +131,26 @@ def test_security_group_rules_apply_live(service, net):
 
 
 def test_port_forward_reaches_a_guest_server(service, net):
+    # nc's groups let tcp/81 in from 10.80.1.0/24 (which holds the gateway, a forward's source)
+    # and no longer tcp/80 (test_security_group_rules_apply_live): a forward to 80 gets nothing.
+    closed = free_port()
+    service.cli("forward", "add", "nc", f"{closed}:80")
+    with socket.create_connection(("127.0.0.1", closed), timeout=10) as s:
+        s.settimeout(15)
+        assert s.recv(100) == b""
+    service.cli("forward", "remove", "nc", str(closed))
     port = free_port()
-    out = service.cli("forward", "add", "nc", f"{port}:80")
+    out = service.cli("forward", "add", "nc", f"{port}:81")
     assert f"127.0.0.1:{port}" in out.stdout
     with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
-        assert s.recv(100) == b"port80\n"
+        assert s.recv(100) == b"port81\n"
     listed = json.loads(service.cli("forward", "list", "nc", "-o", "json").stdout)
     assert [f["host_port"] for f in listed] == [port]
     # What a person reads: the address, groups and forwards in show, the address in list.
     ip = ip_of(service, "nc")
     shown = service.cli("show", "nc").stdout
     assert f"backend {ip}" in shown and "Groups:" in shown and "web" in shown
-    assert f"127.0.0.1:{port} -> {ip}:80" in shown
+    assert f"127.0.0.1:{port} -> {ip}:81" in shown
     row = next(line for line in service.cli("list").stdout.splitlines() if line.startswith("nc "))
     assert ip in row.split()
     res = service.cli("forward", "add", "na", f"{port}:80", check=False)

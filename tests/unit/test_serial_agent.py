@@ -2,12 +2,14 @@
 
 import asyncio
 import json
+import os
 from pathlib import Path
 
 import pytest
 
+from gureum.engine.qemu import serial
 from gureum.engine.qemu.agent import GuestAgent
-from gureum.engine.qemu.serial import SerialConsole
+from gureum.engine.qemu.serial import SerialConsole, read_log, rotate_log
 from gureum.errors import EngineError, Timeout
 
 
@@ -18,6 +20,54 @@ def test_markers_found_across_chunk_boundaries():
     console._scan(b"it: started\r\nmore", 2.0)
     console._scan(b" gureum-init: ready\r\n", 3.0)
     assert seen == ["init_started", "init_ready"]
+
+
+def test_the_serial_log_is_rotated_under_a_writer_that_appends(tmp_path):
+    """QEMU holds the log open with O_APPEND: after a rotation its writes start the log anew,
+    and what came before is kept once, as serial.log.1."""
+    log = tmp_path / "serial.log"
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    try:
+        os.write(fd, b"a" * 3000 + b"b" * 2000)
+        assert not rotate_log(log, cap=6000)
+        assert rotate_log(log, cap=4000)
+        assert log.stat().st_size == 0
+        assert (tmp_path / "serial.log.1").read_bytes() == b"a" * 2000 + b"b" * 2000
+        os.write(fd, b"after")
+        assert log.read_bytes() == b"after"
+        assert read_log(log, 8) == b"bbbafter"
+        assert read_log(log, 0) == b"a" * 2000 + b"b" * 2000 + b"after"
+    finally:
+        os.close(fd)
+
+
+def test_a_guest_that_floods_its_console_grows_neither_log_nor_viewers(tmp_path, monkeypatch):
+    monkeypatch.setattr(serial, "LOG_CAP", 256 * 1024)
+    monkeypatch.setattr(serial, "VIEWER_QUEUE", 16)
+    sock, log = tmp_path / "serial.sock", tmp_path / "serial.log"
+
+    async def scenario() -> None:
+        async def guest(reader, writer):  # prints 8 MiB as fast as it can, into the log too
+            with open(log, "ab") as f:
+                for _ in range(128):
+                    chunk = b"x" * 65536
+                    f.write(chunk)
+                    f.flush()
+                    writer.write(chunk)
+                    await writer.drain()
+            writer.close()
+
+        server = await asyncio.start_unix_server(guest, str(sock))
+        console = SerialConsole(sock, lambda event, at: None, log)
+        stalled = console.attach()  # a viewer that never reads
+        await console.connect()
+        await asyncio.wait_for(console._task, 30)
+        assert stalled.qsize() == 1 and stalled.get_nowait() is None  # dropped, backlog gone
+        assert log.stat().st_size <= 2 * serial.LOG_CAP
+        server.close()
+        await console.close()
+
+    asyncio.run(scenario())
 
 
 async def fake_agent(path: Path, replies: dict, stale: bytes = b"", hang: set = frozenset()):

@@ -20,7 +20,7 @@ from typing import Protocol
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
-from gureum.engine.qemu import memimage, process
+from gureum.engine.qemu import memimage, process, serial
 from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
@@ -299,10 +299,12 @@ class LocalHostAgent:
         await asyncio.to_thread(shutil.rmtree, self.runtime(instance_id).dir, True)
         await asyncio.to_thread(shutil.rmtree, self.config.instances_dir / instance_id, True)
 
-    def check_alive(self) -> None:
-        """Reconciler safety net: fire exit events that were somehow missed."""
+    async def check_alive(self) -> None:
+        """Reconciler safety net: fire exit events that were somehow missed, and restart a
+        network's dnsmasq that died."""
         for vm in list(self._vms.values()):
             vm.check_alive()
+        await self.network.supervise()
 
     # -- snapshots -------------------------------------------------------------------------------
     async def freeze(self, instance_id: str) -> bool:
@@ -438,8 +440,10 @@ class LocalHostAgent:
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial
 
-    def serial_log(self, instance_id: str) -> Path:
-        return self.runtime(instance_id).serial_log
+    async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
+        return await asyncio.to_thread(
+            serial.read_log, self.runtime(instance_id).serial_log, tail_bytes
+        )
 
     def rss_bytes(self, instance_id: str) -> int | None:
         vm = self._vms.get(instance_id)

@@ -14,15 +14,14 @@ import shutil
 import socket
 from pathlib import Path
 
-import uvicorn
-
 from gureum.config import Config
 from gureum.engine.qemu import process
+from gureum.errors import GureumError
 from gureum.model.network import Network, Nic, Rule
 from gureum.network import firewall, netns, tap
 from gureum.network.dhcp import Dhcp
 from gureum.network.forward import Forward
-from gureum.network.metadata import Lookup, Tokens, make_app
+from gureum.network.metadata import Lookup, MetadataServer, Tokens
 
 log = logging.getLogger(__name__)
 
@@ -39,8 +38,7 @@ class NetworkHost:
     def __init__(self, config: Config) -> None:
         self.config = config
         self.tokens = Tokens()
-        self._metadata: dict[str, uvicorn.Server] = {}
-        self._metadata_tasks: dict[str, asyncio.Task[None]] = {}
+        self._metadata: dict[str, MetadataServer] = {}
         self._forwards: dict[str, Forward] = {}
         self._dhcp: dict[str, Dhcp] = {}
         self.lookup: Lookup | None = None  # set by the service: who owns an address
@@ -109,6 +107,21 @@ class NetworkHost:
         await asyncio.to_thread(dhcp.reload, nics)
         await firewall.apply(self.namespace(net.id), firewall.render(net.gateway, ports, rules))
 
+    async def supervise(self) -> list[str]:
+        """Restart the DHCP/DNS server of any network whose dnsmasq died (killed from outside,
+        or crashed): without it a VM that starts gets no address. Returns what it restarted."""
+        restarted = []
+        for network_id, dhcp in list(self._dhcp.items()):
+            if dhcp.pid() is None and netns.exists(self.namespace(network_id)):
+                log.warning("dnsmasq of network %s is gone: restarting it", network_id)
+                try:
+                    await asyncio.to_thread(dhcp.start)
+                except GureumError as exc:
+                    log.error("cannot restart dnsmasq of network %s: %s", network_id, exc.message)
+                    continue
+                restarted.append(network_id)
+        return restarted
+
     def present(self) -> list[str]:
         """Network ids whose namespace exists on this host."""
         prefix = f"gureum-{netns.home_tag(self.config.home)}-"
@@ -137,26 +150,17 @@ class NetworkHost:
             return sock
 
         sock = await netns.arun_in(self.namespace(net.id), listen)
-        app = make_app(
+        server = MetadataServer(
             net.id, self.lookup, self.tokens, lambda: self.tokens_required.get(net.id, False)
         )
-        server = uvicorn.Server(
-            uvicorn.Config(
-                app, lifespan="off", log_level="warning", loop="asyncio", access_log=False
-            )
-        )
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]  # ours
+        await server.start(sock)
         self._metadata[net.id] = server
-        self._metadata_tasks[net.id] = asyncio.create_task(server.serve(sockets=[sock]))
 
     async def _stop_metadata(self, network_id: str) -> None:
         server = self._metadata.pop(network_id, None)
-        task = self._metadata_tasks.pop(network_id, None)
         if server is not None:
-            server.should_exit = True
-        if task is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(task, 5)
+                await asyncio.wait_for(server.stop(), 5)
 
     # -- port forwards ---------------------------------------------------------------------------
     async def add_forward(

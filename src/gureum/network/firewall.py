@@ -9,8 +9,9 @@ a script as one transaction, so there is never a moment without rules):
 - ``inet gureum``: security groups, with connection tracking (bridged IPv4 passes through the
   inet hooks: ``net.bridge.bridge-nf-call-iptables=1`` in the namespace). Inbound connections to
   a VM are dropped unless it shares a security group with the source, or one of its groups has
-  a rule letting the source in; replies to allowed connections pass. The namespace itself
-  answers only DHCP, DNS, the metadata service and ping.
+  a rule letting the source in; replies to allowed connections pass. Connections the namespace
+  itself opens to a VM (port forwards) meet the same rules, from the gateway's address. The
+  namespace itself answers only DHCP, DNS, the metadata service and ping.
 
 Rendering is pure (data in, text out) so it is unit-tested; ``apply`` is the only I/O.
 """
@@ -102,6 +103,19 @@ def render(gateway: str, ports: list[Port], rules: dict[str, list[Rule]]) -> str
             lines.append(f"    ip saddr @{_set_name(gid)} accept")  # same group
             lines += [f"    {_rule(r)}" for r in rules.get(gid, [])]
         lines += ["    drop", "  }"]
+    # What the namespace itself sends to a VM (a port forward's relay, a ping from the host's
+    # side) meets the same security groups: it comes from the gateway address, so a rule's
+    # source must include the gateway for forwards to reach the VM. DHCP answers are not
+    # replies conntrack knows (the request came from 0.0.0.0), so they pass by port.
+    lines += [
+        "  chain output {",
+        "    type filter hook output priority 0; policy accept;",
+        "    ct state established,related accept",
+        "    udp sport 67 udp dport 68 accept",
+    ]
+    for p in ports:
+        lines.append(f"    ip daddr {p.ip} jump to_{p.tap}")
+    lines.append("  }")
     lines += [
         "  chain input {",
         "    type filter hook input priority 0; policy drop;",

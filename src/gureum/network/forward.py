@@ -18,6 +18,10 @@ from gureum.network import netns
 
 log = logging.getLogger(__name__)
 
+# Connections one forward relays at once; more are closed at once (each costs the service two
+# file descriptors, and the forward's port is reachable by anyone on the host's loopback).
+MAX_CONNECTIONS = 256
+
 
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
@@ -47,6 +51,9 @@ class Forward:
             raise Conflict(f"cannot listen on {self.host}:{self.port}: {exc.strerror}") from exc
 
     async def _handle(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        if len(self._conns) >= MAX_CONNECTIONS:
+            client_w.transport.abort()
+            return
         task = asyncio.current_task()
         assert task is not None
         self._conns.add(task)

@@ -10,23 +10,27 @@ source address of the connection, which the firewall's anti-spoofing ties to one
 VM, checked again against the namespace's neighbour table (the MAC that address resolves to
 must be that VM's). A token is bound to the VM it was issued to. One VM can therefore never read
 another's data, even by forging headers or addresses.
+
+Guests are hostile in how they connect, too: ``MetadataServer`` bounds what each can hold open
+and for how long (a flood of half-open connections once took the whole service to its file
+limit).
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
 import json
+import logging
 import secrets
+import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import PlainTextResponse
-from starlette.routing import Route
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,37 +76,139 @@ class Tokens:
         return data["i"] if data["e"] >= time.time() else None
 
 
-def make_app(
-    network_id: str, lookup: Lookup, tokens: Tokens, require_tokens: Callable[[], bool]
-) -> Starlette:
-    async def caller(request: Request) -> Caller | None:
-        return await lookup(network_id, request.client.host if request.client else "")
+# What one guest (one source address) and one network may hold open at once, how long a guest
+# may take to send its request head, and how large that head may be. A connection over a limit
+# is closed at once, so a flood costs the service no file descriptors beyond these.
+PER_SOURCE = 8
+PER_NETWORK = 128
+HEAD_TIMEOUT_S = 5.0
+MAX_HEAD = 8192
+REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout"}  # fmt: skip
 
-    async def token(request: Request) -> PlainTextResponse:
-        who = await caller(request)
-        if who is None:
-            return PlainTextResponse("Forbidden\n", status_code=403)
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: str
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+def _text(status: int) -> Answer:
+    return Answer(status, f"{REASONS[status]}\n")
+
+
+class MetadataServer:
+    """One network's metadata endpoint: a small HTTP/1.1 server of its own, one request per
+    connection, every guest bounded (``PER_SOURCE``, ``PER_NETWORK``, ``HEAD_TIMEOUT_S``,
+    ``MAX_HEAD``). Not a general web server on purpose: guests are hostile, and the few
+    requests IMDS clients make need nothing more."""
+
+    def __init__(
+        self,
+        network_id: str,
+        lookup: Lookup,
+        tokens: Tokens,
+        require_tokens: Callable[[], bool],
+    ) -> None:
+        self.network_id = network_id
+        self.lookup = lookup
+        self.tokens = tokens
+        self.require_tokens = require_tokens
+        self._server: asyncio.Server | None = None
+        self._open: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.refused = 0  # connections closed at once for being over a limit
+
+    async def start(self, sock: socket.socket) -> None:
+        self._server = await asyncio.start_server(self._connection, sock=sock, limit=MAX_HEAD)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    def open_connections(self) -> int:
+        return sum(self._open.values())
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        source = peer[0] if peer else ""
+        if self._open.get(source, 0) >= PER_SOURCE or self.open_connections() >= PER_NETWORK:
+            self.refused += 1
+            writer.transport.abort()  # no answer, no lingering: the descriptor is freed now
+            return
+        self._open[source] = self._open.get(source, 0) + 1
+        task = asyncio.current_task()
+        assert task is not None
+        self._tasks.add(task)
         try:
-            ttl = int(request.headers.get(TTL_HEADER, ""))
+            answer = await self._serve(reader, source)
+            head = f"HTTP/1.1 {answer.status} {REASONS.get(answer.status, '')}\r\n"
+            body = answer.body.encode()
+            headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(body))),
+                       ("Connection", "close"), *answer.headers]  # fmt: skip
+            head += "".join(f"{k}: {v}\r\n" for k, v in headers) + "\r\n"
+            writer.write(head.encode() + body)
+            await asyncio.wait_for(writer.drain(), HEAD_TIMEOUT_S)
+        except (ConnectionError, TimeoutError, asyncio.IncompleteReadError):
+            pass
+        except Exception:
+            log.exception("metadata request on %s failed", self.network_id)
+        finally:
+            self._tasks.discard(task)
+            self._open[source] -= 1
+            if not self._open[source]:
+                del self._open[source]
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, source: str) -> Answer:
+        try:
+            raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT_S)
+        except TimeoutError:
+            return _text(408)
+        except asyncio.LimitOverrunError:
+            return _text(400)
+        try:
+            request_line, *lines = raw.decode("latin-1").split("\r\n")
+            method, target, _version = request_line.split(" ")
+        except ValueError:
+            return _text(400)
+        headers = {}
+        for line in lines:
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        path = target.split("?", 1)[0]
+        who = await self.lookup(self.network_id, source)
+        if who is None:
+            return _text(403)
+        if path == "/latest/api/token":
+            return self._token(method, headers, who) if method == "PUT" else _text(405)
+        if method != "GET":
+            return _text(405)
+        return self._data(path, headers, who)
+
+    def _token(self, method: str, headers: dict[str, str], who: Caller) -> Answer:
+        try:
+            ttl = int(headers.get(TTL_HEADER, ""))
         except ValueError:
             ttl = 0
         if not 1 <= ttl <= 21600:
-            return PlainTextResponse(
-                "Bad Request: TTL must be 1 to 21600 seconds\n", status_code=400
-            )
-        return PlainTextResponse(tokens.issue(who.instance_id, ttl), headers={TTL_HEADER: str(ttl)})
+            return Answer(400, "Bad Request: TTL must be 1 to 21600 seconds\n")
+        return Answer(200, self.tokens.issue(who.instance_id, ttl), ((TTL_HEADER, str(ttl)),))
 
-    async def data(request: Request) -> PlainTextResponse:
-        who = await caller(request)
-        if who is None:
-            return PlainTextResponse("Forbidden\n", status_code=403)
-        presented = request.headers.get(TOKEN_HEADER)
+    def _data(self, path: str, headers: dict[str, str], who: Caller) -> Answer:
+        presented = headers.get(TOKEN_HEADER)
         if presented is not None:
-            if tokens.holder(presented) != who.instance_id:
-                return PlainTextResponse("Unauthorized\n", status_code=401)
-        elif require_tokens():
-            return PlainTextResponse("Unauthorized\n", status_code=401)
-        path = request.url.path.rstrip("/")
+            if self.tokens.holder(presented) != who.instance_id:
+                return _text(401)
+        elif self.require_tokens():
+            return _text(401)
+        path = path.rstrip("/")
         keys = "".join(f"{i}=key-{i}\n" for i in range(len(who.public_keys)))
         answers = {
             "/latest/meta-data": "instance-id\nhostname\nlocal-ipv4\nmac\npublic-keys/\n",
@@ -119,12 +225,5 @@ def make_app(
         if who.user_data is not None:
             answers["/latest/user-data"] = who.user_data
         if path not in answers:
-            return PlainTextResponse("Not Found\n", status_code=404)
-        return PlainTextResponse(answers[path])
-
-    return Starlette(
-        routes=[
-            Route("/latest/api/token", token, methods=["PUT"]),
-            Route("/{path:path}", data, methods=["GET"]),
-        ]
-    )
+            return _text(404)
+        return Answer(200, answers[path])

@@ -810,8 +810,10 @@ class InstanceService:
         check_action("console", inst.state, name=inst.name)
         return self.host.console(inst.id)
 
-    def serial_log(self, ref: str, project_id: str | None = None) -> Path:
-        return self.host.serial_log(self.get(ref, project_id).id)
+    async def console_log(self, ref: str, project_id: str | None, tail_bytes: int) -> bytes:
+        """What the VM's serial console printed (the last ``tail_bytes``; 0: all kept)."""
+        inst = self.get(ref, project_id)
+        return await self.host.console_log(inst.id, tail_bytes)
 
     def host_summary(self) -> dict[str, object]:
         host = self.host.capacity()

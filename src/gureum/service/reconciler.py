@@ -48,7 +48,7 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                self.instances.host.check_alive()
+                await self.instances.host.check_alive()
             except Exception:
                 log.exception("reconciler pass failed")
             if time.monotonic() - self._chores_done >= CHORES_EVERY_S:

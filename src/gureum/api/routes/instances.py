@@ -141,14 +141,7 @@ async def console_log(
 ) -> PlainTextResponse:
     """The serial console's recorded output (the last ``tail_bytes``; 0 = all). Members only,
     as the console itself: it is what the guest printed, logins and secrets included."""
-    path = svc.instances.serial_log(ref, scope.project_id)
-    try:
-        with open(path, "rb") as f:
-            size = f.seek(0, 2)
-            f.seek(max(0, size - tail_bytes) if tail_bytes else 0)
-            data = f.read()
-    except FileNotFoundError:
-        data = b""
+    data = await svc.instances.console_log(ref, scope.project_id, tail_bytes)
     return PlainTextResponse(data.decode(errors="replace"))
 
 

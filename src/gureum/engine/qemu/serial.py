@@ -1,9 +1,14 @@
 """A VM's serial console: one connection to QEMU's serial socket, shared by many viewers.
 
 QEMU's socket chardev takes a single client, so the service holds that one connection for the
-VM's whole life and fans the output out to every attached console; QEMU itself keeps the full
-log (``logfile=``). The byte stream is also where boot progress shows: the first byte is the
-kernel speaking, and our init prints marker lines.
+VM's whole life and fans the output out to every attached console; QEMU itself writes the log
+(``logfile=``, appending), so nothing is lost while the service is down. The byte stream is
+also where boot progress shows: the first byte is the kernel speaking, and our init prints
+marker lines.
+
+A guest decides how much it prints, so both ends are bounded: the log is rotated once past
+``LOG_CAP`` (its older part kept as ``serial.log.1``, one generation), and a viewer that does not
+keep up (``VIEWER_QUEUE`` chunks behind) is disconnected rather than buffered without end.
 """
 
 from __future__ import annotations
@@ -11,19 +16,64 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+LOG_CAP = 4 << 20  # bytes of serial.log before it is rotated (plus as much in serial.log.1)
+VIEWER_QUEUE = 256  # chunks (up to 64 KiB each) a viewer may fall behind before it is dropped
 INIT_STARTED = b"gureum-init: started"
 INIT_READY = b"gureum-init: ready"
 
 
+def rotate_log(log_path: Path, cap: int | None = None) -> bool:
+    """Past ``cap`` bytes, keep the log as ``.1`` and start it afresh; True if it rotated.
+
+    QEMU has the log open with O_APPEND, so truncating it in place is safe: its next write
+    lands at the new end. (Bytes written between the copy and the truncation are lost: a few.)
+    """
+    cap = LOG_CAP if cap is None else cap
+    try:
+        if log_path.stat().st_size <= cap:
+            return False
+        older = log_path.with_name(log_path.name + ".1")
+        tmp = log_path.with_name(log_path.name + ".tmp")
+        with open(log_path, "rb") as src, open(tmp, "wb") as dst:
+            src.seek(-cap, 2)
+            dst.write(src.read(cap))
+        tmp.replace(older)
+        os.truncate(log_path, 0)
+    except OSError as exc:
+        log.warning("cannot rotate %s: %s", log_path, exc)
+        return False
+    return True
+
+
+def read_log(log_path: Path, tail_bytes: int) -> bytes:
+    """The last ``tail_bytes`` of the console's output (0: all that is kept), across the
+    rotated generation and the current log."""
+    data = b""
+    for path in (log_path.with_name(log_path.name + ".1"), log_path):
+        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+            size = f.seek(0, 2)
+            f.seek(max(0, size - tail_bytes) if tail_bytes else 0)
+            data += f.read()
+    return data[-tail_bytes:] if tail_bytes else data
+
+
 class SerialConsole:
-    def __init__(self, path: Path, on_marker: Callable[[str, float], None]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        on_marker: Callable[[str, float], None],
+        log_path: Path | None = None,
+    ) -> None:
         self.path = path
+        self.log_path = log_path
+        self._logged = 0  # bytes seen since the log's size was last looked at
         self._on_marker = on_marker
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
@@ -55,13 +105,20 @@ class SerialConsole:
                     self._seen_output = True
                     self._on_marker("kernel_started", now)
                 self._scan(chunk, now)
+                self._logged += len(chunk)
+                if self.log_path is not None and self._logged >= LOG_CAP // 8:
+                    self._logged = 0
+                    rotate_log(self.log_path)
                 for queue in list(self._viewers):
-                    queue.put_nowait(chunk)
+                    try:
+                        queue.put_nowait(chunk)
+                    except asyncio.QueueFull:
+                        self._drop(queue)
         except (OSError, asyncio.CancelledError):
             pass
         finally:
             for queue in list(self._viewers):
-                queue.put_nowait(None)
+                self._drop(queue)
 
     def _scan(self, chunk: bytes, now: float) -> None:
         window = self._tail + chunk
@@ -71,9 +128,17 @@ class SerialConsole:
                 self._on_marker(event, now)
         self._tail = window[-64:]
 
+    def _drop(self, queue: asyncio.Queue[bytes | None]) -> None:
+        """A viewer that fell too far behind: its backlog goes, and it sees the end."""
+        self._viewers.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+        log.info("console viewer of %s dropped: it did not keep up", self.path.parent.name)
+
     def attach(self) -> asyncio.Queue[bytes | None]:
         """A queue of console output for one viewer; ``None`` marks the end."""
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(VIEWER_QUEUE)
         self._viewers.add(queue)
         return queue
 

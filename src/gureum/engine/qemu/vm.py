@@ -69,7 +69,7 @@ class QemuVM:
         rt = cfg.runtime
         self.monitor = Monitor(cfg.name, self._on_qmp_event)
         self.agent = GuestAgent(rt.agent)
-        self.serial = SerialConsole(rt.serial, self._on_marker)
+        self.serial = SerialConsole(rt.serial, self._on_marker, rt.serial_log)
         self.pid: int | None = None
         self._proc: Any = None
         self._watch: process.ExitWatch | None = None

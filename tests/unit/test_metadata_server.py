@@ -1,0 +1,98 @@
+"""The metadata endpoint under a guest's flood (issue 9, #4), on loopback: half-open
+connections are bounded per source and per network, closed after the head timeout, and
+another guest is still answered meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from gureum.network import metadata
+from gureum.network.metadata import Caller, MetadataServer, Tokens
+
+
+async def lookup(network_id: str, ip: str) -> Caller | None:
+    if not ip.startswith("127.0.0."):
+        return None
+    return Caller(f"i-{ip.rsplit('.', 1)[1]}", "vm", ip, "52:54:00:00:00:01", (), None)
+
+
+async def get(port: int, source: str, path: str = "/latest/meta-data/instance-id") -> bytes:
+    sock = socket.socket()
+    sock.bind((source, 0))
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(f"GET {path} HTTP/1.1\r\nHost: 169.254.169.254\r\n\r\n".encode())
+    answer = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    return answer
+
+
+@pytest.fixture
+def quick(monkeypatch):
+    monkeypatch.setattr(metadata, "HEAD_TIMEOUT_S", 0.5)
+
+
+def listening() -> socket.socket:
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    sock.setblocking(False)
+    return sock
+
+
+def test_a_flood_of_half_open_connections_is_bounded(quick):
+    async def scenario() -> None:
+        sock = listening()
+        port = sock.getsockname()[1]
+        server = MetadataServer("n-1", lookup, Tokens(), lambda: False)
+        await server.start(sock)
+        flood = []
+        try:
+            for _ in range(200):  # partial heads, never completed
+                _, w = await asyncio.open_connection("127.0.0.1", port)
+                w.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x")
+                flood.append(w)
+            await asyncio.sleep(0.1)
+            assert server.open_connections() <= metadata.PER_SOURCE
+            assert server.refused >= 200 - metadata.PER_SOURCE
+            # Another guest (another source address) is answered while the flood holds.
+            assert (await get(port, "127.0.0.2")).endswith(b"\r\n\r\ni-2")
+            await asyncio.sleep(0.8)  # past the head timeout: the half-open ones are gone
+            assert server.open_connections() == 0
+            assert (await get(port, "127.0.0.1")).startswith(b"HTTP/1.1 200")
+        finally:
+            for w in flood:
+                w.close()
+            await server.stop()
+
+    asyncio.run(scenario())
+
+
+def test_bad_heads_and_methods(quick):
+    async def scenario() -> None:
+        sock = listening()
+        port = sock.getsockname()[1]
+        server = MetadataServer("n-1", lookup, Tokens(), lambda: True)
+        await server.start(sock)
+        try:
+            assert (await get(port, "127.0.0.3")).startswith(b"HTTP/1.1 401")  # tokens required
+            huge = "/" + "a" * (2 * metadata.MAX_HEAD)
+            assert (await get(port, "127.0.0.3", huge)).startswith(b"HTTP/1.1 400")
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"PUT /latest/api/token HTTP/1.1\r\nX-aws-ec2-metadata-token-ttl-seconds: 60"
+                    b"\r\n\r\n")  # fmt: skip
+            token = (await asyncio.wait_for(r.read(), 5)).split(b"\r\n\r\n", 1)[1].decode()
+            w.close()
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(f"GET /latest/meta-data/instance-id HTTP/1.1\r\n"
+                    f"X-aws-ec2-metadata-token: {token}\r\n\r\n".encode())  # fmt: skip
+            assert (await asyncio.wait_for(r.read(), 5)).endswith(b"i-1")
+            w.close()
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

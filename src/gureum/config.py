@@ -44,6 +44,9 @@ class Config:
     # Tokens a user may hold at once (neither revoked nor expired); 0: no bound.
     max_tokens_per_user: int = 50
     max_request_bytes: int = 1024 * 1024
+    # Port forwards listen on host ports from this one up: below 1024 are the host's own
+    # services' (ssh, a web server...), not a tenant's to take. 1 allows every port.
+    forward_min_host_port: int = 1024
     # Audit entries older than this are deleted (at start and hourly); 0: kept forever.
     audit_retention_days: float = 90.0
     # None: the SQLite file under home. A postgresql:// URL (psycopg 3) to keep the store in
@@ -115,6 +118,7 @@ _ENV = {
     "user_rate_limit_burst": "GUREUM_USER_RATE_BURST",
     "max_tokens_per_user": "GUREUM_MAX_TOKENS_PER_USER",
     "max_request_bytes": "GUREUM_MAX_REQUEST_BYTES",
+    "forward_min_host_port": "GUREUM_FORWARD_MIN_PORT",
     "audit_retention_days": "GUREUM_AUDIT_RETENTION_DAYS",
     "database_url": "GUREUM_DATABASE_URL",
 }

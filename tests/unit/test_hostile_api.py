@@ -424,3 +424,59 @@ def test_a_group_naming_itself_can_be_deleted(world):
     # Named only by its own rule: deleted with it.
     assert world.tcp.delete("/v1/secgroups/web", headers=who).status_code == 200
     assert [g.name for g in world.svc.secgroups.list()] == ["db"]
+
+
+# -- low: port forwards: privileged host ports, and how many -------------------------------------
+def _forward(svc, instance_ref, project_id, port):
+    from gureum.model.network import Forward
+
+    inst = svc.instances.get(instance_ref, project_id)
+    fwd = Forward(f"f-{os.urandom(6).hex()}", inst.id, "127.0.0.1", port, 80, time.time())
+    svc.forwards.store.add_forward(fwd)
+
+
+def test_forwards_refuse_privileged_host_ports(world):
+    a = world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    _put_instance(world.svc, "web1", a.id, 1, 256)
+    url, who = "/v1/instances/web1/forwards", world.as_("mark", "team-a")
+    for mapping in ("80:80", "127.0.0.2:22:22", "1023:80"):
+        resp = world.tcp.post(url, json={"mapping": mapping}, headers=who)
+        assert "1024" in error_of(resp, 400, "invalid-input")
+    # 1024 and up pass that check (and fail later here: the VM has no NIC to forward to).
+    error_of(world.tcp.post(url, json={"mapping": "1024:80"}, headers=who), 409, "invalid-state")
+    assert world.svc.forwards.list() == []
+
+
+def test_the_administrator_may_allow_privileged_forwards(tmp_path):
+    svc = Services.build(load_config(tmp_path, env={"GUREUM_FORWARD_MIN_PORT": "1"}))
+    svc.tenancy.ensure_default()
+    _put_instance(svc, "web1", "p-default", 1, 256)
+    with TestClient(create_app(svc)) as root:
+        resp = root.post("/v1/instances/web1/forwards", json={"mapping": "80:80"})
+        error_of(resp, 409, "invalid-state")  # past the port check: no NIC
+    svc.close()
+
+
+def test_forwards_are_bounded_by_a_project_quota(world):
+    a = world.svc.tenancy.create_project("team-a", {})
+    world.person("mark", "team-a")
+    world.person("ada", "team-a", Role.ADMIN)
+    _put_instance(world.svc, "web1", a.id, 1, 256)
+    _put_instance(world.svc, "web2", a.id, 1, 256)
+    _forward(world.svc, "web1", a.id, 8080)
+    _forward(world.svc, "web2", a.id, 8081)
+    resp = world.root.patch("/v1/projects/team-a/quotas", json={"max_forwards": 2})
+    assert resp.status_code == 200 and resp.json()["quotas"]["max_forwards"] == 2
+    usage = world.tcp.get("/v1/projects/team-a/usage", headers=world.as_("mark")).json()
+    assert usage["allocated"]["forwards"] == 2
+    resp = world.tcp.post(
+        "/v1/instances/web2/forwards",
+        json={"mapping": "8082:80"},
+        headers=world.as_("mark", "team-a"),
+    )
+    assert "forwards" in error_of(resp, 409, "quota-exceeded")
+    # Like every quota: the project's admin may lower it, not raise it.
+    url, ada = "/v1/projects/team-a/quotas", world.as_("ada")
+    error_of(world.tcp.patch(url, json={"max_forwards": 3}, headers=ada), 403, "forbidden")
+    assert world.tcp.patch(url, json={"max_forwards": 1}, headers=ada).status_code == 200

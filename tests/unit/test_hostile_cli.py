@@ -127,3 +127,17 @@ def test_audit_rows_are_printed_as_they_are(monkeypatch):
     res = CliRunner().invoke(app, ["audit", "list"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert TRICKY in res.output and FINGERPRINT in res.output, res.output
+
+
+def test_project_quota_takes_max_forwards(monkeypatch):
+    sent = {}
+
+    class Recording(_FakeClient):
+        def request(self, method, path, **kw):
+            sent.update(kw.get("json") or {})
+            return {"quotas": {"max_forwards": 4}}
+
+    monkeypatch.setattr("gureum.cli.tenancy.Client", Recording)
+    res = CliRunner().invoke(app, ["project", "quota", "team-a", "--max-forwards", "4"])
+    assert res.exit_code == 0, res.output
+    assert sent == {"max_forwards": 4} and "forwards 4" in res.output

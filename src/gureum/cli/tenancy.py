@@ -133,6 +133,9 @@ def project_create(
     max_disk: Annotated[str | None, typer.Option(help="Disk at most, e.g. 100G.")] = None,
     max_snapshots: Annotated[int | None, typer.Option(help="Snapshots at most.")] = None,
     max_networks: Annotated[int | None, typer.Option(help="Networks at most.")] = None,
+    max_forwards: Annotated[
+        int | None, typer.Option(help="Port forwards at most, all instances together.")
+    ] = None,
     cpu_limit: Annotated[
         float | None, typer.Option(help="Cores its VMs may really use (default: max-cpus).")
     ] = None,
@@ -150,6 +153,7 @@ def project_create(
         "max_disk_bytes": _bytes(max_disk),
         "max_snapshots": max_snapshots,
         "max_networks": max_networks,
+        "max_forwards": max_forwards,
         "cpu_limit": cpu_limit,
         "memory_limit_mib": _mib(memory_limit),
     }
@@ -210,6 +214,9 @@ def project_quota(
     max_disk: Annotated[str | None, typer.Option(help="Disk at most, e.g. 100G.")] = None,
     max_snapshots: Annotated[int | None, typer.Option(help="Snapshots at most.")] = None,
     max_networks: Annotated[int | None, typer.Option(help="Networks at most.")] = None,
+    max_forwards: Annotated[
+        int | None, typer.Option(help="Port forwards at most, all instances together.")
+    ] = None,
     cpu_limit: Annotated[
         float | None, typer.Option(help="Cores its VMs may really use (control group).")
     ] = None,
@@ -231,6 +238,7 @@ def project_quota(
         "max_disk_bytes": _bytes(max_disk),
         "max_snapshots": max_snapshots,
         "max_networks": max_networks,
+        "max_forwards": max_forwards,
         "cpu_limit": cpu_limit,
         "memory_limit_mib": _mib(memory_limit),
     }
@@ -280,6 +288,7 @@ def project_usage(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     out.print(f"  disk        {disk} allocated; written {format_size(u['disk_bytes'])}")
     out.print(f"  snapshots   {of('max_snapshots', str(a['snapshots']))}")
     out.print(f"  networks    {of('max_networks', str(a['networks']))}")
+    out.print(f"  forwards    {of('max_forwards', str(a['forwards']))}")
 
 
 @member_app.command("add")

@@ -23,6 +23,7 @@ QUOTA_FIELDS = (
     "max_disk_bytes",
     "max_snapshots",
     "max_networks",
+    "max_forwards",
 )
 
 
@@ -38,6 +39,7 @@ class Project:
     max_disk_bytes: int | None = None
     max_snapshots: int | None = None
     max_networks: int | None = None
+    max_forwards: int | None = None  # port forwards, all the project's instances together
     # Real use: the project's control group (None: CPU follows max_cpus, memory unbounded).
     cpu_limit: float | None = None  # cores
     memory_limit_mib: int | None = None

@@ -110,7 +110,10 @@ class Services:
         networks = NetworkService(host, network_store, instance_store)
         networks.quotas = quotas
         secgroups = SecGroupService(network_store, networks)
-        forwards = ForwardService(host.network, network_store, instance_store)
+        forwards = ForwardService(
+            host.network, network_store, instance_store, min_host_port=config.forward_min_host_port
+        )
+        forwards.quotas = quotas
         instances.networks, instances.secgroups, instances.forwards = networks, secgroups, forwards
         snapshots = SnapshotService(instances)
         nics = NicService(instances)

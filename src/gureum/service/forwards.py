@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
+from typing import TYPE_CHECKING
 
 from gureum.errors import GureumError, InvalidInput, InvalidState, NotFound
 from gureum.host.network import NetworkHost
@@ -12,6 +13,9 @@ from gureum.ids import new_id
 from gureum.model.network import Forward, Nic
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
+
+if TYPE_CHECKING:
+    from gureum.service.quotas import QuotaService
 
 log = logging.getLogger(__name__)
 
@@ -38,10 +42,19 @@ def parse_mapping(text: str) -> tuple[str, int, int]:
 
 
 class ForwardService:
-    def __init__(self, host: NetworkHost, store: NetworkStore, instances: InstanceStore) -> None:
+    def __init__(
+        self,
+        host: NetworkHost,
+        store: NetworkStore,
+        instances: InstanceStore,
+        *,
+        min_host_port: int = 1024,
+    ) -> None:
         self.host = host
         self.store = store
         self.instances = instances
+        self.min_host_port = min_host_port  # the administrator's: forward_min_host_port
+        self.quotas: QuotaService | None = None  # wired by Services.build
 
     def _first_nic(self, instance_id: str) -> Nic | None:
         """Forwards go to the NIC in the lowest slot."""
@@ -80,6 +93,17 @@ class ForwardService:
 
     async def add(self, instance_id: str, mapping: str) -> Forward:
         address, host_port, guest_port = parse_mapping(mapping)
+        if host_port < self.min_host_port:
+            # The host's own services live below 1024 (on loopback too: a local ssh, a web
+            # server behind a proxy); a tenant taking one would receive what was meant for them.
+            raise InvalidInput(
+                f"host ports below {self.min_host_port} are not for forwards (the host's "
+                f"administrator sets forward_min_host_port); use {self.min_host_port} or above"
+            )
+        inst = self.instances.get(instance_id)
+        if self.quotas is not None and inst is not None:
+            # No await from this check to the insert: concurrent adds cannot both pass it.
+            self.quotas.check(inst.project_id, forwards=1)
         network_id, ip = self._target(instance_id)
         fwd = Forward(new_id("f-"), instance_id, address, host_port, guest_port, time.time())
         self.store.add_forward(fwd)  # the unique (address, port) refuses a duplicate first

@@ -33,6 +33,7 @@ _WHAT = {
     "disk_bytes": ("max_disk_bytes", "GiB of disk", GIB),
     "snapshots": ("max_snapshots", "snapshots", 1),
     "networks": ("max_networks", "networks", 1),
+    "forwards": ("max_forwards", "port forwards", 1),
 }
 
 
@@ -71,6 +72,7 @@ class QuotaService:
         counts = self.instances.allocated(project_id)
         counts["snapshots"] = self.snapshots.count(project_id)
         counts["networks"] = len(self.networks.networks(project_id))
+        counts["forwards"] = self.networks.forward_count(project_id)
         return counts
 
     def hold(self, project_id: str, **amounts: int) -> Callable[[], None]:

@@ -317,6 +317,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "UPDATE layers SET base_image = '?' WHERE backing IS NULL",
         ],
     ),
+    (
+        7,
+        "projects may bound their port forwards",
+        ["ALTER TABLE projects ADD COLUMN max_forwards BIGINT"],
+    ),
 ]
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from sqlalchemy import Connection, Table, delete, insert, select
+from sqlalchemy import Connection, Table, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError
 
 from gureum.errors import Conflict
@@ -14,6 +14,7 @@ from gureum.store.db import Database
 from gureum.store.schema import (
     forwards,
     instance_secgroups,
+    instances,
     networks,
     nics,
     secgroup_rules,
@@ -190,6 +191,17 @@ class NetworkStore:
         if instance_id is not None:
             query = query.where(forwards.c.instance_id == instance_id)
         return self._rows(query, Forward)
+
+    def forward_count(self, project_id: str) -> int:
+        """How many port forwards a project's instances have, together."""
+        query = (
+            select(func.count())
+            .select_from(forwards)
+            .join(instances, instances.c.id == forwards.c.instance_id)
+            .where(instances.c.project_id == project_id)
+        )
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar() or 0)
 
     def remove_forward(self, forward_id: str) -> None:
         with self.db.begin() as conn:

@@ -167,6 +167,7 @@ projects = Table(
     Column("max_disk_bytes", BigInteger),
     Column("max_snapshots", BigInteger),
     Column("max_networks", BigInteger),
+    Column("max_forwards", BigInteger),
     Column("cpu_limit", Float),
     Column("memory_limit_mib", BigInteger),
     Column("created_at", Float, nullable=False),

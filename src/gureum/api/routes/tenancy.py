@@ -26,6 +26,7 @@ class ProjectIn(Strict):
     max_disk_bytes: int | None = None
     max_snapshots: int | None = None
     max_networks: int | None = None
+    max_forwards: int | None = Field(None, description="port forwards, all instances together")
     cpu_limit: float | None = Field(None, description="cores the project's VMs may use together")
     memory_limit_mib: int | None = Field(
         None, description="memory the project's VMs may use together"
@@ -39,6 +40,7 @@ class QuotasIn(Strict):
     max_disk_bytes: int | None = None
     max_snapshots: int | None = None
     max_networks: int | None = None
+    max_forwards: int | None = None
     cpu_limit: float | None = None
     memory_limit_mib: int | None = None
 

@@ -268,3 +268,60 @@ def test_deleted_vm_leaves_nothing(small_host):
     assert not process.is_alive(alpha["pid"])
     assert not (small_host.home / "instances" / alpha["id"]).exists()
     assert not (small_host.home / "run" / alpha["id"]).exists()
+
+
+def fill(folder, leave_bytes: int):
+    """A file taking all but ``leave_bytes`` of the filesystem under ``folder``."""
+    st = os.statvfs(folder)
+    filler = folder / "filler"
+    held = filler.stat().st_size if filler.exists() else 0
+    size = st.f_bavail * st.f_frsize - leave_bytes + held
+    subprocess.run(["fallocate", "-l", str(max(size, 0)), str(filler)], check=True)
+    return filler
+
+
+def test_a_full_host_disk_pauses_the_vm_until_there_is_room():
+    """QEMU stops a guest whose disk write hits ENOSPC: shown as paused with the reason (not
+    running), resumed by itself once room is made, the guest's write then completes; a
+    snapshot that fails for lack of room leaves no layer behind."""
+    home = new_home()
+    disks = home / "disks"
+    disks.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=192m", "gureum-test-full", str(disks)],
+                   check=True)  # fmt: skip
+    svc = Service(home)
+    try:
+        svc.start()
+        svc.cli("image", "build", "tiny", timeout=900)
+        svc.launch("full")
+        layers = sorted(p.name for p in disks.iterdir())
+        filler = fill(disks, 64 << 10)  # too little for a new layer's qcow2 metadata
+        res = svc.cli("snapshot", "create", "full", "nospace", check=False)
+        assert res.returncode == 1, res.stdout
+        assert sorted(p.name for p in disks.iterdir() if p != filler) == layers
+        assert json.loads(svc.cli("snapshot", "list", "full", "-o", "json").stdout) == []
+        # The guest may have been paused meanwhile (its filesystem freeze writes): room first.
+        filler.unlink()
+        wait_state(svc, "full", "running", timeout=30)
+        filler = fill(disks, 16 << 20)
+        svc.exec("full", "/bin/sh", "-c",
+                 "(dd if=/dev/urandom of=/big bs=1M count=64 && sync && echo ok >/done) "
+                 ">/dev/null 2>&1 &")  # fmt: skip
+        inst, _ = wait_state(svc, "full", "paused", timeout=120)
+        assert "no space left" in inst["state_reason"], inst
+        listed = svc.cli("list").stdout
+        assert any(line.split()[:2] == ["full", "paused"] for line in listed.splitlines())
+        filler.unlink()
+        wait_state(svc, "full", "running", timeout=30)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with svc.client() as c:
+                out = c.exec("full", ["cat", "/done"])
+            if out["exit_code"] == 0:
+                break
+            time.sleep(1)
+        assert out["stdout"] == b"ok\n"
+    finally:
+        svc.cleanup()
+        subprocess.run(["umount", str(disks)], check=False)
+        subprocess.run(["rm", "-rf", str(home)], check=False)

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -249,3 +250,16 @@ def test_hostile_manifest_fields_are_refused(api, tmp_path, field, value):
     qemu_img("create", "-q", "-f", "qcow2", str(disk), str(SIZE))
     refused(client, make_archive(tmp_path, disk, **{field: value}))
     nothing_made(client, home, svc)
+
+
+def test_a_member_name_with_a_trailing_newline_is_refused(tmp_path):
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w|") as tar:
+        for name, data in ((archive.HEADER, b'{"format": "gureum-backup", "version": 1}'),
+                           ("disk.qcow2\n", b"x")):  # fmt: skip
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    out.seek(0)
+    with pytest.raises(archive.ArchiveError, match="unexpected entry"):
+        archive.read(out, tmp_path / "in")

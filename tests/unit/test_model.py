@@ -57,6 +57,19 @@ def test_actions_by_state():
     assert State.STOPPED not in ACTIVE and State.RUNNING in ACTIVE
 
 
+def test_a_vm_paused_by_a_full_disk():
+    """QEMU pauses a guest on ENOSPC: paused is active (it holds its capacity), comes back to
+    running, may be stopped or crash; the guest is frozen, so exec is refused."""
+    check_transition(State.RUNNING, State.PAUSED)
+    for new in (State.RUNNING, State.STOPPING, State.STOPPED, State.CRASHED):
+        check_transition(State.PAUSED, new)
+    assert not can_transition(State.STOPPED, State.PAUSED)
+    assert State.PAUSED in ACTIVE
+    check_action("stop", State.PAUSED, name="a")
+    with pytest.raises(InvalidState, match="it is paused"):
+        check_action("exec", State.PAUSED, name="a")
+
+
 def test_boot_timeline_durations():
     boot = BootTimeline()
     assert boot.mark("process_started", 100.0)

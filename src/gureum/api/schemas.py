@@ -66,7 +66,9 @@ class InstanceOut(BaseModel):
     id: str
     name: str
     project: str = Field(description="the project's name")
-    state: str = Field(description="pending, starting, running, stopping, stopped, crashed, error")
+    state: str = Field(
+        description="pending, starting, running, paused, stopping, stopped, crashed, error"
+    )
     state_reason: str | None
     image: str
     image_version: str

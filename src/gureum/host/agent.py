@@ -268,13 +268,22 @@ class LocalHostAgent:
         self._join_project(spec.project_id, pid)
         # A snapshot may have been under way when the service went down: the VM must not stay
         # paused, nor its filesystems frozen.
-        if await vm.status() in ("paused", "postmigrate", "finish-migrate"):
+        status = await vm.status()
+        if status in ("paused", "postmigrate", "finish-migrate"):
             await vm.resume()
+        elif status == "io-error":  # paused by QEMU while the service was down
+            events.on_paused("disk I/O error while the service was down")
         if booted:
-            with contextlib.suppress(GureumError):
-                if await vm.agent.call("guest-fsfreeze-status", timeout=2) == "frozen":
-                    await vm.agent.call("guest-fsfreeze-thaw", timeout=10)
+            await self.thaw_if_frozen(spec.instance_id)
         return Path((await vm.disk_top())[1])
+
+    async def thaw_if_frozen(self, instance_id: str) -> None:
+        """A freeze whose thaw never arrived (the service went down, or the guest was paused
+        mid-snapshot by a full disk) must not leave the guest's filesystems frozen."""
+        agent = self._vm(instance_id).agent
+        with contextlib.suppress(GureumError):
+            if await agent.call("guest-fsfreeze-status", timeout=2) == "frozen":
+                await agent.call("guest-fsfreeze-thaw", timeout=10)
 
     async def stop(self, instance_id: str, timeout: float) -> str:
         return await self._vm(instance_id).stop(timeout)
@@ -324,6 +333,11 @@ class LocalHostAgent:
 
     async def resume(self, instance_id: str) -> None:
         await self._vm(instance_id).resume()
+
+    def free_disk_bytes(self) -> int:
+        """Room left for disk layers (where VMs write)."""
+        st = os.statvfs(self.config.disks_dir)
+        return st.f_bavail * st.f_frsize
 
     async def snapshot_disk_live(self, instance_id: str, new_top: Path) -> None:
         """Freeze the running VM's top layer under a new, empty one that is its own."""

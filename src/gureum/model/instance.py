@@ -16,6 +16,7 @@ class State(StrEnum):
     PENDING = "pending"  # admitted, row written, nothing on the host yet
     STARTING = "starting"  # QEMU spawned, guest not ready yet
     RUNNING = "running"  # guest agent answered
+    PAUSED = "paused"  # frozen by QEMU on a disk I/O error (host filesystem full); reason says
     STOPPING = "stopping"
     STOPPED = "stopped"
     CRASHED = "crashed"  # QEMU died without the guest asking to power off
@@ -23,7 +24,7 @@ class State(StrEnum):
 
 
 # States in which a QEMU process may exist and the VM holds host capacity.
-ACTIVE = frozenset({State.PENDING, State.STARTING, State.RUNNING, State.STOPPING})
+ACTIVE = frozenset({State.PENDING, State.STARTING, State.RUNNING, State.PAUSED, State.STOPPING})
 
 # The state machine. Anything not listed is refused with InvalidState.
 _TRANSITIONS: dict[State, frozenset[State]] = {
@@ -31,7 +32,10 @@ _TRANSITIONS: dict[State, frozenset[State]] = {
     State.STARTING: frozenset(
         {State.RUNNING, State.STOPPING, State.STOPPED, State.CRASHED, State.ERROR}
     ),
-    State.RUNNING: frozenset({State.STOPPING, State.STOPPED, State.CRASHED, State.STARTING}),
+    State.RUNNING: frozenset(
+        {State.STOPPING, State.STOPPED, State.CRASHED, State.STARTING, State.PAUSED}
+    ),
+    State.PAUSED: frozenset({State.RUNNING, State.STOPPING, State.STOPPED, State.CRASHED}),
     State.STOPPING: frozenset({State.STOPPED, State.CRASHED, State.ERROR}),
     State.STOPPED: frozenset({State.STARTING}),
     State.CRASHED: frozenset({State.STARTING, State.STOPPED}),
@@ -51,12 +55,12 @@ def check_transition(old: State, new: State, *, name: str = "instance") -> None:
 # The user actions and the states they are allowed from (the rest get InvalidState with a hint).
 ACTION_FROM: dict[str, frozenset[State]] = {
     "start": frozenset({State.STOPPED, State.CRASHED, State.ERROR}),
-    "stop": frozenset({State.RUNNING, State.STARTING}),
+    "stop": frozenset({State.RUNNING, State.STARTING, State.PAUSED}),
     "restart": frozenset(
-        {State.RUNNING, State.STARTING, State.STOPPED, State.CRASHED, State.ERROR}
+        {State.RUNNING, State.STARTING, State.PAUSED, State.STOPPED, State.CRASHED, State.ERROR}
     ),
     "exec": frozenset({State.RUNNING}),
-    "console": frozenset({State.RUNNING, State.STARTING}),
+    "console": frozenset({State.RUNNING, State.STARTING, State.PAUSED}),
 }
 
 

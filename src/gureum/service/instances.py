@@ -56,6 +56,8 @@ MIN_MEMORY_MIB = 128
 # Names gureum uses for its own short-lived snapshots (backup export); users cannot take them.
 INTERNAL_SNAPSHOT_PREFIX = "gureum-"
 MAX_DISK_BYTES = 16 * 1024 * GIB
+# Free bytes on the host's disk before VMs paused on a full disk are resumed.
+RESUME_FREE_BYTES = 64 * MIB
 
 BOOT_LABELS = {
     "process_started": "QEMU started",
@@ -98,6 +100,12 @@ class _Events:
 
     def on_exit(self, how: str, detail: str) -> None:
         self.service.on_exit(self.instance_id, how, detail)
+
+    def on_paused(self, reason: str) -> None:
+        self.service.on_paused(self.instance_id, reason)
+
+    def on_resumed(self) -> None:
+        self.service.on_resumed(self.instance_id)
 
 
 def check_cpus(cpus: object) -> int:
@@ -143,6 +151,7 @@ class InstanceService:
         # resize under way), under HOST: the host counts them before the store does.
         self.growing = Holds()
         self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
         self._events: dict[str, _Events] = {}
         # Wired by Services.build (they need this service's store too).
         self.quotas: QuotaService = None  # type: ignore[assignment]
@@ -608,7 +617,7 @@ class InstanceService:
         self._events.pop(instance_id, None)
         if inst is None:
             return
-        if inst.state == State.RUNNING:
+        if inst.state in (State.RUNNING, State.PAUSED):
             new = State.STOPPED if how == "stopped" else State.CRASHED
             self.set_state(inst, new, detail, pid=None)
             self.host.forget(instance_id)
@@ -616,6 +625,37 @@ class InstanceService:
         elif inst.state == State.STOPPING:
             self.set_state(inst, State.STOPPED, detail, pid=None)
         # STARTING: the boot waiter sees the exit and records why the start failed.
+
+    def on_paused(self, instance_id: str, reason: str) -> None:
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state == State.RUNNING:
+            self.set_state(inst, State.PAUSED, reason)
+            log.warning("%s (%s) paused: %s", inst.name, inst.id, reason)
+
+    def on_resumed(self, instance_id: str) -> None:
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state == State.PAUSED:
+            self.set_state(inst, State.RUNNING)
+            log.info("%s (%s) resumed", inst.name, inst.id)
+            # Paused in the middle of a snapshot's freeze, its thaw may have failed.
+            task = asyncio.create_task(self.host.thaw_if_frozen(instance_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def resume_paused(self) -> list[str]:
+        """Resume VMs QEMU paused on a full host disk once there is room again (the
+        reconciler asks every pass). A VM that fills it again is simply paused again."""
+        resumed = []
+        paused = [i for i in self.store.list() if i.state == State.PAUSED]
+        if paused and self.host.free_disk_bytes() >= RESUME_FREE_BYTES:
+            for inst in paused:
+                try:
+                    await self.host.resume(inst.id)
+                except GureumError as exc:
+                    log.warning("cannot resume %s: %s", inst.name, exc.message)
+                    continue
+                resumed.append(inst.name)
+        return resumed
 
     # -- recovery after a service restart -------------------------------------------------------
     async def recover(self, inst: Instance) -> str | None:
@@ -646,7 +686,7 @@ class InstanceService:
         events = _Events(self, inst.id)
         events.boot = inst.boot
         self._events[inst.id] = events
-        booted = inst.state == State.RUNNING
+        booted = inst.state in (State.RUNNING, State.PAUSED)
         real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
         self.store.update(inst.id, pid=pid)
         self._repair_top_layer(inst, real_top)
@@ -690,7 +730,7 @@ class InstanceService:
 
     async def stop_locked(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
         inst = self.get(instance_id)
-        if inst.state not in (State.RUNNING, State.STARTING, State.STOPPING):
+        if inst.state not in (State.RUNNING, State.STARTING, State.PAUSED, State.STOPPING):
             return {"instance": self.view(inst), "how": "already " + inst.state.value}
         self.set_state(inst, State.STOPPING)
         ctx.progress(
@@ -714,7 +754,7 @@ class InstanceService:
 
     async def kill_locked(self, inst: Instance) -> None:
         """Hard-stop a VM whose state is about to be replaced (restore): nothing to save."""
-        if inst.state in (State.RUNNING, State.STARTING, State.STOPPING):
+        if inst.state in (State.RUNNING, State.STARTING, State.PAUSED, State.STOPPING):
             self.set_state(inst, State.STOPPING)
             await self.host.kill(inst.id)
             self.host.forget(inst.id)
@@ -737,7 +777,7 @@ class InstanceService:
                 await self.admit(inst.spec.cpus, inst.spec.memory_mib)
 
         async def work(ctx: OpContext) -> dict[str, object]:
-            if self.get(inst.id).state in (State.RUNNING, State.STARTING):
+            if self.get(inst.id).state in (State.RUNNING, State.STARTING, State.PAUSED):
                 await self._stop(inst.id, ctx)
             return await self.boot(inst.id, ctx)
 

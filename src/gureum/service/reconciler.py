@@ -49,6 +49,8 @@ class Reconciler:
             await asyncio.sleep(self.interval_s)
             try:
                 await self.instances.host.check_alive()
+                for name in await self.instances.resume_paused():
+                    log.info("%s resumed: the host's disk has room again", name)
             except Exception:
                 log.exception("reconciler pass failed")
             if time.monotonic() - self._chores_done >= CHORES_EVERY_S:

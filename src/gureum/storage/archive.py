@@ -31,7 +31,7 @@ HEADER = "gureum-backup.json"
 MANIFEST = "manifest.json"
 # Data files an archive may hold; anything else is refused (no path tricks).
 DATA_NAME = re.compile(
-    r"^(disk\.qcow2|vmlinuz|initrd\.img|memory/state|memory/ram-[a-z0-9-]+\.qcow2)$"
+    r"disk\.qcow2|vmlinuz|initrd\.img|memory/state|memory/ram-[a-z0-9-]+\.qcow2"
 )
 CHUNK = 1 << 20
 
@@ -66,7 +66,7 @@ def write(out: BinaryIO, files: dict[str, Path], config: dict[str, Any]) -> dict
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
         _add_bytes(tar, HEADER, json.dumps({"format": FORMAT, "version": VERSION}).encode())
         for name, path in files.items():
-            if not DATA_NAME.match(name):
+            if not DATA_NAME.fullmatch(name):
                 raise ValueError(f"not an archive data name: {name}")
             info = tarfile.TarInfo(name)
             info.size = path.stat().st_size
@@ -101,7 +101,7 @@ def read(
                 if member.name == MANIFEST and member.isfile():
                     manifest = _json(tar, member)
                     continue
-                if not member.isfile() or not DATA_NAME.match(member.name):
+                if not member.isfile() or not DATA_NAME.fullmatch(member.name):
                     raise ArchiveError(f"unexpected entry {member.name!r} in the archive")
                 if member.name in digests:
                     raise ArchiveError(f"{member.name!r} appears twice in the archive")

@@ -37,6 +37,12 @@ POWER_DOWN_LINE = b"reboot: Power down"
 class VMEvents(Protocol):
     def on_boot_event(self, event: str, at: float) -> None: ...
 
+    def on_paused(self, reason: str) -> None:
+        """QEMU stopped the guest by itself (a disk write failed: ``werror=enospc``)."""
+
+    def on_resumed(self) -> None:
+        """The guest runs again (after any pause, ours included)."""
+
     def on_exit(self, how: str, detail: str) -> None:
         """``how`` is "stopped" (asked for: by the host or by the guest) or "crashed"."""
 
@@ -189,6 +195,14 @@ class QemuVM:
                 self._agent_port_open.clear()
         elif name == "SHUTDOWN" and data.get("guest"):
             self._guest_shutdown = True
+        elif name == "BLOCK_IO_ERROR" and data.get("action") == "stop":
+            # The disk's default error policy stops the guest on ENOSPC rather than letting it
+            # see an I/O error; the guest is frozen until someone makes room and resumes it.
+            why = "no space left on the host's disk" if data.get("nospace") else "disk I/O error"
+            detail = data.get("reason") or data.get("operation") or ""
+            self.events.on_paused(f"{why} ({detail})" if detail else why)
+        elif name == "RESUME":
+            self.events.on_resumed()
 
     # -- stop ------------------------------------------------------------------------------------
     async def stop(self, timeout: float) -> str:

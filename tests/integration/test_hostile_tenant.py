@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+from gureum.client.client import ApiError
 from gureum.engine.qemu import process
 from tests.integration.conftest import Service, _pids_named, new_home
 
@@ -134,3 +135,65 @@ def test_a_network_dnsmasq_killed_from_outside_is_restarted(service):
     finally:
         service.cli("delete", "dns-before", "--force", check=False)
         service.cli("delete", "dns-after", "--force", check=False)
+
+
+@pytest.fixture(scope="module")
+def guests(service):
+    service.launch("flooder")
+    service.launch("neighbour")
+    yield
+    for name in ("flooder", "neighbour"):
+        service.cli("delete", name, "--force", check=False)
+
+
+def descriptors(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# Every process the flood starts leaves the agent's output pipes alone (or exec would wait).
+FLOOD = (
+    "(for i in $(seq 100); do"
+    " (printf 'GET /latest/meta-data/ HTTP/1.1\\r\\nHost: x'; sleep 60)"
+    " | nc 169.254.169.254 80 &"
+    " done) </dev/null >/dev/null 2>&1; sleep 3"
+)
+
+
+def test_a_guest_flooding_the_metadata_service_stalls_no_one(service, guests):
+    """From inside a VM: a hundred half-open connections to 169.254.169.254. The service holds
+    a bounded number, the other VM's metadata and everyone's API calls still answer, and the
+    log does not fill with errors."""
+    assert service.proc is not None
+    before = descriptors(service.proc.pid)
+    log_before = (service.home / "service.log").stat().st_size
+    service.exec("flooder", "/bin/sh", "-c", FLOOD)
+    try:
+        assert descriptors(service.proc.pid) - before < 40
+        md = "wget -qO- http://169.254.169.254/latest/meta-data/hostname"
+        assert service.exec("neighbour", "/bin/sh", "-c", md) == "neighbour"
+        with service.client() as c:
+            assert c.instance("neighbour")["state"] == "running"
+    finally:
+        service.exec("flooder", "/bin/sh", "-c", "pkill nc; pkill sleep; true")
+    assert (service.home / "service.log").stat().st_size - log_before < 64 * 1024
+    deadline = time.monotonic() + 15
+    md = "wget -qO- http://169.254.169.254/latest/meta-data/hostname"
+    while time.monotonic() < deadline:  # the flooder's own limit frees as its connections go
+        with service.client() as c:
+            out = c.exec("flooder", ["/bin/sh", "-c", md])
+        if out["exit_code"] == 0:
+            break
+        time.sleep(1)
+    assert out["stdout"] == b"flooder"
+
+
+def test_a_command_past_its_timeout_is_killed_in_the_guest(service, guests):
+    with service.client() as c, pytest.raises(ApiError) as refused:
+        c.exec("neighbour", ["/bin/sh", "-c", "sleep 300 & sleep 301"], timeout=2)
+    assert refused.value.code == "timeout"
+    deadline = time.monotonic() + 10
+    left = "x"
+    while left and time.monotonic() < deadline:
+        left = service.exec("neighbour", "/bin/sh", "-c", "ps | grep '[s]leep 30' || true")
+        time.sleep(0.5)
+    assert not left

@@ -193,6 +193,13 @@ def test_console(web, service):
     assert "console-42" in res.stdout
     log = service.cli("console", "web1", "--log").stdout
     assert "gureum-init: ready" in log and "Linux version" in log
+    # The session is audited: who, which VM, how many bytes typed; never what was typed.
+    entries = json.loads(service.cli("audit", "list", "-o", "json").stdout)
+    session = next(
+        e for e in entries if e["action"].startswith("CONSOLE ") and e["target"] == "web1"
+    )
+    assert session["detail"]["input_bytes"] == len(b"echo console-$((6*7))\n")
+    assert "console-" not in json.dumps(session)
 
 
 def test_data_survives_stop_and_start(web, service):

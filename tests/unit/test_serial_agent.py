@@ -127,6 +127,32 @@ def test_agent_sync_exec_and_errors(tmp_path):
     asyncio.run(main())
 
 
+def test_a_command_past_its_timeout_is_killed_with_its_children(tmp_path):
+    async def main():
+        sock = tmp_path / "qga.sock"
+        execs = []
+
+        def guest_exec(args):
+            execs.append(args)
+            return {"return": {"pid": 42 + len(execs) - 1}}
+
+        replies = {
+            "guest-exec": guest_exec,
+            "guest-exec-status": lambda a: {"return": {"exited": a["pid"] != 42}},
+        }
+        server = await fake_agent(sock, replies)
+        agent = GuestAgent(sock)
+        with pytest.raises(Timeout, match="it was killed"):
+            await agent.exec(["sh", "-c", "sleep 1000"], timeout=0.2)
+        assert len(execs) == 2
+        assert execs[1]["path"] == "/bin/sh" and execs[1]["arg"][-1] == "42"
+        assert "kill -KILL" in execs[1]["arg"][1] and "children" in execs[1]["arg"][1]
+        await agent.close()
+        server.close()
+
+    asyncio.run(main())
+
+
 def test_agent_timeout_drops_connection(tmp_path):
     async def main():
         sock = tmp_path / "qga.sock"

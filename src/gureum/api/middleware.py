@@ -44,23 +44,36 @@ class AuditMiddleware:
 
     @staticmethod
     def _record(scope: Scope, result: int) -> None:
-        state: dict[str, Any] = scope.get("state") or {}
-        principal = state.get("principal")
-        project = state.get("scope")
         route = scope.get("route")
         action = f"{scope['method']} {getattr(route, 'path', scope['path'])}"
         target = "/".join(str(v) for v in (scope.get("path_params") or {}).values()) or None
-        svc = scope["app"].state.services
-        try:
-            svc.tenancy.store.record(
-                user=principal.name if principal else ANONYMOUS,
-                project=project.project.name if project else None,
-                action=action,
-                target=target,
-                result=result,
-            )
-        except Exception:  # the audit must never turn a done action into an error
-            log.exception("cannot record audit entry for %s", action)
+        _write(scope, action, target, result)
+
+
+def audit_console(scope: Scope, ref: str, result: int, detail: dict[str, Any] | None) -> None:
+    """A console session in the audit: who, which VM, how it ended, and how many bytes were
+    typed and for how long; never what was typed (passwords go through consoles)."""
+    _write(scope, "CONSOLE /v1/instances/{ref}/console", ref, result, detail)
+
+
+def _write(
+    scope: Scope, action: str, target: str | None, result: int, detail: dict[str, Any] | None = None
+) -> None:
+    state: dict[str, Any] = scope.get("state") or {}
+    principal = state.get("principal")
+    project = state.get("scope")
+    svc = scope["app"].state.services
+    try:
+        svc.tenancy.store.record(
+            user=principal.name if principal else ANONYMOUS,
+            project=project.project.name if project else None,
+            action=action,
+            target=target,
+            result=result,
+            detail=detail,
+        )
+    except Exception:  # the audit must never turn a done action into an error
+        log.exception("cannot record audit entry for %s", action)
 
 
 class PayloadTooLarge(GureumError):

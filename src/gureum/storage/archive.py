@@ -30,9 +30,7 @@ VERSION = 1
 HEADER = "gureum-backup.json"
 MANIFEST = "manifest.json"
 # Data files an archive may hold; anything else is refused (no path tricks).
-DATA_NAME = re.compile(
-    r"disk\.qcow2|vmlinuz|initrd\.img|memory/state|memory/ram-[a-z0-9-]+\.qcow2"
-)
+DATA_NAME = re.compile(r"disk\.qcow2|vmlinuz|initrd\.img|memory/state|memory/ram-[a-z0-9-]+\.qcow2")
 CHUNK = 1 << 20
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import time
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
@@ -14,6 +15,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
+from gureum.api.middleware import audit_console
 from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, OperationOut
 from gureum.errors import GureumError, InvalidInput
 from gureum.model.tenancy import Role
@@ -153,6 +155,7 @@ async def console(websocket: WebSocket, ref: str) -> None:
         scope = ws_scope(websocket, Role.MEMBER)
         serial = svc.instances.console(ref, scope.project_id)
     except GureumError as exc:
+        audit_console(websocket.scope, ref, exc.status, None)
         await websocket.accept()
         await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})
         await websocket.close(code=4000 + min(exc.status, 999))
@@ -167,6 +170,7 @@ async def console(websocket: WebSocket, ref: str) -> None:
             await websocket.close(code=1000, reason="the VM stopped")
 
     sender = asyncio.create_task(pump_out())
+    started, typed = time.monotonic(), 0
     try:
         while True:
             message = await websocket.receive()
@@ -174,10 +178,13 @@ async def console(websocket: WebSocket, ref: str) -> None:
                 break
             data = message.get("bytes") or (message.get("text") or "").encode()
             if data:
+                typed += len(data)
                 await serial.write(data)
     except WebSocketDisconnect:
         pass
     finally:
+        session = {"input_bytes": typed, "seconds": round(time.monotonic() - started, 1)}
+        audit_console(websocket.scope, ref, 200, session)
         serial.detach(output)
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):

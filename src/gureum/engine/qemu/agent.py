@@ -17,7 +17,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import EngineError, Timeout, Unavailable
+from gureum.errors import EngineError, GureumError, Timeout, Unavailable
+
+# Kills a process and all its descendants (busybox and Debian sh alike): stop it, kill its
+# children (listed once it is stopped, so it cannot fork more), then kill it.
+KILL_TREE = r"""
+k() {
+  kill -STOP "$1" 2>/dev/null
+  for c in $(cat /proc/"$1"/task/*/children 2>/dev/null); do k "$c"; done
+  kill -KILL "$1" 2>/dev/null
+}
+k "$1"
+"""
 
 
 @dataclass
@@ -114,7 +125,10 @@ class GuestAgent:
             if status.get("exited"):
                 break
             if loop.time() >= deadline:
-                raise Timeout(f"command did not finish within {timeout} s (guest pid {pid})")
+                await self._kill_tree(pid)
+                raise Timeout(
+                    f"command did not finish within {timeout} s: it was killed (guest pid {pid})"
+                )
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.1)
         return ExecResult(
@@ -124,6 +138,19 @@ class GuestAgent:
             signal=status.get("signal"),
             truncated=bool(status.get("out-truncated") or status.get("err-truncated")),
         )
+
+    async def _kill_tree(self, pid: int) -> None:
+        """Kill a timed-out command and everything it started (qemu-ga 7.2 has no kill of its
+        own): each process is stopped before its children are listed, so none escapes by
+        forking meanwhile. Best effort: the caller reports the timeout either way."""
+        with contextlib.suppress(GureumError):
+            await self.call(
+                "guest-exec",
+                {"path": "/bin/sh", "arg": ["-c", KILL_TREE, "kill-tree", str(pid)]},
+                timeout=5,
+            )
+            await asyncio.sleep(0.2)
+            await self.call("guest-exec-status", {"pid": pid}, timeout=5)  # reaps it
 
     async def write_file(self, path: str, data: bytes) -> None:
         """Write a guest file through the agent itself: no process is started in the guest."""

@@ -84,6 +84,13 @@ class RateLimited(GureumError):
         self.retry_after = retry_after
 
 
+class Stalled(GureumError):
+    """A client stopped sending its request body."""
+
+    code = "stalled"
+    status = 408
+
+
 class InsufficientCapacity(GureumError):
     """Admission control: the host cannot take this much more without over-committing."""
 

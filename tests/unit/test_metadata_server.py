@@ -96,3 +96,28 @@ def test_bad_heads_and_methods(quick):
             await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_a_guest_is_rate_limited_and_its_lookups_cached(quick, monkeypatch):
+    monkeypatch.setattr(metadata, "RATE_BURST", 5.0)
+    monkeypatch.setattr(metadata, "RATE_PER_S", 1.0)
+    lookups = []
+
+    async def counting(network_id: str, ip: str) -> Caller | None:
+        lookups.append(ip)
+        return await lookup(network_id, ip)
+
+    async def scenario() -> None:
+        sock = listening()
+        port = sock.getsockname()[1]
+        server = MetadataServer("n-1", counting, Tokens(), lambda: False)
+        await server.start(sock)
+        try:
+            answers = [await get(port, "127.0.0.4") for _ in range(8)]
+            assert [a.split(b" ", 2)[1] for a in answers] == [b"200"] * 5 + [b"429"] * 3
+            assert lookups == ["127.0.0.4"]  # one lookup for all five answers
+            assert (await get(port, "127.0.0.5")).startswith(b"HTTP/1.1 200")  # its own bucket
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

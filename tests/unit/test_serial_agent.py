@@ -11,6 +11,7 @@ from gureum.engine.qemu import serial
 from gureum.engine.qemu.agent import GuestAgent
 from gureum.engine.qemu.serial import SerialConsole, read_log, rotate_log
 from gureum.errors import EngineError, Timeout
+from gureum.sys.nofollow import open_nofollow
 
 
 def test_markers_found_across_chunk_boundaries():
@@ -168,3 +169,40 @@ def test_agent_timeout_drops_connection(tmp_path):
         server.close()
 
     asyncio.run(main())
+
+
+def test_links_in_the_vms_runtime_folder_are_not_followed(tmp_path):
+    """The runtime folder is the VM's user's: a link left there must not make root read or
+    write another file (the rotated log, the console log)."""
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"root's")
+    rt = tmp_path / "rt"
+    rt.mkdir()
+    log = rt / "serial.log"
+    log.write_bytes(b"x" * 100)
+    (rt / "serial.log.1").symlink_to(secret)
+    assert read_log(log, 0) == b"x" * 100  # the link is skipped
+    assert not rotate_log(log, cap=10)  # refuses to write through it
+    assert secret.read_bytes() == b"root's"
+    (rt / "serial.log.1").unlink()
+    log.unlink()
+    log.symlink_to(secret)
+    assert read_log(log, 0) == b""
+    assert not rotate_log(log, cap=1)
+    assert secret.read_bytes() == b"root's"
+
+
+def test_open_nofollow_takes_plain_files_only(tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(OSError):
+        open_nofollow(fifo, "rb")  # would have blocked
+    with pytest.raises(OSError):
+        open_nofollow(fifo, "ab")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"a")
+    os.link(plain, tmp_path / "second-name")
+    with pytest.raises(OSError, match="more than one name"):
+        open_nofollow(tmp_path / "second-name", "ab")
+    with open_nofollow(plain, "rb") as f:
+        assert f.read() == b"a"

@@ -8,6 +8,8 @@ import threading
 
 import pytest
 
+from gureum.errors import RateLimited, Stalled
+from gureum.service.backups import MAX_TRANSFERS, _Transfers
 from gureum.sys import streams
 
 
@@ -79,3 +81,28 @@ def test_no_pool_thread_is_held_by_stalled_streams():
             task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_an_upload_that_stops_sending_is_given_up():
+    async def scenario() -> None:
+        with pytest.raises(Stalled, match=r"nothing arrived for 0\.3 s"):
+            await streams.consume_in_thread(
+                stalls_after(b"a"), lambda f: f.read(), name="t", idle_timeout=0.3
+            )
+
+    asyncio.run(scenario())
+
+
+def test_backup_transfers_are_bounded_per_project_and_on_the_host():
+    transfers = _Transfers()
+    first = transfers.take("p-a")
+    transfers.take("p-a")
+    with pytest.raises(RateLimited, match="this project"):
+        transfers.take("p-a")
+    first()
+    first()  # a release counts once
+    transfers.take("p-a")
+    for i in range(MAX_TRANSFERS - 2):
+        transfers.take(f"p-{i}")
+    with pytest.raises(RateLimited, match="host"):
+        transfers.take("p-other")

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import stat
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -117,12 +118,15 @@ class LocalHostAgent:
 
     async def take_disk(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
         """A qcow2 handed in from outside as a standalone layer of gureum's own, after checking
-        its header names no other file (``storage/qcow2.py``); InvalidImage if it does."""
-        await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what)
+        its header names no other file (``storage/qcow2.py``); InvalidImage if it does, and
+        InsufficientCapacity if its data would eat into the host's reserve."""
+        room = self.free_disk_bytes() - self.disk_reserve_bytes()
+        await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what, room=room)
 
     async def take_ram(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
         """A RAM image handed in as qcow2, checked the same way, written out raw."""
-        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what)
+        room = self.free_disk_bytes() - self.disk_reserve_bytes()
+        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what, room=room)
 
     async def pack_ram(self, src: Path, dest: Path) -> None:
         """A memory snapshot's RAM file as a qcow2 of its written clusters (for export)."""
@@ -210,8 +214,9 @@ class LocalHostAgent:
         rt.mkdir(parents=True, exist_ok=True)
         permissions.own(rt, uid, 0o700)
         for entry in rt.iterdir():
-            if entry.is_file():
-                os.chown(entry, uid, uid)
+            # The folder is the VM's: never follow a link a compromised QEMU left there.
+            if stat.S_ISREG(entry.lstat().st_mode):
+                os.chown(entry, uid, uid, follow_symlinks=False)
         permissions.own(spec.root_disk, uid)
         images = cfg.images_dir.resolve()
         for boot_file in (spec.kernel, spec.initrd):
@@ -339,11 +344,18 @@ class LocalHostAgent:
         st = os.statvfs(self.config.disks_dir)
         return st.f_bavail * st.f_frsize
 
+    def disk_reserve_bytes(self) -> int:
+        """What tenants' uploads and imports must leave free on the host's disk, so that they
+        can never fill it for everyone (running VMs, the store): 5 %, at least 1 GiB."""
+        st = os.statvfs(self.config.home)
+        return max(1 << 30, st.f_blocks * st.f_frsize // 20)
+
     async def snapshot_disk_live(self, instance_id: str, new_top: Path) -> None:
         """Freeze the running VM's top layer under a new, empty one that is its own."""
         vm = self._vm(instance_id)
-        _, top = await vm.disk_top()
-        top_path = Path(top)
+        # The top as the store gave it to QEMU, not as QEMU reports it (a compromised QEMU
+        # could name any file for root to re-permission below).
+        top_path = vm.cfg.disk_chain[0]
         await disks.create_on(top_path, new_top, disks.virtual_size(top_path))
         uid = vm.cfg.uid
         if uid is not None:
@@ -399,6 +411,12 @@ class LocalHostAgent:
 
     async def resize_disk_live(self, instance_id: str, size_bytes: int) -> None:
         await self._vm(instance_id).resize_disk(size_bytes)
+
+    def update_disk_chain(self, instance_id: str, chain: tuple[Path, ...]) -> None:
+        """The store's chain for a re-adopted VM once its top layer was repaired."""
+        vm = self._vms.get(instance_id)
+        if vm is not None:
+            vm.cfg = replace(vm.cfg, disk_chain=chain)
 
     def update_hardware(self, instance_id: str, hardware: Hardware) -> None:
         """Keep the engine's view in step after a hot-plug (a later memory save needs it)."""

@@ -118,11 +118,16 @@ def check_hardware(hw: Hardware) -> None:
         raise ValueError("a hot-plugged CPU is listed twice")
     for core in hw.hot_cpus:
         whole(core, hw.cpus, hw.max_cpus - 1, "a hot-plugged CPU's core id")
-    if not isinstance(hw.generation_id, str) or len(hw.generation_id) > 64:
+    if (
+        not isinstance(hw.generation_id, str)
+        or str(uuid.UUID(hw.generation_id)) != hw.generation_id
+    ):
         raise ValueError("generation_id is not a GUID")
-    if len(hw.nics) > MAX_NICS or len({n[0] for n in hw.nics}) != len(hw.nics):
-        raise ValueError(f"at most {MAX_NICS} NICs, each in its own slot")
+    if len(hw.nics) > MAX_NICS:
+        raise ValueError(f"at most {MAX_NICS} NICs")
     for nic in hw.nics:
         if len(nic) != 3 or not isinstance(nic[1], str) or not MAC.fullmatch(nic[1]):
             raise ValueError(f"a NIC is (slot, MAC, network), not {nic!r}")
         whole(nic[0], 0, MAX_NICS - 1, "a NIC's slot")
+    if len({nic[0] for nic in hw.nics}) != len(hw.nics):
+        raise ValueError("two NICs in one slot")

@@ -83,8 +83,14 @@ PER_SOURCE = 8
 PER_NETWORK = 128
 HEAD_TIMEOUT_S = 5.0
 MAX_HEAD = 8192
+# Requests per second one guest may make (a token bucket), and how long who owns an address is
+# remembered: each lookup reads the namespace's neighbour table (a process) and the store.
+RATE_PER_S = 20.0
+RATE_BURST = 40.0
+LOOKUP_TTL_S = 1.0
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
-           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout"}  # fmt: skip
+           404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
+           429: "Too Many Requests"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,8 @@ class MetadataServer:
         self._server: asyncio.Server | None = None
         self._open: dict[str, int] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
+        self._callers: dict[str, tuple[float, Caller | None]] = {}  # source -> (when, who)
         self.refused = 0  # connections closed at once for being over a limit
 
     async def start(self, sock: socket.socket) -> None:
@@ -183,7 +191,9 @@ class MetadataServer:
             if sep:
                 headers[name.strip().lower()] = value.strip()
         path = target.split("?", 1)[0]
-        who = await self.lookup(self.network_id, source)
+        if not self._take(source):
+            return _text(429)
+        who = await self._caller(source)
         if who is None:
             return _text(403)
         if path == "/latest/api/token":
@@ -191,6 +201,27 @@ class MetadataServer:
         if method != "GET":
             return _text(405)
         return self._data(path, headers, who)
+
+    def _take(self, source: str) -> bool:
+        now = time.monotonic()
+        tokens, then = self._buckets.get(source, (RATE_BURST, now))
+        tokens = min(RATE_BURST, tokens + (now - then) * RATE_PER_S)
+        if tokens < 1:
+            self._buckets[source] = (tokens, now)
+            return False
+        self._buckets[source] = (tokens - 1, now)
+        return True
+
+    async def _caller(self, source: str) -> Caller | None:
+        now = time.monotonic()
+        cached = self._callers.get(source)
+        if cached is not None and now - cached[0] < LOOKUP_TTL_S:
+            return cached[1]
+        who = await self.lookup(self.network_id, source)
+        if len(self._callers) > 4 * PER_NETWORK:  # addresses come and go: forget stale ones
+            self._callers = {s: c for s, c in self._callers.items() if now - c[0] < LOOKUP_TTL_S}
+        self._callers[source] = (now, who)
+        return who
 
     def _token(self, method: str, headers: dict[str, str], who: Caller) -> Answer:
         try:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import Conflict, GureumError, InvalidImage, InvalidInput
+from gureum.errors import Conflict, GureumError, InvalidImage, InvalidInput, RateLimited
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware, check_hardware
 from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
@@ -39,7 +39,38 @@ from gureum.service.snapshots import SnapshotService
 from gureum.storage import archive
 from gureum.sys import streams
 
-CHUNK = 1 << 20
+# Backup transfers under way at once: each holds a thread, a scratch folder and a connection
+# for as long as its client takes to send or read. On the host, and per project.
+MAX_TRANSFERS = 8
+MAX_TRANSFERS_PER_PROJECT = 2
+UPLOAD_IDLE_S = 60.0  # an upload that sends nothing for this long is given up
+
+
+class _Transfers:
+    """Counts transfers under way; ``take`` refuses one past the limits (429)."""
+
+    def __init__(self) -> None:
+        self._active: dict[str, int] = {}
+
+    def take(self, project_id: str) -> Callable[[], None]:
+        total, mine = sum(self._active.values()), self._active.get(project_id, 0)
+        if total >= MAX_TRANSFERS or mine >= MAX_TRANSFERS_PER_PROJECT:
+            raise RateLimited(
+                f"too many backup transfers under way ({mine} of this project's"
+                f" {MAX_TRANSFERS_PER_PROJECT}, {total} of the host's {MAX_TRANSFERS}):"
+                " try again when one ends",
+                retry_after=10,
+            )
+        self._active[project_id] = mine + 1
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            if not released:
+                released = True
+                self._active[project_id] -= 1
+
+        return release
 
 
 class BackupService:
@@ -48,6 +79,7 @@ class BackupService:
         self.snapshots = snapshots
         self.host = instances.host
         self.config = instances.config
+        self.transfers = _Transfers()
 
     def _scratch(self) -> Path:
         path = self.config.home / "scratch" / new_id("x-")
@@ -61,16 +93,19 @@ class BackupService:
         """Prepare an export and return (file name, the archive as a byte stream). Everything
         that can fail on bad input fails here, before the first byte is sent."""
         inst = self.instances.get(ref, project_id)
+        release = self.transfers.take(inst.project_id)
         work = self._scratch()
         try:
             files, config = await self._prepare(inst, memory, work)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            release()
             raise
-        stream = self._stream(files, config, work)
+        stream = self._stream(files, config, work, release)
         # If the client is gone before the first byte, the stream never starts and its own
-        # cleanup never runs: the scratch folder goes when the stream object does.
+        # cleanup never runs: the scratch folder and the slot go when the stream object does.
         weakref.finalize(stream, shutil.rmtree, work, True)
+        weakref.finalize(stream, release)
         return f"{inst.name}.gbk", stream
 
     async def _prepare(
@@ -112,7 +147,11 @@ class BackupService:
             await self.snapshots.delete(inst.id, name)
 
     async def _stream(
-        self, files: dict[str, Path], config: dict[str, Any], work: Path
+        self,
+        files: dict[str, Path],
+        config: dict[str, Any],
+        work: Path,
+        release: Callable[[], None],
     ) -> AsyncIterator[bytes]:
         """The archive, written on a thread of its own and sent as it is produced."""
         try:
@@ -123,6 +162,7 @@ class BackupService:
                 yield chunk
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            release()
 
     # -- import ----------------------------------------------------------------------------------
     async def import_(
@@ -131,19 +171,23 @@ class BackupService:
         check_name(name, what="instance name")
         if self.instances.store.get_by_name(name, project_id) is not None:
             raise Conflict(f"an instance named {name!r} already exists")
+        release = self.transfers.take(project_id)
         work = self._scratch()
         try:
             manifest = await self._receive(body, work)
             return await self._create(manifest, work, name, project_id)
         finally:
             shutil.rmtree(work, ignore_errors=True)
+            release()
 
     async def _receive(self, body: AsyncIterator[bytes], work: Path) -> dict[str, Any]:
         """Read and check the archive on a thread of its own; an archive found bad is refused
         at once, without reading the rest of the body (``sys/streams.py``)."""
+        keep_free = self.host.disk_reserve_bytes()
         return await streams.consume_in_thread(
-            body, lambda inp: archive.read(inp, work / "in"), name="backup-import"
-        )
+            body, lambda inp: archive.read(inp, work / "in", keep_free=keep_free),
+            name="backup-import", idle_timeout=UPLOAD_IDLE_S,
+        )  # fmt: skip
 
     async def _create(
         self, manifest: dict[str, Any], work: Path, name: str, project_id: str
@@ -338,7 +382,7 @@ class _Found:
                 consistency=cfg.get("consistency", "paused"),
             )
             check_hardware(found.hardware)
-        except (KeyError, TypeError, ValueError, InvalidInput) as exc:
+        except (KeyError, TypeError, ValueError, RecursionError, InvalidInput) as exc:
             detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
             raise archive.ArchiveError(f"the manifest's configuration is invalid: {detail}") from (
                 exc

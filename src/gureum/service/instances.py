@@ -690,6 +690,8 @@ class InstanceService:
         real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
         self.store.update(inst.id, pid=pid)
         self._repair_top_layer(inst, real_top)
+        assert inst.root_layer is not None
+        self.host.update_disk_chain(inst.id, self.disk_chain(inst.root_layer))
         if inst.state in (State.PENDING, State.STARTING):
             if inst.state == State.PENDING:
                 self.set_state(inst, State.STARTING)

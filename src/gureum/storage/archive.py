@@ -17,13 +17,14 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gureum.errors import InvalidInput
+from gureum.errors import InsufficientCapacity, InvalidInput
 
 FORMAT = "gureum-backup"
 VERSION = 1
@@ -32,6 +33,12 @@ MANIFEST = "manifest.json"
 # Data files an archive may hold; anything else is refused (no path tricks).
 DATA_NAME = re.compile(r"disk\.qcow2|vmlinuz|initrd\.img|memory/state|memory/ram-[a-z0-9-]+\.qcow2")
 CHUNK = 1 << 20
+# The most a member may hold. The disk and RAM images have no fixed bound here (their declared
+# sizes are checked later against the manifest and quotas); what bounds them while they arrive
+# is the host's free space (``keep_free``).
+MAX_BYTES = {"vmlinuz": 256 << 20, "initrd.img": 1 << 30, "memory/state": 256 << 20}
+# How often, in bytes written, the free space is looked at while a member arrives.
+CHECK_EVERY = 64 << 20
 
 
 class ArchiveError(InvalidInput):
@@ -78,11 +85,16 @@ def write(out: BinaryIO, files: dict[str, Path], config: dict[str, Any]) -> dict
 
 
 def read(
-    inp: BinaryIO, dest: Path, *, progress: Callable[[str], None] | None = None
+    inp: BinaryIO,
+    dest: Path,
+    *,
+    progress: Callable[[str], None] | None = None,
+    keep_free: int = 0,
 ) -> dict[str, Any]:
     """Extract an archive into ``dest`` and check it whole; returns the manifest.
 
-    Raises ArchiveError (code ``invalid-archive``) on anything amiss.
+    Raises ArchiveError (code ``invalid-archive``) on anything amiss, and InsufficientCapacity
+    when writing it would leave less than ``keep_free`` bytes free where ``dest`` is.
     """
     digests: dict[str, tuple[int, str]] = {}
     manifest: dict[str, Any] | None = None
@@ -101,11 +113,18 @@ def read(
                     continue
                 if not member.isfile() or not DATA_NAME.fullmatch(member.name):
                     raise ArchiveError(f"unexpected entry {member.name!r} in the archive")
+                if member.issparse():
+                    # Its holes would be written out as real zeros: a few KiB of upload could
+                    # fill the host's disk. gureum never writes one.
+                    raise ArchiveError(f"{member.name} is a sparse tar member")
+                limit = MAX_BYTES.get(member.name)
+                if limit is not None and member.size > limit:
+                    raise ArchiveError(f"{member.name} is larger than {limit >> 20} MiB")
                 if member.name in digests:
                     raise ArchiveError(f"{member.name!r} appears twice in the archive")
                 if progress:
                     progress(f"receiving {member.name} ({member.size / 2**20:.1f} MiB)")
-                digests[member.name] = _extract(tar, member, dest / member.name)
+                digests[member.name] = _extract(tar, member, dest / member.name, keep_free)
             if first:
                 raise ArchiveError("the archive is empty")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -129,6 +148,15 @@ def read(
     return manifest
 
 
+def _check_room(path: Path, keep_free: int) -> None:
+    st = os.statvfs(path)
+    if st.f_bavail * st.f_frsize < keep_free:
+        raise InsufficientCapacity(
+            "the host has no room for this archive: it would leave less than"
+            f" {keep_free >> 20} MiB free"
+        )
+
+
 def _check_header(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
     if member.name != HEADER or not member.isfile() or member.size > 4096:
         raise ArchiveError("not a gureum backup archive (no gureum-backup.json header)")
@@ -146,24 +174,29 @@ def _json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
     assert f is not None
     try:
         value = json.loads(f.read())
-    except ValueError as exc:
+    except (ValueError, RecursionError) as exc:  # RecursionError: nested past Python's stack
         raise ArchiveError(f"{member.name} is not valid JSON") from exc
     if not isinstance(value, dict):
         raise ArchiveError(f"{member.name} is not a JSON object")
     return value
 
 
-def _extract(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path) -> tuple[int, str]:
+def _extract(
+    tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, keep_free: int
+) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)
     assert src is not None
     digest = hashlib.sha256()
-    size = 0
+    size = checked = 0
     with open(path, "wb") as out:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
             size += len(chunk)
+            if keep_free and size - checked >= CHECK_EVERY:
+                checked = size
+                _check_room(path, keep_free)
     if size != member.size:
         raise ArchiveError(f"{member.name} is cut short: the archive is truncated")
     return size, digest.hexdigest()

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import GureumError, InvalidImage, InvalidInput
+from gureum.errors import GureumError, InsufficientCapacity, InvalidImage, InvalidInput
 from gureum.storage import qcow2
 from gureum.sys.runner import arun, run
 
@@ -41,7 +41,11 @@ def chain_options(chain: Sequence[Path], *, read_only: bool = True) -> dict[str,
 
 
 def image_name(chain: Sequence[Path], *, read_only: bool = True) -> str:
-    """A qemu-img file name for the chain: ``json:{...}`` with every backing given."""
+    """A qemu-img file name for the chain: ``json:{...}`` with every backing given. Each file's
+    header is checked first (``qcow2.inspect``): qemu-img runs as root, and a header could
+    still name an external data file, which ``backing: null`` does not cover."""
+    for path in chain:
+        qcow2.inspect(path, what=f"disk layer {path.name}", standalone=False)
     return "json:" + json.dumps(chain_options(chain, read_only=read_only))
 
 
@@ -116,13 +120,17 @@ async def flatten(chain: Sequence[Path], dest: Path) -> None:
     tmp.rename(dest)
 
 
-async def take_standalone(src: Path, dest: Path, *, size_bytes: int, what: str) -> None:
+async def take_standalone(
+    src: Path, dest: Path, *, size_bytes: int, what: str, room: int | None = None
+) -> None:
     """Check a qcow2 that came from outside and rewrite it as a fresh qcow2 of gureum's own.
 
     Refused (InvalidImage) unless ``src`` is a standalone qcow2 (``qcow2.inspect``) of exactly
-    ``size_bytes``, and qemu-img, opening it alone, agrees. The copy has a header gureum wrote.
+    ``size_bytes``, and qemu-img, opening it alone, agrees and finds it consistent; refused
+    (InsufficientCapacity) if its data would take more than ``room`` bytes once written out (a
+    small file can describe a large disk). The copy has a header gureum wrote.
     """
-    await check_standalone(src, size_bytes=size_bytes, what=what)
+    await check_standalone(src, size_bytes=size_bytes, what=what, room=room)
     tmp = dest.with_suffix(".tmp")
     try:
         await arun(["qemu-img", "convert", "-O", "qcow2", image_name([src]), str(tmp)],
@@ -132,9 +140,11 @@ async def take_standalone(src: Path, dest: Path, *, size_bytes: int, what: str) 
         tmp.unlink(missing_ok=True)
 
 
-async def take_raw(src: Path, dest: Path, *, size_bytes: int, what: str) -> None:
+async def take_raw(
+    src: Path, dest: Path, *, size_bytes: int, what: str, room: int | None = None
+) -> None:
     """Like ``take_standalone``, the result a raw file (a RAM image restores from one)."""
-    await check_standalone(src, size_bytes=size_bytes, what=what)
+    await check_standalone(src, size_bytes=size_bytes, what=what, room=room)
     argv = ["qemu-img", "convert", "-O", "raw", image_name([src]), str(dest)]
     await arun(argv, timeout=COPY_TIMEOUT)
 
@@ -145,7 +155,9 @@ async def compress_raw(src: Path, dest: Path) -> None:
                timeout=COPY_TIMEOUT)  # fmt: skip
 
 
-async def check_standalone(src: Path, *, size_bytes: int, what: str) -> qcow2.Header:
+async def check_standalone(
+    src: Path, *, size_bytes: int, what: str, room: int | None = None
+) -> qcow2.Header:
     header = qcow2.inspect(src, what=what)
     if header.virtual_size != size_bytes:
         raise InvalidImage(
@@ -166,4 +178,22 @@ async def check_standalone(src: Path, *, size_bytes: int, what: str) -> qcow2.He
         or specific.get("corrupt")
     ):
         raise InvalidImage(f"{what} is not a standalone qcow2 image of {size_bytes} bytes")
+    # Its tables must be consistent: clusters shared between places (one data cluster
+    # referenced by every table entry) would expand a small file into a whole disk.
+    checked = await arun(["qemu-img", "check", "--output=json", image_name([src])],
+                         check=False, timeout=600)  # fmt: skip
+    try:
+        report = json.loads(checked.stdout)
+    except ValueError as exc:
+        raise InvalidImage(f"{what} cannot be checked: {checked.stderr.strip()[:200]}") from exc
+    if report.get("corruptions") or report.get("check-errors") or checked.returncode not in (0, 3):
+        raise InvalidImage(f"{what} is inconsistent (qemu-img check found errors)")
+    if room is not None:
+        measured = await arun(["qemu-img", "measure", "--output=json", "-O", "qcow2",
+                               image_name([src])], timeout=600)  # fmt: skip
+        needed = int(json.loads(measured.stdout)["required"])
+        if needed > room:
+            raise InsufficientCapacity(
+                f"{what} holds {needed >> 20} MiB of data: more than the host has room for"
+            )
     return header

@@ -62,8 +62,11 @@ class Header:
     cluster_size: int
 
 
-def inspect(path: Path, *, what: str = "the image") -> Header:
+def inspect(path: Path, *, what: str = "the image", standalone: bool = True) -> Header:
     """The header of a standalone qcow2 at ``path``; InvalidImage if it is anything else.
+    ``standalone=False``: one of gureum's own layers, whose header may name the layer under it
+    (never followed: chains are passed explicitly) but nothing else. A layer is written by its
+    VM's QEMU, so a compromised one could have put a data file there for a root tool to open.
 
     Opens only ``path`` itself, never a name found inside it.
     """
@@ -77,7 +80,7 @@ def inspect(path: Path, *, what: str = "the image") -> Header:
             )
             if version not in (2, 3):
                 raise InvalidImage(f"{what} is qcow2 version {version}, not 2 or 3")
-            if backing_offset or backing_size:
+            if standalone and (backing_offset or backing_size):
                 raise InvalidImage(f"{what} names a backing file: only standalone images are taken")
             if crypt:
                 raise InvalidImage(f"{what} is encrypted")
@@ -95,7 +98,8 @@ def inspect(path: Path, *, what: str = "the image") -> Header:
                     raise InvalidImage(f"{what} has an invalid header length")
                 extensions_at = header_length
             f.seek(extensions_at)
-            _check_extensions(f.read((1 << cluster_bits) - extensions_at), what)
+            area = f.read((1 << cluster_bits) - extensions_at)
+            _check_extensions(area, what, allow_backing=not standalone)
     except OSError as exc:
         raise InvalidImage(f"{what} cannot be read: {exc.strerror}") from exc
     return Header(version, size, 1 << cluster_bits)
@@ -112,7 +116,7 @@ def _check_features(incompat: int, what: str) -> None:
         raise InvalidImage(f"{what} uses qcow2 features gureum does not take ({incompat:#x})")
 
 
-def _check_extensions(area: bytes, what: str) -> None:
+def _check_extensions(area: bytes, what: str, *, allow_backing: bool) -> None:
     at = 0
     while True:
         if at + 8 > len(area):
@@ -120,7 +124,7 @@ def _check_extensions(area: bytes, what: str) -> None:
         kind, length = struct.unpack(">II", area[at : at + 8])
         if kind == EXT_END:
             return
-        if kind in REFUSED_EXTENSIONS:
+        if kind in REFUSED_EXTENSIONS and not (allow_backing and kind == EXT_BACKING_FORMAT):
             raise InvalidImage(f"{what} names {REFUSED_EXTENSIONS[kind]}")
         at += 8 + (length + 7) // 8 * 8
 

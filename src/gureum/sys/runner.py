@@ -7,6 +7,7 @@ syntax. Failures raise EngineError carrying the command's own stderr.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import shlex
 import subprocess
@@ -85,6 +86,11 @@ async def arun(
         proc.kill()
         await proc.wait()
         raise EngineError(f"{argv[0]} did not finish within {timeout} s") from exc
+    except asyncio.CancelledError:
+        # Whoever waited is gone (a client hung up, the service stops): the work goes too.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        raise
     return _check(
         argv,
         proc.returncode or 0,

@@ -24,6 +24,8 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
+from gureum.errors import Stalled
+
 T = TypeVar("T")
 DEPTH = 8  # chunks queued between the two sides (each up to CHUNK bytes)
 CHUNK = 1 << 20
@@ -42,7 +44,8 @@ class _Queue:
         self.gone = False  # the taking side is gone: puts fail
 
     def _wake_loop(self) -> None:
-        self._loop.call_soon_threadsafe(self._changed.set)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits there
+            self._loop.call_soon_threadsafe(self._changed.set)
 
     # -- the thread's side -----------------------------------------------------------------------
     def take(self) -> bytes:
@@ -62,15 +65,6 @@ class _Queue:
             if self.gone:
                 raise BrokenPipeError("the stream's reader is gone")
             self._chunks.append(chunk)
-        self._wake_loop()
-
-    def close_from_thread(self, *, taker: bool) -> None:
-        with self._cond:
-            if taker:
-                self.gone = True
-                self._chunks.clear()
-            else:
-                self.ended = True
         self._wake_loop()
 
     # -- the loop's side -------------------------------------------------------------------------
@@ -101,7 +95,10 @@ class _Queue:
                 self._changed.clear()
             await self._changed.wait()
 
-    def close_from_loop(self, *, taker: bool) -> None:
+    # -- either side -----------------------------------------------------------------------------
+    def close(self, *, taker: bool) -> None:
+        """The taking side is gone (``taker``), or the putting side has no more: the other side
+        sees it at its next call, or at once if it is waiting."""
         with self._cond:
             if taker:
                 self.gone = True
@@ -109,6 +106,7 @@ class _Queue:
             else:
                 self.ended = True
             self._cond.notify_all()
+        self._wake_loop()
 
 
 class _Reader(io.RawIOBase):
@@ -150,12 +148,17 @@ def _start(name: str, work: Callable[[], None]) -> None:
 
 
 async def consume_in_thread(
-    body: AsyncIterator[bytes], consume: Callable[[io.BufferedReader], T], *, name: str
+    body: AsyncIterator[bytes],
+    consume: Callable[[io.BufferedReader], T],
+    *,
+    name: str,
+    idle_timeout: float | None = None,
 ) -> T:
     """Run ``consume(file)`` on a thread of its own while ``body`` feeds ``file``; its result.
 
     The body is read only as fast as ``consume`` takes it, and no further once ``consume`` has
-    returned or raised: its error is raised here at once.
+    returned or raised: its error is raised here at once. A body that sends nothing for
+    ``idle_timeout`` seconds is given up (``Stalled``), and ``consume`` sees it end.
     """
     loop = asyncio.get_running_loop()
     queue = _Queue(loop)
@@ -170,14 +173,15 @@ async def consume_in_thread(
             done.set_result(result)  # type: ignore[arg-type]
 
     def work() -> None:
+        result, error = None, None
         try:
             result = consume(io.BufferedReader(_Reader(queue), CHUNK))
         except BaseException as exc:
-            loop.call_soon_threadsafe(settle, None, exc)
-        else:
-            loop.call_soon_threadsafe(settle, result, None)
+            error = exc
         finally:
-            queue.close_from_thread(taker=True)
+            queue.close(taker=True)
+        with contextlib.suppress(RuntimeError):  # the loop is closed: no one waits for it
+            loop.call_soon_threadsafe(settle, result, error)
 
     _start(name, work)
     chunks = aiter(body)
@@ -186,11 +190,15 @@ async def consume_in_thread(
             # The client may stop sending (or send slowly) after ``consume`` has already
             # failed: wait for whichever comes first, never for the body alone.
             following = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait({following, done}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait(
+                {following, done}, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED
+            )
             if not following.done():
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
                     await following
+                if not done.done():
+                    raise Stalled(f"the upload stalled: nothing arrived for {idle_timeout:g} s")
                 break
             try:
                 chunk = following.result()
@@ -199,7 +207,7 @@ async def consume_in_thread(
             if not await queue.aput(chunk):
                 break
     finally:
-        queue.close_from_loop(taker=False)  # the end of the body (or of our reading it)
+        queue.close(taker=False)  # the end of the body (or of our reading it)
     return await done
 
 
@@ -220,7 +228,7 @@ async def produce_in_thread(
         except BaseException as exc:
             failure.append(exc)
         finally:
-            queue.close_from_thread(taker=False)
+            queue.close(taker=False)
 
     _start(name, work)
     try:
@@ -229,4 +237,4 @@ async def produce_in_thread(
         if failure:
             raise failure[0]
     finally:
-        queue.close_from_loop(taker=True)
+        queue.close(taker=True)

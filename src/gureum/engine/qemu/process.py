@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gureum.errors import EngineError
+from gureum.sys.nofollow import open_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,7 @@ def spawn(
 ) -> subprocess.Popen[bytes]:
     """Start QEMU in a new session with stdout/stderr to its log; returns at once.
     ``pass_fds`` (TAP devices) are inherited under the same numbers."""
-    with open(log_path, "ab") as out:
+    with open_nofollow(log_path, "ab") as out:  # in a folder the VM's user owns
         try:
             return subprocess.Popen(
                 argv,

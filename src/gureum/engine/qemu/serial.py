@@ -16,14 +16,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gureum.sys.nofollow import open_nofollow
+
 log = logging.getLogger(__name__)
 
 LOG_CAP = 4 << 20  # bytes of serial.log before it is rotated (plus as much in serial.log.1)
+READ_CAP = 64 << 20  # the most of the log read at once (it grows unread while the service is down)
 VIEWER_QUEUE = 256  # chunks (up to 64 KiB each) a viewer may fall behind before it is dropped
 INIT_STARTED = b"gureum-init: started"
 INIT_READY = b"gureum-init: ready"
@@ -37,15 +39,16 @@ def rotate_log(log_path: Path, cap: int | None = None) -> bool:
     """
     cap = LOG_CAP if cap is None else cap
     try:
-        if log_path.stat().st_size <= cap:
-            return False
-        older = log_path.with_name(log_path.name + ".1")
-        tmp = log_path.with_name(log_path.name + ".tmp")
-        with open(log_path, "rb") as src, open(tmp, "wb") as dst:
-            src.seek(-cap, 2)
-            dst.write(src.read(cap))
-        tmp.replace(older)
-        os.truncate(log_path, 0)
+        # The runtime folder is the VM's: nothing there is followed or trusted to be a file.
+        with open_nofollow(log_path, "r+b") as current:
+            if current.seek(0, 2) <= cap:
+                return False
+            current.seek(-cap, 2)
+            with open_nofollow(log_path.with_name(log_path.name + ".1"), "wb") as older:
+                older.write(current.read(cap))
+            current.truncate(0)
+    except FileNotFoundError:
+        return False
     except OSError as exc:
         log.warning("cannot rotate %s: %s", log_path, exc)
         return False
@@ -55,13 +58,15 @@ def rotate_log(log_path: Path, cap: int | None = None) -> bool:
 def read_log(log_path: Path, tail_bytes: int) -> bytes:
     """The last ``tail_bytes`` of the console's output (0: all that is kept), across the
     rotated generation and the current log."""
+    tail = min(tail_bytes or READ_CAP, READ_CAP)
     data = b""
     for path in (log_path.with_name(log_path.name + ".1"), log_path):
-        with contextlib.suppress(FileNotFoundError), open(path, "rb") as f:
+        # Missing, or not a plain file (a link the VM's user left there): nothing to show.
+        with contextlib.suppress(OSError), open_nofollow(path, "rb") as f:
             size = f.seek(0, 2)
-            f.seek(max(0, size - tail_bytes) if tail_bytes else 0)
-            data += f.read()
-    return data[-tail_bytes:] if tail_bytes else data
+            f.seek(max(0, size - tail))
+            data += f.read(tail)
+    return data[-tail:]
 
 
 class SerialConsole:
@@ -87,6 +92,8 @@ class SerialConsole:
         self._reader, self._writer = await asyncio.wait_for(
             asyncio.open_unix_connection(str(self.path)), timeout
         )
+        if self.log_path is not None:  # it grew unwatched while the service was down
+            await asyncio.to_thread(rotate_log, self.log_path)
         self._task = asyncio.create_task(self._pump(), name=f"serial-{self.path.parent.name}")
 
     def expect_output(self, seen: bool) -> None:

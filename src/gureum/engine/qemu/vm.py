@@ -27,6 +27,7 @@ from gureum.engine.qemu.argv import (
 from gureum.engine.qemu.qmp import Monitor
 from gureum.engine.qemu.serial import SerialConsole
 from gureum.errors import EngineError, GureumError, Timeout
+from gureum.sys.nofollow import open_nofollow
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,7 @@ class VMEvents(Protocol):
 def ended_with_power_down(serial_log: Path) -> bool:
     """For a QEMU that died while nobody watched: did the guest power itself off?"""
     try:
-        with open(serial_log, "rb") as f:
+        with open_nofollow(serial_log, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
             return POWER_DOWN_LINE in f.read()
     except FileNotFoundError:
@@ -60,7 +61,7 @@ def ended_with_power_down(serial_log: Path) -> bool:
 def log_tail(path: Path, lines: int = 5, since: int = 0) -> str:
     """The last lines QEMU wrote to its log (from byte ``since``: this run's, not earlier)."""
     try:
-        with open(path, "rb") as f:
+        with open_nofollow(path, "rb") as f:
             f.seek(since)
             text = f.read().decode(errors="replace").strip().splitlines()
     except FileNotFoundError:

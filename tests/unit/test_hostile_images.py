@@ -376,3 +376,15 @@ def test_json_nested_past_the_stack_is_refused_not_a_crash(tmp_path):
     body = tar_of([HEADER_MEMBER, ("manifest.json", deep)])
     with pytest.raises(archive.ArchiveError, match="not valid JSON"):
         archive.read(body, tmp_path / "in")
+
+
+def test_the_reserve_holds_across_members_and_ram_images_are_counted(tmp_path):
+    """Each member's announced size is weighed against the reserve before it is written (the
+    check once restarted with every member), and there are no more RAM images than backends."""
+    body = tar_of([HEADER_MEMBER, ("memory/ram-x0.qcow2", b"\0" * 1024)])
+    with pytest.raises(InsufficientCapacity):
+        archive.read(body, tmp_path / "in", keep_free=1 << 62)
+    assert not (tmp_path / "in" / "memory").exists()
+    many = [(f"memory/ram-x{i}.qcow2", b"") for i in range(archive.MAX_RAM_MEMBERS + 1)]
+    with pytest.raises(archive.ArchiveError, match="RAM images"):
+        archive.read(tar_of([HEADER_MEMBER, *many]), tmp_path / "in2")

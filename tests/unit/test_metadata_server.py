@@ -121,3 +121,28 @@ def test_a_guest_is_rate_limited_and_its_lookups_cached(quick, monkeypatch):
             await server.stop()
 
     asyncio.run(scenario())
+
+
+def test_the_owner_of_an_address_is_asked_again_when_nics_change(quick):
+    lookups = []
+
+    async def counting(network_id: str, ip: str) -> Caller | None:
+        lookups.append(ip)
+        return await lookup(network_id, ip)
+
+    async def scenario() -> None:
+        sock = listening()
+        port = sock.getsockname()[1]
+        server = MetadataServer("n-1", counting, Tokens(), lambda: False)
+        await server.start(sock)
+        try:
+            await get(port, "127.0.0.6")
+            await get(port, "127.0.0.6")
+            assert len(lookups) == 1
+            server.forget_callers()  # a VM deleted, its address given to another
+            await get(port, "127.0.0.6")
+            assert len(lookups) == 2
+        finally:
+            await server.stop()
+
+    asyncio.run(scenario())

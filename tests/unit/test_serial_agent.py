@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from gureum.engine.qemu import serial
+from gureum.engine.qemu import process, serial
 from gureum.engine.qemu.agent import GuestAgent
 from gureum.engine.qemu.serial import SerialConsole, read_log, rotate_log
-from gureum.errors import EngineError, Timeout
+from gureum.errors import EngineError, Timeout, Unavailable
 from gureum.sys.nofollow import open_nofollow
 
 
@@ -206,3 +206,28 @@ def test_open_nofollow_takes_plain_files_only(tmp_path):
         open_nofollow(tmp_path / "second-name", "ab")
     with open_nofollow(plain, "rb") as f:
         assert f.read() == b"a"
+
+
+def test_sockets_and_pid_files_in_the_vms_folder_are_not_followed(tmp_path):
+    """A compromised QEMU could link its agent socket to another VM's, or make its pid file a
+    FIFO (blocking root) or a link to /dev/zero (exhausting its memory)."""
+    fifo = tmp_path / "qemu.pid"
+    os.mkfifo(fifo)
+    assert process.read_pidfile(fifo) is None  # at once, not blocked
+    zero = tmp_path / "zero.pid"
+    zero.symlink_to("/dev/zero")
+    assert process.read_pidfile(zero) is None
+
+    async def main():
+        other = tmp_path / "other-vm-agent.sock"
+        server = await fake_agent(other, {"guest-ping": lambda a: {"return": {}}})
+        link = tmp_path / "agent.sock"
+        link.symlink_to(other)
+        with pytest.raises(Unavailable, match="not available"):
+            await GuestAgent(link, owner=os.geteuid()).ping()
+        with pytest.raises(Unavailable):  # a socket, but not this VM's user's
+            await GuestAgent(other, owner=os.geteuid() + 1).ping()
+        await GuestAgent(other, owner=os.geteuid()).ping()
+        server.close()
+
+    asyncio.run(main())

@@ -106,3 +106,18 @@ def test_backup_transfers_are_bounded_per_project_and_on_the_host():
         transfers.take(f"p-{i}")
     with pytest.raises(RateLimited, match="host"):
         transfers.take("p-other")
+
+
+def test_an_upload_that_trickles_is_given_up():
+    async def trickle():
+        while True:
+            yield b"x"
+            await asyncio.sleep(0.05)
+
+    async def scenario() -> None:
+        with pytest.raises(Stalled, match="too slow"):
+            await streams.consume_in_thread(
+                trickle(), lambda f: f.read(), name="t", idle_timeout=0.3, min_bytes=100
+            )
+
+    asyncio.run(scenario())

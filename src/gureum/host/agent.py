@@ -215,7 +215,8 @@ class LocalHostAgent:
         permissions.own(rt, uid, 0o700)
         for entry in rt.iterdir():
             # The folder is the VM's: never follow a link a compromised QEMU left there.
-            if stat.S_ISREG(entry.lstat().st_mode):
+            st = entry.lstat()
+            if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # not a second name of another
                 os.chown(entry, uid, uid, follow_symlinks=False)
         permissions.own(spec.root_disk, uid)
         images = cfg.images_dir.resolve()

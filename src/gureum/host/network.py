@@ -102,6 +102,9 @@ class NetworkHost:
         rules: dict[str, list[Rule]],
     ) -> None:
         """Make DHCP, DNS and the firewall match the network's NICs and security groups."""
+        server = self._metadata.get(net.id)
+        if server is not None:
+            server.forget_callers()
         dhcp = self.dhcp(net)
         await asyncio.to_thread(dhcp.write_hosts, nics)
         await asyncio.to_thread(dhcp.reload, nics)

@@ -139,6 +139,10 @@ class MetadataServer:
         if self._server is not None:
             await self._server.wait_closed()
 
+    def forget_callers(self) -> None:
+        """NICs changed (an address may now be another VM's): ask again from now on."""
+        self._callers.clear()
+
     def open_connections(self) -> int:
         return sum(self._open.values())
 

@@ -43,7 +43,10 @@ from gureum.sys import streams
 # for as long as its client takes to send or read. On the host, and per project.
 MAX_TRANSFERS = 8
 MAX_TRANSFERS_PER_PROJECT = 2
-UPLOAD_IDLE_S = 60.0  # an upload that sends nothing for this long is given up
+# An upload must bring at least UPLOAD_MIN_BYTES every UPLOAD_IDLE_S seconds (a trickle of a
+# byte a minute would hold its slot forever), and nothing for that long ends it at once.
+UPLOAD_IDLE_S = 60.0
+UPLOAD_MIN_BYTES = 1 << 20
 
 
 class _Transfers:
@@ -94,11 +97,13 @@ class BackupService:
         that can fail on bad input fails here, before the first byte is sent."""
         inst = self.instances.get(ref, project_id)
         release = self.transfers.take(inst.project_id)
-        work = self._scratch()
+        work: Path | None = None
         try:
+            work = self._scratch()
             files, config = await self._prepare(inst, memory, work)
         except BaseException:
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
             release()
             raise
         stream = self._stream(files, config, work, release)
@@ -172,12 +177,14 @@ class BackupService:
         if self.instances.store.get_by_name(name, project_id) is not None:
             raise Conflict(f"an instance named {name!r} already exists")
         release = self.transfers.take(project_id)
-        work = self._scratch()
+        work: Path | None = None
         try:
+            work = self._scratch()
             manifest = await self._receive(body, work)
             return await self._create(manifest, work, name, project_id)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            if work is not None:
+                shutil.rmtree(work, ignore_errors=True)
             release()
 
     async def _receive(self, body: AsyncIterator[bytes], work: Path) -> dict[str, Any]:
@@ -186,7 +193,7 @@ class BackupService:
         keep_free = self.host.disk_reserve_bytes()
         return await streams.consume_in_thread(
             body, lambda inp: archive.read(inp, work / "in", keep_free=keep_free),
-            name="backup-import", idle_timeout=UPLOAD_IDLE_S,
+            name="backup-import", idle_timeout=UPLOAD_IDLE_S, min_bytes=UPLOAD_MIN_BYTES,
         )  # fmt: skip
 
     async def _create(

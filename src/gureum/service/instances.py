@@ -707,16 +707,23 @@ class InstanceService:
         return f"{inst.name}: re-adopted QEMU pid {pid}"
 
     def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
-        """A snapshot cut short by a crash may leave the store one layer ahead of QEMU: the
-        file QEMU writes to is the truth."""
-        for layer in self.layers.all().values():
-            if self.host.path(layer.path) == real_top and layer.id != inst.root_layer:
-                log.warning(
-                    "%s: disk top is %s, not %s; repaired", inst.name, layer.id, inst.root_layer
-                )
-                self.store.update(inst.id, root_layer=layer.id)
-                inst.root_layer = layer.id
-                return
+        """A snapshot cut short by a crash may leave the store one layer ahead of QEMU (the
+        new top's record is written before QEMU switches to it): then QEMU still writes the
+        layer under the recorded top, and that layer becomes the top again. Nothing else QEMU
+        says is believed: a compromised one could name any layer of any VM."""
+        recorded = self.layers.get(inst.root_layer) if inst.root_layer else None
+        if recorded is None or self.host.path(recorded.path) == real_top:
+            return
+        below = self.layers.get(recorded.backing) if recorded.backing else None
+        if below is not None and self.host.path(below.path) == real_top:
+            log.warning(
+                "%s: disk top is %s, not %s; repaired", inst.name, below.id, inst.root_layer
+            )
+            self.store.update(inst.id, root_layer=below.id)
+            inst.root_layer = below.id
+        else:
+            log.error("%s: QEMU reports %s as its disk; the store's record is kept",
+                      inst.name, real_top)  # fmt: skip
 
     # -- stop / start / restart ------------------------------------------------------------------
     async def stop(self, ref: str, project_id: str | None = None) -> Operation:

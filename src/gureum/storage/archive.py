@@ -37,8 +37,9 @@ CHUNK = 1 << 20
 # sizes are checked later against the manifest and quotas); what bounds them while they arrive
 # is the host's free space (``keep_free``).
 MAX_BYTES = {"vmlinuz": 256 << 20, "initrd.img": 1 << 30, "memory/state": 256 << 20}
-# How often, in bytes written, the free space is looked at while a member arrives.
-CHECK_EVERY = 64 << 20
+# How often, in bytes written (across all members), the free space is looked at.
+CHECK_EVERY = 16 << 20
+MAX_RAM_MEMBERS = 9  # one per memory backend: mem0 and at most 8 DIMMs
 
 
 class ArchiveError(InvalidInput):
@@ -98,6 +99,7 @@ def read(
     """
     digests: dict[str, tuple[int, str]] = {}
     manifest: dict[str, Any] | None = None
+    room = _Room(dest, keep_free)
     try:
         with tarfile.open(fileobj=inp, mode="r|") as tar:
             first = True
@@ -120,11 +122,15 @@ def read(
                 limit = MAX_BYTES.get(member.name)
                 if limit is not None and member.size > limit:
                     raise ArchiveError(f"{member.name} is larger than {limit >> 20} MiB")
+                rams = sum(name.startswith("memory/ram-") for name in digests)
+                if member.name.startswith("memory/ram-") and rams >= MAX_RAM_MEMBERS:
+                    raise ArchiveError(f"more than {MAX_RAM_MEMBERS} RAM images in the archive")
+                room.check(member.size)
                 if member.name in digests:
                     raise ArchiveError(f"{member.name!r} appears twice in the archive")
                 if progress:
                     progress(f"receiving {member.name} ({member.size / 2**20:.1f} MiB)")
-                digests[member.name] = _extract(tar, member, dest / member.name, keep_free)
+                digests[member.name] = _extract(tar, member, dest / member.name, room)
             if first:
                 raise ArchiveError("the archive is empty")
     except (tarfile.TarError, EOFError, OSError) as exc:
@@ -148,13 +154,30 @@ def read(
     return manifest
 
 
-def _check_room(path: Path, keep_free: int) -> None:
-    st = os.statvfs(path)
-    if st.f_bavail * st.f_frsize < keep_free:
-        raise InsufficientCapacity(
-            "the host has no room for this archive: it would leave less than"
-            f" {keep_free >> 20} MiB free"
-        )
+class _Room:
+    """Keeps an extraction from taking the host's reserve: each member's announced size is
+    checked before it is written, and the free space is looked at again every CHECK_EVERY
+    bytes written across the whole archive (``keep_free`` 0: no check)."""
+
+    def __init__(self, dest: Path, keep_free: int) -> None:
+        self.dest, self.keep_free, self._since = dest, keep_free, 0
+
+    def check(self, coming: int = 0) -> None:
+        if not self.keep_free:
+            return
+        self.dest.mkdir(parents=True, exist_ok=True)
+        st = os.statvfs(self.dest)
+        if st.f_bavail * st.f_frsize - coming < self.keep_free:
+            raise InsufficientCapacity(
+                "the host has no room for this archive: it would leave less than"
+                f" {self.keep_free >> 20} MiB free"
+            )
+
+    def wrote(self, n: int) -> None:
+        self._since += n
+        if self._since >= CHECK_EVERY:
+            self._since = 0
+            self.check()
 
 
 def _check_header(tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
@@ -182,21 +205,19 @@ def _json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
 
 
 def _extract(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, keep_free: int
+    tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, room: _Room
 ) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)
     assert src is not None
     digest = hashlib.sha256()
-    size = checked = 0
+    size = 0
     with open(path, "wb") as out:
         while chunk := src.read(CHUNK):
             digest.update(chunk)
             out.write(chunk)
             size += len(chunk)
-            if keep_free and size - checked >= CHECK_EVERY:
-                checked = size
-                _check_room(path, keep_free)
+            room.wrote(len(chunk))
     if size != member.size:
         raise ArchiveError(f"{member.name} is cut short: the archive is truncated")
     return size, digest.hexdigest()

@@ -153,12 +153,14 @@ async def consume_in_thread(
     *,
     name: str,
     idle_timeout: float | None = None,
+    min_bytes: int = 0,
 ) -> T:
     """Run ``consume(file)`` on a thread of its own while ``body`` feeds ``file``; its result.
 
     The body is read only as fast as ``consume`` takes it, and no further once ``consume`` has
     returned or raised: its error is raised here at once. A body that sends nothing for
-    ``idle_timeout`` seconds is given up (``Stalled``), and ``consume`` sees it end.
+    ``idle_timeout`` seconds, or less than ``min_bytes`` in any such span, is given up
+    (``Stalled``), and ``consume`` sees it end.
     """
     loop = asyncio.get_running_loop()
     queue = _Queue(loop)
@@ -185,6 +187,7 @@ async def consume_in_thread(
 
     _start(name, work)
     chunks = aiter(body)
+    span_started, span_bytes = loop.time(), 0
     try:
         while True:
             # The client may stop sending (or send slowly) after ``consume`` has already
@@ -204,6 +207,14 @@ async def consume_in_thread(
                 chunk = following.result()
             except StopAsyncIteration:
                 break
+            span_bytes += len(chunk)
+            if idle_timeout is not None and loop.time() - span_started >= idle_timeout:
+                if span_bytes < min_bytes:
+                    raise Stalled(
+                        f"the upload is too slow: {span_bytes} bytes in"
+                        f" {loop.time() - span_started:.0f} s"
+                    )
+                span_started, span_bytes = loop.time(), 0
             if not await queue.aput(chunk):
                 break
     finally:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Message, Receive, Scope, Send
 
 from gureum.api.auth import Member
 from gureum.api.deps import services
@@ -14,6 +16,20 @@ from gureum.api.schemas import InstanceOut, VerifyBackupOut
 from gureum.service.core import Services
 
 router = APIRouter(tags=["backups"], responses=COMMON_RESPONSES)
+
+# A client that takes nothing of an export for this long is let go: its transfer slot, thread
+# and scratch copy of the disk are freed (a client that never reads would keep them forever).
+SEND_TIMEOUT_S = 60.0
+
+
+class _ExportResponse(StreamingResponse):
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def patient_send(message: Message) -> None:
+            await asyncio.wait_for(send(message), SEND_TIMEOUT_S)
+
+        await super().__call__(scope, receive, patient_send)
+
+
 Svc = Annotated[Services, Depends(services)]
 
 
@@ -30,7 +46,7 @@ async def export_backup(
     checksums), streamed as it is written. The VM keeps running (a snapshot is read)."""
     filename, stream = await svc.backups.export(ref, memory=memory, project_id=scope.project_id)
     headers = {"content-disposition": f'attachment; filename="{filename}"'}
-    return StreamingResponse(stream, media_type="application/x-tar", headers=headers)
+    return _ExportResponse(stream, media_type="application/x-tar", headers=headers)
 
 
 @router.post(

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gureum.errors import EngineError, GureumError, Timeout, Unavailable
+from gureum.sys.nofollow import socket_path
 
 # Kills a process and all its descendants (busybox and Debian sh alike): stop it, kill its
 # children (listed once it is stopped, so it cannot fork more), then kill it.
@@ -41,17 +42,19 @@ class ExecResult:
 
 
 class GuestAgent:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, owner: int | None = None) -> None:
         self.path = path
+        self.owner = owner  # the uid its QEMU runs as: the socket must be that user's
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._lock = asyncio.Lock()
 
     async def _connect(self, timeout: float) -> None:
         try:
-            self._reader, self._writer = await asyncio.wait_for(
-                asyncio.open_unix_connection(str(self.path), limit=64 * 1024 * 1024), timeout
-            )
+            with socket_path(self.path, self.owner) as checked:
+                self._reader, self._writer = await asyncio.wait_for(
+                    asyncio.open_unix_connection(checked, limit=64 * 1024 * 1024), timeout
+                )
         except (OSError, TimeoutError) as exc:
             raise Unavailable(f"guest agent socket {self.path} is not available: {exc}") from exc
         sync_id = secrets.randbelow(2**31)

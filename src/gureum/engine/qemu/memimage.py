@@ -65,7 +65,9 @@ async def make(cfg: VMConfig, stream: Path, folder: Path) -> None:
             await asyncio.sleep(0.005)
         if proc.poll() is not None:
             raise EngineError(f"memory image helper exited: {log_tail(runtime.qemu_log)}")
-        await monitor.connect(runtime.qmp)
+        await monitor.connect(
+            runtime.qmp, owner=helper.uid if helper.uid is not None else os.geteuid()
+        )
         await migration.load(monitor, stream, ignore_shared=False)
         await migration.save(monitor, folder / "state", ignore_shared=True)
         with contextlib.suppress(GureumError):

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from gureum.errors import EngineError
-from gureum.sys.nofollow import open_nofollow
+from gureum.sys.nofollow import open_nofollow, read_small
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +83,10 @@ def cmdline(pid: int) -> list[str]:
 
 
 def read_pidfile(path: Path) -> int | None:
+    """The pid QEMU wrote (in the VM's folder: a plain file of a few bytes, or nothing)."""
     try:
-        return int(path.read_text().strip())
-    except (FileNotFoundError, ValueError):
+        return int(read_small(path, 32).strip())
+    except (OSError, ValueError):
         return None
 
 

@@ -13,6 +13,7 @@ from qemu.qmp import EventListener, QMPClient, QMPError
 from qemu.qmp.qmp_client import ExecuteError
 
 from gureum.errors import EngineError, Timeout
+from gureum.sys.nofollow import socket_path
 
 log = logging.getLogger(__name__)
 # qemu.qmp logs every disconnect as an error; a VM powering off is not an error for us.
@@ -30,12 +31,15 @@ class Monitor:
         self._pump: asyncio.Task[None] | None = None
         self._waiters: list[tuple[str, Callable[[dict[str, Any]], bool], asyncio.Future[Any]]] = []
 
-    async def connect(self, path: Path, timeout: float = 10.0) -> None:
+    async def connect(self, path: Path, timeout: float = 10.0, owner: int | None = None) -> None:
+        """Connect to QEMU's monitor socket, which must be a socket of ``owner`` (the VM's
+        user) and not a link: the folder is the VM's (``sys/nofollow.py``)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while True:
             try:
-                await asyncio.wait_for(self.client.connect(str(path)), timeout)
+                with socket_path(path, owner) as checked:
+                    await asyncio.wait_for(self.client.connect(checked), timeout)
                 break
             except TimeoutError as exc:
                 raise Timeout(f"QMP at {path} did not answer within {timeout} s") from exc

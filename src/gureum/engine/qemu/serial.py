@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from gureum.sys.nofollow import open_nofollow
+from gureum.sys.nofollow import open_nofollow, socket_path
 
 log = logging.getLogger(__name__)
 
@@ -75,8 +75,10 @@ class SerialConsole:
         path: Path,
         on_marker: Callable[[str, float], None],
         log_path: Path | None = None,
+        owner: int | None = None,
     ) -> None:
         self.path = path
+        self.owner = owner  # the uid its QEMU runs as: the socket must be that user's
         self.log_path = log_path
         self._logged = 0  # bytes seen since the log's size was last looked at
         self._on_marker = on_marker
@@ -89,9 +91,10 @@ class SerialConsole:
         self._fired: set[str] = set()  # each marker counts once per QEMU process
 
     async def connect(self, timeout: float = 5.0) -> None:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_unix_connection(str(self.path)), timeout
-        )
+        with socket_path(self.path, self.owner) as checked:
+            self._reader, self._writer = await asyncio.wait_for(
+                asyncio.open_unix_connection(checked), timeout
+            )
         if self.log_path is not None:  # it grew unwatched while the service was down
             await asyncio.to_thread(rotate_log, self.log_path)
         self._task = asyncio.create_task(self._pump(), name=f"serial-{self.path.parent.name}")

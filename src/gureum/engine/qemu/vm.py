@@ -75,8 +75,11 @@ class QemuVM:
         self.events = events
         rt = cfg.runtime
         self.monitor = Monitor(cfg.name, self._on_qmp_event)
-        self.agent = GuestAgent(rt.agent)
-        self.serial = SerialConsole(rt.serial, self._on_marker, rt.serial_log)
+        # Sockets in the VM's folder are its QEMU's user's (root's when it runs as root).
+        owner = cfg.uid if cfg.uid is not None else os.geteuid()
+        self.agent = GuestAgent(rt.agent, owner)
+        self.serial = SerialConsole(rt.serial, self._on_marker, rt.serial_log, owner)
+        self._owner = owner
         self.pid: int | None = None
         self._proc: Any = None
         self._watch: process.ExitWatch | None = None
@@ -108,7 +111,7 @@ class QemuVM:
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)
         try:
             await self._wait_for_socket(rt.qmp, timeout=30)
-            await self.monitor.connect(rt.qmp)
+            await self.monitor.connect(rt.qmp, owner=self._owner)
             if restore_state is None:
                 await self.serial.connect()
             else:
@@ -127,7 +130,7 @@ class QemuVM:
         """Take over a QEMU left running by an earlier service process."""
         self.pid = pid
         self._watch = process.ExitWatch(pid, self._on_process_exit)
-        await self.monitor.connect(self.cfg.runtime.qmp)
+        await self.monitor.connect(self.cfg.runtime.qmp, owner=self._owner)
         self.serial.expect_output(booted)
         await self.serial.connect()
         # The agent port was opened before we listened: no event will say so again.

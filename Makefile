@@ -30,6 +30,7 @@ demo: setup
 lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
+	PYTHONPATH=src $(VENV)/bin/lint-imports
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -32,6 +32,7 @@ from gureum.engine.qemu.agent import GuestAgent  # noqa: E402
 from gureum.engine.qemu.argv import RuntimePaths, VMConfig, render  # noqa: E402
 from gureum.model.hardware import Hardware  # noqa: E402
 from gureum.storage.disks import create_overlay  # noqa: E402
+from gureum.sys import procs  # noqa: E402
 
 CPUS, MEMORY_MIB = 1, 256
 
@@ -185,7 +186,7 @@ def main() -> None:
     finally:
         svc.close()
         for pid in process.find_by_marker(str(home)):
-            process.kill(pid)
+            procs.kill(pid)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from gureum.client.client import Client, Endpoint  # noqa: E402
 from gureum.engine.qemu import process  # noqa: E402
+from gureum.sys import procs  # noqa: E402
 
 RECEIVER = """
 import socket, sys
@@ -150,7 +151,7 @@ def main() -> None:
         serve.send_signal(signal.SIGTERM)
         serve.wait(30)
         for pid in process.find_by_marker(str(home)):
-            process.kill(pid)
+            procs.kill(pid)
         shutil.rmtree(home, ignore_errors=True)
     veth_mbps, veth_rtt = veth_baseline(args.mib * 4, args.pings)
     result = {

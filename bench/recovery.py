@@ -34,6 +34,7 @@ sys.path.insert(0, str(REPO / "src"))
 
 from gureum.client.client import Client, Endpoint  # noqa: E402
 from gureum.engine.qemu import process  # noqa: E402
+from gureum.sys import procs  # noqa: E402
 
 
 def median(values: list[float]) -> float:
@@ -170,7 +171,7 @@ def main() -> None:
     finally:
         b.close()
         for pid in process.find_by_marker(str(home)):
-            process.kill(pid)
+            procs.kill(pid)
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -24,6 +24,7 @@ import pytest
 from gureum.client.client import ApiError, Client, Endpoint
 from gureum.engine.qemu import process
 from gureum.network import netns
+from gureum.sys import procs
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".gureum" / "cache"
@@ -113,15 +114,13 @@ class Service:
         self.stop()
         leftovers = self.qemu_pids()
         for pid in leftovers:
-            process.kill(pid)
+            procs.kill(pid)
         namespaces = netns.ours(self.home)
         dnsmasq = [
-            p
-            for p in _pids_named("dnsmasq")
-            if any(str(self.home) in a for a in process.cmdline(p))
+            p for p in _pids_named("dnsmasq") if any(str(self.home) in a for a in procs.cmdline(p))
         ]
         for pid in dnsmasq:
-            process.kill(pid)
+            procs.kill(pid)
         for name in namespaces:
             subprocess.run(["ip", "netns", "delete", name], check=False)
         group = f"gureum-{netns.home_tag(self.home)}"

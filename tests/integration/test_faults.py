@@ -12,8 +12,8 @@ import time
 import pytest
 
 from gureum.client.client import ApiError
-from gureum.engine.qemu import process
 from gureum.host.capacity import host_memory_mib
+from gureum.sys import procs
 from tests.integration.conftest import Service, new_home, running_service
 
 pytestmark = pytest.mark.vm
@@ -135,7 +135,7 @@ def test_service_killed_and_restarted_keeps_vms(small_host):
     pids = {n: state_of(small_host, n)["pid"] for n in ("alpha", "beta")}
     small_host.exec("alpha", "sh", "-c", "echo before > /root/mark && sync")
     small_host.kill(signal.SIGKILL)
-    assert all(process.is_alive(p) for p in pids.values())  # VMs outlive the service
+    assert all(procs.is_alive(p) for p in pids.values())  # VMs outlive the service
     small_host.start()
     for name, pid in pids.items():
         inst = state_of(small_host, name)
@@ -145,7 +145,7 @@ def test_service_killed_and_restarted_keeps_vms(small_host):
     # ...and still controllable: stop and start through the re-adopted monitor.
     small_host.cli("stop", "beta")
     assert state_of(small_host, "beta")["state"] == "stopped"
-    assert not process.is_alive(pids["beta"])
+    assert not procs.is_alive(pids["beta"])
     small_host.cli("start", "beta")
     assert state_of(small_host, "beta")["state"] == "running"
 
@@ -265,7 +265,7 @@ def test_deleted_vm_leaves_nothing(small_host):
             c.delete("alpha")
         assert exc.value.code == "invalid-state"
         c.delete("alpha", force=True)
-    assert not process.is_alive(alpha["pid"])
+    assert not procs.is_alive(alpha["pid"])
     assert not (small_host.home / "instances" / alpha["id"]).exists()
     assert not (small_host.home / "run" / alpha["id"]).exists()
 

@@ -15,7 +15,7 @@ import time
 import pytest
 
 from gureum.client.client import ApiError
-from gureum.engine.qemu import process
+from gureum.sys import procs
 from tests.integration.conftest import Service, _pids_named, new_home
 
 pytestmark = pytest.mark.vm
@@ -114,7 +114,7 @@ def test_sigterm_stops_the_service_whatever_uploads_are_in_flight():
 
 def dnsmasqs(service: Service) -> list[int]:
     return [p for p in _pids_named("dnsmasq")
-            if any(str(service.home) in a for a in process.cmdline(p))]  # fmt: skip
+            if any(str(service.home) in a for a in procs.cmdline(p))]  # fmt: skip
 
 
 def test_a_network_dnsmasq_killed_from_outside_is_restarted(service):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gureum.engine.qemu import process
+from gureum.sys import procs
 
 pytestmark = pytest.mark.vm
 
@@ -31,7 +31,7 @@ def test_launch_reports_a_ready_vm(web, service):
     assert web["accel"] == "tcg"  # this machine has no vmx/svm
     assert (web["cpus"], web["memory_mib"], web["disk_gib"]) == (2, 512, 2.0)
     assert web["image"] == "tiny" and web["id"].startswith("i-")
-    assert process.is_alive(web["pid"])
+    assert procs.is_alive(web["pid"])
     phases = {p["event"]: p["at"] for p in web["boot"]["phases"]}
     assert phases.pop("memory_restored") is None  # a cold boot, not a restore
     assert None not in phases.values()
@@ -59,7 +59,7 @@ def test_qemu_runs_sandboxed(web, service):
     pid = json.loads(service.cli("show", "web1", "-o", "json").stdout)["pid"]
     status = Path(f"/proc/{pid}/status").read_text()
     assert "Seccomp:\t2" in status  # filter mode: -sandbox on
-    argv = process.cmdline(pid)
+    argv = procs.cmdline(pid)
     assert argv[argv.index("-name") + 1].startswith("guest=web1")
     assert os.getsid(pid) == pid  # its own session: detached from the service
     assert "NoNewPrivs:\t1" in status
@@ -75,7 +75,7 @@ def _uid(pid: int) -> int:
 
 
 def _top_layer(pid: int) -> Path:
-    argv = process.cmdline(pid)
+    argv = procs.cmdline(pid)
     specs = [json.loads(argv[i + 1]) for i, a in enumerate(argv) if a == "-blockdev"]
     return Path(next(s["filename"] for s in specs if s.get("node-name") == "root-file"))
 
@@ -115,9 +115,7 @@ def test_each_vm_runs_as_its_own_user(web, service):
         assert _open_as(uid1, top1) == 0  # the control: its own disk opens
         assert _open_as(uid1, top2) == errno.EACCES  # the other VM's disk does not
         assert _open_as(uid2, top1) == errno.EACCES
-        qmp2 = Path(
-            process.cmdline(pid2)[process.cmdline(pid2).index("-qmp") + 1].split(",")[0][5:]
-        )
+        qmp2 = Path(procs.cmdline(pid2)[procs.cmdline(pid2).index("-qmp") + 1].split(",")[0][5:])
         assert _open_as(uid1, qmp2) == errno.EACCES  # nor its control socket's folder
         # The home is crossable (0711) for them, but what is the service's stays root's: the
         # admin socket (root is superuser there) and the store (users, token hashes).
@@ -208,7 +206,7 @@ def test_data_survives_stop_and_start(web, service):
     assert "stopped" in stopped.stdout
     shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
     assert shown["state"] == "stopped" and shown["pid"] is None
-    assert not process.is_alive(web["pid"])
+    assert not procs.is_alive(web["pid"])
     res = service.cli("exec", "web1", "--", "true", check=False)
     assert res.returncode == 1 and "it is stopped" in res.stderr
     started = json.loads(service.cli("start", "web1", "-o", "json").stdout)

@@ -11,6 +11,7 @@ import pytest
 
 from gureum.client.client import ApiError
 from gureum.engine.qemu import process
+from gureum.sys import procs
 
 pytestmark = pytest.mark.vm
 
@@ -173,7 +174,7 @@ def test_a_deleted_clone_keeps_no_grant(service, vm):
     pid = show(service, "rec3")["pid"]
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     uid = int(next(x for x in status if x.startswith("Uid:")).split()[1])
-    argv = process.cmdline(pid)
+    argv = procs.cmdline(pid)
     disk = next(json.loads(argv[i + 1])["filename"] for i, a in enumerate(argv)
                 if a == "-blockdev" and '"root-file"' in argv[i + 1])  # fmt: skip
     info = subprocess.run(["qemu-img", "info", "-U", "--backing-chain", "--output=json", disk],
@@ -323,6 +324,6 @@ def test_no_helper_or_stray_file_left(service, vm):
     snaps_dir = service.home / "snapshots"
     assert not [p for p in snaps_dir.iterdir() if p.name.endswith(".partial")]
     helpers = [p for p in process.find_by_marker(str(snaps_dir) + "/")
-               if any("memimage-helper" in a for a in process.cmdline(p))]  # fmt: skip
+               if any("memimage-helper" in a for a in procs.cmdline(p))]  # fmt: skip
     assert not helpers
     assert not list((service.home / "scratch").iterdir())

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from gureum.engine.qemu import process, serial
+from gureum.engine.qemu import serial
 from gureum.engine.qemu.agent import GuestAgent
 from gureum.engine.qemu.serial import SerialConsole, read_log, rotate_log
 from gureum.errors import EngineError, Timeout, Unavailable
+from gureum.sys import procs
 from gureum.sys.nofollow import open_nofollow
 
 
@@ -213,10 +214,10 @@ def test_sockets_and_pid_files_in_the_vms_folder_are_not_followed(tmp_path):
     FIFO (blocking root) or a link to /dev/zero (exhausting its memory)."""
     fifo = tmp_path / "qemu.pid"
     os.mkfifo(fifo)
-    assert process.read_pidfile(fifo) is None  # at once, not blocked
+    assert procs.read_pidfile(fifo) is None  # at once, not blocked
     zero = tmp_path / "zero.pid"
     zero.symlink_to("/dev/zero")
-    assert process.read_pidfile(zero) is None
+    assert procs.read_pidfile(zero) is None
 
     async def main():
         other = tmp_path / "other-vm-agent.sock"

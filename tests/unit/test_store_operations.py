@@ -2,11 +2,13 @@ import asyncio
 import time
 
 import pytest
+import sqlalchemy as sa
 
 from gureum.errors import Conflict, InvalidInput, NotFound
 from gureum.model.instance import ACTIVE, Instance, InstanceSpec, State
 from gureum.model.operation import Operation, OpStatus
 from gureum.service.operations import OperationManager
+from gureum.store import schema
 from gureum.store.db import Database
 from gureum.store.instances import InstanceStore
 from gureum.store.migrations import latest_version, migrate
@@ -28,6 +30,21 @@ def test_migrations_are_idempotent(db):
         assert migrate(conn) == []
         version = conn.exec_driver_sql("SELECT MAX(version) FROM schema_migrations").scalar()
     assert version == latest_version()
+
+
+def test_migrations_build_exactly_the_schema_the_code_declares(db):
+    """store/schema.py (what the queries use) and store/migrations.py (what databases get) are
+    two writings of one schema: every table and column of one is in the other, nullability too
+    (on SQLite and on PostgreSQL)."""
+    migrated = sa.inspect(db.engine)
+    for table in schema.metadata.sorted_tables:
+        columns = {c["name"]: c for c in migrated.get_columns(table.name)}
+        assert set(columns) == {c.name for c in table.columns}, table.name
+        for column in table.columns:
+            if not column.primary_key:
+                assert columns[column.name]["nullable"] == column.nullable, (table, column)
+    tables = set(migrated.get_table_names()) - {"schema_migrations"}
+    assert tables == set(schema.metadata.tables)
 
 
 def test_instances_unique_name_and_committed(db):

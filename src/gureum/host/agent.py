@@ -33,6 +33,7 @@ from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
 from gureum.network import netns, tap
 from gureum.storage import disks, qcow2
+from gureum.sys import procs
 
 log = logging.getLogger(__name__)
 
@@ -258,7 +259,7 @@ class LocalHostAgent:
     def find_running(self, instance_id: str) -> int | None:
         """The pid of this VM's QEMU if one is alive (after a service restart, say)."""
         rt = self.runtime(instance_id)
-        pid = process.read_pidfile(rt.pidfile)
+        pid = procs.read_pidfile(rt.pidfile)
         if pid is not None and process.owns(pid, str(rt.qmp)):
             return pid
         return None
@@ -301,7 +302,7 @@ class LocalHostAgent:
         else:
             pid = self.find_running(instance_id)
             if pid is not None:
-                process.kill(pid)
+                procs.kill(pid)
 
     def forget(self, instance_id: str) -> None:
         self._vms.pop(instance_id, None)
@@ -491,7 +492,7 @@ class LocalHostAgent:
     # -- leftovers -------------------------------------------------------------------------------
     def memory_image_helpers(self) -> list[int]:
         marker = str(self.config.snapshots_dir) + "/"
-        return [p for p in process.find_by_marker(marker) if _is_helper(process.cmdline(p))]
+        return [p for p in process.find_by_marker(marker) if _is_helper(procs.cmdline(p))]
 
     async def remove_leftovers(self, known_ids: set[str], known_files: set[Path]) -> list[str]:
         """Kill QEMUs and remove folders and disk files that belong to nothing known."""
@@ -499,7 +500,7 @@ class LocalHostAgent:
         # Memory-image helpers of a snapshot cut short (restored VMs also name the snapshots
         # folder, for their RAM files: only the helpers' own QMP socket tells them apart).
         for pid in self.memory_image_helpers():
-            process.kill(pid)
+            procs.kill(pid)
             removed.append(f"memory image helper {pid}")
         scratch = self.config.home / "scratch"
         if scratch.exists():  # exports and imports in flight when the service stopped
@@ -511,13 +512,13 @@ class LocalHostAgent:
             owner = next(
                 (
                     a.split(run_root, 1)[1].split("/")[0]
-                    for a in process.cmdline(pid)
+                    for a in procs.cmdline(pid)
                     if run_root in a
                 ),
                 "",
             )
             if owner and owner not in known_ids:
-                process.kill(pid)
+                procs.kill(pid)
                 removed.append(f"process {pid} of unknown VM {owner}")
         for parent in (self.config.run_dir, self.config.instances_dir):
             if parent.exists():

@@ -15,13 +15,13 @@ import socket
 from pathlib import Path
 
 from gureum.config import Config
-from gureum.engine.qemu import process
 from gureum.errors import GureumError
 from gureum.model.network import Network, Nic, Rule
 from gureum.network import firewall, netns, tap
 from gureum.network.dhcp import Dhcp
 from gureum.network.forward import Forward
 from gureum.network.metadata import Lookup, MetadataServer, Tokens
+from gureum.sys import procs
 
 log = logging.getLogger(__name__)
 
@@ -80,8 +80,8 @@ class NetworkHost:
         if dhcp.pid() is None:
             # A dnsmasq we do not recognise (left by an older layout) would hold the ports.
             for pid in await netns.pids(ns):
-                if process.cmdline(pid)[:1] == ["dnsmasq"]:
-                    process.kill(pid)
+                if procs.cmdline(pid)[:1] == ["dnsmasq"]:
+                    procs.kill(pid)
         await asyncio.to_thread(dhcp.start)
         self.tokens_required[net.id] = net.imds_tokens_required
         await self._start_metadata(net)

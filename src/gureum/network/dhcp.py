@@ -14,9 +14,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from gureum.engine.qemu import process
 from gureum.errors import EngineError
 from gureum.model.network import Network, Nic
+from gureum.sys import procs
 
 
 class Dhcp:
@@ -33,11 +33,11 @@ class Dhcp:
     def pid(self) -> int | None:
         if self._proc is not None:
             self._proc.poll()  # reap it if it died, rather than leave a zombie
-        pid = process.read_pidfile(self.pidfile)
+        pid = procs.read_pidfile(self.pidfile)
         if (
             pid is not None
-            and process.is_alive(pid)
-            and any(str(self.folder) in a for a in process.cmdline(pid))
+            and procs.is_alive(pid)
+            and any(str(self.folder) in a for a in procs.cmdline(pid))
         ):
             return pid
         return None
@@ -125,12 +125,12 @@ class Dhcp:
             return
         pid = self.pid()
         if pid is not None:
-            process.kill(pid, signal.SIGHUP)
+            procs.kill(pid, signal.SIGHUP)
 
     def stop(self) -> None:
         pid = self.pid()
         if pid is not None:
-            process.kill(pid, signal.SIGTERM)
+            procs.kill(pid, signal.SIGTERM)
         if self._proc is not None:
             try:
                 self._proc.wait(5)

@@ -12,17 +12,16 @@ not): crash detection is an event, not a poll.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import grp
 import logging
 import os
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 from gureum.errors import EngineError
-from gureum.sys.nofollow import open_nofollow, read_small
+from gureum.sys.nofollow import open_nofollow
+from gureum.sys.procs import cmdline, is_alive, reap
 
 log = logging.getLogger(__name__)
 
@@ -58,38 +57,6 @@ def _kvm_group() -> list[int]:
         return []
 
 
-def proc_state(pid: int) -> str | None:
-    """The one-letter state from /proc/PID/stat, or None when there is no such process."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # The command name is in parentheses and may itself contain spaces or parentheses.
-    return stat[stat.rindex(")") + 2]
-
-
-def is_alive(pid: int) -> bool:
-    """True for a live process; a zombie (dead, not yet reaped) counts as dead."""
-    state = proc_state(pid)
-    return state is not None and state not in ("Z", "X")
-
-
-def cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError, PermissionError):
-        return []
-    return [p.decode(errors="replace") for p in raw.split(b"\0") if p]
-
-
-def read_pidfile(path: Path) -> int | None:
-    """The pid QEMU wrote (in the VM's folder: a plain file of a few bytes, or nothing)."""
-    try:
-        return int(read_small(path, 32).strip())
-    except (OSError, ValueError):
-        return None
-
-
 def owns(pid: int, marker: str) -> bool:
     """Is ``pid`` a live QEMU whose command line mentions ``marker`` (its runtime folder)?"""
     if not is_alive(pid):
@@ -105,17 +72,6 @@ def find_by_marker(marker: str) -> list[int]:
         if entry.name.isdigit() and owns(int(entry.name), marker):
             found.append(int(entry.name))
     return found
-
-
-def reap(pid: int) -> None:
-    """Collect the exit status if ``pid`` is our child, so it does not linger as a zombie."""
-    with contextlib.suppress(ChildProcessError, OSError):
-        os.waitpid(pid, os.WNOHANG)
-
-
-def kill(pid: int, sig: int = signal.SIGKILL) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, sig)
 
 
 class ExitWatch:

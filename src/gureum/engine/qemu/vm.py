@@ -27,6 +27,7 @@ from gureum.engine.qemu.argv import (
 from gureum.engine.qemu.qmp import Monitor
 from gureum.engine.qemu.serial import SerialConsole
 from gureum.errors import EngineError, GureumError, Timeout
+from gureum.sys import procs
 from gureum.sys.nofollow import open_nofollow
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class QemuVM:
         deadline = loop.time() + timeout
         while not path.exists():
             assert self._watch is not None
-            if self._watch.exited.is_set() or not process.is_alive(self.pid or 0):
+            if self._watch.exited.is_set() or not procs.is_alive(self.pid or 0):
                 raise EngineError(
                     "QEMU exited at start: "
                     f"{log_tail(self.cfg.runtime.qemu_log, since=self._log_from) or 'no output'}"
@@ -227,7 +228,7 @@ class QemuVM:
     async def kill(self) -> None:
         self._stop_requested = True
         if self.pid is not None:
-            process.kill(self.pid)
+            procs.kill(self.pid)
         if self._watch is not None:
             await self._watch.wait(10)
 

@@ -31,6 +31,7 @@ lint: venv
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	PYTHONPATH=src $(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 unit: venv
 	$(PY) -m pytest tests/unit -q

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -124,9 +125,9 @@ _ENV = {
 }
 
 
-def home_from_env(env: dict[str, str] | None = None) -> Path:
-    env = os.environ if env is None else env
-    return Path(env.get("GUREUM_HOME") or DEFAULT_HOME)
+def home_from_env(env: Mapping[str, str] | None = None) -> Path:
+    source: Mapping[str, str] = os.environ if env is None else env
+    return Path(source.get("GUREUM_HOME") or DEFAULT_HOME)
 
 
 def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> Config:

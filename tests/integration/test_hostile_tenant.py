@@ -63,11 +63,26 @@ def upload(service: Service, start: bytes, *, more: int) -> socket.socket:
 
 
 def answer(sock: socket.socket, timeout: float) -> bytes:
+    """The whole HTTP answer (head and body may come in separate segments); b"" if none."""
     sock.settimeout(timeout)
+    data = b""
     try:
-        return sock.recv(65536)
+        while b"\r\n\r\n" not in data or len(data.split(b"\r\n\r\n", 1)[1]) < length(data):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            data += chunk
     except (TimeoutError, ConnectionResetError):
-        return b""
+        pass
+    return data
+
+
+def length(data: bytes) -> int:
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    for line in head.split(b"\r\n"):
+        if line.startswith(b"content-length:"):
+            return int(line.split(b":", 1)[1])
+    return 0
 
 
 def test_a_bad_archive_is_answered_at_once_and_stalls_no_one(service):

@@ -108,9 +108,9 @@ async def serve(config: Config) -> None:
     svc = Services.build(config)
     svc.lock_home()
     report = await svc.start()
-    for key, items in report.items():
+    for kind, items in report.items():
         for item in items:
-            log.info("reconcile at start: %s %s", key, item)
+            log.info("reconcile at start: %s %s", kind, item)
     app = create_app(svc, "unix")
     sock = config.socket_path
     admin_socket = _root_only_socket(sock)
@@ -151,7 +151,7 @@ async def serve(config: Config) -> None:
     for server in servers:
         # We handle signals ourselves, once for all servers: uvicorn's own capture would
         # replace the process's handlers per server and raise the signal again on its way out.
-        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign]
+        server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

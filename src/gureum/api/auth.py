@@ -105,7 +105,7 @@ def enter(conn: Request | WebSocket, who: Principal, project_ref: str | None, ro
     return scope
 
 
-def _scope(role: Role):  # type: ignore[no-untyped-def]
+def _scope(role: Role):
     async def dependency(request: Request, who: Annotated[Principal, Depends(principal)]) -> Scope:
         return enter(request, who, request.headers.get(PROJECT_HEADER), role)
 
@@ -123,7 +123,7 @@ def ws_scope(websocket: WebSocket, role: Role) -> Scope:
     return enter(websocket, _identify(websocket), websocket.headers.get(PROJECT_HEADER), role)
 
 
-def _path_scope(role: Role):  # type: ignore[no-untyped-def]
+def _path_scope(role: Role):
     """For /v1/projects/{project}/...: the project named in the path, checked before anything
     else about the request (its body included)."""
 

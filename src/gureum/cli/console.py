@@ -57,7 +57,7 @@ async def _console(ref: str, endpoint: Endpoint) -> int:
     last_output = loop.time()
     background: set[asyncio.Future[object]] = set()
 
-    def spawn(coro) -> None:  # type: ignore[no-untyped-def]
+    def spawn(coro) -> None:
         task = asyncio.ensure_future(coro)
         background.add(task)
         task.add_done_callback(background.discard)

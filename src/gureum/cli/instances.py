@@ -220,7 +220,7 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(run_console(name))
 
 
-def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:  # type: ignore[type-arg]
+def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:
     if fmt == Format.json:
         output.print_json(inst)
     elif brief:
@@ -231,7 +231,7 @@ def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:  # typ
         output.instance_detail(inst)
 
 
-def _show_op(op: dict, fmt: Format) -> None:  # type: ignore[type-arg]
+def _show_op(op: dict, fmt: Format) -> None:
     if fmt == Format.json:
         output.print_json(op)
     else:

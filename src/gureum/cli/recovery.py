@@ -26,7 +26,7 @@ Name = Annotated[str, typer.Argument(help="Instance name or id.")]
 Snap = Annotated[str, typer.Argument(help="Snapshot name.")]
 
 
-def _finish(client: Client, op: dict, fmt: Format) -> dict:  # type: ignore[type-arg]
+def _finish(client: Client, op: dict, fmt: Format) -> dict:
     return output.follow(client, op, quiet=fmt == Format.json)
 
 
@@ -243,7 +243,7 @@ def backup_verify(
     raise typer.Exit(0 if res["ok"] else 1)
 
 
-def _open(path: Path):  # type: ignore[no-untyped-def]
+def _open(path: Path):
     if str(path) == "-":
         return open(sys.stdin.fileno(), "rb", closefd=False)
     if not path.is_file():

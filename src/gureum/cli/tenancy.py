@@ -272,7 +272,7 @@ def project_usage(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
         return
     a, u, q = usage["allocated"], usage["used"], usage["quotas"]
 
-    def of(key: str, value: str, fmt_q=str) -> str:  # type: ignore[no-untyped-def]
+    def of(key: str, value: str, fmt_q=str) -> str:
         limit = q.get(key)
         return value + (f" of {fmt_q(limit)}" if limit is not None else "")
 
@@ -370,7 +370,7 @@ def token_create(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a token. Its secret is shown this once (-o json: field ``token``)."""
-    body = {"name": name, "user": user}
+    body: dict[str, object] = {"name": name, "user": user}
     if expires is not None:
         body["expires_in_s"] = parse_duration(expires, what="--expires")
     with Client() as c:

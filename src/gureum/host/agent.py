@@ -432,7 +432,7 @@ class LocalHostAgent:
     ) -> ExecResult:
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
 
-    async def agent_call(self, instance_id: str, cmd: str, args: dict[str, object] | None = None):  # type: ignore[no-untyped-def]
+    async def agent_call(self, instance_id: str, cmd: str, args: dict[str, object] | None = None):
         return await self._vm(instance_id).agent.call(cmd, args, timeout=30)
 
     async def refresh_identity(

@@ -78,8 +78,8 @@ class ProjectGroups:
             )
         else:
             (dirs["cpu"] / "cpu.cfs_period_us").write_text(str(PERIOD_US))
-            quota = -1 if cpu_cores is None else cpu_quota_us(cpu_cores)
-            (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota))
+            quota_us = -1 if cpu_cores is None else cpu_quota_us(cpu_cores)
+            (dirs["cpu"] / "cpu.cfs_quota_us").write_text(str(quota_us))
             limit = -1 if memory_bytes is None else memory_bytes
             (dirs["memory"] / "memory.limit_in_bytes").write_text(str(limit))
 

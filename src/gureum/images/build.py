@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from gureum.errors import EngineError, ImageBuildError, NotFound
 from gureum.images import debian
@@ -34,6 +35,7 @@ from gureum.storage.disks import virtual_size
 from gureum.sys.runner import run
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 BUILDER_VERSION = "1"
 ProgressFn = Callable[[str, float | None], None]
@@ -194,12 +196,12 @@ class Builder:
         shutil.rmtree(work, ignore_errors=True)
         return image, True
 
-    def _step(self, work: Path, name: str, fn: Callable[[], object]) -> object:
+    def _step(self, work: Path, name: str, fn: Callable[[], T]) -> T:
         """Run a step once: its result is kept as JSON beside a stamp, so a rerun skips it."""
         stamp = work / f".done-{name}.json"
         if stamp.exists():
             self.progress(f"{name}: done in an earlier run, reused", None)
-            return json.loads(stamp.read_text())
+            return json.loads(stamp.read_text())  # fn's own JSON
         try:
             result = fn()
         except EngineError as exc:

@@ -71,5 +71,5 @@ def build_initramfs(root: Path, dest: Path) -> None:
         open(tmp, "wb") as raw,
         gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz,
     ):
-        write_newc(root, gz)
+        write_newc(root, gz)  # type: ignore[arg-type]  # GzipFile is a binary file
     tmp.rename(dest)

@@ -225,7 +225,7 @@ class BackupService:
         wanted = {"instances": 1, "cpus": spec.cpus, "memory_mib": spec.memory_mib,
                   "disk_bytes": spec.disk_bytes}  # fmt: skip
         async with self.instances.admission:
-            self.instances.quotas.check(project_id, **wanted)
+            self.instances.quotas.check(project_id, replacing=None, **wanted)
             # Counted until its row is in the store (or the import fails): concurrent imports
             # and launches see it.
             release = self.instances.quotas.hold(project_id, **wanted)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import shutil
 from pathlib import Path
 
@@ -54,7 +55,7 @@ class ImageService:
 
         return self.ops.start("image-build", name, work)
 
-    async def verify(self, name: str) -> list[str]:
+    async def verify(self, name: str) -> builtins.list[str]:
         return await asyncio.to_thread(builder.verify, self.get(name))
 
     def delete(self, name: str) -> Image:

@@ -11,6 +11,7 @@ top layer; snapshots freeze layers; layers nobody builds on any more are collect
 from __future__ import annotations
 
 import asyncio
+import builtins
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -179,7 +180,7 @@ class InstanceService:
     def view(self, inst: Instance) -> dict[str, object]:
         return self.views([inst])[0]
 
-    def views(self, insts: list[Instance]) -> list[dict[str, object]]:
+    def views(self, insts: builtins.list[Instance]) -> builtins.list[dict[str, object]]:
         """What the API shows of each instance. Related rows (layers, NICs, groups, snapshots)
         are read once for the whole list, not once per instance: a list of 100 is a handful
         of queries, which matters most on a networked store (PostgreSQL)."""
@@ -223,9 +224,9 @@ class InstanceService:
         inst: Instance,
         layers: dict[str, Layer],
         snapshots: dict[str, int],
-        nics: dict[str, list[dict[str, object]]],
-        groups: dict[str, list[str]],
-        forwards: dict[str, list[dict[str, object]]],
+        nics: dict[str, builtins.list[dict[str, object]]],
+        groups: dict[str, builtins.list[str]],
+        forwards: dict[str, builtins.list[dict[str, object]]],
     ) -> dict[str, object]:
         spec = inst.spec
         hw = inst.hardware
@@ -329,7 +330,7 @@ class InstanceService:
             paths.append(self.host.path(bottom.base_image))
         return tuple(paths)
 
-    def settle_base_images(self) -> list[str]:
+    def settle_base_images(self) -> builtins.list[str]:
         """Layers recorded before the store kept each bottom layer's base (migration 6): read
         once from the file whether it was made over an image, and record which image the store
         says (never the path the header names)."""
@@ -381,7 +382,7 @@ class InstanceService:
             raise
         return layer
 
-    async def collect_layers(self) -> list[str]:
+    async def collect_layers(self) -> builtins.list[str]:
         """Delete the files of layers that no disk and no snapshot builds on any more."""
         gone = []
         for layer in self.layers.unreachable():
@@ -642,7 +643,7 @@ class InstanceService:
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
-    async def resume_paused(self) -> list[str]:
+    async def resume_paused(self) -> builtins.list[str]:
         """Resume VMs QEMU paused on a full host disk once there is room again (the
         reconciler asks every pass). A VM that fills it again is simply paused again."""
         resumed = []
@@ -829,7 +830,7 @@ class InstanceService:
     async def exec(
         self,
         ref: str,
-        argv: list[str],
+        argv: builtins.list[str],
         *,
         stdin: bytes | None = None,
         timeout: float = 60.0,
@@ -876,7 +877,7 @@ class InstanceService:
             "store": self.store.db.backend,
         }
 
-    async def drop_internal_snapshots(self) -> list[str]:
+    async def drop_internal_snapshots(self) -> builtins.list[str]:
         """Snapshots gureum takes for itself (exports) that a stopped service left behind."""
         dropped = []
         for snap in self.snapshots.list():

@@ -3,6 +3,7 @@ store; the host makes the network match (``host/network.py``) after every change
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import logging
 import time
@@ -192,7 +193,7 @@ class NetworkService:
             for n in sorted(self.store.nics(instance_id=instance_id), key=lambda n: n.slot)
         )
 
-    def nics_view(self, instance_id: str) -> list[dict[str, object]]:
+    def nics_view(self, instance_id: str) -> builtins.list[dict[str, object]]:
         return [nic_view(n, network) for n, network in self.store.nics_with_network(instance_id)]
 
     def _names(self) -> dict[str, str]:
@@ -244,10 +245,10 @@ class NetworkService:
                 "the VM's NICs changed since this memory snapshot; restore needs the same NICs"
             )
 
-    def with_current_macs(self, instance_id: str, nics: tuple[tuple[int, str, str], ...]) -> tuple:  # type: ignore[type-arg]
+    def with_current_macs(self, instance_id: str, nics: tuple[tuple[int, str, str], ...]) -> tuple:
         macs = {s: m for s, m, _n in self.hardware_nics(instance_id)}
         return tuple((s, macs.get(s, m), n) for s, m, n in nics)
 
-    def mac_changes(self, before: tuple, after: tuple) -> list[tuple[str, str]]:  # type: ignore[type-arg]
+    def mac_changes(self, before: tuple, after: tuple) -> builtins.list[tuple[str, str]]:
         old = {s: m for s, m, _ in before}
         return [(old[s], m) for s, m, _ in after if s in old and old[s] != m]

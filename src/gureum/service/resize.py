@@ -216,7 +216,7 @@ class ResizeService:
         ctx.progress(f"disk: {size / GIB:g} GiB" + (", filesystem grown" if grown else ""))
         return "live"
 
-    def _save_hardware(self, inst: Instance, hw) -> None:  # type: ignore[no-untyped-def]
+    def _save_hardware(self, inst: Instance, hw) -> None:
         inst.hardware = hw
         self.instances.store.update(inst.id, hardware=hw)
         self.host.update_hardware(inst.id, hw)

@@ -6,6 +6,7 @@ to running VMs: every network's firewall is re-rendered and swapped atomically.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import time
 
@@ -139,7 +140,9 @@ class SecGroupService:
         await self.networks.sync_all()
         return rule
 
-    def resolve(self, refs: list[str] | None, project_id: str = DEFAULT_PROJECT) -> list[str]:
+    def resolve(
+        self, refs: builtins.list[str] | None, project_id: str = DEFAULT_PROJECT
+    ) -> builtins.list[str]:
         """Group ids for a launch: the named ones, or the project's default group."""
         if not refs:
             return [self.default(project_id).id]

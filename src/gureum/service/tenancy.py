@@ -132,7 +132,8 @@ class TenancyService:
         if looks_like_id(name, "p-"):
             # Projects are found by id or name: this one would shadow the project with that id.
             raise InvalidInput(f"a project name may not look like a project id ({name!r})")
-        project = Project(new_id("p-"), name, time.time(), **_checked_quotas(quotas))
+        # _checked_quotas has checked each field's type against the Project's.
+        project = Project(new_id("p-"), name, time.time(), **_checked_quotas(quotas))  # type: ignore[arg-type]
         self.store.add_project(project)
         return project
 

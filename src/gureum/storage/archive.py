@@ -79,7 +79,7 @@ def write(out: BinaryIO, files: dict[str, Path], config: dict[str, Any]) -> dict
             info.mode = 0o600
             with open(path, "rb") as f:
                 hashing = _Hashing(f)
-                tar.addfile(info, hashing)  # type: ignore[arg-type]
+                tar.addfile(info, hashing)
             manifest["files"][name] = {"bytes": info.size, "sha256": hashing.digest.hexdigest()}
         _add_bytes(tar, MANIFEST, json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest

@@ -30,7 +30,7 @@ def sqlite_engine(path: Path) -> Engine:
     )
 
     @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+    def _pragmas(dbapi_conn, _record) -> None:
         cur = dbapi_conn.cursor()
         # WAL lets readers run while a writer commits; busy_timeout makes concurrent writers
         # wait instead of failing with "database is locked".

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import json
 
 from sqlalchemy import RowMapping, insert, select, update
@@ -73,7 +74,7 @@ class OperationStore:
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings().all()]
 
-    def list_running(self) -> list[Operation]:
+    def list_running(self) -> builtins.list[Operation]:
         with self.db.read() as conn:
             rows = conn.execute(select(t).where(t.c.status == OpStatus.RUNNING.value)).mappings()
             return [_from_row(r) for r in rows.all()]

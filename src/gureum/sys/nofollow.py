@@ -42,7 +42,7 @@ def open_nofollow(path: Path, mode: str = "rb", perms: int = 0o600) -> BinaryIO:
         if mode == "wb":
             os.ftruncate(fd, 0)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
-        return os.fdopen(fd, mode)
+        return os.fdopen(fd, mode)  # type: ignore[return-value]  # binary modes only: a BinaryIO
     except BaseException:
         os.close(fd)
         raise

@@ -22,7 +22,7 @@ import contextlib
 import io
 import threading
 from collections.abc import AsyncIterator, Callable
-from typing import TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 from gureum.errors import Stalled
 
@@ -192,10 +192,9 @@ async def consume_in_thread(
         while True:
             # The client may stop sending (or send slowly) after ``consume`` has already
             # failed: wait for whichever comes first, never for the body alone.
-            following = asyncio.ensure_future(anext(chunks))
-            await asyncio.wait(
-                {following, done}, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED
-            )
+            following: asyncio.Future[bytes] = asyncio.ensure_future(anext(chunks))
+            either: list[asyncio.Future[Any]] = [following, done]
+            await asyncio.wait(either, timeout=idle_timeout, return_when=asyncio.FIRST_COMPLETED)
             if not following.done():
                 following.cancel()
                 with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
@@ -223,7 +222,7 @@ async def consume_in_thread(
 
 
 async def produce_in_thread(
-    produce: Callable[[io.BufferedWriter], None], *, name: str
+    produce: Callable[[BinaryIO], object], *, name: str
 ) -> AsyncIterator[bytes]:
     """The bytes ``produce(file)`` writes on a thread of its own, as an async stream. If the
     stream is closed early (the client went away), ``produce``'s writes raise BrokenPipeError.
@@ -234,8 +233,9 @@ async def produce_in_thread(
 
     def work() -> None:
         try:
-            with io.BufferedWriter(_Writer(queue), CHUNK) as out:
-                produce(out)
+            # typeshed wants a raw stream class for BufferedWriter; _Writer is one structurally.
+            with io.BufferedWriter(_Writer(queue), CHUNK) as out:  # type: ignore[type-var]
+                produce(cast(BinaryIO, out))
         except BaseException as exc:
             failure.append(exc)
         finally:

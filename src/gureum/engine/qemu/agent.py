@@ -59,6 +59,7 @@ class GuestAgent:
             raise Unavailable(f"guest agent socket {self.path} is not available: {exc}") from exc
         sync_id = secrets.randbelow(2**31)
         self._send({"execute": "guest-sync-delimited", "arguments": {"id": sync_id}})
+        assert self._reader is not None and self._writer is not None
         await self._writer.drain()
         try:
             await asyncio.wait_for(self._reader.readuntil(b"\xff"), timeout)

@@ -27,7 +27,7 @@ async def _capabilities(monitor: Monitor, ignore_shared: bool) -> None:
     await monitor.execute("migrate-set-capabilities", {"capabilities": caps})
 
 
-async def _finish(monitor: Monitor, future, what: str, timeout: float) -> None:  # type: ignore[no-untyped-def]
+async def _finish(monitor: Monitor, future, what: str, timeout: float) -> None:
     data = await monitor.wait(future, what, timeout)
     if data["status"] != "completed":
         info = await monitor.execute("query-migrate")

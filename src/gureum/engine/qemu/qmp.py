@@ -57,7 +57,7 @@ class Monitor:
 
     async def _dispatch(self) -> None:
         async for event in self._listener:
-            data = dict(event.get("data") or {})
+            data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
             for waiter in list(self._waiters):
                 name, predicate, future = waiter
                 if name == event["event"] and not future.done() and predicate(data):
@@ -65,7 +65,7 @@ class Monitor:
                     self._waiters.remove(waiter)
             if self._on_event is not None:
                 try:
-                    self._on_event(event["event"], dict(event.get("data") or {}))
+                    self._on_event(str(event["event"]), dict(data))
                 except Exception:  # a handler bug must not stop event delivery
                     log.exception("QMP event handler failed")
 

@@ -66,8 +66,9 @@ def test_a_vm_paused_by_a_full_disk():
     assert not can_transition(State.STOPPED, State.PAUSED)
     assert State.PAUSED in ACTIVE
     check_action("stop", State.PAUSED, name="a")
-    with pytest.raises(InvalidState, match="it is paused"):
-        check_action("exec", State.PAUSED, name="a")
+    for action in ("exec", "snapshot", "resize", "change NICs of"):
+        with pytest.raises(InvalidState, match="it is paused"):
+            check_action(action, State.PAUSED, name="a")
 
 
 def test_boot_timeline_durations():

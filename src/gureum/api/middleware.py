@@ -64,7 +64,7 @@ def _write(
     project = state.get("scope")
     svc = scope["app"].state.services
     try:
-        svc.tenancy.store.record(
+        svc.tenancy.record(
             user=principal.name if principal else ANONYMOUS,
             project=project.project.name if project else None,
             action=action,
@@ -175,7 +175,7 @@ def _record_unauthenticated(scope: Scope, reason: str) -> None:
         return
     method = scope.get("method", "WS") if scope["type"] == "http" else "WS"
     try:
-        app.state.services.tenancy.store.record(
+        app.state.services.tenancy.record(
             user=ANONYMOUS,
             project=None,
             action=f"{method} {scope['path'][:200]}",

@@ -97,6 +97,26 @@ class LocalHostAgent:
         """A path stored relative to the home (layers, snapshots)."""
         return self.config.home / relative
 
+    # -- projects' control groups --------------------------------------------------------------
+    async def limit_project(self, project_id: str, cores: float | None, memory: int | None) -> None:
+        """Make the project's control group and set its CPU and memory limits."""
+        await asyncio.to_thread(self.cgroups.ensure, project_id, cores, memory)
+
+    def forget_project(self, project_id: str) -> None:
+        self.cgroups.remove(project_id)
+
+    def project_usage(self, project_id: str) -> tuple[float | None, int | None, str | None]:
+        """(CPU seconds, memory bytes, control group) the project's VMs use now, as measured."""
+        measured = self.cgroups.usage(project_id)
+        group = f"{self.cgroups.name}/{project_id}" if self.cgroups.available() else None
+        if measured is None:
+            return None, None, group
+        return measured.cpu_seconds, measured.memory_bytes, group
+
+    def tidy_projects(self) -> None:
+        """Remove control groups no process uses any more."""
+        self.cgroups.remove_idle()
+
     # -- capacity --------------------------------------------------------------------------------
     def capacity(self) -> HostCapacity:
         return measure(self.config.memory_reserve_mib, self.config.cpu_overcommit)

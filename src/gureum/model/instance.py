@@ -61,6 +61,10 @@ ACTION_FROM: dict[str, frozenset[State]] = {
     ),
     "exec": frozenset({State.RUNNING}),
     "console": frozenset({State.RUNNING, State.STARTING, State.PAUSED}),
+    # Live while running, offline while down; never while a boot or stop is under way.
+    "snapshot": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
+    "resize": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
+    "change NICs of": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
 }
 
 

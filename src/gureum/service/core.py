@@ -171,7 +171,7 @@ class Services:
     def close(self) -> None:
         """Release what a service built but never started holds (tests, tools): the store's
         connections and the control groups made for projects."""
-        self.host.cgroups.remove_idle()
+        self.host.tidy_projects()
         self.db.close()
 
     async def stop(self) -> None:
@@ -182,7 +182,7 @@ class Services:
         # Networks stay while VMs run (their TAPs are in them); with none, nothing is left.
         active = any(i.state in ACTIVE for i in self.instances.list())
         await self.networks.teardown_if_idle(active)
-        self.host.cgroups.remove_idle()
+        self.host.tidy_projects()
         self.db.close()
         if self._lock_fd is not None:
             os.close(self._lock_fd)

@@ -6,7 +6,7 @@ import asyncio
 from dataclasses import replace
 
 from gureum.errors import GureumError, InvalidState, NotFound
-from gureum.model.instance import State
+from gureum.model.instance import State, check_action
 from gureum.model.network import Nic
 from gureum.service.instances import InstanceService
 
@@ -25,8 +25,7 @@ class NicService:
     ) -> dict[str, object]:
         inst = self.instances.get(ref, project_id)
         net = self.networks.get(network_ref, inst.project_id)
-        if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
-            raise InvalidState(f"cannot change {inst.name}'s NICs while it is {inst.state.value}")
+        check_action("change NICs of", inst.state, name=inst.name)
         async with self.instances.lock(inst.id):
             async with self.instances.admission:  # addresses are handed out under this lock
                 nic = self.networks.new_nic(inst.id, net, self.networks.free_slot(inst.id))

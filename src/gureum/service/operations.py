@@ -8,6 +8,7 @@ a service restart can tell which operations it cut short (they are marked failed
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import logging
 import time
@@ -146,6 +147,11 @@ class OperationManager:
             event.set()
         if not final and op_id in self._live:
             self._changed[op_id] = asyncio.Event()
+
+    def list(
+        self, *, limit: int, target: str | None = None, project_id: str | None = None
+    ) -> builtins.list[Operation]:
+        return self.store.list(limit=limit, target=target, project_id=project_id)
 
     def get(self, op_id: str, project_id: str | None = None) -> Operation:
         """``project_id``: only an operation of that project (another's is "not found");

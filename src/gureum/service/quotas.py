@@ -9,7 +9,6 @@ being imported), so that those cannot overshoot either.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Callable
 
@@ -117,9 +116,17 @@ class QuotaService:
     async def apply_limits(self, project: Project) -> None:
         cores, memory = self.limits(project)
         try:
-            await asyncio.to_thread(self.host.cgroups.ensure, project.id, cores, memory)
+            await self.host.limit_project(project.id, cores, memory)
         except OSError as exc:
             log.warning("control group of project %s: %s", project.name, exc)
+
+    def host_cpus(self) -> int:
+        """The host's CPUs: the ceiling of a project's CPU limit when nothing lower is set."""
+        return self.host.capacity().cpus
+
+    def forget_limits(self, project_id: str) -> None:
+        """A deleted project's control group goes."""
+        self.host.forget_project(project_id)
 
     async def apply_all(self) -> None:
         for project in self.tenancy.projects():
@@ -140,24 +147,22 @@ class QuotaService:
             if s.instance_id in ids
             for f in (self.host.config.snapshots_dir / s.id).glob("*")
         )
-        measured = self.host.cgroups.usage(project.id)
+        cpu_seconds, memory_bytes, group = self.host.project_usage(project.id)
         cores, memory = self.limits(project)
         return {
             "project": project.name,
             "quotas": project.quotas(),
             "allocated": self.allocated(project.id),
             "used": {
-                "cpu_seconds": round(measured.cpu_seconds, 3) if measured else None,
-                "memory_bytes": measured.memory_bytes if measured else None,
+                "cpu_seconds": round(cpu_seconds, 3) if cpu_seconds is not None else None,
+                "memory_bytes": memory_bytes,
                 "resident_bytes": rss,
                 "disk_bytes": disk,
             },
             "limits": {
                 "cpu_cores": cores,
                 "memory_bytes": memory,
-                "cgroup": f"{self.host.cgroups.name}/{project.id}"
-                if self.host.cgroups.available()
-                else None,
+                "cgroup": group,
             },
         }
 

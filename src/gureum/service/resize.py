@@ -15,7 +15,7 @@ from dataclasses import replace
 
 from gureum.errors import GureumError, InvalidInput, InvalidState
 from gureum.model.hardware import MAX_DIMMS, MEMORY_BLOCK_MIB
-from gureum.model.instance import Instance, State
+from gureum.model.instance import Instance, State, check_action
 from gureum.model.operation import Operation
 from gureum.service.instances import (
     HOST,
@@ -59,8 +59,7 @@ class ResizeService:
                 )
             if disk_bytes > MAX_DISK_BYTES:
                 raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
-        if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
-            raise InvalidState(f"cannot resize {inst.name} while it is {inst.state.value}")
+        check_action("resize", inst.state, name=inst.name)
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
         new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes

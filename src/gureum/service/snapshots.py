@@ -26,7 +26,7 @@ from dataclasses import replace
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.ids import check_name, new_id
-from gureum.model.instance import Instance, InstanceSpec, State
+from gureum.model.instance import Instance, InstanceSpec, State, check_action
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
@@ -86,8 +86,7 @@ class SnapshotService:
             raise InvalidInput(f"snapshot names starting {INTERNAL_SNAPSHOT_PREFIX!r} are reserved")
         if self.store.get(inst.id, name) is not None:
             raise Conflict(f"{inst.name} already has a snapshot named {name!r}")
-        if inst.state not in (State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR):
-            raise InvalidState(f"cannot snapshot {inst.name} while it is {inst.state.value}")
+        check_action("snapshot", inst.state, name=inst.name)
         if memory and inst.state != State.RUNNING:
             raise InvalidState(
                 f"a memory snapshot needs a running VM; {inst.name} is {inst.state.value}"

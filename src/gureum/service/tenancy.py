@@ -18,6 +18,7 @@ import logging
 import math
 import secrets
 import time
+from typing import Any
 
 from gureum.errors import (
     Conflict,
@@ -270,6 +271,25 @@ class TenancyService:
         token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
         self.store.add_token(token)
         return token, secret
+
+    # -- what the API reads and records (it never speaks to the store itself) --------------------
+    def users(self) -> list[User]:
+        return self.store.users()
+
+    def members(self, project_id: str) -> list[tuple[str, str]]:
+        """(user name, role) of each member of the project."""
+        return self.store.members(project_id)
+
+    def token(self, token_id: str) -> Token | None:
+        return self.store.token(token_id)
+
+    def audit(self, **filters: Any) -> list[dict[str, Any]]:
+        """Audit entries, newest first (filters: project, user, action, since, limit)."""
+        return self.store.audit(**filters)
+
+    def record(self, **entry: Any) -> None:
+        """One audit entry (user, project, action, target, result, detail)."""
+        self.store.record(**entry)
 
     def prune_audit(self, retention_days: float) -> int:
         """Forget audit entries older than the retention (0: keep everything)."""

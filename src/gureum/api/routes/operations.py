@@ -23,7 +23,7 @@ async def list_operations(
     target: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, object]]:
-    ops = svc.ops.store.list(limit=limit, target=target, project_id=scope.project_id)
+    ops = svc.ops.list(limit=limit, target=target, project_id=scope.project_id)
     return [op.to_dict() for op in ops]
 
 

@@ -135,7 +135,7 @@ def _token_views(
     svc: Services, tokens: list[Any], secret: str | None = None
 ) -> list[dict[str, object]]:
     """Tokens as shown, their users' names read once for all of them."""
-    users = {u.id: u.name for u in svc.tenancy.store.users()}
+    users = {u.id: u.name for u in svc.tenancy.users()}
     return [_token_view(t, users.get(t.user_id, t.user_id), secret) for t in tokens]
 
 
@@ -153,7 +153,7 @@ def _token_view(token: Any, user: str, secret: str | None) -> dict[str, object]:
 
 
 def _members(svc: Services, scope: Scope) -> list[dict[str, str]]:
-    return [{"user": u, "role": r} for u, r in svc.tenancy.store.members(scope.project.id)]
+    return [{"user": u, "role": r} for u, r in svc.tenancy.members(scope.project.id)]
 
 
 # -- projects ------------------------------------------------------------------------------------
@@ -173,7 +173,7 @@ async def create_project(body: ProjectIn, svc: Svc, _: Super) -> dict[str, objec
 @router.get("/v1/whoami", response_model=WhoAmIOut, openapi_extra={"x-gureum-role": "user"})
 async def whoami(svc: Svc, who: AnyUser) -> dict[str, object]:
     """Who the caller is: user, token, and their role in each project."""
-    token = svc.tenancy.store.token(who.token_id) if who.token_id else None
+    token = svc.tenancy.token(who.token_id) if who.token_id else None
     projects = [{"project": p.name, "role": r.value} for p, r in svc.tenancy.projects(who)]
     return {
         "user": who.name,
@@ -208,7 +208,7 @@ async def set_quotas(
 ) -> dict[str, object]:
     """Project admins set their project's quotas (unset fields stay as they are)."""
     quotas = body.model_dump(exclude_unset=True)
-    updated = svc.tenancy.set_quotas(scope, quotas, svc.host.capacity().cpus)
+    updated = svc.tenancy.set_quotas(scope, quotas, svc.quotas.host_cpus())
     await svc.quotas.apply_limits(updated)
     return _project_view(updated, scope.role.value)
 
@@ -222,7 +222,7 @@ async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
     target = svc.quotas.project(project)
     in_use = len(svc.instances.list(target.id)) + len(svc.networks.list(target.id))
     deleted = svc.tenancy.delete_project(project, in_use)
-    svc.host.cgroups.remove(deleted.id)
+    svc.quotas.forget_limits(deleted.id)
     return _project_view(deleted)
 
 
@@ -278,7 +278,7 @@ async def create_user(body: NameIn, svc: Svc, _: Super) -> dict[str, object]:
 
 @router.get("/v1/users", response_model=list[UserOut], openapi_extra={"x-gureum-role": "superuser"})
 async def list_users(svc: Svc, _: Super) -> list[dict[str, object]]:
-    return [u.__dict__ for u in svc.tenancy.store.users()]
+    return [u.__dict__ for u in svc.tenancy.users()]
 
 
 @router.delete(
@@ -329,6 +329,4 @@ async def list_audit(
     if not who.superuser:
         ref = project or request.headers.get(PROJECT_HEADER)
         project = enter(request, who, ref, Role.ADMIN).project.name
-    return svc.tenancy.store.audit(
-        project=project, user=user, action=action, since=since, limit=limit
-    )
+    return svc.tenancy.audit(project=project, user=user, action=action, since=since, limit=limit)

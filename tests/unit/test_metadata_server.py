@@ -5,6 +5,7 @@ another guest is still answered meanwhile."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import pytest
@@ -44,14 +45,32 @@ def listening() -> socket.socket:
     return sock
 
 
+@contextlib.asynccontextmanager
+async def serving(who=lookup, tokens_required: bool = False):
+    """A metadata server on a loopback port: (server, port)."""
+    sock = listening()
+    server = MetadataServer("n-1", who, Tokens(), lambda: tokens_required)
+    await server.start(sock)
+    try:
+        yield server, sock.getsockname()[1]
+    finally:
+        await server.stop()
+
+
+def counting(lookups: list[str]):
+    """The test lookup, noting each address it is asked about."""
+
+    async def ask(network_id: str, ip: str) -> Caller | None:
+        lookups.append(ip)
+        return await lookup(network_id, ip)
+
+    return ask
+
+
 def test_a_flood_of_half_open_connections_is_bounded(quick):
     async def scenario() -> None:
-        sock = listening()
-        port = sock.getsockname()[1]
-        server = MetadataServer("n-1", lookup, Tokens(), lambda: False)
-        await server.start(sock)
         flood = []
-        try:
+        async with serving() as (server, port):
             for _ in range(200):  # partial heads, never completed
                 _, w = await asyncio.open_connection("127.0.0.1", port)
                 w.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x")
@@ -64,21 +83,15 @@ def test_a_flood_of_half_open_connections_is_bounded(quick):
             await asyncio.sleep(0.8)  # past the head timeout: the half-open ones are gone
             assert server.open_connections() == 0
             assert (await get(port, "127.0.0.1")).startswith(b"HTTP/1.1 200")
-        finally:
-            for w in flood:
-                w.close()
-            await server.stop()
+        for w in flood:
+            w.close()
 
     asyncio.run(scenario())
 
 
 def test_bad_heads_and_methods(quick):
     async def scenario() -> None:
-        sock = listening()
-        port = sock.getsockname()[1]
-        server = MetadataServer("n-1", lookup, Tokens(), lambda: True)
-        await server.start(sock)
-        try:
+        async with serving(tokens_required=True) as (_, port):
             assert (await get(port, "127.0.0.3")).startswith(b"HTTP/1.1 401")  # tokens required
             huge = "/" + "a" * (2 * metadata.MAX_HEAD)
             assert (await get(port, "127.0.0.3", huge)).startswith(b"HTTP/1.1 400")
@@ -92,8 +105,6 @@ def test_bad_heads_and_methods(quick):
                     f"X-aws-ec2-metadata-token: {token}\r\n\r\n".encode())  # fmt: skip
             assert (await asyncio.wait_for(r.read(), 5)).endswith(b"i-1")
             w.close()
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
@@ -101,48 +112,28 @@ def test_bad_heads_and_methods(quick):
 def test_a_guest_is_rate_limited_and_its_lookups_cached(quick, monkeypatch):
     monkeypatch.setattr(metadata, "RATE_BURST", 5.0)
     monkeypatch.setattr(metadata, "RATE_PER_S", 1.0)
-    lookups = []
-
-    async def counting(network_id: str, ip: str) -> Caller | None:
-        lookups.append(ip)
-        return await lookup(network_id, ip)
+    lookups: list[str] = []
 
     async def scenario() -> None:
-        sock = listening()
-        port = sock.getsockname()[1]
-        server = MetadataServer("n-1", counting, Tokens(), lambda: False)
-        await server.start(sock)
-        try:
+        async with serving(counting(lookups)) as (_, port):
             answers = [await get(port, "127.0.0.4") for _ in range(8)]
             assert [a.split(b" ", 2)[1] for a in answers] == [b"200"] * 5 + [b"429"] * 3
             assert lookups == ["127.0.0.4"]  # one lookup for all five answers
             assert (await get(port, "127.0.0.5")).startswith(b"HTTP/1.1 200")  # its own bucket
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())
 
 
 def test_the_owner_of_an_address_is_asked_again_when_nics_change(quick):
-    lookups = []
-
-    async def counting(network_id: str, ip: str) -> Caller | None:
-        lookups.append(ip)
-        return await lookup(network_id, ip)
+    lookups: list[str] = []
 
     async def scenario() -> None:
-        sock = listening()
-        port = sock.getsockname()[1]
-        server = MetadataServer("n-1", counting, Tokens(), lambda: False)
-        await server.start(sock)
-        try:
+        async with serving(counting(lookups)) as (server, port):
             await get(port, "127.0.0.6")
             await get(port, "127.0.0.6")
             assert len(lookups) == 1
             server.forget_callers()  # a VM deleted, its address given to another
             await get(port, "127.0.0.6")
             assert len(lookups) == 2
-        finally:
-            await server.stop()
 
     asyncio.run(scenario())

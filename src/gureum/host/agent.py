@@ -141,13 +141,11 @@ class LocalHostAgent:
         """A qcow2 handed in from outside as a standalone layer of gureum's own, after checking
         its header names no other file (``storage/qcow2.py``); InvalidImage if it does, and
         InsufficientCapacity if its data would eat into the host's reserve."""
-        room = self.free_disk_bytes() - self.disk_reserve_bytes()
-        await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what, room=room)
+        await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what, room=self._room())
 
     async def take_ram(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
         """A RAM image handed in as qcow2, checked the same way, written out raw."""
-        room = self.free_disk_bytes() - self.disk_reserve_bytes()
-        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what, room=room)
+        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what, room=self._room())
 
     async def pack_ram(self, src: Path, dest: Path) -> None:
         """A memory snapshot's RAM file as a qcow2 of its written clusters (for export)."""
@@ -210,7 +208,7 @@ class LocalHostAgent:
         ram = RamFiles(restore_from, share=False) if restore_from else None
         await asyncio.to_thread(self._prepare_files, spec, restore_from)
         taps = await self._open_taps(spec.instance_id, spec.hardware)
-        cfg = VMConfig(**{**self._vm_config(spec, ram).__dict__, "taps": taps})
+        cfg = replace(self._vm_config(spec, ram), taps=taps)
         vm = QemuVM(cfg, events)
         self._vms[spec.instance_id] = vm
         try:
@@ -366,6 +364,10 @@ class LocalHostAgent:
         st = os.statvfs(self.config.disks_dir)
         return st.f_bavail * st.f_frsize
 
+    def _room(self) -> int:
+        """What an image taken in from outside may use: the free space above the reserve."""
+        return self.free_disk_bytes() - self.disk_reserve_bytes()
+
     def disk_reserve_bytes(self) -> int:
         """What tenants' uploads and imports must leave free on the host's disk, so that they
         can never fill it for everyone (running VMs, the store): 5 %, at least 1 GiB."""
@@ -444,7 +446,7 @@ class LocalHostAgent:
         """Keep the engine's view in step after a hot-plug (a later memory save needs it)."""
         vm = self._vms.get(instance_id)
         if vm is not None:
-            vm.cfg = VMConfig(**{**vm.cfg.__dict__, "hardware": hardware})
+            vm.cfg = replace(vm.cfg, hardware=hardware)
 
     # -- guest access ----------------------------------------------------------------------------
     async def exec(

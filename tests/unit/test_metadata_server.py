@@ -12,6 +12,7 @@ import pytest
 
 from gureum.network import metadata
 from gureum.network.metadata import Caller, MetadataServer, Tokens
+from tests.waiting import wait_for_async
 
 
 async def lookup(network_id: str, ip: str) -> Caller | None:
@@ -75,13 +76,14 @@ def test_a_flood_of_half_open_connections_is_bounded(quick):
                 _, w = await asyncio.open_connection("127.0.0.1", port)
                 w.write(b"GET /latest/meta-data/ HTTP/1.1\r\nHost: x")
                 flood.append(w)
-            await asyncio.sleep(0.1)
+            await wait_for_async(lambda: server.refused >= 200 - metadata.PER_SOURCE, 5,
+                                 what="the flood past the bound refused")  # fmt: skip
             assert server.open_connections() <= metadata.PER_SOURCE
-            assert server.refused >= 200 - metadata.PER_SOURCE
             # Another guest (another source address) is answered while the flood holds.
             assert (await get(port, "127.0.0.2")).endswith(b"\r\n\r\ni-2")
-            await asyncio.sleep(0.8)  # past the head timeout: the half-open ones are gone
-            assert server.open_connections() == 0
+            # Past the head timeout (0.5 s) the half-open ones are gone.
+            await wait_for_async(lambda: server.open_connections() == 0, 3,
+                                 what="the half-open connections closed")  # fmt: skip
             assert (await get(port, "127.0.0.1")).startswith(b"HTTP/1.1 200")
         for w in flood:
             w.close()

@@ -11,6 +11,7 @@ import pytest
 from gureum.errors import RateLimited, Stalled
 from gureum.service.backups import MAX_TRANSFERS, _Transfers
 from gureum.sys import streams
+from tests.waiting import wait_for_async
 
 
 async def stalls_after(*chunks: bytes):
@@ -71,11 +72,14 @@ def test_no_pool_thread_is_held_by_stalled_streams():
     async def scenario() -> None:
         stalled = [
             asyncio.ensure_future(
-                streams.consume_in_thread(stalls_after(b"z"), lambda f: f.read(), name="t")
+                streams.consume_in_thread(stalls_after(b"z"), lambda f: f.read(), name="stalled")
             )
             for _ in range(20)
         ]
-        await asyncio.sleep(0.2)
+        await wait_for_async(
+            lambda: sum(t.name == "stalled" for t in threading.enumerate()) >= 20, 5,
+            what="twenty stalled consumers on their threads",
+        )  # fmt: skip
         assert await asyncio.wait_for(asyncio.to_thread(lambda: 42), 2) == 42
         for task in stalled:
             task.cancel()

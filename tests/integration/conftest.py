@@ -4,6 +4,9 @@ Each service runs in its own short home under /tmp (unix socket paths must stay 
 bytes). Debian packages are cached in the repository's .gureum/ folder so a second run does not
 download again. Teardown deletes every VM, stops the service and then checks that no QEMU of
 that home is left, whatever the test did.
+
+A test that fails keeps its VMs' QEMU and serial logs and its services' logs in
+.gureum/failed-tests/<test>/ (``kept_logs.py``); its report names the folder.
 """
 
 from __future__ import annotations
@@ -15,7 +18,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -25,9 +27,26 @@ from gureum.client.client import ApiError, Client, Endpoint
 from gureum.engine.qemu import process
 from gureum.network import netns
 from gureum.sys import procs
+from tests.integration.kept_logs import Keeper, folder_name
+from tests.waiting import wait_for
 
 REPO = Path(__file__).resolve().parents[2]
 CACHE = REPO / ".gureum" / "cache"
+FAILED = REPO / ".gureum" / "failed-tests"  # logs of failed tests, one folder each
+KEEPER = Keeper()
+
+
+class _Client(Client):
+    """A client that stashes a VM's logs before deleting it (a failing test keeps them)."""
+
+    def __init__(self, endpoint: Endpoint, home: Path) -> None:
+        super().__init__(endpoint)
+        self._gureum_home = home
+
+    def delete(self, ref: str, **kwargs: object) -> dict:  # type: ignore[type-arg, override]
+        with contextlib.suppress(ApiError):
+            KEEPER.going(self._gureum_home, [self.instance(ref)["id"]])
+        return super().delete(ref, **kwargs)  # type: ignore[arg-type]
 
 
 class Service:
@@ -51,17 +70,17 @@ class Service:
             [sys.executable, "-m", "gureum.cli.main", "serve"],
             env=self.env, stdout=log, stderr=log, stdin=subprocess.DEVNULL,
         )  # fmt: skip
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(
-                    f"service exited: {(self.home / 'serve.out').read_text()[-2000:]}"
-                )
-            with contextlib.suppress(ApiError), self.client() as c:
-                c.request("GET", "/v1/version")
-                return
-            time.sleep(0.05)
-        raise RuntimeError("service did not answer within 30 s")
+        KEEPER.homes.add(self.home)
+        wait_for(self._answers, 30, interval=0.05, what="the service answers")
+
+    def _answers(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            raise RuntimeError(f"service exited: {(self.home / 'serve.out').read_text()[-2000:]}")
+        with contextlib.suppress(ApiError), self.client() as c:
+            c.request("GET", "/v1/version")
+            return True
+        return False
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -74,10 +93,16 @@ class Service:
 
     # -- access ----------------------------------------------------------------------------------
     def client(self) -> Client:
-        return Client(Endpoint("http://gureum", self.home / "gureum.sock"))
+        return _Client(self.endpoint(), self.home)
+
+    def endpoint(self) -> Endpoint:
+        return Endpoint("http://gureum", self.home / "gureum.sock")
 
     def cli(self, *args: str, input: bytes | None = None, check: bool = True,
             timeout: float = 300) -> subprocess.CompletedProcess[str]:  # fmt: skip
+        if args[:1] == ("delete",) and len(args) > 1 and self.proc is not None:
+            with contextlib.suppress(Exception), self.client() as c:
+                KEEPER.going(self.home, [c.instance(args[1])["id"]])
         proc = subprocess.run(
             [sys.executable, "-m", "gureum.cli.main", *args],
             env=self.env, input=input.decode() if input is not None else None,
@@ -107,8 +132,10 @@ class Service:
 
     def cleanup(self) -> None:
         """Delete every VM, stop the service, and make sure nothing of this home survives."""
+        KEEPER.going(self.home)  # a test failing in teardown still shows what its VMs said
+        KEEPER.homes.discard(self.home)
         if self.proc is not None and self.proc.poll() is None:
-            with contextlib.suppress(Exception), self.client() as c:
+            with contextlib.suppress(Exception), Client(self.endpoint()) as c:
                 for inst in c.instances():
                     c.delete(inst["id"], force=True)
         self.stop()
@@ -162,3 +189,26 @@ def service() -> Iterator[Service]:
     CACHE.mkdir(parents=True, exist_ok=True)
     with running_service() as svc:
         yield svc
+
+
+# -- a failed test keeps its logs ---------------------------------------------------------------
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    KEEPER.begin()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed:
+        return
+    dest = FAILED / folder_name(item.nodeid)
+    kept = KEEPER.keep(dest)
+    if kept:
+        listing = "\n".join(f"  {p.relative_to(dest)}" for p in kept)
+        report.sections.append(("kept logs", f"{dest}/\n{listing}"))
+
+
+def pytest_sessionfinish() -> None:
+    KEEPER.close()

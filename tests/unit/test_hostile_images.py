@@ -185,7 +185,7 @@ def make_archive(
 
 def nothing_made(client, home: Path, svc) -> None:
     assert client.get("/v1/instances").json() == []
-    assert svc.instances.layers.all() == {}
+    assert svc.instances.disks.store.all() == {}
     for folder in ("disks", "instances", "snapshots", "images"):
         assert not list((home / folder).glob("*")) if (home / folder).exists() else True, folder
     assert not list((home / "scratch").glob("*"))

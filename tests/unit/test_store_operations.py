@@ -160,7 +160,7 @@ def test_audit_retention(db):
     assert len(tenancy.store.audit()) == 2
     # The service's housekeeping runs it (a failing chore does not stop the others).
     failing = [lambda: 1 / 0, lambda: tenancy.prune_audit(90)]
-    Reconciler(None, 1.0, chores=failing).run_chores()  # type: ignore[arg-type]
+    Reconciler(None, None, None, None, 1.0, chores=failing).run_chores()  # type: ignore[arg-type]  # only its chores run
     assert [r["action"] for r in tenancy.store.audit()] == ["POST /new"]
     week = tenancy.store.audit(since=time.time() - 7 * 86400)
     assert [r["action"] for r in week] == ["POST /new"]

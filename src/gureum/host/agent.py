@@ -1,8 +1,8 @@
-"""The HostAgent boundary: everything the service asks of a host, and nothing more.
+"""``LocalHostAgent``: the ``HostAgent`` (``host/interface.py``) of this machine, in-process.
 
-The service never touches QEMU, qcow2 files or /proc; it calls these methods. ``LocalHostAgent``
-does the work in-process for a single host; a remote agent for a cluster would expose the same
-methods over HTTP. Nothing here knows users, projects or the API.
+It drives QEMU (``engine/qemu``), disk files (``storage``), TAPs and namespaces (``network``,
+through ``host/network.py``) and projects' control groups (``host/cgroups.py``). Nothing here
+knows users, projects' rules or the API.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import secrets
 import shutil
 import stat
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
@@ -27,45 +26,19 @@ from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import EngineError, GureumError, InvalidState
 from gureum.host import permissions
-from gureum.host.capacity import HostCapacity, measure
+from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
+from gureum.host.interface import Console, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
+from gureum.model.network import Network, Nic, Rule
 from gureum.network import netns, tap
+from gureum.network.firewall import Port
+from gureum.network.metadata import Lookup
 from gureum.storage import disks, qcow2
 from gureum.sys import procs
 
 log = logging.getLogger(__name__)
-
-
-class Console(Protocol):
-    """A VM's serial console as the service sees it (the engine's SerialConsole is one)."""
-
-    def attach(self) -> asyncio.Queue[bytes | None]: ...
-
-    def detach(self, queue: asyncio.Queue[bytes | None]) -> None: ...
-
-    async def write(self, data: bytes) -> None: ...
-
-
-@dataclass(frozen=True)
-class VMSpec:
-    """What a host needs to run one VM."""
-
-    instance_id: str
-    name: str  # also the guest's hostname
-    hardware: Hardware
-    project_id: str
-    uid: int | None  # the unprivileged user its QEMU runs as
-    kernel: Path
-    initrd: Path
-    # Its disk's files, top first, down to the image disk (if any): what the store recorded.
-    # QEMU is given exactly these, and the VM's user is granted read on exactly these.
-    disk_chain: tuple[Path, ...]
-
-    @property
-    def root_disk(self) -> Path:
-        return self.disk_chain[0]
 
 
 # A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
@@ -89,7 +62,24 @@ class LocalHostAgent:
         self.network = NetworkHost(config)
         self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
 
-    # -- folders ---------------------------------------------------------------------------------
+    # -- the host --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        cfg = self.config
+        for folder in (
+            cfg.home, cfg.run_dir, cfg.instances_dir, cfg.images_dir, cfg.cache_dir,
+            cfg.disks_dir, cfg.snapshots_dir,
+        ):  # fmt: skip
+            folder.mkdir(parents=True, exist_ok=True)
+        # The home and the folders VMs' files are in are 0711 (crossable, not listable: each
+        # QEMU runs as its own user and opens its own files by path); all else is 0600/0700.
+        permissions.crossable(
+            cfg.home, cfg.run_dir, cfg.disks_dir, cfg.snapshots_dir, cfg.instances_dir
+        )
+        os.chmod(cfg.cache_dir, 0o700)
+
+    def admit(self, used_cpus: int, used_mib: int, cpus: int, memory_mib: int) -> None:
+        admit(self.capacity(), used_cpus, used_mib, cpus, memory_mib)
+
     def runtime(self, instance_id: str) -> RuntimePaths:
         return RuntimePaths(self.config.run_dir / instance_id)
 
@@ -105,13 +95,12 @@ class LocalHostAgent:
     def forget_project(self, project_id: str) -> None:
         self.cgroups.remove(project_id)
 
-    def project_usage(self, project_id: str) -> tuple[float | None, int | None, str | None]:
-        """(CPU seconds, memory bytes, control group) the project's VMs use now, as measured."""
+    def project_usage(self, project_id: str) -> ProjectUsage:
         measured = self.cgroups.usage(project_id)
         group = f"{self.cgroups.name}/{project_id}" if self.cgroups.available() else None
         if measured is None:
-            return None, None, group
-        return measured.cpu_seconds, measured.memory_bytes, group
+            return ProjectUsage(None, None, group)
+        return ProjectUsage(measured.cpu_seconds, measured.memory_bytes, group)
 
     def tidy_projects(self) -> None:
         """Remove control groups no process uses any more."""
@@ -143,13 +132,71 @@ class LocalHostAgent:
         InsufficientCapacity if its data would eat into the host's reserve."""
         await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what, room=self._room())
 
-    async def take_ram(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
-        """A RAM image handed in as qcow2, checked the same way, written out raw."""
-        await disks.take_raw(src, dest, size_bytes=size_bytes, what=what, room=self._room())
+    # -- boot files ------------------------------------------------------------------------------
+    def own_boot_files(self, instance_id: str) -> Path | None:
+        own = self.config.instances_dir / instance_id
+        return own if (own / "vmlinuz").exists() else None
 
-    async def pack_ram(self, src: Path, dest: Path) -> None:
-        """A memory snapshot's RAM file as a qcow2 of its written clusters (for export)."""
-        await disks.compress_raw(src, dest)
+    async def share_boot_files(self, source_id: str, instance_id: str) -> None:
+        source = self.own_boot_files(source_id)
+        if source is None:
+            raise EngineError(f"instance {source_id} has no boot files of its own")
+        own = self.config.instances_dir / instance_id
+        own.mkdir(parents=True)
+        for boot_file in BOOT_FILES:
+            await asyncio.to_thread(os.link, source / boot_file, own / boot_file)
+
+    async def take_boot_files(self, scratch: Path, instance_id: str) -> None:
+        own = self.config.instances_dir / instance_id
+        own.mkdir(parents=True)
+        for boot_file in BOOT_FILES:
+            await asyncio.to_thread(shutil.move, scratch / boot_file, own / boot_file)
+
+    def new_scratch(self) -> Path:
+        path = self.config.home / "scratch" / secrets.token_hex(8)
+        path.mkdir(parents=True, mode=0o700)
+        return path
+
+    def remove_scratch(self, path: Path) -> None:
+        if path.parent == self.config.home / "scratch":  # never anything else
+            _remove(path)
+
+    # -- memory images ---------------------------------------------------------------------------
+    def _snapshot_folder(self, snapshot_id: str) -> Path:
+        return self.config.snapshots_dir / snapshot_id
+
+    async def take_memory(
+        self, scratch: Path, snapshot_id: str, backends: list[tuple[str, int]]
+    ) -> None:
+        """RAM images handed in as qcow2 (``memory/ram-<backend>.qcow2``), checked like disks
+        and written out raw, beside the device state."""
+        folder = self._snapshot_folder(snapshot_id)
+        folder.mkdir()
+        await asyncio.to_thread(shutil.move, scratch / "memory" / "state", folder / "state")
+        for backend, mib in backends:
+            member = f"memory/ram-{backend}.qcow2"
+            await disks.take_raw(scratch / member, folder / f"ram-{backend}",
+                                 size_bytes=mib << 20, what=member, room=self._room())  # fmt: skip
+
+    async def export_memory(
+        self, snapshot_id: str, backends: list[tuple[str, int]], scratch: Path
+    ) -> dict[str, Path]:
+        folder = self._snapshot_folder(snapshot_id)
+        await asyncio.to_thread(os.link, folder / "state", scratch / "state")
+        files = {"memory/state": scratch / "state"}
+        for backend, _mib in backends:
+            # RAM files are mostly holes; qcow2 keeps only the written clusters.
+            dest = scratch / f"ram-{backend}.qcow2"
+            await disks.compress_raw(folder / f"ram-{backend}", dest)
+            files[f"memory/ram-{backend}.qcow2"] = dest
+        return files
+
+    def snapshot_bytes(self, snapshot_id: str) -> int:
+        folder = self._snapshot_folder(snapshot_id)
+        return sum(f.lstat().st_blocks * 512 for f in folder.glob("*")) if folder.is_dir() else 0
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        await self.remove_file(self._snapshot_folder(snapshot_id))
 
     def names_backing_file(self, path: Path) -> bool:
         """Whether a layer's own header names a file under it (read once, for migration 6)."""
@@ -200,11 +247,16 @@ class LocalHostAgent:
             uid=spec.uid,
         )
 
-    async def start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None = None) -> int:
-        """Spawn the VM's QEMU: a cold boot, or with ``restore_from`` (a memory snapshot folder)
-        a resume of the saved state. Returns the pid; readiness: ``wait_ready``."""
+    async def start(self, spec: VMSpec, events: VMEvents, restore_from: str | None = None) -> int:
+        """Spawn the VM's QEMU: a cold boot, or with ``restore_from`` (a snapshot id) a resume
+        of its saved memory. Returns the pid; readiness: ``wait_ready``."""
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
+        return await self._start(
+            spec, events, self._snapshot_folder(restore_from) if restore_from else None
+        )
+
+    async def _start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None) -> int:
         ram = RamFiles(restore_from, share=False) if restore_from else None
         await asyncio.to_thread(self._prepare_files, spec, restore_from)
         taps = await self._open_taps(spec.instance_id, spec.hardware)
@@ -391,11 +443,24 @@ class LocalHostAgent:
             await asyncio.to_thread(permissions.grant_read, [top_path], uid)
 
     async def save_memory(
+        self, instance_id: str, frozen_chain: tuple[Path, ...], snapshot_id: str
+    ) -> None:
+        """Save the paused VM's memory and device state as a memory image (``ram-*`` files and
+        ``state``) that restores without copying, written aside and renamed into place once
+        whole. ``frozen_chain``: the disk as it was at that moment, top first (the helper QEMU
+        opens it read-only)."""
+        folder = self._snapshot_folder(snapshot_id)
+        partial = folder.with_name(folder.name + ".partial")
+        try:
+            await self._save_memory(instance_id, frozen_chain, partial)
+        except BaseException:
+            await self.remove_file(partial)
+            raise
+        partial.rename(folder)
+
+    async def _save_memory(
         self, instance_id: str, frozen_chain: tuple[Path, ...], folder: Path
     ) -> None:
-        """Save the paused VM's memory and device state into ``folder`` as a memory image
-        (``ram-*`` files and ``state``) that restores without copying. ``frozen_chain``: the
-        disk as it was at that moment, top first (the helper QEMU opens it read-only)."""
         vm = self._vm(instance_id)
         folder.mkdir(parents=True, exist_ok=True)
         stream = folder / "stream.tmp"
@@ -419,8 +484,38 @@ class LocalHostAgent:
     async def hotplug_cpu(self, instance_id: str, core: int) -> None:
         await self._vm(instance_id).hotplug_cpu(core)
 
+    async def online_cpus(self, instance_id: str, want: int) -> None:
+        """The new vCPUs appear in the guest a moment after the ACPI event; tiny has no udev
+        to online them, so the agent does."""
+        agent = self._vm(instance_id).agent
+        vcpus: list[dict[str, object]] = []
+        for attempt in range(100):
+            vcpus = await agent.call("guest-get-vcpus", timeout=30)
+            offline = [v for v in vcpus if not v["online"]]
+            if offline:
+                online = [{"logical-id": v["logical-id"], "online": True} for v in offline]
+                await agent.call("guest-set-vcpus", {"vcpus": online}, timeout=30)
+            elif len(vcpus) >= want:
+                return
+            await asyncio.sleep(min(0.02 * (attempt + 1), 0.2))
+        raise InvalidState(f"the guest did not bring its vCPUs online ({len(vcpus)} of {want})")
+
     async def hotplug_dimm(self, instance_id: str, index: int, mib: int) -> None:
         await self._vm(instance_id).hotplug_dimm(index, mib)
+
+    async def guest_memory_kib(self, instance_id: str) -> int:
+        out = await self.exec(instance_id, ["cat", "/proc/meminfo"], None, 30)
+        for line in out.stdout.decode(errors="replace").splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1])
+        raise EngineError("the guest did not report its memory (no MemTotal in /proc/meminfo)")
+
+    async def grow_guest_filesystem(self, instance_id: str) -> bool:
+        try:
+            out = await self.exec(instance_id, ["resize2fs", "/dev/vda"], None, 120)
+        except GureumError:
+            return False
+        return out.exit_code == 0
 
     async def hotplug_nic(self, instance_id: str, slot: int, mac: str, network_id: str) -> None:
         namespace = self.network.namespace(network_id)
@@ -429,6 +524,21 @@ class LocalHostAgent:
             await self._vm(instance_id).hotplug_nic(slot, mac, fd)
         finally:
             os.close(fd)
+
+    async def wait_for_nic(self, instance_id: str, mac: str, timeout: float) -> None:
+        """The guest sees a hot-plugged NIC a moment after QEMU adds it (PCIe hot-plug)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.05
+        while loop.time() < deadline:
+            out = await self.exec(
+                instance_id, ["sh", "-c", "cat /sys/class/net/*/address"], None, 10
+            )
+            if mac in out.stdout.decode(errors="replace"):
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        raise InvalidState(f"the guest did not show the new NIC {mac} within {timeout:.0f} s")
 
     async def unplug_nic(self, instance_id: str, slot: int) -> None:
         await self._vm(instance_id).unplug_nic(slot)
@@ -453,9 +563,6 @@ class LocalHostAgent:
         self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
     ) -> ExecResult:
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
-
-    async def agent_call(self, instance_id: str, cmd: str, args: dict[str, object] | None = None):
-        return await self._vm(instance_id).agent.call(cmd, args, timeout=30)
 
     async def refresh_identity(
         self,
@@ -505,6 +612,54 @@ class LocalHostAgent:
         vm = self._vms.get(instance_id)
         return vm.rss_bytes() if vm else None
 
+    # -- networks --------------------------------------------------------------------------------
+    def serve_metadata(self, lookup: Lookup) -> None:
+        self.network.lookup = lookup
+
+    def network_namespace(self, network_id: str) -> str:
+        return self.network.namespace(network_id)
+
+    async def ensure_network(self, net: Network) -> None:
+        await self.network.ensure(net)
+
+    async def remove_network(self, network_id: str) -> None:
+        await self.network.remove(network_id)
+
+    def networks_present(self) -> set[str]:
+        present = set(self.network.present())
+        if self.config.networks_dir.exists():
+            present |= {p.name for p in self.config.networks_dir.iterdir()}
+        return present
+
+    async def sync_network(
+        self,
+        net: Network,
+        hosts: list[tuple[Nic, str]],
+        ports: list[Port],
+        rules: dict[str, list[Rule]],
+    ) -> None:
+        await self.network.sync(net, hosts, ports, rules)
+
+    async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
+        return await self.network.neighbour_mac(network_id, ip)
+
+    async def add_forward(
+        self,
+        forward_id: str,
+        address: str,
+        host_port: int,
+        network_id: str,
+        ip: str,
+        guest_port: int,
+    ) -> None:
+        await self.network.add_forward(forward_id, address, host_port, network_id, ip, guest_port)
+
+    async def remove_forward(self, forward_id: str) -> None:
+        await self.network.remove_forward(forward_id)
+
+    async def close_networks(self) -> None:
+        await self.network.close()
+
     def _vm(self, instance_id: str) -> QemuVM:
         vm = self._vms.get(instance_id)
         if vm is None or vm.exited:
@@ -516,8 +671,11 @@ class LocalHostAgent:
         marker = str(self.config.snapshots_dir) + "/"
         return [p for p in process.find_by_marker(marker) if _is_helper(procs.cmdline(p))]
 
-    async def remove_leftovers(self, known_ids: set[str], known_files: set[Path]) -> list[str]:
+    async def remove_leftovers(
+        self, known_ids: set[str], known_layers: set[Path], known_snapshots: set[str]
+    ) -> list[str]:
         """Kill QEMUs and remove folders and disk files that belong to nothing known."""
+        known_files = known_layers | {self._snapshot_folder(s) for s in known_snapshots}
         removed = []
         # Memory-image helpers of a snapshot cut short (restored VMs also name the snapshots
         # folder, for their RAM files: only the helpers' own QMP socket tells them apart).
@@ -555,6 +713,9 @@ class LocalHostAgent:
                         await asyncio.to_thread(_remove, entry)
                         removed.append(str(entry))
         return removed
+
+
+BOOT_FILES = ("vmlinuz", "initrd.img")
 
 
 def _close_fds(fds: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:

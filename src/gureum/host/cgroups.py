@@ -12,20 +12,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from gureum.model.limits import PERIOD_US, cpu_quota_us
+
 log = logging.getLogger(__name__)
 
 ROOT = Path("/sys/fs/cgroup")
-PERIOD_US = 100_000
-# What the kernel takes as a CFS quota per period (v1 cpu.cfs_quota_us and v2 cpu.max alike):
-# at least 1 ms (EINVAL below), at most 2^44 - 1 us (its bandwidth arithmetic's width).
-MIN_QUOTA_US = 1000
-MAX_QUOTA_US = (1 << 44) - 1
-MIN_CPU_CORES = MIN_QUOTA_US / PERIOD_US
-
-
-def cpu_quota_us(cores: float) -> int:
-    """The CFS quota per period that gives ``cores`` CPUs."""
-    return int(cores * PERIOD_US)
 
 
 def version() -> int | None:

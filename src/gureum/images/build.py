@@ -382,6 +382,11 @@ class Builder:
         return True
 
 
+def remove(image: Image) -> None:
+    """An image's folder (its version's files) once the store has forgotten it."""
+    shutil.rmtree(Path(image.path).parent, ignore_errors=True)
+
+
 def verify(image: Image) -> list[str]:
     """Checksum every file of an image; returns the problems found (empty when intact)."""
     problems = []

@@ -12,9 +12,7 @@ removes it.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import shutil
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -23,10 +21,14 @@ from pathlib import Path
 from typing import Any
 
 from gureum.errors import Conflict, GureumError, InvalidImage, InvalidInput, RateLimited
+from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware, check_hardware
 from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
-from gureum.model.snapshot import Layer, Snapshot
+from gureum.model.operation import Operation
+from gureum.model.snapshot import Snapshot
+from gureum.service.creation import Creator, Draft, Reverter
+from gureum.service.disks import DiskLayers
 from gureum.service.instances import (
     INTERNAL_SNAPSHOT_PREFIX,
     MAX_DISK_BYTES,
@@ -34,7 +36,10 @@ from gureum.service.instances import (
     check_cpus,
     check_memory,
 )
-from gureum.service.operations import Quiet
+from gureum.service.lifecycle import Lifecycle
+from gureum.service.networks import NetworkService
+from gureum.service.operations import OpContext, Quiet
+from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 from gureum.storage import archive
 from gureum.sys import streams
@@ -77,17 +82,33 @@ class _Transfers:
 
 
 class BackupService:
-    def __init__(self, instances: InstanceService, snapshots: SnapshotService) -> None:
+    def __init__(
+        self,
+        instances: InstanceService,
+        snapshots: SnapshotService,
+        lifecycle: Lifecycle,
+        disks: DiskLayers,
+        networks: NetworkService,
+        secgroups: SecGroupService,
+        creator: Creator,
+        host: HostAgent,
+    ) -> None:
         self.instances = instances
         self.snapshots = snapshots
-        self.host = instances.host
-        self.config = instances.config
+        self.lifecycle = lifecycle
+        self.disks = disks
+        self.networks = networks
+        self.secgroups = secgroups
+        self.creator = creator
+        self.host = host
         self.transfers = _Transfers()
 
     def _scratch(self) -> Path:
-        path = self.config.home / "scratch" / new_id("x-")
-        path.mkdir(parents=True)
-        return path
+        return self.host.new_scratch()
+
+    def _drop_scratch(self, work: Path) -> None:
+        """Synchronously (also from a finalizer): the scratch folder and all in it."""
+        self.host.remove_scratch(work)
 
     # -- export ----------------------------------------------------------------------------------
     async def export(
@@ -103,13 +124,13 @@ class BackupService:
             files, config = await self._prepare(inst, memory, work)
         except BaseException:
             if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
+                self._drop_scratch(work)
             release()
             raise
         stream = self._stream(files, config, work, release)
         # If the client is gone before the first byte, the stream never starts and its own
         # cleanup never runs: the scratch folder and the slot go when the stream object does.
-        weakref.finalize(stream, shutil.rmtree, work, True)
+        weakref.finalize(stream, self._drop_scratch, work)
         weakref.finalize(stream, release)
         return f"{inst.name}.gbk", stream
 
@@ -121,20 +142,13 @@ class BackupService:
         try:
             _, snap = self.snapshots.get(inst.id, name)
             files = {"disk.qcow2": work / "disk.qcow2"}
-            chain = self.instances.disk_chain(snap.layer)
-            await self.host.flatten_disk(chain, work / "disk.qcow2")
-            boot = self.instances.boot_folder(inst)
+            await self.host.flatten_disk(self.disks.chain(snap.layer), work / "disk.qcow2")
+            boot = self.disks.boot_folder(inst)
             files["vmlinuz"] = boot / "vmlinuz"
             files["initrd.img"] = boot / "initrd.img"
             if snap.memory:
-                folder = self.config.snapshots_dir / snap.id
-                os.link(folder / "state", work / "state")
-                files["memory/state"] = work / "state"
-                for backend, _ in snap.hardware.memory_backends():
-                    # RAM files are mostly holes; qcow2 keeps only the written clusters.
-                    dest = work / f"ram-{backend}.qcow2"
-                    await self.host.pack_ram(folder / f"ram-{backend}", dest)
-                    files[f"memory/ram-{backend}.qcow2"] = dest
+                backends = snap.hardware.memory_backends()
+                files |= await self.host.export_memory(snap.id, backends, work)
             config = {
                 "name": inst.spec.name,
                 "image": inst.spec.image,
@@ -166,7 +180,7 @@ class BackupService:
             async for chunk in stream:
                 yield chunk
         finally:
-            shutil.rmtree(work, ignore_errors=True)
+            self._drop_scratch(work)
             release()
 
     # -- import ----------------------------------------------------------------------------------
@@ -184,7 +198,7 @@ class BackupService:
             return await self._create(manifest, work, name, project_id)
         finally:
             if work is not None:
-                shutil.rmtree(work, ignore_errors=True)
+                self._drop_scratch(work)
             release()
 
     async def _receive(self, body: AsyncIterator[bytes], work: Path) -> dict[str, Any]:
@@ -222,132 +236,133 @@ class BackupService:
             project_id=project_id,
             uid=self.instances.store.next_uid(),
         )
-        wanted = {"instances": 1, "cpus": spec.cpus, "memory_mib": spec.memory_mib,
-                  "disk_bytes": spec.disk_bytes}  # fmt: skip
-        async with self.instances.admission:
-            self.instances.quotas.check(project_id, replacing=None, **wanted)
-            # Counted until its row is in the store (or the import fails): concurrent imports
-            # and launches see it.
-            release = self.instances.quotas.hold(project_id, **wanted)
-        try:
-            return await self._create_held(inst, found, data, [], release)
-        finally:
-            release()
-
-    async def _create_held(
-        self,
-        inst: Instance,
-        found: _Found,
-        data: Path,
-        created: list[Path],
-        release: Callable[[], None],
-    ) -> Instance:
-        """The import's work once its quota is held; ``release`` once its row counts instead."""
-        spec, project_id, source_hw = inst.spec, inst.project_id, found.hardware
+        source_hw = found.hardware
         # Networks are this host's: every NIC the source had goes on the default network.
-        nets = self.instances.networks
-        default = await nets.default(project_id)
+        default = await self.networks.default(project_id)
         slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
         old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
-        base_id = new_id("l-")
-        base = Layer(base_id, inst.id, f"disks/{base_id}.qcow2", None, time.time(), None)
-        try:
+        base = self.disks.new_base(inst)
+
+        def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
+            made = replace(self.lifecycle.new_generation(source_hw), nics=nics)
+            return made if found.memory else made.rebooted(spec.cpus, spec.memory_mib)
+
+        async def take_files(undo: Reverter) -> None:
             # The boot files live with this machine, never in the shared image store.
-            boot = self.config.instances_dir / inst.id
-            created.append(boot)
-            boot.mkdir(parents=True)
-            for boot_file in ("vmlinuz", "initrd.img"):
-                shutil.move(data / boot_file, boot / boot_file)
+            undo.add("the imported boot files", lambda: self.host.destroy(inst.id))
+            await self.host.take_boot_files(data, inst.id)
             dest = self.host.path(base.path)
-            created.append(dest)
+            undo.add("the imported disk", lambda: self.host.remove_file(dest))
             await self.host.take_disk(data / "disk.qcow2", dest, spec.disk_bytes, "disk.qcow2")
-            self.instances.layers.add(base)
-            self.instances.store.insert(inst)
-            release()  # the row counts now
-            for slot in slots:
-                nets.new_nic(inst.id, default, slot)
-            nets.store.set_instance_groups(
-                inst.id, self.instances.secgroups.resolve([], project_id)
-            )
-            new_nics = nets.hardware_nics(inst.id)
-            hardware = replace(self.instances.new_generation(source_hw), nics=new_nics)
+
+        async def add_top_and_memory(made: Instance, undo: Reverter) -> None:
+            await self.disks.new_top(made, on=base.id, size_bytes=spec.disk_bytes)
             if not found.memory:
-                hardware = hardware.rebooted(spec.cpus, spec.memory_mib)
-            inst.hardware = hardware
-            self.instances.store.update(inst.id, hardware=hardware)
+                return
+            assert made.hardware is not None
             # The memory image still holds the source's MACs: a restore will set the new ones.
-            image_nics = tuple((s, old_macs.get(s, m), n) for s, m, n in new_nics)
-            await self.instances.new_top_layer(inst, on=base_id, size_bytes=spec.disk_bytes)
-            if found.memory:
-                snap_id = new_id("s-")
-                folder = self.config.snapshots_dir / snap_id
-                created.append(folder)
-                folder.mkdir()
-                shutil.move(data / "memory" / "state", folder / "state")
-                for backend, mib in found.backends:
-                    member = f"memory/ram-{backend}.qcow2"
-                    await self.host.take_ram(data / member, folder / f"ram-{backend}",
-                                             mib << 20, member)  # fmt: skip
-                self.instances.snapshots.add(
-                    Snapshot(
-                        id=snap_id,
-                        instance_id=inst.id,
-                        name="backup",
-                        layer=base_id,
-                        memory=True,
-                        consistency=found.consistency,
-                        # The source's machine and MACs: a restore renames the guest.
-                        hardware=replace(source_hw, nics=image_nics),
-                        disk_bytes=spec.disk_bytes,
-                        size_bytes=0,
-                        created_at=time.time(),
-                    )
+            image_nics = tuple((s, old_macs.get(s, m), n) for s, m, n in made.hardware.nics)
+            snap_id = new_id("s-")
+            undo.add("the imported memory", lambda: self.host.remove_snapshot(snap_id))
+            await self.host.take_memory(data, snap_id, found.backends)
+            self.snapshots.store.add(
+                Snapshot(
+                    id=snap_id,
+                    instance_id=made.id,
+                    name="backup",
+                    layer=base.id,
+                    memory=True,
+                    consistency=found.consistency,
+                    # The source's machine and MACs: a restore renames the guest.
+                    hardware=replace(source_hw, nics=image_nics),
+                    disk_bytes=spec.disk_bytes,
+                    size_bytes=0,
+                    created_at=time.time(),
                 )
-        except BaseException as exc:
-            # Nothing half-made stays: rows, layers and files all go.
-            nets.store.forget_instance(inst.id)
-            for snap in self.instances.snapshots.list(inst.id):
-                self.instances.snapshots.remove(snap.id)
-            self.instances.store.delete(inst.id)
-            await self.instances.collect_layers()
-            for path in created:
-                await self.host.remove_file(path)
-            if isinstance(exc, InvalidImage):
-                raise archive.ArchiveError(exc.message) from exc
-            raise
+            )
+
+        draft = Draft(
+            inst,
+            [(slot, default) for slot in slots],
+            self.secgroups.resolve([], project_id),
+            hardware,
+            runs=False,  # it is made stopped: the host's capacity is admitted when it starts
+            layers=[base],
+        )
+        try:
+            await self.creator.create(draft, before=take_files, after=add_top_and_memory)
+        except InvalidImage as exc:
+            raise archive.ArchiveError(exc.message) from exc
         return self.instances.get(inst.id)
 
     # -- verify ----------------------------------------------------------------------------------
     async def verify(
         self, body: AsyncIterator[bytes], project_id: str = DEFAULT_PROJECT
-    ) -> dict[str, object]:
-        """Prove an archive restores: import it as a throw-away VM, boot it, ask the guest."""
+    ) -> Operation:
+        """Prove an archive restores. The upload is received and checked here, in the request:
+        an archive that is not whole is refused (``invalid-archive``) and nothing is made. Then
+        an operation imports it as a throw-away VM, boots or resumes it, asks the guest, and
+        removes it; its result is ``{ok, seconds, detail}``. The transfer slot is held until
+        the operation ends (its scratch folder lives as long)."""
         started = time.monotonic()
         name = f"verify-{secrets.token_hex(4)}"
+        release = self.transfers.take(project_id)
+        work: Path | None = None
         try:
-            inst = await self.import_(body, name, project_id)
-        except InvalidInput as exc:
-            return {
-                "ok": False,
-                "seconds": round(time.monotonic() - started, 3),
-                "detail": exc.message,
-            }
-        detail = ""
+            work = self._scratch()
+            manifest = await self._receive(body, work)
+            received = work
+
+            async def run(ctx: OpContext) -> dict[str, object]:
+                try:
+                    return await self._verify_received(
+                        manifest, received, name, project_id, started, ctx
+                    )
+                finally:
+                    self._drop_scratch(received)
+
+            return self.instances.ops.start("backup-verify", name, run, project_id, then=release)
+        except BaseException:
+            if work is not None:
+                self._drop_scratch(work)
+            release()
+            raise
+
+    async def _verify_received(
+        self,
+        manifest: dict[str, Any],
+        work: Path,
+        name: str,
+        project_id: str,
+        started: float,
+        ctx: OpContext,
+    ) -> dict[str, object]:
+        """The verify operation's work; ``seconds`` counts from the upload's start."""
+
+        def result(ok: bool, detail: str) -> dict[str, object]:
+            return {"ok": ok, "seconds": round(time.monotonic() - started, 3), "detail": detail}
+
+        ctx.progress(f"importing the archive as a throw-away VM, {name}")
         try:
-            snaps = self.instances.snapshots.list(inst.id)
+            inst = await self._create(manifest, work, name, project_id)
+        except InvalidInput as exc:  # the manifest or an image in it is refused
+            return result(False, exc.message)
+        try:
+            snaps = self.snapshots.store.list(inst.id)
             if snaps:
-                await self.snapshots.restore_now(inst.id, snaps[0], Quiet())
+                await self.snapshots.restore_now(inst.id, snaps[0], ctx)
             else:
-                await self.instances.boot(inst.id, Quiet())
+                await self.lifecycle.boot(inst.id, ctx)
             out = await self.instances.exec(inst.id, ["cat", "/etc/hostname"])
             ok = out["exit_code"] == 0
             detail = "guest answered" + (" (resumed from memory)" if snaps else " (booted)")
         except GureumError as exc:
             ok, detail = False, f"the VM did not come up: {exc.message}"
         finally:
+            ctx.progress(f"removing {name}")
             with contextlib.suppress(GureumError):
                 await self.instances.delete(inst.id, force=True)
-        return {"ok": ok, "seconds": round(time.monotonic() - started, 3), "detail": detail}
+        return result(ok, detail)
 
 
 CONSISTENCIES = ("offline", "fsfreeze", "paused", "crash-consistent")

@@ -9,14 +9,18 @@ from dataclasses import dataclass
 
 from gureum.config import Config
 from gureum.errors import Conflict, InvalidInput
-from gureum.host import permissions
 from gureum.host.agent import LocalHostAgent
+from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.instance import ACTIVE
+from gureum.service.admission import Admission
 from gureum.service.backups import BackupService
+from gureum.service.creation import Creator
+from gureum.service.disks import DiskLayers
 from gureum.service.forwards import ForwardService
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
+from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
 from gureum.service.nics import NicService
 from gureum.service.operations import OperationManager
@@ -26,6 +30,7 @@ from gureum.service.resize import ResizeService
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 from gureum.service.tenancy import TenancyService
+from gureum.service.views import InstanceViews
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
@@ -41,7 +46,7 @@ log = logging.getLogger(__name__)
 class Services:
     config: Config
     db: Database
-    host: LocalHostAgent
+    host: HostAgent
     ops: OperationManager
     images: ImageService
     instances: InstanceService
@@ -58,7 +63,9 @@ class Services:
     _lock_fd: int | None = None
 
     @classmethod
-    def build(cls, config: Config) -> Services:
+    def build(cls, config: Config, host: HostAgent | None = None) -> Services:
+        """Every service, each given what it works with. ``host``: this machine's agent
+        unless another is given (the unit tests give a ``FakeHost``)."""
         # Unix socket paths are limited to 107 bytes; each VM's live under run/<id>/.
         longest = config.run_dir / new_id("i-") / "serial.sock"
         if len(str(longest).encode()) > 107:
@@ -66,61 +73,54 @@ class Services:
                 f"GUREUM_HOME {config.home} is too long: VM socket paths under it would exceed "
                 "the 107-byte limit of unix sockets; use a shorter path"
             )
-        for folder in (
-            config.home,
-            config.run_dir,
-            config.instances_dir,
-            config.images_dir,
-            config.cache_dir,
-            config.disks_dir,
-            config.snapshots_dir,
-        ):
-            folder.mkdir(parents=True, exist_ok=True)
-        # The home and the folders VMs' files are in are 0711 (crossable, not listable: each
-        # QEMU runs as its own user and opens its own files by path); all else is 0600/0700.
-        permissions.crossable(
-            config.home, config.run_dir, config.disks_dir, config.snapshots_dir,
-            config.instances_dir,
-        )  # fmt: skip
-        os.chmod(config.cache_dir, 0o700)
+        host = host or LocalHostAgent(config)
+        host.prepare()
         db = (
             Database.open_url(config.database_url)
             if config.database_url
             else Database.open_sqlite(config.db_path)
         )
+        # The store.
         instance_store = InstanceStore(db)
-        ops = OperationManager(OperationStore(db))
-        images = ImageService(config, ImageStore(db), instance_store, ops)
-        host = LocalHostAgent(config)
-        instances = InstanceService(
-            config, instance_store, images, host, ops, LayerStore(db), SnapshotStore(db)
-        )
+        layer_store, snapshot_store = LayerStore(db), SnapshotStore(db)
         network_store = NetworkStore(db)
         tenancy_store = TenancyStore(db)
+        # Rules that need only the store and the host.
+        ops = OperationManager(OperationStore(db))
+        images = ImageService(config, ImageStore(db), instance_store, ops)
         tenancy = TenancyService(tenancy_store, max_tokens_per_user=config.max_tokens_per_user)
         quotas = QuotaService(
-            tenancy_store,
-            instance_store,
-            instances.snapshots,
-            network_store,
-            instances.layers,
-            host,
+            tenancy_store, instance_store, snapshot_store, network_store, layer_store, host
         )
-        instances.quotas = quotas
-        networks = NetworkService(host, network_store, instance_store)
-        networks.quotas = quotas
+        networks = NetworkService(host, network_store, instance_store, quotas)
         secgroups = SecGroupService(network_store, networks)
         forwards = ForwardService(
-            host.network, network_store, instance_store, min_host_port=config.forward_min_host_port
+            host, network_store, instance_store, quotas, min_host_port=config.forward_min_host_port
         )
-        forwards.quotas = quotas
-        instances.networks, instances.secgroups, instances.forwards = networks, secgroups, forwards
-        snapshots = SnapshotService(instances)
-        nics = NicService(instances)
-        resize = ResizeService(instances)
-        backups = BackupService(instances, snapshots)
+        # An instance's parts, then the use cases built from them.
+        admission = Admission(instance_store, host)
+        disks = DiskLayers(config, layer_store, snapshot_store, instance_store, host)
+        views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
+        lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views)
+        creator = Creator(instance_store, admission, quotas, networks, disks, host)
+        instances = InstanceService(
+            config, instance_store, snapshot_store, images, host, ops, admission, networks,
+            secgroups, forwards, disks, lifecycle, views, creator,
+        )  # fmt: skip
+        snapshots = SnapshotService(
+            snapshot_store, instances, lifecycle, disks, admission, quotas, networks, secgroups,
+            creator, ops, host,
+        )  # fmt: skip
+        nics = NicService(instances, lifecycle, admission, networks, forwards, host)
+        resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
+        backups = BackupService(
+            instances, snapshots, lifecycle, disks, networks, secgroups, creator, host
+        )
         reconciler = Reconciler(
             instances,
+            lifecycle,
+            disks,
+            host,
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
         )
@@ -178,7 +178,7 @@ class Services:
         """Stop the service, never the VMs: they keep running and are re-adopted next start."""
         await self.reconciler.stop()
         await self.ops.shutdown()
-        await self.host.network.close()
+        await self.host.close_networks()
         # Networks stay while VMs run (their TAPs are in them); with none, nothing is left.
         active = any(i.state in ACTIVE for i in self.instances.list())
         await self.networks.teardown_if_idle(active)

@@ -5,17 +5,14 @@ from __future__ import annotations
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from gureum.errors import GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.network import NetworkHost
+from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.network import Forward, Nic
+from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
-
-if TYPE_CHECKING:
-    from gureum.service.quotas import QuotaService
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +41,10 @@ def parse_mapping(text: str) -> tuple[str, int, int]:
 class ForwardService:
     def __init__(
         self,
-        host: NetworkHost,
+        host: HostAgent,
         store: NetworkStore,
         instances: InstanceStore,
+        quotas: QuotaService,
         *,
         min_host_port: int = 1024,
     ) -> None:
@@ -54,7 +52,7 @@ class ForwardService:
         self.store = store
         self.instances = instances
         self.min_host_port = min_host_port  # the administrator's: forward_min_host_port
-        self.quotas: QuotaService | None = None  # wired by Services.build
+        self.quotas = quotas
 
     def _first_nic(self, instance_id: str) -> Nic | None:
         """Forwards go to the NIC in the lowest slot."""
@@ -101,7 +99,7 @@ class ForwardService:
                 f"administrator sets forward_min_host_port); use {self.min_host_port} or above"
             )
         inst = self.instances.get(instance_id)
-        if self.quotas is not None and inst is not None:
+        if inst is not None:
             # No await from this check to the insert: concurrent adds cannot both pass it.
             self.quotas.check(inst.project_id, forwards=1)
         network_id, ip = self._target(instance_id)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import shutil
-from pathlib import Path
+from dataclasses import replace
 
 from gureum.config import Config
 from gureum.errors import Conflict, NotFound
@@ -55,8 +54,22 @@ class ImageService:
 
         return self.ops.start("image-build", name, work)
 
-    async def verify(self, name: str) -> builtins.list[str]:
-        return await asyncio.to_thread(builder.verify, self.get(name))
+    def verify(self, name: str) -> Operation:
+        """Re-check every file of an image against its recorded checksum. An operation, with a
+        progress line a file (reading a whole image takes a while); its result is
+        ``{name, ok, problems}``."""
+        image = self.get(name)
+
+        async def work(ctx: OpContext) -> dict[str, object]:
+            problems: builtins.list[str] = []
+            for done, role in enumerate(image.files):
+                ctx.progress(f"checking {role}", done / len(image.files))
+                one = replace(image, files={role: image.files[role]})
+                problems += await asyncio.to_thread(builder.verify, one)
+            ctx.progress(f"{len(problems)} problem(s)" if problems else "intact", 1.0)
+            return {"name": name, "ok": not problems, "problems": problems}
+
+        return self.ops.start("image-verify", name, work)
 
     def delete(self, name: str) -> Image:
         image = self.get(name)
@@ -64,5 +77,5 @@ class ImageService:
         if users:
             raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
         self.store.delete(name)
-        shutil.rmtree(Path(image.path).parent, ignore_errors=True)
+        builder.remove(image)
         return image

@@ -7,21 +7,18 @@ import builtins
 import ipaddress
 import logging
 import time
-from typing import TYPE_CHECKING
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.agent import LocalHostAgent
+from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import Network, Nic, Rule
 from gureum.network.firewall import Port
 from gureum.network.metadata import Caller
+from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
-
-if TYPE_CHECKING:
-    from gureum.service.quotas import QuotaService
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +48,29 @@ def parse_subnet(text: str) -> ipaddress.IPv4Network:
     return net
 
 
+def machine_nics(nics: list[Nic]) -> tuple[tuple[int, str, str], ...]:
+    """NICs as a machine has them: (slot, MAC, network id), by slot."""
+    return tuple((n.slot, n.mac, n.network_id) for n in sorted(nics, key=lambda n: n.slot))
+
+
 def nic_view(nic: Nic, network: str) -> dict[str, object]:
     """A NIC as the API shows it (``network``: its network's name)."""
     return {"id": nic.id, "network": network, "slot": nic.slot, "mac": nic.mac, "ip": nic.ip}
 
 
 class NetworkService:
-    def __init__(self, host: LocalHostAgent, store: NetworkStore, instances: InstanceStore) -> None:
+    def __init__(
+        self,
+        host: HostAgent,
+        store: NetworkStore,
+        instances: InstanceStore,
+        quotas: QuotaService,
+    ) -> None:
         self.host = host
-        self.net = host.network
         self.store = store
         self.instances = instances
-        self.net.lookup = self.lookup
-        self.quotas: QuotaService | None = None  # wired by Services.build
+        self.quotas = quotas
+        host.serve_metadata(self.lookup)
 
     # -- networks --------------------------------------------------------------------------------
     def list(self, project_id: str | None = None) -> list[Network]:
@@ -81,7 +88,7 @@ class NetworkService:
         nics = self.store.nics(network_id=net.id)
         return {
             **net.to_dict(),
-            "namespace": self.net.namespace(net.id),
+            "namespace": self.host.network_namespace(net.id),
             "instances": [
                 {"name": names.get(n.instance_id, n.instance_id), "ip": n.ip, "mac": n.mac}
                 for n in nics
@@ -109,14 +116,13 @@ class NetworkService:
         net = Network(
             new_id("n-"), project_id, name, str(parsed), nat, imds_tokens_required, time.time()
         )
-        if self.quotas is not None:
-            self.quotas.check(project_id, networks=1)
+        self.quotas.check(project_id, networks=1)
         self.store.add_network(net)
         try:
-            await self.net.ensure(net)
+            await self.host.ensure_network(net)
             await self.sync(net)
         except BaseException:
-            await self.net.remove(net.id)
+            await self.host.remove_network(net.id)
             self.store.remove_network(net.id)
             raise
         return net
@@ -140,7 +146,7 @@ class NetworkService:
             raise Conflict(
                 f"network {net.name} is in use by {', '.join(users)}; detach or delete them first"
             )
-        await self.net.remove(net.id)
+        await self.host.remove_network(net.id)
         self.store.remove_network(net.id)
         return net
 
@@ -150,33 +156,45 @@ class NetworkService:
         for net in self.list():
             known.add(net.id)
             try:
-                await self.net.ensure(net)
+                await self.host.ensure_network(net)
                 await self.sync(net)
             except GureumError as exc:
                 log.error("network %s: %s", net.name, exc.message)
-        strays = set(self.net.present())
-        if self.net.config.networks_dir.exists():
-            strays |= {p.name for p in self.net.config.networks_dir.iterdir()}
-        for stray in strays - known:
+        for stray in self.host.networks_present() - known:
             log.warning("removing leftovers of network %s", stray)
-            await self.net.remove(stray)
+            await self.host.remove_network(stray)
 
     async def teardown_if_idle(self, active: bool) -> bool:
         """At service stop: remove the namespaces when no VM needs them (else keep them)."""
         if active:
             return False
-        for network_id in self.net.present():
-            await self.net.remove(network_id)
+        for network_id in sorted(self.host.networks_present()):
+            await self.host.remove_network(network_id)
         return True
 
     # -- NICs ------------------------------------------------------------------------------------
+    def plan_nics(
+        self, instance_id: str, wanted: builtins.list[tuple[int, Network]]
+    ) -> builtins.list[Nic]:
+        """NICs (slot, network) for an instance, each with a free address and a new MAC, not
+        yet in the store (the caller holds the admission lock until they are)."""
+        taken: dict[str, set[str]] = {}
+        planned = []
+        for slot, net in wanted:
+            if net.id not in taken:
+                taken[net.id] = {n.ip for n in self.store.nics(network_id=net.id)}
+            free = next((a for a in net.host_addresses() if a not in taken[net.id]), None)
+            if free is None:
+                raise Conflict(f"network {net.name} has no free address left ({net.subnet})")
+            taken[net.id].add(free)
+            planned.append(
+                Nic(new_id("nic-"), instance_id, net.id, slot, new_mac(), free, time.time())
+            )
+        return planned
+
     def new_nic(self, instance_id: str, net: Network, slot: int) -> Nic:
         """A NIC record with a free address on ``net`` (the caller holds the admission lock)."""
-        taken = {n.ip for n in self.store.nics(network_id=net.id)}
-        free = next((a for a in net.host_addresses() if a not in taken), None)
-        if free is None:
-            raise Conflict(f"network {net.name} has no free address left ({net.subnet})")
-        nic = Nic(new_id("nic-"), instance_id, net.id, slot, new_mac(), free, time.time())
+        nic = self.plan_nics(instance_id, [(slot, net)])[0]
         self.store.add_nic(nic)
         return nic
 
@@ -188,10 +206,7 @@ class NetworkService:
         return slot
 
     def hardware_nics(self, instance_id: str) -> tuple[tuple[int, str, str], ...]:
-        return tuple(
-            (n.slot, n.mac, n.network_id)
-            for n in sorted(self.store.nics(instance_id=instance_id), key=lambda n: n.slot)
-        )
+        return machine_nics(self.store.nics(instance_id=instance_id))
 
     def nics_view(self, instance_id: str) -> builtins.list[dict[str, object]]:
         return [nic_view(n, network) for n, network in self.store.nics_with_network(instance_id)]
@@ -208,7 +223,7 @@ class NetworkService:
         hosts = [(n, names.get(n.instance_id, n.instance_id)) for n in nics]
         ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
         rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
-        await self.net.sync(net, hosts, ports, rules)
+        await self.host.sync_network(net, hosts, ports, rules)
 
     async def sync_instance(self, instance_id: str) -> None:
         for network_id in {n.network_id for n in self.store.nics(instance_id=instance_id)}:
@@ -227,7 +242,7 @@ class NetworkService:
         nic = next((n for n in self.store.nics(network_id=network_id) if n.ip == ip), None)
         if nic is None:
             return None
-        seen = await self.net.neighbour_mac(network_id, ip)
+        seen = await self.host.neighbour_mac(network_id, ip)
         if seen is None or seen.lower() != nic.mac.lower():
             return None
         inst = self.instances.get(nic.instance_id)

@@ -2,20 +2,38 @@
 
 from __future__ import annotations
 
-import asyncio
 from dataclasses import replace
 
-from gureum.errors import GureumError, InvalidState, NotFound
+from gureum.errors import GureumError, NotFound
+from gureum.host.interface import HostAgent
 from gureum.model.instance import State, check_action
 from gureum.model.network import Nic
+from gureum.service.admission import Admission
+from gureum.service.forwards import ForwardService
 from gureum.service.instances import InstanceService
+from gureum.service.lifecycle import Lifecycle
+from gureum.service.networks import NetworkService
+
+# How long the guest has to show a hot-plugged NIC (PCIe hot-plug, then its driver).
+NIC_APPEARS_S = 30.0
 
 
 class NicService:
-    def __init__(self, instances: InstanceService) -> None:
+    def __init__(
+        self,
+        instances: InstanceService,
+        lifecycle: Lifecycle,
+        admission: Admission,
+        networks: NetworkService,
+        forwards: ForwardService,
+        host: HostAgent,
+    ) -> None:
         self.instances = instances
-        self.networks = instances.networks
-        self.host = instances.host
+        self.lifecycle = lifecycle
+        self.admission = admission
+        self.networks = networks
+        self.forwards = forwards
+        self.host = host
 
     def list(self, ref: str, project_id: str | None = None) -> list[dict[str, object]]:
         return self.networks.nics_view(self.instances.get(ref, project_id).id)
@@ -26,8 +44,8 @@ class NicService:
         inst = self.instances.get(ref, project_id)
         net = self.networks.get(network_ref, inst.project_id)
         check_action("change NICs of", inst.state, name=inst.name)
-        async with self.instances.lock(inst.id):
-            async with self.instances.admission:  # addresses are handed out under this lock
+        async with self.lifecycle.lock(inst.id):
+            async with self.admission:  # addresses are handed out under this lock
                 nic = self.networks.new_nic(inst.id, net, self.networks.free_slot(inst.id))
             try:
                 await self.networks.sync(net)
@@ -35,7 +53,7 @@ class NicService:
                 if inst.state == State.RUNNING:
                     await self.host.hotplug_nic(inst.id, nic.slot, nic.mac, net.id)
                     self._record(inst.id)
-                    await self._wait_for_interface(inst.id, nic.mac)
+                    await self.host.wait_for_nic(inst.id, nic.mac, NIC_APPEARS_S)
                     await self.host.renew_network(inst.id)
                     how = "live"
             except GureumError:
@@ -59,7 +77,7 @@ class NicService:
         )
         if nic is None:
             raise NotFound(f"{inst.name} has no NIC {nic_ref!r}")
-        async with self.instances.lock(inst.id):
+        async with self.lifecycle.lock(inst.id):
             inst = self.instances.get(inst.id)
             how = "next-boot"
             if inst.state == State.RUNNING:
@@ -67,8 +85,8 @@ class NicService:
                 how = "live"
             first = min(self.networks.store.nics(instance_id=inst.id), key=lambda n: n.slot)
             if first.id == nic.id:  # forwards go to the first NIC: they go with it
-                for fwd in self.instances.forwards.list(inst.id):
-                    await self.instances.forwards.remove(inst.id, fwd.id)
+                for fwd in self.forwards.list(inst.id):
+                    await self.forwards.remove(inst.id, fwd.id)
             self.networks.store.remove_nic(nic.id)
             if how == "live":
                 self._record(inst.id)
@@ -76,21 +94,6 @@ class NicService:
             if net is not None:
                 await self.networks.sync(net)
         return {**self._view(nic), "applied": how}
-
-    async def _wait_for_interface(self, instance_id: str, mac: str, timeout: float = 30) -> None:
-        """The guest sees a hot-plugged NIC a moment after QEMU adds it (PCIe hot-plug)."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        delay = 0.05
-        while loop.time() < deadline:
-            out = await self.host.exec(
-                instance_id, ["sh", "-c", "cat /sys/class/net/*/address"], None, 10
-            )
-            if mac in out.stdout.decode():
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-        raise InvalidState(f"the guest did not show the new NIC {mac} within {timeout:.0f} s")
 
     def _record(self, instance_id: str) -> None:
         """The running machine's NICs changed: keep its recorded hardware in step."""

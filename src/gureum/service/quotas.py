@@ -13,7 +13,7 @@ import logging
 from collections.abc import Callable
 
 from gureum.errors import NotFound, QuotaExceeded
-from gureum.host.agent import LocalHostAgent
+from gureum.host.interface import HostAgent
 from gureum.model.instance import Instance
 from gureum.model.tenancy import Project
 from gureum.service.holds import Holds
@@ -44,7 +44,7 @@ class QuotaService:
         snapshots: SnapshotStore,
         networks: NetworkStore,
         layers: LayerStore,
-        host: LocalHostAgent,
+        host: HostAgent,
     ) -> None:
         self.tenancy = tenancy
         self.instances = instances
@@ -142,12 +142,14 @@ class QuotaService:
             if layer.instance_id in ids
         )
         disk += sum(
-            f.stat().st_blocks * 512
-            for s in self.snapshots.list()
-            if s.instance_id in ids
-            for f in (self.host.config.snapshots_dir / s.id).glob("*")
+            self.host.snapshot_bytes(s.id) for s in self.snapshots.list() if s.instance_id in ids
         )
-        cpu_seconds, memory_bytes, group = self.host.project_usage(project.id)
+        measured = self.host.project_usage(project.id)
+        cpu_seconds, memory_bytes, group = (
+            measured.cpu_seconds,
+            measured.memory_bytes,
+            measured.group,
+        )
         cores, memory = self.limits(project)
         return {
             "project": project.name,

@@ -1,7 +1,7 @@
 """Making the store agree with the host, at start-up and continuously.
 
 The store holds what users asked for, the host what really runs. At start-up every instance is
-reconciled (``InstanceService.recover``: re-adopt, mark crashed or stopped, kill strays), then
+reconciled (``Lifecycle.recover``: re-adopt, mark crashed or stopped, kill strays), then
 anything on the host that belongs to no instance is removed. A loop then keeps watching; exits
 are events (pidfd) and the loop is only a safety net for any that were missed.
 """
@@ -15,8 +15,11 @@ import time
 from collections.abc import Callable
 
 from gureum.errors import GureumError
+from gureum.host.interface import HostAgent
 from gureum.model.instance import ACTIVE
+from gureum.service.disks import DiskLayers
 from gureum.service.instances import InstanceService
+from gureum.service.lifecycle import Lifecycle
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +31,16 @@ class Reconciler:
     def __init__(
         self,
         instances: InstanceService,
+        lifecycle: Lifecycle,
+        disks: DiskLayers,
+        host: HostAgent,
         interval_s: float,
         chores: list[Callable[[], object]] | None = None,
     ) -> None:
         self.instances = instances
+        self.lifecycle = lifecycle
+        self.disks = disks
+        self.host = host
         # Housekeeping of the store (audit retention...): at start, then hourly.
         self.chores = chores or []
         self._chores_done = 0.0
@@ -48,8 +57,8 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
-                await self.instances.host.check_alive()
-                for name in await self.instances.resume_paused():
+                await self.host.check_alive()
+                for name in await self.lifecycle.resume_paused():
                     log.info("%s resumed: the host's disk has room again", name)
             except Exception:
                 log.exception("reconciler pass failed")
@@ -66,23 +75,25 @@ class Reconciler:
 
     async def reconcile_once(self) -> dict[str, list[str]]:
         report: dict[str, list[str]] = {"changed": [], "removed": []}
-        report["changed"] += self.instances.settle_base_images()
+        report["changed"] += self.disks.settle_base_images()
         for inst in self.instances.list():
             try:
-                change = await self.instances.recover(inst)
+                change = await self.lifecycle.recover(inst)
             except GureumError as exc:
                 log.error("cannot reconcile %s: %s", inst.name, exc.message)
                 if inst.state in ACTIVE:
-                    await self.instances.mark_error(inst.id, f"cannot re-adopt: {exc.message}")
+                    reason = f"cannot re-adopt: {exc.message}"
+                    await self.lifecycle.mark_error(inst.id, reason)
                 change = f"{inst.name}: error ({exc.message})"
             if change:
                 report["changed"].append(change)
         for line in await self.instances.drop_internal_snapshots():
             report["changed"].append(line)
         known = {i.id for i in self.instances.list()}
-        files = self.instances.known_files()
-        report["removed"] = await self.instances.host.remove_leftovers(known, files)
-        report["removed"] += [f"disk layer {lid}" for lid in await self.instances.collect_layers()]
+        layers = self.disks.known_files()
+        snapshots = {s.id for s in self.disks.snapshots.list()}
+        report["removed"] = await self.host.remove_leftovers(known, layers, snapshots)
+        report["removed"] += [f"disk layer {lid}" for lid in await self.disks.collect()]
         for line in report["removed"]:
             log.warning("removed leftover %s", line)
         return report

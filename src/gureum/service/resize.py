@@ -13,26 +13,44 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
-from gureum.errors import GureumError, InvalidInput, InvalidState
-from gureum.model.hardware import MAX_DIMMS, MEMORY_BLOCK_MIB
+from gureum.errors import InvalidInput, InvalidState
+from gureum.host.interface import HostAgent
+from gureum.model.hardware import MAX_DIMMS, MEMORY_BLOCK_MIB, Hardware
 from gureum.model.instance import Instance, State, check_action
 from gureum.model.operation import Operation
+from gureum.service.admission import Admission
+from gureum.service.disks import DiskLayers
 from gureum.service.instances import (
-    HOST,
     MAX_DISK_BYTES,
     InstanceService,
     check_cpus,
     check_memory,
     whole_mib,
 )
-from gureum.service.operations import OpContext
+from gureum.service.lifecycle import Lifecycle
+from gureum.service.operations import OpContext, OperationManager
+from gureum.service.quotas import QuotaService
 from gureum.units import GIB
 
 
 class ResizeService:
-    def __init__(self, instances: InstanceService) -> None:
+    def __init__(
+        self,
+        instances: InstanceService,
+        lifecycle: Lifecycle,
+        disks: DiskLayers,
+        admission: Admission,
+        quotas: QuotaService,
+        ops: OperationManager,
+        host: HostAgent,
+    ) -> None:
         self.instances = instances
-        self.host = instances.host
+        self.lifecycle = lifecycle
+        self.disks = disks
+        self.admission = admission
+        self.quotas = quotas
+        self.ops = ops
+        self.host = host
 
     async def resize(
         self,
@@ -63,13 +81,12 @@ class ResizeService:
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
         new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes
-        svc = self.instances
         more_cpus = max(0, new_cpus - inst.spec.cpus)
         more_mib = max(0, new_mib - inst.spec.memory_mib)
         more_disk = max(0, new_disk - inst.spec.disk_bytes)
-        async with svc.admission:
+        async with self.admission:
             # Quota and capacity apply to the new size, counted against everything else.
-            svc.quotas.check(
+            self.quotas.check(
                 inst.project_id,
                 replacing=inst,
                 cpus=new_cpus,
@@ -77,17 +94,17 @@ class ResizeService:
                 disk_bytes=new_disk,
             )
             if inst.state == State.RUNNING:
-                await svc.admit(new_cpus, new_mib, replacing=inst)
+                await self.admission.admit(new_cpus, new_mib, replacing=inst)
             # The growth counts from now until the operation has written the new size:
             # concurrent resizes and launches see it.
             releases = [
-                svc.quotas.hold(
+                self.quotas.hold(
                     inst.project_id, cpus=more_cpus, memory_mib=more_mib, disk_bytes=more_disk
                 )
             ]
             if inst.state == State.RUNNING:
-                releases.append(svc.growing.hold(HOST, cpus=more_cpus, memory_mib=more_mib))
-        return svc.ops.start(
+                releases.append(self.admission.hold_growth(more_cpus, more_mib))
+        return self.ops.start(
             "resize",
             inst.id,
             lambda ctx: self._resize(inst.id, cpus, memory_mib, disk_bytes, ctx),
@@ -105,7 +122,7 @@ class ResizeService:
     ) -> dict[str, object]:
         svc = self.instances
         applied: dict[str, str] = {}
-        async with svc.lock(instance_id):
+        async with self.lifecycle.lock(instance_id):
             inst = svc.get(instance_id)
             live = inst.state == State.RUNNING
             if cpus is not None:
@@ -135,26 +152,9 @@ class ResizeService:
             await self.host.hotplug_cpu(inst.id, core)
         hw = replace(hw, hot_cpus=(*hw.hot_cpus, *new_cores))
         self._save_hardware(inst, hw)
-        await self._online_cpus(inst, cpus)
+        await self.host.online_cpus(inst.id, cpus)
         ctx.progress(f"vCPUs: {cpus} online (hot-plugged {len(new_cores)})")
         return "live"
-
-    async def _online_cpus(self, inst: Instance, want: int) -> None:
-        """The new vCPUs appear in the guest a moment after the ACPI event; tiny has no udev
-        to online them, so the agent does."""
-        for attempt in range(100):
-            vcpus = await self.host.agent_call(inst.id, "guest-get-vcpus")
-            offline = [v for v in vcpus if not v["online"]]
-            if offline:
-                await self.host.agent_call(
-                    inst.id,
-                    "guest-set-vcpus",
-                    {"vcpus": [{"logical-id": v["logical-id"], "online": True} for v in offline]},
-                )
-            elif len(vcpus) >= want:
-                return
-            await asyncio.sleep(min(0.02 * (attempt + 1), 0.2))
-        raise InvalidState(f"the guest did not bring its vCPUs online ({len(vcpus)} of {want})")
 
     async def _memory(self, inst: Instance, mib: int, live: bool, ctx: OpContext) -> str:
         hw = inst.hardware
@@ -177,27 +177,23 @@ class ResizeService:
                 f"{MEMORY_BLOCK_MIB} MiB steps, up to {hw.max_memory_mib} MiB)"
             )
             return "next-boot"
-        before = await self._guest_mem_kib(inst)
+        before = await self.host.guest_memory_kib(inst.id)
         await self.host.hotplug_dimm(inst.id, len(hw.dimms), grow)
         hw = replace(hw, dimms=(*hw.dimms, grow))
         self._save_hardware(inst, hw)
         for attempt in range(100):
-            now = await self._guest_mem_kib(inst)
+            now = await self.host.guest_memory_kib(inst.id)
             if now - before >= grow * 1024 * 0.9:
                 ctx.progress(f"memory: guest sees {now // 1024} MiB (hot-plugged {grow} MiB)")
                 return "live"
             await asyncio.sleep(min(0.02 * (attempt + 1), 0.2))
         raise InvalidState("the guest did not bring the new memory online")
 
-    async def _guest_mem_kib(self, inst: Instance) -> int:
-        out = await self.host.exec(inst.id, ["cat", "/proc/meminfo"], None, 30)
-        line = next(x for x in out.stdout.decode().splitlines() if x.startswith("MemTotal:"))
-        return int(line.split()[1])
-
     async def _disk(self, inst: Instance, size: int, live: bool, ctx: OpContext) -> str:
         if size == inst.spec.disk_bytes:
             return "unchanged"
-        top = self.instances.layer_path(inst.root_layer)  # type: ignore[arg-type]
+        assert inst.root_layer is not None
+        top = self.disks.layer_path(inst.root_layer)
         if live:
             await self.host.resize_disk_live(inst.id, size)
         else:
@@ -207,15 +203,11 @@ class ResizeService:
         if not live:
             ctx.progress(f"disk: {size / GIB:g} GiB (the filesystem grows at the next boot)")
             return "offline"
-        try:
-            out = await self.host.exec(inst.id, ["resize2fs", "/dev/vda"], None, 120)
-            grown = out.exit_code == 0
-        except GureumError:
-            grown = False
+        grown = await self.host.grow_guest_filesystem(inst.id)
         ctx.progress(f"disk: {size / GIB:g} GiB" + (", filesystem grown" if grown else ""))
         return "live"
 
-    def _save_hardware(self, inst: Instance, hw) -> None:
+    def _save_hardware(self, inst: Instance, hw: Hardware) -> None:
         inst.hardware = hw
         self.instances.store.update(inst.id, hardware=hw)
         self.host.update_hardware(inst.id, hw)

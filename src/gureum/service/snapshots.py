@@ -1,7 +1,7 @@
 """Snapshots (disk, or disk and memory), restore, and clone.
 
 Disk: a snapshot freezes the VM's current top layer and gives the VM a new, empty one on top
-(QEMU's external snapshot when running, qemu-img when stopped). The snapshot's data is that
+(QEMU's external snapshot when running, a new layer file when stopped). The snapshot's data is that
 frozen layer plus the chain below it, which never changes again.
 
 Memory: the VM is paused, its disk frozen as above, and its memory and device state written as
@@ -19,26 +19,54 @@ breaks a chain: layers another disk builds on (the VM's own, a clone's) stay unt
 from __future__ import annotations
 
 import contextlib
-import os
-import shutil
 import time
 from dataclasses import replace
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
+from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
+from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State, check_action
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
+from gureum.service.admission import Admission
+from gureum.service.creation import Creator, Draft, Reverter
+from gureum.service.disks import DiskLayers
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
-from gureum.service.operations import Reporter
+from gureum.service.lifecycle import Identity, Lifecycle
+from gureum.service.networks import NetworkService
+from gureum.service.operations import OperationManager, Reporter
+from gureum.service.quotas import QuotaService
+from gureum.service.secgroups import SecGroupService
+from gureum.store.layers import SnapshotStore
 
 
 class SnapshotService:
-    def __init__(self, instances: InstanceService) -> None:
+    def __init__(
+        self,
+        store: SnapshotStore,
+        instances: InstanceService,
+        lifecycle: Lifecycle,
+        disks: DiskLayers,
+        admission: Admission,
+        quotas: QuotaService,
+        networks: NetworkService,
+        secgroups: SecGroupService,
+        creator: Creator,
+        ops: OperationManager,
+        host: HostAgent,
+    ) -> None:
+        self.store = store
         self.instances = instances
-        self.store = instances.snapshots
-        self.host = instances.host
-        self.config = instances.config
+        self.lifecycle = lifecycle
+        self.disks = disks
+        self.admission = admission
+        self.quotas = quotas
+        self.networks = networks
+        self.secgroups = secgroups
+        self.creator = creator
+        self.ops = ops
+        self.host = host
 
     def list(self, ref: str, project_id: str | None = None) -> list[Snapshot]:
         return self.store.list(self.instances.get(ref, project_id).id)
@@ -54,7 +82,7 @@ class SnapshotService:
         out = snap.to_dict()
         out["depended_on_by"] = [
             self.instances.get(i).name
-            for i in self.instances.layers.users(snap.layer)
+            for i in self.disks.store.users(snap.layer)
             if i != snap.instance_id
         ]
         return out
@@ -65,12 +93,11 @@ class SnapshotService:
     ) -> Operation:
         inst = self.instances.get(ref, project_id)
         self._check_create(inst, name, memory)
-        quotas = self.instances.quotas
-        async with self.instances.admission:
-            quotas.check(inst.project_id, snapshots=1)
+        async with self.admission:
+            self.quotas.check(inst.project_id, snapshots=1)
             # Counted from now: concurrent requests see it before its row exists.
-            release = quotas.hold(inst.project_id, snapshots=1)
-        return self.instances.ops.start(
+            release = self.quotas.hold(inst.project_id, snapshots=1)
+        return self.ops.start(
             "snapshot",
             inst.id,
             lambda ctx: self.create_now(inst.id, name, memory, ctx),
@@ -96,33 +123,25 @@ class SnapshotService:
         self, instance_id: str, name: str, memory: bool, ctx: Reporter, *, internal: bool = False
     ) -> dict[str, object]:
         """Take the snapshot (the operation's work; also used by backup export)."""
-        svc = self.instances
-        async with svc.lock(instance_id):
-            inst = svc.get(instance_id)
+        disks = self.disks
+        async with self.lifecycle.lock(instance_id):
+            inst = self.instances.get(instance_id)
             self._check_create(inst, name, memory, internal=internal)
             frozen = inst.root_layer
             assert frozen is not None and inst.hardware is not None
             hardware = inst.hardware
             snap_id = new_id("s-")
-            folder = self.config.snapshots_dir / snap_id
-            partial = folder.with_name(folder.name + ".partial")
             started = time.monotonic()
             if inst.state == State.RUNNING and memory:
                 ctx.progress("pausing the VM")
                 await self.host.pause(inst.id)
                 try:
-                    await svc.new_top_layer(
-                        inst, on=frozen, size_bytes=inst.spec.disk_bytes, live=True
-                    )
+                    await disks.new_top(inst, on=frozen, size_bytes=inst.spec.disk_bytes, live=True)
                     ctx.progress("disk frozen; saving memory and device state")
-                    await self.host.save_memory(inst.id, svc.disk_chain(frozen), partial)
-                except GureumError:
-                    shutil.rmtree(partial, ignore_errors=True)
-                    raise
+                    await self.host.save_memory(inst.id, disks.chain(frozen), snap_id)
                 finally:
                     with contextlib.suppress(GureumError):
                         await self.host.resume(inst.id)
-                partial.rename(folder)
                 consistency = "paused"
             elif inst.state == State.RUNNING:
                 quiesced = await self.host.freeze(inst.id)
@@ -132,19 +151,17 @@ class SnapshotService:
                     else "no guest agent freeze: crash-consistent snapshot"
                 )
                 try:
-                    await svc.new_top_layer(
-                        inst, on=frozen, size_bytes=inst.spec.disk_bytes, live=True
-                    )
+                    await disks.new_top(inst, on=frozen, size_bytes=inst.spec.disk_bytes, live=True)
                 finally:
                     if quiesced:
                         await self.host.thaw(inst.id)
                 consistency = "fsfreeze" if quiesced else "crash-consistent"
             else:
-                await svc.new_top_layer(inst, on=frozen, size_bytes=inst.spec.disk_bytes)
+                await disks.new_top(inst, on=frozen, size_bytes=inst.spec.disk_bytes)
                 consistency = "offline"
-            size = self.host.disk_bytes(svc.layer_path(frozen))
-            if memory:
-                size += sum(p.stat().st_blocks * 512 for p in folder.iterdir())
+            size = self.host.disk_bytes(disks.layer_path(frozen)) + self.host.snapshot_bytes(
+                snap_id
+            )
             snap = Snapshot(
                 id=snap_id,
                 instance_id=inst.id,
@@ -160,7 +177,7 @@ class SnapshotService:
             try:
                 self.store.add(snap)
             except GureumError:
-                shutil.rmtree(folder, ignore_errors=True)
+                await self.host.remove_snapshot(snap_id)
                 raise
             took = time.monotonic() - started
             ctx.progress(f"snapshot {name} taken in {took:.2f} s ({consistency})")
@@ -173,64 +190,63 @@ class SnapshotService:
             raise InvalidState(f"cannot restore {inst.name} while it is {inst.state.value}")
         if snap.memory:
             # The machine must be the same: a NIC added or removed since cannot be restored.
-            self.instances.networks.check_slots_match(inst.id, snap.hardware.nics)
-            async with self.instances.admission:
-                await self.instances.admit(
+            self.networks.check_slots_match(inst.id, snap.hardware.nics)
+            async with self.admission:
+                await self.admission.admit(
                     snap.hardware.total_cpus, snap.hardware.total_memory_mib, replacing=inst
                 )
-        return self.instances.ops.start(
+        return self.ops.start(
             "restore", inst.id, lambda ctx: self.restore_now(inst.id, snap, ctx), inst.project_id
         )
 
     async def restore_now(
         self, instance_id: str, snap: Snapshot, ctx: Reporter
     ) -> dict[str, object]:
-        svc = self.instances
-        async with svc.lock(instance_id):
-            inst = svc.get(instance_id)
+        async with self.lifecycle.lock(instance_id):
+            inst = self.instances.get(instance_id)
             was_running = inst.state == State.RUNNING
-            await svc.kill_locked(inst)
+            await self.lifecycle.kill_locked(inst)
             ctx.progress(f"disk back to snapshot {snap.name}")
-            await svc.new_top_layer(inst, on=snap.layer, size_bytes=snap.disk_bytes)
+            await self.disks.new_top(inst, on=snap.layer, size_bytes=snap.disk_bytes)
             assert inst.hardware is not None
-            nets = svc.networks
+            nets = self.networks
             own_nics = nets.with_current_macs(inst.id, snap.hardware.nics)
             base = replace(snap.hardware, nics=own_nics) if snap.memory else inst.hardware
-            hardware = svc.new_generation(base)
+            hardware = self.lifecycle.new_generation(base)
             spec = inst.spec
             if snap.memory:
                 spec = replace(spec, cpus=hardware.total_cpus, memory_mib=hardware.total_memory_mib)
             spec = replace(spec, disk_bytes=snap.disk_bytes)
-            svc.store.update(
+            self.instances.store.update(
                 inst.id,
                 hardware=hardware,
                 cpus=spec.cpus,
                 memory_mib=spec.memory_mib,
                 disk_bytes=spec.disk_bytes,
             )
-        await svc.collect_layers()
+        await self.disks.collect()
         # Every restore is a new generation: the guest is told (seed, machine id). A memory
         # image from another machine (an imported backup) also learns this VM's name and MAC.
-        identity: dict[str, object] = {}
+        identity = Identity()
         changed = nets.mac_changes(snap.hardware.nics, own_nics) if snap.memory else []
         if changed:
-            identity = {"hostname": inst.spec.name, "macs": changed}
+            identity = Identity(hostname=inst.spec.name, macs=changed)
+        boot = self.lifecycle.boot
         if snap.memory:
             ctx.progress("resuming from the memory snapshot")
-            folder = self.config.snapshots_dir / snap.id
-            return await svc.boot(instance_id, ctx, restore_from=folder, identity=identity)
+            return await boot(instance_id, ctx, restore_from=snap.id, identity=identity)
         if was_running:
-            return await svc.boot(instance_id, ctx, identity=identity)
-        return {"instance": svc.view(svc.get(instance_id))}
+            return await boot(instance_id, ctx, identity=identity)
+        return {"instance": self.instances.view(self.instances.get(instance_id))}
 
     # -- delete ----------------------------------------------------------------------------------
     async def delete(self, ref: str, name: str, project_id: str | None = None) -> dict[str, object]:
         inst, snap = self.get(ref, name, project_id)
-        async with self.instances.lock(inst.id):
-            users = [self.instances.get(i).name for i in self.instances.layers.users(snap.layer)]
+        async with self.lifecycle.lock(inst.id):
+            users = [self.instances.get(i).name for i in self.disks.store.users(snap.layer)]
             self.store.remove(snap.id)
-            await self.host.remove_file(self.config.snapshots_dir / snap.id)
-            await self.instances.collect_layers()
+            await self.host.remove_snapshot(snap.id)
+            await self.disks.collect()
         view = snap.to_dict()
         # The disk data stays while a disk builds on it (the VM's own chain, or a clone's).
         view["disk_data_kept_for"] = users
@@ -243,74 +259,57 @@ class SnapshotService:
         source, snap = self.get(ref, name, project_id)
         check_name(new_name, what="instance name")
         hw = snap.hardware
-        nets = self.instances.networks
-        networks = [nets.get(network_id) for _slot, _mac, network_id in hw.nics]
+        # Its own NICs: same networks and slots, new MACs and addresses.
+        networks = [(slot, self.networks.get(network_id)) for slot, _mac, network_id in hw.nics]
         spec = InstanceSpec(
             new_name, source.spec.image, hw.total_cpus, hw.total_memory_mib, snap.disk_bytes
         )
-        groups = nets.store.instance_groups().get(source.id) or self.instances.secgroups.resolve(
+        groups = self.networks.store.instance_groups().get(source.id) or self.secgroups.resolve(
             [], source.project_id
         )
-        async with self.instances.admission:
-            self.instances.quotas.check(
-                source.project_id,
-                instances=1,
-                cpus=spec.cpus,
-                memory_mib=spec.memory_mib,
-                disk_bytes=spec.disk_bytes,
-            )
-            await self.instances.admit(spec.cpus, spec.memory_mib)
-            clone = Instance(
-                id=new_id("i-"),
-                spec=spec,
-                state=State.PENDING,
-                created_at=time.time(),
-                image_version=source.image_version,
-                accel=self.host.accel.accel,
-                user_data=source.user_data,
-                ssh_keys=source.ssh_keys,
-                project_id=source.project_id,
-                uid=self.instances.store.next_uid(),
-            )
-            self.instances.store.insert(clone)
-            own_boot = self.config.instances_dir / clone.id
-            try:
-                # Its own NICs: same networks and slots, new MACs and addresses.
-                for (slot, _mac, _net), net in zip(hw.nics, networks, strict=True):
-                    nets.new_nic(clone.id, net, slot)
-                nets.store.set_instance_groups(clone.id, groups)
-                boot = self.instances.boot_folder(source)
-                if boot != self.instances.image_folder(source):
-                    # An imported source's own kernel and initramfs: the clone keeps a link.
-                    own_boot.mkdir(parents=True)
-                    for boot_file in ("vmlinuz", "initrd.img"):
-                        os.link(boot / boot_file, own_boot / boot_file)
-            except BaseException:
-                nets.store.forget_instance(clone.id)
-                self.instances.store.delete(clone.id)
-                shutil.rmtree(own_boot, ignore_errors=True)
-                raise
-            new_nics = nets.hardware_nics(clone.id)
-            hardware = replace(self.instances.new_generation(hw), nics=new_nics)
-            if not snap.memory:
-                hardware = hardware.rebooted(spec.cpus, spec.memory_mib)
-            clone.hardware = hardware
-            self.instances.store.update(clone.id, hardware=hardware)
+        clone = Instance(
+            id=new_id("i-"),
+            spec=spec,
+            state=State.PENDING,
+            created_at=time.time(),
+            image_version=source.image_version,
+            accel=self.host.accel.accel,
+            user_data=source.user_data,
+            ssh_keys=source.ssh_keys,
+            project_id=source.project_id,
+            uid=self.instances.store.next_uid(),
+        )
+
+        def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
+            made = replace(self.lifecycle.new_generation(hw), nics=nics)
+            return made if snap.memory else made.rebooted(spec.cpus, spec.memory_mib)
+
+        async def share_boot_files(inst: Instance, undo: Reverter) -> None:
+            if self.host.own_boot_files(source.id) is not None:
+                # An imported source's own kernel and initramfs: the clone keeps a link.
+                await self.host.share_boot_files(source.id, inst.id)
+
+        draft = Draft(clone, networks, groups, hardware)
+        clone = await self.creator.create(draft, after=share_boot_files)
+        assert clone.hardware is not None
+        new_nics = clone.hardware.nics
 
         async def work(ctx: Reporter) -> dict[str, object]:
-            svc = self.instances
             try:
-                async with svc.lock(clone.id):
-                    inst = svc.get(clone.id)
+                async with self.lifecycle.lock(clone.id):
+                    inst = self.instances.get(clone.id)
                     ctx.progress(f"thin disk on snapshot {source.name}/{snap.name}")
-                    await svc.new_top_layer(inst, on=snap.layer, size_bytes=snap.disk_bytes)
+                    await self.disks.new_top(inst, on=snap.layer, size_bytes=snap.disk_bytes)
             except GureumError as exc:
-                await svc.mark_error(clone.id, f"clone failed: {exc.message}")
+                await self.lifecycle.mark_error(clone.id, f"clone failed: {exc.message}")
                 raise
-            identity: dict[str, object] = {"hostname": new_name}
-            if snap.memory:
-                identity["macs"] = nets.mac_changes(hw.nics, new_nics)
-            folder = self.config.snapshots_dir / snap.id if snap.memory else None
-            return await svc.boot(clone.id, ctx, restore_from=folder, identity=identity)
+            identity = Identity(
+                hostname=new_name,
+                macs=self.networks.mac_changes(hw.nics, new_nics) if snap.memory else None,
+            )
+            restore_from = snap.id if snap.memory else None
+            return await self.lifecycle.boot(
+                clone.id, ctx, restore_from=restore_from, identity=identity
+            )
 
-        return clone, self.instances.ops.start("clone", clone.id, work, clone.project_id)
+        return clone, self.ops.start("clone", clone.id, work, clone.project_id)

@@ -28,9 +28,9 @@ from gureum.errors import (
     QuotaExceeded,
     Unauthenticated,
 )
-from gureum.host.cgroups import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
 from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import DEFAULT_PROJECT
+from gureum.model.limits import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
 from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
 from gureum.store.tenancy import TenancyStore
 from gureum.units import MIB

@@ -11,9 +11,11 @@ from sqlalchemy.exc import IntegrityError
 from gureum.errors import Conflict
 from gureum.model.hardware import Hardware
 from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
+from gureum.model.network import Nic
+from gureum.model.snapshot import Layer
 from gureum.store.db import Database
+from gureum.store.schema import forwards, instance_secgroups, layers, nics, sequences, snapshots
 from gureum.store.schema import instances as t
-from gureum.store.schema import sequences
 
 VM_UID_BASE = 1_500_000_000
 
@@ -82,6 +84,44 @@ class InstanceStore:
             raise Conflict(
                 f"an instance named {inst.spec.name!r} already exists in this project"
             ) from exc
+
+    def create(
+        self,
+        inst: Instance,
+        nics_: list[Nic],
+        group_ids: list[str],
+        layers_: list[Layer] | tuple[Layer, ...] = (),
+    ) -> None:
+        """An instance with its NICs, its security groups and the disk layers made for it
+        (an import's own base), in one transaction: all of it is in the store, or none."""
+        try:
+            with self.db.begin() as conn:
+                for layer in layers_:
+                    conn.execute(insert(layers).values(**layer.__dict__))
+                self.insert(inst, conn)
+                for nic in nics_:
+                    conn.execute(insert(nics).values(**nic.__dict__))
+                for gid in group_ids:
+                    conn.execute(
+                        insert(instance_secgroups).values(instance_id=inst.id, secgroup_id=gid)
+                    )
+        except IntegrityError as exc:
+            raise Conflict(
+                f"cannot create {inst.spec.name!r}: an address or MAC was taken meanwhile"
+            ) from exc
+
+    def forget(self, instance_id: str) -> None:
+        """An instance and every row that is its alone (NICs, forwards, group memberships,
+        snapshots), in one transaction. Its disk layers are collected after: a clone may
+        build on them."""
+        with self.db.begin() as conn:
+            conn.execute(delete(nics).where(nics.c.instance_id == instance_id))
+            conn.execute(delete(forwards).where(forwards.c.instance_id == instance_id))
+            conn.execute(
+                delete(instance_secgroups).where(instance_secgroups.c.instance_id == instance_id)
+            )
+            conn.execute(delete(snapshots).where(snapshots.c.instance_id == instance_id))
+            conn.execute(delete(t).where(t.c.id == instance_id))
 
     def get(self, instance_id: str) -> Instance | None:
         with self.db.read() as conn:

@@ -1,0 +1,187 @@
+"""The one way an instance comes to exist: launch, clone and backup import all go through here.
+
+An instance is made in three steps, each undone if a later one fails:
+1. admission: the project's quota and (for one that will run) the host's capacity are checked
+   and claimed under ``Admission``'s lock; the claim is held until the row counts instead;
+2. slow work on the host that must come before the row (an import takes its disk and boot
+   files), each step registering its undo with the ``Reverter``;
+3. the store writes the instance with its NICs (addresses picked under the lock), its security
+   groups and any disk layer made for it, in one transaction (``InstanceStore.create``).
+Work after that (a memory image, a first top layer) registers its undo the same way; the undo
+of the row is ``forget``: every row of the instance and the layers and files only it used.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from gureum.host.interface import HostAgent
+from gureum.model.hardware import Hardware
+from gureum.model.instance import Instance
+from gureum.model.network import Network
+from gureum.model.snapshot import Layer
+from gureum.service.admission import Admission
+from gureum.service.disks import DiskLayers
+from gureum.service.networks import NetworkService, machine_nics
+from gureum.service.quotas import QuotaService
+from gureum.store.instances import InstanceStore
+
+log = logging.getLogger(__name__)
+
+Undo = Callable[[], Awaitable[None]]
+NICs = tuple[tuple[int, str, str], ...]
+
+
+class Reverter:
+    """Undo steps, run newest first when the block they were registered in fails.
+
+    ``async with Reverter() as undo:`` then ``undo.add(step)`` after each thing made. A step
+    that fails while undoing is logged and the rest still run: the first error is the one the
+    caller sees.
+    """
+
+    def __init__(self) -> None:
+        self._steps: list[tuple[str, Undo]] = []
+
+    def add(self, what: str, step: Undo) -> None:
+        self._steps.append((what, step))
+
+    async def revert(self) -> None:
+        while self._steps:
+            what, step = self._steps.pop()
+            try:
+                await step()
+            except Exception:
+                log.exception("could not undo %s", what)
+
+    async def __aenter__(self) -> Reverter:
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is not None:
+            await self.revert()
+
+
+@dataclass
+class Draft:
+    """An instance about to be made: its row (without hardware), where its NICs go, its groups.
+
+    ``hardware`` makes its machine from its new NICs (slot, MAC, network id): a launch boots a
+    new one, a clone or an import keeps the saved one with new MACs.
+    """
+
+    inst: Instance
+    networks: list[tuple[int, Network]]
+    groups: list[str]
+    hardware: Callable[[NICs], Hardware]
+    runs: bool = True  # it will start at once: the host's capacity is admitted too
+    layers: list[Layer] = field(default_factory=list)  # made for it before its row (an import)
+
+    @property
+    def wanted(self) -> dict[str, int]:
+        spec = self.inst.spec
+        return {
+            "instances": 1,
+            "cpus": spec.cpus,
+            "memory_mib": spec.memory_mib,
+            "disk_bytes": spec.disk_bytes,
+        }
+
+
+class Creator:
+    def __init__(
+        self,
+        store: InstanceStore,
+        admission: Admission,
+        quotas: QuotaService,
+        networks: NetworkService,
+        disks: DiskLayers,
+        host: HostAgent,
+    ) -> None:
+        self.store = store
+        self.admission = admission
+        self.quotas = quotas
+        self.networks = networks
+        self.disks = disks
+        self.host = host
+
+    async def claim(self, draft: Draft) -> Callable[[], None]:
+        """Check and hold what the instance will count for (quota; host capacity if it runs).
+        Release it once its row is in the store, or when the creation fails."""
+        inst = draft.inst
+        async with self.admission:
+            self.quotas.check(inst.project_id, replacing=None, **draft.wanted)
+            if draft.runs:
+                await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib)
+            release_quota = self.quotas.hold(inst.project_id, **draft.wanted)
+            release_host = (
+                self.admission.hold_growth(inst.spec.cpus, inst.spec.memory_mib)
+                if draft.runs
+                else _nothing
+            )
+
+        def release() -> None:
+            release_quota()
+            release_host()
+
+        return release
+
+    async def insert(self, draft: Draft, undo: Reverter) -> Instance:
+        """Write the instance, its NICs, groups and layers in one transaction; register the
+        undo of all of it."""
+        inst = draft.inst
+        async with self.admission:  # addresses are handed out under this lock
+            nics = self.networks.plan_nics(inst.id, draft.networks)
+            inst.hardware = draft.hardware(machine_nics(nics))
+            self.store.create(inst, nics, draft.groups, draft.layers)
+        undo.add(f"the records of {inst.spec.name}", lambda: self.forget(inst.id))
+        return inst
+
+    async def create(
+        self,
+        draft: Draft,
+        *,
+        before: Callable[[Reverter], Awaitable[None]] | None = None,
+        after: Callable[[Instance, Reverter], Awaitable[None]] | None = None,
+    ) -> Instance:
+        """Claim, run ``before`` (host work the row needs), insert, run ``after``: all of it,
+        or nothing left in the store or on the host."""
+        release = await self.claim(draft)
+        try:
+            async with Reverter() as undo:
+                if before is not None:
+                    await before(undo)
+                inst = await self.insert(draft, undo)
+                release()  # the row counts now
+                if after is not None:
+                    await after(inst, undo)
+        finally:
+            release()
+        return inst
+
+    async def forget(self, instance_id: str) -> None:
+        """Every row of an instance, then its networks brought in step, and the layers and host
+        files only it used (its QEMU, if any, must be gone)."""
+        networks = {n.network_id for n in self.networks.store.nics(instance_id=instance_id)}
+        snapshots = [s.id for s in self.disks.snapshots.list(instance_id)]
+        self.store.forget(instance_id)
+        for network_id in sorted(networks):
+            net = self.networks.store.network(network_id)
+            if net is not None:
+                await self.networks.sync(net)
+        for snapshot_id in snapshots:
+            await self.host.remove_snapshot(snapshot_id)
+        await self.disks.collect()
+        await self.host.destroy(instance_id)
+
+
+def _nothing() -> None:
+    pass

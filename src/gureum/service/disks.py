@@ -1,0 +1,147 @@
+"""A VM's disk as a chain of layers: the store's record of it, and its files on the host.
+
+A VM's disk is a chain of qcow2 layers (see ``model/snapshot.py``): the instance points at its
+top layer; snapshots freeze layers; layers nobody builds on any more are collected. The chain
+QEMU and the host's tools are given is always the one the store recorded, never the backing
+names written in the files' own headers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+from gureum.config import Config
+from gureum.errors import EngineError, GureumError, NotFound
+from gureum.host.interface import HostAgent
+from gureum.ids import new_id
+from gureum.model.instance import Instance
+from gureum.model.snapshot import UNSETTLED_BASE, Layer
+from gureum.store.instances import InstanceStore
+from gureum.store.layers import LayerStore, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+
+class DiskLayers:
+    def __init__(
+        self,
+        config: Config,
+        layers: LayerStore,
+        snapshots: SnapshotStore,
+        instances: InstanceStore,
+        host: HostAgent,
+    ) -> None:
+        self.config = config
+        self.store = layers
+        self.snapshots = snapshots
+        self.instances = instances
+        self.host = host
+
+    def image_folder(self, inst: Instance) -> Path:
+        return Path(self.config.images_dir) / inst.spec.image / inst.image_version
+
+    def image_disk(self, inst: Instance) -> Path:
+        return self.image_folder(inst) / "disk.qcow2"
+
+    def boot_folder(self, inst: Instance) -> Path:
+        """Where the VM's kernel and initramfs are: its image's, or for a machine imported from
+        a backup its own (an import never writes into the shared image store)."""
+        return self.host.own_boot_files(inst.id) or self.image_folder(inst)
+
+    def layer_path(self, layer_id: str) -> Path:
+        layer = self.store.get(layer_id)
+        if layer is None:
+            raise NotFound(f"disk layer {layer_id} is missing from the store")
+        return self.host.path(layer.path)
+
+    def chain(self, layer_id: str) -> tuple[Path, ...]:
+        """The files of a disk whose top is ``layer_id``, top first, down to the image disk
+        under its bottom layer if it has one: what QEMU and the host's tools are given,
+        explicitly, instead of the backing names written in the files' headers."""
+        chain = self.store.chain(layer_id)
+        if not chain or chain[-1].backing is not None:
+            raise NotFound(f"disk layer {chain[-1].backing if chain else layer_id} is missing")
+        paths = [self.host.path(layer.path) for layer in chain]
+        bottom = chain[-1]
+        if bottom.base_image == UNSETTLED_BASE:
+            raise EngineError(f"disk layer {bottom.id} has no recorded base yet")
+        if bottom.base_image:
+            paths.append(self.host.path(bottom.base_image))
+        return tuple(paths)
+
+    def below_top(self, inst: Instance) -> list[Path]:
+        """The files under a VM's top layer (others, a clone's source, may share them)."""
+        chain = self.store.chain(inst.root_layer) if inst.root_layer else []
+        return [self.host.path(layer.path) for layer in chain[1:]]
+
+    def settle_base_images(self) -> list[str]:
+        """Layers recorded before the store kept each bottom layer's base (migration 6): read
+        once from the file whether it was made over an image, and record which image the store
+        says (never the path the header names)."""
+        settled = []
+        instances = {inst.id: inst for inst in self.instances.list()}
+        for layer in self.store.all().values():
+            if layer.base_image != UNSETTLED_BASE:
+                continue
+            owner = instances.get(layer.instance_id or "") or next(
+                (instances[i] for i in self.store.users(layer.id) if i in instances), None
+            )
+            path = self.host.path(layer.path)
+            if owner is not None and self.host.names_backing_file(path):
+                base = self.image_disk(owner)
+                self.store.set_base_image(layer.id, str(base.relative_to(self.config.home)))
+            else:
+                self.store.set_base_image(layer.id, None)
+            settled.append(f"layer {layer.id}: base recorded")
+        return settled
+
+    def new_base(self, inst: Instance) -> Layer:
+        """The record of a standalone bottom layer for ``inst`` (an imported disk)."""
+        layer_id = new_id("l-")
+        return Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", None, time.time(), None)
+
+    async def new_top(
+        self, inst: Instance, *, on: str | None, size_bytes: int, live: bool = False
+    ) -> Layer:
+        """Give ``inst`` a new, empty top layer over layer ``on`` (None: the image's disk).
+
+        The record is written before the file exists (a crash leaves a row the reconciler
+        repairs, never a disk the store does not know); ``live`` means the running QEMU makes
+        the file itself and switches to it (an external snapshot).
+        """
+        layer_id = new_id("l-")
+        image_disk = self.image_disk(inst)
+        base = None if on else str(image_disk.relative_to(self.config.home))
+        layer = Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", on, time.time(), base)
+        path = self.host.path(layer.path)
+        previous = inst.root_layer
+        self.store.add_on_top(layer, inst.id)
+        inst.root_layer = layer_id
+        try:
+            if live:
+                await self.host.snapshot_disk_live(inst.id, path)
+            else:
+                backing = self.layer_path(on) if on else image_disk
+                await self.host.create_disk(path, backing, size_bytes)
+        except GureumError:
+            self.instances.update(inst.id, root_layer=previous)
+            inst.root_layer = previous
+            self.store.remove(layer_id)
+            await self.host.remove_file(path)
+            raise
+        return layer
+
+    async def collect(self) -> list[str]:
+        """Delete the files of layers that no disk and no snapshot builds on any more."""
+        gone = []
+        for layer in self.store.unreachable():
+            await self.host.remove_file(self.host.path(layer.path))
+            self.store.remove(layer.id)
+            gone.append(layer.id)
+        return gone
+
+    def known_files(self) -> set[Path]:
+        """Every disk layer the store knows (the reconciler keeps them)."""
+        return {self.host.path(layer.path) for layer in self.store.all().values()}

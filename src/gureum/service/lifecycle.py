@@ -1,0 +1,419 @@
+"""A VM's life on its host: boot and readiness, stop, engine events, and re-adoption.
+
+Each VM's host-side actions run under its own lock (``lock``); the (slow) wait for a guest to
+become ready does not hold it, so a stop or a forced delete can interrupt a boot. The states
+and which action may start from which are in ``model/instance.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from gureum.config import Config
+from gureum.errors import GureumError, InvalidState, NotFound
+from gureum.host.interface import HostAgent, VMSpec
+from gureum.model.hardware import Hardware, new_generation_id
+from gureum.model.instance import ACTIVE, BootTimeline, Instance, State, check_transition
+from gureum.service.disks import DiskLayers
+from gureum.service.networks import NetworkService
+from gureum.service.operations import OpContext, OperationManager, Reporter
+from gureum.service.views import InstanceViews
+from gureum.store.instances import InstanceStore
+from gureum.units import GIB, MIB
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a restored or cloned guest is told besides new entropy and a new machine id: its
+    new hostname and, for a memory image of another machine, its NICs' MACs (old, new)."""
+
+    hostname: str | None = None
+    macs: list[tuple[str, str]] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.hostname is not None:
+            out["hostname"] = self.hostname
+        if self.macs is not None:
+            out["macs"] = self.macs
+        return out
+
+
+# Free bytes on the host's disk before VMs paused on a full disk are resumed.
+RESUME_FREE_BYTES = 64 * MIB
+
+
+BOOT_LABELS = {
+    "process_started": "QEMU started",
+    "memory_restored": "memory and device state restored",
+    "kernel_started": "kernel started",
+    "init_started": "init started",
+    "agent_ready": "guest agent ready",
+}
+
+
+class _Events:
+    """Receives one VM's engine events and turns them into state and progress."""
+
+    def __init__(self, service: Lifecycle, instance_id: str) -> None:
+        self.service = service
+        self.instance_id = instance_id
+        self.ctx: Reporter | None = None
+        self.boot = BootTimeline()
+
+    def on_boot_event(self, event: str, at: float) -> None:
+        if not self.boot.mark(event, at):
+            return
+        self.service.store.update(self.instance_id, boot=self.boot)
+        if self.ctx is not None:
+            start = self.boot.process_started or at
+            self.ctx.progress(f"{BOOT_LABELS[event]} (+{at - start:.2f} s)")
+
+    def on_exit(self, how: str, detail: str) -> None:
+        self.service.on_exit(self.instance_id, how, detail)
+
+    def on_paused(self, reason: str) -> None:
+        self.service.on_paused(self.instance_id, reason)
+
+    def on_resumed(self) -> None:
+        self.service.on_resumed(self.instance_id)
+
+
+class Lifecycle:
+    def __init__(
+        self,
+        config: Config,
+        store: InstanceStore,
+        host: HostAgent,
+        ops: OperationManager,
+        disks: DiskLayers,
+        networks: NetworkService,
+        views: InstanceViews,
+    ) -> None:
+        self.config = config
+        self.store = store
+        self.host = host
+        self.ops = ops
+        self.disks = disks
+        self.networks = networks
+        self.views = views
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._background: set[asyncio.Task[None]] = set()
+        self._events: dict[str, _Events] = {}
+
+    def get(self, instance_id: str) -> Instance:
+        inst = self.store.get(instance_id)
+        if inst is None:
+            raise NotFound(f"no instance {instance_id}")
+        return inst
+
+    def lock(self, instance_id: str) -> asyncio.Lock:
+        return self._locks.setdefault(instance_id, asyncio.Lock())
+
+    def forget_lock(self, instance_id: str) -> None:
+        self._locks.pop(instance_id, None)
+        self._events.pop(instance_id, None)
+
+    def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
+        folder = self.disks.boot_folder(inst)
+        hw = hardware or inst.hardware
+        assert hw is not None and inst.root_layer is not None
+        return VMSpec(
+            instance_id=inst.id,
+            name=inst.spec.name,
+            hardware=hw,
+            project_id=inst.project_id,
+            uid=inst.uid,
+            kernel=folder / "vmlinuz",
+            initrd=folder / "initrd.img",
+            disk_chain=self.disks.chain(inst.root_layer),
+        )
+
+    def set_state(
+        self, inst: Instance, state: State, reason: str | None = None, **fields: object
+    ) -> None:
+        check_transition(inst.state, state, name=inst.name)
+        inst.state = state
+        inst.state_reason = reason
+        self.store.update(inst.id, state=state, state_reason=reason, **fields)
+
+    async def boot(
+        self,
+        instance_id: str,
+        ctx: Reporter,
+        *,
+        fresh: bool = False,
+        restore_from: str | None = None,
+        identity: Identity | None = None,
+    ) -> dict[str, object]:
+        """Start the VM's QEMU and wait for its agent: a cold boot, or with ``restore_from`` (a
+        snapshot id) a resume from its memory image (the caller has set the hardware and top
+        layer). With ``identity`` the guest is told it is a new machine (clone) once it
+        answers."""
+        events = _Events(self, instance_id)
+        async with self.lock(instance_id):
+            inst = self.store.get(instance_id)
+            if inst is None:
+                raise NotFound("the instance was deleted")
+            try:
+                if fresh:
+                    ctx.progress(
+                        f"creating root disk ({inst.spec.disk_bytes / GIB:g} GiB, thin overlay)"
+                    )
+                    await self.disks.new_top(inst, on=None, size_bytes=inst.spec.disk_bytes)
+                assert inst.hardware is not None
+                hardware = inst.hardware
+                if inst.uid is None:  # made before VMs had users of their own
+                    inst.uid = self.store.next_uid()
+                    self.store.update(inst.id, uid=inst.uid)
+                if restore_from is None:
+                    # A cold boot folds hot-plugged parts and pending resizes into the base.
+                    hardware = hardware.rebooted(
+                        inst.spec.cpus, inst.spec.memory_mib, self.networks.hardware_nics(inst.id)
+                    )
+                # DHCP must know the NICs' MACs, and the firewall their TAPs, before they speak.
+                await self.networks.sync_instance(inst.id)
+                self.set_state(inst, State.STARTING, boot="{}", pid=None, hardware=hardware)
+                inst.hardware = hardware
+                events.ctx = ctx
+                self._events[instance_id] = events
+                spec = self.vm_spec(inst)
+                pid = await self.host.start(spec, events, restore_from=restore_from)
+                self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
+                ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
+            except GureumError as exc:
+                self._fail_start(instance_id, exc)
+                raise
+        return await self._await_ready(
+            instance_id,
+            events,
+            ctx,
+            refresh=restore_from is not None or identity is not None,
+            identity=identity,
+        )
+
+    async def _await_ready(
+        self,
+        instance_id: str,
+        events: _Events,
+        ctx: Reporter,
+        *,
+        refresh: bool = False,
+        identity: Identity | None = None,
+    ) -> dict[str, object]:
+        """Wait for the guest agent (outside the VM's lock, so a stop can interrupt)."""
+        events.ctx = ctx
+        refreshed: dict[str, object] = {}
+        try:
+            await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
+            if refresh:
+                # Restored or cloned: the guest's random pool and machine id were someone
+                # else's a moment ago (and for a clone, its hostname and MACs too).
+                told = identity or Identity()
+                machine_id = await self.host.refresh_identity(
+                    instance_id, hostname=told.hostname, macs=told.macs
+                )
+                refreshed = {"machine_id": machine_id, **told.to_dict()}
+                ctx.progress(
+                    "guest identity refreshed (random seed, machine id"
+                    + (", hostname, MAC)" if identity else ")")
+                )
+        except GureumError as exc:
+            async with self.lock(instance_id):
+                inst = self.store.get(instance_id)
+                if inst is not None and inst.state == State.STARTING:
+                    await self.host.kill(instance_id)
+                    self._fail_start(instance_id, exc)
+                elif inst is not None:
+                    raise InvalidState(
+                        f"{inst.name} became {inst.state.value} before it was ready"
+                    ) from exc
+            raise
+        finally:
+            events.ctx = None
+        inst = self.get(instance_id)
+        if inst.state == State.STARTING:
+            self.set_state(inst, State.RUNNING)
+        ctx.progress(f"ready in {events.boot.to_dict()['total_s']} s")
+        result: dict[str, object] = {"instance": self.views.view(self.get(instance_id))}
+        if refreshed:
+            assert inst.hardware is not None
+            result["identity_refreshed"] = {
+                **refreshed,
+                "generation_id": inst.hardware.generation_id,
+            }
+        return result
+
+    def _fail_start(self, instance_id: str, exc: GureumError) -> None:
+        inst = self.store.get(instance_id)
+        self.host.forget(instance_id)
+        if inst is not None and inst.state in (State.PENDING, State.STARTING):
+            self.set_state(inst, State.ERROR, f"start failed: {exc.message}", pid=None)
+
+    async def mark_error(self, instance_id: str, reason: str) -> None:
+        """Give up on a VM the service cannot manage: kill what runs, record why."""
+        await self.host.kill(instance_id)
+        self.host.forget(instance_id)
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state != State.ERROR:
+            # Any state may fall to error when the host side is lost.
+            self.store.update(instance_id, state=State.ERROR, state_reason=reason, pid=None)
+
+    # -- engine events ---------------------------------------------------------------------------
+    def on_exit(self, instance_id: str, how: str, detail: str) -> None:
+        inst = self.store.get(instance_id)
+        self._events.pop(instance_id, None)
+        if inst is None:
+            return
+        if inst.state in (State.RUNNING, State.PAUSED):
+            new = State.STOPPED if how == "stopped" else State.CRASHED
+            self.set_state(inst, new, detail, pid=None)
+            self.host.forget(instance_id)
+            log.warning("%s (%s) %s: %s", inst.name, inst.id, new.value, detail)
+        elif inst.state == State.STOPPING:
+            self.set_state(inst, State.STOPPED, detail, pid=None)
+        # STARTING: the boot waiter sees the exit and records why the start failed.
+
+    def on_paused(self, instance_id: str, reason: str) -> None:
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state == State.RUNNING:
+            self.set_state(inst, State.PAUSED, reason)
+            log.warning("%s (%s) paused: %s", inst.name, inst.id, reason)
+
+    def on_resumed(self, instance_id: str) -> None:
+        inst = self.store.get(instance_id)
+        if inst is not None and inst.state == State.PAUSED:
+            self.set_state(inst, State.RUNNING)
+            log.info("%s (%s) resumed", inst.name, inst.id)
+            # Paused in the middle of a snapshot's freeze, its thaw may have failed.
+            task = asyncio.create_task(self.host.thaw_if_frozen(instance_id))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def resume_paused(self) -> list[str]:
+        """Resume VMs QEMU paused on a full host disk once there is room again (the
+        reconciler asks every pass). A VM that fills it again is simply paused again."""
+        resumed = []
+        paused = [i for i in self.store.list() if i.state == State.PAUSED]
+        if paused and self.host.free_disk_bytes() >= RESUME_FREE_BYTES:
+            for inst in paused:
+                try:
+                    await self.host.resume(inst.id)
+                except GureumError as exc:
+                    log.warning("cannot resume %s: %s", inst.name, exc.message)
+                    continue
+                resumed.append(inst.name)
+        return resumed
+
+    # -- recovery after a service restart -------------------------------------------------------
+    async def recover(self, inst: Instance) -> str | None:
+        """Make one instance's record agree with its host after a restart; returns what changed.
+
+        A live QEMU of an active VM is re-adopted (and a boot or stop that was under way is
+        finished); a dead one is marked crashed, or stopped if its guest powered off; a QEMU
+        running for a VM the store says is down is killed (the store holds the intent).
+        """
+        if inst.hardware is None:  # a row from before hardware was recorded
+            inst.hardware = Hardware.for_boot(inst.spec.cpus, inst.spec.memory_mib)
+            self.store.update(inst.id, hardware=inst.hardware)
+        pid = self.host.find_running(inst.id)
+        if inst.state not in ACTIVE:
+            if pid is None:
+                return None
+            await self.host.kill(inst.id)
+            return f"{inst.name}: killed the QEMU of a {inst.state.value} VM"
+        if pid is None:
+            if inst.state == State.STOPPING or self.host.died_cleanly(inst.id):
+                new, why = State.STOPPED, "guest powered off while the service was down"
+            elif inst.state == State.RUNNING:
+                new, why = State.CRASHED, "QEMU exited while the service was down"
+            else:
+                new, why = State.ERROR, "start interrupted by a service restart"
+            self.set_state(inst, new, why, pid=None)
+            return f"{inst.name}: {new.value} ({why})"
+        events = _Events(self, inst.id)
+        events.boot = inst.boot
+        self._events[inst.id] = events
+        booted = inst.state in (State.RUNNING, State.PAUSED)
+        real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
+        self.store.update(inst.id, pid=pid)
+        self._repair_top_layer(inst, real_top)
+        assert inst.root_layer is not None
+        self.host.update_disk_chain(inst.id, self.disks.chain(inst.root_layer))
+        if inst.state in (State.PENDING, State.STARTING):
+            if inst.state == State.PENDING:
+                self.set_state(inst, State.STARTING)
+
+            async def finish_boot(ctx: OpContext) -> dict[str, object]:
+                ctx.progress("re-adopted a booting VM after a service restart")
+                return await self._await_ready(inst.id, events, ctx)
+
+            self.ops.start("adopt", inst.id, finish_boot, inst.project_id)
+        elif inst.state == State.STOPPING:
+            # A stop was under way when the service went down: finish it.
+            self.ops.start("stop", inst.id, lambda ctx: self.stop(inst.id, ctx), inst.project_id)
+        return f"{inst.name}: re-adopted QEMU pid {pid}"
+
+    def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
+        """A snapshot cut short by a crash may leave the store one layer ahead of QEMU (the
+        new top's record is written before QEMU switches to it): then QEMU still writes the
+        layer under the recorded top, and that layer becomes the top again. Nothing else QEMU
+        says is believed: a compromised one could name any layer of any VM."""
+        recorded = self.disks.store.get(inst.root_layer) if inst.root_layer else None
+        if recorded is None or self.host.path(recorded.path) == real_top:
+            return
+        below = self.disks.store.get(recorded.backing) if recorded.backing else None
+        if below is not None and self.host.path(below.path) == real_top:
+            log.warning(
+                "%s: disk top is %s, not %s; repaired", inst.name, below.id, inst.root_layer
+            )
+            self.store.update(inst.id, root_layer=below.id)
+            inst.root_layer = below.id
+        else:
+            log.error("%s: QEMU reports %s as its disk; the store's record is kept",
+                      inst.name, real_top)  # fmt: skip
+
+    # -- stop ------------------------------------------------------------------------------------
+    async def stop(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
+        async with self.lock(instance_id):
+            return await self.stop_locked(instance_id, ctx)
+
+    async def stop_locked(self, instance_id: str, ctx: Reporter) -> dict[str, object]:
+        inst = self.get(instance_id)
+        if inst.state not in (State.RUNNING, State.STARTING, State.PAUSED, State.STOPPING):
+            return {"instance": self.views.view(inst), "how": "already " + inst.state.value}
+        self.set_state(inst, State.STOPPING)
+        ctx.progress(
+            f"asking the guest to power off (ACPI), {self.config.stop_timeout_s:g} s at most"
+        )
+        try:
+            how = await self.host.stop(instance_id, self.config.stop_timeout_s)
+        except InvalidState:
+            how = "already gone"
+        self.host.forget(instance_id)
+        inst = self.get(instance_id)
+        if inst.state != State.STOPPED:
+            self.set_state(inst, State.STOPPED, "stopped", pid=None)
+        messages = {
+            "powerdown": "guest powered off",
+            "quit": "QEMU quit (the guest ignored ACPI)",
+            "killed": "QEMU killed (it did not quit)",
+        }
+        ctx.progress(messages.get(how, how))
+        return {"instance": self.views.view(inst), "how": how}
+
+    async def kill_locked(self, inst: Instance) -> None:
+        """Hard-stop a VM whose state is about to be replaced (restore): nothing to save."""
+        if inst.state in (State.RUNNING, State.STARTING, State.PAUSED, State.STOPPING):
+            self.set_state(inst, State.STOPPING)
+            await self.host.kill(inst.id)
+            self.host.forget(inst.id)
+            self.set_state(inst, State.STOPPED, "stopped for a restore", pid=None)
+
+    def new_generation(self, hardware: Hardware) -> Hardware:
+        return replace(hardware, generation_id=new_generation_id())

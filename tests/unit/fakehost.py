@@ -1,0 +1,414 @@
+"""FakeHost: a ``HostAgent`` in memory, for unit tests of the service's rules.
+
+It keeps what a real host would have (disk files, VMs, memory images, boot files, networks,
+forwards, control groups) as sets, records every call, and raises an ``EngineError`` at the
+step named in ``fail_at`` (optionally only on its ``fail_on``-th call). Nothing here runs a
+process: it stands in for ``LocalHostAgent`` beneath unit tests only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gureum.config import Config
+from gureum.errors import EngineError, InvalidState
+from gureum.host.capacity import HostCapacity, admit
+from gureum.host.interface import (
+    AccelChoice,
+    Console,
+    ExecResult,
+    ProjectUsage,
+    VMEvents,
+    VMSpec,
+)
+from gureum.model.hardware import Hardware
+from gureum.model.network import Network, Nic, Rule
+from gureum.network.firewall import Port
+from gureum.network.metadata import Lookup
+
+
+@dataclass
+class FakeVM:
+    spec: VMSpec
+    events: VMEvents
+    pid: int
+    restored_from: str | None
+
+
+@dataclass
+class HostState:
+    """What is on the host, to compare before and after."""
+
+    files: frozenset[Path]
+    vms: frozenset[str]
+    memory_images: frozenset[str]
+    boot_files: frozenset[str]
+    forwards: frozenset[str]
+
+    def without(self, other: HostState) -> dict[str, set[object]]:
+        """What this state has that ``other`` has not (empty: nothing was left)."""
+        left = {
+            "files": set(self.files - other.files),
+            "vms": set(self.vms - other.vms),
+            "memory_images": set(self.memory_images - other.memory_images),
+            "boot_files": set(self.boot_files - other.boot_files),
+            "forwards": set(self.forwards - other.forwards),
+        }
+        return {k: v for k, v in left.items() if v}
+
+
+@dataclass
+class FakeHost:
+    config: Config
+    cpus: int = 8
+    memory_mib: int = 16384
+    fail_at: str | None = None
+    fail_on: int = 1  # the n-th call of fail_at fails
+    calls: list[str] = field(default_factory=list)
+    files: set[Path] = field(default_factory=set)
+    vms: dict[str, FakeVM] = field(default_factory=dict)
+    memory_images: set[str] = field(default_factory=set)
+    boot_files: set[str] = field(default_factory=set)
+    networks: set[str] = field(default_factory=set)
+    forwards: set[str] = field(default_factory=set)
+    groups: dict[str, tuple[float | None, int | None]] = field(default_factory=dict)
+    hardware: dict[str, Hardware] = field(default_factory=dict)
+    _pids: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
+    lookup: Lookup | None = None
+
+    @property
+    def accel(self) -> AccelChoice:
+        return AccelChoice("tcg", "a fake host")
+
+    def _step(self, name: str) -> None:
+        """Record a call; fail it if it is the one chosen."""
+        self.calls.append(name)
+        if name == self.fail_at and self.calls.count(name) == self.fail_on:
+            raise EngineError(f"injected failure in {name}")
+
+    def state(self) -> HostState:
+        return HostState(
+            frozenset(self.files),
+            frozenset(self.vms),
+            frozenset(self.memory_images),
+            frozenset(self.boot_files),
+            frozenset(self.forwards),
+        )
+
+    # -- the host --------------------------------------------------------------------------------
+    def prepare(self) -> None:
+        for folder in (self.config.home, self.config.images_dir, self.config.cache_dir):
+            folder.mkdir(parents=True, exist_ok=True)
+
+    def capacity(self) -> HostCapacity:
+        return HostCapacity(self.cpus, self.memory_mib, 0, 1.0)
+
+    def admit(self, used_cpus: int, used_mib: int, cpus: int, memory_mib: int) -> None:
+        admit(self.capacity(), used_cpus, used_mib, cpus, memory_mib)
+
+    def path(self, relative: str) -> Path:
+        return self.config.home / relative
+
+    def free_disk_bytes(self) -> int:
+        return 1 << 40
+
+    def disk_reserve_bytes(self) -> int:
+        return 1 << 30
+
+    async def check_alive(self) -> None:
+        self._step("check_alive")
+
+    async def remove_leftovers(
+        self, known_ids: set[str], known_layers: set[Path], known_snapshots: set[str]
+    ) -> list[str]:
+        self._step("remove_leftovers")
+        gone = [str(p) for p in self.files - known_layers]
+        self.files &= known_layers
+        self.memory_images &= known_snapshots
+        return gone
+
+    # -- projects --------------------------------------------------------------------------------
+    async def limit_project(self, project_id: str, cores: float | None, memory: int | None) -> None:
+        self._step("limit_project")
+        self.groups[project_id] = (cores, memory)
+
+    def forget_project(self, project_id: str) -> None:
+        self.groups.pop(project_id, None)
+
+    def project_usage(self, project_id: str) -> ProjectUsage:
+        return ProjectUsage(None, None, None)
+
+    def tidy_projects(self) -> None:
+        pass
+
+    # -- disks -----------------------------------------------------------------------------------
+    async def create_disk(self, path: Path, backing: Path, size_bytes: int) -> None:
+        self._step("create_disk")
+        self.files.add(path)
+
+    async def grow_disk_offline(self, path: Path, size_bytes: int) -> None:
+        self._step("grow_disk_offline")
+
+    async def flatten_disk(self, chain: tuple[Path, ...], dest: Path) -> None:
+        self._step("flatten_disk")
+        dest.write_bytes(b"flattened")
+
+    async def check_image(self, path: Path, size_bytes: int, what: str) -> None:
+        self._step("check_image")
+
+    async def take_disk(self, src: Path, dest: Path, size_bytes: int, what: str) -> None:
+        self._step("take_disk")
+        self.files.add(dest)
+
+    def names_backing_file(self, path: Path) -> bool:
+        return False
+
+    def disk_bytes(self, path: Path) -> int:
+        return 4096 if path in self.files else 0
+
+    async def revoke_access(self, uid: int, paths: list[Path]) -> None:
+        self._step("revoke_access")
+
+    async def remove_file(self, path: Path) -> None:
+        self.files.discard(path)
+
+    # -- boot files ------------------------------------------------------------------------------
+    def own_boot_files(self, instance_id: str) -> Path | None:
+        if instance_id in self.boot_files:
+            return self.config.instances_dir / instance_id
+        return None
+
+    async def share_boot_files(self, source_id: str, instance_id: str) -> None:
+        self._step("share_boot_files")
+        self.boot_files.add(instance_id)
+
+    async def take_boot_files(self, scratch: Path, instance_id: str) -> None:
+        self._step("take_boot_files")
+        self.boot_files.add(instance_id)
+
+    def new_scratch(self) -> Path:
+        path = self.config.home / "scratch" / f"x{next(self._pids)}"
+        path.mkdir(parents=True)
+        return path
+
+    def remove_scratch(self, path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+
+    # -- memory images ---------------------------------------------------------------------------
+    async def save_memory(
+        self, instance_id: str, frozen_chain: tuple[Path, ...], snapshot_id: str
+    ) -> None:
+        self._step("save_memory")
+        self.memory_images.add(snapshot_id)
+
+    async def take_memory(
+        self, scratch: Path, snapshot_id: str, backends: list[tuple[str, int]]
+    ) -> None:
+        self._step("take_memory")
+        self.memory_images.add(snapshot_id)
+
+    async def export_memory(
+        self, snapshot_id: str, backends: list[tuple[str, int]], scratch: Path
+    ) -> dict[str, Path]:
+        self._step("export_memory")
+        return {}
+
+    def snapshot_bytes(self, snapshot_id: str) -> int:
+        return 4096 if snapshot_id in self.memory_images else 0
+
+    async def remove_snapshot(self, snapshot_id: str) -> None:
+        self.memory_images.discard(snapshot_id)
+
+    # -- a VM's life -----------------------------------------------------------------------------
+    async def start(self, spec: VMSpec, events: VMEvents, restore_from: str | None = None) -> int:
+        self._step("start")
+        if spec.instance_id in self.vms:
+            raise InvalidState(f"{spec.name} already has a running QEMU")
+        if restore_from is not None and restore_from not in self.memory_images:
+            raise EngineError(f"no memory image {restore_from}")
+        missing = [p for p in spec.disk_chain if p not in self.files and "images" not in p.parts]
+        if missing:
+            raise EngineError(f"disk files missing: {missing}")
+        pid = next(self._pids)
+        self.vms[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
+        events.on_boot_event("process_started", asyncio.get_running_loop().time())
+        return pid
+
+    async def wait_ready(self, instance_id: str, timeout: float) -> None:
+        self._step("wait_ready")
+        self._vm(instance_id)
+
+    def find_running(self, instance_id: str) -> int | None:
+        vm = self.vms.get(instance_id)
+        return vm.pid if vm else None
+
+    def died_cleanly(self, instance_id: str) -> bool:
+        return False
+
+    async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> Path:
+        self._step("adopt")
+        return spec.root_disk
+
+    async def stop(self, instance_id: str, timeout: float) -> str:
+        self._step("stop")
+        self._vm(instance_id)
+        self.vms.pop(instance_id)
+        return "powerdown"
+
+    async def kill(self, instance_id: str) -> None:
+        self.vms.pop(instance_id, None)
+
+    def forget(self, instance_id: str) -> None:
+        pass
+
+    async def destroy(self, instance_id: str) -> None:
+        self.vms.pop(instance_id, None)
+        self.boot_files.discard(instance_id)
+
+    async def pause(self, instance_id: str) -> None:
+        self._step("pause")
+        self._vm(instance_id)
+
+    async def resume(self, instance_id: str) -> None:
+        self._step("resume")
+
+    async def freeze(self, instance_id: str) -> bool:
+        self._step("freeze")
+        return True
+
+    async def thaw(self, instance_id: str) -> None:
+        self._step("thaw")
+
+    async def thaw_if_frozen(self, instance_id: str) -> None:
+        pass
+
+    async def snapshot_disk_live(self, instance_id: str, new_top: Path) -> None:
+        self._step("snapshot_disk_live")
+        self._vm(instance_id)
+        self.files.add(new_top)
+
+    def update_disk_chain(self, instance_id: str, chain: tuple[Path, ...]) -> None:
+        pass
+
+    def update_hardware(self, instance_id: str, hardware: Hardware) -> None:
+        self.hardware[instance_id] = hardware
+
+    # -- resources -------------------------------------------------------------------------------
+    async def hotplug_cpu(self, instance_id: str, core: int) -> None:
+        self._step("hotplug_cpu")
+
+    async def online_cpus(self, instance_id: str, want: int) -> None:
+        self._step("online_cpus")
+
+    async def hotplug_dimm(self, instance_id: str, index: int, mib: int) -> None:
+        self._step("hotplug_dimm")
+
+    async def guest_memory_kib(self, instance_id: str) -> int:
+        self._step("guest_memory_kib")
+        hw = self.hardware.get(instance_id) or self._vm(instance_id).spec.hardware
+        return hw.total_memory_mib * 1024
+
+    async def resize_disk_live(self, instance_id: str, size_bytes: int) -> None:
+        self._step("resize_disk_live")
+
+    async def grow_guest_filesystem(self, instance_id: str) -> bool:
+        self._step("grow_guest_filesystem")
+        return True
+
+    async def hotplug_nic(self, instance_id: str, slot: int, mac: str, network_id: str) -> None:
+        self._step("hotplug_nic")
+
+    async def wait_for_nic(self, instance_id: str, mac: str, timeout: float) -> None:
+        self._step("wait_for_nic")
+
+    async def renew_network(self, instance_id: str) -> None:
+        self._step("renew_network")
+
+    async def unplug_nic(self, instance_id: str, slot: int) -> None:
+        self._step("unplug_nic")
+
+    # -- guest access ----------------------------------------------------------------------------
+    async def exec(
+        self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
+    ) -> ExecResult:
+        self._step("exec")
+        vm = self._vm(instance_id)
+        return ExecResult(0, f"{vm.spec.name}\n".encode(), b"")
+
+    async def refresh_identity(
+        self,
+        instance_id: str,
+        *,
+        hostname: str | None = None,
+        macs: list[tuple[str, str]] | None = None,
+    ) -> str:
+        self._step("refresh_identity")
+        self._vm(instance_id)
+        return "0" * 32
+
+    def console(self, instance_id: str) -> Console:
+        raise InvalidState("a fake host has no consoles")
+
+    async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
+        return b""
+
+    def rss_bytes(self, instance_id: str) -> int | None:
+        return 1 << 20 if instance_id in self.vms else None
+
+    def _vm(self, instance_id: str) -> FakeVM:
+        vm = self.vms.get(instance_id)
+        if vm is None:
+            raise InvalidState("the VM is not running on this host")
+        return vm
+
+    # -- networks --------------------------------------------------------------------------------
+    def serve_metadata(self, lookup: Lookup) -> None:
+        self.lookup = lookup
+
+    def network_namespace(self, network_id: str) -> str:
+        return f"fake-{network_id}"
+
+    async def ensure_network(self, net: Network) -> None:
+        self._step("ensure_network")
+        self.networks.add(net.id)
+
+    async def remove_network(self, network_id: str) -> None:
+        self.networks.discard(network_id)
+
+    def networks_present(self) -> set[str]:
+        return set(self.networks)
+
+    async def sync_network(
+        self,
+        net: Network,
+        hosts: list[tuple[Nic, str]],
+        ports: list[Port],
+        rules: dict[str, list[Rule]],
+    ) -> None:
+        self._step("sync_network")
+
+    async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
+        return None
+
+    async def add_forward(
+        self,
+        forward_id: str,
+        address: str,
+        host_port: int,
+        network_id: str,
+        ip: str,
+        guest_port: int,
+    ) -> None:
+        self._step("add_forward")
+        self.forwards.add(forward_id)
+
+    async def remove_forward(self, forward_id: str) -> None:
+        self.forwards.discard(forward_id)
+
+    async def close_networks(self) -> None:
+        pass

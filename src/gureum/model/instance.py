@@ -65,6 +65,8 @@ ACTION_FROM: dict[str, frozenset[State]] = {
     "snapshot": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
     "resize": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
     "change NICs of": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
+    # A restore replaces whatever runs (a paused VM too), but never a boot or stop under way.
+    "restore": frozenset({State.RUNNING, State.PAUSED, State.STOPPED, State.CRASHED, State.ERROR}),
 }
 
 

@@ -16,15 +16,53 @@ class Role(StrEnum):
         return {"viewer": 1, "member": 2, "admin": 3}[self.value]
 
 
-QUOTA_FIELDS = (
-    "max_instances",
-    "max_cpus",
-    "max_memory_mib",
-    "max_disk_bytes",
-    "max_snapshots",
-    "max_networks",
-    "max_forwards",
-)
+class Amount(StrEnum):
+    """What a quota's number is, so every layer reads and shows it the same way."""
+
+    COUNT = "count"
+    MIB = "mib"  # the CLI takes 8G and sends MiB
+    BYTES = "bytes"  # the CLI takes 100G and sends bytes
+    CORES = "cores"  # a fraction of CPUs: 0.5
+
+
+@dataclass(frozen=True)
+class Quota:
+    """One of a project's limits. This table is the one place they are declared: the API's
+    request bodies, the CLI's options, the store's columns and the quota check are made from
+    it (``Project`` holds them as fields, and a test keeps it in step)."""
+
+    field: str
+    amount: Amount
+    help: str
+    counts: str | None = None  # what an allocation asks of it (cpus=2); None: a cgroup limit
+    label: str = ""  # how a refusal names it
+
+    @property
+    def unit(self) -> int:
+        """The unit a refusal shows it in (GiB for disk bytes)."""
+        return 1 << 30 if self.amount == Amount.BYTES else 1
+
+
+# Allocation limits: what a project's instances, snapshots, networks... may hold together.
+QUOTAS = (
+    Quota("max_instances", Amount.COUNT, "Instances at most.", "instances", "instances"),
+    Quota("max_cpus", Amount.COUNT, "vCPUs at most, all instances together.", "cpus", "vCPUs"),
+    Quota("max_memory_mib", Amount.MIB, "Guest memory at most, e.g. 8G.", "memory_mib",
+          "MiB of memory"),
+    Quota("max_disk_bytes", Amount.BYTES, "Disk at most, e.g. 100G.", "disk_bytes",
+          "GiB of disk"),
+    Quota("max_snapshots", Amount.COUNT, "Snapshots at most.", "snapshots", "snapshots"),
+    Quota("max_networks", Amount.COUNT, "Networks at most.", "networks", "networks"),
+    Quota("max_forwards", Amount.COUNT, "Port forwards at most, all instances together.",
+          "forwards", "port forwards"),
+)  # fmt: skip
+# Real use: the project's control group (None: CPU follows max_cpus, memory unbounded).
+LIMITS = (
+    Quota("cpu_limit", Amount.CORES,
+          "Cores its VMs may really use (control group; default: max-cpus)."),
+    Quota("memory_limit_mib", Amount.MIB, "Memory its VMs may really use, e.g. 4G."),
+)  # fmt: skip
+QUOTA_FIELDS = tuple(q.field for q in QUOTAS)
 
 
 @dataclass

@@ -15,25 +15,18 @@ from collections.abc import Callable
 from gureum.errors import NotFound, QuotaExceeded
 from gureum.host.interface import HostAgent
 from gureum.model.instance import Instance
-from gureum.model.tenancy import Project
+from gureum.model.tenancy import QUOTAS, Project
 from gureum.service.holds import Holds
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.tenancy import TenancyStore
-from gureum.units import GIB, MIB
+from gureum.units import MIB
 
 log = logging.getLogger(__name__)
 
-_WHAT = {
-    "instances": ("max_instances", "instances", 1),
-    "cpus": ("max_cpus", "vCPUs", 1),
-    "memory_mib": ("max_memory_mib", "MiB of memory", 1),
-    "disk_bytes": ("max_disk_bytes", "GiB of disk", GIB),
-    "snapshots": ("max_snapshots", "snapshots", 1),
-    "networks": ("max_networks", "networks", 1),
-    "forwards": ("max_forwards", "port forwards", 1),
-}
+# What an allocation asks (cpus=2) -> the quota that limits it.
+_WHAT = {q.counts: (q.field, q.label, q.unit) for q in QUOTAS if q.counts}
 
 
 class QuotaService:

@@ -186,8 +186,7 @@ class SnapshotService:
     # -- restore ---------------------------------------------------------------------------------
     async def restore(self, ref: str, name: str, project_id: str | None = None) -> Operation:
         inst, snap = self.get(ref, name, project_id)
-        if inst.state in (State.PENDING, State.STARTING, State.STOPPING):
-            raise InvalidState(f"cannot restore {inst.name} while it is {inst.state.value}")
+        check_action("restore", inst.state, name=inst.name)
         if snap.memory:
             # The machine must be the same: a NIC added or removed since cannot be restored.
             self.networks.check_slots_match(inst.id, snap.hardware.nics)

@@ -31,7 +31,16 @@ from gureum.errors import (
 from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.limits import MAX_QUOTA_US, MIN_CPU_CORES, MIN_QUOTA_US, PERIOD_US, cpu_quota_us
-from gureum.model.tenancy import QUOTA_FIELDS, Principal, Project, Role, Scope, Token, User
+from gureum.model.tenancy import (
+    LIMITS,
+    QUOTAS,
+    Principal,
+    Project,
+    Role,
+    Scope,
+    Token,
+    User,
+)
 from gureum.store.tenancy import TenancyStore
 from gureum.units import MIB
 
@@ -322,7 +331,7 @@ def _granted(project: Project, key: str, host_cpus: int) -> float | int | None:
 
 
 def _checked_quotas(quotas: dict[str, float | int | None]) -> dict[str, float | int | None]:
-    allowed = (*QUOTA_FIELDS, "cpu_limit", "memory_limit_mib")
+    allowed = {q.field for q in QUOTAS + LIMITS}
     out: dict[str, float | int | None] = {}
     for key, value in quotas.items():
         if key not in allowed:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text
 
+from gureum.model.tenancy import LIMITS, QUOTAS, Amount
+
 metadata = MetaData()
 
 instances = Table(
@@ -161,15 +163,8 @@ projects = Table(
     metadata,
     Column("id", Text, primary_key=True),
     Column("name", Text, nullable=False, unique=True),
-    Column("max_instances", BigInteger),
-    Column("max_cpus", BigInteger),
-    Column("max_memory_mib", BigInteger),
-    Column("max_disk_bytes", BigInteger),
-    Column("max_snapshots", BigInteger),
-    Column("max_networks", BigInteger),
-    Column("max_forwards", BigInteger),
-    Column("cpu_limit", Float),
-    Column("memory_limit_mib", BigInteger),
+    # One column a quota (model/tenancy.py: QUOTAS, then LIMITS).
+    *[Column(q.field, Float if q.amount == Amount.CORES else BigInteger) for q in QUOTAS + LIMITS],
     Column("created_at", Float, nullable=False),
 )
 

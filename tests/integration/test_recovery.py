@@ -1,10 +1,14 @@
-"""Snapshots, restore, clone, backups and resize, checked from inside the guests."""
+"""Snapshots, restore, clone, backups and resize, checked from inside the guests.
+
+The tests share rec1 (the module's VM); what one needs beyond it (a snapshot, a clone, the
+counter running) it asks of a fixture or helper that makes it unless an earlier test left it, so
+each test also passes when run by itself.
+"""
 
 from __future__ import annotations
 
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -12,11 +16,16 @@ import pytest
 from gureum.client.client import ApiError
 from gureum.engine.qemu import process
 from gureum.sys import procs
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
 
+# A process that lives only in guest memory (/tmp is tmpfs): ten counts a second. Started unless
+# one runs already (its pid file, in /tmp too, goes with a reboot and comes back with a restore).
 COUNTER = (
-    "(i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) >/dev/null 2>&1 &"
+    "[ -f /tmp/counter.pid ] && kill -0 $(cat /tmp/counter.pid) 2>/dev/null || "
+    "{ (i=0; while true; do i=$((i+1)); echo $i > /tmp/counter; sleep 0.1; done) "
+    ">/dev/null 2>&1 & echo $! > /tmp/counter.pid; }"
 )
 
 
@@ -33,6 +42,44 @@ def wait_op(service, op):
         return c.wait(op["id"], timeout=240)
 
 
+def counter(service, name) -> int:
+    return int(sh(service, name, "cat /tmp/counter"))
+
+
+def counter_past(service, name, value: int) -> int:
+    """The guest's counter once it is past ``value``: it runs."""
+    return wait_for(lambda: (n := counter(service, name)) > value and n, 30,
+                    what=f"the counter in {name} past {value}")  # fmt: skip
+
+
+def snapshot_names(service, name) -> list[str]:
+    return [
+        s["name"] for s in json.loads(service.cli("snapshot", "list", name, "-o", "json").stdout)
+    ]
+
+
+def instance_names(service) -> set[str]:
+    with service.client() as c:
+        return {i["name"] for i in c.instances()}
+
+
+def ensure_snapshot(service, vm, name, *, memory=False) -> str:
+    """rec1's snapshot ``name``: taken now unless an earlier test took it (a memory one with
+    the counter running)."""
+    if name not in snapshot_names(service, vm):
+        if memory:
+            sh(service, vm, COUNTER)
+        service.cli("snapshot", "create", vm, name, *(["--memory"] if memory else []))
+    return name
+
+
+def ensure_clone(service, vm, name, snapshot, *, memory=False) -> str:
+    if name not in instance_names(service):
+        ensure_snapshot(service, vm, snapshot, memory=memory)
+        service.cli("clone", f"{vm}/{snapshot}", name)
+    return name
+
+
 @pytest.fixture(scope="module")
 def vm(service):
     """rec1 with 8 MiB of random data on its disk and a counter running in memory."""
@@ -42,6 +89,30 @@ def vm(service):
     yield "rec1"
     for name in ("rec1", "rec2", "rec3", "rec4", "rec1-copy"):
         service.cli("delete", name, "--force", check=False)
+
+
+@pytest.fixture
+def disk_snapshot(service, vm):
+    """s1, a disk snapshot of rec1 (as test_disk_snapshot_restore_gives_back_the_data takes)."""
+    return ensure_snapshot(service, vm, "s1")
+
+
+@pytest.fixture
+def memory_snapshot(service, vm):
+    """m1, a memory snapshot of rec1 with its counter running."""
+    return ensure_snapshot(service, vm, "m1", memory=True)
+
+
+@pytest.fixture
+def memory_clone(service, vm):
+    """rec2, cloned from m1 (as test_clone_from_memory_snapshot_is_a_new_machine does)."""
+    return ensure_clone(service, vm, "rec2", "m1", memory=True)
+
+
+@pytest.fixture
+def disk_clone(service, vm):
+    """rec3, cloned from s1 (as test_clone_from_disk_snapshot_boots_with_the_data does)."""
+    return ensure_clone(service, vm, "rec3", "s1")
 
 
 def blob_sum(service, name):
@@ -61,32 +132,31 @@ def test_disk_snapshot_restore_gives_back_the_data(service, vm):
     assert after["state"] == "running"
     assert blob_sum(service, vm) == original
     assert after["generation_id"] != before["generation_id"]  # a new generation
-    sh(service, vm, COUNTER)  # the restore rebooted the VM: start the counter again
 
 
 def test_memory_snapshot_resumes_a_running_process(service, vm):
+    sh(service, vm, COUNTER)  # unless it runs (a restore that rebooted the VM stopped it)
     machine_id = sh(service, vm, "cat /etc/machine-id").strip()
     out = json.loads(service.cli("snapshot", "create", vm, "m1", "--memory", "-o", "json").stdout)
     assert out["snapshot"]["memory"] and out["snapshot"]["consistency"] == "paused"
-    at_snapshot = int(sh(service, vm, "cat /tmp/counter"))
-    time.sleep(1.5)
-    later = int(sh(service, vm, "cat /tmp/counter"))
-    assert later > at_snapshot + 5
+    at_snapshot = counter(service, vm)
+    # Far enough past the snapshot (1.5 s of counting) that the restored VM, counting again
+    # from where the snapshot was, cannot have caught up by the time it is read.
+    later = counter_past(service, vm, at_snapshot + 15)
     gen_before = show(service, vm)["generation_id"]
     res = json.loads(service.cli("snapshot", "restore", vm, "m1", "-o", "json").stdout)
     assert res["identity_refreshed"]["generation_id"] != gen_before
     resumed = int(sh(service, vm, "cat /tmp/counter"))
     # Back at the moment of the snapshot (the counter lived only in memory), and still counting.
     assert at_snapshot <= resumed < later
-    time.sleep(0.5)
-    assert int(sh(service, vm, "cat /tmp/counter")) > resumed
+    counter_past(service, vm, resumed)
     boot = show(service, vm)["boot"]
     phases = {p["event"]: p["at"] for p in boot["phases"]}
     assert phases["memory_restored"] is not None and phases["kernel_started"] is None
     assert sh(service, vm, "cat /etc/machine-id").strip() != machine_id  # told it was restored
 
 
-def test_clone_from_memory_snapshot_is_a_new_machine(service, vm):
+def test_clone_from_memory_snapshot_is_a_new_machine(service, vm, memory_snapshot):
     source = show(service, vm)
     res = json.loads(service.cli("clone", f"{vm}/m1", "rec2", "-o", "json").stdout)
     clone = res["instance"]
@@ -102,9 +172,7 @@ def test_clone_from_memory_snapshot_is_a_new_machine(service, vm):
     assert sh(service, "rec2", "cat /etc/machine-id") != sh(service, vm, "cat /etc/machine-id")
     assert blob_sum(service, "rec2") == blob_sum(service, vm)
     # The counter process came along in memory, and runs.
-    first = int(sh(service, "rec2", "cat /tmp/counter"))
-    time.sleep(0.5)
-    assert int(sh(service, "rec2", "cat /tmp/counter")) > first
+    counter_past(service, "rec2", counter(service, "rec2"))
     # It shares no writable file with its source: a write in one is not seen in the other.
     sh(service, "rec2", "echo clone-only > /root/mine && sync")
     assert "No such file" in service.cli("exec", vm, "--", "cat", "/root/mine", check=False).stderr
@@ -123,21 +191,23 @@ def ram_mapping(pid: int) -> dict[str, int]:
     return fields
 
 
-def test_clones_share_unchanged_memory_pages(service, vm):
+def test_clones_share_unchanged_memory_pages(service, vm, memory_clone):
     """Two VMs started from one memory snapshot map its RAM file privately: the pages neither
     has written are the same page-cache pages (shown as Shared_*: clean, or dirty while the
     file is not yet written back), so each is charged only a share (Pss < Rss)."""
     res = json.loads(service.cli("clone", f"{vm}/m1", "rec4", "-o", "json").stdout)
-    pid_a, pid_b = show(service, "rec2")["pid"], res["instance"]["pid"]
-    a, b = ram_mapping(pid_a), ram_mapping(pid_b)
-    assert a["Rss"] > 10 * 1024 and b["Rss"] > 10 * 1024
-    for m in (a, b):
-        assert m["Shared_Clean"] + m["Shared_Dirty"] > 10 * 1024
-    assert a["Pss"] < a["Rss"]  # shared pages are split between the clones
-    service.cli("delete", "rec4", "--force")
+    try:
+        pid_a, pid_b = show(service, memory_clone)["pid"], res["instance"]["pid"]
+        a, b = ram_mapping(pid_a), ram_mapping(pid_b)
+        assert a["Rss"] > 10 * 1024 and b["Rss"] > 10 * 1024
+        for m in (a, b):
+            assert m["Shared_Clean"] + m["Shared_Dirty"] > 10 * 1024
+        assert a["Pss"] < a["Rss"]  # shared pages are split between the clones
+    finally:
+        service.cli("delete", "rec4", "--force")
 
 
-def test_clone_from_disk_snapshot_boots_with_the_data(service, vm):
+def test_clone_from_disk_snapshot_boots_with_the_data(service, vm, disk_snapshot):
     res = json.loads(service.cli("clone", f"{vm}/s1", "rec3", "-o", "json").stdout)
     assert res["instance"]["state"] == "running"
     assert sh(service, "rec3", "hostname").strip() == "rec3"
@@ -145,7 +215,10 @@ def test_clone_from_disk_snapshot_boots_with_the_data(service, vm):
     assert sh(service, "rec3", "test -s /root/blob && echo yes").strip() == "yes"
 
 
-def test_deleting_a_snapshot_a_clone_uses_keeps_its_data(service, vm):
+def test_deleting_a_snapshot_a_clone_uses_keeps_its_data(
+    service, vm, disk_snapshot, memory_snapshot, disk_clone, memory_clone
+):
+    sh(service, memory_clone, "echo clone-only > /root/mine && sync")
     listed = json.loads(service.cli("snapshot", "list", vm, "-o", "json").stdout)
     s1 = next(s for s in listed if s["name"] == "s1")
     assert set(s1["depended_on_by"]) >= {"rec3"}
@@ -168,10 +241,10 @@ def _acl(path: Path) -> str:
                           check=True).stdout  # fmt: skip
 
 
-def test_a_deleted_clone_keeps_no_grant(service, vm):
+def test_a_deleted_clone_keeps_no_grant(service, vm, disk_clone):
     """A clone's QEMU reads the layers it shares through an ACL entry for its own uid; the
     entry goes with the clone."""
-    pid = show(service, "rec3")["pid"]
+    pid = show(service, disk_clone)["pid"]
     status = Path(f"/proc/{pid}/status").read_text().splitlines()
     uid = int(next(x for x in status if x.startswith("Uid:")).split()[1])
     argv = procs.cmdline(pid)
@@ -221,6 +294,7 @@ def test_export_delete_import_same_data(service, vm, tmp_path: Path):
 
 def test_memory_backup_resumes_elsewhere(service, vm, tmp_path: Path):
     archive = tmp_path / "rec1-mem.gbk"
+    sh(service, vm, COUNTER)  # unless it runs: the process to come along
     sh(service, vm, "echo before-export > /tmp/marker")  # /tmp is memory (tmpfs)
     service.cli("backup", "export", vm, str(archive), "--memory")
     sh(service, vm, "echo after-export > /tmp/marker")
@@ -231,9 +305,7 @@ def test_memory_backup_resumes_elsewhere(service, vm, tmp_path: Path):
     copy_mac = show(service, "rec1-copy")["mac"]
     assert copy_mac != show(service, vm)["mac"]
     assert sh(service, "rec1-copy", "cat /sys/class/net/eth0/address").strip() == copy_mac
-    first = int(sh(service, "rec1-copy", "cat /tmp/counter"))
-    time.sleep(0.5)
-    assert int(sh(service, "rec1-copy", "cat /tmp/counter")) > first  # the process came along
+    counter_past(service, "rec1-copy", counter(service, "rec1-copy"))  # the process came along
     assert blob_sum(service, "rec1-copy") == blob_sum(service, vm)
     res = service.cli("backup", "verify", str(archive))
     assert res.stdout.startswith("PASS") and "resumed from memory" in res.stdout
@@ -326,4 +398,5 @@ def test_no_helper_or_stray_file_left(service, vm):
     helpers = [p for p in process.find_by_marker(str(snaps_dir) + "/")
                if any("memimage-helper" in a for a in procs.cmdline(p))]  # fmt: skip
     assert not helpers
-    assert not list((service.home / "scratch").iterdir())
+    scratch = service.home / "scratch"  # made by the first backup: none when run alone
+    assert not scratch.exists() or not list(scratch.iterdir())

@@ -26,9 +26,25 @@ def error_classes() -> set[type[GureumError]]:
     return found
 
 
-def test_every_error_code_is_in_the_api_docs_with_its_status():
+def documented() -> set[tuple[int, str]]:
     rows = re.findall(r"^\| (\d{3}) \| ([^|]+) \|", DOCS.read_text(), re.M)
-    documented = {(int(status), code) for status, codes in rows
-                  for code in re.findall(r"`([a-z-]+)`", codes)}  # fmt: skip
+    return {(int(status), code) for status, codes in rows
+            for code in re.findall(r"`([a-z-]+)`", codes)}  # fmt: skip
+
+
+def test_every_error_code_is_in_the_api_docs_with_its_status():
+    known = documented()
     for cls in error_classes():
-        assert (cls.status, cls.code) in documented, f"{cls.__name__}: {cls.status} {cls.code}"
+        assert (cls.status, cls.code) in known, f"{cls.__name__}: {cls.status} {cls.code}"
+
+
+def test_the_codes_routing_answers_and_the_rest_are_documented_too():
+    """Routing's own answers (no such path, not with that method), the catch-all for other
+    HTTP errors, and the code of an operation the service stopped under."""
+    from gureum.api.errors import ROUTING_CODES
+
+    known = documented()
+    for status, code in ROUTING_CODES.items():
+        assert (status, code) in known, f"{status} {code}"
+    text = DOCS.read_text()
+    assert "`http-error`" in text and "`interrupted`" in text

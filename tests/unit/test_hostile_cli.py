@@ -12,6 +12,7 @@ import stat
 from typer.testing import CliRunner
 
 from gureum.cli.main import app
+from gureum.client.client import Client
 
 
 def mode(path) -> int:
@@ -88,29 +89,33 @@ def test_fingerprints_and_data_are_printed_as_they_are():
     assert TRICKY in seen.get()
 
 
-class _FakeClient:
-    """The API client's stand-in: answers each request from a table."""
+class _FakeClient(Client):
+    """The API client's stand-in: its methods are the real ones, and each request they make is
+    answered from a table."""
 
     answers: dict[str, object] = {}
 
     def __init__(self, *_, **__):
         pass
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *_):
-        return False
+    def close(self):
+        pass
 
     def request(self, method, path, **_):
         return self.answers[f"{method} {path}"]
+
+
+def fake_client(monkeypatch, cls=_FakeClient, *modules):
+    """Every client the CLI makes (in ``output.call``, and in ``modules``) is ``cls``."""
+    for module in ("gureum.cli.output", *modules):
+        monkeypatch.setattr(f"{module}.Client", cls)
 
 
 def test_remote_add_prints_the_fingerprint_as_it_is(tmp_path, monkeypatch):
     monkeypatch.setenv("GUREUM_CONFIG", str(tmp_path / "remotes.json"))
     monkeypatch.setattr("gureum.cli.tenancy._server_certificate", lambda url: "PEM")
     monkeypatch.setattr("gureum.api.tls.fingerprint", lambda pem: FINGERPRINT)
-    monkeypatch.setattr("gureum.cli.tenancy.Client", _FakeClient)
+    fake_client(monkeypatch, _FakeClient, "gureum.cli.tenancy")
     _FakeClient.answers = {"GET /v1/version": {"version": "x", "api": "v1"}}
     res = CliRunner().invoke(
         app, ["remote", "add", "lab", "https://h:8443", "--token", "gur_x"], env={"COLUMNS": "200"}
@@ -120,7 +125,7 @@ def test_remote_add_prints_the_fingerprint_as_it_is(tmp_path, monkeypatch):
 
 
 def test_audit_rows_are_printed_as_they_are(monkeypatch):
-    monkeypatch.setattr("gureum.cli.tenancy.Client", _FakeClient)
+    fake_client(monkeypatch)
     row = {"at": 0, "user": "anonymous", "project": None, "action": f"GET /v1/{TRICKY}",
            "target": FINGERPRINT, "result": 401}  # fmt: skip
     _FakeClient.answers = {"GET /v1/audit": [row]}
@@ -137,7 +142,7 @@ def test_project_quota_takes_max_forwards(monkeypatch):
             sent.update(kw.get("json") or {})
             return {"quotas": {"max_forwards": 4}}
 
-    monkeypatch.setattr("gureum.cli.tenancy.Client", Recording)
+    fake_client(monkeypatch, Recording)
     res = CliRunner().invoke(app, ["project", "quota", "team-a", "--max-forwards", "4"])
     assert res.exit_code == 0, res.output
     assert sent == {"max_forwards": 4} and "forwards 4" in res.output

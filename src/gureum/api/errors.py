@@ -26,6 +26,11 @@ COMMON_RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
+# The codes of the errors routing itself answers (no route at that path, or not with that
+# method); any other HTTP error the framework raises is ``http-error``.
+ROUTING_CODES = {404: "not-found", 405: "method-not-allowed"}
+
+
 def error_response(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status)
 
@@ -68,7 +73,7 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
+        code = ROUTING_CODES.get(exc.status_code, "http-error")
         return error_response(exc.status_code, code, str(exc.detail))
 
     @app.exception_handler(Exception)

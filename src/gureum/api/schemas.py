@@ -131,12 +131,6 @@ class ImageOut(BaseModel):
     built_at: float
 
 
-class VerifyOut(BaseModel):
-    name: str
-    ok: bool
-    problems: list[str]
-
-
 class HostOut(BaseModel):
     accel: str
     accel_reason: str
@@ -182,12 +176,6 @@ class ResizeIn(Strict):
     cpus: int | None = None
     memory_mib: int | None = None
     disk_gib: float | None = Field(None, description="grow only; shrinking is refused")
-
-
-class VerifyBackupOut(BaseModel):
-    ok: bool
-    seconds: float
-    detail: str
 
 
 class NetworkIn(Strict):

@@ -10,10 +10,9 @@ import sys
 import termios
 import tty
 
-from websockets.asyncio.client import ClientConnection, connect, unix_connect
 from websockets.exceptions import ConnectionClosed
 
-from gureum.client.client import Endpoint, ServiceDown
+from gureum.client.client import Endpoint, connect_console
 
 DETACH = b"\x1d"  # Ctrl-]
 IDLE_EXIT_S = 1.0  # non-interactive mode: exit once the console is quiet this long
@@ -23,31 +22,8 @@ def run_console(ref: str) -> int:
     return asyncio.run(_console(ref, Endpoint.from_env()))
 
 
-async def _open(endpoint: Endpoint, ref: str) -> ClientConnection:
-    path = f"/v1/instances/{ref}/console"
-    try:
-        headers = endpoint.headers()
-        if endpoint.socket is not None:
-            return await unix_connect(
-                str(endpoint.socket),
-                uri=f"ws://gureum{path}",
-                max_size=None,
-                additional_headers=headers,
-            )
-        return await connect(
-            endpoint.ws_url + path,
-            max_size=None,
-            additional_headers=headers,
-            ssl=endpoint.ssl_context(),
-        )
-    except (OSError, FileNotFoundError) as exc:
-        raise ServiceDown(
-            endpoint.where, endpoint.socket.parent if endpoint.socket else None
-        ) from exc
-
-
 async def _console(ref: str, endpoint: Endpoint) -> int:
-    ws = await _open(endpoint, ref)
+    ws = await connect_console(endpoint, ref)
     interactive = sys.stdin.isatty()
     stdin_fd = sys.stdin.fileno()
     loop = asyncio.get_running_loop()

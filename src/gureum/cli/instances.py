@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -10,17 +11,18 @@ import typer
 
 from gureum.cli import output
 from gureum.cli.console import run_console
-from gureum.cli.output import Format, OutputOpt, bold, err, out
+from gureum.cli.output import Format, OutputOpt, bold, call, emit, err, lines
 from gureum.client.client import Client
 from gureum.errors import InvalidInput
 from gureum.units import GIB, MIB, parse_size
 
+Name = Annotated[str, typer.Argument(help="Instance name or id.")]
 NoWait = Annotated[
     bool, typer.Option("--no-wait", help="Return at once; do not wait for the guest.")
 ]
 
 
-def _mib(text: str) -> int:
+def memory_in_mib(text: str) -> int:
     size = parse_size(text, default_unit="M", what="memory")
     if size % MIB:
         raise InvalidInput(f"memory must be a whole number of MiB, not {text!r}")
@@ -65,7 +67,7 @@ def register(app: typer.Typer) -> None:
             extra["user_data"] = user_data.read_text()
         with Client() as client:
             res = client.launch(
-                name, image, cpus=cpus, memory_mib=_mib(memory), disk_gib=disk_gib, **extra
+                name, image, cpus=cpus, memory_mib=memory_in_mib(memory), disk_gib=disk_gib, **extra
             )
             if no_wait:
                 _show_instance(
@@ -78,101 +80,43 @@ def register(app: typer.Typer) -> None:
                     f"operation {res['operation']['id']})"
                 )
             op = output.follow(client, res["operation"])
-            inst = op["result"]["instance"]
-            if fmt == Format.json:
-                output.print_json(inst)
-                return
-            out.print(
-                bold(
-                    name,
-                    f" is running ({inst['accel']}), ready in {inst['boot']['total_s']:.2f} s",
-                    style="bold green",
-                )
-            )
-            for line in output.boot_lines(inst["boot"]):
-                out.print(line)
+        inst = op["result"]["instance"]
+        emit(inst, fmt, lambda: _show_ready(inst))
 
     @app.command("list")
     def list_(fmt: OutputOpt = Format.table) -> None:
         """List instances."""
-        with Client() as client:
-            items = client.instances()
-        if fmt == Format.json:
-            output.print_json(items)
-        elif not items:
-            err.print("No instances. Launch one with `gureum launch tiny --name web1`.")
-        else:
-            output.instance_rows(items)
+        items = call(Client.instances)
+        empty = "No instances. Launch one with `gureum launch tiny --name web1`."
+        output.listing(items, fmt, output.INSTANCE_COLUMNS, output.instance_row, empty=empty)
 
     @app.command()
     def show(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
+        name: Name,
         fmt: OutputOpt = Format.table,
     ) -> None:
         """Show one instance, with its boot timeline."""
         with Client() as client:
             _show_instance(client.instance(name), fmt)
 
-    def _action(action: str, name: str, no_wait: bool, fmt: Format) -> None:
-        with Client() as client:
-            op = client.action(name, action)
-            if no_wait:
-                _show_op(op, fmt)
-                return
-            op = output.follow(client, op, quiet=fmt == Format.json)
-            inst = client.instance(name)
-        if fmt == Format.json:
-            output.print_json(inst)
-        else:
-            total = inst["boot"]["total_s"] if inst["state"] == "running" else None
-            out.print(f"{name} is {inst['state']}" + (f", ready in {total:.2f} s" if total else ""))
-
-    @app.command()
-    def start(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
-        no_wait: NoWait = False,
-        fmt: OutputOpt = Format.table,
-    ) -> None:
-        """Boot a stopped (or crashed) VM; returns when it is ready."""
-        _action("start", name, no_wait, fmt)
-
-    @app.command()
-    def stop(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
-        no_wait: NoWait = False,
-        fmt: OutputOpt = Format.table,
-    ) -> None:
-        """Power a VM off: ACPI power button, then quit, then kill if it will not stop."""
-        _action("stop", name, no_wait, fmt)
-
-    @app.command()
-    def restart(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
-        no_wait: NoWait = False,
-        fmt: OutputOpt = Format.table,
-    ) -> None:
-        """Stop (if running) and start again; returns when it is ready."""
-        _action("restart", name, no_wait, fmt)
+    for action, doc in ACTIONS.items():
+        app.command(action, help=doc)(_action_command(action))
 
     @app.command()
     def delete(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
+        name: Name,
         force: Annotated[
             bool, typer.Option("--force", "-f", help="Kill it first if running.")
         ] = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
         """Delete a VM with its disk. A running VM needs --force."""
-        with Client() as client:
-            gone = client.delete(name, force=force)
-        if fmt == Format.json:
-            output.print_json(gone)
-        else:
-            out.print(f"{gone['name']} deleted")
+        gone = call(Client.delete, name, force=force)
+        emit(gone, fmt, f"{gone['name']} deleted")
 
     @app.command("exec", context_settings={"ignore_unknown_options": True})
     def exec_(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
+        name: Name,
         command: Annotated[list[str], typer.Argument(help="Command and arguments (after --).")],
         stdin: Annotated[
             bool, typer.Option("--stdin", "-i", help="Send this command's stdin.")
@@ -185,33 +129,22 @@ def register(app: typer.Typer) -> None:
         Example: gureum exec web1 -- cat /proc/meminfo
         """
         data = sys.stdin.buffer.read() if stdin else None
-        with Client() as client:
-            res = client.exec(name, command, stdin=data, timeout=timeout)
-        if fmt == Format.json:
-            output.print_json(
-                {
-                    **res,
-                    "stdout": res["stdout"].decode(errors="replace"),
-                    "stderr": res["stderr"].decode(errors="replace"),
-                }
-            )
-        else:
-            sys.stdout.buffer.write(res["stdout"])
-            sys.stdout.flush()
-            sys.stderr.buffer.write(res["stderr"])
-            sys.stderr.flush()
+        res = call(Client.exec, name, command, stdin=data, timeout=timeout)
+        text = {k: res[k].decode(errors="replace") for k in ("stdout", "stderr")}
+        emit({**res, **text}, fmt, lambda: _write_raw(res["stdout"], res["stderr"]))
         raise typer.Exit(res["exit_code"])
 
     @app.command()
     def console(
-        name: Annotated[str, typer.Argument(help="Instance name or id.")],
+        name: Name,
         log: Annotated[bool, typer.Option("--log", help="Print the console log and exit.")] = False,
         tail: Annotated[int, typer.Option(help="With --log: last N bytes (0 = all).")] = 65536,
     ) -> None:
         """Attach to the VM's serial console. Detach with Ctrl-] (the session stays).
 
         Without a terminal (piped stdin), sends stdin, prints what comes back until the console
-        is quiet for a second, and exits.
+        is quiet for a second, and exits. No -o json: what it prints is the guest's own bytes,
+        as they come (--log too), not data to format.
         """
         if log:
             with Client() as client:
@@ -220,19 +153,55 @@ def register(app: typer.Typer) -> None:
         raise typer.Exit(run_console(name))
 
 
+ACTIONS = {
+    "start": "Boot a stopped (or crashed) VM; returns when it is ready.",
+    "stop": "Power a VM off: ACPI power button, then quit, then kill if it will not stop.",
+    "restart": "Stop (if running) and start again; returns when it is ready.",
+}
+
+
+def _action_command(action: str) -> Callable[..., None]:
+    """``gureum start``, ``stop`` or ``restart``: the action, then (unless --no-wait) its
+    progress and the state it left the VM in."""
+
+    def command(name: Name, no_wait: NoWait = False, fmt: OutputOpt = Format.table) -> None:
+        with Client() as client:
+            op = client.action(name, action)
+            if no_wait:
+                _show_op(op, fmt)
+                return
+            output.follow(client, op, quiet=fmt == Format.json)
+            inst = client.instance(name)
+        total = inst["boot"]["total_s"] if inst["state"] == "running" else None
+        ready = f", ready in {total:.2f} s" if total else ""
+        emit(inst, fmt, f"{name} is {inst['state']}{ready}")
+
+    return command
+
+
 def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:
-    if fmt == Format.json:
-        output.print_json(inst)
-    elif brief:
-        out.print(
+    if brief:
+        line = (
             f"{inst['name']} ({inst['id']}) is {inst['state']}; operation {inst.get('operation')}"
         )
+        emit(inst, fmt, line)
     else:
-        output.instance_detail(inst)
+        emit(inst, fmt, lambda: output.instance_detail(inst))
+
+
+def _show_ready(inst: dict) -> None:
+    ready = f" is running ({inst['accel']}), ready in {inst['boot']['total_s']:.2f} s"
+    heading = bold(inst["name"], ready, style="bold green")
+    lines(heading, *output.boot_lines(inst["boot"]))()
+
+
+def _write_raw(stdout: bytes, stderr: bytes) -> None:
+    """What a command wrote in the guest, byte for byte, each to its own stream."""
+    sys.stdout.buffer.write(stdout)
+    sys.stdout.flush()
+    sys.stderr.buffer.write(stderr)
+    sys.stderr.flush()
 
 
 def _show_op(op: dict, fmt: Format) -> None:
-    if fmt == Format.json:
-        output.print_json(op)
-    else:
-        out.print(f"operation {op['id']} ({op['kind']}) is {op['status']}")
+    emit(op, fmt, f"operation {op['id']} ({op['kind']}) is {op['status']}")

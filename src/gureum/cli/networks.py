@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
-from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, bold, err, out
+from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing
 from gureum.client.client import Client
 
 network_app = typer.Typer(
@@ -26,19 +25,14 @@ nic_app = typer.Typer(
 secgroup_app.add_typer(rule_app, name="rule")
 
 Instance = Annotated[str, typer.Argument(help="Instance name or id.")]
-
-
-def _emit(data: object, fmt: Format, human: str) -> None:
-    if fmt == Format.json:
-        output.print_json(data)
-    else:
-        out.print(human)
+NetworkName = Annotated[str, typer.Argument(help="Network name.")]
+GroupName = Annotated[str, typer.Argument(help="Group name.")]
 
 
 # -- networks ------------------------------------------------------------------------------------
 @network_app.command("create")
 def network_create(
-    name: Annotated[str, typer.Argument(help="Network name.")],
+    name: NetworkName,
     subnet: Annotated[str, typer.Option(help="IPv4 CIDR, e.g. 10.80.1.0/24 (/16 to /29).")],
     imds_tokens: Annotated[
         bool,
@@ -50,193 +44,130 @@ def network_create(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a network: its own namespace, bridge, DHCP/DNS server, firewall and metadata."""
-    body = {"name": name, "subnet": subnet, "imds_tokens_required": imds_tokens, "nat": nat}
-    with Client() as c:
-        net = c.request("POST", "/v1/networks", json=body)
-    _emit(net, fmt, f"network {name} created: {net['subnet']}, gateway/DNS {net['gateway']}")
+    net = call(Client.create_network, name, subnet, imds_tokens_required=imds_tokens, nat=nat)
+    emit(net, fmt, f"network {name} created: {net['subnet']}, gateway/DNS {net['gateway']}")
 
 
 @network_app.command("list")
 def network_list(fmt: OutputOpt = Format.table) -> None:
     """List networks."""
-    with Client() as c:
-        nets = c.request("GET", "/v1/networks")
-    if fmt == Format.json:
-        output.print_json(nets)
-        return
-    output.table(
-        ["NAME", "SUBNET", "GATEWAY", "IMDS", "INSTANCES"],
-        [
-            [
-                n["name"],
-                n["subnet"],
-                n["gateway"],
-                "tokens" if n["imds_tokens_required"] else "v1+v2",
-                str(len(n["instances"])),
-            ]
-            for n in nets
-        ],
+    listing(
+        call(Client.networks), fmt, ["NAME", "SUBNET", "GATEWAY", "IMDS", "INSTANCES"], _network_row
     )
+
+
+def _network_row(n: dict[str, Any]) -> list[str]:
+    imds = "tokens" if n["imds_tokens_required"] else "v1+v2"
+    return [n["name"], n["subnet"], n["gateway"], imds, str(len(n["instances"]))]
 
 
 @network_app.command("show")
-def network_show(
-    name: Annotated[str, typer.Argument(help="Network name.")], fmt: OutputOpt = Format.table
-) -> None:
+def network_show(name: NetworkName, fmt: OutputOpt = Format.table) -> None:
     """One network and the instances on it."""
-    with Client() as c:
-        net = c.request("GET", f"/v1/networks/{name}")
-    if fmt == Format.json:
-        output.print_json(net)
-        return
-    out.print(
-        bold(
-            net["name"],
-            f" {net['subnet']} gateway {net['gateway']} (namespace {net['namespace']})",
-        )
-    )
-    for i in net["instances"]:
-        out.print(f"  {i['name']:<20} {i['ip']:<16} {i['mac']}")
+    net = call(Client.network, name)
+    where = f" {net['subnet']} gateway {net['gateway']} (namespace {net['namespace']})"
+    on = [f"  {i['name']:<20} {i['ip']:<16} {i['mac']}" for i in net["instances"]]
+    emit(net, fmt, lines(bold(net["name"], where), *on))
 
 
 @network_app.command("delete")
-def network_delete(
-    name: Annotated[str, typer.Argument(help="Network name.")], fmt: OutputOpt = Format.table
-) -> None:
+def network_delete(name: NetworkName, fmt: OutputOpt = Format.table) -> None:
     """Delete a network (refused while instances use it)."""
-    with Client() as c:
-        net = c.request("DELETE", f"/v1/networks/{name}")
-    _emit(net, fmt, f"network {name} deleted")
+    emit(call(Client.delete_network, name), fmt, f"network {name} deleted")
 
 
 # -- security groups -----------------------------------------------------------------------------
 @secgroup_app.command("create")
-def secgroup_create(
-    name: Annotated[str, typer.Argument(help="Group name.")], fmt: OutputOpt = Format.table
-) -> None:
+def secgroup_create(name: GroupName, fmt: OutputOpt = Format.table) -> None:
     """Create a security group (members reach each other; others need a rule)."""
-    with Client() as c:
-        group = c.request("POST", "/v1/secgroups", json={"name": name})
-    _emit(group, fmt, f"security group {name} created")
+    emit(call(Client.create_secgroup, name), fmt, f"security group {name} created")
 
 
 @secgroup_app.command("list")
 def secgroup_list(fmt: OutputOpt = Format.table) -> None:
     """List security groups with their rules."""
-    with Client() as c:
-        groups = c.request("GET", "/v1/secgroups")
-    if fmt == Format.json:
-        output.print_json(groups)
-        return
-    output.table(
-        ["NAME", "INSTANCES", "RULES"],
-        [
-            [g["name"], str(g["instances"]), "; ".join(r["text"] for r in g["rules"]) or "-"]
-            for g in groups
-        ],
-    )
+    listing(call(Client.secgroups), fmt, ["NAME", "INSTANCES", "RULES"], _secgroup_row)
+
+
+def _secgroup_row(g: dict[str, Any]) -> list[str]:
+    return [g["name"], str(g["instances"]), "; ".join(r["text"] for r in g["rules"]) or "-"]
 
 
 @secgroup_app.command("show")
-def secgroup_show(
-    name: Annotated[str, typer.Argument(help="Group name.")], fmt: OutputOpt = Format.table
-) -> None:
+def secgroup_show(name: GroupName, fmt: OutputOpt = Format.table) -> None:
     """One security group and its rules (with their ids)."""
-    with Client() as c:
-        group = c.request("GET", f"/v1/secgroups/{name}")
-    if fmt == Format.json:
-        output.print_json(group)
-        return
-    out.print(bold(group["name"], f" ({group['instances']} instances): same-group traffic allowed"))
-    for r in group["rules"]:
-        out.print(f"  {r['id']}  {r['text']}")
+    group = call(Client.secgroup, name)
+    heading = bold(group["name"], f" ({group['instances']} instances): same-group traffic allowed")
+    emit(group, fmt, lines(heading, *(f"  {r['id']}  {r['text']}" for r in group["rules"])))
 
 
 @secgroup_app.command("delete")
-def secgroup_delete(
-    name: Annotated[str, typer.Argument(help="Group name.")], fmt: OutputOpt = Format.table
-) -> None:
+def secgroup_delete(name: GroupName, fmt: OutputOpt = Format.table) -> None:
     """Delete a security group (refused while in use)."""
-    with Client() as c:
-        group = c.request("DELETE", f"/v1/secgroups/{name}")
-    _emit(group, fmt, f"security group {name} deleted")
+    emit(call(Client.delete_secgroup, name), fmt, f"security group {name} deleted")
+
+
+Ingress = Annotated[str, typer.Option(help="tcp/80, tcp/8000-8080, udp/53, icmp or all.")]
+FromCidr = Annotated[str | None, typer.Option("--from", help="Source CIDR, e.g. 0.0.0.0/0.")]
+FromGroup = Annotated[str | None, typer.Option(help="Source security group.")]
+RuleId = Annotated[str, typer.Argument(help="Rule id (see `secgroup show`).")]
 
 
 @rule_app.command("add")
 def rule_add(
-    group: Annotated[str, typer.Argument(help="Group name.")],
-    ingress: Annotated[
-        str, typer.Option("--ingress", help="tcp/80, tcp/8000-8080, udp/53, icmp or all.")
-    ],
-    source: Annotated[
-        str | None, typer.Option("--from", help="Source CIDR, e.g. 0.0.0.0/0.")
-    ] = None,
-    source_group: Annotated[
-        str | None, typer.Option("--from-group", help="Source security group.")
-    ] = None,
+    group: GroupName,
+    ingress: Ingress,
+    source: FromCidr = None,
+    from_group: FromGroup = None,
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Let inbound traffic in; applies at once to running VMs."""
-    body = {"ingress": ingress, "from_cidr": source, "from_group": source_group}
-    with Client() as c:
-        result = c.request("POST", f"/v1/secgroups/{group}/rules", json=body)
+    result = call(Client.add_rule, group, ingress, from_cidr=source, from_group=from_group)
     rule = result["rules"][-1]
-    _emit(result, fmt, f"rule {rule['id']} added to {group}: {rule['text']}")
+    emit(result, fmt, f"rule {rule['id']} added to {group}: {rule['text']}")
 
 
 @rule_app.command("remove")
-def rule_remove(
-    group: Annotated[str, typer.Argument(help="Group name.")],
-    rule_id: Annotated[str, typer.Argument(help="Rule id (see `secgroup show`).")],
-    fmt: OutputOpt = Format.table,
-) -> None:
+def rule_remove(group: GroupName, rule_id: RuleId, fmt: OutputOpt = Format.table) -> None:
     """Remove a rule; applies at once to running VMs."""
-    with Client() as c:
-        result = c.request("DELETE", f"/v1/secgroups/{group}/rules/{rule_id}")
-    _emit(result, fmt, f"rule {rule_id} removed from {group}")
+    emit(call(Client.remove_rule, group, rule_id), fmt, f"rule {rule_id} removed from {group}")
 
 
 # -- port forwards -------------------------------------------------------------------------------
+Mapping = Annotated[str, typer.Argument(help="HOSTPORT:GUESTPORT, e.g. 8080:80 (on 127.0.0.1).")]
+ForwardRef = Annotated[str, typer.Argument(help="Forward id, host port or ADDRESS:PORT.")]
+
+
 @forward_app.command("add")
-def forward_add(
-    name: Instance,
-    mapping: Annotated[
-        str, typer.Argument(help="HOSTPORT:GUESTPORT, e.g. 8080:80 (on 127.0.0.1).")
-    ],
-    fmt: OutputOpt = Format.table,
-) -> None:
+def forward_add(name: Instance, mapping: Mapping, fmt: OutputOpt = Format.table) -> None:
     """Forward a host loopback port to a port of the VM."""
-    with Client() as c:
-        fwd = c.request("POST", f"/v1/instances/{name}/forwards", json={"mapping": mapping})
-    _emit(fwd, fmt, f"{fwd['host']} -> {name} {fwd['guest']}")
+    fwd = call(Client.add_forward, name, mapping)
+    emit(fwd, fmt, f"{fwd['host']} -> {name} {fwd['guest']}")
 
 
 @forward_app.command("list")
 def forward_list(name: Instance, fmt: OutputOpt = Format.table) -> None:
     """A VM's port forwards."""
-    with Client() as c:
-        fwds = c.request("GET", f"/v1/instances/{name}/forwards")
-    if fmt == Format.json:
-        output.print_json(fwds)
-    elif not fwds:
-        err.print(f"{name} has no port forwards.")
-    else:
-        output.table(["ID", "HOST", "GUEST"], [[f["id"], f["host"], f["guest"]] for f in fwds])
+    empty = f"{name} has no port forwards."
+    listing(call(Client.forwards, name), fmt, ["ID", "HOST", "GUEST"], _forward_row, empty=empty)
+
+
+def _forward_row(f: dict[str, Any]) -> list[str]:
+    return [f["id"], f["host"], f["guest"]]
 
 
 @forward_app.command("remove")
-def forward_remove(
-    name: Instance,
-    forward: Annotated[str, typer.Argument(help="Forward id, host port or ADDRESS:PORT.")],
-    fmt: OutputOpt = Format.table,
-) -> None:
+def forward_remove(name: Instance, forward: ForwardRef, fmt: OutputOpt = Format.table) -> None:
     """Remove a port forward."""
-    with Client() as c:
-        fwd = c.request("DELETE", f"/v1/instances/{name}/forwards/{forward}")
-    _emit(fwd, fmt, f"forward {fwd['host']} removed")
+    fwd = call(Client.remove_forward, name, forward)
+    emit(fwd, fmt, f"forward {fwd['host']} removed")
 
 
 # -- NICs ----------------------------------------------------------------------------------------
+NIC_COLUMNS = ["SLOT", "NETWORK", "IP", "MAC", "ID"]
+NicRef = Annotated[str, typer.Argument(help="NIC id, MAC, IP or network name.")]
+
+
 @nic_app.command("add")
 def nic_add(
     name: Instance,
@@ -244,35 +175,25 @@ def nic_add(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Attach a NIC (hot-plugged now if the VM runs, else from its next boot)."""
-    with Client() as c:
-        nic = c.request("POST", f"/v1/instances/{name}/nics", json={"network": network})
-    _emit(nic, fmt, f"NIC {nic['mac']} on {nic['network']} ({nic['ip']}): {nic['applied']}")
+    nic = call(Client.add_nic, name, network=network)
+    emit(nic, fmt, f"NIC {nic['mac']} on {nic['network']} ({nic['ip']}): {nic['applied']}")
 
 
 @nic_app.command("list")
 def nic_list(name: Instance, fmt: OutputOpt = Format.table) -> None:
     """A VM's NICs."""
-    with Client() as c:
-        nics = c.request("GET", f"/v1/instances/{name}/nics")
-    if fmt == Format.json:
-        output.print_json(nics)
-        return
-    output.table(
-        ["SLOT", "NETWORK", "IP", "MAC", "ID"],
-        [[str(n["slot"]), n["network"], n["ip"], n["mac"], n["id"]] for n in nics],
-    )
+    listing(call(Client.nics, name), fmt, NIC_COLUMNS, _nic_row)
+
+
+def _nic_row(n: dict[str, Any]) -> list[str]:
+    return [str(n["slot"]), n["network"], n["ip"], n["mac"], n["id"]]
 
 
 @nic_app.command("remove")
-def nic_remove(
-    name: Instance,
-    nic: Annotated[str, typer.Argument(help="NIC id, MAC, IP or network name.")],
-    fmt: OutputOpt = Format.table,
-) -> None:
+def nic_remove(name: Instance, nic: NicRef, fmt: OutputOpt = Format.table) -> None:
     """Detach a NIC (hot-unplugged if the VM runs)."""
-    with Client() as c:
-        gone = c.request("DELETE", f"/v1/instances/{name}/nics/{nic}")
-    _emit(gone, fmt, f"NIC {gone['mac']} on {gone['network']} removed: {gone['applied']}")
+    gone = call(Client.remove_nic, name, nic)
+    emit(gone, fmt, f"NIC {gone['mac']} on {gone['network']} removed: {gone['applied']}")
 
 
 def register(app: typer.Typer) -> None:

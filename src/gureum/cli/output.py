@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import typer
 from rich.console import Console
@@ -54,6 +55,58 @@ def table(columns: list[str], rows: list[list[str]]) -> None:
     out.print(t)
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def call(method: Callable[Concatenate[Client, P], T], *args: P.args, **kwargs: P.kwargs) -> T:
+    """One request: ``method`` (of Client) called on a client opened for it, and closed after.
+    Commands that make several requests open one Client for them all instead."""
+    with Client() as client:
+        return method(client, *args, **kwargs)
+
+
+Human = str | Text | Callable[[], object]
+
+
+def emit(data: Any, fmt: Format, human: Human) -> None:
+    """The one way a command prints what it got: with ``-o json`` the data as it is, else
+    ``human``: a line, or a function that prints more than one."""
+    if fmt == Format.json:
+        print_json(data)
+    elif callable(human):
+        human()
+    else:
+        out.print(human)
+
+
+def listing(
+    items: list[dict[str, Any]],
+    fmt: Format,
+    columns: list[str],
+    row: Callable[[dict[str, Any]], list[str]],
+    *,
+    empty: str | None = None,
+) -> None:
+    """A list the API answered: with ``-o json`` as it is, else a table of one row an item
+    (or, when there is none and ``empty`` says what to do, that on stderr)."""
+    if fmt == Format.table and not items and empty:
+        err.print(empty)
+    else:
+        emit(items, fmt, lambda: table(columns, [row(i) for i in items]))
+
+
+def lines(*said: Text | str) -> Callable[[], None]:
+    """Lines to print later (a heading, say, and indented details): the human form of an
+    answer that takes more than one line."""
+
+    def show() -> None:
+        for line in said:
+            out.print(line)
+
+    return show
+
+
 def age(ts: float | None) -> str:
     return duration(time.time() - ts) if ts else "-"
 
@@ -67,25 +120,33 @@ def duration(seconds: float) -> str:
     return f"{int(seconds)}s"
 
 
-def instance_rows(items: list[dict[str, Any]]) -> None:
-    table(
-        ["NAME", "STATE", "IPV4", "IMAGE", "CPUS", "MEMORY", "DISK", "ACCEL", "PID", "AGE"],
-        [
-            [
-                i["name"],
-                i["state"],
-                ", ".join(n["ip"] for n in i.get("nics") or [] if n.get("ip")) or "-",
-                i["image"],
-                str(i["cpus"]),
-                format_size(i["memory_mib"] * 1024 * 1024),
-                format_size(i["disk_bytes"]),
-                i["accel"] or "-",
-                str(i["pid"] or "-"),
-                age(i["created_at"]),
-            ]
-            for i in items
-        ],
-    )
+INSTANCE_COLUMNS = [
+    "NAME",
+    "STATE",
+    "IPV4",
+    "IMAGE",
+    "CPUS",
+    "MEMORY",
+    "DISK",
+    "ACCEL",
+    "PID",
+    "AGE",
+]
+
+
+def instance_row(i: dict[str, Any]) -> list[str]:
+    return [
+        i["name"],
+        i["state"],
+        ", ".join(n["ip"] for n in i.get("nics") or [] if n.get("ip")) or "-",
+        i["image"],
+        str(i["cpus"]),
+        format_size(i["memory_mib"] * 1024 * 1024),
+        format_size(i["disk_bytes"]),
+        i["accel"] or "-",
+        str(i["pid"] or "-"),
+        age(i["created_at"]),
+    ]
 
 
 def boot_lines(boot: dict[str, Any]) -> list[str]:

@@ -6,15 +6,16 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, err, out
-from gureum.client.client import Client
+from gureum.cli.instances import memory_in_mib
+from gureum.cli.output import Format, OutputOpt, call, emit, lines, listing
+from gureum.client.client import ApiError, Client
 from gureum.errors import InvalidInput
-from gureum.units import GIB, MIB, format_size, parse_size
+from gureum.units import GIB, format_size, parse_size
 
 snapshot_app = typer.Typer(
     help="Snapshots of a VM: disk only, or disk and memory.", no_args_is_help=True
@@ -42,46 +43,38 @@ def snapshot_create(
     """Take a snapshot. A running VM's filesystems are frozen through its guest agent for a
     disk snapshot; --memory pauses it briefly instead."""
     with Client() as client:
-        done = _finish(client, client.snapshot(name, snapshot, memory=memory), fmt)
-    snap = done["result"]["snapshot"]
-    if fmt == Format.json:
-        output.print_json(done["result"])
-    else:
-        kind = "disk + memory" if snap["memory"] else "disk"
-        out.print(
-            f"snapshot {snap['name']} of {name} taken in {done['result']['seconds']:.2f} s "
-            f"({kind}, {snap['consistency']}, {format_size(snap['size_bytes'])})"
-        )
+        result = _finish(client, client.snapshot(name, snapshot, memory=memory), fmt)["result"]
+    snap = result["snapshot"]
+    kind = "disk + memory" if snap["memory"] else "disk"
+    emit(
+        result,
+        fmt,
+        f"snapshot {snap['name']} of {name} taken in {result['seconds']:.2f} s "
+        f"({kind}, {snap['consistency']}, {format_size(snap['size_bytes'])})",
+    )
 
 
 @snapshot_app.command("list")
 def snapshot_list(name: Name, fmt: OutputOpt = Format.table) -> None:
     """A VM's snapshots."""
-    with Client() as client:
-        snaps = client.snapshots(name)
-    if fmt == Format.json:
-        output.print_json(snaps)
-        return
-    if not snaps:
-        err.print(f"{name} has no snapshots. Take one with `gureum snapshot create {name} NAME`.")
-        return
-    output.table(
-        ["NAME", "MEMORY", "CONSISTENCY", "CPUS", "MEMORY SIZE", "DISK", "SIZE", "AGE", "CLONES"],
-        [
-            [
-                s["name"],
-                "yes" if s["memory"] else "no",
-                s["consistency"],
-                str(s["cpus"]),
-                f"{s['memory_mib']}M",
-                f"{s['disk_gib']:g}G",
-                format_size(s["size_bytes"]),
-                output.age(s["created_at"]),
-                ", ".join(s["depended_on_by"]) or "-",
-            ]
-            for s in snaps
-        ],
-    )
+    snaps = call(Client.snapshots, name)
+    columns = ["NAME", "MEMORY", "CONSISTENCY", "CPUS", "MEMORY SIZE", "DISK", "SIZE", "AGE"]
+    empty = f"{name} has no snapshots. Take one with `gureum snapshot create {name} NAME`."
+    listing(snaps, fmt, [*columns, "CLONES"], _snapshot_row, empty=empty)
+
+
+def _snapshot_row(s: dict[str, Any]) -> list[str]:
+    return [
+        s["name"],
+        "yes" if s["memory"] else "no",
+        s["consistency"],
+        str(s["cpus"]),
+        f"{s['memory_mib']}M",
+        f"{s['disk_gib']:g}G",
+        format_size(s["size_bytes"]),
+        output.age(s["created_at"]),
+        ", ".join(s["depended_on_by"]) or "-",
+    ]
 
 
 @snapshot_app.command("restore")
@@ -91,26 +84,19 @@ def snapshot_restore(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) 
     with Client() as client:
         done = _finish(client, client.restore(name, snapshot), fmt)
         inst = client.instance(name)
-    if fmt == Format.json:
-        output.print_json(done["result"])
-        return
     took = done["finished_at"] - done["created_at"]
-    out.print(f"{name} restored to {snapshot} in {took:.2f} s; it is {inst['state']}")
+    emit(
+        done["result"], fmt, f"{name} restored to {snapshot} in {took:.2f} s; it is {inst['state']}"
+    )
 
 
 @snapshot_app.command("delete")
 def snapshot_delete(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) -> None:
     """Delete a snapshot. Disk data a clone (or the VM itself) builds on is kept while needed."""
-    with Client() as client:
-        gone = client.delete_snapshot(name, snapshot)
-    if fmt == Format.json:
-        output.print_json(gone)
-        return
+    gone = call(Client.delete_snapshot, name, snapshot)
     kept = gone.get("disk_data_kept_for") or []
-    out.print(
-        f"snapshot {snapshot} deleted"
-        + (f"; its disk data stays while {', '.join(kept)} build(s) on it" if kept else "")
-    )
+    stays = f"; its disk data stays while {', '.join(kept)} build(s) on it" if kept else ""
+    emit(gone, fmt, f"snapshot {snapshot} deleted{stays}")
 
 
 def clone(
@@ -127,19 +113,25 @@ def clone(
         res = client.clone(vm, snap, name)
         done = _finish(client, res["operation"], fmt)
     result = done["result"]
-    if fmt == Format.json:
-        output.print_json(result)
-        return
     inst = result["instance"]
     took = done["finished_at"] - done["created_at"]
-    out.print(f"{name} cloned from {source} in {took:.2f} s; it is {inst['state']}")
+    said = [f"{name} cloned from {source} in {took:.2f} s; it is {inst['state']}"]
     ident = result.get("identity_refreshed")
     if ident:
         macs = ", ".join(new for _old, new in ident.get("macs", [])) or inst.get("mac") or "-"
-        out.print(
+        said.append(
             f"  identity refreshed: hostname {ident['hostname']}, MAC {macs}, "
             f"machine id {ident['machine_id']}, generation id {ident['generation_id']}"
         )
+    emit(result, fmt, lines(*said))
+
+
+RESIZED = {
+    "live": "live",
+    "next-boot": "at the next boot",
+    "offline": "now (VM stopped)",
+    "unchanged": "unchanged",
+}
 
 
 def resize(
@@ -151,28 +143,13 @@ def resize(
 ) -> None:
     """Change vCPUs, memory or disk: live where the guest allows (hot-plug), else at the next
     boot. Says which for each."""
-    memory_mib = None
-    if memory is not None:
-        size = parse_size(memory, default_unit="M", what="memory")
-        if size % MIB:
-            raise InvalidInput(f"memory must be a whole number of MiB, not {memory!r}")
-        memory_mib = size // MIB
+    memory_mib = None if memory is None else memory_in_mib(memory)
     disk_gib = None if disk is None else parse_size(disk, default_unit="G", what="disk") / GIB
     with Client() as client:
         op = client.resize(name, cpus=cpus, memory_mib=memory_mib, disk_gib=disk_gib)
-        done = _finish(client, op, fmt)
-    result = done["result"]
-    if fmt == Format.json:
-        output.print_json(result)
-        return
-    words = {
-        "live": "live",
-        "next-boot": "at the next boot",
-        "offline": "now (VM stopped)",
-        "unchanged": "unchanged",
-    }
-    for what, how in result["applied"].items():
-        out.print(f"{what}: {words.get(how, how)}")
+        result = _finish(client, op, fmt)["result"]
+    said = [f"{what}: {RESIZED.get(how, how)}" for what, how in result["applied"].items()]
+    emit(result, fmt, lines(*said))
 
 
 @backup_app.command("export")
@@ -180,13 +157,17 @@ def backup_export(
     name: Name,
     path: Annotated[str, typer.Argument(help="Archive file to write, or - for stdout.")],
     memory: Annotated[bool, typer.Option("--memory", help="Include memory (running VM).")] = False,
+    fmt: OutputOpt = Format.table,
 ) -> None:
     """Write one portable archive of the VM: config, disk, boot files, checksums, and with
-    --memory its running state. The VM keeps running."""
+    --memory its running state. The VM keeps running. With - the archive is stdout, so there
+    is no -o json then."""
+    if path == "-" and fmt == Format.json:
+        raise InvalidInput("-o json needs an archive file: with - the archive itself is stdout")
     started = time.monotonic()
     with Client() as client:
         if path == "-":
-            size = client.export(name, sys.stdout.buffer, memory=memory)
+            client.export(name, sys.stdout.buffer, memory=memory)
             return
         target = Path(path)
         partial = target.with_name(target.name + ".partial")
@@ -203,9 +184,9 @@ def backup_export(
             partial.unlink(missing_ok=True)  # never leave half an archive under any name
             raise
         partial.rename(target)
-    out.print(
-        f"{name} exported to {path}: {format_size(size)} in {time.monotonic() - started:.1f} s"
-    )
+    took = time.monotonic() - started
+    written = {"instance": name, "path": path, "bytes": size, "seconds": round(took, 3)}
+    emit(written, fmt, f"{name} exported to {path}: {format_size(size)} in {took:.1f} s")
 
 
 @backup_app.command("import")
@@ -218,13 +199,10 @@ def backup_import(
     is stopped; with memory, `gureum snapshot restore NAME backup` resumes it."""
     with Client() as client, _open(path) as f:
         inst = client.import_backup(f, name)
-    if fmt == Format.json:
-        output.print_json(inst)
-        return
     hint = ""
     if inst["snapshots"]:
         hint = f" (resume it with `gureum snapshot restore {name} backup`)"
-    out.print(f"{name} imported ({inst['id']}); it is {inst['state']}{hint}")
+    emit(inst, fmt, f"{name} imported ({inst['id']}); it is {inst['state']}{hint}")
 
 
 @backup_app.command("verify")
@@ -233,13 +211,20 @@ def backup_verify(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Prove an archive restores: import it as a throw-away VM, boot it, check the guest
-    answers, remove it. Exits 0 on pass, 1 on fail."""
+    answers, remove it (an operation: its progress is shown as it goes). Exits 0 on pass, 1 on
+    fail; an archive that is not whole fails at once."""
+    started = time.monotonic()
     with Client() as client, _open(path) as f:
-        res = client.verify_backup(f)
-    if fmt == Format.json:
-        output.print_json(res)
-    else:
-        out.print(f"{'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.1f} s: {res['detail']}")
+        try:
+            op = client.verify_backup(f)
+        except ApiError as exc:
+            if exc.code != "invalid-archive":
+                raise
+            took = round(time.monotonic() - started, 3)
+            res = {"ok": False, "seconds": took, "detail": exc.message}
+        else:
+            res = _finish(client, op, fmt)["result"]
+    emit(res, fmt, f"{'PASS' if res['ok'] else 'FAIL'} in {res['seconds']:.1f} s: {res['detail']}")
     raise typer.Exit(0 if res["ok"] else 1)
 
 

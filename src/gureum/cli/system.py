@@ -7,12 +7,13 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from rich.text import Text
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, bold, out
+from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing
 from gureum.client.client import Client
 
 operation_app = typer.Typer(
@@ -40,7 +41,8 @@ def register(app: typer.Typer) -> None:
         """Run the gureum service (HTTP API on $GUREUM_HOME/gureum.sock; TCP if GUREUM_LISTEN).
 
         VMs run in their own processes and keep running when the service stops; the next
-        `gureum serve` re-adopts them.
+        `gureum serve` re-adopts them. No -o json: it runs until stopped and prints its log,
+        not data.
         """
         from gureum.api.app import serve as run_server
         from gureum.config import load_config
@@ -59,84 +61,70 @@ def register(app: typer.Typer) -> None:
     @app.command()
     def host(fmt: OutputOpt = Format.table) -> None:
         """Show the host: accelerator, capacity and what VMs have committed."""
-        with Client() as client:
-            info = client.host()
-        if fmt == Format.json:
-            output.print_json(info)
-            return
-        cap, used = info["capacity"], info["committed"]
-        out.print(bold("Accel:", f"   {info['accel']} ({info['accel_reason']})"))
-        if info.get("view") == "projects":  # a user: their own projects' figures only
-            out.print(bold("Memory:", f"  {used['memory_mib']} MiB committed in your projects"))
-            out.print(bold("vCPUs:", f"   {used['cpus']} committed in your projects"))
-            out.print(bold("VMs:", f"     {info['instances']} in your projects"))
-            return
-        out.print(
-            bold(
-                "Memory:",
-                f"  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
-                f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)",
-            )
-        )
-        out.print(
-            bold(
-                "vCPUs:",
-                f"   {used['cpus']} of {cap['vcpu_limit']} committed "
-                f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})",
-            )
-        )
-        out.print(bold("VMs:", f"     {info['instances']}"))
-        out.print(bold("Store:", f"   {info['store']}"))
+        info = call(Client.host)
+        emit(info, fmt, lines(*_host_lines(info)))
 
     app.add_typer(operation_app, name="operation")
+
+
+def _host_lines(info: dict[str, Any]) -> list[Text]:
+    cap, used = info["capacity"], info["committed"]
+    accel = bold("Accel:", f"   {info['accel']} ({info['accel_reason']})")
+    if info.get("view") == "projects":  # a user: their own projects' figures only
+        return [
+            accel,
+            bold("Memory:", f"  {used['memory_mib']} MiB committed in your projects"),
+            bold("vCPUs:", f"   {used['cpus']} committed in your projects"),
+            bold("VMs:", f"     {info['instances']} in your projects"),
+        ]
+    return [
+        accel,
+        bold(
+            "Memory:",
+            f"  {used['memory_mib']} of {cap['memory_limit_mib']} MiB committed "
+            f"(host {cap['memory_mib']} MiB, reserve {cap['memory_reserve_mib']} MiB)",
+        ),
+        bold(
+            "vCPUs:",
+            f"   {used['cpus']} of {cap['vcpu_limit']} committed "
+            f"({cap['cpus']} CPUs x {cap['cpu_overcommit']:g})",
+        ),
+        bold("VMs:", f"     {info['instances']}"),
+        bold("Store:", f"   {info['store']}"),
+    ]
 
 
 @operation_app.command("list")
 def op_list(fmt: OutputOpt = Format.table) -> None:
     """Recent operations."""
-    with Client() as client:
-        ops = client.request("GET", "/v1/operations")
-    if fmt == Format.json:
-        output.print_json(ops)
-        return
-    output.table(
-        ["ID", "KIND", "TARGET", "STATUS", "AGE", "LAST"],
-        [
-            [
-                o["id"],
-                o["kind"],
-                o["target"],
-                o["status"],
-                output.age(o["created_at"]),
-                (o["error"] or {}).get("message")
-                or (o["progress"][-1]["message"] if o["progress"] else ""),
-            ]
-            for o in ops
-        ],
+    listing(
+        call(Client.operations), fmt, ["ID", "KIND", "TARGET", "STATUS", "AGE", "LAST"], _op_row
     )
 
 
+def _op_row(o: dict[str, Any]) -> list[str]:
+    last = (o["error"] or {}).get("message") or (
+        o["progress"][-1]["message"] if o["progress"] else ""
+    )
+    return [o["id"], o["kind"], o["target"], o["status"], output.age(o["created_at"]), last]
+
+
+OpId = Annotated[str, typer.Argument(help="Operation id (op-...).")]
+
+
 @operation_app.command("show")
-def op_show(op_id: str, fmt: OutputOpt = Format.table) -> None:
+def op_show(op_id: OpId, fmt: OutputOpt = Format.table) -> None:
     """One operation with all its progress."""
-    with Client() as client:
-        op = client.operation(op_id)
-    if fmt == Format.json:
-        output.print_json(op)
-        return
-    out.print(f"{op['id']} {op['kind']} {op['target']}: {op['status']}")
-    for line in op["progress"]:
-        out.print(f"  {line['message']}")
+    op = call(Client.operation, op_id)
+    steps = [f"  {line['message']}" for line in op["progress"]]
     if op["error"]:
-        out.print(f"  error ({op['error']['code']}): {op['error']['message']}")
+        steps.append(f"  error ({op['error']['code']}): {op['error']['message']}")
+    emit(op, fmt, lines(f"{op['id']} {op['kind']} {op['target']}: {op['status']}", *steps))
 
 
 @operation_app.command("wait")
-def op_wait(op_id: str, fmt: OutputOpt = Format.table) -> None:
+def op_wait(op_id: OpId, fmt: OutputOpt = Format.table) -> None:
     """Wait for an operation, printing its progress; exits non-zero if it failed."""
     with Client() as client:
         op = output.follow(client, client.operation(op_id))
-    if fmt == Format.json:
-        output.print_json(op)
-    else:
-        out.print(f"{op['id']} {op['status']}")
+    emit(op, fmt, f"{op['id']} {op['status']}")

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import inspect
 import ssl
 import time
-from typing import Annotated
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, bold, out
+from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing, out
 from gureum.client.client import Client, Endpoint, load_remotes, save_remotes
 from gureum.errors import InvalidInput
 from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
@@ -28,13 +31,6 @@ audit_app = typer.Typer(help="Who did what, when, with what result.", no_args_is
 project_app.add_typer(member_app, name="member")
 
 ProjectName = Annotated[str, typer.Argument(help="Project name.")]
-
-
-def _emit(data: object, fmt: Format, human: str) -> None:
-    if fmt == Format.json:
-        output.print_json(data)
-    else:
-        out.print(human)
 
 
 # -- remotes -------------------------------------------------------------------------------------
@@ -56,6 +52,7 @@ def remote_add(
     fingerprint: Annotated[
         str | None, typer.Option(help="Expected SHA256 fingerprint (as `gureum serve` prints it).")
     ] = None,
+    fmt: OutputOpt = Format.table,
 ) -> None:
     """Add a remote service: its certificate is fetched, shown, and pinned."""
     from gureum.api.tls import fingerprint as fingerprint_of
@@ -68,9 +65,10 @@ def remote_add(
     data["remotes"][name] = {"url": url.rstrip("/"), "token": token, "cert": pem}
     data["current"] = data.get("current") or name
     with Client(Endpoint(url.rstrip("/"), None, token, None, pem)) as client:
-        client.request("GET", "/v1/version")  # proves the token and the pinned certificate
+        client.version()  # proves the token and the pinned certificate
     save_remotes(data)
-    out.print(f"remote {name} added ({url}), certificate SHA256 {seen} pinned")
+    added = {"name": name, "url": url.rstrip("/"), "fingerprint": seen}
+    emit(added, fmt, f"remote {name} added ({url}), certificate SHA256 {seen} pinned")
 
 
 @remote_app.command("list")
@@ -81,98 +79,127 @@ def remote_list(fmt: OutputOpt = Format.table) -> None:
         {"name": n, "url": r["url"], "current": n == data.get("current")}
         for n, r in data["remotes"].items()
     ]
-    if fmt == Format.json:
-        output.print_json(rows)
-    else:
-        output.table(
-            ["NAME", "URL", "CURRENT"],
-            [[r["name"], r["url"], "*" if r["current"] else ""] for r in rows],
-        )
+    listing(
+        rows, fmt, ["NAME", "URL", "CURRENT"], lambda r: [r["name"], r["url"], _star(r["current"])]
+    )
+
+
+def _star(current: bool) -> str:
+    return "*" if current else ""
 
 
 @remote_app.command("use")
-def remote_use(name: Annotated[str, typer.Argument(help="Remote name, or 'local'.")]) -> None:
+def remote_use(
+    name: Annotated[str, typer.Argument(help="Remote name, or 'local'.")],
+    fmt: OutputOpt = Format.table,
+) -> None:
     """Make a remote the default (``local``: the service in GUREUM_HOME)."""
     data = load_remotes()
     if name != "local" and name not in data["remotes"]:
         raise InvalidInput(f"no remote named {name!r}")
     data["current"] = None if name == "local" else name
     save_remotes(data)
-    out.print(f"using {name}")
+    emit({"current": name}, fmt, f"using {name}")
 
 
 @remote_app.command("remove")
-def remote_remove(name: Annotated[str, typer.Argument(help="Remote name.")]) -> None:
+def remote_remove(
+    name: Annotated[str, typer.Argument(help="Remote name.")], fmt: OutputOpt = Format.table
+) -> None:
     """Forget a remote (its token and pinned certificate go with it)."""
     data = load_remotes()
-    if data["remotes"].pop(name, None) is None:
+    remote = data["remotes"].pop(name, None)
+    if remote is None:
         raise InvalidInput(f"no remote named {name!r}")
     if data.get("current") == name:
         data["current"] = None
     save_remotes(data)
-    out.print(f"remote {name} removed")
+    emit({"name": name, "url": remote["url"]}, fmt, f"remote {name} removed")
 
 
 # -- projects ------------------------------------------------------------------------------------
-def _mib(text: str | None) -> int | None:
-    return None if text is None else parse_size(text, default_unit="M") // MIB
+def _mib(text: str) -> int:
+    return parse_size(text, default_unit="M") // MIB
 
 
-def _bytes(text: str | None) -> int | None:
-    return None if text is None else parse_size(text, default_unit="G")
+def _bytes(text: str) -> int:
+    return parse_size(text, default_unit="G")
+
+
+@dataclass(frozen=True)
+class _Quota:
+    """One quota or limit of a project, as an option of ``project create`` and ``quota``."""
+
+    field: str  # the API's (and the model's) name
+    kind: type  # what the option takes
+    help: str
+    to_api: Callable[[Any], int | float] = lambda value: value
+
+    @property
+    def option(self) -> str:  # max_memory_mib: --max-memory
+        return self.field.removesuffix("_mib").removesuffix("_bytes").replace("_", "-")
+
+    def parameter(self) -> inspect.Parameter:
+        option = typer.Option(f"--{self.option}", help=self.help)
+        # A type made at run time, which a static checker cannot follow.
+        annotation = Annotated[self.kind | None, option]  # type: ignore[name-defined]
+        return inspect.Parameter(
+            self.option.replace("-", "_"), inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None,
+            annotation=annotation,
+        )  # fmt: skip
+
+
+# The one list of a project's quotas and limits the CLI takes (the model's QUOTA_FIELDS, then
+# the control group's limits).
+QUOTAS = (
+    _Quota("max_instances", int, "Instances at most."),
+    _Quota("max_cpus", int, "vCPUs at most, all instances together."),
+    _Quota("max_memory_mib", str, "Guest memory at most, e.g. 8G.", _mib),
+    _Quota("max_disk_bytes", str, "Disk at most, e.g. 100G.", _bytes),
+    _Quota("max_snapshots", int, "Snapshots at most."),
+    _Quota("max_networks", int, "Networks at most."),
+    _Quota("max_forwards", int, "Port forwards at most, all instances together."),
+    _Quota("cpu_limit", float, "Cores its VMs may really use (control group; default: max-cpus)."),
+    _Quota("memory_limit_mib", str, "Memory its VMs may really use, e.g. 4G.", _mib),
+)
+
+
+def _quota_options(command: Callable[..., None]) -> Callable[..., None]:
+    """Gives a command that takes ``**quotas`` one option per entry of QUOTAS (after its
+    arguments); ``_quotas_given`` turns what it gets into the API's fields."""
+    params = [
+        p
+        for p in inspect.signature(command, eval_str=True).parameters.values()
+        if p.name != "quotas"
+    ]
+    at = next(i for i, p in enumerate(params) if p.default is not p.empty)  # after arguments
+    params[at:at] = [q.parameter() for q in QUOTAS]
+    # typer reads a command's parameters from inspect.signature, which takes __signature__
+    command.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
+    return command
+
+
+def _quotas_given(options: dict[str, Any]) -> dict[str, int | float]:
+    given = {q.field: options.get(q.option.replace("-", "_")) for q in QUOTAS}
+    return {q.field: q.to_api(given[q.field]) for q in QUOTAS if given[q.field] is not None}
 
 
 @project_app.command("create")
-def project_create(
-    name: ProjectName,
-    max_instances: Annotated[int | None, typer.Option(help="Instances at most.")] = None,
-    max_cpus: Annotated[
-        int | None, typer.Option(help="vCPUs at most, all instances together.")
-    ] = None,
-    max_memory: Annotated[str | None, typer.Option(help="Guest memory at most, e.g. 8G.")] = None,
-    max_disk: Annotated[str | None, typer.Option(help="Disk at most, e.g. 100G.")] = None,
-    max_snapshots: Annotated[int | None, typer.Option(help="Snapshots at most.")] = None,
-    max_networks: Annotated[int | None, typer.Option(help="Networks at most.")] = None,
-    max_forwards: Annotated[
-        int | None, typer.Option(help="Port forwards at most, all instances together.")
-    ] = None,
-    cpu_limit: Annotated[
-        float | None, typer.Option(help="Cores its VMs may really use (default: max-cpus).")
-    ] = None,
-    memory_limit: Annotated[
-        str | None, typer.Option(help="Memory its VMs may really use, e.g. 4G.")
-    ] = None,
-    fmt: OutputOpt = Format.table,
-) -> None:
+@_quota_options
+def project_create(name: ProjectName, fmt: OutputOpt = Format.table, **quotas: Any) -> None:
     """Create a project with its quotas (the administrator only)."""
-    body = {
-        "name": name,
-        "max_instances": max_instances,
-        "max_cpus": max_cpus,
-        "max_memory_mib": _mib(max_memory),
-        "max_disk_bytes": _bytes(max_disk),
-        "max_snapshots": max_snapshots,
-        "max_networks": max_networks,
-        "max_forwards": max_forwards,
-        "cpu_limit": cpu_limit,
-        "memory_limit_mib": _mib(memory_limit),
-    }
     with Client() as c:
-        project = c.request("POST", "/v1/projects", json=body)
-    _emit(project, fmt, f"project {name} created")
+        emit(c.create_project(name, **_quotas_given(quotas)), fmt, f"project {name} created")
 
 
 @project_app.command("list")
 def project_list(fmt: OutputOpt = Format.table) -> None:
     """Projects you belong to (all, for the administrator)."""
-    with Client() as c:
-        projects = c.request("GET", "/v1/projects")
-    if fmt == Format.json:
-        output.print_json(projects)
-        return
-    output.table(
+    listing(
+        call(Client.projects),
+        fmt,
         ["NAME", "ROLE", "QUOTAS"],
-        [[p["name"], p["role"] or "-", _quotas_text(p["quotas"])] for p in projects],
+        lambda p: [p["name"], p["role"] or "-", _quotas_text(p["quotas"])],
     )
 
 
@@ -195,168 +222,114 @@ def _quotas_text(quotas: dict[str, int | None]) -> str:
 def project_show(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     """A project's quotas, limits and members."""
     with Client() as c:
-        project = c.request("GET", f"/v1/projects/{name}")
-        members = c.request("GET", f"/v1/projects/{name}/members")
-    if fmt == Format.json:
-        output.print_json({**project, "members": members})
-        return
-    out.print(bold(project["name"], f" ({project['role']}): {_quotas_text(project['quotas'])}"))
-    for m in members:
-        out.print(f"  {m['user']:<20} {m['role']}")
+        project = c.project(name)
+        members = c.members(name)
+    heading = bold(project["name"], f" ({project['role']}): {_quotas_text(project['quotas'])}")
+    people = (f"  {m['user']:<20} {m['role']}" for m in members)
+    emit({**project, "members": members}, fmt, lines(heading, *people))
 
 
 @project_app.command("quota")
+@_quota_options
 def project_quota(
     name: ProjectName,
-    max_instances: Annotated[int | None, typer.Option(help="Instances at most.")] = None,
-    max_cpus: Annotated[int | None, typer.Option(help="vCPUs at most, all together.")] = None,
-    max_memory: Annotated[str | None, typer.Option(help="Guest memory at most, e.g. 8G.")] = None,
-    max_disk: Annotated[str | None, typer.Option(help="Disk at most, e.g. 100G.")] = None,
-    max_snapshots: Annotated[int | None, typer.Option(help="Snapshots at most.")] = None,
-    max_networks: Annotated[int | None, typer.Option(help="Networks at most.")] = None,
-    max_forwards: Annotated[
-        int | None, typer.Option(help="Port forwards at most, all instances together.")
-    ] = None,
-    cpu_limit: Annotated[
-        float | None, typer.Option(help="Cores its VMs may really use (control group).")
-    ] = None,
-    memory_limit: Annotated[
-        str | None, typer.Option(help="Memory its VMs may really use, e.g. 4G.")
-    ] = None,
     unset: Annotated[
         list[str] | None,
         typer.Option(help="Remove a bound, e.g. --unset max-cpus (repeatable; administrator)."),
     ] = None,
     fmt: OutputOpt = Format.table,
+    **quotas: Any,
 ) -> None:
     """Change a project's quotas; options not given stay as they are. The administrator
     (root) grants; the project's admins may only lower what was granted."""
-    given: dict[str, int | float | None] = {
-        "max_instances": max_instances,
-        "max_cpus": max_cpus,
-        "max_memory_mib": _mib(max_memory),
-        "max_disk_bytes": _bytes(max_disk),
-        "max_snapshots": max_snapshots,
-        "max_networks": max_networks,
-        "max_forwards": max_forwards,
-        "cpu_limit": cpu_limit,
-        "memory_limit_mib": _mib(memory_limit),
-    }
-    body: dict[str, int | float | None] = {k: v for k, v in given.items() if v is not None}
-    names = {k.replace("_mib", "").replace("_bytes", "").replace("_", "-"): k for k in given}
+    body: dict[str, int | float | None] = {**_quotas_given(quotas)}
+    fields = {q.option: q.field for q in QUOTAS}
     for option in unset or []:
-        key = names.get(option.removeprefix("--"))
-        if key is None:
-            raise InvalidInput(f"--unset takes one of {', '.join(sorted(names))}, not {option!r}")
-        body[key] = None
-    with Client() as c:
-        project = c.request("PATCH", f"/v1/projects/{name}/quotas", json=body)
-    _emit(project, fmt, f"{name}: {_quotas_text(project['quotas'])}")
+        field = fields.get(option.removeprefix("--"))
+        if field is None:
+            raise InvalidInput(f"--unset takes one of {', '.join(sorted(fields))}, not {option!r}")
+        body[field] = None
+    project = call(Client.set_quotas, name, **body)
+    emit(project, fmt, f"{name}: {_quotas_text(project['quotas'])}")
 
 
 @project_app.command("delete")
 def project_delete(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     """Delete an empty project (the administrator only)."""
-    with Client() as c:
-        project = c.request("DELETE", f"/v1/projects/{name}")
-    _emit(project, fmt, f"project {name} deleted")
+    emit(call(Client.delete_project, name), fmt, f"project {name} deleted")
 
 
 @project_app.command("usage")
 def project_usage(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     """Allocated (what quotas count) next to really used: CPU time, memory, disk."""
-    with Client() as c:
-        usage = c.request("GET", f"/v1/projects/{name}/usage")
-    if fmt == Format.json:
-        output.print_json(usage)
-        return
+    usage = call(Client.usage, name)
+    emit(usage, fmt, lines(bold(name), *_usage_lines(usage)))
+
+
+def _usage_lines(usage: dict[str, Any]) -> list[str]:
     a, u, q = usage["allocated"], usage["used"], usage["quotas"]
 
-    def of(key: str, value: str, fmt_q=str) -> str:
+    def of(key: str, value: str, fmt_q: Callable[[Any], str] = str) -> str:
         limit = q.get(key)
         return value + (f" of {fmt_q(limit)}" if limit is not None else "")
 
-    out.print(bold(name))
-    out.print(f"  instances   {of('max_instances', str(a['instances']))}")
-    out.print(
-        f"  vCPUs       {of('max_cpus', str(a['cpus']))}  allocated; "
-        f"CPU time used {u['cpu_seconds'] if u['cpu_seconds'] is not None else '-'} s"
-    )
+    cpu_time = u["cpu_seconds"] if u["cpu_seconds"] is not None else "-"
     memory = of("max_memory_mib", f"{a['memory_mib']}M", lambda v: f"{v}M")
-    out.print(f"  memory      {memory} allocated; resident {format_size(u['resident_bytes'])}")
     disk = of("max_disk_bytes", format_size(a["disk_bytes"]), format_size)
-    out.print(f"  disk        {disk} allocated; written {format_size(u['disk_bytes'])}")
-    out.print(f"  snapshots   {of('max_snapshots', str(a['snapshots']))}")
-    out.print(f"  networks    {of('max_networks', str(a['networks']))}")
-    out.print(f"  forwards    {of('max_forwards', str(a['forwards']))}")
+    return [
+        f"  instances   {of('max_instances', str(a['instances']))}",
+        f"  vCPUs       {of('max_cpus', str(a['cpus']))}  allocated; CPU time used {cpu_time} s",
+        f"  memory      {memory} allocated; resident {format_size(u['resident_bytes'])}",
+        f"  disk        {disk} allocated; written {format_size(u['disk_bytes'])}",
+        f"  snapshots   {of('max_snapshots', str(a['snapshots']))}",
+        f"  networks    {of('max_networks', str(a['networks']))}",
+        f"  forwards    {of('max_forwards', str(a['forwards']))}",
+    ]
+
+
+UserName = Annotated[str, typer.Argument(help="User name.")]
 
 
 @member_app.command("add")
 def member_add(
     project: ProjectName,
-    user: Annotated[str, typer.Argument(help="User name.")],
+    user: UserName,
     role: Annotated[str, typer.Option(help="admin, member or viewer.")] = "member",
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Give a user a role in a project (or change it)."""
-    with Client() as c:
-        members = c.request("PUT", f"/v1/projects/{project}/members/{user}", json={"role": role})
-    _emit(members, fmt, f"{user} is a {role} of {project}")
+    emit(call(Client.set_member, project, user, role), fmt, f"{user} is a {role} of {project}")
 
 
 @member_app.command("remove")
-def member_remove(
-    project: ProjectName,
-    user: Annotated[str, typer.Argument(help="User name.")],
-    fmt: OutputOpt = Format.table,
-) -> None:
+def member_remove(project: ProjectName, user: UserName, fmt: OutputOpt = Format.table) -> None:
     """Take a user's role in a project away (their tokens stay, for their other projects)."""
-    with Client() as c:
-        members = c.request("DELETE", f"/v1/projects/{project}/members/{user}")
-    _emit(members, fmt, f"{user} removed from {project}")
+    emit(call(Client.remove_member, project, user), fmt, f"{user} removed from {project}")
 
 
 @member_app.command("list")
 def member_list(project: ProjectName, fmt: OutputOpt = Format.table) -> None:
     """A project's users and their roles."""
-    with Client() as c:
-        members = c.request("GET", f"/v1/projects/{project}/members")
-    if fmt == Format.json:
-        output.print_json(members)
-    else:
-        output.table(["USER", "ROLE"], [[m["user"], m["role"]] for m in members])
+    listing(call(Client.members, project), fmt, ["USER", "ROLE"], lambda m: [m["user"], m["role"]])
 
 
 # -- users and tokens ----------------------------------------------------------------------------
 @user_app.command("create")
-def user_create(
-    name: Annotated[str, typer.Argument(help="User name.")], fmt: OutputOpt = Format.table
-) -> None:
+def user_create(name: UserName, fmt: OutputOpt = Format.table) -> None:
     """Add a user (the administrator only); give them a role with `project member add`."""
-    with Client() as c:
-        user = c.request("POST", "/v1/users", json={"name": name})
-    _emit(user, fmt, f"user {name} created")
+    emit(call(Client.create_user, name), fmt, f"user {name} created")
 
 
 @user_app.command("list")
 def user_list(fmt: OutputOpt = Format.table) -> None:
     """All users (the administrator only)."""
-    with Client() as c:
-        users = c.request("GET", "/v1/users")
-    if fmt == Format.json:
-        output.print_json(users)
-    else:
-        output.table(["NAME", "ID"], [[u["name"], u["id"]] for u in users])
+    listing(call(Client.users), fmt, ["NAME", "ID"], lambda u: [u["name"], u["id"]])
 
 
 @user_app.command("delete")
-def user_delete(
-    name: Annotated[str, typer.Argument(help="User name.")], fmt: OutputOpt = Format.table
-) -> None:
+def user_delete(name: UserName, fmt: OutputOpt = Format.table) -> None:
     """Delete a user; their tokens stop working at once."""
-    with Client() as c:
-        user = c.request("DELETE", f"/v1/users/{name}")
-    _emit(user, fmt, f"user {name} deleted")
+    emit(call(Client.delete_user, name), fmt, f"user {name} deleted")
 
 
 @token_app.command("create")
@@ -370,18 +343,16 @@ def token_create(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a token. Its secret is shown this once (-o json: field ``token``)."""
-    body: dict[str, object] = {"name": name, "user": user}
-    if expires is not None:
-        body["expires_in_s"] = parse_duration(expires, what="--expires")
-    with Client() as c:
-        token = c.request("POST", "/v1/tokens", json=body)
-    if fmt == Format.json:
-        output.print_json(token)
-    else:
+    lifetime = None if expires is None else parse_duration(expires, what="--expires")
+    token = call(Client.create_token, name, user=user, expires_in_s=lifetime)
+
+    def show() -> None:
         out.print(
             f"token {token['id']} for {token['user']} ({name}); keep it now, it is not shown again:"
         )
         print(token["token"])
+
+    emit(token, fmt, show)
 
 
 def _expiry(at: float | None) -> str:
@@ -394,26 +365,24 @@ def _expiry(at: float | None) -> str:
 @token_app.command("list")
 def token_list(fmt: OutputOpt = Format.table) -> None:
     """Your tokens (the administrator sees everyone's); secrets are never shown again."""
-    with Client() as c:
-        tokens = c.request("GET", "/v1/tokens")
-    if fmt == Format.json:
-        output.print_json(tokens)
-        return
-    output.table(
+    listing(
+        call(Client.tokens),
+        fmt,
         ["ID", "USER", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
-        [
-            [
-                t["id"],
-                t["user"],
-                t["name"],
-                output.age(t["created_at"]),
-                output.age(t["last_used_at"]),
-                _expiry(t["expires_at"]),
-                "yes" if t["revoked_at"] else "",
-            ]
-            for t in tokens
-        ],
+        _token_row,
     )
+
+
+def _token_row(t: dict[str, Any]) -> list[str]:
+    return [
+        t["id"],
+        t["user"],
+        t["name"],
+        output.age(t["created_at"]),
+        output.age(t["last_used_at"]),
+        _expiry(t["expires_at"]),
+        "yes" if t["revoked_at"] else "",
+    ]
 
 
 @token_app.command("revoke")
@@ -421,9 +390,7 @@ def token_revoke(
     token_id: Annotated[str, typer.Argument(help="Token id.")], fmt: OutputOpt = Format.table
 ) -> None:
     """Revoke a token: the next request with it is refused."""
-    with Client() as c:
-        token = c.request("DELETE", f"/v1/tokens/{token_id}")
-    _emit(token, fmt, f"token {token_id} revoked")
+    emit(call(Client.revoke_token, token_id), fmt, f"token {token_id} revoked")
 
 
 @audit_app.command("list")
@@ -441,43 +408,39 @@ def audit_list(
 ) -> None:
     """The audit log of state-changing calls (kept audit_retention_days, 90 by default)."""
     after = time.time() - parse_duration(since, what="--since") if since is not None else None
-    wanted = {"project": project, "user": user, "action": action, "since": after, "limit": limit}
-    params = {k: v for k, v in wanted.items() if v is not None}
-    with Client() as c:
-        rows = c.request("GET", "/v1/audit", params=params)
-    if fmt == Format.json:
-        output.print_json(rows)
-        return
-    output.table(
+    listing(
+        call(Client.audit, project=project, user=user, action=action, since=after, limit=limit),
+        fmt,
         ["WHEN", "USER", "PROJECT", "ACTION", "TARGET", "RESULT"],
-        [
-            [
-                time.strftime("%H:%M:%S", time.localtime(r["at"])),
-                r["user"],
-                r["project"] or "-",
-                r["action"],
-                r["target"] or "-",
-                str(r["result"]),
-            ]
-            for r in rows
-        ],
+        _audit_row,
     )
+
+
+def _audit_row(r: dict[str, Any]) -> list[str]:
+    return [
+        time.strftime("%H:%M:%S", time.localtime(r["at"])),
+        r["user"],
+        r["project"] or "-",
+        r["action"],
+        r["target"] or "-",
+        str(r["result"]),
+    ]
 
 
 def whoami(fmt: OutputOpt = Format.table) -> None:
     """Who you are to the service you talk to: user, token, and your role in each project."""
     with Client() as c:
-        me = c.request("GET", "/v1/whoami")
-        where = c.endpoint.base_url if c.endpoint.socket is None else str(c.endpoint.socket)
-    if fmt == Format.json:
-        output.print_json({**me, "endpoint": where})
-        return
+        me = c.whoami()
+        where = c.endpoint.where
     how = "the host's administrator (local socket)" if me["superuser"] else me["user"]
     if me["token_name"]:
         how += f", token {me['token_name']} ({me['token_id']})"
-    out.print(bold(how, f" at {where}"))
     roles = ", ".join(f"{m['project']} ({m['role']})" for m in me["projects"])
-    out.print(f"  projects: {roles or 'none'}")
+    emit(
+        {**me, "endpoint": where},
+        fmt,
+        lines(bold(how, f" at {where}"), f"  projects: {roles or 'none'}"),
+    )
 
 
 def register(app: typer.Typer) -> None:

@@ -11,8 +11,10 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
+from websockets.asyncio.client import ClientConnection, connect, unix_connect
 
 from gureum.config import home_from_env
 
@@ -194,19 +196,20 @@ class Client:
         }
         if disk_gib is not None:
             body["disk_gib"] = disk_gib
-        return self.request("POST", "/v1/instances", json=body)
+        return self.request("POST", path("instances"), json=body)
 
     def instances(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/instances")
+        return self.request("GET", path("instances"))
 
     def instance(self, ref: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/instances/{ref}")
+        return self.request("GET", path("instances", ref))
 
     def action(self, ref: str, action: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/instances/{ref}/{action}")
+        """``start``, ``stop`` or ``restart``: the operation to wait on."""
+        return self.request("POST", path("instances", ref, action))
 
     def delete(self, ref: str, *, force: bool = False) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/instances/{ref}", params={"force": str(force).lower()})
+        return self.request("DELETE", path("instances", ref), params={"force": str(force).lower()})
 
     def exec(
         self, ref: str, command: list[str], *, stdin: bytes | None = None, timeout: float = 60.0
@@ -214,23 +217,29 @@ class Client:
         body: dict[str, Any] = {"command": command, "timeout_s": timeout}
         if stdin:
             body["stdin_b64"] = base64.b64encode(stdin).decode()
-        out = self.request("POST", f"/v1/instances/{ref}/exec", json=body, timeout=timeout + 30)
+        out = self.request("POST", path("instances", ref, "exec"), json=body, timeout=timeout + 30)
         out["stdout"] = base64.b64decode(out.pop("stdout_b64"))
         out["stderr"] = base64.b64decode(out.pop("stderr_b64"))
         return out
 
     def console_log(self, ref: str, tail_bytes: int = 65536) -> str:
         return self.request(
-            "GET", f"/v1/instances/{ref}/console/log", params={"tail_bytes": tail_bytes}
+            "GET", path("instances", ref, "console", "log"), params={"tail_bytes": tail_bytes}
         )
 
     # -- operations ------------------------------------------------------------------------------
+    def operations(self, *, target: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": limit}
+        if target is not None:
+            params["target"] = target
+        return self.request("GET", path("operations"), params=params)
+
     def operation(
         self, op_id: str, *, wait_s: float = 0, progress_after: int = 0
     ) -> dict[str, Any]:
         return self.request(
             "GET",
-            f"/v1/operations/{op_id}",
+            path("operations", op_id),
             params={"wait_s": wait_s, "progress_after": progress_after},
             timeout=wait_s + 30,
         )
@@ -258,7 +267,7 @@ class Client:
         self,
         op_id: str,
         timeout: float | None = None,
-        on_progress: Callable[[dict[str, Any]], None] | None = None,
+        on_progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Wait for an operation; raise ApiError with its error if it failed."""
         for item in self.follow(op_id, timeout):
@@ -275,20 +284,20 @@ class Client:
     # -- snapshots, clones, resize ---------------------------------------------------------------
     def snapshot(self, ref: str, name: str, *, memory: bool = False) -> dict[str, Any]:
         body = {"name": name, "memory": memory}
-        return self.request("POST", f"/v1/instances/{ref}/snapshots", json=body)
+        return self.request("POST", path("instances", ref, "snapshots"), json=body)
 
     def snapshots(self, ref: str) -> list[dict[str, Any]]:
-        return self.request("GET", f"/v1/instances/{ref}/snapshots")
+        return self.request("GET", path("instances", ref, "snapshots"))
 
     def restore(self, ref: str, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/instances/{ref}/snapshots/{name}/restore")
+        return self.request("POST", path("instances", ref, "snapshots", name, "restore"))
 
     def delete_snapshot(self, ref: str, name: str) -> dict[str, Any]:
-        return self.request("DELETE", f"/v1/instances/{ref}/snapshots/{name}")
+        return self.request("DELETE", path("instances", ref, "snapshots", name))
 
     def clone(self, ref: str, snapshot: str, name: str) -> dict[str, Any]:
         return self.request(
-            "POST", f"/v1/instances/{ref}/snapshots/{snapshot}/clone", json={"name": name}
+            "POST", path("instances", ref, "snapshots", snapshot, "clone"), json={"name": name}
         )
 
     def resize(
@@ -299,21 +308,18 @@ class Client:
         memory_mib: int | None = None,
         disk_gib: float | None = None,
     ) -> dict[str, Any]:
-        body = {
-            k: v
-            for k, v in (("cpus", cpus), ("memory_mib", memory_mib), ("disk_gib", disk_gib))
-            if v is not None
-        }
-        return self.request("POST", f"/v1/instances/{ref}/resize", json=body)
+        body = _given(cpus=cpus, memory_mib=memory_mib, disk_gib=disk_gib)
+        return self.request("POST", path("instances", ref, "resize"), json=body)
 
     # -- backups ---------------------------------------------------------------------------------
     def export(self, ref: str, out: Any, *, memory: bool = False) -> int:
-        """Stream an instance's backup archive into the binary file ``out``; returns bytes."""
+        """Stream an instance's backup archive into the binary file ``out``; returns bytes.
+        A POST: the export takes a snapshot of the VM (and is audited)."""
         written = 0
         try:
             with self.http.stream(
-                "GET",
-                f"/v1/instances/{ref}/backup",
+                "POST",
+                path("instances", ref, "backup"),
                 params={"memory": str(memory).lower()},
                 timeout=None,
             ) as resp:
@@ -332,27 +338,210 @@ class Client:
     def import_backup(self, source: Any, name: str) -> dict[str, Any]:
         return self.request(
             "POST",
-            "/v1/backups/import",
+            path("backups", "import"),
             params={"name": name},
             content=_chunks(source),
             timeout=None,
         )
 
     def verify_backup(self, source: Any) -> dict[str, Any]:
-        return self.request("POST", "/v1/backups/verify", content=_chunks(source), timeout=None)
+        """Send an archive to be verified: the operation that imports, boots and checks it.
+        An archive that is not whole is refused at once (``invalid-archive``)."""
+        return self.request(
+            "POST", path("backups", "verify"), content=_chunks(source), timeout=None
+        )
 
     # -- images and host -------------------------------------------------------------------------
     def build_image(self, name: str) -> dict[str, Any]:
-        return self.request("POST", f"/v1/images/{name}/build")
+        return self.request("POST", path("images", name, "build"))
 
     def images(self) -> list[dict[str, Any]]:
-        return self.request("GET", "/v1/images")
+        return self.request("GET", path("images"))
 
     def image(self, name: str) -> dict[str, Any]:
-        return self.request("GET", f"/v1/images/{name}")
+        return self.request("GET", path("images", name))
+
+    def verify_image(self, name: str) -> dict[str, Any]:
+        """The operation that re-checks every file's checksum; its result is
+        ``{name, ok, problems}``."""
+        return self.request("POST", path("images", name, "verify"))
+
+    def delete_image(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("images", name))
 
     def host(self) -> dict[str, Any]:
-        return self.request("GET", "/v1/host")
+        return self.request("GET", path("host"))
+
+    def version(self) -> dict[str, Any]:
+        return self.request("GET", path("version"))
+
+    def whoami(self) -> dict[str, Any]:
+        """Who the service takes this client for: user, token, role in each project."""
+        return self.request("GET", path("whoami"))
+
+    # -- networks, security groups, NICs, port forwards ------------------------------------------
+    def networks(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("networks"))
+
+    def network(self, name: str) -> dict[str, Any]:
+        return self.request("GET", path("networks", name))
+
+    def create_network(
+        self, name: str, subnet: str, *, imds_tokens_required: bool = False, nat: bool = False
+    ) -> dict[str, Any]:
+        body = {
+            "name": name,
+            "subnet": subnet,
+            "imds_tokens_required": imds_tokens_required,
+            "nat": nat,
+        }
+        return self.request("POST", path("networks"), json=body)
+
+    def delete_network(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("networks", name))
+
+    def secgroups(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("secgroups"))
+
+    def secgroup(self, name: str) -> dict[str, Any]:
+        return self.request("GET", path("secgroups", name))
+
+    def create_secgroup(self, name: str) -> dict[str, Any]:
+        return self.request("POST", path("secgroups"), json={"name": name})
+
+    def delete_secgroup(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("secgroups", name))
+
+    def add_rule(
+        self,
+        group: str,
+        ingress: str,
+        *,
+        from_cidr: str | None = None,
+        from_group: str | None = None,
+    ) -> dict[str, Any]:
+        """The group with its rules (the new one last)."""
+        body = {"ingress": ingress, "from_cidr": from_cidr, "from_group": from_group}
+        return self.request("POST", path("secgroups", group, "rules"), json=body)
+
+    def remove_rule(self, group: str, rule: str) -> dict[str, Any]:
+        return self.request("DELETE", path("secgroups", group, "rules", rule))
+
+    def nics(self, ref: str) -> list[dict[str, Any]]:
+        return self.request("GET", path("instances", ref, "nics"))
+
+    def add_nic(self, ref: str, *, network: str) -> dict[str, Any]:
+        return self.request("POST", path("instances", ref, "nics"), json={"network": network})
+
+    def remove_nic(self, ref: str, nic: str) -> dict[str, Any]:
+        """``nic``: its id, MAC, address or network name (hot-unplugged if the VM runs)."""
+        return self.request("DELETE", path("instances", ref, "nics", nic))
+
+    def forwards(self, ref: str) -> list[dict[str, Any]]:
+        return self.request("GET", path("instances", ref, "forwards"))
+
+    def add_forward(self, ref: str, mapping: str) -> dict[str, Any]:
+        """``mapping``: [ADDRESS:]HOSTPORT:GUESTPORT, the host side on a loopback address."""
+        return self.request("POST", path("instances", ref, "forwards"), json={"mapping": mapping})
+
+    def remove_forward(self, ref: str, forward: str) -> dict[str, Any]:
+        return self.request("DELETE", path("instances", ref, "forwards", forward))
+
+    # -- projects, members, users, tokens, audit -------------------------------------------------
+    def projects(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("projects"))
+
+    def project(self, name: str) -> dict[str, Any]:
+        return self.request("GET", path("projects", name))
+
+    def create_project(self, name: str, **quotas: int | float | None) -> dict[str, Any]:
+        """``quotas``: max_instances, max_cpus, max_memory_mib, ... (None: unbounded)."""
+        return self.request("POST", path("projects"), json={"name": name, **quotas})
+
+    def set_quotas(self, name: str, **quotas: int | float | None) -> dict[str, Any]:
+        """Only the quotas given change; one given as None loses its bound."""
+        return self.request("PATCH", path("projects", name, "quotas"), json=quotas)
+
+    def delete_project(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("projects", name))
+
+    def usage(self, project: str) -> dict[str, Any]:
+        return self.request("GET", path("projects", project, "usage"))
+
+    def members(self, project: str) -> list[dict[str, Any]]:
+        return self.request("GET", path("projects", project, "members"))
+
+    def set_member(self, project: str, user: str, role: str) -> list[dict[str, Any]]:
+        return self.request("PUT", path("projects", project, "members", user), json={"role": role})
+
+    def remove_member(self, project: str, user: str) -> list[dict[str, Any]]:
+        return self.request("DELETE", path("projects", project, "members", user))
+
+    def users(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("users"))
+
+    def create_user(self, name: str) -> dict[str, Any]:
+        return self.request("POST", path("users"), json={"name": name})
+
+    def delete_user(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("users", name))
+
+    def tokens(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("tokens"))
+
+    def create_token(
+        self, name: str, *, user: str | None = None, expires_in_s: float | None = None
+    ) -> dict[str, Any]:
+        """The new token; its secret (``token``) is in this answer only."""
+        body: dict[str, Any] = {"name": name, "user": user}
+        if expires_in_s is not None:
+            body["expires_in_s"] = expires_in_s
+        return self.request("POST", path("tokens"), json=body)
+
+    def revoke_token(self, token: str) -> dict[str, Any]:
+        return self.request("DELETE", path("tokens", token))
+
+    def audit(self, **filters: str | float | None) -> list[dict[str, Any]]:
+        """Newest first. ``filters``: project, user, action (``POST /v1/instances``), since
+        (epoch seconds), limit; one given as None is not applied."""
+        return self.request("GET", path("audit"), params=_given(**filters))
+
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+def path(*parts: str) -> str:
+    """An API path: ``/v1/`` and the parts, each quoted whole, so that a name can never add a
+    path segment, a query or a fragment to the request."""
+    return "/v1/" + "/".join(quote(part, safe="") for part in parts)
+
+
+def _given(**fields: Any) -> dict[str, Any]:
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+async def connect_console(endpoint: Endpoint, ref: str) -> ClientConnection:
+    """A WebSocket to an instance's serial console: binary frames both ways, raw bytes."""
+    where = path("instances", ref, "console")
+    try:
+        headers = endpoint.headers()
+        if endpoint.socket is not None:
+            return await unix_connect(
+                str(endpoint.socket),
+                uri=f"ws://gureum{where}",
+                max_size=None,
+                additional_headers=headers,
+            )
+        return await connect(
+            endpoint.ws_url + where,
+            max_size=None,
+            additional_headers=headers,
+            ssl=endpoint.ssl_context(),
+        )
+    except (OSError, FileNotFoundError) as exc:
+        raise ServiceDown(
+            endpoint.where, endpoint.socket.parent if endpoint.socket else None
+        ) from exc
 
 
 def _chunks(source: Any) -> Iterator[bytes]:

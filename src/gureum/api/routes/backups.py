@@ -6,13 +6,13 @@ import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
 from gureum.api.auth import Member
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import InstanceOut, VerifyBackupOut
+from gureum.api.schemas import InstanceOut, OperationOut
 from gureum.service.core import Services
 
 router = APIRouter(tags=["backups"], responses=COMMON_RESPONSES)
@@ -33,7 +33,7 @@ class _ExportResponse(StreamingResponse):
 Svc = Annotated[Services, Depends(services)]
 
 
-@router.get(
+@router.post(
     "/v1/instances/{ref}/backup",
     response_class=StreamingResponse,
     responses={200: {"content": {"application/x-tar": {}}, "description": "the archive"}},
@@ -43,7 +43,8 @@ async def export_backup(
     ref: str, svc: Svc, scope: Member, memory: bool = False
 ) -> StreamingResponse:
     """The instance as one archive (tar: config, flattened disk, boot files, optional memory,
-    checksums), streamed as it is written. The VM keeps running (a snapshot is read)."""
+    checksums), streamed as it is written. The VM keeps running (a snapshot is taken and
+    read). A POST, and audited: it changes state (the snapshot) and hands out the whole disk."""
     filename, stream = await svc.backups.export(ref, memory=memory, project_id=scope.project_id)
     headers = {"content-disposition": f'attachment; filename="{filename}"'}
     return _ExportResponse(stream, media_type="application/x-tar", headers=headers)
@@ -69,8 +70,14 @@ async def import_backup(
 
 
 @router.post(
-    "/v1/backups/verify", response_model=VerifyBackupOut, openapi_extra={"x-gureum-role": "member"}
+    "/v1/backups/verify",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "member"},
 )
-async def verify_backup(request: Request, svc: Svc, scope: Member) -> dict[str, object]:
-    """Import the archive as a throw-away VM, boot it, check the guest answers, remove it."""
-    return await svc.backups.verify(request.stream(), scope.project_id)
+async def verify_backup(request: Request, svc: Svc, scope: Member) -> JSONResponse:
+    """The archive in the body is received and checked whole in the request (one that is not
+    answers ``invalid-archive``); the operation then imports it as a throw-away VM, boots it,
+    checks the guest answers and removes it. Its result: ``{ok, seconds, detail}``."""
+    op = await svc.backups.verify(request.stream(), scope.project_id)
+    return JSONResponse(op.to_dict(), status_code=202)

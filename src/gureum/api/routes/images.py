@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import ImageOut, OperationOut, VerifyOut
+from gureum.api.schemas import ImageOut, OperationOut
 from gureum.model.image import Image
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -32,32 +32,36 @@ async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
     return [_view(i, who) for i in svc.images.list()]
 
 
-@router.get("/{name}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
-async def get_image(name: str, svc: Svc, who: AnyUser) -> dict[str, object]:
-    return _view(svc.images.get(name), who)
+@router.get("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
+async def get_image(image: str, svc: Svc, who: AnyUser) -> dict[str, object]:
+    return _view(svc.images.get(image), who)
 
 
 @router.post(
-    "/{name}/build",
+    "/{image}/build",
     status_code=202,
     response_model=OperationOut,
     openapi_extra={"x-gureum-role": "superuser"},
 )
-async def build_image(name: str, svc: Svc, _: Super) -> JSONResponse:
+async def build_image(image: str, svc: Svc, _: Super) -> JSONResponse:
     """Build (or confirm up to date) an image from its recipe; returns the operation."""
-    op = svc.images.build(name)
+    op = svc.images.build(image)
     return JSONResponse(op.to_dict(), status_code=202)
 
 
 @router.post(
-    "/{name}/verify", response_model=VerifyOut, openapi_extra={"x-gureum-role": "superuser"}
+    "/{image}/verify",
+    status_code=202,
+    response_model=OperationOut,
+    openapi_extra={"x-gureum-role": "superuser"},
 )
-async def verify_image(name: str, svc: Svc, _: Super) -> dict[str, object]:
-    """Recompute every file's checksum against the catalog."""
-    problems = await svc.images.verify(name)
-    return {"name": name, "ok": not problems, "problems": problems}
+async def verify_image(image: str, svc: Svc, _: Super) -> JSONResponse:
+    """Recompute every file's checksum against the catalog, as an operation (it reads the
+    whole image); its result is ``{name, ok, problems}``."""
+    op = svc.images.verify(image)
+    return JSONResponse(op.to_dict(), status_code=202)
 
 
-@router.delete("/{name}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})
-async def delete_image(name: str, svc: Svc, _: Super) -> dict[str, object]:
-    return svc.images.delete(name).to_dict()
+@router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})
+async def delete_image(image: str, svc: Svc, _: Super) -> dict[str, object]:
+    return svc.images.delete(image).to_dict()

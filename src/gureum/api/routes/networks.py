@@ -53,18 +53,18 @@ async def create_network(body: NetworkIn, svc: Svc, scope: Member) -> dict[str, 
 
 
 @router.get(
-    "/v1/networks/{ref}", response_model=NetworkOut, openapi_extra={"x-gureum-role": "viewer"}
+    "/v1/networks/{network}", response_model=NetworkOut, openapi_extra={"x-gureum-role": "viewer"}
 )
-async def get_network(ref: str, svc: Svc, scope: Viewer) -> dict[str, object]:
-    return svc.networks.view(svc.networks.get(ref, scope.project_id))
+async def get_network(network: str, svc: Svc, scope: Viewer) -> dict[str, object]:
+    return svc.networks.view(svc.networks.get(network, scope.project_id))
 
 
 @router.delete(
-    "/v1/networks/{ref}", response_model=NetworkOut, openapi_extra={"x-gureum-role": "member"}
+    "/v1/networks/{network}", response_model=NetworkOut, openapi_extra={"x-gureum-role": "member"}
 )
-async def delete_network(ref: str, svc: Svc, scope: Member) -> dict[str, object]:
+async def delete_network(network: str, svc: Svc, scope: Member) -> dict[str, object]:
     """Refused while any instance has a NIC on it."""
-    net = await svc.networks.delete(ref, scope.project_id)
+    net = await svc.networks.delete(network, scope.project_id)
     return {**net.to_dict(), "namespace": "", "instances": []}
 
 
@@ -86,17 +86,21 @@ async def create_secgroup(body: SecGroupIn, svc: Svc, scope: Member) -> dict[str
 
 
 @router.get(
-    "/v1/secgroups/{ref}", response_model=SecGroupOut, openapi_extra={"x-gureum-role": "viewer"}
+    "/v1/secgroups/{secgroup}",
+    response_model=SecGroupOut,
+    openapi_extra={"x-gureum-role": "viewer"},
 )
-async def get_secgroup(ref: str, svc: Svc, scope: Viewer) -> dict[str, object]:
-    return svc.secgroups.view(svc.secgroups.get(ref, scope.project_id))
+async def get_secgroup(secgroup: str, svc: Svc, scope: Viewer) -> dict[str, object]:
+    return svc.secgroups.view(svc.secgroups.get(secgroup, scope.project_id))
 
 
 @router.delete(
-    "/v1/secgroups/{ref}", response_model=SecGroupOut, openapi_extra={"x-gureum-role": "member"}
+    "/v1/secgroups/{secgroup}",
+    response_model=SecGroupOut,
+    openapi_extra={"x-gureum-role": "member"},
 )
-async def delete_secgroup(ref: str, svc: Svc, scope: Member) -> dict[str, object]:
-    group = await svc.secgroups.delete(ref, scope.project_id)
+async def delete_secgroup(secgroup: str, svc: Svc, scope: Member) -> dict[str, object]:
+    group = await svc.secgroups.delete(secgroup, scope.project_id)
     return {
         "id": group.id,
         "name": group.name,
@@ -107,31 +111,31 @@ async def delete_secgroup(ref: str, svc: Svc, scope: Member) -> dict[str, object
 
 
 @router.post(
-    "/v1/secgroups/{ref}/rules",
+    "/v1/secgroups/{secgroup}/rules",
     status_code=201,
     response_model=SecGroupOut,
     openapi_extra={"x-gureum-role": "member"},
 )
-async def add_rule(ref: str, body: RuleIn, svc: Svc, scope: Member) -> dict[str, object]:
+async def add_rule(secgroup: str, body: RuleIn, svc: Svc, scope: Member) -> dict[str, object]:
     """Applies at once to running VMs (their firewall is swapped atomically)."""
     await svc.secgroups.add_rule(
-        ref,
+        secgroup,
         body.ingress,
         cidr=body.from_cidr,
         source_group=body.from_group,
         project_id=scope.project_id,
     )
-    return svc.secgroups.view(svc.secgroups.get(ref, scope.project_id))
+    return svc.secgroups.view(svc.secgroups.get(secgroup, scope.project_id))
 
 
 @router.delete(
-    "/v1/secgroups/{ref}/rules/{rule_id}",
+    "/v1/secgroups/{secgroup}/rules/{rule}",
     response_model=SecGroupOut,
     openapi_extra={"x-gureum-role": "member"},
 )
-async def remove_rule(ref: str, rule_id: str, svc: Svc, scope: Member) -> dict[str, object]:
-    await svc.secgroups.remove_rule(ref, rule_id, scope.project_id)
-    return svc.secgroups.view(svc.secgroups.get(ref, scope.project_id))
+async def remove_rule(secgroup: str, rule: str, svc: Svc, scope: Member) -> dict[str, object]:
+    await svc.secgroups.remove_rule(secgroup, rule, scope.project_id)
+    return svc.secgroups.view(svc.secgroups.get(secgroup, scope.project_id))
 
 
 @router.get(

@@ -27,9 +27,9 @@ async def list_operations(
     return [op.to_dict() for op in ops]
 
 
-@router.get("/{op_id}", response_model=OperationOut, openapi_extra={"x-gureum-role": "viewer"})
+@router.get("/{operation}", response_model=OperationOut, openapi_extra={"x-gureum-role": "viewer"})
 async def get_operation(
-    op_id: str,
+    operation: str,
     svc: Svc,
     scope: Viewer,
     wait_s: Annotated[float, Query(ge=0, le=60, description="long-poll up to this long")] = 0,
@@ -41,8 +41,8 @@ async def get_operation(
     ``progress_after`` lines, or after ``wait_s`` seconds."""
     if wait_s > 0:
         op = await svc.ops.wait(
-            op_id, timeout=wait_s, progress_after=progress_after, project_id=scope.project_id
+            operation, timeout=wait_s, progress_after=progress_after, project_id=scope.project_id
         )
     else:
-        op = svc.ops.get(op_id, scope.project_id)
+        op = svc.ops.get(operation, scope.project_id)
     return op.to_dict(progress_after=progress_after)

@@ -40,36 +40,36 @@ async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc, scope: Member) -
 
 
 @router.post(
-    "/snapshots/{name}/restore",
+    "/snapshots/{snapshot}/restore",
     status_code=202,
     response_model=OperationOut,
     openapi_extra={"x-gureum-role": "member"},
 )
-async def restore_snapshot(ref: str, name: str, svc: Svc, scope: Member) -> JSONResponse:
+async def restore_snapshot(ref: str, snapshot: str, svc: Svc, scope: Member) -> JSONResponse:
     """Back to the snapshot: the disk, and with a memory snapshot the running state."""
-    op = await svc.snapshots.restore(ref, name, scope.project_id)
+    op = await svc.snapshots.restore(ref, snapshot, scope.project_id)
     return JSONResponse(op.to_dict(), status_code=202)
 
 
 @router.delete(
-    "/snapshots/{name}", response_model=SnapshotOut, openapi_extra={"x-gureum-role": "member"}
+    "/snapshots/{snapshot}", response_model=SnapshotOut, openapi_extra={"x-gureum-role": "member"}
 )
-async def delete_snapshot(ref: str, name: str, svc: Svc, scope: Member) -> dict[str, object]:
+async def delete_snapshot(ref: str, snapshot: str, svc: Svc, scope: Member) -> dict[str, object]:
     """Disk data another disk still builds on (a clone's) is kept; ``disk_data_kept_for``."""
-    return await svc.snapshots.delete(ref, name, scope.project_id)
+    return await svc.snapshots.delete(ref, snapshot, scope.project_id)
 
 
 @router.post(
-    "/snapshots/{name}/clone",
+    "/snapshots/{snapshot}/clone",
     status_code=202,
     response_model=LaunchOut,
     openapi_extra={"x-gureum-role": "member"},
 )
 async def clone_snapshot(
-    ref: str, name: str, body: CloneIn, svc: Svc, scope: Member
+    ref: str, snapshot: str, body: CloneIn, svc: Svc, scope: Member
 ) -> JSONResponse:
     """A new VM from a snapshot: thin disk, new id, name, MAC, hostname and generation id."""
-    inst, op = await svc.snapshots.clone(ref, name, body.name, scope.project_id)
+    inst, op = await svc.snapshots.clone(ref, snapshot, body.name, scope.project_id)
     return JSONResponse(
         {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
     )

@@ -305,11 +305,11 @@ async def list_tokens(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
 
 
 @router.delete(
-    "/v1/tokens/{token_id}", response_model=TokenOut, openapi_extra={"x-gureum-role": "user"}
+    "/v1/tokens/{token}", response_model=TokenOut, openapi_extra={"x-gureum-role": "user"}
 )
-async def revoke_token(token_id: str, svc: Svc, who: AnyUser) -> dict[str, object]:
+async def revoke_token(token: str, svc: Svc, who: AnyUser) -> dict[str, object]:
     """Revoked at once: the next request with it is refused."""
-    return _token_views(svc, [svc.tenancy.revoke(who, token_id)])[0]
+    return _token_views(svc, [svc.tenancy.revoke(who, token)])[0]
 
 
 # -- audit ---------------------------------------------------------------------------------------

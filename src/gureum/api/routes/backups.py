@@ -9,10 +9,11 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.types import Message, Receive, Scope, Send
 
+from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import Member
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import InstanceOut, OperationOut
+from gureum.api.schemas import InstanceOut
 from gureum.service.core import Services
 
 router = APIRouter(tags=["backups"], responses=COMMON_RESPONSES)
@@ -69,15 +70,9 @@ async def import_backup(
     return svc.instances.view(inst)
 
 
-@router.post(
-    "/v1/backups/verify",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/v1/backups/verify", "member")
 async def verify_backup(request: Request, svc: Svc, scope: Member) -> JSONResponse:
     """The archive in the body is received and checked whole in the request (one that is not
     answers ``invalid-archive``); the operation then imports it as a throw-away VM, boots it,
     checks the guest answers and removes it. Its result: ``{ok, seconds, detail}``."""
-    op = await svc.backups.verify(request.stream(), scope.project_id)
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(await svc.backups.verify(request.stream(), scope.project_id))

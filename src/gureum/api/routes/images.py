@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import ImageOut, OperationOut
+from gureum.api.schemas import ImageOut
 from gureum.model.image import Image
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -37,29 +38,17 @@ async def get_image(image: str, svc: Svc, who: AnyUser) -> dict[str, object]:
     return _view(svc.images.get(image), who)
 
 
-@router.post(
-    "/{image}/build",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "superuser"},
-)
+@starts_operation(router, "/{image}/build", "superuser")
 async def build_image(image: str, svc: Svc, _: Super) -> JSONResponse:
     """Build (or confirm up to date) an image from its recipe; returns the operation."""
-    op = svc.images.build(image)
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(svc.images.build(image))
 
 
-@router.post(
-    "/{image}/verify",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "superuser"},
-)
+@starts_operation(router, "/{image}/verify", "superuser")
 async def verify_image(image: str, svc: Svc, _: Super) -> JSONResponse:
     """Recompute every file's checksum against the catalog, as an operation (it reads the
     whole image); its result is ``{name, ok, problems}``."""
-    op = svc.images.verify(image)
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(svc.images.verify(image))
 
 
 @router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})

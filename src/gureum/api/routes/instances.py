@@ -12,11 +12,12 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, PlainTextResponse
 
+from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.middleware import audit_console
-from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, OperationOut
+from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut
 from gureum.errors import GureumError, InvalidInput
 from gureum.model.tenancy import Role
 from gureum.service.core import Services
@@ -65,39 +66,20 @@ async def get_instance(ref: str, svc: Svc, scope: Viewer) -> JSONResponse:
     return JSONResponse(svc.instances.view(svc.instances.get(ref, scope.project_id)))
 
 
-def _accepted(op_dict: dict[str, object]) -> JSONResponse:
-    return JSONResponse(op_dict, status_code=202)
-
-
-@router.post(
-    "/{ref}/start",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/{ref}/start", "member")
 async def start(ref: str, svc: Svc, scope: Member) -> JSONResponse:
-    return _accepted((await svc.instances.start(ref, scope.project_id)).to_dict())
+    return accepted(await svc.instances.start(ref, scope.project_id))
 
 
-@router.post(
-    "/{ref}/stop",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/{ref}/stop", "member")
 async def stop(ref: str, svc: Svc, scope: Member) -> JSONResponse:
     """Graceful: ACPI power button, then QMP quit, then kill, within the stop timeout."""
-    return _accepted((await svc.instances.stop(ref, scope.project_id)).to_dict())
+    return accepted(await svc.instances.stop(ref, scope.project_id))
 
 
-@router.post(
-    "/{ref}/restart",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/{ref}/restart", "member")
 async def restart(ref: str, svc: Svc, scope: Member) -> JSONResponse:
-    return _accepted((await svc.instances.restart(ref, scope.project_id)).to_dict())
+    return accepted(await svc.instances.restart(ref, scope.project_id))
 
 
 @router.delete("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "member"})

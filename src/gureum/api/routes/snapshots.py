@@ -7,10 +7,11 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
 
+from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import Member, Viewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import CloneIn, LaunchOut, OperationOut, ResizeIn, SnapshotIn, SnapshotOut
+from gureum.api.schemas import CloneIn, LaunchOut, ResizeIn, SnapshotIn, SnapshotOut
 from gureum.errors import InvalidInput
 from gureum.service.core import Services
 from gureum.units import GIB
@@ -26,29 +27,18 @@ async def list_snapshots(ref: str, svc: Svc, scope: Viewer) -> list[dict[str, ob
     return [svc.snapshots.view(s) for s in svc.snapshots.list(ref, scope.project_id)]
 
 
-@router.post(
-    "/snapshots",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/snapshots", "member")
 async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc, scope: Member) -> JSONResponse:
     """Disk snapshot (quiesced through the guest agent when it answers), or with ``memory``
     disk and memory of a running VM."""
     op = await svc.snapshots.create(ref, body.name, memory=body.memory, project_id=scope.project_id)
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(op)
 
 
-@router.post(
-    "/snapshots/{snapshot}/restore",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/snapshots/{snapshot}/restore", "member")
 async def restore_snapshot(ref: str, snapshot: str, svc: Svc, scope: Member) -> JSONResponse:
     """Back to the snapshot: the disk, and with a memory snapshot the running state."""
-    op = await svc.snapshots.restore(ref, snapshot, scope.project_id)
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(await svc.snapshots.restore(ref, snapshot, scope.project_id))
 
 
 @router.delete(
@@ -75,12 +65,7 @@ async def clone_snapshot(
     )
 
 
-@router.post(
-    "/resize",
-    status_code=202,
-    response_model=OperationOut,
-    openapi_extra={"x-gureum-role": "member"},
-)
+@starts_operation(router, "/resize", "member")
 async def resize(ref: str, body: ResizeIn, svc: Svc, scope: Member) -> JSONResponse:
     """Live where the guest allows, else at the next boot; the result says which."""
     disk = None
@@ -95,4 +80,4 @@ async def resize(ref: str, body: ResizeIn, svc: Svc, scope: Member) -> JSONRespo
         disk_bytes=disk,
         project_id=scope.project_id,
     )
-    return JSONResponse(op.to_dict(), status_code=202)
+    return accepted(op)

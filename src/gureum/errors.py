@@ -7,6 +7,8 @@ the CLI prints the message and exits non-zero; nothing else decides how an error
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 
 class GureumError(Exception):
     """Base of every error gureum reports on purpose."""
@@ -38,9 +40,19 @@ class InvalidImage(InvalidInput):
     code = "invalid-image"
 
 
+T = TypeVar("T")
+
+
 class NotFound(GureumError):
     code = "not-found"
     status = 404
+
+
+def found(value: T | None, what: str) -> T:
+    """``value``, or NotFound("no <what>") when the store had nothing."""
+    if value is None:
+        raise NotFound(f"no {what}")
+    return value
 
 
 class Conflict(GureumError):

@@ -22,13 +22,14 @@ from gureum.host.interface import (
     AccelChoice,
     Console,
     ExecResult,
+    Identity,
+    NetworkPlan,
     ProjectUsage,
     VMEvents,
     VMSpec,
 )
 from gureum.model.hardware import Hardware
-from gureum.model.network import Network, Nic, Rule
-from gureum.network.firewall import Port
+from gureum.model.network import Forward, Network
 from gureum.network.metadata import Lookup
 
 
@@ -340,13 +341,7 @@ class FakeHost:
         vm = self._vm(instance_id)
         return ExecResult(0, f"{vm.spec.name}\n".encode(), b"")
 
-    async def refresh_identity(
-        self,
-        instance_id: str,
-        *,
-        hostname: str | None = None,
-        macs: list[tuple[str, str]] | None = None,
-    ) -> str:
+    async def refresh_identity(self, instance_id: str, identity: Identity) -> str:
         self._step("refresh_identity")
         self._vm(instance_id)
         return "0" * 32
@@ -383,29 +378,15 @@ class FakeHost:
     def networks_present(self) -> set[str]:
         return set(self.networks)
 
-    async def sync_network(
-        self,
-        net: Network,
-        hosts: list[tuple[Nic, str]],
-        ports: list[Port],
-        rules: dict[str, list[Rule]],
-    ) -> None:
+    async def sync_network(self, net: Network, plan: NetworkPlan) -> None:
         self._step("sync_network")
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
         return None
 
-    async def add_forward(
-        self,
-        forward_id: str,
-        address: str,
-        host_port: int,
-        network_id: str,
-        ip: str,
-        guest_port: int,
-    ) -> None:
+    async def add_forward(self, fwd: Forward, network_id: str, ip: str) -> None:
         self._step("add_forward")
-        self.forwards.add(forward_id)
+        self.forwards.add(fwd.id)
 
     async def remove_forward(self, forward_id: str) -> None:
         self.forwards.discard(forward_id)

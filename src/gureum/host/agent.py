@@ -28,12 +28,11 @@ from gureum.errors import EngineError, GureumError, InvalidState
 from gureum.host import permissions
 from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
-from gureum.host.interface import Console, ProjectUsage, VMSpec
+from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
-from gureum.model.network import Network, Nic, Rule
+from gureum.model.network import Forward, Network
 from gureum.network import netns, tap
-from gureum.network.firewall import Port
 from gureum.network.metadata import Lookup
 from gureum.storage import disks, qcow2
 from gureum.sys import procs
@@ -564,13 +563,7 @@ class LocalHostAgent:
     ) -> ExecResult:
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
 
-    async def refresh_identity(
-        self,
-        instance_id: str,
-        *,
-        hostname: str | None = None,
-        macs: list[tuple[str, str]] | None = None,
-    ) -> str:
+    async def refresh_identity(self, instance_id: str, identity: Identity) -> str:
         """Tell the guest it was restored or cloned; returns its new machine id.
 
         The guest has no vmgenid driver to notice by itself, so the agent does what such a
@@ -583,6 +576,7 @@ class LocalHostAgent:
         machine_id = uuid.uuid4().hex
         await agent.write_file("/dev/urandom", secrets.token_bytes(64))
         await agent.write_file("/etc/machine-id", f"{machine_id}\n".encode())
+        hostname, macs = identity.hostname, identity.macs
         if hostname:
             await agent.write_file("/proc/sys/kernel/hostname", hostname.encode())
             await agent.write_file("/etc/hostname", f"{hostname}\n".encode())
@@ -631,28 +625,16 @@ class LocalHostAgent:
             present |= {p.name for p in self.config.networks_dir.iterdir()}
         return present
 
-    async def sync_network(
-        self,
-        net: Network,
-        hosts: list[tuple[Nic, str]],
-        ports: list[Port],
-        rules: dict[str, list[Rule]],
-    ) -> None:
-        await self.network.sync(net, hosts, ports, rules)
+    async def sync_network(self, net: Network, plan: NetworkPlan) -> None:
+        await self.network.sync(net, plan.hosts, plan.ports, plan.rules)
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
         return await self.network.neighbour_mac(network_id, ip)
 
-    async def add_forward(
-        self,
-        forward_id: str,
-        address: str,
-        host_port: int,
-        network_id: str,
-        ip: str,
-        guest_port: int,
-    ) -> None:
-        await self.network.add_forward(forward_id, address, host_port, network_id, ip, guest_port)
+    async def add_forward(self, fwd: Forward, network_id: str, ip: str) -> None:
+        await self.network.add_forward(
+            fwd.id, fwd.host_address, fwd.host_port, network_id, ip, fwd.guest_port
+        )
 
     async def remove_forward(self, forward_id: str) -> None:
         await self.network.remove_forward(forward_id)

@@ -27,7 +27,7 @@ from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.vm import VMEvents
 from gureum.host.capacity import HostCapacity
 from gureum.model.hardware import Hardware
-from gureum.model.network import Network, Nic, Rule
+from gureum.model.network import Forward, Network, Nic, Rule
 from gureum.network.firewall import Port
 from gureum.network.metadata import Lookup
 
@@ -37,6 +37,8 @@ __all__ = [
     "ExecResult",
     "HostAgent",
     "HostCapacity",
+    "Identity",
+    "NetworkPlan",
     "ProjectUsage",
     "VMEvents",
     "VMSpec",
@@ -71,6 +73,33 @@ class VMSpec:
     @property
     def root_disk(self) -> Path:
         return self.disk_chain[0]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """What a restored or cloned guest is told besides new entropy and a new machine id: its
+    new hostname and, for a memory image of another machine, its NICs' MACs (old, new)."""
+
+    hostname: str | None = None
+    macs: list[tuple[str, str]] | None = None
+
+    def to_dict(self) -> dict[str, object]:
+        out: dict[str, object] = {}
+        if self.hostname is not None:
+            out["hostname"] = self.hostname
+        if self.macs is not None:
+            out["macs"] = self.macs
+        return out
+
+
+@dataclass(frozen=True)
+class NetworkPlan:
+    """What a network must serve, as the store has it: its NICs with their instances' names
+    (DHCP and DNS), their ports with security groups, and the groups' rules (the firewall)."""
+
+    hosts: list[tuple[Nic, str]]
+    ports: list[Port]
+    rules: dict[str, list[Rule]]
 
 
 @dataclass(frozen=True)
@@ -262,13 +291,7 @@ class HostAgent(Protocol):
         self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
     ) -> ExecResult: ...
 
-    async def refresh_identity(
-        self,
-        instance_id: str,
-        *,
-        hostname: str | None = None,
-        macs: list[tuple[str, str]] | None = None,
-    ) -> str:
+    async def refresh_identity(self, instance_id: str, identity: Identity) -> str:
         """Tell the guest it was restored or cloned; its new machine id."""
 
     def console(self, instance_id: str) -> Console: ...
@@ -290,26 +313,13 @@ class HostAgent(Protocol):
     def networks_present(self) -> set[str]:
         """Ids of the networks this host has (namespaces or their folders)."""
 
-    async def sync_network(
-        self,
-        net: Network,
-        hosts: list[tuple[Nic, str]],
-        ports: list[Port],
-        rules: dict[str, list[Rule]],
-    ) -> None:
+    async def sync_network(self, net: Network, plan: NetworkPlan) -> None:
         """Make the network's DHCP, DNS and firewall match the store."""
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None: ...
 
-    async def add_forward(
-        self,
-        forward_id: str,
-        address: str,
-        host_port: int,
-        network_id: str,
-        ip: str,
-        guest_port: int,
-    ) -> None: ...
+    async def add_forward(self, fwd: Forward, network_id: str, ip: str) -> None:
+        """Listen on the forward's host address and port; pass to ``ip`` on the network."""
 
     async def remove_forward(self, forward_id: str) -> None: ...
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from types import TracebackType
 
 from gureum.host.interface import HostAgent
 from gureum.model.instance import ACTIVE, Instance
@@ -20,27 +19,17 @@ from gureum.store.instances import InstanceStore
 HOST = "host"  # the key of what the host holds for growing VMs
 
 
-class Admission:
-    """``async with admission:`` takes the lock; ``admit`` checks the host under it."""
+class Admission(asyncio.Lock):
+    """The lock itself (``async with admission:``), and ``admit``, which checks the host
+    under it."""
 
     def __init__(self, store: InstanceStore, host: HostAgent) -> None:
+        super().__init__()
         self.store = store
         self.host = host
-        self.lock = asyncio.Lock()
         # vCPUs and MiB admitted to running VMs that are still growing into them (a live
         # resize under way), under HOST: the host counts them before the store does.
         self.growing = Holds()
-
-    async def __aenter__(self) -> None:
-        await self.lock.acquire()
-
-    async def __aexit__(
-        self,
-        kind: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.lock.release()
 
     def committed(self) -> tuple[int, int]:
         """vCPUs and MiB the host has given to active VMs, and to VMs growing into more."""

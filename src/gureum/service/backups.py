@@ -226,16 +226,7 @@ class BackupService:
                 await self.host.check_image(data / member, size, member)
             except InvalidImage as exc:
                 raise archive.ArchiveError(exc.message) from exc
-        inst = Instance(
-            id=new_id("i-"),
-            spec=spec,
-            state=State.STOPPED,
-            created_at=time.time(),
-            image_version=found.version,
-            accel=self.host.accel.accel,
-            project_id=project_id,
-            uid=self.instances.store.next_uid(),
-        )
+        inst = self.creator.new(spec, found.version, project_id, state=State.STOPPED)
         source_hw = found.hardware
         # Networks are this host's: every NIC the source had goes on the default network.
         default = await self.networks.default(project_id)

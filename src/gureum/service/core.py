@@ -94,9 +94,7 @@ class Services:
         )
         networks = NetworkService(host, network_store, instance_store, quotas)
         secgroups = SecGroupService(network_store, networks)
-        forwards = ForwardService(
-            host, network_store, instance_store, quotas, min_host_port=config.forward_min_host_port
-        )
+        forwards = ForwardService(networks, min_host_port=config.forward_min_host_port)
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, host)

@@ -14,13 +14,15 @@ of the row is ``forget``: every row of the instance and the layers and files onl
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from types import TracebackType
 
 from gureum.host.interface import HostAgent
+from gureum.ids import new_id
 from gureum.model.hardware import Hardware
-from gureum.model.instance import Instance
+from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.network import Network
 from gureum.model.snapshot import Layer
 from gureum.service.admission import Admission
@@ -112,6 +114,30 @@ class Creator:
         self.networks = networks
         self.disks = disks
         self.host = host
+
+    def new(
+        self,
+        spec: InstanceSpec,
+        image_version: str,
+        project_id: str,
+        *,
+        state: State = State.PENDING,
+        user_data: str | None = None,
+        ssh_keys: tuple[str, ...] = (),
+    ) -> Instance:
+        """A new instance's row: its own id and its own unprivileged user on this host."""
+        return Instance(
+            id=new_id("i-"),
+            spec=spec,
+            state=state,
+            created_at=time.time(),
+            image_version=image_version,
+            accel=self.host.accel.accel,
+            user_data=user_data,
+            ssh_keys=ssh_keys,
+            project_id=project_id,
+            uid=self.store.next_uid(),
+        )
 
     async def claim(self, draft: Draft) -> Callable[[], None]:
         """Check and hold what the instance will count for (quota; host capacity if it runs).

@@ -7,12 +7,9 @@ import logging
 import time
 
 from gureum.errors import GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.network import Forward, Nic
-from gureum.service.quotas import QuotaService
-from gureum.store.instances import InstanceStore
-from gureum.store.networks import NetworkStore
+from gureum.service.networks import NetworkService
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +38,16 @@ def parse_mapping(text: str) -> tuple[str, int, int]:
 class ForwardService:
     def __init__(
         self,
-        host: HostAgent,
-        store: NetworkStore,
-        instances: InstanceStore,
-        quotas: QuotaService,
+        networks: NetworkService,
         *,
         min_host_port: int = 1024,
     ) -> None:
-        self.host = host
-        self.store = store
-        self.instances = instances
+        # A forward goes to an instance's first NIC: it is a thing of that NIC's network.
+        self.host = networks.host
+        self.store = networks.store
+        self.instances = networks.instances
+        self.quotas = networks.quotas
         self.min_host_port = min_host_port  # the administrator's: forward_min_host_port
-        self.quotas = quotas
 
     def _first_nic(self, instance_id: str) -> Nic | None:
         """Forwards go to the NIC in the lowest slot."""
@@ -106,7 +101,7 @@ class ForwardService:
         fwd = Forward(new_id("f-"), instance_id, address, host_port, guest_port, time.time())
         self.store.add_forward(fwd)  # the unique (address, port) refuses a duplicate first
         try:
-            await self.host.add_forward(fwd.id, address, host_port, network_id, ip, guest_port)
+            await self.host.add_forward(fwd, network_id, ip)
         except GureumError:
             self.store.remove_forward(fwd.id)
             raise
@@ -135,8 +130,6 @@ class ForwardService:
         for fwd in self.list():
             try:
                 network_id, ip = self._target(fwd.instance_id)
-                await self.host.add_forward(
-                    fwd.id, fwd.host_address, fwd.host_port, network_id, ip, fwd.guest_port
-                )
+                await self.host.add_forward(fwd, network_id, ip)
             except GureumError as exc:
                 log.error("port forward %s:%s: %s", fwd.host_address, fwd.host_port, exc.message)

@@ -9,13 +9,12 @@ path), ``Lifecycle`` (boot, readiness, stop, events), ``DiskLayers`` (the disk c
 from __future__ import annotations
 
 import builtins
-import time
 from dataclasses import dataclass
 
 from gureum.config import Config
-from gureum.errors import EngineError, InvalidInput, InvalidState, NotFound
+from gureum.errors import EngineError, InvalidInput, InvalidState, found
 from gureum.host.interface import Console, HostAgent
-from gureum.ids import check_name, looks_like_id, new_id
+from gureum.ids import check_name, looks_like_id
 from gureum.model.hardware import MAX_CPUS, MAX_NICS, Hardware
 from gureum.model.instance import (
     ACTIVE,
@@ -125,9 +124,7 @@ class InstanceService:
                 inst = None
         else:
             inst = self.store.get_by_name(ref, project_id or DEFAULT_PROJECT)
-        if inst is None:
-            raise NotFound(f"no instance named {ref!r}")
-        return inst
+        return found(inst, f"instance named {ref!r}")
 
     def view(self, inst: Instance) -> dict[str, object]:
         return self._views.view(inst)
@@ -186,17 +183,8 @@ class InstanceService:
                 if r != NO_NETWORK
             ]
         groups = self.secgroups.resolve(list(req.secgroups), project_id)
-        inst = Instance(
-            id=new_id("i-"),
-            spec=spec,
-            state=State.PENDING,
-            created_at=time.time(),
-            image_version=image_version,
-            accel=self.host.accel.accel,
-            user_data=req.user_data,
-            ssh_keys=tuple(req.ssh_keys),
-            project_id=project_id,
-            uid=self.store.next_uid(),
+        inst = self.creator.new(
+            spec, image_version, project_id, user_data=req.user_data, ssh_keys=tuple(req.ssh_keys)
         )
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from gureum.config import Config
-from gureum.errors import GureumError, InvalidState, NotFound
-from gureum.host.interface import HostAgent, VMSpec
+from gureum.errors import GureumError, InvalidState, NotFound, found
+from gureum.host.interface import HostAgent, Identity, VMSpec
 from gureum.model.hardware import Hardware, new_generation_id
 from gureum.model.instance import ACTIVE, BootTimeline, Instance, State, check_transition
 from gureum.service.disks import DiskLayers
@@ -25,23 +25,6 @@ from gureum.store.instances import InstanceStore
 from gureum.units import GIB, MIB
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Identity:
-    """What a restored or cloned guest is told besides new entropy and a new machine id: its
-    new hostname and, for a memory image of another machine, its NICs' MACs (old, new)."""
-
-    hostname: str | None = None
-    macs: list[tuple[str, str]] | None = None
-
-    def to_dict(self) -> dict[str, object]:
-        out: dict[str, object] = {}
-        if self.hostname is not None:
-            out["hostname"] = self.hostname
-        if self.macs is not None:
-            out["macs"] = self.macs
-        return out
 
 
 # Free bytes on the host's disk before VMs paused on a full disk are resumed.
@@ -107,10 +90,7 @@ class Lifecycle:
         self._events: dict[str, _Events] = {}
 
     def get(self, instance_id: str) -> Instance:
-        inst = self.store.get(instance_id)
-        if inst is None:
-            raise NotFound(f"no instance {instance_id}")
-        return inst
+        return found(self.store.get(instance_id), f"instance {instance_id}")
 
     def lock(self, instance_id: str) -> asyncio.Lock:
         return self._locks.setdefault(instance_id, asyncio.Lock())
@@ -215,9 +195,7 @@ class Lifecycle:
                 # Restored or cloned: the guest's random pool and machine id were someone
                 # else's a moment ago (and for a clone, its hostname and MACs too).
                 told = identity or Identity()
-                machine_id = await self.host.refresh_identity(
-                    instance_id, hostname=told.hostname, macs=told.macs
-                )
+                machine_id = await self.host.refresh_identity(instance_id, told)
                 refreshed = {"machine_id": machine_id, **told.to_dict()}
                 ctx.progress(
                     "guest identity refreshed (random seed, machine id"

@@ -8,8 +8,8 @@ import ipaddress
 import logging
 import time
 
-from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.interface import HostAgent
+from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, found
+from gureum.host.interface import HostAgent, NetworkPlan
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
 from gureum.model.instance import DEFAULT_PROJECT
@@ -78,10 +78,7 @@ class NetworkService:
 
     def get(self, ref: str, project_id: str | None = None) -> Network:
         """By id, or by name within a project; another project's network is "not found"."""
-        net = self.store.network(ref, project_id)
-        if net is None:
-            raise NotFound(f"no network named {ref!r}")
-        return net
+        return found(self.store.network(ref, project_id), f"network named {ref!r}")
 
     def view(self, net: Network) -> dict[str, object]:
         names = self._names()
@@ -223,7 +220,7 @@ class NetworkService:
         hosts = [(n, names.get(n.instance_id, n.instance_id)) for n in nics]
         ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
         rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
-        await self.host.sync_network(net, hosts, ports, rules)
+        await self.host.sync_network(net, NetworkPlan(hosts, ports, rules))
 
     async def sync_instance(self, instance_id: str) -> None:
         for network_id in {n.network_id for n in self.store.nics(instance_id=instance_id)}:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from gureum.errors import NotFound, QuotaExceeded
+from gureum.errors import QuotaExceeded, found
 from gureum.host.interface import HostAgent
 from gureum.model.instance import Instance
 from gureum.model.tenancy import QUOTAS, Project
@@ -49,10 +49,7 @@ class QuotaService:
         self.held = Holds()  # by project id
 
     def project(self, ref: str) -> Project:
-        project = self.tenancy.project(ref)
-        if project is None:
-            raise NotFound(f"no project named {ref!r}")
-        return project
+        return found(self.tenancy.project(ref), f"project named {ref!r}")
 
     def project_name(self, project_id: str) -> str:
         if project_id not in self._names:

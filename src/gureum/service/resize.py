@@ -133,15 +133,21 @@ class ResizeService:
                 applied["disk"] = await self._disk(inst, disk_bytes, live, ctx)
         return {"instance": svc.view(svc.get(instance_id)), "applied": applied}
 
-    async def _cpus(self, inst: Instance, cpus: int, live: bool, ctx: OpContext) -> str:
-        hw = inst.hardware
-        assert hw is not None
-        self.instances.store.update(inst.id, cpus=cpus)
-        inst.spec = replace(inst.spec, cpus=cpus)
+    def _ask(self, inst: Instance, live: bool, now: int, **field: int) -> tuple[Hardware, str]:
+        """Record the asked size (what the next boot gets); say whether there is anything
+        to do live: "" when there is, else the answer ("next-boot", "unchanged")."""
+        assert inst.hardware is not None
+        self.instances.store.update(inst.id, **field)
+        inst.spec = self.instances.get(inst.id).spec
         if not live:
-            return "next-boot"
-        if cpus == hw.total_cpus:
-            return "unchanged"
+            return inst.hardware, "next-boot"
+        return inst.hardware, "unchanged" if now == next(iter(field.values())) else ""
+
+    async def _cpus(self, inst: Instance, cpus: int, live: bool, ctx: OpContext) -> str:
+        assert inst.hardware is not None
+        hw, answer = self._ask(inst, live, inst.hardware.total_cpus, cpus=cpus)
+        if answer:
+            return answer
         if cpus < hw.total_cpus or cpus > hw.max_cpus:
             why = "removing vCPUs" if cpus < hw.total_cpus else f"more than {hw.max_cpus} vCPUs"
             ctx.progress(f"vCPUs: {why} takes effect at the next boot")
@@ -157,14 +163,10 @@ class ResizeService:
         return "live"
 
     async def _memory(self, inst: Instance, mib: int, live: bool, ctx: OpContext) -> str:
-        hw = inst.hardware
-        assert hw is not None
-        self.instances.store.update(inst.id, memory_mib=mib)
-        inst.spec = replace(inst.spec, memory_mib=mib)
-        if not live:
-            return "next-boot"
-        if mib == hw.total_memory_mib:
-            return "unchanged"
+        assert inst.hardware is not None
+        hw, answer = self._ask(inst, live, inst.hardware.total_memory_mib, memory_mib=mib)
+        if answer:
+            return answer
         grow = mib - hw.total_memory_mib
         if (
             grow < 0

@@ -10,7 +10,7 @@ import builtins
 import ipaddress
 import time
 
-from gureum.errors import Conflict, InvalidInput, NotFound
+from gureum.errors import Conflict, InvalidInput, NotFound, found
 from gureum.ids import check_name, new_id
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import PROTOCOLS, Rule, SecGroup
@@ -47,10 +47,7 @@ class SecGroupService:
         return self.store.groups(project_id)
 
     def get(self, ref: str, project_id: str | None = None) -> SecGroup:
-        group = self.store.group(ref, project_id)
-        if group is None:
-            raise NotFound(f"no security group named {ref!r}")
-        return group
+        return found(self.store.group(ref, project_id), f"security group named {ref!r}")
 
     def view(self, group: SecGroup) -> dict[str, object]:
         names = {g.id: g.name for g in self.store.groups()}

@@ -23,7 +23,7 @@ import time
 from dataclasses import replace
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.interface import HostAgent
+from gureum.host.interface import HostAgent, Identity
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State, check_action
@@ -33,7 +33,7 @@ from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft, Reverter
 from gureum.service.disks import DiskLayers
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
-from gureum.service.lifecycle import Identity, Lifecycle
+from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
 from gureum.service.operations import OperationManager, Reporter
 from gureum.service.quotas import QuotaService
@@ -163,17 +163,9 @@ class SnapshotService:
                 snap_id
             )
             snap = Snapshot(
-                id=snap_id,
-                instance_id=inst.id,
-                name=name,
-                layer=frozen,
-                memory=memory,
-                consistency=consistency,
-                hardware=hardware,
-                disk_bytes=inst.spec.disk_bytes,
-                size_bytes=size,
-                created_at=time.time(),
-            )
+                snap_id, inst.id, name, frozen, memory, consistency, hardware,
+                disk_bytes=inst.spec.disk_bytes, size_bytes=size, created_at=time.time(),
+            )  # fmt: skip
             try:
                 self.store.add(snap)
             except GureumError:
@@ -266,17 +258,12 @@ class SnapshotService:
         groups = self.networks.store.instance_groups().get(source.id) or self.secgroups.resolve(
             [], source.project_id
         )
-        clone = Instance(
-            id=new_id("i-"),
-            spec=spec,
-            state=State.PENDING,
-            created_at=time.time(),
-            image_version=source.image_version,
-            accel=self.host.accel.accel,
+        clone = self.creator.new(
+            spec,
+            source.image_version,
+            source.project_id,
             user_data=source.user_data,
             ssh_keys=source.ssh_keys,
-            project_id=source.project_id,
-            uid=self.instances.store.next_uid(),
         )
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:

@@ -27,6 +27,7 @@ from gureum.errors import (
     NotFound,
     QuotaExceeded,
     Unauthenticated,
+    found,
 )
 from gureum.ids import check_name, looks_like_id, new_id
 from gureum.model.instance import DEFAULT_PROJECT
@@ -120,10 +121,7 @@ class TenancyService:
 
     # -- projects --------------------------------------------------------------------------------
     def _project(self, ref: str) -> Project:
-        project = self.store.project(ref)
-        if project is None:
-            raise NotFound(f"no project named {ref!r}")
-        return project
+        return found(self.store.project(ref), f"project named {ref!r}")
 
     def ensure_default(self) -> None:
         if self.store.project(DEFAULT_PROJECT) is None:
@@ -192,10 +190,7 @@ class TenancyService:
         return user
 
     def user(self, ref: str) -> User:
-        user = self.store.user(ref)
-        if user is None:
-            raise NotFound(f"no user named {ref!r}")
-        return user
+        return found(self.store.user(ref), f"user named {ref!r}")
 
     def delete_user(self, ref: str) -> User:
         user = self.user(ref)

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.waiting import wait_for
+
 pytestmark = pytest.mark.vm
 
 MD = "http://169.254.169.254/latest"
+SERVE = "(while true; do echo port{0} | nc -l -p {0}; done) >/dev/null 2>&1 &"
 
 
 def sh(service, name, script, check=True):
@@ -27,6 +29,23 @@ def sh(service, name, script, check=True):
 def ip_of(service, name, network=None):
     nics = json.loads(service.cli("nic", "list", name, "-o", "json").stdout)
     return next(n["ip"] for n in nics if network is None or n["network"] == network)
+
+
+def listening(service, name, *ports: int) -> bool:
+    """Whether the guest has a TCP socket listening on each of ``ports``."""
+    tables = sh(service, name, "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null; true")
+    found = {
+        int(fields[1].rsplit(":", 1)[1], 16)
+        for fields in (line.split() for line in tables.splitlines()[1:])
+        if len(fields) > 3 and fields[3] == "0A"  # TCP_LISTEN
+    }
+    return set(ports) <= found
+
+
+def serve(service, name, *ports: int) -> None:
+    """Answer ``port<N>`` to every connection on each of ``ports``, from now on."""
+    sh(service, name, "".join(SERVE.format(port) for port in ports))
+    wait_for(lambda: listening(service, name, *ports), 30, what=f"{name} listening on {ports}")
 
 
 def free_port() -> int:
@@ -57,11 +76,27 @@ def net(service, tmp_path_factory):
         service.cli("secgroup", "delete", group, check=False)
 
 
+@pytest.fixture
+def web_vm(service, net):
+    """nc, serving on ports 80 and 81 in the group web, with the rules that
+    test_security_group_rules_apply_live leaves (tcp/81 open from 10.80.1.0/24, tcp/80 not):
+    made here unless that test made it."""
+    with service.client() as c:
+        if "nc" not in {i["name"] for i in c.instances()}:
+            service.cli("secgroup", "create", "web")
+            service.cli("secgroup", "rule", "add", "web", "--ingress", "tcp/81",
+                        "--from", "10.80.1.0/24")  # fmt: skip
+            service.cli("launch", "tiny", "--name", "nc", "--network", "backend",
+                        "--secgroup", "web")  # fmt: skip
+            serve(service, "nc", 80, 81)
+    return "nc"
+
+
 def test_same_network_talks_by_name(service, net):
     out = sh(service, "na", "ping -c1 -W3 nb")
     assert "1 packets received" in out and ip_of(service, "nb") in out
     sh(service, "nb", "(echo tcp-works | nc -l -p 7000) >/dev/null 2>&1 &")
-    time.sleep(0.3)
+    wait_for(lambda: listening(service, "nb", 7000), 30, what="nb listening on 7000")
     assert sh(service, "na", "nc -w 3 nb 7000 </dev/null").strip() == "tcp-works"
     assert sh(service, "na", "cat /etc/resolv.conf").strip() == "nameserver 10.80.1.1"
 
@@ -112,9 +147,7 @@ def test_security_group_rules_apply_live(service, net):
     )
     rule80 = out.stdout.split()[1]
     service.cli("launch", "tiny", "--name", "nc", "--network", "backend", "--secgroup", "web")
-    serve = "(while true; do echo port{0} | nc -l -p {0}; done) >/dev/null 2>&1 &"
-    sh(service, "nc", serve.format(80) + serve.format(81))
-    time.sleep(0.3)
+    serve(service, "nc", 80, 81)
     assert sh(service, "na", "nc -w 3 nc 80 </dev/null").strip() == "port80"
     assert sh(service, "na", "nc -w 3 nc 81 </dev/null", check=False)[0] != 0
     assert sh(service, "na", "ping -c1 -W2 nc", check=False)[0] != 0  # default deny
@@ -130,9 +163,9 @@ def test_security_group_rules_apply_live(service, net):
     assert "1 packets received" in sh(service, "na", "ping -c1 -W2 nc")
 
 
-def test_port_forward_reaches_a_guest_server(service, net):
+def test_port_forward_reaches_a_guest_server(service, net, web_vm):
     # nc's groups let tcp/81 in from 10.80.1.0/24 (which holds the gateway, a forward's source)
-    # and no longer tcp/80 (test_security_group_rules_apply_live): a forward to 80 gets nothing.
+    # and no longer tcp/80 (web_vm): a forward to 80 gets nothing.
     closed = free_port()
     service.cli("forward", "add", "nc", f"{closed}:80")
     with socket.create_connection(("127.0.0.1", closed), timeout=10) as s:
@@ -235,10 +268,8 @@ def test_network_requiring_tokens(service, net):
 def test_nic_hot_plug(service, net):
     out = json.loads(service.cli("nic", "add", "na", "--network", "other", "-o", "json").stdout)
     assert out["applied"] == "live" and out["network"] == "other"
-    deadline = time.monotonic() + 30
-    while out["ip"] not in sh(service, "na", "ip -4 addr") and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert out["ip"] in sh(service, "na", "ip -4 addr")
+    wait_for(lambda: out["ip"] in sh(service, "na", "ip -4 addr"), 30, interval=0.2,
+             what=f"na has {out['ip']}")  # fmt: skip
     assert "1 packets received" in sh(service, "na", f"ping -c1 -W3 {ip_of(service, 'nx')}")
     gone = json.loads(service.cli("nic", "remove", "na", "other", "-o", "json").stdout)
     assert gone["applied"] == "live"
@@ -261,7 +292,7 @@ def test_a_freed_address_goes_to_the_next_vm_at_once(service, net):
         service.cli("delete", "nr2", "--force")
 
 
-def test_network_errors(service, net):
+def test_network_errors(service, net, web_vm):
     cases = [
         (["network", "delete", "backend"], "in use by", "conflict"),
         (

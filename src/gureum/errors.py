@@ -33,6 +33,12 @@ class InvalidInput(GureumError):
     status = 400
 
 
+class InvalidArchive(InvalidInput):
+    """A backup archive that is not whole, or not what its manifest says."""
+
+    code = "invalid-archive"
+
+
 class InvalidImage(InvalidInput):
     """A disk image handed in is not what gureum takes: not qcow2, or its header names another
     file (a backing file, an external data file), or uses features gureum does not produce."""

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gureum.config import Config
 from gureum.errors import EngineError, InvalidState
@@ -31,6 +32,8 @@ from gureum.host.interface import (
 from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network
 from gureum.network.metadata import Lookup
+from gureum.storage import archive
+from gureum.sys import streams
 
 
 @dataclass
@@ -199,6 +202,20 @@ class FakeHost:
 
     def remove_scratch(self, path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
+
+    # -- backup archives: the real format, read and written in process --------------------------
+    def write_archive(self, files: dict[str, Path], config: dict[str, Any]) -> AsyncIterator[bytes]:
+        self._step("write_archive")
+        return streams.produce_in_thread(lambda out: archive.write(out, files, config), name="x")
+
+    async def read_archive(
+        self, body: AsyncIterator[bytes], dest: Path, *, idle_timeout: float, min_bytes: int
+    ) -> dict[str, Any]:
+        self._step("read_archive")
+        return await streams.consume_in_thread(
+            body, lambda inp: archive.read(inp, dest, keep_free=0), name="x",
+            idle_timeout=idle_timeout, min_bytes=min_bytes,
+        )  # fmt: skip
 
     # -- memory images ---------------------------------------------------------------------------
     async def save_memory(

@@ -41,8 +41,8 @@ DISK = 64 * MIB
 LAUNCH_STEPS = ["ensure_network", "sync_network", "create_disk", "sync_network", "start",
                 "wait_ready"]  # fmt: skip
 CLONE_STEPS = ["create_disk", "sync_network", "start", "wait_ready", "refresh_identity"]
-IMPORT_STEPS = ["check_image", "check_image", "take_boot_files", "take_disk", "create_disk",
-                "take_memory"]  # fmt: skip
+IMPORT_STEPS = ["read_archive", "check_image", "check_image", "take_boot_files", "take_disk",
+                "create_disk", "take_memory"]  # fmt: skip
 
 
 def build(tmp_path: Path) -> tuple[Services, FakeHost]:

@@ -15,8 +15,10 @@ import secrets
 import shutil
 import stat
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
@@ -34,8 +36,8 @@ from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network
 from gureum.network import netns, tap
 from gureum.network.metadata import Lookup
-from gureum.storage import disks, qcow2
-from gureum.sys import procs
+from gureum.storage import archive, disks, qcow2
+from gureum.sys import procs, streams
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +161,21 @@ class LocalHostAgent:
     def remove_scratch(self, path: Path) -> None:
         if path.parent == self.config.home / "scratch":  # never anything else
             _remove(path)
+
+    # -- backup archives -------------------------------------------------------------------------
+    def write_archive(self, files: dict[str, Path], config: dict[str, Any]) -> AsyncIterator[bytes]:
+        return streams.produce_in_thread(
+            lambda out: archive.write(out, files, config), name="backup-export"
+        )
+
+    async def read_archive(
+        self, body: AsyncIterator[bytes], dest: Path, *, idle_timeout: float, min_bytes: int
+    ) -> dict[str, Any]:
+        keep_free = self.disk_reserve_bytes()
+        return await streams.consume_in_thread(
+            body, lambda inp: archive.read(inp, dest, keep_free=keep_free),
+            name="backup-import", idle_timeout=idle_timeout, min_bytes=min_bytes,
+        )  # fmt: skip
 
     # -- memory images ---------------------------------------------------------------------------
     def _snapshot_folder(self, snapshot_id: str) -> Path:

@@ -18,9 +18,10 @@ Snapshots' memory images and scratch folders are named by id.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from gureum.engine.qemu.accel import AccelChoice
 from gureum.engine.qemu.agent import ExecResult
@@ -195,6 +196,18 @@ class HostAgent(Protocol):
 
     def remove_scratch(self, path: Path) -> None:
         """A transfer's folder and all in it; synchronous (it also runs from finalizers)."""
+
+    # -- backup archives (``storage/archive.py``) --------------------------------------------------
+    def write_archive(self, files: dict[str, Path], config: dict[str, Any]) -> AsyncIterator[bytes]:
+        """The archive of ``files`` (member name -> file) and ``config``, written on a thread
+        of its own and yielded as it is produced."""
+
+    async def read_archive(
+        self, body: AsyncIterator[bytes], dest: Path, *, idle_timeout: float, min_bytes: int
+    ) -> dict[str, Any]:
+        """Read an uploaded archive into ``dest`` on a thread of its own, checking it whole
+        (InvalidArchive at the first fault, the rest of the body unread; Stalled when it brings
+        less than ``min_bytes`` in ``idle_timeout`` s); its manifest."""
 
     # -- memory images -----------------------------------------------------------------------------
     async def save_memory(

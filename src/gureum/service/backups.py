@@ -20,7 +20,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import Conflict, GureumError, InvalidImage, InvalidInput, RateLimited
+from gureum.errors import (
+    Conflict,
+    GureumError,
+    InvalidArchive,
+    InvalidImage,
+    InvalidInput,
+    RateLimited,
+)
 from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware, check_hardware
@@ -41,8 +48,6 @@ from gureum.service.networks import NetworkService
 from gureum.service.operations import OpContext, Quiet
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
-from gureum.storage import archive
-from gureum.sys import streams
 
 # Backup transfers under way at once: each holds a thread, a scratch folder and a connection
 # for as long as its client takes to send or read. On the host, and per project.
@@ -174,10 +179,7 @@ class BackupService:
     ) -> AsyncIterator[bytes]:
         """The archive, written on a thread of its own and sent as it is produced."""
         try:
-            stream = streams.produce_in_thread(
-                lambda out: archive.write(out, files, config), name="backup-export"
-            )
-            async for chunk in stream:
+            async for chunk in self.host.write_archive(files, config):
                 yield chunk
         finally:
             self._drop_scratch(work)
@@ -202,13 +204,11 @@ class BackupService:
             release()
 
     async def _receive(self, body: AsyncIterator[bytes], work: Path) -> dict[str, Any]:
-        """Read and check the archive on a thread of its own; an archive found bad is refused
-        at once, without reading the rest of the body (``sys/streams.py``)."""
-        keep_free = self.host.disk_reserve_bytes()
-        return await streams.consume_in_thread(
-            body, lambda inp: archive.read(inp, work / "in", keep_free=keep_free),
-            name="backup-import", idle_timeout=UPLOAD_IDLE_S, min_bytes=UPLOAD_MIN_BYTES,
-        )  # fmt: skip
+        """Read and check the archive into ``work/in``; an archive found bad is refused at once,
+        without reading the rest of the body."""
+        return await self.host.read_archive(
+            body, work / "in", idle_timeout=UPLOAD_IDLE_S, min_bytes=UPLOAD_MIN_BYTES
+        )
 
     async def _create(
         self, manifest: dict[str, Any], work: Path, name: str, project_id: str
@@ -225,7 +225,7 @@ class BackupService:
             try:
                 await self.host.check_image(data / member, size, member)
             except InvalidImage as exc:
-                raise archive.ArchiveError(exc.message) from exc
+                raise InvalidArchive(exc.message) from exc
         inst = self.creator.new(spec, found.version, project_id, state=State.STOPPED)
         source_hw = found.hardware
         # Networks are this host's: every NIC the source had goes on the default network.
@@ -283,7 +283,7 @@ class BackupService:
         try:
             await self.creator.create(draft, before=take_files, after=add_top_and_memory)
         except InvalidImage as exc:
-            raise archive.ArchiveError(exc.message) from exc
+            raise InvalidArchive(exc.message) from exc
         return self.instances.get(inst.id)
 
     # -- verify ----------------------------------------------------------------------------------
@@ -382,7 +382,7 @@ class _Found:
     def check(cls, manifest: dict[str, Any], members: set[str]) -> _Found:
         cfg = manifest.get("config")
         if not isinstance(cfg, dict):
-            raise archive.ArchiveError("the manifest has no configuration")
+            raise InvalidArchive("the manifest has no configuration")
         try:
             found = cls(
                 image=check_name(cfg["image"], what="image name"),
@@ -397,20 +397,18 @@ class _Found:
             check_hardware(found.hardware)
         except (KeyError, TypeError, ValueError, RecursionError, InvalidInput) as exc:
             detail = exc.message if isinstance(exc, InvalidInput) else str(exc)
-            raise archive.ArchiveError(f"the manifest's configuration is invalid: {detail}") from (
-                exc
-            )
+            raise InvalidArchive(f"the manifest's configuration is invalid: {detail}") from (exc)
         if not found.version.isalnum() or len(found.version) > 64:
-            raise archive.ArchiveError("the manifest names an invalid image version")
+            raise InvalidArchive("the manifest names an invalid image version")
         disk = found.disk_bytes
         if isinstance(disk, bool) or not isinstance(disk, int) or not 0 < disk <= MAX_DISK_BYTES:
-            raise archive.ArchiveError(f"the manifest's disk size {disk!r} is out of range")
+            raise InvalidArchive(f"the manifest's disk size {disk!r} is out of range")
         if not isinstance(found.memory, bool) or found.consistency not in CONSISTENCIES:
-            raise archive.ArchiveError("the manifest's memory fields are invalid")
+            raise InvalidArchive("the manifest's memory fields are invalid")
         hw = found.hardware
         if found.memory and (hw.total_cpus, hw.total_memory_mib) != (found.cpus, found.memory_mib):
             # Admission and quotas count the manifest's size; a resume runs the saved machine.
-            raise archive.ArchiveError(
+            raise InvalidArchive(
                 f"the manifest declares {found.cpus} vCPU and {found.memory_mib} MiB, but its"
                 f" memory state is of a {hw.total_cpus} vCPU, {hw.total_memory_mib} MiB machine"
             )
@@ -418,7 +416,7 @@ class _Found:
         if found.memory:
             wanted |= {"memory/state"} | {f"memory/ram-{b}.qcow2" for b, _ in found.backends}
         if members != wanted:
-            raise archive.ArchiveError(
+            raise InvalidArchive(
                 f"the archive holds {sorted(members)}, not the {sorted(wanted)} its"
                 " configuration needs"
             )

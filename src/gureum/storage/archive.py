@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from gureum.errors import InsufficientCapacity, InvalidInput
+from gureum.errors import InsufficientCapacity, InvalidArchive
 
 FORMAT = "gureum-backup"
 VERSION = 1
@@ -42,8 +42,8 @@ CHECK_EVERY = 16 << 20
 MAX_RAM_MEMBERS = 9  # one per memory backend: mem0 and at most 8 DIMMs
 
 
-class ArchiveError(InvalidInput):
-    code = "invalid-archive"
+# An archive that is not whole or not what it says (``errors.InvalidArchive``).
+ArchiveError = InvalidArchive
 
 
 class _Hashing:

@@ -313,7 +313,7 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         [
             "ALTER TABLE layers ADD COLUMN base_image TEXT",
             # Unknown for layers made before: the service settles each once at start
-            # (InstanceService.settle_base_images), from the file itself.
+            # (DiskLayers.settle_base_images), from the file itself.
             "UPDATE layers SET base_image = '?' WHERE backing IS NULL",
         ],
     ),

@@ -16,6 +16,8 @@ from gureum.cli import output
 from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing, out
 from gureum.client.client import Client, Endpoint, load_remotes, save_remotes
 from gureum.errors import InvalidInput
+from gureum.model.tenancy import LIMITS, Amount
+from gureum.model.tenancy import QUOTAS as MODEL_QUOTAS
 from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
 
 remote_app = typer.Typer(
@@ -149,19 +151,16 @@ class _Quota:
         )  # fmt: skip
 
 
-# The one list of a project's quotas and limits the CLI takes (the model's QUOTA_FIELDS, then
-# the control group's limits).
-QUOTAS = (
-    _Quota("max_instances", int, "Instances at most."),
-    _Quota("max_cpus", int, "vCPUs at most, all instances together."),
-    _Quota("max_memory_mib", str, "Guest memory at most, e.g. 8G.", _mib),
-    _Quota("max_disk_bytes", str, "Disk at most, e.g. 100G.", _bytes),
-    _Quota("max_snapshots", int, "Snapshots at most."),
-    _Quota("max_networks", int, "Networks at most."),
-    _Quota("max_forwards", int, "Port forwards at most, all instances together."),
-    _Quota("cpu_limit", float, "Cores its VMs may really use (control group; default: max-cpus)."),
-    _Quota("memory_limit_mib", str, "Memory its VMs may really use, e.g. 4G.", _mib),
-)
+# A project's quotas and limits as options: one a quota of the model's table (QUOTAS, then the
+# control group's LIMITS), each read the way its amount says (sizes as 8G, cores as 0.5).
+_READ: dict[Amount, tuple[type, Callable[[Any], int | float]]] = {
+    Amount.COUNT: (int, int),
+    Amount.MIB: (str, _mib),
+    Amount.BYTES: (str, _bytes),
+    Amount.CORES: (float, float),
+}
+QUOTAS = tuple(_Quota(q.field, *_READ[q.amount][:1], q.help, _READ[q.amount][1])
+               for q in MODEL_QUOTAS + LIMITS)  # fmt: skip
 
 
 def _quota_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -45,7 +45,7 @@ from gureum.service.instances import (
 )
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
-from gureum.service.operations import OpContext, Quiet
+from gureum.service.operations import OpContext, OperationManager, Quiet
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 
@@ -96,6 +96,7 @@ class BackupService:
         networks: NetworkService,
         secgroups: SecGroupService,
         creator: Creator,
+        ops: OperationManager,
         host: HostAgent,
     ) -> None:
         self.instances = instances
@@ -105,6 +106,7 @@ class BackupService:
         self.networks = networks
         self.secgroups = secgroups
         self.creator = creator
+        self.ops = ops
         self.host = host
         self.transfers = _Transfers()
 
@@ -190,7 +192,7 @@ class BackupService:
         self, body: AsyncIterator[bytes], name: str, project_id: str = DEFAULT_PROJECT
     ) -> Instance:
         check_name(name, what="instance name")
-        if self.instances.store.get_by_name(name, project_id) is not None:
+        if any(i.name == name for i in self.instances.list(project_id)):
             raise Conflict(f"an instance named {name!r} already exists")
         release = self.transfers.take(project_id)
         work: Path | None = None
@@ -312,7 +314,7 @@ class BackupService:
                 finally:
                     self._drop_scratch(received)
 
-            return self.instances.ops.start("backup-verify", name, run, project_id, then=release)
+            return self.ops.start("backup-verify", name, run, project_id, then=release)
         except BaseException:
             if work is not None:
                 self._drop_scratch(work)

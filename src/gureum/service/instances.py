@@ -126,6 +126,10 @@ class InstanceService:
             inst = self.store.get_by_name(ref, project_id or DEFAULT_PROJECT)
         return found(inst, f"instance named {ref!r}")
 
+    def update(self, instance_id: str, **fields: object) -> None:
+        """Write fields of an instance's row (sizes, hardware) as its owner decided them."""
+        self.store.update(instance_id, **fields)
+
     def view(self, inst: Instance) -> dict[str, object]:
         return self._views.view(inst)
 

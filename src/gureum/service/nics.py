@@ -100,7 +100,7 @@ class NicService:
         inst = self.instances.get(instance_id)
         assert inst.hardware is not None
         hw = replace(inst.hardware, nics=self.networks.hardware_nics(instance_id))
-        self.instances.store.update(instance_id, hardware=hw)
+        self.instances.update(instance_id, hardware=hw)
         self.host.update_hardware(instance_id, hw)
 
     def _view(self, nic: Nic) -> dict[str, object]:

@@ -137,7 +137,7 @@ class ResizeService:
         """Record the asked size (what the next boot gets); say whether there is anything
         to do live: "" when there is, else the answer ("next-boot", "unchanged")."""
         assert inst.hardware is not None
-        self.instances.store.update(inst.id, **field)
+        self.instances.update(inst.id, **field)
         inst.spec = self.instances.get(inst.id).spec
         if not live:
             return inst.hardware, "next-boot"
@@ -200,7 +200,7 @@ class ResizeService:
             await self.host.resize_disk_live(inst.id, size)
         else:
             await self.host.grow_disk_offline(top, size)
-        self.instances.store.update(inst.id, disk_bytes=size)
+        self.instances.update(inst.id, disk_bytes=size)
         inst.spec = replace(inst.spec, disk_bytes=size)
         if not live:
             ctx.progress(f"disk: {size / GIB:g} GiB (the filesystem grows at the next boot)")
@@ -211,5 +211,5 @@ class ResizeService:
 
     def _save_hardware(self, inst: Instance, hw: Hardware) -> None:
         inst.hardware = hw
-        self.instances.store.update(inst.id, hardware=hw)
+        self.instances.update(inst.id, hardware=hw)
         self.host.update_hardware(inst.id, hw)

@@ -208,7 +208,7 @@ class SnapshotService:
             if snap.memory:
                 spec = replace(spec, cpus=hardware.total_cpus, memory_mib=hardware.total_memory_mib)
             spec = replace(spec, disk_bytes=snap.disk_bytes)
-            self.instances.store.update(
+            self.instances.update(
                 inst.id,
                 hardware=hardware,
                 cpus=spec.cpus,

@@ -122,7 +122,7 @@ def main() -> None:
             except Exception:
                 time.sleep(0.05)
         c.wait(c.build_image("tiny")["id"])
-        c.request("POST", "/v1/networks", json={"name": "bench", "subnet": "10.77.0.0/24"})
+        c.create_network("bench", "10.77.0.0/24")
         for name in ("ga", "gb"):
             c.wait(c.launch(name, "tiny", memory_mib=256, networks=["bench"])["operation"]["id"])
 

@@ -91,23 +91,19 @@ class BackupService:
         self,
         instances: InstanceService,
         snapshots: SnapshotService,
-        lifecycle: Lifecycle,
-        disks: DiskLayers,
+        # An import is made by the creator, on the project's default network and group.
+        creator: Creator,
         networks: NetworkService,
         secgroups: SecGroupService,
-        creator: Creator,
+        # Verify boots what it imported.
+        lifecycle: Lifecycle,
+        disks: DiskLayers,
         ops: OperationManager,
         host: HostAgent,
     ) -> None:
-        self.instances = instances
-        self.snapshots = snapshots
-        self.lifecycle = lifecycle
-        self.disks = disks
-        self.networks = networks
-        self.secgroups = secgroups
-        self.creator = creator
-        self.ops = ops
-        self.host = host
+        self.instances, self.snapshots = instances, snapshots
+        self.creator, self.networks, self.secgroups = creator, networks, secgroups
+        self.lifecycle, self.disks, self.ops, self.host = lifecycle, disks, ops, host
         self.transfers = _Transfers()
 
     def _scratch(self) -> Path:

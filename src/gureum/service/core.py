@@ -112,7 +112,7 @@ class Services:
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
         resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
         backups = BackupService(
-            instances, snapshots, lifecycle, disks, networks, secgroups, creator, ops, host
+            instances, snapshots, creator, networks, secgroups, lifecycle, disks, ops, host
         )
         reconciler = Reconciler(
             instances,

@@ -124,6 +124,15 @@ class Service:
             op = c.wait(res["operation"]["id"], timeout=240)
         return op["result"]["instance"]
 
+    def running(self, *names: str) -> None:
+        """Start any of these VMs that is stopped or crashed: a test sharing its module's VMs
+        starts from them running, whatever an earlier test that failed half-way left."""
+        with self.client() as c:
+            states = {i["name"]: i["state"] for i in c.instances()}
+        for name in names:
+            if states.get(name) in ("stopped", "crashed"):
+                self.cli("start", name)
+
     def exec(self, name: str, *argv: str) -> str:
         with self.client() as c:
             res = c.exec(name, list(argv))

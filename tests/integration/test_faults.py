@@ -15,6 +15,7 @@ from gureum.client.client import ApiError
 from gureum.host.capacity import host_memory_mib
 from gureum.sys import procs
 from tests.integration.conftest import Service, new_home, running_service
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -31,19 +32,22 @@ def small_host():
         yield svc
 
 
+@pytest.fixture(autouse=True)
+def alpha_and_beta_running(request):
+    """Each test of small_host starts with alpha and beta running (the ones still there)."""
+    if "small_host" in request.fixturenames:
+        request.getfixturevalue("small_host").running("alpha", "beta")
+
+
 def state_of(svc, name):
     with svc.client() as c:
         return c.instance(name)
 
 
 def wait_state(svc, name, want, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        inst = state_of(svc, name)
-        if inst["state"] == want:
-            return inst, time.monotonic()
-        time.sleep(0.05)
-    raise AssertionError(f"{name} is {inst['state']}, not {want}, after {timeout} s")
+    inst = wait_for(lambda: (i := state_of(svc, name))["state"] == want and i, timeout,
+                    interval=0.05, what=f"{name} {want}")  # fmt: skip
+    return inst, time.monotonic()
 
 
 def test_admission_refuses_what_does_not_fit(small_host):
@@ -85,16 +89,13 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
         env=small_host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     partial = tmp_path / "alpha.gbk.partial"
-    deadline = time.monotonic() + 60
-    while not (partial.exists() and partial.stat().st_size > 0) and time.monotonic() < deadline:
-        time.sleep(0.002)
+    wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 60, interval=0.002,
+             what="the export under way")  # fmt: skip
     cli.send_signal(signal.SIGINT)
     cli.wait(30)
     assert not target.exists() and not partial.exists()
-    deadline = time.monotonic() + 10
-    while list((small_host.home / "scratch").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not list((small_host.home / "scratch").iterdir())
+    scratch = small_host.home / "scratch"
+    wait_for(lambda: not list(scratch.iterdir()), 10, interval=0.05, what="scratch emptied")
     assert json.loads(small_host.cli("snapshot", "list", "alpha", "-o", "json").stdout) == []
     assert small_host.exec("alpha", "echo", "alive") == "alive\n"
     small_host.exec("alpha", "rm", "/tmp/fill")
@@ -190,7 +191,16 @@ def test_restored_vm_survives_a_service_restart(small_host):
     assert small_host.exec("beta", "hostname").strip() == "beta"
 
 
-def test_snapshot_cut_short_by_a_service_kill(small_host):
+@pytest.fixture
+def kept_snapshot(small_host):
+    """keep, a memory snapshot of beta (as test_restored_vm_survives_a_service_restart takes)."""
+    listed = json.loads(small_host.cli("snapshot", "list", "beta", "-o", "json").stdout)
+    if "keep" not in [s["name"] for s in listed]:
+        small_host.cli("snapshot", "create", "beta", "keep", "--memory")
+    return "keep"
+
+
+def test_snapshot_cut_short_by_a_service_kill(small_host, kept_snapshot):
     with small_host.client() as c:
         op = c.snapshot("beta", "cut", memory=True)
         for item in c.follow(op["id"], timeout=60):
@@ -231,9 +241,7 @@ def test_leftovers_are_removed_at_start(small_host):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 10
-        while not (rundir / "qmp.sock").exists() and time.monotonic() < deadline:
-            time.sleep(0.02)
+        wait_for((rundir / "qmp.sock").exists, 10, interval=0.02, what="the stray QEMU's socket")
         small_host.start()
         stray.wait(10)  # the reconciler killed it
         assert not (small_host.home / "instances" / ghost).exists()
@@ -313,14 +321,13 @@ def test_a_full_host_disk_pauses_the_vm_until_there_is_room():
         assert any(line.split()[:2] == ["full", "paused"] for line in listed.splitlines())
         filler.unlink()
         wait_state(svc, "full", "running", timeout=30)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def done():
             with svc.client() as c:
                 out = c.exec("full", ["cat", "/done"])
-            if out["exit_code"] == 0:
-                break
-            time.sleep(1)
-        assert out["stdout"] == b"ok\n"
+            return out["exit_code"] == 0 and out
+
+        assert wait_for(done, 120, interval=1, what="the guest's write done")["stdout"] == b"ok\n"
     finally:
         svc.cleanup()
         subprocess.run(["umount", str(disks)], check=False)

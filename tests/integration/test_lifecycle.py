@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from gureum.sys import procs
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -24,6 +25,14 @@ def web(service):
                       "--disk", "2G", "-o", "json")  # fmt: skip
     yield json.loads(out.stdout)
     service.cli("delete", "web1", "--force", check=False)
+
+
+@pytest.fixture(autouse=True)
+def web1_running(request):
+    """Each test of web1 starts with it running, whatever an earlier test left."""
+    if "web" in request.fixturenames:
+        request.getfixturevalue("web")
+        request.getfixturevalue("service").running("web1")
 
 
 def test_launch_reports_a_ready_vm(web, service):
@@ -202,19 +211,21 @@ def test_console(web, service):
 
 def test_data_survives_stop_and_start(web, service):
     service.exec("web1", "sh", "-c", "echo precious > /root/data.txt && sync")
+    pid = json.loads(service.cli("show", "web1", "-o", "json").stdout)["pid"]
     stopped = service.cli("stop", "web1")
     assert "stopped" in stopped.stdout
     shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
     assert shown["state"] == "stopped" and shown["pid"] is None
-    assert not procs.is_alive(web["pid"])
+    assert not procs.is_alive(pid)
     res = service.cli("exec", "web1", "--", "true", check=False)
     assert res.returncode == 1 and "it is stopped" in res.stderr
     started = json.loads(service.cli("start", "web1", "-o", "json").stdout)
-    assert started["state"] == "running" and started["pid"] != web["pid"]
+    assert started["state"] == "running" and started["pid"] != pid
     assert service.exec("web1", "cat", "/root/data.txt") == "precious\n"
 
 
 def test_restart_gives_a_new_boot(web, service):
+    service.exec("web1", "sh", "-c", "echo precious > /root/data.txt && sync")
     before = json.loads(service.cli("show", "web1", "-o", "json").stdout)
     after = json.loads(service.cli("restart", "web1", "-o", "json").stdout)
     assert after["state"] == "running" and after["pid"] != before["pid"]
@@ -227,10 +238,8 @@ def test_guest_poweroff_is_a_stop_not_a_crash(service):
     with service.client() as c:
         # Detached and a moment later, so the exec's own answer is not cut off by the power-off.
         c.exec("selfstop", ["sh", "-c", "(sleep 0.5; poweroff) >/dev/null 2>&1 &"])
-        deadline = time.monotonic() + 30
-        while c.instance("selfstop")["state"] == "running" and time.monotonic() < deadline:
-            time.sleep(0.1)
-        inst = c.instance("selfstop")
+        inst = wait_for(lambda: (i := c.instance("selfstop"))["state"] != "running" and i, 30,
+                        what="selfstop no longer running")  # fmt: skip
         assert inst["state"] == "stopped", inst
         c.delete("selfstop")
 

@@ -91,6 +91,14 @@ def vm(service):
         service.cli("delete", name, "--force", check=False)
 
 
+@pytest.fixture(autouse=True)
+def rec1_running(request):
+    """Each test of rec1 starts with it running, whatever an earlier test left."""
+    if "vm" in request.fixturenames:
+        request.getfixturevalue("vm")
+        request.getfixturevalue("service").running("rec1")
+
+
 @pytest.fixture
 def disk_snapshot(service, vm):
     """s1, a disk snapshot of rec1 (as test_disk_snapshot_restore_gives_back_the_data takes)."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import select
 import signal
 import socket
 import tarfile
@@ -17,6 +18,7 @@ import pytest
 from gureum.client.client import ApiError
 from gureum.sys import procs
 from tests.integration.conftest import Service, _pids_named, new_home
+from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -103,19 +105,19 @@ def test_a_bad_archive_is_answered_at_once_and_stalls_no_one(service):
         for s in socks:
             s.close()
         service.cli("delete", "after-flood", "--force", check=False)
-    deadline = time.monotonic() + 10
-    while list((service.home / "scratch").iterdir()) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert not list((service.home / "scratch").iterdir())
+    scratch = service.home / "scratch"
+    wait_for(lambda: not list(scratch.iterdir()), 10, what="scratch emptied")
 
 
 def test_sigterm_stops_the_service_whatever_uploads_are_in_flight():
     svc = Service(new_home())
     try:
         svc.start()
-        socks = [upload(svc, bad_first_member(), more=256 * 1024) for _ in range(STALLED // 2)]
-        socks += [upload(svc, good_start(), more=0) for _ in range(STALLED // 2)]
-        time.sleep(1)
+        bad = [upload(svc, bad_first_member(), more=256 * 1024) for _ in range(STALLED // 2)]
+        socks = bad + [upload(svc, good_start(), more=0) for _ in range(STALLED // 2)]
+        # In flight: the service has read the uploads (it has answered the bad ones).
+        wait_for(lambda: len(select.select(bad, [], [], 0)[0]) == len(bad), 15,
+                 what="the bad uploads answered")  # fmt: skip
         assert svc.proc is not None
         started = time.monotonic()
         svc.proc.send_signal(signal.SIGTERM)
@@ -139,17 +141,13 @@ def test_a_network_dnsmasq_killed_from_outside_is_restarted(service):
         assert killed
         for pid in killed:
             os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not set(dnsmasqs(service)) - set(killed):
-            time.sleep(0.2)
-        assert set(dnsmasqs(service)) - set(killed), "dnsmasq was not restarted"
+        wait_for(lambda: set(dnsmasqs(service)) - set(killed), 15, interval=0.2,
+                 what="dnsmasq restarted")  # fmt: skip
         inst = service.launch("dns-after")
         ip = inst["nics"][0]["ip"]
-        deadline, seen = time.monotonic() + 30, ""
-        while time.monotonic() < deadline and f"inet {ip}/" not in seen:
-            seen = service.exec("dns-after", "/bin/sh", "-c", "ip -4 addr show eth0")
-            time.sleep(0.5)
-        assert f"inet {ip}/" in seen
+        show = "ip -4 addr show eth0"
+        wait_for(lambda: f"inet {ip}/" in service.exec("dns-after", "/bin/sh", "-c", show), 30,
+                 interval=0.5, what=f"dns-after has {ip}")  # fmt: skip
     finally:
         service.cli("delete", "dns-before", "--force", check=False)
         service.cli("delete", "dns-after", "--force", check=False)
@@ -194,14 +192,15 @@ def test_a_guest_flooding_the_metadata_service_stalls_no_one(service, guests):
     finally:
         service.exec("flooder", "/bin/sh", "-c", "pkill nc; pkill sleep; true")
     assert (service.home / "service.log").stat().st_size - log_before < 64 * 1024
-    deadline = time.monotonic() + 15
     md = "wget -qO- http://169.254.169.254/latest/meta-data/hostname"
-    while time.monotonic() < deadline:  # the flooder's own limit frees as its connections go
+
+    def answered():
         with service.client() as c:
             out = c.exec("flooder", ["/bin/sh", "-c", md])
-        if out["exit_code"] == 0:
-            break
-        time.sleep(1)
+        return out["exit_code"] == 0 and out
+
+    # The flooder's own limit frees as its connections go.
+    out = wait_for(answered, 15, interval=1, what="the flooder's metadata answered")
     assert out["stdout"] == b"flooder"
 
 
@@ -209,9 +208,6 @@ def test_a_command_past_its_timeout_is_killed_in_the_guest(service, guests):
     with service.client() as c, pytest.raises(ApiError) as refused:
         c.exec("neighbour", ["/bin/sh", "-c", "sleep 300 & sleep 301"], timeout=2)
     assert refused.value.code == "timeout"
-    deadline = time.monotonic() + 10
-    left = "x"
-    while left and time.monotonic() < deadline:
-        left = service.exec("neighbour", "/bin/sh", "-c", "ps | grep '[s]leep 30' || true")
-        time.sleep(0.5)
-    assert not left
+    ps = "ps | grep '[s]leep 30' || true"
+    wait_for(lambda: not service.exec("neighbour", "/bin/sh", "-c", ps), 10, interval=0.5,
+             what="the sleeps killed")  # fmt: skip

@@ -19,6 +19,7 @@ import pytest
 
 from gureum.api.tls import ensure as make_certificate
 from gureum.client.client import ApiError, Client, Endpoint
+from tests.waiting import wait_for
 
 from .conftest import running_service
 
@@ -238,7 +239,8 @@ def test_cpu_limit_bites(cloud, a1):
             cloud.svc.cli("project", "quota", "team-a", "--cpu-limit", "2")
             free = _cores_used(c, 6)
             cloud.svc.cli("project", "quota", "team-a", "--cpu-limit", "0.5")
-            time.sleep(1)
+            # Measured once the limit is seen to bite (the periods begun before it ran free).
+            wait_for(lambda: _cores_used(c, 1) < 0.6, 15, interval=0, what="the limit in force")
             limited = _cores_used(c, 6)
         finally:
             cloud.svc.cli("project", "quota", "team-a", "--cpu-limit", "2")

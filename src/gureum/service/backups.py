@@ -32,6 +32,7 @@ from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware, check_hardware
 from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
+from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
 from gureum.service.creation import Creator, Draft, Reverter
@@ -226,8 +227,6 @@ class BackupService:
                 raise InvalidArchive(exc.message) from exc
         inst = self.creator.new(spec, found.version, project_id, state=State.STOPPED)
         source_hw = found.hardware
-        # Networks are this host's: every NIC the source had goes on the default network.
-        default = await self.networks.default(project_id)
         slots = [slot for slot, _mac, _net in source_hw.nics] or [0]
         old_macs = {slot: mac for slot, mac, _net in source_hw.nics}
         base = self.disks.new_base(inst)
@@ -270,10 +269,18 @@ class BackupService:
                 )
             )
 
+        async def networks() -> list[tuple[int, Network]]:
+            # Networks are this host's: every NIC the source had goes on the default network.
+            default = await self.networks.default(project_id)
+            return [(slot, default) for slot in slots]
+
+        def groups() -> list[str]:
+            return self.secgroups.resolve([], project_id)
+
         draft = Draft(
             inst,
-            [(slot, default) for slot in slots],
-            self.secgroups.resolve([], project_id),
+            networks,
+            groups,
             hardware,
             runs=False,  # it is made stopped: the host's capacity is admitted when it starts
             layers=[base],

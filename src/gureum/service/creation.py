@@ -17,8 +17,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import TracebackType
 
+from gureum.errors import GureumError
 from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.hardware import Hardware
@@ -76,13 +78,16 @@ class Reverter:
 class Draft:
     """An instance about to be made: its row (without hardware), where its NICs go, its groups.
 
-    ``hardware`` makes its machine from its new NICs (slot, MAC, network id): a launch boots a
-    new one, a clone or an import keeps the saved one with new MACs.
+    ``networks`` and ``groups`` are looked up only once the claim is granted, under the lock
+    the row is written under: a refused request makes no default network or group, and a
+    group deleted meanwhile is never named. ``hardware`` makes its machine from its new NICs
+    (slot, MAC, network id): a launch boots a new one, a clone or an import keeps the saved
+    one with new MACs.
     """
 
     inst: Instance
-    networks: list[tuple[int, Network]]
-    groups: list[str]
+    networks: Callable[[], Awaitable[list[tuple[int, Network]]]]
+    groups: Callable[[], list[str]]
     hardware: Callable[[NICs], Hardware]
     runs: bool = True  # it will start at once: the host's capacity is admitted too
     layers: list[Layer] = field(default_factory=list)  # made for it before its row (an import)
@@ -165,9 +170,11 @@ class Creator:
         undo of all of it."""
         inst = draft.inst
         async with self.admission:  # addresses are handed out under this lock
-            nics = self.networks.plan_nics(inst.id, draft.networks)
+            # The project's default network is made on its first use, here.
+            nics = self.networks.plan_nics(inst.id, await draft.networks())
             inst.hardware = draft.hardware(machine_nics(nics))
-            self.store.create(inst, nics, draft.groups, draft.layers)
+            # No await from here to the write: a group deleted meanwhile cannot be named.
+            self.store.create(inst, nics, draft.groups(), draft.layers)
         undo.add(f"the records of {inst.spec.name}", lambda: self.forget(inst.id))
         return inst
 
@@ -199,14 +206,25 @@ class Creator:
         networks = {n.network_id for n in self.networks.store.nics(instance_id=instance_id)}
         snapshots = [s.id for s in self.disks.snapshots.list(instance_id)]
         self.store.forget(instance_id)
+        # The rows are gone: what follows cleans up after them, each step whatever became of
+        # the one before (the reconciler removes what a failure here leaves, at next start).
+        steps: list[tuple[str, Undo]] = [
+            *((f"memory image {s}", partial(self.host.remove_snapshot, s)) for s in snapshots),
+            ("unused disk layers", self._collect),
+            ("the host's files of the instance", partial(self.host.destroy, instance_id)),
+        ]
         for network_id in sorted(networks):
             net = self.networks.store.network(network_id)
-            if net is not None:
-                await self.networks.sync(net)
-        for snapshot_id in snapshots:
-            await self.host.remove_snapshot(snapshot_id)
+            if net is not None:  # its DHCP and firewall forget the instance's NICs
+                steps.append((f"network {net.name}", partial(self.networks.sync, net)))
+        for what, step in steps:
+            try:
+                await step()
+            except GureumError as exc:
+                log.warning("after forgetting %s: %s: %s", instance_id, what, exc.message)
+
+    async def _collect(self) -> None:
         await self.disks.collect()
-        await self.host.destroy(instance_id)
 
 
 def _nothing() -> None:

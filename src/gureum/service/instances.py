@@ -24,6 +24,7 @@ from gureum.model.instance import (
     State,
     check_action,
 )
+from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
@@ -178,7 +179,8 @@ class InstanceService:
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
     ) -> tuple[Instance, Operation]:
         spec, image_version = self.validate(req, project_id)
-        async with self.admission:
+
+        async def networks() -> builtins.list[tuple[int, Network]]:
             nets = [
                 await self.networks.default(project_id)
                 if r == DEFAULT_NETWORK
@@ -186,7 +188,11 @@ class InstanceService:
                 for r in (req.networks or (DEFAULT_NETWORK,))
                 if r != NO_NETWORK
             ]
-        groups = self.secgroups.resolve(list(req.secgroups), project_id)
+            return list(enumerate(nets))
+
+        def groups() -> builtins.list[str]:
+            return self.secgroups.resolve(list(req.secgroups), project_id)
+
         inst = self.creator.new(
             spec, image_version, project_id, user_data=req.user_data, ssh_keys=tuple(req.ssh_keys)
         )
@@ -194,7 +200,7 @@ class InstanceService:
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
             return Hardware.for_boot(spec.cpus, spec.memory_mib, nics)
 
-        draft = Draft(inst, list(enumerate(nets)), groups, hardware)
+        draft = Draft(inst, networks, groups, hardware)
         inst = await self.creator.create(draft)
         op = self.ops.start(
             "launch",

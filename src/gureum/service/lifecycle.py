@@ -199,7 +199,7 @@ class Lifecycle:
                 refreshed = {"machine_id": machine_id, **told.to_dict()}
                 ctx.progress(
                     "guest identity refreshed (random seed, machine id"
-                    + (", hostname, MAC)" if identity else ")")
+                    + (", hostname, MAC)" if identity and identity.to_dict() else ")")
                 )
         except GureumError as exc:
             async with self.lock(instance_id):

@@ -27,6 +27,7 @@ from gureum.host.interface import HostAgent, Identity
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State, check_action
+from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
 from gureum.service.admission import Admission
@@ -251,13 +252,18 @@ class SnapshotService:
         check_name(new_name, what="instance name")
         hw = snap.hardware
         # Its own NICs: same networks and slots, new MACs and addresses.
-        networks = [(slot, self.networks.get(network_id)) for slot, _mac, network_id in hw.nics]
+        nets = [(slot, self.networks.get(network_id)) for slot, _mac, network_id in hw.nics]
         spec = InstanceSpec(
             new_name, source.spec.image, hw.total_cpus, hw.total_memory_mib, snap.disk_bytes
         )
-        groups = self.networks.store.instance_groups().get(source.id) or self.secgroups.resolve(
-            [], source.project_id
-        )
+
+        async def networks() -> list[tuple[int, Network]]:
+            return nets
+
+        def groups() -> list[str]:  # the source's, as they are when the clone is written
+            own = self.networks.store.instance_groups().get(source.id)
+            return own or self.secgroups.resolve([], source.project_id)
+
         clone = self.creator.new(
             spec,
             source.image_version,

@@ -149,6 +149,7 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
         if key not in known or key == "home":
             raise InvalidInput(f"unknown configuration key {key!r} in {path} or environment")
         kwargs[key] = _coerce(key, raw, known[key].type)
+    # Each value was coerced to its field's type by _coerce above.
     config = Config(**kwargs)  # type: ignore[arg-type]
     if config.accel not in ("auto", "kvm", "tcg"):
         raise InvalidInput(f"accel must be auto, kvm or tcg, not {config.accel!r}")
@@ -159,8 +160,10 @@ def _coerce(key: str, raw: object, type_name: object) -> object:
     text = str(type_name)
     try:
         if "float" in text:
+            # raw is a TOML number or an environment string: float() takes either.
             return float(raw)  # type: ignore[arg-type]
         if "int" in text:
+            # raw is a TOML number or an environment string: int() takes either.
             return int(raw)  # type: ignore[call-overload]
     except (TypeError, ValueError) as exc:
         raise InvalidInput(f"configuration {key}: {raw!r} is not a number") from exc

@@ -19,6 +19,7 @@ import time
 from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
+from starlette.applications import Starlette
 
 from gureum.errors import RateLimited, Unauthenticated
 from gureum.model.tenancy import Principal, Role, Scope
@@ -58,22 +59,22 @@ def take_all(*buckets: tuple[RateLimiter, str]) -> None:
         raise RateLimited(f"too many requests; retry in {wait:.1f} s", retry_after=wait)
 
 
-def identify(app: object, headers: dict[str, str]) -> Principal:
+def identify(app: Starlette, headers: dict[str, str]) -> Principal:
     """Who is calling, from the request headers and the transport it came in on."""
-    svc: Services = app.state.services  # type: ignore[attr-defined]
+    svc: Services = app.state.services
     header = headers.get("authorization")
     if header:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("use an Authorization: Bearer TOKEN header")
         principal = svc.tenancy.authenticate(secret.strip())
-        state = app.state  # type: ignore[attr-defined]
+        state = app.state
         take_all(
             (state.limiter, principal.token_id or principal.name),
             (state.user_limiter, principal.user_id or principal.name),
         )
         return principal
-    if app.state.transport == "unix":  # type: ignore[attr-defined]
+    if app.state.transport == "unix":
         return SUPERUSER  # the socket is root's alone (mode 0600)
     raise Unauthenticated("this endpoint needs a token (Authorization: Bearer TOKEN)")
 

@@ -31,6 +31,7 @@ class Image:
             "packages": self.packages,
             "disk_virtual_bytes": self.disk_virtual_bytes,
             "disk_gib": round(self.disk_virtual_bytes / 1024**3, 3),
+            # Each file's bytes is an int; the catalog's JSON types the entries as object.
             "size_bytes": sum(int(f["bytes"]) for f in self.files.values()),  # type: ignore[call-overload]
             "built_at": self.built_at,
         }

@@ -94,6 +94,7 @@ def run_in(name: str, fn: Callable[[], T]) -> T:
         exc = result["error"]
         if isinstance(exc, OSError):
             raise EngineError(f"in network namespace {name}: {exc}") from exc
+        # result crosses a thread untyped: "error" holds an exception, "value" the return.
         raise exc  # type: ignore[misc]
     return result["value"]  # type: ignore[return-value]
 

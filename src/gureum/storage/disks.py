@@ -57,6 +57,7 @@ def info(path: Path) -> dict[str, object]:
 
 
 def virtual_size(path: Path) -> int:
+    # qemu-img info's JSON gives virtual-size as an int.
     return int(info(path)["virtual-size"])  # type: ignore[call-overload]
 
 

@@ -119,6 +119,7 @@ class _Reader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    # A raw stream's readinto as io.Buffered* call it (typeshed's base takes any buffer).
     def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
         if not self._rest:
             self._rest = self._queue.take()
@@ -137,6 +138,7 @@ class _Writer(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    # A raw stream's write as io.BufferedWriter calls it (typeshed's base takes any buffer).
     def write(self, data: bytes) -> int:  # type: ignore[override]
         self._queue.put(bytes(data))
         return len(data)
@@ -172,6 +174,7 @@ async def consume_in_thread(
         if error is not None:
             done.set_exception(error)
         else:
+            # No error: result holds what the function returned (Optional only to cross over).
             done.set_result(result)  # type: ignore[arg-type]
 
     def work() -> None:

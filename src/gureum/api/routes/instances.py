@@ -106,6 +106,7 @@ async def exec_command(ref: str, body: ExecIn, svc: Svc, scope: Member) -> dict[
     return {
         "exit_code": out["exit_code"],
         "signal": out["signal"],
+        # exec's answer holds the output as bytes (its dict is typed as object).
         "stdout_b64": base64.b64encode(out["stdout"]).decode(),  # type: ignore[arg-type]
         "stderr_b64": base64.b64encode(out["stderr"]).decode(),  # type: ignore[arg-type]
         "truncated": out["truncated"],

@@ -96,6 +96,7 @@ class GuestAgent:
                 msg["arguments"] = args
             try:
                 self._send(msg)
+                # _send has just found the connection open (else it raised).
                 await self._writer.drain()  # type: ignore[union-attr]
                 reply = await asyncio.wait_for(self._read_message(), timeout)
             except TimeoutError as exc:

@@ -57,6 +57,7 @@ class Monitor:
 
     async def _dispatch(self) -> None:
         async for event in self._listener:
+            # An event's data is a JSON object; qemu.qmp types it loosely.
             data: dict[str, Any] = dict(event.get("data") or {})  # type: ignore[call-overload]
             for waiter in list(self._waiters):
                 name, predicate, future = waiter

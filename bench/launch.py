@@ -30,6 +30,7 @@ from gureum.client.client import Client, Endpoint  # noqa: E402
 from gureum.engine.qemu import process  # noqa: E402
 from gureum.engine.qemu.agent import GuestAgent  # noqa: E402
 from gureum.engine.qemu.argv import RuntimePaths, VMConfig, render  # noqa: E402
+from gureum.errors import Unavailable  # noqa: E402
 from gureum.model.hardware import Hardware  # noqa: E402
 from gureum.storage.disks import create_overlay  # noqa: E402
 from gureum.sys import procs  # noqa: E402
@@ -114,11 +115,15 @@ async def raw_boot(image: dict, workdir: Path, accel: str, tb_size: int) -> tupl
         render(cfg), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
     )
     try:
-        while not cfg.runtime.agent.exists():
-            await asyncio.sleep(0.002)
         # Bytes sent before the guest opens its port wait in the socket; the sync is answered
-        # the moment qemu-ga runs, exactly gureum's readiness point.
-        await GuestAgent(cfg.runtime.agent).ping(timeout=600)
+        # the moment qemu-ga runs, exactly gureum's readiness point. QEMU binds the socket a
+        # moment before it listens: a refused connection is tried again.
+        while True:
+            try:
+                await GuestAgent(cfg.runtime.agent).ping(timeout=600)
+                break
+            except Unavailable:
+                await asyncio.sleep(0.002)
         elapsed = time.perf_counter() - started
         await asyncio.sleep(3)  # idle, as the gureum VM is when measured
         rss = rss_bytes(proc.pid)

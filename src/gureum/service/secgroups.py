@@ -88,18 +88,23 @@ class SecGroupService:
 
     async def delete(self, ref: str, project_id: str | None = None) -> SecGroup:
         group = self.get(ref, project_id)
-        if any(group.id in gids for gids in self.store.instance_groups().values()):
-            raise Conflict(f"security group {group.name} is in use by instances")
+        users = [iid for iid, gids in self.store.instance_groups().items() if group.id in gids]
+        if users:
+            names = self.networks._names()
+            shown = ", ".join(sorted(names.get(iid, iid) for iid in users))
+            raise Conflict(
+                f"security group {group.name} is in use by {shown}; detach or delete them first"
+            )
         # Its own rules go with it (one naming the group itself too); another group's rule
         # naming it would be left pointing at nothing.
-        if any(
-            r.source_group == group.id
-            for g in self.store.groups()
-            if g.id != group.id
-            for r in g.rules
-        ):
+        naming = sorted(
+            {g.name for g in self.store.groups() if g.id != group.id
+             for r in g.rules if r.source_group == group.id}
+        )  # fmt: skip
+        if naming:
             raise Conflict(
-                f"security group {group.name} is named as a source by another group's rule"
+                f"security group {group.name} is named as a source by a rule of "
+                f"{', '.join(naming)}; remove that rule first"
             )
         self.store.remove_group(group.id)
         return group

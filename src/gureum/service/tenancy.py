@@ -166,14 +166,21 @@ class TenancyService:
         self.store.update_project(scope.project.id, **checked)
         return self._project(scope.project.id)
 
-    def delete_project(self, ref: str, in_use: int) -> Project:
+    def deletable(self, ref: str, in_use: list[str]) -> Project:
+        """The project, if it may be deleted: not the default one, and ``in_use`` (what the
+        caller found still in it, named: "instance web") empty; the refusal names them."""
         project = self._project(ref)
         if project.id == DEFAULT_PROJECT:
             raise Conflict("the default project cannot be deleted")
         if in_use:
-            raise Conflict(
-                f"project {project.name} still has {in_use} resource(s); delete them first"
+            shown = ", ".join(in_use[:10]) + (
+                f" and {len(in_use) - 10} more" if len(in_use) > 10 else ""
             )
+            raise Conflict(f"project {project.name} still has {shown}; delete them first")
+        return project
+
+    def delete_project(self, ref: str, in_use: list[str]) -> Project:
+        project = self.deletable(ref, in_use)
         self.store.remove_project(project.id)
         return project
 

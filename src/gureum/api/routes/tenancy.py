@@ -13,6 +13,7 @@ from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import Strict
 from gureum.model.tenancy import LIMITS, QUOTAS, Amount, Role, Scope
 from gureum.service.core import Services
+from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK
 
 router = APIRouter(tags=["tenancy"], responses=COMMON_RESPONSES)
 Svc = Annotated[Services, Depends(services)]
@@ -211,9 +212,20 @@ async def set_quotas(
     openapi_extra={"x-gureum-role": "superuser"},
 )
 async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
+    """Refused while the project holds anything its users made (named in the refusal); its
+    default network and security group, which gureum made by itself, go with it."""
     target = svc.quotas.project(project)
-    in_use = len(svc.instances.list(target.id)) + len(svc.networks.list(target.id))
-    deleted = svc.tenancy.delete_project(project, in_use)
+    nets = svc.networks.list(target.id)
+    groups = svc.secgroups.list(target.id)
+    in_use = [f"instance {i.name}" for i in svc.instances.list(target.id)]
+    in_use += [f"network {n.name}" for n in nets if n.name != DEFAULT_NETWORK]
+    in_use += [f"security group {g.name}" for g in groups if g.name != DEFAULT_GROUP]
+    svc.tenancy.deletable(project, in_use)
+    for net in nets:
+        await svc.networks.delete(net.id, target.id)
+    for group in groups:
+        await svc.secgroups.delete(group.id, target.id)
+    deleted = svc.tenancy.delete_project(project, [])
     svc.quotas.forget_limits(deleted.id)
     return _project_view(deleted)
 

@@ -1,0 +1,86 @@
+"""Failures that say why (issue 11, item 8): a refused delete names what still uses the thing,
+and what gureum made by itself (a project's default network and group) never blocks one."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gureum.api.app import create_app
+from gureum.config import load_config
+from gureum.model.image import Image
+from gureum.service.core import Services
+from gureum.service.instances import LaunchRequest
+from gureum.units import MIB
+from tests.unit.fakehost import FakeHost
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
+    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
+    host = FakeHost(config)
+    svc = Services.build(config, host=host)
+    svc.tenancy.ensure_default()
+    folder = config.images_dir / "tiny" / "v1"
+    svc.images.store.put(Image("tiny", "v1", "6.1", str(folder), disk_virtual_bytes=64 * MIB))
+    with TestClient(create_app(svc)) as root:
+        yield root, svc, host
+    svc.close()
+
+
+def test_a_projects_default_network_and_group_do_not_block_its_delete(
+    api: tuple[TestClient, Services, FakeHost],
+) -> None:
+    root, svc, _ = api
+    assert root.post("/v1/projects", json={"name": "team-a"}).status_code in (200, 201)
+    project = svc.quotas.project("team-a")
+    # What a first launch in the project makes by itself:
+    root.portal.call(svc.networks.default, project.id)  # type: ignore[union-attr]  # portal: set
+    svc.secgroups.default(project.id)
+    resp = root.delete("/v1/projects/team-a")
+    assert resp.status_code == 200, resp.text
+    assert svc.networks.list(project.id) == []
+    assert svc.secgroups.list(project.id) == []
+
+
+def test_a_refused_project_delete_names_what_is_left(
+    api: tuple[TestClient, Services, FakeHost],
+) -> None:
+    root, _, _ = api
+    root.post("/v1/projects", json={"name": "team-a"})
+    who = {"X-Gureum-Project": "team-a"}
+    lab = {"name": "lab", "subnet": "10.9.0.0/24"}
+    assert root.post("/v1/networks", json=lab, headers=who).status_code in (200, 201)
+    assert root.post("/v1/secgroups", json={"name": "web"}, headers=who).status_code in (200, 201)
+    resp = root.delete("/v1/projects/team-a")
+    assert resp.status_code == 409, resp.text
+    message = resp.json()["error"]["message"]
+    assert "network lab" in message and "security group web" in message, message
+
+
+async def _launch(svc: Services, name: str, group: str) -> None:
+    _, op = await svc.instances.launch(LaunchRequest(name, "tiny", secgroups=(group,)))
+    while not op.done:
+        op = await svc.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+    assert op.error is None, op.error
+
+
+def test_a_refused_secgroup_delete_names_the_instances_and_groups_using_it(
+    api: tuple[TestClient, Services, FakeHost],
+) -> None:
+    root, svc, _ = api
+    root.post("/v1/secgroups", json={"name": "web"})
+    root.post("/v1/secgroups", json={"name": "lb"})
+    root.post("/v1/secgroups", json={"name": "db"})
+    rule = {"ingress": "tcp/80", "from_group": "db"}
+    assert root.post("/v1/secgroups/lb/rules", json=rule).status_code in (200, 201)
+    root.portal.call(_launch, svc, "front", "web")  # type: ignore[union-attr]  # portal: set
+    resp = root.delete("/v1/secgroups/web")
+    assert resp.status_code == 409, resp.text
+    assert "in use by front" in resp.json()["error"]["message"]
+    resp = root.delete("/v1/secgroups/db")
+    assert resp.status_code == 409, resp.text
+    assert "rule of lb" in resp.json()["error"]["message"]

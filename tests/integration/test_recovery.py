@@ -135,7 +135,7 @@ def test_disk_snapshot_restore_gives_back_the_data(service, vm):
     sh(service, vm, "head -c 8388608 /dev/urandom > /root/blob && sync")
     assert blob_sum(service, vm) != original
     before = show(service, vm)
-    service.cli("snapshot", "restore", vm, "s1")
+    service.cli("snapshot", "restore", vm, "s1", "--restart")
     after = show(service, vm)
     assert after["state"] == "running"
     assert blob_sum(service, vm) == original

@@ -82,6 +82,7 @@ class FakeHost:
     forwards: set[str] = field(default_factory=set)
     groups: dict[str, tuple[float | None, int | None]] = field(default_factory=dict)
     hardware: dict[str, Hardware] = field(default_factory=dict)
+    sizes: dict[Path, int] = field(default_factory=dict)  # a disk layer's virtual size
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
     lookup: Lookup | None = None
 
@@ -154,6 +155,7 @@ class FakeHost:
     async def create_disk(self, path: Path, backing: Path, size_bytes: int) -> None:
         self._step("create_disk")
         self.files.add(path)
+        self.sizes[path] = size_bytes
 
     async def grow_disk_offline(self, path: Path, size_bytes: int) -> None:
         self._step("grow_disk_offline")

@@ -89,7 +89,7 @@ def test_a_plain_restore_does_not_say_hostname_and_mac_changed(tmp_path: Path) -
     async def run() -> list[str]:
         assert (await launch(svc)).status.value == "succeeded"
         await svc.snapshots.create_now(svc.instances.get("web").id, "disk", False, Quiet())
-        op = await finish(svc, await svc.snapshots.restore("web", "disk"))
+        op = await finish(svc, await svc.snapshots.restore("web", "disk", restart=True))
         assert op.status.value == "succeeded", op.error
         assert svc.instances.get("web").state == State.RUNNING
         return [p.message for p in op.progress]

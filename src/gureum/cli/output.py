@@ -164,6 +164,12 @@ def boot_lines(boot: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _next_boot(i: dict[str, Any], key: str, unit: str) -> str:
+    """What a resize gives the guest at its next boot, beside what it has now."""
+    pending = (i.get("pending_next_boot") or {}).get(key)
+    return f" ({pending}{unit} at the next boot)" if pending is not None else ""
+
+
 def instance_detail(i: dict[str, Any]) -> None:
     host = i.get("host") or {}
     pairs = [
@@ -172,8 +178,8 @@ def instance_detail(i: dict[str, Any]) -> None:
         ("Project", i.get("project") or "-"),
         ("State", i["state"] + (f" ({i['state_reason']})" if i.get("state_reason") else "")),
         ("Image", f"{i['image']} ({i['image_version']})"),
-        ("CPUs", str(i["cpus"])),
-        ("Memory", f"{i['memory_mib']} MiB"),
+        ("CPUs", str(i["cpus"]) + _next_boot(i, "cpus", "")),
+        ("Memory", f"{i['memory_mib']} MiB" + _next_boot(i, "memory_mib", " MiB")),
         ("Disk", f"{i['disk_gib']:g} GiB"),
         ("Accel", i["accel"] or "-"),
         ("PID", str(i["pid"] or "-")),

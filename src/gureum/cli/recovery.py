@@ -78,11 +78,24 @@ def _snapshot_row(s: dict[str, Any]) -> list[str]:
 
 
 @snapshot_app.command("restore")
-def snapshot_restore(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) -> None:
+def snapshot_restore(
+    name: Name,
+    snapshot: Snap,
+    restart: Annotated[
+        bool,
+        typer.Option(
+            "--restart",
+            help="A running VM restored to a disk snapshot is restarted on that disk: say so.",
+        ),
+    ] = False,
+    fmt: OutputOpt = Format.table,
+) -> None:
     """Put the VM back to the snapshot: its disk, and with a memory snapshot its running state
-    (the guest resumes where it was). Changes since are discarded."""
+    (the guest resumes where it was, with the vCPUs and memory it had then). Changes since are
+    discarded. The disk keeps its current size. Restoring a disk snapshot of a running VM
+    restarts it, so it needs --restart."""
     with Client() as client:
-        done = _finish(client, client.restore(name, snapshot), fmt)
+        done = _finish(client, client.restore(name, snapshot, restart=restart), fmt)
         inst = client.instance(name)
     took = done["finished_at"] - done["created_at"]
     emit(

@@ -289,8 +289,11 @@ class Client:
     def snapshots(self, ref: str) -> list[dict[str, Any]]:
         return self.request("GET", path("instances", ref, "snapshots"))
 
-    def restore(self, ref: str, name: str) -> dict[str, Any]:
-        return self.request("POST", path("instances", ref, "snapshots", name, "restore"))
+    def restore(self, ref: str, name: str, *, restart: bool = False) -> dict[str, Any]:
+        params = {"restart": "true"} if restart else None
+        return self.request(
+            "POST", path("instances", ref, "snapshots", name, "restore"), params=params
+        )
 
     def delete_snapshot(self, ref: str, name: str) -> dict[str, Any]:
         return self.request("DELETE", path("instances", ref, "snapshots", name))

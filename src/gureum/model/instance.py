@@ -165,3 +165,26 @@ class Instance:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def running_now(self) -> tuple[int, int] | None:
+        """(vCPUs, MiB) the guest has now, if it is active; a resize that applies at the next
+        boot changes ``spec`` but not this."""
+        if self.state not in ACTIVE or self.hardware is None:
+            return None
+        return self.hardware.total_cpus, self.hardware.total_memory_mib
+
+    @property
+    def host_share(self) -> tuple[int, int]:
+        """(vCPUs, MiB) it holds of the host: nothing when down; when active, the larger of
+        what runs now and what its next boot gets (a decrease frees nothing until then)."""
+        if self.state not in ACTIVE:
+            return 0, 0
+        now = self.running_now or (0, 0)
+        return max(self.spec.cpus, now[0]), max(self.spec.memory_mib, now[1])
+
+
+def committed(instances: list[Instance]) -> tuple[int, int]:
+    """(vCPUs, MiB) the host has given to these instances."""
+    shares = [i.host_share for i in instances]
+    return sum(c for c, _ in shares), sum(m for _, m in shares)

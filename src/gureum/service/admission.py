@@ -12,7 +12,7 @@ import asyncio
 from collections.abc import Callable
 
 from gureum.host.interface import HostAgent
-from gureum.model.instance import ACTIVE, Instance
+from gureum.model.instance import Instance, committed
 from gureum.service.holds import Holds
 from gureum.store.instances import InstanceStore
 
@@ -33,7 +33,7 @@ class Admission(asyncio.Lock):
 
     def committed(self) -> tuple[int, int]:
         """vCPUs and MiB the host has given to active VMs, and to VMs growing into more."""
-        cpus, mib = self.store.committed(ACTIVE)
+        cpus, mib = committed(self.store.list())
         growing = self.growing.of(HOST)
         return cpus + growing["cpus"], mib + growing["memory_mib"]
 
@@ -41,9 +41,9 @@ class Admission(asyncio.Lock):
         """Refuse what the host cannot take. ``replacing``: an active VM whose own share is
         counted as freed (a restore or resize replaces it). Call it holding the lock."""
         used_cpus, used_mib = self.committed()
-        if replacing is not None and replacing.state in ACTIVE:
-            used_cpus -= replacing.spec.cpus
-            used_mib -= replacing.spec.memory_mib
+        if replacing is not None:
+            share = replacing.host_share
+            used_cpus, used_mib = used_cpus - share[0], used_mib - share[1]
         self.host.admit(used_cpus, used_mib, cpus, memory_mib)
 
     def hold_growth(self, cpus: int, memory_mib: int) -> Callable[[], None]:

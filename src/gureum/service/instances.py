@@ -12,7 +12,7 @@ import builtins
 from dataclasses import dataclass
 
 from gureum.config import Config
-from gureum.errors import EngineError, InvalidInput, InvalidState, found
+from gureum.errors import CommandNotFound, EngineError, InvalidInput, InvalidState, found
 from gureum.host.interface import Console, HostAgent
 from gureum.ids import check_name, looks_like_id
 from gureum.model.hardware import MAX_CPUS, MAX_NICS, Hardware
@@ -23,6 +23,7 @@ from gureum.model.instance import (
     InstanceSpec,
     State,
     check_action,
+    committed,
 )
 from gureum.model.network import Network
 from gureum.model.operation import Operation
@@ -280,6 +281,8 @@ class InstanceService:
             raise InvalidInput("timeout must be between 0 and 3600 seconds")
         try:
             result = await self.host.exec(inst.id, argv, stdin, timeout)
+        except CommandNotFound as exc:  # the CLI exits 127 for it, as a shell does
+            raise CommandNotFound(f"cannot run {argv[0]!r} in {inst.name}: {exc.message}") from exc
         except EngineError as exc:
             # qemu-ga reports a command it cannot start as an error; that is the user's input.
             raise InvalidInput(f"cannot run {argv[0]!r} in {inst.name}: {exc.message}") from exc
@@ -303,7 +306,7 @@ class InstanceService:
 
     def host_summary(self) -> dict[str, object]:
         host = self.host.capacity()
-        cpus, mem = self.store.committed(ACTIVE)
+        cpus, mem = committed(self.store.list())
         return {
             "accel": self.host.accel.accel,
             "accel_reason": self.host.accel.reason,

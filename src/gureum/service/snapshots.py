@@ -40,6 +40,7 @@ from gureum.service.operations import OperationManager, Reporter
 from gureum.service.quotas import QuotaService
 from gureum.service.secgroups import SecGroupService
 from gureum.store.layers import SnapshotStore
+from gureum.units import GIB
 
 
 class SnapshotService:
@@ -177,9 +178,20 @@ class SnapshotService:
             return {"snapshot": self.view(snap), "seconds": round(took, 3)}
 
     # -- restore ---------------------------------------------------------------------------------
-    async def restore(self, ref: str, name: str, project_id: str | None = None) -> Operation:
+    async def restore(
+        self, ref: str, name: str, project_id: str | None = None, *, restart: bool = False
+    ) -> Operation:
+        """Back to the snapshot. A running VM restored to a disk snapshot is restarted on that
+        disk: only when the caller says so (``restart``). The VM keeps its current disk size
+        (a disk never shrinks under a guest); a memory snapshot brings back the vCPUs and
+        memory the saved guest had, since its state is of that machine."""
         inst, snap = self.get(ref, name, project_id)
         check_action("restore", inst.state, name=inst.name)
+        if not snap.memory and inst.state == State.RUNNING and not restart:
+            raise InvalidState(
+                f"{inst.name} is running: restoring disk snapshot {snap.name} restarts it on that"
+                " disk; say so with --restart (or stop it first)"
+            )
         if snap.memory:
             # The machine must be the same: a NIC added or removed since cannot be restored.
             self.networks.check_slots_match(inst.id, snap.hardware.nics)
@@ -199,7 +211,11 @@ class SnapshotService:
             was_running = inst.state == State.RUNNING
             await self.lifecycle.kill_locked(inst)
             ctx.progress(f"disk back to snapshot {snap.name}")
-            await self.disks.new_top(inst, on=snap.layer, size_bytes=snap.disk_bytes)
+            # The disk keeps its size (never smaller than the snapshot's). A memory image's
+            # guest knew the snapshot's size: it gets that, then grows live once it runs.
+            keep = max(inst.spec.disk_bytes, snap.disk_bytes)
+            size = snap.disk_bytes if snap.memory else keep
+            await self.disks.new_top(inst, on=snap.layer, size_bytes=size)
             assert inst.hardware is not None
             nets = self.networks
             own_nics = nets.with_current_macs(inst.id, snap.hardware.nics)
@@ -208,7 +224,7 @@ class SnapshotService:
             spec = inst.spec
             if snap.memory:
                 spec = replace(spec, cpus=hardware.total_cpus, memory_mib=hardware.total_memory_mib)
-            spec = replace(spec, disk_bytes=snap.disk_bytes)
+            spec = replace(spec, disk_bytes=keep)
             self.instances.update(
                 inst.id,
                 hardware=hardware,
@@ -226,7 +242,15 @@ class SnapshotService:
         boot = self.lifecycle.boot
         if snap.memory:
             ctx.progress("resuming from the memory snapshot")
-            return await boot(instance_id, ctx, restore_from=snap.id, identity=identity)
+            done = await boot(instance_id, ctx, restore_from=snap.id, identity=identity)
+            if keep > snap.disk_bytes:
+                await self.host.resize_disk_live(instance_id, keep)
+                grown = await self.host.grow_guest_filesystem(instance_id)
+                ctx.progress(
+                    f"disk kept at {keep / GIB:g} GiB" + (", filesystem grown" if grown else "")
+                )
+                done["instance"] = self.instances.view(self.instances.get(instance_id))
+            return done
         if was_running:
             return await boot(instance_id, ctx, identity=identity)
         return {"instance": self.instances.view(self.instances.get(instance_id))}

@@ -80,12 +80,14 @@ class InstanceViews:
         spec = inst.spec
         hw = inst.hardware
         running = inst.state in ACTIVE
+        # An active VM shows what its guest has now; a resize that waits for the next boot
+        # is shown beside it, not in its place.
+        cpus, memory_mib = inst.running_now or (spec.cpus, spec.memory_mib)
         pending = {}
-        if hw is not None and running:
-            if hw.total_cpus != spec.cpus:
-                pending["cpus"] = spec.cpus
-            if hw.total_memory_mib != spec.memory_mib:
-                pending["memory_mib"] = spec.memory_mib
+        if cpus != spec.cpus:
+            pending["cpus"] = spec.cpus
+        if memory_mib != spec.memory_mib:
+            pending["memory_mib"] = spec.memory_mib
         layer = layers.get(inst.root_layer) if inst.root_layer else None
         top = self.host.path(layer.path) if layer else None  # None once deleted
         return {
@@ -96,8 +98,8 @@ class InstanceViews:
             "state_reason": inst.state_reason,
             "image": spec.image,
             "image_version": inst.image_version,
-            "cpus": spec.cpus,
-            "memory_mib": spec.memory_mib,
+            "cpus": cpus,
+            "memory_mib": memory_mib,
             "disk_gib": round(spec.disk_bytes / GIB, 3),
             "disk_bytes": spec.disk_bytes,
             "accel": inst.accel,

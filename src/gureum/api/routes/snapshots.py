@@ -36,9 +36,14 @@ async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc, scope: Member) -
 
 
 @starts_operation(router, "/snapshots/{snapshot}/restore", "member")
-async def restore_snapshot(ref: str, snapshot: str, svc: Svc, scope: Member) -> JSONResponse:
-    """Back to the snapshot: the disk, and with a memory snapshot the running state."""
-    return accepted(await svc.snapshots.restore(ref, snapshot, scope.project_id))
+async def restore_snapshot(
+    ref: str, snapshot: str, svc: Svc, scope: Member, restart: bool = False
+) -> JSONResponse:
+    """Back to the snapshot: the disk, and with a memory snapshot the running state. A running
+    VM restored to a disk snapshot is restarted on it, so that takes ``restart=true`` (409
+    ``invalid-state`` without). The disk keeps its current size."""
+    op = await svc.snapshots.restore(ref, snapshot, scope.project_id, restart=restart)
+    return accepted(op)
 
 
 @router.delete(

@@ -10,7 +10,7 @@ from gureum import __version__
 from gureum.api.auth import AnyUser
 from gureum.api.deps import services
 from gureum.api.schemas import HostOut, VersionOut
-from gureum.model.instance import ACTIVE
+from gureum.model.instance import committed
 from gureum.service.core import Services
 
 router = APIRouter(prefix="/v1", tags=["system"])
@@ -33,14 +33,11 @@ async def host(svc: Annotated[Services, Depends(services)], who: AnyUser) -> dic
     mine = [
         inst for project, _ in svc.tenancy.projects(who) for inst in svc.instances.list(project.id)
     ]
-    active = [i for i in mine if i.state in ACTIVE]
+    cpus, memory_mib = committed(mine)
     return {
         **summary,
         "capacity": {},
-        "committed": {
-            "cpus": sum(i.spec.cpus for i in active),
-            "memory_mib": sum(i.spec.memory_mib for i in active),
-        },
+        "committed": {"cpus": cpus, "memory_mib": memory_mib},
         "instances": len(mine),
         "view": "projects",
     }

@@ -107,6 +107,20 @@ def secgroup_delete(name: GroupName, fmt: OutputOpt = Format.table) -> None:
     emit(call(Client.delete_secgroup, name), fmt, f"security group {name} deleted")
 
 
+@secgroup_app.command("attach")
+def secgroup_attach(vm: Instance, name: GroupName, fmt: OutputOpt = Format.table) -> None:
+    """Put a VM in one more security group: its firewall changes at once, running or not."""
+    done = call(Client.attach_secgroup, vm, name)
+    emit(done, fmt, f"{vm} is in {', '.join(done['secgroups'])}")
+
+
+@secgroup_app.command("detach")
+def secgroup_detach(vm: Instance, name: GroupName, fmt: OutputOpt = Format.table) -> None:
+    """Take a VM out of a security group (it stays in at least one)."""
+    done = call(Client.detach_secgroup, vm, name)
+    emit(done, fmt, f"{vm} is in {', '.join(done['secgroups'])}")
+
+
 Ingress = Annotated[str, typer.Option(help="tcp/80, tcp/8000-8080, udp/53, icmp or all.")]
 FromCidr = Annotated[str | None, typer.Option("--from", help="Source CIDR, e.g. 0.0.0.0/0.")]
 FromGroup = Annotated[str | None, typer.Option(help="Source security group.")]

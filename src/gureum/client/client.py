@@ -415,6 +415,12 @@ class Client:
     def delete_secgroup(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", path("secgroups", name))
 
+    def attach_secgroup(self, ref: str, group: str) -> dict[str, Any]:
+        return self.request("POST", path("instances", ref, "secgroups", group))
+
+    def detach_secgroup(self, ref: str, group: str) -> dict[str, Any]:
+        return self.request("DELETE", path("instances", ref, "secgroups", group))
+
     def add_rule(
         self,
         group: str,

@@ -12,7 +12,7 @@ import time
 
 from gureum.errors import Conflict, InvalidInput, NotFound, found
 from gureum.ids import check_name, new_id
-from gureum.model.instance import DEFAULT_PROJECT
+from gureum.model.instance import DEFAULT_PROJECT, Instance
 from gureum.model.network import PROTOCOLS, Rule, SecGroup
 from gureum.service.networks import DEFAULT_GROUP, NetworkService
 from gureum.store.networks import NetworkStore
@@ -108,6 +108,31 @@ class SecGroupService:
             )
         self.store.remove_group(group.id)
         return group
+
+    # -- an instance's groups, changed while it runs ----------------------------------------------
+    async def attach(self, inst: Instance, ref: str) -> builtins.list[str]:
+        """Put the instance in one more group; its ports' firewall changes at once."""
+        group = self.get(ref, inst.project_id)
+        current = self.store.instance_groups().get(inst.id, [])
+        if group.id in current:
+            raise Conflict(f"{inst.name} is already in security group {group.name}")
+        self.store.set_instance_groups(inst.id, [*current, group.id])
+        await self.networks.sync_instance(inst.id)
+        return self.store.group_names_of(inst.id).get(inst.id, [])
+
+    async def detach(self, inst: Instance, ref: str) -> builtins.list[str]:
+        """Take the instance out of a group; it stays in at least one (default deny)."""
+        group = self.get(ref, inst.project_id)
+        current = self.store.instance_groups().get(inst.id, [])
+        if group.id not in current:
+            raise NotFound(f"{inst.name} is not in security group {group.name}")
+        if len(current) == 1:
+            raise Conflict(
+                f"{group.name} is {inst.name}'s only security group; attach another one first"
+            )
+        self.store.set_instance_groups(inst.id, [g for g in current if g != group.id])
+        await self.networks.sync_instance(inst.id)
+        return self.store.group_names_of(inst.id).get(inst.id, [])
 
     async def add_rule(
         self,

@@ -26,6 +26,22 @@ router = APIRouter(tags=["networks"], responses=COMMON_RESPONSES)
 Svc = Annotated[Services, Depends(services)]
 
 
+@router.post("/v1/instances/{ref}/secgroups/{secgroup}", openapi_extra={"x-gureum-role": "member"})
+async def attach_secgroup(ref: str, secgroup: str, svc: Svc, scope: Member) -> dict[str, object]:
+    """Put a VM in one more security group; its firewall changes at once, running or not."""
+    inst = svc.instances.get(ref, scope.project_id)
+    return {"instance": inst.name, "secgroups": await svc.secgroups.attach(inst, secgroup)}
+
+
+@router.delete(
+    "/v1/instances/{ref}/secgroups/{secgroup}", openapi_extra={"x-gureum-role": "member"}
+)
+async def detach_secgroup(ref: str, secgroup: str, svc: Svc, scope: Member) -> dict[str, object]:
+    """Take a VM out of a security group (it stays in at least one: 409 for its last)."""
+    inst = svc.instances.get(ref, scope.project_id)
+    return {"instance": inst.name, "secgroups": await svc.secgroups.detach(inst, secgroup)}
+
+
 @router.get(
     "/v1/networks", response_model=list[NetworkOut], openapi_extra={"x-gureum-role": "viewer"}
 )

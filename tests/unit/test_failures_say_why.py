@@ -3,6 +3,10 @@ and what gureum made by itself (a project's default network and group) never blo
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -84,3 +88,29 @@ def test_a_refused_secgroup_delete_names_the_instances_and_groups_using_it(
     resp = root.delete("/v1/secgroups/db")
     assert resp.status_code == 409, resp.text
     assert "rule of lb" in resp.json()["error"]["message"]
+
+
+def test_serve_on_a_taken_address_says_so_in_one_line_and_leaves_no_socket(
+    tmp_path: Path,
+) -> None:
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    port = taken.getsockname()[1]
+    home = tmp_path / "home"
+    env = {**os.environ, "GUREUM_HOME": str(home), "GUREUM_LISTEN": f"127.0.0.1:{port}"}
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "gureum.cli.main", "serve"],
+            env=env, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+    finally:
+        taken.close()
+    assert done.returncode != 0
+    lines = done.stderr.strip().splitlines()
+    assert lines == [
+        f"error: cannot listen on 127.0.0.1:{port}: the address is already in use (another "
+        "gureum or another program; stop it or set GUREUM_LISTEN to a free address) "
+        "[address-in-use]"
+    ], done.stderr
+    assert not (home / "gureum.sock").exists()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -31,6 +32,7 @@ from gureum.api.routes import (
     tenancy,
 )
 from gureum.config import Config
+from gureum.errors import Conflict, InvalidInput
 from gureum.service.core import Services
 
 log = logging.getLogger(__name__)
@@ -91,6 +93,28 @@ def _root_only_socket(path: Path) -> socket.socket:
     return sock
 
 
+def _tcp_socket(listen: str) -> socket.socket:
+    """The TCP listener's socket, bound here (uvicorn would only log a taken address and exit
+    mid-start); a failure is one line: what, where and why."""
+    host, _, port = listen.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise Conflict(
+                f"cannot listen on {listen}: the address is already in use (another gureum or "
+                "another program; stop it or set GUREUM_LISTEN to a free address)",
+                code="address-in-use",
+            ) from None
+        raise InvalidInput(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 # On SIGTERM, requests in flight get this long to finish; then their connections are closed
 # (an upload that never ends must not keep the service from stopping).
 GRACE_S = 5
@@ -105,6 +129,9 @@ async def serve(config: Config) -> None:
     # kernel allows rather than the default 1024 (the limits per guest keep it bounded).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    # The TCP address first: taken, the service stops before it touches anything (no socket,
+    # no lock, no reconcile) and says so in one line.
+    tcp = _tcp_socket(config.listen_tcp) if config.listen_tcp else None
     svc = Services.build(config)
     svc.lock_home()
     report = await svc.start()
@@ -127,7 +154,7 @@ async def serve(config: Config) -> None:
             )
         )
     ]
-    if config.listen_tcp:
+    if config.listen_tcp and tcp is not None:
         host, _, port = config.listen_tcp.rpartition(":")
         cert, key, print_ = tls.ensure(config.tls_dir)
         log.info("TLS on %s, certificate fingerprint SHA256 %s", config.listen_tcp, print_)
@@ -156,7 +183,8 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    tasks = [asyncio.create_task(s.serve()) for s in servers]
+    bound: list[list[socket.socket] | None] = [None, [tcp] if tcp else None]  # uvicorn binds: None
+    tasks = [asyncio.create_task(s.serve(b)) for s, b in zip(servers, bound, strict=False)]
     log.info(
         "gureum %s serving on %s%s (accel %s)",
         __version__,

@@ -33,6 +33,13 @@ class InvalidInput(GureumError):
     status = 400
 
 
+class CommandNotFound(InvalidInput):
+    """``exec`` of a command the guest cannot start: not there, or not executable. The CLI
+    exits 127 for it, as a shell does."""
+
+    code = "command-not-found"
+
+
 class InvalidArchive(InvalidInput):
     """A backup archive that is not whole, or not what its manifest says."""
 

@@ -9,6 +9,8 @@ import sys
 import httpx
 import pytest
 
+from gureum.cli.main import ExitCode, exit_for
+
 pytestmark = pytest.mark.vm
 
 
@@ -70,7 +72,7 @@ def snapshot(service) -> tuple:
 def test_refused_cleanly(service, busy, args, message, code):
     before = snapshot(service)
     res = service.cli(*args, check=False)
-    assert res.returncode == 1, res.stdout
+    assert res.returncode == exit_for(code), res.stdout
     assert message in res.stderr and f"[{code}]" in res.stderr
     assert "Traceback" not in res.stderr
     assert snapshot(service) == before
@@ -92,5 +94,5 @@ def test_service_down_message(tmp_path):
     env.pop("GUREUM_URL", None)
     res = subprocess.run([sys.executable, "-m", "gureum.cli.main", "list"], env=env,
                          capture_output=True, text=True)  # fmt: skip
-    assert res.returncode == 1
+    assert res.returncode == ExitCode.UNREACHABLE
     assert "not running" in res.stderr and "gureum serve" in res.stderr

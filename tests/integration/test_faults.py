@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from gureum.cli.main import ExitCode
 from gureum.client.client import ApiError
 from gureum.host.capacity import host_memory_mib
 from gureum.sys import procs
@@ -54,7 +55,7 @@ def test_admission_refuses_what_does_not_fit(small_host):
     # alpha and beta hold 2 x 256 MiB of the 1100: 588 left.
     before = sorted(small_host.qemu_pids())
     res = small_host.cli("launch", "tiny", "--name", "gamma", "--memory", "640M", check=False)
-    assert res.returncode == 1 and "[insufficient-capacity]" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "[insufficient-capacity]" in res.stderr
     assert "not enough host memory" in res.stderr
     assert sorted(small_host.qemu_pids()) == before
     assert "gamma" not in small_host.cli("list").stdout

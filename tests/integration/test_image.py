@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from gureum.cli.main import ExitCode
 from tests.integration.conftest import Service, new_home
 
 pytestmark = pytest.mark.vm
@@ -39,7 +40,8 @@ def test_image_in_use_cannot_be_deleted(service):
     service.launch("user1")
     try:
         res = service.cli("image", "delete", "tiny", check=False)
-        assert res.returncode == 1 and "[conflict]" in res.stderr and "used by 1" in res.stderr
+        assert res.returncode == ExitCode.REFUSED and "[conflict]" in res.stderr
+        assert "used by 1" in res.stderr
     finally:
         service.cli("delete", "user1", "--force")
 

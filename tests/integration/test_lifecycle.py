@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gureum.cli.main import ExitCode
 from gureum.sys import procs
 from tests.waiting import wait_for
 
@@ -179,7 +180,8 @@ def test_exec_streams_and_exit_codes(web, service):
     res = service.cli("exec", "-i", "web1", "--", "sh", "-c", "tr a-z A-Z", input=b"hello\n")
     assert res.stdout == "HELLO\n"
     res = service.cli("exec", "web1", "--", "/no/such/program", check=False)
-    assert res.returncode == 1 and "cannot run '/no/such/program'" in res.stderr
+    assert res.returncode == 127 and "cannot run '/no/such/program'" in res.stderr
+    assert "[command-not-found]" in res.stderr  # as a shell exits (issue 11, item 4)
 
 
 def test_list_and_show(web, service):
@@ -218,7 +220,7 @@ def test_data_survives_stop_and_start(web, service):
     assert shown["state"] == "stopped" and shown["pid"] is None
     assert not procs.is_alive(pid)
     res = service.cli("exec", "web1", "--", "true", check=False)
-    assert res.returncode == 1 and "it is stopped" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "it is stopped" in res.stderr
     started = json.loads(service.cli("start", "web1", "-o", "json").stdout)
     assert started["state"] == "running" and started["pid"] != pid
     assert service.exec("web1", "cat", "/root/data.txt") == "precious\n"

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from gureum.cli.main import ExitCode, exit_for
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
@@ -163,6 +164,23 @@ def test_security_group_rules_apply_live(service, net):
     assert "1 packets received" in sh(service, "na", "ping -c1 -W2 nc")
 
 
+def test_a_running_vms_groups_change_live(service, net, web_vm):
+    service.cli("secgroup", "create", "p82")
+    service.cli("secgroup", "rule", "add", "p82", "--ingress", "tcp/82", "--from", "0.0.0.0/0")
+    serve(service, web_vm, 82)
+    try:
+        assert sh(service, "na", f"nc -w 3 {web_vm} 82 </dev/null", check=False)[0] != 0
+        service.cli("secgroup", "attach", web_vm, "p82")
+        assert sh(service, "na", f"nc -w 3 {web_vm} 82 </dev/null").strip() == "port82"
+        shown = json.loads(service.cli("show", web_vm, "-o", "json").stdout)
+        assert shown["secgroups"] == ["web", "p82"]
+        service.cli("secgroup", "detach", web_vm, "p82")
+        assert sh(service, "na", f"nc -w 3 {web_vm} 82 </dev/null", check=False)[0] != 0
+    finally:
+        service.cli("secgroup", "detach", web_vm, "p82", check=False)
+        service.cli("secgroup", "delete", "p82")
+
+
 def test_port_forward_reaches_a_guest_server(service, net, web_vm):
     # nc's groups let tcp/81 in from 10.80.1.0/24 (which holds the gateway, a forward's source)
     # and no longer tcp/80 (web_vm): a forward to 80 gets nothing.
@@ -187,7 +205,7 @@ def test_port_forward_reaches_a_guest_server(service, net, web_vm):
     row = next(line for line in service.cli("list").stdout.splitlines() if line.startswith("nc "))
     assert ip in row.split()
     res = service.cli("forward", "add", "na", f"{port}:80", check=False)
-    assert res.returncode == 1 and "[conflict]" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "[conflict]" in res.stderr
     res = service.cli("forward", "add", "na", f"10.0.0.1:{free_port()}:80", check=False)
     assert res.returncode == 1 and "loopback" in res.stderr
     service.cli("forward", "remove", "nc", str(port))
@@ -337,7 +355,7 @@ def test_network_errors(service, net, web_vm):
     )
     for args, words, code in cases:
         res = service.cli(*args, check=False)
-        assert res.returncode == 1, args
+        assert res.returncode == exit_for(code), args
         assert words in res.stderr and f"[{code}]" in res.stderr, (args, res.stderr)
     after = sorted(
         n["name"] for n in json.loads(service.cli("network", "list", "-o", "json").stdout)

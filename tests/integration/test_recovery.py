@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from gureum.cli.main import ExitCode
 from gureum.client.client import ApiError
 from gureum.engine.qemu import process
 from gureum.sys import procs
@@ -272,14 +273,14 @@ def test_snapshot_errors(service, vm):
     res = service.cli("snapshot", "create", vm, "Bad Name", check=False)
     assert res.returncode == 1 and "[invalid-input]" in res.stderr
     res = service.cli("snapshot", "restore", vm, "nope", check=False)
-    assert res.returncode == 1 and "[not-found]" in res.stderr
+    assert res.returncode == ExitCode.NOT_FOUND and "[not-found]" in res.stderr
     service.cli("snapshot", "create", vm, "dup")
     res = service.cli("snapshot", "create", vm, "dup", check=False)
-    assert res.returncode == 1 and "[conflict]" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "[conflict]" in res.stderr
     res = service.cli("snapshot", "create", vm, "gureum-x", check=False)
     assert res.returncode == 1 and "reserved" in res.stderr
     res = service.cli("clone", f"{vm}/dup", "rec1", check=False)
-    assert res.returncode == 1 and "[conflict]" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "[conflict]" in res.stderr
     service.cli("snapshot", "delete", vm, "dup")
 
 
@@ -376,7 +377,7 @@ def test_resize_live_seen_by_the_guest(service, vm):
     res = service.cli("resize", vm, "--disk", "600M", check=False)
     assert res.returncode == 1 and "shrinking a disk is not supported" in res.stderr
     res = service.cli("resize", vm, "--memory", "100T", check=False)
-    assert res.returncode == 1 and "[insufficient-capacity]" in res.stderr
+    assert res.returncode == ExitCode.REFUSED and "[insufficient-capacity]" in res.stderr
     # A memory snapshot of the hot-plugged machine restores with the same hardware.
     service.cli("snapshot", "create", vm, "hot", "--memory")
     service.cli("snapshot", "restore", vm, "hot")

@@ -10,7 +10,7 @@ import pytest
 from gureum.engine.qemu import serial
 from gureum.engine.qemu.agent import GuestAgent
 from gureum.engine.qemu.serial import SerialConsole, read_log, rotate_log
-from gureum.errors import EngineError, Timeout, Unavailable
+from gureum.errors import CommandNotFound, Timeout, Unavailable
 from gureum.sys import procs
 from gureum.sys.nofollow import open_nofollow
 
@@ -121,7 +121,7 @@ def test_agent_sync_exec_and_errors(tmp_path):
         result = await agent.exec(["sh", "-c", "echo hello; exit 3"], stdin=b"in", timeout=5)
         assert (result.exit_code, result.stdout) == (3, b"hello\n")
         assert len(status_calls) == 3
-        with pytest.raises(EngineError, match="Failed to execute"):
+        with pytest.raises(CommandNotFound, match="Failed to execute"):  # the CLI exits 127
             await agent.exec(["nope"], stdin=None, timeout=5)
         await agent.close()
         server.close()

@@ -16,15 +16,34 @@ from enum import StrEnum
 from typing import Annotated, Any, Concatenate, ParamSpec, TypeVar
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 from rich.text import Text
 
 from gureum.client.client import Client
 from gureum.units import format_size
 
-out = Console(highlight=False, markup=False, emoji=False)
-err = Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
+# How wide a console is when it does not write to a terminal: wider than anything it prints.
+UNBOUNDED = 1 << 20
+
+
+class _Console(Console):
+    """As wide as the terminal it writes to; when its stream is not a terminal (a pipe, a file),
+    as wide as what it prints: a script reading it gets every line and every table cell whole,
+    never wrapped at 80 columns nor cut with an ellipsis (rich's default there)."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)  # type: ignore[attr-defined]  # a property's getter
+        return size if self.is_terminal else ConsoleDimensions(UNBOUNDED, size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]  # a property's setter
+
+
+out = _Console(highlight=False, markup=False, emoji=False)
+err = _Console(stderr=True, highlight=False, markup=False, emoji=False, soft_wrap=True)
 
 
 def bold(heading: str, rest: str = "", style: str = "bold") -> Text:

@@ -58,7 +58,7 @@ def snapshot_create(
 def snapshot_list(name: Name, fmt: OutputOpt = Format.table) -> None:
     """A VM's snapshots."""
     snaps = call(Client.snapshots, name)
-    columns = ["NAME", "MEMORY", "CONSISTENCY", "CPUS", "MEMORY SIZE", "DISK", "SIZE", "AGE"]
+    columns = ["NAME", "KIND", "CONSISTENCY", "CPUS", "MEMORY", "DISK", "SIZE", "AGE"]
     empty = f"{name} has no snapshots. Take one with `gureum snapshot create {name} NAME`."
     listing(snaps, fmt, [*columns, "CLONES"], _snapshot_row, empty=empty)
 
@@ -66,7 +66,7 @@ def snapshot_list(name: Name, fmt: OutputOpt = Format.table) -> None:
 def _snapshot_row(s: dict[str, Any]) -> list[str]:
     return [
         s["name"],
-        "yes" if s["memory"] else "no",
+        "disk + memory" if s["memory"] else "disk",  # as `snapshot create` says it
         s["consistency"],
         str(s["cpus"]),
         f"{s['memory_mib']}M",

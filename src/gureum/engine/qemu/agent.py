@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import EngineError, GureumError, Timeout, Unavailable
+from gureum.errors import CommandNotFound, EngineError, GureumError, Timeout, Unavailable
 from gureum.sys.nofollow import socket_path
 
 # Kills a process and all its descendants (busybox and Debian sh alike): stop it, kill its
@@ -120,7 +120,10 @@ class GuestAgent:
         args: dict[str, Any] = {"path": argv[0], "arg": argv[1:], "capture-output": True}
         if stdin:
             args["input-data"] = base64.b64encode(stdin).decode()
-        started = await self.call("guest-exec", args)
+        try:
+            started = await self.call("guest-exec", args)
+        except EngineError as exc:  # qemu-ga could not start it: no such file, not executable
+            raise CommandNotFound(exc.message) from exc
         pid = started["pid"]
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout

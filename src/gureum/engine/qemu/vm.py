@@ -112,7 +112,7 @@ class QemuVM:
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)
         try:
             await self._wait_for_socket(rt.qmp, timeout=30)
-            await self.monitor.connect(rt.qmp, owner=self._owner)
+            await self._connect_monitor()
             if restore_state is None:
                 await self.serial.connect()
             else:
@@ -123,9 +123,39 @@ class QemuVM:
                 # The guest's agent had its port open when the state was saved.
                 self._agent_port_open.set()
             await self.monitor.execute("cont")
-        except GureumError:
+        except GureumError as exc:
+            # QEMU makes its sockets before it sets up the accelerator: one that died (KVM
+            # refused, a bad argument) shows first as a monitor or console that fails; its
+            # own words are in its log.
+            assert self._watch is not None
+            died = self._watch.exited.is_set() or await self._watch.wait(1.0)
             await self.kill()
+            if died:
+                raise self._exited_at_start() from exc
             raise
+
+    async def _connect_monitor(self) -> None:
+        """QMP, cut short when QEMU exits meanwhile (its socket stays, refusing, until the
+        monitor's own timeout)."""
+        assert self._watch is not None
+        connect = asyncio.ensure_future(
+            self.monitor.connect(self.cfg.runtime.qmp, owner=self._owner)
+        )
+        died = asyncio.ensure_future(self._watch.exited.wait())
+        try:
+            await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            died.cancel()
+        if not connect.done():
+            connect.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GureumError):
+                await connect
+            raise self._exited_at_start()
+        connect.result()
+
+    def _exited_at_start(self) -> EngineError:
+        said = log_tail(self.cfg.runtime.qemu_log, since=self._log_from)
+        return EngineError(f"QEMU exited at start: {said or 'no output'}")
 
     async def adopt(self, pid: int, *, booted: bool) -> None:
         """Take over a QEMU left running by an earlier service process."""
@@ -145,10 +175,7 @@ class QemuVM:
         while not path.exists():
             assert self._watch is not None
             if self._watch.exited.is_set() or not procs.is_alive(self.pid or 0):
-                raise EngineError(
-                    "QEMU exited at start: "
-                    f"{log_tail(self.cfg.runtime.qemu_log, since=self._log_from) or 'no output'}"
-                )
+                raise self._exited_at_start()
             if loop.time() > deadline:
                 raise Timeout(f"QEMU did not create {path.name} within {timeout} s")
             await asyncio.sleep(0.005)

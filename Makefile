@@ -9,7 +9,7 @@ GUREUM := $(VENV)/bin/gureum
 DEMO_HOME ?= /var/lib/gureum-demo
 export GUREUM_CACHE_DIR ?= $(CURDIR)/.gureum/cache
 
-.PHONY: setup system-packages venv demo test unit integration lint bench clean
+.PHONY: setup system-packages venv demo test unit integration lint bench clean install
 
 setup: system-packages venv
 
@@ -47,6 +47,11 @@ bench: setup
 	$(PY) bench/recovery.py
 	$(PY) bench/network.py
 	$(PY) bench/api.py
+
+# System-wide, as a service: $(PREFIX) (a venv), /usr/local/bin/gureum, gureum.service
+# (KillMode=process: stopping it leaves the VMs running), $(GUREUM_HOME)/config.toml.
+install:
+	PREFIX=$(or $(PREFIX),/opt/gureum) bash scripts/install.sh
 
 clean:
 	rm -rf $(VENV) .gureum .pytest_cache .ruff_cache

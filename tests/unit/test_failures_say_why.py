@@ -3,17 +3,22 @@ and what gureum made by itself (a project's default network and group) never blo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+import ssl
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
 
+from gureum.api import tls
 from gureum.api.app import create_app
+from gureum.client.client import ApiError, Client, Endpoint
 from gureum.config import load_config
 from gureum.model.image import Image
 from gureum.service.core import Services
@@ -114,3 +119,36 @@ def test_serve_on_a_taken_address_says_so_in_one_line_and_leaves_no_socket(
         "[address-in-use]"
     ], done.stderr
     assert not (home / "gureum.sock").exists()
+
+
+def test_an_unpinned_tls_server_says_so_and_how_to_pin_it(tmp_path: Path) -> None:
+    """GUREUM_URL straight at a gureum TLS listener: its self-signed certificate is pinned
+    nowhere, and the refusal says that (not "other than the one pinned") and how to pin it."""
+    cert, key, _ = tls.ensure(tmp_path / "tls")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    port = listener.getsockname()[1]
+
+    def answer() -> None:
+        conn, _ = listener.accept()
+        with contextlib.suppress(OSError), ctx.wrap_socket(conn, server_side=True):
+            pass
+
+    server = threading.Thread(target=answer, daemon=True)
+    server.start()
+    url = f"https://127.0.0.1:{port}"
+    client = Client(Endpoint.from_env({"GUREUM_URL": url, "HOME": str(tmp_path)}))
+    try:
+        with pytest.raises(ApiError) as caught:
+            client.whoami()
+    finally:
+        client.close()
+        server.join(5)
+        listener.close()
+    message = caught.value.message
+    assert caught.value.code == "untrusted"
+    assert "no certificate is pinned" in message, message
+    assert f"gureum remote add NAME {url}" in message, message

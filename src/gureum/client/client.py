@@ -140,6 +140,22 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
+    def _untrusted(self) -> ApiError:
+        """The server's certificate failed the check: not the pinned one, or (GUREUM_URL, or a
+        remote added without one) none is pinned and a gureum server's is self-signed."""
+        where = self.endpoint.where
+        if self.endpoint.cert_pem is not None:
+            said = f"{where} presented a certificate other than the one pinned for it: refusing"
+            return ApiError(0, "untrusted", said + " to talk to it")
+        return ApiError(
+            0,
+            "untrusted",
+            f"{where} presented a certificate that is not trusted here, and no certificate is "
+            f"pinned for it (GUREUM_URL pins none). Pin it: `gureum remote add NAME {where} "
+            "--token TOKEN --fingerprint SHA256` (the fingerprint `gureum serve` printed), "
+            "then `gureum remote use NAME` or `--remote NAME`, and unset GUREUM_URL",
+        )
+
     def __enter__(self) -> Client:
         return self
 
@@ -151,12 +167,7 @@ class Client:
             resp = self.http.request(method, path, **kwargs)
         except (httpx.ConnectError, FileNotFoundError) as exc:
             if "CERTIFICATE_VERIFY_FAILED" in str(exc):
-                raise ApiError(
-                    0,
-                    "untrusted",
-                    f"{self.endpoint.where} presented a certificate other "
-                    "than the one pinned for it: refusing to talk to it",
-                ) from exc
+                raise self._untrusted() from exc
             raise ServiceDown(self.endpoint.where, self._home()) from exc
         if resp.status_code >= 400:
             self._raise(resp)
@@ -333,6 +344,8 @@ class Client:
                     out.write(chunk)
                     written += len(chunk)
         except (httpx.ConnectError, FileNotFoundError) as exc:
+            if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+                raise self._untrusted() from exc
             raise ServiceDown(self.endpoint.where, self._home()) from exc
         except httpx.HTTPError as exc:
             raise ApiError(0, "incomplete", f"the archive stream broke off: {exc}") from exc

@@ -252,7 +252,10 @@ class Lifecycle:
             new = State.STOPPED if how == "stopped" else State.CRASHED
             self.set_state(inst, new, detail, pid=None)
             self.host.forget(instance_id)
-            log.warning("%s (%s) %s: %s", inst.name, inst.id, new.value, detail)
+            # A guest that powered off, or a VM killed on request (a forced delete), is news;
+            # only a crash is a warning.
+            level = logging.WARNING if new == State.CRASHED else logging.INFO
+            log.log(level, "%s (%s) %s: %s", inst.name, inst.id, new.value, detail)
         elif inst.state == State.STOPPING:
             self.set_state(inst, State.STOPPED, detail, pid=None)
         # STARTING: the boot waiter sees the exit and records why the start failed.

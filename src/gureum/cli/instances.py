@@ -51,6 +51,10 @@ def register(app: typer.Typer) -> None:
         ssh_key: Annotated[
             list[str] | None, typer.Option("--ssh-key", help="OpenSSH public key (repeatable).")
         ] = None,
+        autostart: Annotated[
+            bool,
+            typer.Option(help="Start it whenever the host has booted (with the service)."),
+        ] = False,
         no_wait: NoWait = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
@@ -60,6 +64,7 @@ def register(app: typer.Typer) -> None:
             "networks": network or [],
             "secgroups": secgroup or [],
             "ssh_keys": ssh_key or [],
+            "autostart": autostart,
         }
         if user_data is not None:
             if not user_data.is_file():
@@ -84,11 +89,23 @@ def register(app: typer.Typer) -> None:
         emit(inst, fmt, lambda: _show_ready(inst))
 
     @app.command("list")
-    def list_(fmt: OutputOpt = Format.table) -> None:
-        """List instances."""
-        items = call(Client.instances)
+    def list_(
+        all_projects: Annotated[
+            bool,
+            typer.Option(
+                "--all-projects", help="Every project's, with a PROJECT column (administrator)."
+            ),
+        ] = False,
+        fmt: OutputOpt = Format.table,
+    ) -> None:
+        """List instances (the project's; every project's with --all-projects)."""
+        items = call(Client.instances, all_projects)
         empty = "No instances. Launch one with `gureum launch tiny --name web1`."
-        output.listing(items, fmt, output.INSTANCE_COLUMNS, output.instance_row, empty=empty)
+        if all_projects:
+            columns = ["PROJECT", *output.INSTANCE_COLUMNS]
+            output.listing(items, fmt, columns, _project_row, empty=empty)
+        else:
+            output.listing(items, fmt, output.INSTANCE_COLUMNS, output.instance_row, empty=empty)
 
     @app.command()
     def show(
@@ -177,6 +194,10 @@ def _action_command(action: str) -> Callable[..., None]:
         emit(inst, fmt, f"{name} is {inst['state']}{ready}")
 
     return command
+
+
+def _project_row(inst: dict) -> list[str]:
+    return [inst["project"], *output.instance_row(inst)]
 
 
 def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:

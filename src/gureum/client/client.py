@@ -209,8 +209,9 @@ class Client:
             body["disk_gib"] = disk_gib
         return self.request("POST", path("instances"), json=body)
 
-    def instances(self) -> list[dict[str, Any]]:
-        return self.request("GET", path("instances"))
+    def instances(self, all_projects: bool = False) -> list[dict[str, Any]]:
+        params = {"all_projects": "true"} if all_projects else None
+        return self.request("GET", path("instances"), params=params)
 
     def instance(self, ref: str) -> dict[str, Any]:
         return self.request("GET", path("instances", ref))

@@ -1,0 +1,76 @@
+"""An administrator's view (issue 11, item 9): every project's instances in one list, with the
+project named; what a creation made named in the audit; a deleted user's name kept in the token
+list; image builds among the operations."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from gureum.api.app import create_app
+from gureum.cli.main import app
+from gureum.config import load_config
+from gureum.model.image import Image
+from gureum.model.instance import DEFAULT_PROJECT
+from gureum.service.core import Services
+from gureum.service.instances import LaunchRequest
+from gureum.units import MIB
+from tests.unit.fakehost import FakeHost
+from tests.unit.inprocess import cli_against
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, Services]]:
+    """(root on the socket, the TCP app, the Services), on a FakeHost, with an image."""
+    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
+    svc = Services.build(config, host=FakeHost(config))
+    svc.tenancy.ensure_default()
+    folder = config.images_dir / "tiny" / "v1"
+    svc.images.store.put(Image("tiny", "v1", "6.1", str(folder), disk_virtual_bytes=64 * MIB))
+    with TestClient(create_app(svc)) as root, TestClient(create_app(svc, "tcp")) as tcp:
+        yield root, tcp, svc
+    svc.close()
+
+
+async def _launch(svc: Services, name: str, project: str) -> None:
+    _, op = await svc.instances.launch(LaunchRequest(name, "tiny"), project_id=project)
+    while not op.done:
+        op = await svc.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+    assert op.error is None, op.error
+
+
+def _token(root: TestClient, user: str, project: str) -> dict[str, str]:
+    root.post("/v1/users", json={"name": user})
+    root.put(f"/v1/projects/{project}/members/{user}", json={"role": "member"})
+    secret = root.post("/v1/tokens", json={"user": user, "name": "t"}).json()["token"]
+    return {"Authorization": f"Bearer {secret}"}
+
+
+def test_list_all_projects_for_the_administrator_only(
+    world: tuple[TestClient, TestClient, Services], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, tcp, svc = world
+    root.post("/v1/projects", json={"name": "team-a"})
+    team_a = svc.quotas.project("team-a").id
+    root.portal.call(_launch, svc, "web", DEFAULT_PROJECT)  # type: ignore[union-attr]  # portal: set
+    root.portal.call(_launch, svc, "db", team_a)  # type: ignore[union-attr]  # portal: set
+    assert [i["name"] for i in root.get("/v1/instances").json()] == ["web"]
+    every = root.get("/v1/instances", params={"all_projects": "true"}).json()
+    assert sorted((i["project"], i["name"]) for i in every) == [
+        ("default", "web"),
+        ("team-a", "db"),
+    ]
+    ada = _token(root, "ada", "team-a")
+    refused = tcp.get("/v1/instances", params={"all_projects": "true"}, headers=ada)
+    assert refused.status_code == 403, refused.text
+
+    cli_against(monkeypatch, root)
+    res = CliRunner().invoke(app, ["list", "--all-projects"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    header, *rows = res.stdout.splitlines()
+    assert header.split()[:2] == ["PROJECT", "NAME"]
+    assert sorted(r.split()[:2] for r in rows) == [["default", "web"], ["team-a", "db"]]

@@ -76,7 +76,16 @@ class _Sink:
 
 
 def wait(api, op):
-    done = api.get(f"/v1/operations/{op['id']}", params={"wait_s": 30}).json()
+    """The operation once it ends (a long poll also answers at each new progress line)."""
+    done = op
+    for _ in range(100):
+        seen = done.get("progress_count", 0)
+        done = api.get(
+            f"/v1/operations/{op['id']}", params={"wait_s": 30, "progress_after": seen}
+        ).json()
+        if done["status"] != "running":
+            break
+    done = api.get(f"/v1/operations/{op['id']}").json()  # with all its progress
     assert done["status"] == "succeeded", done
     return done
 

@@ -85,6 +85,7 @@ class FakeHost:
     sizes: dict[Path, int] = field(default_factory=dict)  # a disk layer's virtual size
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
     lookup: Lookup | None = None
+    booted: bool = True  # the next service start is the first since the host booted
 
     @property
     def accel(self) -> AccelChoice:
@@ -109,6 +110,10 @@ class FakeHost:
     def prepare(self) -> None:
         for folder in (self.config.home, self.config.images_dir, self.config.cache_dir):
             folder.mkdir(parents=True, exist_ok=True)
+
+    def first_start_since_boot(self) -> bool:
+        first, self.booted = self.booted, False
+        return first
 
     def capacity(self) -> HostCapacity:
         return HostCapacity(self.cpus, self.memory_mib, 0, 1.0)

@@ -35,6 +35,7 @@ class LaunchIn(Strict):
     secgroups: list[str] = Field(default_factory=list, description="default: the default group")
     user_data: str | None = Field(None, description="served at /latest/user-data")
     ssh_keys: list[str] = Field(default_factory=list, description="OpenSSH public keys")
+    autostart: bool = Field(False, description="start when the host has booted")
 
 
 class ExecIn(Strict):
@@ -87,6 +88,7 @@ class InstanceOut(BaseModel):
         description="resizes that take effect at the next boot (hot-plug could not apply them)"
     )
     snapshots: int
+    autostart: bool = False
     created_at: float
     updated_at: float | None
     boot: BootOut

@@ -78,6 +78,16 @@ class LocalHostAgent:
         )
         os.chmod(cfg.cache_dir, 0o700)
 
+    def first_start_since_boot(self) -> bool:
+        marker = BOOT_MARKERS / f"{netns.home_tag(self.config.home)}.started"
+        try:
+            marker.parent.mkdir(mode=0o700, exist_ok=True)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        except FileExistsError:
+            return False
+        os.close(fd)
+        return True
+
     def admit(self, used_cpus: int, used_mib: int, cpus: int, memory_mib: int) -> None:
         admit(self.capacity(), used_cpus, used_mib, cpus, memory_mib)
 
@@ -715,6 +725,8 @@ class LocalHostAgent:
 
 
 BOOT_FILES = ("vmlinuz", "initrd.img")
+# /run is emptied by every boot: a marker there says a service of that home started since.
+BOOT_MARKERS = Path("/run/gureum")
 
 
 def _close_fds(fds: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:

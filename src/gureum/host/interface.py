@@ -136,6 +136,10 @@ class HostAgent(Protocol):
     def disk_reserve_bytes(self) -> int:
         """What tenants' uploads and imports must leave free on the host's disk."""
 
+    def first_start_since_boot(self) -> bool:
+        """Whether the service starts for the first time since this host booted (asked once:
+        the answer is remembered in a file under /run, which a reboot clears)."""
+
     async def check_alive(self) -> None:
         """Fire exit events that were missed; restart a network service that died."""
 

@@ -161,6 +161,7 @@ class Instance:
     ssh_keys: tuple[str, ...] = ()  # served at /latest/meta-data/public-keys/
     project_id: str = DEFAULT_PROJECT
     uid: int | None = None  # the unprivileged user its QEMU runs as
+    autostart: bool = False  # started by the service's first start after the host booted
 
     @property
     def name(self) -> str:

@@ -164,6 +164,7 @@ class Services:
         await self.networks.ensure_all()
         report = await self.reconciler.start()
         await self.forwards.start_all()
+        report["autostarted"] = await self.instances.autostart()
         return report
 
     def close(self) -> None:

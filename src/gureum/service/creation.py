@@ -129,6 +129,7 @@ class Creator:
         state: State = State.PENDING,
         user_data: str | None = None,
         ssh_keys: tuple[str, ...] = (),
+        autostart: bool = False,
     ) -> Instance:
         """A new instance's row: its own id and its own unprivileged user on this host."""
         return Instance(
@@ -142,6 +143,7 @@ class Creator:
             ssh_keys=ssh_keys,
             project_id=project_id,
             uid=self.store.next_uid(),
+            autostart=autostart,
         )
 
     async def claim(self, draft: Draft) -> Callable[[], None]:

@@ -9,10 +9,18 @@ path), ``Lifecycle`` (boot, readiness, stop, events), ``DiskLayers`` (the disk c
 from __future__ import annotations
 
 import builtins
+import logging
 from dataclasses import dataclass
 
 from gureum.config import Config
-from gureum.errors import CommandNotFound, EngineError, InvalidInput, InvalidState, found
+from gureum.errors import (
+    CommandNotFound,
+    EngineError,
+    GureumError,
+    InvalidInput,
+    InvalidState,
+    found,
+)
 from gureum.host.interface import Console, HostAgent
 from gureum.ids import check_name, looks_like_id
 from gureum.model.hardware import MAX_CPUS, MAX_NICS, Hardware
@@ -41,6 +49,8 @@ from gureum.store.instances import InstanceStore
 from gureum.store.layers import SnapshotStore
 from gureum.units import GIB, MIB
 
+log = logging.getLogger(__name__)
+
 MIN_MEMORY_MIB = 128
 # Names gureum uses for its own short-lived snapshots (backup export); users cannot take them.
 INTERNAL_SNAPSHOT_PREFIX = "gureum-"
@@ -58,6 +68,7 @@ class LaunchRequest:
     secgroups: tuple[str, ...] = ()  # () : the default security group
     user_data: str | None = None
     ssh_keys: tuple[str, ...] = ()
+    autostart: bool = False  # start when the service first starts after the host boots
 
 
 def check_cpus(cpus: object) -> int:
@@ -195,7 +206,12 @@ class InstanceService:
             return self.secgroups.resolve(list(req.secgroups), project_id)
 
         inst = self.creator.new(
-            spec, image_version, project_id, user_data=req.user_data, ssh_keys=tuple(req.ssh_keys)
+            spec,
+            image_version,
+            project_id,
+            user_data=req.user_data,
+            ssh_keys=tuple(req.ssh_keys),
+            autostart=req.autostart,
         )
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
@@ -241,6 +257,24 @@ class InstanceService:
             return await self.lifecycle.boot(inst.id, ctx)
 
         return self.ops.start("restart", inst.id, work, inst.project_id)
+
+    async def autostart(self) -> builtins.list[str]:
+        """At the service's first start since the host booted: start every VM launched with
+        autostart that is down (after a reboot, every one of them). A later start of the
+        service (a restart, an upgrade) starts nothing: VMs stopped on purpose stay stopped."""
+        if not self.host.first_start_since_boot():
+            return []
+        started = []
+        for inst in self.store.list():
+            if not inst.autostart or inst.state not in (State.STOPPED, State.CRASHED):
+                continue
+            try:
+                await self.start(inst.id)
+            except GureumError as exc:  # no room now, say: it stays down, and the log says why
+                log.error("cannot autostart %s: %s", inst.name, exc.message)
+                continue
+            started.append(inst.name)
+        return started
 
     # -- delete ----------------------------------------------------------------------------------
     async def delete(

@@ -112,6 +112,7 @@ class InstanceViews:
             # Changes that take effect at the next boot (resize where hot-plug could not).
             "pending_next_boot": pending,
             "snapshots": snapshots.get(inst.id, 0),
+            "autostart": inst.autostart,
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),

@@ -44,6 +44,7 @@ def _from_row(row: RowMapping) -> Instance:
         ssh_keys=tuple(json.loads(row["ssh_keys"] or "[]")),
         project_id=row["project_id"],
         uid=row["uid"],
+        autostart=bool(row["autostart"]),
     )
 
 
@@ -73,6 +74,7 @@ class InstanceStore:
             "ssh_keys": json.dumps(list(inst.ssh_keys)),
             "project_id": inst.project_id,
             "uid": inst.uid,
+            "autostart": int(inst.autostart),
         }
         try:
             if conn is not None:

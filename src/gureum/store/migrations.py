@@ -322,6 +322,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "projects may bound their port forwards",
         ["ALTER TABLE projects ADD COLUMN max_forwards BIGINT"],
     ),
+    (
+        8,
+        "an instance may start by itself when its host has booted",
+        ["ALTER TABLE instances ADD COLUMN autostart BIGINT NOT NULL DEFAULT 0"],
+    ),
 ]
 
 

@@ -31,6 +31,7 @@ instances = Table(
     Column("user_data", Text),
     Column("ssh_keys", Text),
     Column("uid", BigInteger),
+    Column("autostart", BigInteger, nullable=False, server_default="0"),
 )
 
 sequences = Table(

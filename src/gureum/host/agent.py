@@ -85,6 +85,9 @@ class LocalHostAgent:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         except FileExistsError:
             return False
+        except OSError as exc:  # cannot tell: better to start nothing than to start twice
+            log.warning("cannot tell whether the host booted since the last start: %s", exc)
+            return False
         os.close(fd)
         return True
 

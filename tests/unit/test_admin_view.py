@@ -74,3 +74,28 @@ def test_list_all_projects_for_the_administrator_only(
     header, *rows = res.stdout.splitlines()
     assert header.split()[:2] == ["PROJECT", "NAME"]
     assert sorted(r.split()[:2] for r in rows) == [["default", "web"], ["team-a", "db"]]
+
+
+def test_a_creations_audit_entry_names_what_was_made(
+    world: tuple[TestClient, TestClient, Services],
+) -> None:
+    root, _, _ = world
+    assert root.post("/v1/users", json={"name": "ada"}).status_code == 201
+    made = root.post("/v1/tokens", json={"user": "ada", "name": "laptop"}).json()
+    net = root.post("/v1/networks", json={"name": "lab", "subnet": "10.9.0.0/24"}).json()
+    launched = root.post("/v1/instances", json={"name": "web", "image": "tiny"})
+    assert launched.status_code == 202, launched.text
+    assert root.post("/v1/secgroups", json={"name": "fw"}).status_code == 201
+    rule = root.post(
+        "/v1/secgroups/fw/rules", json={"ingress": "tcp/22", "from_cidr": "10.0.0.0/8"}
+    )
+    assert rule.status_code == 201, rule.text
+    entries = {e["action"]: e for e in root.get("/v1/audit").json()}
+    assert entries["POST /v1/users"]["target"] == "ada"
+    assert entries["POST /v1/networks"]["target"] == "lab"
+    assert entries["POST /v1/networks"]["detail"] == {"created": net["id"]}
+    assert entries["POST /v1/instances"]["target"] == "web"
+    assert entries["POST /v1/secgroups/{secgroup}/rules"]["target"] == "fw"
+    token = entries["POST /v1/tokens"]
+    assert token["target"] == "laptop"
+    assert made["token"] not in str(token)  # never the secret

@@ -31,23 +31,57 @@ class AuditMiddleware:
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
+        # A creation's answer (201, or 202 with the new instance) says what it made: kept, up
+        # to CREATED_MAX bytes, to name it in the audit.
+        body = bytearray()
 
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+            elif message["type"] == "http.response.body" and status["code"] in (201, 202):
+                body.extend(message.get("body", b"")[: CREATED_MAX + 1 - len(body)])
             await send(message)
 
         try:
             await self.app(scope, receive, watch)
         finally:
-            self._record(scope, status["code"])
+            made = _created(bytes(body)) if 0 < len(body) <= CREATED_MAX else None
+            self._record(scope, status["code"], made)
 
     @staticmethod
-    def _record(scope: Scope, result: int) -> None:
+    def _record(scope: Scope, result: int, made: tuple[str, str | None] | None = None) -> None:
         route = scope.get("route")
         action = f"{scope['method']} {getattr(route, 'path', scope['path'])}"
         target = "/".join(str(v) for v in (scope.get("path_params") or {}).values()) or None
-        _write(scope, action, target, result)
+        detail = None
+        if made is not None:  # the new thing's name (under its parent's, if any), and its id
+            name, ident = made
+            if not target:
+                target = name
+            elif target.rsplit("/", 1)[-1] != name:  # a rule's answer is its group: named
+                target = f"{target}/{name}"
+            detail = {"created": ident} if ident else None
+        _write(scope, action, target, result, detail)
+
+
+CREATED_MAX = 64 * 1024
+
+
+def _created(body: bytes) -> tuple[str, str | None] | None:
+    """(name, id) of what a creation's answer describes: the object, or its ``instance`` (a
+    launch, a clone); only those two fields (a new token's secret is never kept)."""
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("instance"), dict):
+        data = data["instance"]
+    if not isinstance(data, dict):
+        return None
+    name, ident = data.get("name"), data.get("id")
+    ident = ident if isinstance(ident, str) else None
+    label = name if isinstance(name, str) and name else ident
+    return (label, ident) if label else None
 
 
 def audit_console(scope: Scope, ref: str, result: int, detail: dict[str, Any] | None) -> None:

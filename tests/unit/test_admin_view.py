@@ -99,3 +99,15 @@ def test_a_creations_audit_entry_names_what_was_made(
     token = entries["POST /v1/tokens"]
     assert token["target"] == "laptop"
     assert made["token"] not in str(token)  # never the secret
+
+
+def test_token_list_keeps_a_deleted_users_name(
+    world: tuple[TestClient, TestClient, Services],
+) -> None:
+    root, _, _ = world
+    root.post("/v1/users", json={"name": "ada"})
+    made = root.post("/v1/tokens", json={"user": "ada", "name": "laptop"}).json()
+    assert root.delete("/v1/users/ada").status_code == 200
+    listed = {t["id"]: t for t in root.get("/v1/tokens").json()}
+    assert listed[made["id"]]["user"] == "ada"
+    assert listed[made["id"]]["revoked_at"] is not None

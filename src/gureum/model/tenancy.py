@@ -103,6 +103,7 @@ class Token:
     revoked_at: float | None = None
     last_used_at: float | None = None
     expires_at: float | None = None  # None: until revoked
+    former_user: str | None = None  # its user's name, once that user is deleted
 
 
 @dataclass(frozen=True)

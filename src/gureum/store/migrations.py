@@ -327,6 +327,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "an instance may start by itself when its host has booted",
         ["ALTER TABLE instances ADD COLUMN autostart BIGINT NOT NULL DEFAULT 0"],
     ),
+    (
+        9,
+        "a token keeps its user's name when the user is deleted",
+        ["ALTER TABLE tokens ADD COLUMN former_user TEXT"],
+    ),
 ]
 
 

@@ -196,6 +196,7 @@ tokens = Table(
     Column("revoked_at", Float),
     Column("last_used_at", Float),
     Column("expires_at", Float),
+    Column("former_user", Text),  # the user's name, kept when the user is deleted
 )
 
 audit = Table(

@@ -83,9 +83,12 @@ class TenancyStore:
 
     def remove_user(self, user_id: str) -> None:
         with self.db.begin() as conn:
+            name = conn.execute(select(users.c.name).where(users.c.id == user_id)).scalar()
             conn.execute(delete(memberships).where(memberships.c.user_id == user_id))
             conn.execute(
-                update(tokens).where(tokens.c.user_id == user_id).values(revoked_at=time.time())
+                update(tokens)
+                .where(tokens.c.user_id == user_id)
+                .values(revoked_at=time.time(), former_user=name)
             )
             conn.execute(delete(users).where(users.c.id == user_id))
 

@@ -129,7 +129,9 @@ def _token_views(
 ) -> list[dict[str, object]]:
     """Tokens as shown, their users' names read once for all of them."""
     users = {u.id: u.name for u in svc.tenancy.users()}
-    return [_token_view(t, users.get(t.user_id, t.user_id), secret) for t in tokens]
+    return [
+        _token_view(t, users.get(t.user_id) or t.former_user or t.user_id, secret) for t in tokens
+    ]
 
 
 def _token_view(token: Any, user: str, secret: str | None) -> dict[str, object]:

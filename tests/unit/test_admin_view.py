@@ -111,3 +111,23 @@ def test_token_list_keeps_a_deleted_users_name(
     listed = {t["id"]: t for t in root.get("/v1/tokens").json()}
     assert listed[made["id"]]["user"] == "ada"
     assert listed[made["id"]]["revoked_at"] is not None
+
+
+def test_image_builds_are_in_the_administrators_operation_list(
+    world: tuple[TestClient, TestClient, Services],
+) -> None:
+    root, tcp, svc = world
+
+    async def build() -> str:
+        async def work(_: object) -> None:
+            return None
+
+        op = svc.ops.start("image-build", "tiny", work)  # as images.build does: no project
+        while not op.done:
+            op = await svc.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+        return op.id
+
+    built = root.portal.call(build)  # type: ignore[union-attr]  # portal: set
+    assert built in [o["id"] for o in root.get("/v1/operations").json()]
+    ada = _token(root, "ada", "default")
+    assert built not in [o["id"] for o in tcp.get("/v1/operations", headers=ada).json()]

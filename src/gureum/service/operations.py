@@ -149,9 +149,15 @@ class OperationManager:
             self._changed[op_id] = asyncio.Event()
 
     def list(
-        self, *, limit: int, target: str | None = None, project_id: str | None = None
+        self,
+        *,
+        limit: int,
+        target: str | None = None,
+        project_id: str | None = None,
+        unowned: bool = False,
     ) -> builtins.list[Operation]:
-        return self.store.list(limit=limit, target=target, project_id=project_id)
+        """``unowned``: with the operations of no project (image builds and checks)."""
+        return self.store.list(limit=limit, target=target, project_id=project_id, unowned=unowned)
 
     def get(self, op_id: str, project_id: str | None = None) -> Operation:
         """``project_id``: only an operation of that project (another's is "not found");

@@ -64,12 +64,19 @@ class OperationStore:
         return _from_row(row) if row else None
 
     def list(
-        self, limit: int = 50, target: str | None = None, project_id: str | None = None
+        self,
+        limit: int = 50,
+        target: str | None = None,
+        project_id: str | None = None,
+        unowned: bool = False,
     ) -> list[Operation]:
+        """``project_id``: that project's only; with ``unowned`` those of no project too."""
         query = select(t).order_by(t.c.created_at.desc()).limit(limit)
         if target:
             query = query.where(t.c.target == target)
-        if project_id is not None:
+        if project_id is not None and unowned:
+            query = query.where((t.c.project_id == project_id) | t.c.project_id.is_(None))
+        elif project_id is not None:
             query = query.where(t.c.project_id == project_id)
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings().all()]

@@ -23,7 +23,14 @@ async def list_operations(
     target: str | None = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> list[dict[str, object]]:
-    ops = svc.ops.list(limit=limit, target=target, project_id=scope.project_id)
+    """The project's operations; for the host's administrator, image builds and checks too
+    (they belong to no project)."""
+    ops = svc.ops.list(
+        limit=limit,
+        target=target,
+        project_id=scope.project_id,
+        unowned=scope.principal.superuser,
+    )
     return [op.to_dict() for op in ops]
 
 

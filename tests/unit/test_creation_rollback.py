@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -83,6 +83,21 @@ async def undo_failed(svc: Services, name: str) -> None:
         await svc.instances.delete(inst.id)
 
 
+async def fails_and_is_undone(
+    svc: Services, name: str, attempt: Callable[[], Awaitable[Operation]]
+) -> None:
+    """The injected failure is what the caller sees (at once, or as the operation's error);
+    nothing stays held; an instance left in error is deleted."""
+    try:
+        op = await attempt()
+    except GureumError as exc:
+        assert "injected failure" in exc.message
+    else:
+        assert op.status.value == "failed" and "injected failure" in str(op.error)
+    nothing_held(svc)
+    await undo_failed(svc, name)
+
+
 def cases(steps: list[str]) -> list[tuple[str, int]]:
     return [(step, steps[: i + 1].count(step)) for i, step in enumerate(steps)]
 
@@ -108,17 +123,7 @@ def test_a_launch_that_fails_at_any_step_leaves_nothing(tmp_path, step, nth):
     before_rows, before_host = rows(svc), host.state()
     host.fail_at, host.fail_on = step, nth
 
-    async def run() -> None:
-        try:
-            op = await launch(svc)
-        except GureumError as exc:
-            assert "injected failure" in exc.message
-        else:
-            assert op.status.value == "failed" and "injected failure" in str(op.error)
-        nothing_held(svc)
-        await undo_failed(svc, "web")
-
-    asyncio.run(run())
+    asyncio.run(fails_and_is_undone(svc, "web", lambda: launch(svc)))
     assert rows(svc) == before_rows
     assert host.state().without(before_host) == {}
     svc.close()
@@ -158,17 +163,7 @@ def test_a_clone_that_fails_at_any_step_leaves_nothing(tmp_path, step, nth, memo
     host.calls.clear()
     host.fail_at, host.fail_on = step, nth
 
-    async def run() -> None:
-        try:
-            op = await clone(svc)
-        except GureumError as exc:
-            assert "injected failure" in exc.message
-        else:
-            assert op.status.value == "failed" and "injected failure" in str(op.error)
-        nothing_held(svc)
-        await undo_failed(svc, "copy")
-
-    asyncio.run(run())
+    asyncio.run(fails_and_is_undone(svc, "copy", lambda: clone(svc)))
     assert rows(svc) == before_rows
     assert host.state().without(before_host) == {}
     assert svc.instances.get("src").state == State.RUNNING  # the source is untouched

@@ -148,7 +148,13 @@ def rule_remove(group: GroupName, rule_id: RuleId, fmt: OutputOpt = Format.table
 
 
 # -- port forwards -------------------------------------------------------------------------------
-Mapping = Annotated[str, typer.Argument(help="HOSTPORT:GUESTPORT, e.g. 8080:80 (on 127.0.0.1).")]
+Mapping = Annotated[
+    str,
+    typer.Argument(
+        help="HOSTPORT:GUESTPORT (on 127.0.0.1) or ADDRESS:HOSTPORT:GUESTPORT (a loopback"
+        " address), e.g. 8080:80."
+    ),
+]
 ForwardRef = Annotated[str, typer.Argument(help="Forward id, host port or ADDRESS:PORT.")]
 
 

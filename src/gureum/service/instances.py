@@ -340,13 +340,14 @@ class InstanceService:
 
     def host_summary(self) -> dict[str, object]:
         host = self.host.capacity()
-        cpus, mem = committed(self.store.list())
+        instances = self.store.list()
+        cpus, mem = committed(instances)
         return {
             "accel": self.host.accel.accel,
             "accel_reason": self.host.accel.reason,
             "capacity": host.to_dict(),
             "committed": {"cpus": cpus, "memory_mib": mem},
-            "instances": len(self.store.list()),
+            "instances": len(instances),
             "store": self.store.db.backend,
         }
 

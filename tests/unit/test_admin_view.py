@@ -38,8 +38,13 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, TestClient, Services]]:
 
 async def _launch(svc: Services, name: str, project: str) -> None:
     _, op = await svc.instances.launch(LaunchRequest(name, "tiny"), project_id=project)
+    await _finish(svc, op.id)
+
+
+async def _finish(svc: Services, op_id: str) -> None:
+    op = await svc.ops.wait(op_id, timeout=5)
     while not op.done:
-        op = await svc.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+        op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
     assert op.error is None, op.error
 
 
@@ -99,6 +104,28 @@ def test_a_creations_audit_entry_names_what_was_made(
     token = entries["POST /v1/tokens"]
     assert token["target"] == "laptop"
     assert made["token"] not in str(token)  # never the secret
+
+
+def test_an_operations_audit_entry_names_the_thing_not_the_operation(
+    world: tuple[TestClient, TestClient, Services],
+) -> None:
+    """A snapshot is made by an operation: its entry names the VM and the snapshot, and keeps
+    the operation's id apart (it was filed as ``web/op-...``, as if the operation were made);
+    a stop names only its VM."""
+    root, _, svc = world
+    root.portal.call(_launch, svc, "web", DEFAULT_PROJECT)  # type: ignore[union-attr]  # portal: set
+    snap = root.post("/v1/instances/web/snapshots", json={"name": "before"})
+    assert snap.status_code == 202, snap.text
+    root.portal.call(_finish, svc, snap.json()["id"])  # type: ignore[union-attr]  # portal: set
+    stop = root.post("/v1/instances/web/stop")
+    assert stop.status_code == 202, stop.text
+    entries = {e["action"]: e for e in root.get("/v1/audit").json()}
+    made = entries["POST /v1/instances/{ref}/snapshots"]
+    assert made["target"] == "web/before"
+    assert made["detail"] == {"operation": snap.json()["id"]}
+    stopped = entries["POST /v1/instances/{ref}/stop"]
+    assert stopped["target"] == "web"
+    assert stopped["detail"] == {"operation": stop.json()["id"]}
 
 
 def test_token_list_keeps_a_deleted_users_name(

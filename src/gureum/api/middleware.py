@@ -35,9 +35,14 @@ class AuditMiddleware:
         # to CREATED_MAX bytes, to name it in the audit.
         body = bytearray()
 
+        operation: list[str] = []  # from the answer's Location, when it is an operation's
+
         async def watch(message: Message) -> None:
             if message["type"] == "http.response.start":
                 status["code"] = message["status"]
+                for key, value in message.get("headers") or []:
+                    if key.lower() == b"location" and value.startswith(OPERATIONS):
+                        operation.append(value[len(OPERATIONS) :].decode("latin-1"))
             elif message["type"] == "http.response.body" and status["code"] in (201, 202):
                 body.extend(message.get("body", b"")[: CREATED_MAX + 1 - len(body)])
             await send(message)
@@ -46,25 +51,39 @@ class AuditMiddleware:
             await self.app(scope, receive, watch)
         finally:
             made = _created(bytes(body)) if 0 < len(body) <= CREATED_MAX else None
-            self._record(scope, status["code"], made)
+            if made is not None and operation and made[1] == operation[0]:
+                made = None  # the answer is the operation itself: it is not what was made
+            named = (scope.get("state") or {}).get("audit_made")
+            if isinstance(named, str):  # the route named what its operation makes
+                made = (named, None)
+            self._record(scope, status["code"], made, operation[0] if operation else None)
 
     @staticmethod
-    def _record(scope: Scope, result: int, made: tuple[str, str | None] | None = None) -> None:
+    def _record(
+        scope: Scope,
+        result: int,
+        made: tuple[str, str | None] | None = None,
+        operation: str | None = None,
+    ) -> None:
         route = scope.get("route")
         action = f"{scope['method']} {getattr(route, 'path', scope['path'])}"
         target = "/".join(str(v) for v in (scope.get("path_params") or {}).values()) or None
-        detail = None
+        detail: dict[str, str] = {}
         if made is not None:  # the new thing's name (under its parent's, if any), and its id
             name, ident = made
             if not target:
                 target = name
             elif target.rsplit("/", 1)[-1] != name:  # a rule's answer is its group: named
                 target = f"{target}/{name}"
-            detail = {"created": ident} if ident else None
-        _write(scope, action, target, result, detail)
+            if ident:
+                detail["created"] = ident
+        if operation:
+            detail["operation"] = operation
+        _write(scope, action, target, result, detail or None)
 
 
 CREATED_MAX = 64 * 1024
+OPERATIONS = b"/v1/operations/"
 
 
 def _created(body: bytes) -> tuple[str, str | None] | None:

@@ -65,9 +65,7 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
         autostart=body.autostart,
     )
     inst, op = await svc.instances.launch(req, scope.project_id)
-    return JSONResponse(
-        {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
-    )
+    return accepted(op, {"instance": svc.instances.view(inst), "operation": op.to_dict()})
 
 
 @router.get("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "viewer"})

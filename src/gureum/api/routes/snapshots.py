@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import JSONResponse
 
-from gureum.api.accepted import accepted, starts_operation
+from gureum.api.accepted import accepted, name_what_is_made, starts_operation
 from gureum.api.auth import Member, Viewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
@@ -28,9 +28,12 @@ async def list_snapshots(ref: str, svc: Svc, scope: Viewer) -> list[dict[str, ob
 
 
 @starts_operation(router, "/snapshots", "member")
-async def create_snapshot(ref: str, body: SnapshotIn, svc: Svc, scope: Member) -> JSONResponse:
+async def create_snapshot(
+    ref: str, body: SnapshotIn, svc: Svc, scope: Member, request: Request
+) -> JSONResponse:
     """Disk snapshot (quiesced through the guest agent when it answers), or with ``memory``
     disk and memory of a running VM."""
+    name_what_is_made(request, body.name)
     op = await svc.snapshots.create(ref, body.name, memory=body.memory, project_id=scope.project_id)
     return accepted(op)
 
@@ -65,9 +68,7 @@ async def clone_snapshot(
 ) -> JSONResponse:
     """A new VM from a snapshot: thin disk, new id, name, MAC, hostname and generation id."""
     inst, op = await svc.snapshots.clone(ref, snapshot, body.name, scope.project_id)
-    return JSONResponse(
-        {"instance": svc.instances.view(inst), "operation": op.to_dict()}, status_code=202
-    )
+    return accepted(op, {"instance": svc.instances.view(inst), "operation": op.to_dict()})
 
 
 @starts_operation(router, "/resize", "member")

@@ -3,6 +3,7 @@
 # (the tiny image is built from Debian packages fetched with apt-get download).
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsmasq-base iputils-ping acl
+          mmdebstrap openssh-client
           postgresql-15
           python3 python3-venv python3-pip
           ca-certificates)

@@ -62,7 +62,10 @@ def net(service, tmp_path_factory):
     service.cli("network", "create", "backend", "--subnet", "10.80.1.0/24")
     service.cli("network", "create", "other", "--subnet", "10.80.2.0/24")
     service.cli("network", "create", "twin", "--subnet", "10.80.1.0/24")  # overlaps backend
-    key = "ssh-ed25519 AAAAC3Nza test@gureum"
+    key = (
+        "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5U/wqN7jpyEI0PoZMdrAuPnutMEuuZNh6mC4KVP8Na "
+        "test@gureum"
+    )
     service.cli("launch", "tiny", "--name", "na", "--network", "backend",
                 "--user-data", str(user_data), "--ssh-key", key)  # fmt: skip
     service.cli("launch", "tiny", "--name", "nb", "--network", "backend")

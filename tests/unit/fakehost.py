@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import shutil
+import socket
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +87,7 @@ class FakeHost:
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
     lookup: Lookup | None = None
     booted: bool = True  # the next service start is the first since the host booted
+    host_keys: list[str] = field(default_factory=list)  # what every guest reports as its own
 
     @property
     def accel(self) -> AccelChoice:
@@ -375,6 +377,14 @@ class FakeHost:
 
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
         return b""
+
+    async def ssh_host_keys(self, instance_id: str) -> list[str]:
+        self._step("ssh_host_keys")
+        self._vm(instance_id)
+        return list(self.host_keys)
+
+    async def connect_guest(self, network_id: str, ip: str, port: int) -> socket.socket:
+        raise InvalidState("a fake host has no guests to connect to")
 
     def rss_bytes(self, instance_id: str) -> int | None:
         return 1 << 20 if instance_id in self.vms else None

@@ -52,6 +52,18 @@ class ExecOut(BaseModel):
     truncated: bool = False
 
 
+class SshOut(BaseModel):
+    instance: str
+    id: str
+    user: str = Field(description="the image's default user (cloud-init's), who logs in")
+    address: str = Field(description="the first NIC's address, on its network")
+    port: int
+    host_keys: list[str] = Field(
+        description="the guest's SSH host keys (TYPE BASE64), as it first reported them "
+        "through its agent: the only ones a client should accept"
+    )
+
+
 class BootPhase(BaseModel):
     event: str
     at: float | None

@@ -12,7 +12,7 @@ from typer._click import exceptions as click  # the click typer carries (and rai
 from typer.completion import completion_init, get_completion_script
 
 from gureum import __version__
-from gureum.cli import images, instances, networks, recovery, system, tenancy
+from gureum.cli import images, instances, networks, recovery, ssh, system, tenancy
 from gureum.client.client import ApiError, ServiceDown
 from gureum.errors import GureumError
 
@@ -75,6 +75,7 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 instances.register(app)
+ssh.register(app)
 recovery.register(app)
 networks.register(app)
 tenancy.register(app)

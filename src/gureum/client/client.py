@@ -234,6 +234,10 @@ class Client:
         out["stderr"] = base64.b64decode(out.pop("stderr_b64"))
         return out
 
+    def ssh_access(self, ref: str) -> dict[str, Any]:
+        """Who logs in, the address, the host keys the guest reported."""
+        return self.request("GET", path("instances", ref, "ssh"))
+
     def console_log(self, ref: str, tail_bytes: int = 65536) -> str:
         return self.request(
             "GET", path("instances", ref, "console", "log"), params={"tail_bytes": tail_bytes}
@@ -545,7 +549,15 @@ def _given(**fields: Any) -> dict[str, Any]:
 
 async def connect_console(endpoint: Endpoint, ref: str) -> ClientConnection:
     """A WebSocket to an instance's serial console: binary frames both ways, raw bytes."""
-    where = path("instances", ref, "console")
+    return await _websocket(endpoint, path("instances", ref, "console"))
+
+
+async def connect_ssh_tunnel(endpoint: Endpoint, ref: str) -> ClientConnection:
+    """A WebSocket carrying a TCP stream to the instance's SSH port: binary frames both ways."""
+    return await _websocket(endpoint, path("instances", ref, "ssh", "tunnel"))
+
+
+async def _websocket(endpoint: Endpoint, where: str) -> ClientConnection:
     try:
         headers = endpoint.headers()
         if endpoint.socket is not None:

@@ -13,6 +13,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import stat
 import uuid
 from collections.abc import AsyncIterator
@@ -34,7 +35,8 @@ from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, 
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network
-from gureum.network import netns, tap
+from gureum.model.sshkeys import public_key
+from gureum.network import forward, netns, tap
 from gureum.network.metadata import Lookup
 from gureum.storage import archive, disks, qcow2
 from gureum.sys import procs, streams
@@ -53,6 +55,9 @@ for pair in "$@"; do
 done
 /etc/gureum/network renew
 """
+
+
+SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 
 class LocalHostAgent:
@@ -626,6 +631,29 @@ class LocalHostAgent:
 
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial
+
+    async def ssh_host_keys(self, instance_id: str) -> list[str]:
+        """Read through the agent, as files (no guest process). What a guest says is hostile:
+        each key is bounded and must parse as an OpenSSH public key, or it is left out."""
+        agent = self._vm(instance_id).agent
+        keys = []
+        for kind in SSH_HOST_KEY_TYPES:
+            try:
+                data = await agent.read_file(f"/etc/ssh/ssh_host_{kind}_key.pub", limit=16384)
+            except GureumError:
+                continue  # no key of that type (or no such file): the others may do
+            key = public_key(data.decode(errors="replace"))
+            if key is not None:
+                keys.append(key)
+        return keys
+
+    async def connect_guest(self, network_id: str, ip: str, port: int) -> socket.socket:
+        try:
+            return await forward.connect_in(self.network.namespace(network_id), ip, port)
+        except TimeoutError:
+            raise InvalidState(f"nothing answered on {ip}:{port} within 10 s") from None
+        except OSError as exc:
+            raise InvalidState(f"cannot connect to {ip}:{port}: {exc.strerror}") from None
 
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
         return await asyncio.to_thread(

@@ -18,6 +18,7 @@ Snapshots' memory images and scratch folders are named by id.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -312,6 +313,14 @@ class HostAgent(Protocol):
         """Tell the guest it was restored or cloned; its new machine id."""
 
     def console(self, instance_id: str) -> Console: ...
+
+    async def ssh_host_keys(self, instance_id: str) -> list[str]:
+        """The guest's SSH host public keys (``TYPE BASE64``), read through its agent; empty
+        when it has none yet."""
+
+    async def connect_guest(self, network_id: str, ip: str, port: int) -> socket.socket:
+        """A TCP connection to ``ip:port`` on the network, made inside it (the host has no
+        address there); non-blocking. ``InvalidState`` when nothing answers."""
 
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes: ...
 

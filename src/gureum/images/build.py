@@ -1,4 +1,4 @@
-"""Building the ``tiny`` image from Debian packages only.
+"""Building images from Debian packages only: the steps every build shares, and ``tiny``.
 
 The image is three files:
 
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
-from gureum.errors import EngineError, ImageBuildError, NotFound
+from gureum.errors import EngineError, ImageBuildError
 from gureum.images import debian
 from gureum.images.cpio import build_initramfs
 from gureum.model.image import Image
@@ -100,8 +100,6 @@ TINY = Recipe(
     },
 )
 
-RECIPES = {TINY.name: TINY}
-
 # Parts of the unpacked packages a guest never reads.
 _PRUNE = (
     "usr/share/doc",
@@ -114,68 +112,44 @@ _PRUNE = (
 )
 
 
-def recipe(name: str) -> Recipe:
-    try:
-        return RECIPES[name]
-    except KeyError:
-        known = ", ".join(sorted(RECIPES))
-        raise NotFound(f"no image recipe named {name!r} (known: {known})") from None
-
-
 def guest_file(name: str) -> bytes:
     return importlib.resources.files("gureum.images.tiny").joinpath(name).read_bytes()
 
 
-class Builder:
-    def __init__(self, recipe: Recipe, images_dir: Path, cache_dir: Path, progress: ProgressFn):
-        self.recipe = recipe
+class StepBuilder:
+    """What every image build shares: a version from its inputs, steps that leave stamps (a
+    rerun resumes after the last finished one), ``out/`` moved into the catalog in one rename,
+    and the checksums. A recipe's builder says how to resolve its inputs and make ``out/``."""
+
+    def __init__(self, name: str, images_dir: Path, cache_dir: Path, progress: ProgressFn):
+        self.name = name
         self.images_dir = images_dir
         self.cache = cache_dir / "debs"
         self.progress = progress
 
-    # -- inputs ----------------------------------------------------------------------------------
-    def resolve(self) -> tuple[debian.Package, list[debian.Package]]:
-        r = self.recipe
-        meta = debian.show(r.kernel_meta)
-        kernel_pkgs = [d for d in meta.depends if d.startswith("linux-image-")]
-        if not kernel_pkgs:
-            raise ImageBuildError(f"{r.kernel_meta} does not name a kernel package")
-        kernel = debian.show(kernel_pkgs[0])
-        packages = debian.library_closure(r.library_roots) + [
-            debian.show(p) for p in r.static_packages
-        ]
-        return kernel, packages
+    def resolve(self) -> tuple[str, dict[str, str]]:
+        """(version, {package: version}) of what would be built now."""
+        raise NotImplementedError
 
-    def version_of(self, kernel: debian.Package, packages: list[debian.Package]) -> str:
-        digest = hashlib.sha256(BUILDER_VERSION.encode())
-        for pkg in [kernel, *packages]:
-            digest.update(f"{pkg.name}={pkg.version}\n".encode())
-        for path, (src, mode) in sorted(self.recipe.guest_files.items()):
-            digest.update(f"{path}:{mode}:".encode() + guest_file(src))
-        digest.update(guest_file("initramfs-init"))
-        digest.update(repr(self.recipe).encode())
-        return digest.hexdigest()[:12]
+    def make(self, work: Path) -> tuple[str, dict[str, str]]:
+        """Make ``work/out/`` (vmlinuz, initrd.img, disk.qcow2); returns the kernel version and
+        the packages really in the image."""
+        raise NotImplementedError
 
-    # -- the build -------------------------------------------------------------------------------
     def build(self, existing: Image | None) -> tuple[Image, bool]:
         """Returns the image and whether anything was built (False: already up to date)."""
         self.progress("resolving Debian packages", None)
-        kernel, packages = self.resolve()
-        version = self.version_of(kernel, packages)
-        final = self.images_dir / self.recipe.name / version
+        version, _ = self.resolve()
+        final = self.images_dir / self.name / version
         if existing and existing.version == version and self._intact(existing):
-            self.progress(f"image {self.recipe.name} {version} is up to date", 1.0)
+            self.progress(f"image {self.name} {version} is up to date", 1.0)
             return existing, False
-        work = self.images_dir / ".build" / f"{self.recipe.name}-{version}"
-        for stale in work.parent.glob(f"{self.recipe.name}-*"):
+        work = self.images_dir / ".build" / f"{self.name}-{version}"
+        for stale in work.parent.glob(f"{self.name}-*"):
             if stale != work:  # an unfinished build of inputs that have changed since
                 shutil.rmtree(stale, ignore_errors=True)
         work.mkdir(parents=True, exist_ok=True)
-        debs = self._step(work, "download", lambda: self._download([kernel, *packages]))
-        kernel_version = self._step(work, "kernel", lambda: self._unpack_kernel(work, debs[0]))
-        self._step(work, "rootfs", lambda: self._rootfs(work, debs[1:], kernel_version))
-        self._step(work, "initramfs", lambda: self._initramfs(work, kernel_version))
-        self._step(work, "disk", lambda: self._disk(work))
+        kernel_version, packages = self.make(work)
         files = self._step(work, "checksums", lambda: self._checksums(work))
         self.progress("installing into the catalog", 0.98)
         out = work / "out"
@@ -184,12 +158,12 @@ class Builder:
         final.parent.mkdir(parents=True, exist_ok=True)
         out.rename(final)
         image = Image(
-            name=self.recipe.name,
+            name=self.name,
             version=version,
             kernel_version=kernel_version,
             path=str(final),
             files=files,
-            packages={p.name: p.version for p in [kernel, *packages]},
+            packages=packages,
             disk_virtual_bytes=virtual_size(final / "disk.qcow2"),
             built_at=time.time(),
         )
@@ -208,6 +182,88 @@ class Builder:
             raise ImageBuildError(f"image build step {name!r} failed: {exc.message}") from exc
         stamp.write_text(json.dumps(result))
         return result
+
+    def _disk(self, work: Path, root: Path, mib: int) -> None:
+        """``out/disk.qcow2``: an ext4 filesystem labelled ``root`` made from ``root`` (no loop
+        mounts), the whole disk (no partition table: built images boot their kernel directly)."""
+        self.progress(f"making the {mib} MiB ext4 root disk", 0.88)
+        raw = work / "disk.raw"
+        raw.unlink(missing_ok=True)
+        run(["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(root), str(raw), f"{mib}M"],
+            timeout=600)  # fmt: skip
+        self.progress("converting the root disk to qcow2", 0.94)
+        (work / "out").mkdir(exist_ok=True)
+        run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(work / "out/disk.qcow2")],
+            timeout=600)  # fmt: skip
+        raw.unlink()
+
+    def _checksums(self, work: Path) -> dict[str, dict[str, object]]:
+        self.progress("computing checksums", 0.96)
+        files = {}
+        for role, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("disk", "disk.qcow2")):
+            path = work / "out" / name
+            files[role] = {
+                "file": name,
+                "bytes": path.stat().st_size,
+                "sha256": debian.sha256_file(path),
+            }
+        return files
+
+    @staticmethod
+    def _intact(image: Image) -> bool:
+        for role, meta in image.files.items():
+            path = image.file(role)
+            if not path.exists() or path.stat().st_size != meta["bytes"]:
+                return False
+        return True
+
+
+class Builder(StepBuilder):
+    """``tiny``: packages unpacked with dpkg-deb, busybox as init, our own initramfs."""
+
+    def __init__(self, recipe: Recipe, images_dir: Path, cache_dir: Path, progress: ProgressFn):
+        super().__init__(recipe.name, images_dir, cache_dir, progress)
+        self.recipe = recipe
+        self._inputs: tuple[debian.Package, list[debian.Package]] | None = None
+
+    # -- inputs ----------------------------------------------------------------------------------
+    def _resolve_packages(self) -> tuple[debian.Package, list[debian.Package]]:
+        if self._inputs is None:
+            r = self.recipe
+            meta = debian.show(r.kernel_meta)
+            kernel_pkgs = [d for d in meta.depends if d.startswith("linux-image-")]
+            if not kernel_pkgs:
+                raise ImageBuildError(f"{r.kernel_meta} does not name a kernel package")
+            kernel = debian.show(kernel_pkgs[0])
+            packages = debian.library_closure(r.library_roots) + [
+                debian.show(p) for p in r.static_packages
+            ]
+            self._inputs = (kernel, packages)
+        return self._inputs
+
+    def resolve(self) -> tuple[str, dict[str, str]]:
+        kernel, packages = self._resolve_packages()
+        return self.version_of(kernel, packages), {p.name: p.version for p in [kernel, *packages]}
+
+    def version_of(self, kernel: debian.Package, packages: list[debian.Package]) -> str:
+        digest = hashlib.sha256(BUILDER_VERSION.encode())
+        for pkg in [kernel, *packages]:
+            digest.update(f"{pkg.name}={pkg.version}\n".encode())
+        for path, (src, mode) in sorted(self.recipe.guest_files.items()):
+            digest.update(f"{path}:{mode}:".encode() + guest_file(src))
+        digest.update(guest_file("initramfs-init"))
+        digest.update(repr(self.recipe).encode())
+        return digest.hexdigest()[:12]
+
+    # -- the build -------------------------------------------------------------------------------
+    def make(self, work: Path) -> tuple[str, dict[str, str]]:
+        kernel, packages = self._resolve_packages()
+        debs = self._step(work, "download", lambda: self._download([kernel, *packages]))
+        kernel_version = self._step(work, "kernel", lambda: self._unpack_kernel(work, debs[0]))
+        self._step(work, "rootfs", lambda: self._rootfs(work, debs[1:], kernel_version))
+        self._step(work, "initramfs", lambda: self._initramfs(work, kernel_version))
+        self._step(work, "disk", lambda: self._disk(work, work / "rootfs", self.recipe.disk_mib))
+        return kernel_version, {p.name: p.version for p in [kernel, *packages]}
 
     def _download(self, packages: list[debian.Package]) -> list[str]:
         paths = []
@@ -338,48 +394,6 @@ class Builder:
         out.mkdir(exist_ok=True)
         build_initramfs(tree, out / "initrd.img")
         shutil.copy2(work / "kernel/boot" / f"vmlinuz-{kver}", out / "vmlinuz")
-
-    def _disk(self, work: Path) -> None:
-        self.progress(f"making the {self.recipe.disk_mib} MiB ext4 root disk", 0.88)
-        raw = work / "disk.raw"
-        raw.unlink(missing_ok=True)
-        run(
-            [
-                "mkfs.ext4",
-                "-q",
-                "-F",
-                "-L",
-                "root",
-                "-d",
-                str(work / "rootfs"),
-                str(raw),
-                f"{self.recipe.disk_mib}M",
-            ]
-        )
-        self.progress("converting the root disk to qcow2", 0.94)
-        dest = work / "out/disk.qcow2"
-        run(["qemu-img", "convert", "-O", "qcow2", str(raw), str(dest)])
-        raw.unlink()
-
-    def _checksums(self, work: Path) -> dict[str, dict[str, object]]:
-        self.progress("computing checksums", 0.96)
-        files = {}
-        for role, name in (("kernel", "vmlinuz"), ("initrd", "initrd.img"), ("disk", "disk.qcow2")):
-            path = work / "out" / name
-            files[role] = {
-                "file": name,
-                "bytes": path.stat().st_size,
-                "sha256": debian.sha256_file(path),
-            }
-        return files
-
-    @staticmethod
-    def _intact(image: Image) -> bool:
-        for role, meta in image.files.items():
-            path = image.file(role)
-            if not path.exists() or path.stat().st_size != meta["bytes"]:
-                return False
-        return True
 
 
 def remove(image: Image) -> None:

@@ -60,6 +60,7 @@ ACTION_FROM: dict[str, frozenset[State]] = {
         {State.RUNNING, State.STARTING, State.PAUSED, State.STOPPED, State.CRASHED, State.ERROR}
     ),
     "exec": frozenset({State.RUNNING}),
+    "ssh": frozenset({State.RUNNING}),
     "console": frozenset({State.RUNNING, State.STARTING, State.PAUSED}),
     # Live while running, offline while down; never while a boot or stop is under way.
     "snapshot": frozenset({State.RUNNING, State.STOPPED, State.CRASHED, State.ERROR}),
@@ -162,6 +163,9 @@ class Instance:
     project_id: str = DEFAULT_PROJECT
     uid: int | None = None  # the unprivileged user its QEMU runs as
     autostart: bool = False  # started by the service's first start after the host booted
+    # The guest's SSH host keys (``TYPE BASE64``) as it first reported them through its agent;
+    # ``gureum ssh`` accepts no others. A clone makes its own (cloud-init: a new instance id).
+    host_keys: tuple[str, ...] = ()
 
     @property
     def name(self) -> str:

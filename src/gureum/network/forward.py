@@ -23,6 +23,19 @@ log = logging.getLogger(__name__)
 MAX_CONNECTIONS = 256
 
 
+async def connect_in(namespace: str, ip: str, port: int, timeout: float = 10) -> socket.socket:
+    """A TCP connection to ``ip:port`` made from inside ``namespace`` (a socket belongs to the
+    namespace it was created in), non-blocking; raises OSError or TimeoutError."""
+    sock = await netns.arun_in(namespace, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+    sock.setblocking(False)
+    try:
+        await asyncio.wait_for(asyncio.get_running_loop().sock_connect(sock, (ip, port)), timeout)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
 async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     try:
         while data := await reader.read(65536):
@@ -58,19 +71,9 @@ class Forward:
         assert task is not None
         self._conns.add(task)
         try:
-            sock = await netns.arun_in(
-                self.namespace, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            )
-            sock.setblocking(False)
             try:
-                await asyncio.wait_for(
-                    asyncio.get_running_loop().sock_connect(
-                        sock, (self.target_ip, self.target_port)
-                    ),
-                    10,
-                )
+                sock = await connect_in(self.namespace, self.target_ip, self.target_port)
             except (OSError, TimeoutError):
-                sock.close()
                 client_w.close()
                 return
             vm_r, vm_w = await asyncio.open_connection(sock=sock)

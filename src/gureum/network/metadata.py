@@ -1,7 +1,8 @@
 """The metadata service at 169.254.169.254, one endpoint per network, EC2-style.
 
 Paths as in EC2: ``/latest/meta-data/`` (instance-id, hostname, local-ipv4, mac, public-keys/)
-and ``/latest/user-data``, with plain GETs (IMDSv1) or with a session token (IMDSv2:
+and ``/latest/user-data``, and the same for cloud-init's NoCloud datasource under ``/nocloud/``,
+with plain GETs (IMDSv1) or with a session token (IMDSv2:
 ``PUT /latest/api/token`` with ``X-aws-ec2-metadata-token-ttl-seconds``, then the token in
 ``X-aws-ec2-metadata-token``). A network may require tokens.
 
@@ -98,6 +99,22 @@ class Answer:
     status: int
     body: str
     headers: tuple[tuple[str, str], ...] = ()
+
+
+def nocloud(who: Caller) -> dict[str, str]:
+    """The same facts for cloud-init's NoCloud datasource (``ds=nocloud-net;s=.../nocloud/``,
+    announced through SMBIOS): meta-data as JSON (which YAML reads as it is, so no string from a
+    tenant can become YAML syntax), and user-data, empty when there is none (cloud-init treats a
+    missing user-data as a failed datasource)."""
+    meta = {
+        "instance-id": who.instance_id,
+        "local-hostname": who.hostname,
+        "public-keys": list(who.public_keys),
+    }
+    return {
+        "/nocloud/meta-data": json.dumps(meta, indent=1) + "\n",
+        "/nocloud/user-data": who.user_data or "",
+    }
 
 
 def _text(status: int) -> Answer:
@@ -259,6 +276,7 @@ class MetadataServer:
             answers[f"/latest/meta-data/public-keys/{i}/openssh-key"] = key + "\n"
         if who.user_data is not None:
             answers["/latest/user-data"] = who.user_data
+        answers.update(nocloud(who))
         if path not in answers:
             return _text(404)
         return Answer(200, answers[path])

@@ -18,6 +18,7 @@ from gureum.service.backups import BackupService
 from gureum.service.creation import Creator
 from gureum.service.disks import DiskLayers
 from gureum.service.forwards import ForwardService
+from gureum.service.guest_ssh import GuestSsh
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.lifecycle import Lifecycle
@@ -58,6 +59,7 @@ class Services:
     secgroups: SecGroupService
     forwards: ForwardService
     nics: NicService
+    ssh: GuestSsh
     tenancy: TenancyService
     quotas: QuotaService
     _lock_fd: int | None = None
@@ -110,6 +112,7 @@ class Services:
             creator, ops, host,
         )  # fmt: skip
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
+        ssh = GuestSsh(instances, forwards, host)
         resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
         backups = BackupService(
             instances, snapshots, creator, networks, secgroups, lifecycle, disks, ops, host
@@ -137,6 +140,7 @@ class Services:
             secgroups,
             forwards,
             nics,
+            ssh,
             tenancy,
             quotas,
         )

@@ -53,10 +53,10 @@ class ForwardService:
         """Forwards go to the NIC in the lowest slot."""
         return min(self.store.nics(instance_id=instance_id), key=lambda n: n.slot, default=None)
 
-    def _target(self, instance_id: str) -> tuple[str, str]:
+    def target(self, instance_id: str) -> tuple[str, str]:
         nic = self._first_nic(instance_id)
         if nic is None:
-            raise InvalidState("the instance has no NIC to forward to")
+            raise InvalidState("the instance has no NIC (launched with --network none)")
         return nic.network_id, nic.ip
 
     def list(self, instance_id: str | None = None) -> list[Forward]:
@@ -97,7 +97,7 @@ class ForwardService:
         if inst is not None:
             # No await from this check to the insert: concurrent adds cannot both pass it.
             self.quotas.check(inst.project_id, forwards=1)
-        network_id, ip = self._target(instance_id)
+        network_id, ip = self.target(instance_id)
         fwd = Forward(new_id("f-"), instance_id, address, host_port, guest_port, time.time())
         self.store.add_forward(fwd)  # the unique (address, port) refuses a duplicate first
         try:
@@ -129,7 +129,7 @@ class ForwardService:
     async def start_all(self) -> None:
         for fwd in self.list():
             try:
-                network_id, ip = self._target(fwd.instance_id)
+                network_id, ip = self.target(fwd.instance_id)
                 await self.host.add_forward(fwd, network_id, ip)
             except GureumError as exc:
                 log.error("port forward %s:%s: %s", fwd.host_address, fwd.host_port, exc.message)

@@ -9,6 +9,7 @@ from dataclasses import replace
 from gureum.config import Config
 from gureum.errors import Conflict, NotFound
 from gureum.images import build as builder
+from gureum.images import recipes
 from gureum.model.image import Image
 from gureum.model.operation import Operation
 from gureum.service.operations import OpContext, OperationManager
@@ -31,20 +32,24 @@ class ImageService:
     def get(self, name: str) -> Image:
         image = self.store.get(name)
         if image is None:
-            hint = f"; build it with `gureum image build {name}`" if name in builder.RECIPES else ""
+            hint = (
+                f"; build it with `gureum image build {name}`"
+                if name in recipes.DESCRIPTIONS
+                else ""
+            )
             raise NotFound(f"no image named {name!r}{hint}")
         return image
 
     def build(self, name: str) -> Operation:
-        recipe = builder.recipe(name)
+        recipes.check(name)
         running = self.ops.running("image-build", name)
         if running is not None:
             return running  # one build per image at a time; a second caller follows the first
 
         async def work(ctx: OpContext) -> dict[str, object]:
             loop = asyncio.get_running_loop()
-            b = builder.Builder(
-                recipe, self.config.images_dir, self.config.cache_dir, ctx.progress_threadsafe(loop)
+            b = recipes.builder(
+                name, self.config.images_dir, self.config.cache_dir, ctx.progress_threadsafe(loop)
             )
             image, built = await asyncio.to_thread(b.build, self.store.get(name))
             if built:

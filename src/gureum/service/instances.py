@@ -35,6 +35,7 @@ from gureum.model.instance import (
 )
 from gureum.model.network import Network
 from gureum.model.operation import Operation
+from gureum.model.sshkeys import public_key
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
 from gureum.service.disks import DiskLayers
@@ -180,9 +181,11 @@ class InstanceService:
         if req.user_data is not None and len(req.user_data.encode()) > 64 * 1024:
             raise InvalidInput("user data must be at most 64 KiB")
         for key in req.ssh_keys:
-            if not key.startswith(("ssh-", "ecdsa-", "sk-")) or "\n" in key or len(key) > 16384:
+            if public_key(key, keep_comment=True) is None:
+                # Not echoed: a pasted private key must not end up in an error or a log.
                 raise InvalidInput(
-                    "an SSH key must be one line in OpenSSH format (ssh-ed25519 ...)"
+                    "an SSH key must be an OpenSSH public key: the .pub file's one line "
+                    "(ssh-ed25519 AAAA... comment), never the private key"
                 )
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image.version

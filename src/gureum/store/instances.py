@@ -45,6 +45,7 @@ def _from_row(row: RowMapping) -> Instance:
         project_id=row["project_id"],
         uid=row["uid"],
         autostart=bool(row["autostart"]),
+        host_keys=tuple(json.loads(row["host_keys"] or "[]")),
     )
 
 
@@ -75,6 +76,7 @@ class InstanceStore:
             "project_id": inst.project_id,
             "uid": inst.uid,
             "autostart": int(inst.autostart),
+            "host_keys": json.dumps(list(inst.host_keys)),
         }
         try:
             if conn is not None:
@@ -168,6 +170,8 @@ class InstanceStore:
             fields["boot"] = json.dumps(fields["boot"].raw())
         if "hardware" in fields and isinstance(fields["hardware"], Hardware):
             fields["hardware"] = fields["hardware"].to_json()
+        if "host_keys" in fields and isinstance(fields["host_keys"], tuple | list):
+            fields["host_keys"] = json.dumps(list(fields["host_keys"]))
         fields["updated_at"] = time.time()
         with self.db.begin() as conn:
             conn.execute(update(t).where(t.c.id == instance_id).values(**fields))

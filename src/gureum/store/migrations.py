@@ -332,6 +332,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "a token keeps its user's name when the user is deleted",
         ["ALTER TABLE tokens ADD COLUMN former_user TEXT"],
     ),
+    (
+        10,
+        "an instance records the SSH host keys its guest first reported",
+        ["ALTER TABLE instances ADD COLUMN host_keys TEXT"],
+    ),
 ]
 
 

@@ -32,6 +32,7 @@ instances = Table(
     Column("ssh_keys", Text),
     Column("uid", BigInteger),
     Column("autostart", BigInteger, nullable=False, server_default="0"),
+    Column("host_keys", Text),
 )
 
 sequences = Table(

@@ -17,7 +17,7 @@ from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.middleware import audit_console
-from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut
+from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, SshOut
 from gureum.errors import Forbidden, GureumError, InvalidInput
 from gureum.model.tenancy import Role
 from gureum.service.core import Services
@@ -136,6 +136,54 @@ async def console_log(
     as the console itself: it is what the guest printed, logins and secrets included."""
     data = await svc.instances.console_log(ref, scope.project_id, tail_bytes)
     return PlainTextResponse(data.decode(errors="replace"))
+
+
+@router.get("/{ref}/ssh", response_model=SshOut, openapi_extra={"x-gureum-role": "member"})
+async def ssh_access(ref: str, svc: Svc, scope: Member) -> dict[str, object]:
+    """Who logs in, where, and the host keys to expect (recorded the first time asked)."""
+    return await svc.ssh.access(ref, scope.project_id)
+
+
+@router.websocket("/{ref}/ssh/tunnel")
+async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
+    """Binary frames both ways: a TCP stream to the guest's port 22, made inside its network
+    (members only, as the console). ``gureum ssh`` gives it to OpenSSH as its ProxyCommand."""
+    svc: Services = ws_services(websocket)
+    # Accepted first: connecting to the guest may take its 10 s, longer than a client waits for
+    # the handshake, and a refusal must reach the caller as a frame that says why.
+    await websocket.accept()
+    try:
+        scope = ws_scope(websocket, Role.MEMBER)
+        sock = await svc.ssh.connect(ref, scope.project_id)
+    except GureumError as exc:
+        await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})
+        await websocket.close(code=4000 + min(exc.status, 999))
+        return
+    reader, writer = await asyncio.open_connection(sock=sock)
+
+    async def pump_out() -> None:
+        while chunk := await reader.read(65536):
+            await websocket.send_bytes(chunk)
+        with contextlib.suppress(Exception):
+            await websocket.close(code=1000, reason="the guest closed the connection")
+
+    sender = asyncio.create_task(pump_out())
+    try:
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                break
+            data = message.get("bytes") or b""
+            if data:
+                writer.write(data)
+                await writer.drain()
+    except (WebSocketDisconnect, ConnectionError):
+        pass
+    finally:
+        sender.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await sender
+        writer.close()
 
 
 @router.websocket("/{ref}/console")

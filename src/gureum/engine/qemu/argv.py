@@ -11,6 +11,13 @@ from gureum.model.hardware import MAX_DIMMS, MAX_NICS, Hardware
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 AGENT_PORT_ID = "agent-port"
 
+# Where cloud-init finds its data: stock cloud-init's ds-identify reads the SMBIOS system serial
+# and, seeing ``ds=nocloud-net``, fetches meta-data and user-data from that URL (the network's
+# metadata service, which knows each VM by its address) once the network is up. Announced
+# through SMBIOS, not the kernel command line, so that images booting their own bootloader
+# find it too. Images without cloud-init ignore it.
+NOCLOUD_SERIAL = "ds=nocloud-net;s=http://169.254.169.254/nocloud/"
+
 # QEMU's seccomp filter, with every optional deny turned on: a compromised QEMU cannot use
 # obsolete syscalls, setuid, fork/exec or change its own resource limits.
 SANDBOX = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny"
@@ -155,6 +162,8 @@ def render(cfg: VMConfig) -> list[str]:
         SANDBOX,
         "-msg",
         "timestamp=on",
+        "-smbios",
+        f"type=1,serial={opt(NOCLOUD_SERIAL)}",
         "-kernel",
         str(cfg.kernel),
         "-initrd",

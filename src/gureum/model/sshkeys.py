@@ -1,0 +1,29 @@
+"""OpenSSH public keys, as users hand them in and guests report them: checked, never trusted."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+
+MAX_KEY_LINE = 16384  # an RSA 16384-bit key is under 3 KiB; anything longer is not a key
+
+
+def public_key(text: str, *, keep_comment: bool = False) -> str | None:
+    """One OpenSSH public key line (``TYPE BASE64 [COMMENT]``) as it should be stored, or None
+    when it is not one: its type, its base64 blob, which must decode and name the same type
+    (a private key, a fingerprint or a truncated paste does not), and its comment if kept."""
+    if len(text) > MAX_KEY_LINE or "\n" in text.strip():
+        return None
+    parts = text.strip().split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(("ssh-", "ecdsa-", "sk-")):
+        return None
+    try:
+        blob = base64.b64decode(parts[1], validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    size = int.from_bytes(blob[:4], "big")
+    if len(blob) < 4 + size or blob[4 : 4 + size] != parts[0].encode():
+        return None
+    if keep_comment and len(parts) == 3 and parts[2].isprintable():
+        return f"{parts[0]} {parts[1]} {parts[2]}"
+    return f"{parts[0]} {parts[1]}"

@@ -1,0 +1,73 @@
+"""SSH into a guest: who logs in, where, which host keys to expect, and the way in.
+
+The way in is a tunnel through the service (``WS /v1/instances/{ref}/ssh``) to port 22 of the
+VM's first NIC, connected from inside the network's namespace: the host gets no address on the
+network and nothing is routed to it, as for port forwards. The client is the system's own
+OpenSSH, given the tunnel as its ProxyCommand and the host keys the guest reported through its
+agent (recorded the first time they are asked for, and never replaced) as its only known hosts.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from gureum.errors import InvalidState
+from gureum.host.interface import HostAgent
+from gureum.images.recipes import default_user
+from gureum.model.instance import Instance, check_action
+from gureum.service.forwards import ForwardService
+from gureum.service.instances import InstanceService
+
+SSH_PORT = 22
+
+
+class GuestSsh:
+    def __init__(
+        self, instances: InstanceService, forwards: ForwardService, host: HostAgent
+    ) -> None:
+        self.instances = instances
+        self.forwards = forwards
+        self.host = host
+
+    def _running(self, ref: str, project_id: str | None) -> Instance:
+        inst = self.instances.get(ref, project_id)
+        check_action("ssh", inst.state, name=inst.name)
+        return inst
+
+    async def access(self, ref: str, project_id: str | None = None) -> dict[str, object]:
+        """What ``gureum ssh`` needs: the login user, the address, the host keys."""
+        inst = self._running(ref, project_id)
+        _, ip = self.forwards.target(inst.id)
+        keys = inst.host_keys
+        if not keys:
+            keys = tuple(await self.host.ssh_host_keys(inst.id))
+            if not keys:
+                raise InvalidState(
+                    f"{inst.name} has no SSH host keys yet: its image has no SSH server, or "
+                    "the guest is still making them at its first boot (try again shortly)"
+                )
+            self.instances.store.update(inst.id, host_keys=keys)
+        return {
+            "instance": inst.name,
+            "id": inst.id,
+            "user": default_user(inst.spec.image),
+            "address": ip,
+            "port": SSH_PORT,
+            "host_keys": list(keys),
+        }
+
+    async def connect(self, ref: str, project_id: str | None = None) -> socket.socket:
+        """A connection to the guest's SSH port, for the tunnel."""
+        inst = self._running(ref, project_id)
+        network_id, ip = self.forwards.target(inst.id)
+        try:
+            return await self.host.connect_guest(network_id, ip, SSH_PORT)
+        except InvalidState as exc:
+            net = self.forwards.store.network(network_id)
+            gateway = net.gateway if net else "its network's gateway"
+            raise InvalidState(
+                f"{exc.message}. SSH comes from the network's gateway {gateway}: one of "
+                f"{inst.name}'s security groups must let it in (for example `gureum secgroup "
+                f"rule add default --ingress tcp/22 --from {gateway}/32`), and its image must "
+                "run an SSH server"
+            ) from exc

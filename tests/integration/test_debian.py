@@ -1,0 +1,122 @@
+"""A real Debian: the `debian` image built from Debian packages, provisioned by stock cloud-init
+through its own datasource detection, logged in to with the system's OpenSSH (issue 12).
+
+One VM is booted and shared by every check (each Debian boot costs about a minute on TCG); the
+checks are read-only but for the last, which restarts it. Everything is asked of the guest itself,
+through `gureum ssh` with a key the test makes.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import subprocess
+
+import pytest
+
+from tests.waiting import wait_for
+
+VM = "deb1"
+USER_DATA = """#cloud-config
+write_files:
+  - path: /etc/gureum-test
+    content: written by user-data
+runcmd:
+  - echo ran >> /root/runcmd-count
+"""
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@gureum",
+                    "-f", str(folder / "id")], check=True)  # fmt: skip
+    return folder / "id"
+
+
+@pytest.fixture(scope="module")
+def deb(service, key, tmp_path_factory):
+    """deb1: debian, 2 vCPUs, a 4 GiB disk, the test's key and user-data, SSH let in."""
+    service.cli("image", "build", "debian", timeout=1800)
+    user_data = tmp_path_factory.mktemp("ud") / "cloud.yaml"
+    user_data.write_text(USER_DATA)
+    service.cli("secgroup", "create", "ssh")
+    public = key.with_suffix(".pub").read_text().strip()
+    service.cli("launch", "debian", "--name", VM, "--cpus", "2", "--memory", "1G",
+                "--disk", "4G", "--secgroup", "ssh", "--ssh-key", public,
+                "--user-data", str(user_data), timeout=600)  # fmt: skip
+    gateway = _json(service, "network", "show", "default")["gateway"]
+    service.cli("secgroup", "rule", "add", "ssh", "--ingress", "tcp/22", "--from", f"{gateway}/32")
+    # cloud-init makes the host keys and lets the user in a while after the agent answers.
+    wait_for(lambda: ssh(service, key, "true", check=False).returncode == 0, 300,
+             interval=2, what="SSH into deb1")  # fmt: skip
+    yield VM
+    service.cli("delete", VM, "--force")
+    service.cli("secgroup", "delete", "ssh")
+
+
+def _json(service, *args: str) -> dict:
+    return json.loads(service.cli(*args, "-o", "json").stdout)
+
+
+def ssh(service, key, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = service.cli("ssh", VM, "-i", str(key), "--", *command, check=False, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_cloud_init_ran_to_done_with_the_users_data(service, key, deb):
+    status = ssh(service, key, "cloud-init", "status", "--wait", "--long").stdout
+    assert "status: done" in status, status
+    assert "DataSourceNoCloudNet" in status  # found by stock ds-identify, through SMBIOS
+    assert ssh(service, key, "cat", "/etc/gureum-test").stdout == "written by user-data"
+    assert ssh(service, key, "sudo", "cat", "/root/runcmd-count").stdout == "ran\n"
+
+
+def test_the_guest_knows_its_name_and_id(service, key, deb):
+    inst = _json(service, "show", VM)
+    assert ssh(service, key, "hostname").stdout.strip() == VM
+    assert ssh(service, key, "cloud-init", "query", "instance-id").stdout.strip() == inst["id"]
+
+
+def test_the_default_user_has_sudo_and_the_disk_is_filled(service, key, deb):
+    assert ssh(service, key, "id", "-un").stdout.strip() == "debian"
+    assert ssh(service, key, "sudo", "-n", "id", "-u").stdout.strip() == "0"
+    size = int(ssh(service, key, "df", "--output=size", "-B1", "/").stdout.split()[-1])
+    assert 3.5 * 2**30 < size <= 4 * 2**30, size  # the 2 GiB image's root grown to 4 GiB
+
+
+def test_exit_codes_pass_through(service, key, deb):
+    assert ssh(service, key, "exit 7", check=False).returncode == 7
+
+
+def test_ssh_accepts_only_the_host_keys_the_guest_reported(service, key, deb):
+    with service.client() as c:
+        recorded = c.ssh_access(VM)
+    own = ssh(service, key, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2]
+    assert " ".join(own) in recorded["host_keys"]
+    # A key that is not the guest's (a man in the middle, as ssh sees it): refused by ssh.
+    db = sqlite3.connect(service.home / "gureum.db")
+    other = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5U/wqN7jpyEI0PoZMdrAuPnutMEuuZNh6mC4KVP8Na"
+    inst = recorded["id"]
+    with db:
+        db.execute("UPDATE instances SET host_keys = ? WHERE id = ?", (json.dumps([other]), inst))
+    try:
+        refused = ssh(service, key, "true", check=False)
+        assert refused.returncode == 255
+        assert "host key" in refused.stderr.lower(), refused.stderr
+    finally:
+        with db:
+            db.execute("UPDATE instances SET host_keys = ? WHERE id = ?",
+                       (json.dumps(recorded["host_keys"]), inst))  # fmt: skip
+        db.close()
+
+
+def test_a_restart_keeps_the_instance_so_first_boot_work_is_not_redone(service, key, deb):
+    service.cli("restart", VM, timeout=600)
+    wait_for(lambda: ssh(service, key, "true", check=False).returncode == 0, 300,
+             interval=2, what="SSH after the restart")  # fmt: skip
+    status = ssh(service, key, "cloud-init", "status", "--wait").stdout
+    assert "status: done" in status
+    assert ssh(service, key, "sudo", "cat", "/root/runcmd-count").stdout == "ran\n"

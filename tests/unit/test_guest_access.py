@@ -1,0 +1,175 @@
+"""How a real OS is provisioned and reached (issue 12): SSH keys checked as keys, the NoCloud
+data cloud-init fetches, its announcement in SMBIOS, the host keys `gureum ssh` trusts, and the
+ssh command line the CLI hands to OpenSSH."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from typer.testing import CliRunner
+
+from gureum.api.app import create_app
+from gureum.cli.main import app
+from gureum.config import load_config
+from gureum.engine.qemu.argv import NOCLOUD_SERIAL, render
+from gureum.model.image import Image
+from gureum.model.sshkeys import public_key
+from gureum.network.metadata import Caller
+from gureum.service.core import Services
+from gureum.units import MIB
+from tests.unit.fakehost import FakeHost
+from tests.unit.inprocess import cli_against
+from tests.unit.test_engine_argv import config
+from tests.unit.test_metadata_server import get, serving
+
+ED25519 = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5U/wqN7jpyEI0PoZMdrAuPnutMEuuZNh6mC4KVP8Na"
+OTHER = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIPZ8b7ss3bjU06WMLF4Nzojx4btb4N93gDuMo6Fg2olZ"
+
+
+def _blob(kind: bytes, body: bytes = b"\0" * 36) -> str:
+    return base64.b64encode(len(kind).to_bytes(4, "big") + kind + body).decode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "-----BEGIN OPENSSH PRIVATE KEY-----",
+        "ssh-ed25519",
+        "ssh-ed25519 AAAAC3Nza",  # cut short: the blob does not decode to its type
+        "ssh-ed25519 not*base64",
+        f"ssh-rsa {_blob(b'ssh-ed25519')}",  # says one type, is another
+        "SHA256:abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG",  # a fingerprint, not a key
+        f"{ED25519} one\n{OTHER} two",  # two lines
+        "ssh-ed25519 " + "A" * 20000,
+    ],
+)
+def test_what_is_not_a_public_key(text: str) -> None:
+    assert public_key(text) is None
+
+
+def test_a_public_key_is_kept_as_type_and_blob_and_its_comment_on_request() -> None:
+    assert public_key(f"  {ED25519} ada@laptop \n") == ED25519
+    assert public_key(f"{ED25519} ada@laptop", keep_comment=True) == f"{ED25519} ada@laptop"
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
+    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
+    host = FakeHost(config)
+    svc = Services.build(config, host=host)
+    svc.tenancy.ensure_default()
+    folder = config.images_dir / "debian" / "v1"
+    svc.images.store.put(Image("debian", "v1", "6.1", str(folder), disk_virtual_bytes=64 * MIB))
+    with TestClient(create_app(svc)) as root:
+        yield root, svc, host
+    svc.close()
+
+
+def _launch(root: TestClient, svc: Services, name: str, **body: object) -> dict:
+    resp = root.post("/v1/instances", json={"name": name, "image": "debian", **body})
+    assert resp.status_code == 202, resp.text
+    op_id = resp.json()["operation"]["id"]
+
+    async def finish() -> None:
+        op = await svc.ops.wait(op_id, timeout=5)
+        while not op.done:
+            op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
+        assert op.error is None, op.error
+
+    root.portal.call(finish)  # type: ignore[union-attr]  # portal: set by the context manager
+    return resp.json()["instance"]
+
+
+def test_a_launch_with_a_key_that_is_not_one_is_refused_before_anything_is_made(world) -> None:
+    root, svc, host = world
+    resp = root.post(
+        "/v1/instances",
+        json={"name": "web", "image": "debian", "ssh_keys": ["-----BEGIN OPENSSH PRIVATE KEY"]},
+    )
+    assert resp.status_code == 400, resp.text
+    assert resp.json()["error"]["code"] == "invalid-input"
+    assert "PRIVATE" not in resp.text  # a pasted secret is never echoed
+    assert svc.instances.list() == [] and host.vms == {}
+
+
+def test_host_keys_are_recorded_the_first_time_and_never_replaced(world) -> None:
+    root, svc, host = world
+    _launch(root, svc, "web", ssh_keys=[f"{ED25519} ada"])
+    early = root.get("/v1/instances/web/ssh")
+    assert early.status_code == 409, early.text  # no keys yet: says so, records nothing
+    assert "no SSH host keys yet" in early.json()["error"]["message"]
+    host.host_keys = [ED25519]
+    first = root.get("/v1/instances/web/ssh").json()
+    assert first["host_keys"] == [ED25519]
+    assert first["user"] == "debian"  # the image's cloud-init default user
+    host.host_keys = [OTHER]  # the guest now says otherwise: not believed
+    assert root.get("/v1/instances/web/ssh").json()["host_keys"] == [ED25519]
+    assert svc.instances.get("web").host_keys == (ED25519,)
+
+
+def test_the_nocloud_data_is_what_the_store_holds(world) -> None:
+    """meta-data as JSON (YAML reads it as is): a hostile hostname or key cannot become YAML."""
+    who = Caller("i-1", "web", "127.0.0.7", "52:54:00:00:00:07", (f"{ED25519} a: b",), None)
+
+    async def lookup(network_id: str, ip: str) -> Caller | None:
+        return who if ip == "127.0.0.7" else None
+
+    async def fetch() -> tuple[bytes, bytes]:
+        async with serving(lookup) as (_, port):
+            meta = await get(port, "127.0.0.7", "/nocloud/meta-data")
+            user = await get(port, "127.0.0.7", "/nocloud/user-data")
+        return meta, user
+
+    meta, user = asyncio.run(fetch())
+    assert meta.startswith(b"HTTP/1.1 200")
+    body = json.loads(meta.split(b"\r\n\r\n", 1)[1])
+    assert body == {"instance-id": "i-1", "local-hostname": "web",
+                    "public-keys": [f"{ED25519} a: b"]}  # fmt: skip
+    assert user.startswith(b"HTTP/1.1 200") and user.endswith(b"\r\n\r\n")  # empty, not 404
+
+
+def test_stock_cloud_init_is_told_where_its_data_is_through_smbios() -> None:
+    argv = render(config())
+    assert argv[argv.index("-smbios") + 1] == f"type=1,serial={NOCLOUD_SERIAL}"
+    assert NOCLOUD_SERIAL.startswith("ds=nocloud-net;s=http://169.254.169.254/")
+
+
+def test_gureum_ssh_gives_openssh_the_guests_keys_user_and_tunnel(
+    world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, svc, host = world
+    inst = _launch(root, svc, "web")
+    host.host_keys = [ED25519]
+    # A stand-in for the ssh binary: records how it was called and its known-hosts file.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "ssh"
+    record = tmp_path / "called.json"
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, sys\nargs = sys.argv[1:]\n"
+        "known = [a.split('=', 1)[1] for a in args if a.startswith('UserKnownHostsFile=')][0]\n"
+        f"json.dump({{'args': args, 'known': open(known).read()}}, open({str(record)!r}, 'w'))\n"
+        "sys.exit(42)\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    cli_against(monkeypatch, root)
+    res = CliRunner().invoke(app, ["ssh", "web", "-i", "/k/id", "--", "uname", "-a"])
+    assert res.exit_code == 42, res.output  # ssh's own exit code
+    called = json.loads(record.read_text())
+    args, alias = called["args"], f"gureum-{inst['id']}"
+    assert called["known"] == f"{alias} {ED25519}\n"
+    assert "StrictHostKeyChecking=yes" in args and "GlobalKnownHostsFile=/dev/null" in args
+    assert args[args.index("-l") + 1] == "debian"
+    assert args[args.index("-i") + 1] == "/k/id"
+    proxy = next(a for a in args if a.startswith("ProxyCommand="))
+    assert proxy.endswith(f"ssh-proxy {inst['id']}")  # the id, never a name, reaches a shell
+    assert args[-3:] == [alias, "uname", "-a"]

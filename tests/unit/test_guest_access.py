@@ -173,3 +173,30 @@ def test_gureum_ssh_gives_openssh_the_guests_keys_user_and_tunnel(
     proxy = next(a for a in args if a.startswith("ProxyCommand="))
     assert proxy.endswith(f"ssh-proxy {inst['id']}")  # the id, never a name, reaches a shell
     assert args[-3:] == [alias, "uname", "-a"]
+
+
+@pytest.mark.parametrize(
+    ("user_data", "said"),
+    [
+        ("#cloud-config\nruncmd:\n  - [echo, ok\n", "not valid YAML (line"),
+        ("#cloud-config\n- just\n- a list\n", "must be a YAML mapping"),
+        ("#cloud-config\n" + "a: b\n" * 20000, "at most 64 KiB"),
+    ],
+)
+def test_user_data_that_cloud_init_would_drop_is_refused_before_anything_is_made(
+    world, user_data: str, said: str
+) -> None:
+    root, svc, host = world
+    resp = root.post(
+        "/v1/instances", json={"name": "web", "image": "debian", "user_data": user_data}
+    )
+    assert resp.status_code == 400, resp.text
+    assert said in resp.json()["error"]["message"]
+    assert svc.instances.list() == [] and host.vms == {}
+
+
+def test_user_data_that_is_not_cloud_config_is_passed_as_it_is(world) -> None:
+    root, svc, _ = world
+    script = "#!/bin/sh\necho [not yaml: {\n"
+    _launch(root, svc, "web", user_data=script)
+    assert svc.instances.get("web").user_data == script

@@ -36,6 +36,7 @@ from gureum.model.instance import (
 from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.sshkeys import public_key
+from gureum.model.userdata import check_user_data
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
 from gureum.service.disks import DiskLayers
@@ -178,8 +179,8 @@ class InstanceService:
         for ref in req.secgroups:
             if ref != DEFAULT_GROUP:
                 self.secgroups.get(ref, project_id)
-        if req.user_data is not None and len(req.user_data.encode()) > 64 * 1024:
-            raise InvalidInput("user data must be at most 64 KiB")
+        if req.user_data is not None:
+            check_user_data(req.user_data)
         for key in req.ssh_keys:
             if public_key(key, keep_comment=True) is None:
                 # Not echoed: a pasted private key must not end up in an error or a log.

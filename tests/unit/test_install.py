@@ -52,3 +52,31 @@ def test_the_default_config_names_only_real_settings_and_loads(tmp_path):
     home.mkdir()
     (home / "config.toml").write_text(text)
     assert load_config(home, env={}).accel == "auto"  # it parses: every setting is a comment
+
+
+def test_the_default_config_shows_every_setting_its_default_and_its_real_variable():
+    """Issue 11: the file said the variables were GUREUM_<KEY> (GUREUM_LISTEN_TCP: not read)
+    and left out ten settings while saying every one was shown. Each block of it is comments
+    ending in ``# key = value``, and names the variable that overrides that key."""
+    import re
+    import tomllib
+    from dataclasses import MISSING, fields
+
+    from gureum.config import _ENV
+
+    text = (REPO / "packaging" / "config.toml").read_text()
+    shown: dict[str, tuple[object, str | None]] = {}
+    for block in text.split("\n\n")[1:]:
+        *said, setting = block.strip().splitlines()
+        assert setting.startswith("# ") and " = " in setting, block
+        (key, value), = tomllib.loads(setting.removeprefix("# ")).items()  # fmt: skip
+        named = re.findall(r"Environment: (GUREUM_\w+)\.", " ".join(said))
+        shown[key] = (value, named[0] if len(named) == 1 else None)
+    settings = {f.name: f.default for f in fields(Config) if f.name != "home"}
+    assert set(shown) == set(settings), set(settings) ^ set(shown)
+    for key, (value, variable) in shown.items():
+        assert variable == _ENV[key], f"{key}: {variable}, not {_ENV[key]}"
+        default = settings[key]
+        assert default is MISSING or default is None or value == default, f"{key}: {value}"
+    variables = set(re.findall(r"GUREUM_\w+", text))
+    assert variables <= {*_ENV.values(), "GUREUM_HOME"}, variables - set(_ENV.values())

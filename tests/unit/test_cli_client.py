@@ -108,6 +108,20 @@ def test_tenancy_commands_print_tables_and_json(cli):
     assert "superuser" in json.loads(cli("whoami", "-o", "json"))
 
 
+def test_project_tables_show_the_control_group_limits(cli):
+    """Issue 11: a project made with --cpu-limit 1.5 --memory-limit 1G showed `unlimited` in
+    every table (only -o json had them)."""
+    made = cli("project", "create", "team-a", "--cpu-limit", "1.5", "--memory-limit", "1G")
+    assert made.strip() == "project team-a created: cpu limit 1.5 cores, memory limit 1024M"
+    assert "team-a (admin): cpu limit 1.5 cores, memory limit 1024M" in cli(
+        "project", "show", "team-a"
+    )
+    quota = cli("project", "quota", "team-a", "--max-cpus", "4", "--max-disk", "100G")
+    assert quota.strip() == "team-a: cpus 4, disk 100G, cpu limit 1.5 cores, memory limit 1024M"
+    assert "cpus 4, disk 100G, cpu limit 1.5 cores, memory limit 1024M" in cli("project", "list")
+    assert cli("project", "create", "team-b").strip() == "project team-b created: unlimited"
+
+
 def test_security_group_commands(cli):
     cli("secgroup", "create", "web")
     group = json.loads(

@@ -188,7 +188,8 @@ def _quotas_given(options: dict[str, Any]) -> dict[str, int | float]:
 def project_create(name: ProjectName, fmt: OutputOpt = Format.table, **quotas: Any) -> None:
     """Create a project with its quotas (the administrator only)."""
     with Client() as c:
-        emit(c.create_project(name, **_quotas_given(quotas)), fmt, f"project {name} created")
+        project = c.create_project(name, **_quotas_given(quotas))
+    emit(project, fmt, f"project {name} created: {_quotas_text(project)}")
 
 
 @project_app.command("list")
@@ -198,23 +199,31 @@ def project_list(fmt: OutputOpt = Format.table) -> None:
         call(Client.projects),
         fmt,
         ["NAME", "ROLE", "QUOTAS"],
-        lambda p: [p["name"], p["role"] or "-", _quotas_text(p["quotas"])],
+        lambda p: [p["name"], p["role"] or "-", _quotas_text(p)],
     )
 
 
-def _quotas_text(quotas: dict[str, int | None]) -> str:
+def _quotas_text(project: dict[str, Any]) -> str:
+    """A project's quotas and its control group's limits, those set, in the model's order
+    (QUOTAS, then LIMITS): e.g. ``cpus 4, memory 2048M, cpu limit 1.5 cores``."""
+    bounds = {**project["quotas"], **{q.field: project.get(q.field) for q in LIMITS}}
     parts = []
-    for key, value in quotas.items():
+    for quota in MODEL_QUOTAS + LIMITS:
+        value = bounds.get(quota.field)
         if value is None:
             continue
-        label = key.removeprefix("max_")
-        if key == "max_disk_bytes":
-            parts.append(f"disk {value / GIB:g}G")
-        elif key == "max_memory_mib":
-            parts.append(f"memory {value}M")
-        else:
-            parts.append(f"{label} {value}")
+        label = quota.field.removeprefix("max_").removesuffix("_mib").removesuffix("_bytes")
+        parts.append(f"{label.replace('_', ' ')} {_SHOWN[quota.amount](value)}")
     return ", ".join(parts) or "unlimited"
+
+
+# How a bound is shown, by what its number is (the options take the same forms).
+_SHOWN: dict[Amount, Callable[[Any], str]] = {
+    Amount.COUNT: str,
+    Amount.MIB: lambda mib: f"{mib}M",
+    Amount.BYTES: lambda size: f"{size / GIB:g}G",
+    Amount.CORES: lambda cores: f"{cores:g} cores",
+}
 
 
 @project_app.command("show")
@@ -223,7 +232,7 @@ def project_show(name: ProjectName, fmt: OutputOpt = Format.table) -> None:
     with Client() as c:
         project = c.project(name)
         members = c.members(name)
-    heading = bold(project["name"], f" ({project['role']}): {_quotas_text(project['quotas'])}")
+    heading = bold(project["name"], f" ({project['role']}): {_quotas_text(project)}")
     people = (f"  {m['user']:<20} {m['role']}" for m in members)
     emit({**project, "members": members}, fmt, lines(heading, *people))
 
@@ -249,7 +258,7 @@ def project_quota(
             raise InvalidInput(f"--unset takes one of {', '.join(sorted(fields))}, not {option!r}")
         body[field] = None
     project = call(Client.set_quotas, name, **body)
-    emit(project, fmt, f"{name}: {_quotas_text(project['quotas'])}")
+    emit(project, fmt, f"{name}: {_quotas_text(project)}")
 
 
 @project_app.command("delete")

@@ -14,7 +14,10 @@ from fastapi.testclient import TestClient
 from gureum import __version__
 from gureum.api.app import create_app
 from gureum.cli.main import main
+from gureum.config import load_config
 from gureum.errors import CommandNotFound
+from gureum.service.core import Services
+from gureum.service.tenancy import SUPERUSER
 from tests.unit.inprocess import cli_against, put_image, service
 from tests.unit.test_creation_rollback import build
 
@@ -138,3 +141,22 @@ def test_tables_in_a_pipe_are_whole_and_their_headers_unique(gureum, tmp_path, m
     assert len(header.split()) == len(set(header.split())), header
     assert row.split()[0] == long_name and "…" not in out
     assert "clone-one-with-a-long-name, clone-two-with-a-long-name" in row
+
+
+def test_a_user_in_no_project_is_refused_and_told_how_to_get_in(gureum, tmp_path, monkeypatch):
+    """Issue 11: `gureum --remote lab list` for a user in no project answered `invalid-input`
+    (exit 1), as if the request were wrong; it is a refusal (403, exit 4) that says the way in."""
+    svc = Services.build(load_config(tmp_path, env={"GUREUM_MEMORY_RESERVE_MIB": "0"}))
+    svc.tenancy.ensure_default()
+    svc.tenancy.create_user("alice")
+    secret = svc.tenancy.create_token(SUPERUSER, "alice", "laptop")[1]
+    headers = {"Authorization": f"Bearer {secret}"}
+    with TestClient(create_app(svc, "tcp"), headers=headers) as http:
+        resp = http.get("/v1/instances")
+        assert resp.status_code == 403 and resp.json()["error"]["code"] == "forbidden"
+        cli_against(monkeypatch, http)
+        code, out, err = gureum("list")
+    svc.close()
+    assert code == 4 and out == "", err
+    assert err.startswith("error: user alice is not a member of any project")
+    assert "`gureum project member add PROJECT alice`" in err and err.endswith("[forbidden]\n")

@@ -94,12 +94,14 @@ class TenancyService:
         assert principal.user_id is not None
         if project_ref is None:
             mine = self.store.memberships_of(principal.user_id)
-            if len(mine) != 1:
-                raise InvalidInput(
-                    "say which project to act in (--project NAME or GUREUM_PROJECT)"
-                    if mine
-                    else f"user {principal.name} is not a member of any project"
+            if not mine:  # not a bad request: no role anywhere, until someone gives one
+                raise Forbidden(
+                    f"user {principal.name} is not a member of any project: a project's admin "
+                    f"(or the administrator) gives them a role with `gureum project member add "
+                    f"PROJECT {principal.name}`"
                 )
+            if len(mine) > 1:
+                raise InvalidInput("say which project to act in (--project NAME or GUREUM_PROJECT)")
             project_ref = mine[0][0]
         found = self.store.project_role(project_ref, principal.user_id)
         if found is None or found[1] is None:

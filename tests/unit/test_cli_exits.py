@@ -4,6 +4,7 @@ real app in this process (``inprocess.py``), its VMs on a ``FakeHost``."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -160,3 +161,51 @@ def test_a_user_in_no_project_is_refused_and_told_how_to_get_in(gureum, tmp_path
     assert code == 4 and out == "", err
     assert err.startswith("error: user alice is not a member of any project")
     assert "`gureum project member add PROJECT alice`" in err and err.endswith("[forbidden]\n")
+
+
+def test_values_the_cli_refuses_itself_are_usage_errors(gureum, tmp_path, monkeypatch):
+    """Issue 11: `project quota X --unset max_disk_bytes` exited 1 with `[invalid-input]`,
+    though nothing was sent: a value the command line got wrong is `usage`, exit 2."""
+    monkeypatch.setenv("GUREUM_HOME", str(tmp_path / "nothing-here"))  # nothing is sent
+    monkeypatch.delenv("GUREUM_URL", raising=False)
+    monkeypatch.delenv("GUREUM_REMOTE", raising=False)
+    for args, said in [
+        (["project", "quota", "x", "--unset", "max_disk_bytes"], "--unset takes one of"),
+        (["project", "create", "x", "--max-memory", "2X"], "unknown unit 'X'"),
+        (["launch", "tiny", "--name", "a", "--disk", "lots"], "disk must be a size"),
+        (["launch", "tiny", "--name", "a", "--memory", "1.5K"], "a whole number of MiB"),
+        (["launch", "tiny", "--name", "a", "--user-data", str(tmp_path / "none")], "not a file"),
+        (["resize", "a", "--memory", "-1G"], "memory must be a size"),
+        (["token", "create", "--name", "t", "--expires", "soon"], "--expires must be"),
+        (["audit", "list", "--since", "ages"], "--since must be"),
+        (["clone", "web1", "web2"], "clone needs VM/SNAPSHOT"),
+        (["backup", "export", "web1", "-", "-o", "json"], "-o json needs an archive file"),
+        (["backup", "verify", str(tmp_path / "none")], "is not a file"),
+        (["remote", "add", "lab", "http://h:8443", "--token", "t"], "a remote is https://"),
+    ]:
+        code, out, err = gureum(*args)
+        assert code == 2 and out == "", (args, err)
+        assert err.startswith("error: ") and said in err and err.endswith(" [usage]\n"), err
+
+
+def test_remote_add_unreachable_or_untrusted_exits_5(gureum, tmp_path, monkeypatch):
+    """Issue 11: both exited 1 (`invalid-input`); docs/cli.md says 5, `unavailable` and
+    `untrusted`. Neither adds the remote."""
+    remotes = tmp_path / "remotes.json"
+    monkeypatch.setenv("GUREUM_CONFIG", str(remotes))
+    with socket.socket() as s:  # a port that nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    code, _, err = gureum("remote", "add", "lab", f"https://127.0.0.1:{port}", "--token", "t")
+    assert code == 5 and err.startswith(f"error: cannot reach https://127.0.0.1:{port}: "), err
+    assert err.endswith("[unavailable]\n"), err
+    monkeypatch.setattr("gureum.cli.tenancy._server_certificate", lambda url: "PEM")
+    monkeypatch.setattr("gureum.api.tls.fingerprint", lambda pem: "AB:CD")
+    code, _, err = gureum(
+        "remote", "add", "lab", "https://h:8443", "--token", "t", "--fingerprint", "AB:CE"
+    )
+    assert code == 5 and "fingerprint is AB:CD, not the one given" in err, err
+    assert err.endswith("[untrusted]\n"), err
+    assert not remotes.exists()
+    code, _, err = gureum("remote", "use", "lab")
+    assert code == 3 and err == "error: no remote named 'lab' [not-found]\n", err

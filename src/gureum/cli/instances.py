@@ -11,10 +11,19 @@ import typer
 
 from gureum.cli import output
 from gureum.cli.console import run_console
-from gureum.cli.output import Format, OutputOpt, bold, call, emit, err, lines
+from gureum.cli.output import (
+    Format,
+    OutputOpt,
+    bold,
+    call,
+    emit,
+    err,
+    lines,
+    read_size,
+    usage_error,
+)
 from gureum.client.client import Client
-from gureum.errors import InvalidInput
-from gureum.units import GIB, MIB, parse_size
+from gureum.units import GIB, MIB
 
 Name = Annotated[str, typer.Argument(help="Instance name or id.")]
 NoWait = Annotated[
@@ -23,9 +32,10 @@ NoWait = Annotated[
 
 
 def memory_in_mib(text: str) -> int:
-    size = parse_size(text, default_unit="M", what="memory")
+    """--memory, in MiB: a usage error unless it is a whole number of them."""
+    size = read_size(text, default_unit="M", what="memory")
     if size % MIB:
-        raise InvalidInput(f"memory must be a whole number of MiB, not {text!r}")
+        raise usage_error(f"memory must be a whole number of MiB, not {text!r}")
     return size // MIB
 
 
@@ -59,7 +69,7 @@ def register(app: typer.Typer) -> None:
         fmt: OutputOpt = Format.table,
     ) -> None:
         """Create and boot a VM; returns when its guest agent answers (unless --no-wait)."""
-        disk_gib = None if disk is None else parse_size(disk, default_unit="G", what="disk") / GIB
+        disk_gib = None if disk is None else read_size(disk, default_unit="G", what="disk") / GIB
         extra: dict[str, object] = {
             "networks": network or [],
             "secgroups": secgroup or [],
@@ -68,7 +78,7 @@ def register(app: typer.Typer) -> None:
         }
         if user_data is not None:
             if not user_data.is_file():
-                raise InvalidInput(f"{user_data} is not a file")
+                raise usage_error(f"--user-data: {user_data} is not a file")
             extra["user_data"] = user_data.read_text()
         with Client() as client:
             res = client.launch(

@@ -8,6 +8,7 @@ that are bold say so with ``bold()``, which styles its text without reading it.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -21,7 +22,8 @@ from rich.table import Table
 from rich.text import Text
 
 from gureum.client.client import Client
-from gureum.units import format_size
+from gureum.errors import InvalidInput
+from gureum.units import format_size, parse_duration, parse_size
 
 # How wide a console is when it does not write to a terminal: wider than anything it prints.
 UNBOUNDED = 1 << 20
@@ -76,6 +78,31 @@ def table(columns: list[str], rows: list[list[str]]) -> None:
 
 P = ParamSpec("P")
 T = TypeVar("T")
+
+
+def usage_error(message: str) -> InvalidInput:
+    """A value on the command line that the CLI refuses itself, before sending anything (a size
+    such as 2X, an ``--unset`` of no bound, a file that is not there): a usage error, exit 2
+    with ``[usage]``, as click's own are (docs/cli.md)."""
+    return InvalidInput(message, code="usage")
+
+
+def option_value(parse: Callable[P, T]) -> Callable[P, T]:
+    """``parse``, reading a value of the command line: what it refuses is a usage error."""
+
+    @functools.wraps(parse)
+    def read(*args: P.args, **kwargs: P.kwargs) -> T:
+        try:
+            return parse(*args, **kwargs)
+        except InvalidInput as exc:
+            raise usage_error(exc.message) from exc
+
+    return read
+
+
+# A size (512M, 2G) or a duration (12h, 30d) given on the command line.
+read_size = option_value(parse_size)
+read_duration = option_value(parse_duration)
 
 
 def call(method: Callable[Concatenate[Client, P], T], *args: P.args, **kwargs: P.kwargs) -> T:

@@ -12,10 +12,18 @@ import typer
 
 from gureum.cli import output
 from gureum.cli.instances import memory_in_mib
-from gureum.cli.output import Format, OutputOpt, call, emit, lines, listing
+from gureum.cli.output import (
+    Format,
+    OutputOpt,
+    call,
+    emit,
+    lines,
+    listing,
+    read_size,
+    usage_error,
+)
 from gureum.client.client import ApiError, Client
-from gureum.errors import InvalidInput
-from gureum.units import GIB, format_size, parse_size
+from gureum.units import GIB, format_size
 
 snapshot_app = typer.Typer(
     help="Snapshots of a VM: disk only, or disk and memory.", no_args_is_help=True
@@ -120,7 +128,7 @@ def clone(
     """A new VM from a snapshot: a thin copy with its own id, name, MAC, hostname and machine
     id. From a memory snapshot it resumes running at once instead of booting."""
     if "/" not in source:
-        raise InvalidInput("clone needs VM/SNAPSHOT, e.g. web1/before-upgrade")
+        raise usage_error("clone needs VM/SNAPSHOT, e.g. web1/before-upgrade")
     vm, snap = source.split("/", 1)
     with Client() as client:
         res = client.clone(vm, snap, name)
@@ -157,7 +165,7 @@ def resize(
     """Change vCPUs, memory or disk: live where the guest allows (hot-plug), else at the next
     boot. Says which for each."""
     memory_mib = None if memory is None else memory_in_mib(memory)
-    disk_gib = None if disk is None else parse_size(disk, default_unit="G", what="disk") / GIB
+    disk_gib = None if disk is None else read_size(disk, default_unit="G", what="disk") / GIB
     with Client() as client:
         op = client.resize(name, cpus=cpus, memory_mib=memory_mib, disk_gib=disk_gib)
         result = _finish(client, op, fmt)["result"]
@@ -176,7 +184,7 @@ def backup_export(
     --memory its running state. The VM keeps running. With - the archive is stdout, so there
     is no -o json then."""
     if path == "-" and fmt == Format.json:
-        raise InvalidInput("-o json needs an archive file: with - the archive itself is stdout")
+        raise usage_error("-o json needs an archive file: with - the archive itself is stdout")
     started = time.monotonic()
     with Client() as client:
         if path == "-":
@@ -245,7 +253,7 @@ def _open(path: Path):
     if str(path) == "-":
         return open(sys.stdin.fileno(), "rb", closefd=False)
     if not path.is_file():
-        raise InvalidInput(f"{path} is not a file")
+        raise usage_error(f"{path} is not a file")
     return open(path, "rb")
 
 

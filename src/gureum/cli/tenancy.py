@@ -13,12 +13,31 @@ from urllib.parse import urlparse
 import typer
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing, out
-from gureum.client.client import Client, Endpoint, load_remotes, save_remotes
-from gureum.errors import InvalidInput
+from gureum.cli.output import (
+    Format,
+    OutputOpt,
+    bold,
+    call,
+    emit,
+    lines,
+    listing,
+    out,
+    read_duration,
+    read_size,
+    usage_error,
+)
+from gureum.client.client import (
+    ApiError,
+    Client,
+    Endpoint,
+    ServiceDown,
+    load_remotes,
+    save_remotes,
+)
+from gureum.errors import NotFound
 from gureum.model.tenancy import LIMITS, Amount
 from gureum.model.tenancy import QUOTAS as MODEL_QUOTAS
-from gureum.units import GIB, MIB, format_size, parse_duration, parse_size
+from gureum.units import GIB, MIB, format_size
 
 remote_app = typer.Typer(
     help="Other gureum services, over TLS with a pinned certificate.", no_args_is_help=True
@@ -39,11 +58,11 @@ ProjectName = Annotated[str, typer.Argument(help="Project name.")]
 def _server_certificate(url: str) -> str:
     parsed = urlparse(url)
     if parsed.scheme != "https" or not parsed.hostname:
-        raise InvalidInput("a remote is https://HOST:PORT (the service's GUREUM_LISTEN address)")
+        raise usage_error("a remote is https://HOST:PORT (the service's GUREUM_LISTEN address)")
     try:
         return ssl.get_server_certificate((parsed.hostname, parsed.port or 443), timeout=10)
     except OSError as exc:
-        raise InvalidInput(f"cannot reach {url}: {exc}") from exc
+        raise ServiceDown(url, None, f"cannot reach {url}: {exc}; not added") from exc
 
 
 @remote_app.command("add")
@@ -62,7 +81,8 @@ def remote_add(
     pem = _server_certificate(url)
     seen = fingerprint_of(pem.encode())
     if fingerprint and fingerprint.replace(":", "").upper() != seen.replace(":", ""):
-        raise InvalidInput(f"the certificate's fingerprint is {seen}, not the one given: not added")
+        said = f"{url} presented a certificate whose fingerprint is {seen}, not the one given"
+        raise ApiError(0, "untrusted", said + ": not added")
     data = load_remotes()
     data["remotes"][name] = {"url": url.rstrip("/"), "token": token, "cert": pem}
     data["current"] = data.get("current") or name
@@ -98,7 +118,7 @@ def remote_use(
     """Make a remote the default (``local``: the service in GUREUM_HOME)."""
     data = load_remotes()
     if name != "local" and name not in data["remotes"]:
-        raise InvalidInput(f"no remote named {name!r}")
+        raise NotFound(f"no remote named {name!r}")
     data["current"] = None if name == "local" else name
     save_remotes(data)
     emit({"current": name}, fmt, f"using {name}")
@@ -112,7 +132,7 @@ def remote_remove(
     data = load_remotes()
     remote = data["remotes"].pop(name, None)
     if remote is None:
-        raise InvalidInput(f"no remote named {name!r}")
+        raise NotFound(f"no remote named {name!r}")
     if data.get("current") == name:
         data["current"] = None
     save_remotes(data)
@@ -121,11 +141,11 @@ def remote_remove(
 
 # -- projects ------------------------------------------------------------------------------------
 def _mib(text: str) -> int:
-    return parse_size(text, default_unit="M") // MIB
+    return read_size(text, default_unit="M") // MIB
 
 
 def _bytes(text: str) -> int:
-    return parse_size(text, default_unit="G")
+    return read_size(text, default_unit="G")
 
 
 @dataclass(frozen=True)
@@ -255,7 +275,7 @@ def project_quota(
     for option in unset or []:
         field = fields.get(option.removeprefix("--"))
         if field is None:
-            raise InvalidInput(f"--unset takes one of {', '.join(sorted(fields))}, not {option!r}")
+            raise usage_error(f"--unset takes one of {', '.join(sorted(fields))}, not {option!r}")
         body[field] = None
     project = call(Client.set_quotas, name, **body)
     emit(project, fmt, f"{name}: {_quotas_text(project)}")
@@ -351,7 +371,7 @@ def token_create(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a token. Its secret is shown this once (-o json: field ``token``)."""
-    lifetime = None if expires is None else parse_duration(expires, what="--expires")
+    lifetime = None if expires is None else read_duration(expires, what="--expires")
     token = call(Client.create_token, name, user=user, expires_in_s=lifetime)
 
     def show() -> None:
@@ -415,7 +435,7 @@ def audit_list(
     fmt: OutputOpt = Format.table,
 ) -> None:
     """The audit log of state-changing calls (kept audit_retention_days, 90 by default)."""
-    after = time.time() - parse_duration(since, what="--since") if since is not None else None
+    after = time.time() - read_duration(since, what="--since") if since is not None else None
     listing(
         call(Client.audit, project=project, user=user, action=action, since=after, limit=limit),
         fmt,

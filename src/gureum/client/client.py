@@ -30,12 +30,17 @@ class ApiError(Exception):
 
 
 class ServiceDown(ApiError):
-    def __init__(self, where: str, home: Path | None) -> None:
+    """No service answers at ``where``: the CLI exits 5 (unreachable) for it, which a guest
+    agent not there (also ``unavailable``) is not. ``said``: why, where the default (start
+    the service) is not the way out, e.g. a remote being added."""
+
+    def __init__(self, where: str, home: Path | None, said: str | None = None) -> None:
         how = "gureum serve" if home is None else f"GUREUM_HOME={home} gureum serve"
         super().__init__(
             0,
             "unavailable",
-            f"the gureum service is not running at {where}.\n"
+            said
+            or f"the gureum service is not running at {where}.\n"
             f"Start it with `{how} &` (or `make demo` sets everything up).",
         )
 

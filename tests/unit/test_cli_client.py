@@ -173,3 +173,24 @@ def test_backup_export_to_stdout_takes_no_json(cli):
     with pytest.raises(Exception, match="-o json needs an archive file"):
         CliRunner().invoke(app, ["backup", "export", "web1", "-", "-o", "json"],
                            catch_exceptions=False)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("kept", "said"),
+    [
+        ([], "snapshot s1 deleted"),
+        (["web2"], "snapshot s1 deleted; its disk data is kept: clone web2 still builds on it"),
+        (["a", "web2", "web3"], "snapshot s1 deleted; its disk data is kept: a itself, clone "
+                                "web2 and clone web3 still build on it"),
+    ],
+)  # fmt: skip
+def test_snapshot_delete_says_who_still_builds_on_its_disk_data(monkeypatch, kept, said):
+    """Issue 11: `snapshot delete a s1` printed "its disk data stays while a build(s) on it"."""
+    from tests.unit.test_hostile_cli import _FakeClient, fake_client
+
+    fake_client(monkeypatch)
+    answer = {"id": "s-1", "instance_id": "i-1", "name": "s1", "disk_data_kept_for": kept}
+    _FakeClient.answers = {"DELETE /v1/instances/a/snapshots/s1": answer}
+    res = CliRunner().invoke(app, ["snapshot", "delete", "a", "s1"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert res.stdout == said + "\n"

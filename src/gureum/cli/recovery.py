@@ -115,9 +115,19 @@ def snapshot_restore(
 def snapshot_delete(name: Name, snapshot: Snap, fmt: OutputOpt = Format.table) -> None:
     """Delete a snapshot. Disk data a clone (or the VM itself) builds on is kept while needed."""
     gone = call(Client.delete_snapshot, name, snapshot)
-    kept = gone.get("disk_data_kept_for") or []
-    stays = f"; its disk data stays while {', '.join(kept)} build(s) on it" if kept else ""
-    emit(gone, fmt, f"snapshot {snapshot} deleted{stays}")
+    emit(gone, fmt, f"snapshot {snapshot} deleted{_kept_for(name, gone)}")
+
+
+def _kept_for(vm: str, gone: dict[str, Any]) -> str:
+    """Why a deleted snapshot's disk data is still on disk, as the end of a sentence: the VMs
+    whose disks build on it, the VM itself (its own chain) or clones made from it."""
+    users = [
+        f"{vm} itself" if u == vm else f"clone {u}" for u in gone.get("disk_data_kept_for") or []
+    ]
+    if not users:
+        return ""
+    who = users[0] if len(users) == 1 else f"{', '.join(users[:-1])} and {users[-1]}"
+    return f"; its disk data is kept: {who} still {'builds' if len(users) == 1 else 'build'} on it"
 
 
 def clone(

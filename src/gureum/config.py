@@ -55,6 +55,12 @@ class Config:
     database_url: str | None = None
     # Downloaded Debian packages; may be shared by several homes (tests, demo) to save time.
     cache_dir_override: str | None = None
+    # Where --nat networks go out: None, the host's own network namespace (its default route);
+    # or a named network namespace (the tests give one that stands for the internet).
+    nat_uplink_netns: str | None = None
+    # DNS servers a --nat network's DNS forwards to, comma-separated. None: the host's own
+    # (/etc/resolv.conf, loopback ones left out: a network's namespace cannot reach them).
+    nat_dns: str | None = None
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -122,6 +128,8 @@ _ENV = {
     "forward_min_host_port": "GUREUM_FORWARD_MIN_PORT",
     "audit_retention_days": "GUREUM_AUDIT_RETENTION_DAYS",
     "database_url": "GUREUM_DATABASE_URL",
+    "nat_uplink_netns": "GUREUM_NAT_UPLINK_NETNS",
+    "nat_dns": "GUREUM_NAT_DNS",
 }
 
 

@@ -3,9 +3,12 @@ nft they become (``network/firewall.py`` is pure: data in, script out)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
-from gureum.model.network import Rule
+from gureum.model.network import NAT_TRANSFER, Rule
+from gureum.network import uplink
 from gureum.network.firewall import METADATA_IP, Port, render
 
 WEB = Port(tap="gt-a0", mac="52:54:00:00:00:0a", ip="10.80.1.10", groups=("sg-web",))
@@ -71,11 +74,51 @@ def test_every_path_to_a_vm_goes_through_its_groups():
     assert "udp sport 67 udp dport 68 accept" in output
     inbound = chain(script, "input")
     assert inbound[0] == "type filter hook input priority 0; policy drop;"
-    assert f"ip daddr {METADATA_IP} tcp dport 80 accept" in inbound
+    assert f'iifname "br0" ip daddr {METADATA_IP} tcp dport 80 accept' in inbound
     assert "set sg_sg_web { type ipv4_addr; elements = { 10.80.1.10 }; }" in script
 
 
 def test_the_script_replaces_the_tables_whole():
     lines = render("10.80.1.1", [], {}).splitlines()
-    assert lines[:4] == ["table bridge gureum", "delete table bridge gureum",
-                         "table inet gureum", "delete table inet gureum"]  # fmt: skip
+    assert lines[:6] == ["table bridge gureum", "delete table bridge gureum",
+                         "table inet gureum", "delete table inet gureum",
+                         "table ip gureum_nat", "delete table ip gureum_nat"]  # fmt: skip
+    assert "table ip gureum_nat {" not in lines  # a sealed network masquerades nothing
+
+
+def test_a_nat_network_masquerades_out_of_its_uplink_and_lets_nothing_in_unasked():
+    script = render("10.80.1.1", [WEB], {}, nat=True)
+    assert chain(script, "postrouting")[-1] == 'oifname "up0" masquerade'
+    forward = chain(script, "forward")
+    # From outside: to a guest only through its groups (the jump), to anything else never.
+    assert forward.index("ip daddr 10.80.1.10 jump to_gt-a0") < forward.index('iifname "up0" drop')
+    # The namespace's own services answer the guests' side only, never the uplink.
+    for line in chain(script, "input")[3:]:
+        assert line.startswith('iifname "br0"'), line
+
+
+def test_uplink_resolvers_and_transfer_nets(tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\n")
+    assert uplink.resolvers(None, resolv) == ["192.0.2.53"]  # loopback: unreachable from a netns
+    assert uplink.resolvers("203.0.113.53, junk", resolv) == ["203.0.113.53"]
+    nets = {uplink.transfer_net("gureum-x-n-1", attempt) for attempt in range(8)}
+    assert len(nets) == 8 and all(n.subnet_of(NAT_TRANSFER) and n.prefixlen == 30 for n in nets)
+    assert len(uplink.outside_name("gureum-abcdef12-n-0123456789ab")) <= 15  # an interface name
+
+
+def test_a_nat_subnet_may_not_overlap_the_uplinks_space(tmp_path):
+    from gureum.config import load_config
+    from gureum.errors import InvalidInput
+    from gureum.service.core import Services
+    from tests.unit.fakehost import FakeHost
+
+    config = load_config(tmp_path)
+    svc = Services.build(config, host=FakeHost(config))
+    try:
+        svc.tenancy.ensure_default()
+        with pytest.raises(InvalidInput, match=r"100\.64\.0\.0/10"):
+            asyncio.run(svc.networks.create("lan", "100.64.8.0/24", nat=True))
+        assert [n.name for n in svc.networks.list()] == []
+    finally:
+        svc.close()

@@ -196,7 +196,7 @@ class NetworkIn(Strict):
     name: str = Field(examples=["backend"])
     subnet: str = Field(examples=["10.80.1.0/24"])
     imds_tokens_required: bool = Field(False, description="metadata answers IMDSv2 (token) only")
-    nat: bool = Field(False, description="egress NAT (not available yet)")
+    nat: bool = Field(False, description="egress NAT: guests reach out through the uplink")
 
 
 class NetworkOut(BaseModel):

@@ -40,7 +40,13 @@ def network_create(
             "--imds-tokens-required", help="Metadata answers IMDSv2 (token) requests only."
         ),
     ] = False,
-    nat: Annotated[bool, typer.Option("--nat", help="Egress NAT (not available yet).")] = False,
+    nat: Annotated[
+        bool,
+        typer.Option(
+            "--nat",
+            help="Egress NAT: guests reach out through the host (nothing reaches in unasked).",
+        ),
+    ] = False,
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Create a network: its own namespace, bridge, DHCP/DNS server, firewall and metadata."""

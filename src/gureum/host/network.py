@@ -17,7 +17,7 @@ from pathlib import Path
 from gureum.config import Config
 from gureum.errors import GureumError
 from gureum.model.network import Network, Nic, Rule
-from gureum.network import firewall, netns, tap
+from gureum.network import firewall, netns, tap, uplink
 from gureum.network.dhcp import Dhcp
 from gureum.network.forward import Forward
 from gureum.network.metadata import Lookup, MetadataServer, Tokens
@@ -25,7 +25,7 @@ from gureum.sys import procs
 
 log = logging.getLogger(__name__)
 
-BRIDGE = "br0"
+BRIDGE = firewall.BRIDGE
 
 
 def bridge_mac(network_id: str) -> str:
@@ -52,7 +52,8 @@ class NetworkHost:
 
     def dhcp(self, net: Network) -> Dhcp:
         if net.id not in self._dhcp:
-            self._dhcp[net.id] = Dhcp(self.folder(net.id), self.namespace(net.id), net)
+            servers = uplink.resolvers(self.config.nat_dns) if net.nat else []
+            self._dhcp[net.id] = Dhcp(self.folder(net.id), self.namespace(net.id), net, servers)
         return self._dhcp[net.id]
 
     # -- networks --------------------------------------------------------------------------------
@@ -75,7 +76,10 @@ class NetworkHost:
         await netns.ip(ns, "link", "set", BRIDGE, "up")
         # Bridged IPv4 through the inet hooks: security groups get connection tracking.
         await netns.sysctl(ns, "net.bridge.bridge-nf-call-iptables", "1")
-        await netns.sysctl(ns, "net.ipv4.ip_forward", "0")
+        if net.nat:  # a way out, and forwarding to it (network/uplink.py)
+            await uplink.connect(ns, self.config.nat_uplink_netns)
+        else:
+            await netns.sysctl(ns, "net.ipv4.ip_forward", "0")
         dhcp = self.dhcp(net)
         if dhcp.pid() is None:
             # A dnsmasq we do not recognise (left by an older layout) would hold the ports.
@@ -91,8 +95,9 @@ class NetworkHost:
         dhcp = self._dhcp.pop(network_id, None)
         if dhcp is not None:
             await asyncio.to_thread(dhcp.stop)
-        await netns.delete(self.namespace(network_id))
+        await netns.delete(self.namespace(network_id))  # its up0, and so its veth pair, too
         await asyncio.to_thread(shutil.rmtree, self.folder(network_id), True)
+        await uplink.disconnect(self.config.nat_uplink_netns)
 
     async def sync(
         self,
@@ -108,7 +113,8 @@ class NetworkHost:
         dhcp = self.dhcp(net)
         await asyncio.to_thread(dhcp.write_hosts, nics)
         await asyncio.to_thread(dhcp.reload, nics)
-        await firewall.apply(self.namespace(net.id), firewall.render(net.gateway, ports, rules))
+        script = firewall.render(net.gateway, ports, rules, nat=net.nat)
+        await firewall.apply(self.namespace(net.id), script)
 
     async def supervise(self) -> list[str]:
         """Restart the DHCP/DNS server of any network whose dnsmasq died (killed from outside,

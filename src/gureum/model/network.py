@@ -8,6 +8,11 @@ from dataclasses import dataclass, field
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
 
 
+# The shared address space (RFC 6598) between a --nat network and its uplink, a /30 each
+# (network/uplink.py); a NAT network's own subnet may not overlap it.
+NAT_TRANSFER = ipaddress.IPv4Network("100.64.0.0/10")
+
+
 @dataclass(frozen=True)
 class Network:
     id: str

@@ -3,7 +3,8 @@
 Only known MACs get an address (``dhcp-range=...,static``): the address each NIC was given
 when it was attached, kept across stop/start. Names resolve from an ``addn-hosts`` file, so a
 VM is in DNS from the moment it exists, not only once it asked for a lease. Both files are
-rewritten and re-read (SIGHUP) when NICs come and go. dnsmasq runs in the network's namespace,
+rewritten and re-read (SIGHUP) when NICs come and go. A NAT network's dnsmasq also forwards
+other names to the uplink's DNS servers. dnsmasq runs in the network's namespace,
 detached like the VMs, so it outlives a service restart.
 """
 
@@ -20,10 +21,15 @@ from gureum.sys import procs
 
 
 class Dhcp:
-    def __init__(self, folder: Path, namespace: str, network: Network) -> None:
+    def __init__(
+        self, folder: Path, namespace: str, network: Network, servers: list[str] | None = None
+    ) -> None:
         self.folder = folder
         self.namespace = namespace
         self.network = network
+        # Upstream DNS servers (a NAT network's): names not of this network are forwarded
+        # there. None: this network's names only (a sealed network has nowhere to ask).
+        self.servers = servers or []
         self._proc: subprocess.Popen[bytes] | None = None  # when this process started it
 
     @property
@@ -81,6 +87,7 @@ class Dhcp:
             "--dhcp-authoritative",
             "--user=root",
             "--group=root",
+            *(f"--server={server}" for server in self.servers),
         ]
 
     def start(self) -> int:

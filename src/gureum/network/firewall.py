@@ -24,6 +24,8 @@ from gureum.model.network import Rule
 from gureum.sys.runner import arun
 
 METADATA_IP = "169.254.169.254"
+BRIDGE = "br0"  # the network's bridge, its guests' side
+UPLINK = "up0"  # a NAT network's way out (network/uplink.py)
 
 
 @dataclass(frozen=True)
@@ -61,13 +63,19 @@ def _rule(rule: Rule) -> str:
     return f"{source}{ports} accept"
 
 
-def render(gateway: str, ports: list[Port], rules: dict[str, list[Rule]]) -> str:
-    """The whole nftables script for one network. ``rules``: security group id -> its rules."""
+def render(
+    gateway: str, ports: list[Port], rules: dict[str, list[Rule]], *, nat: bool = False
+) -> str:
+    """The whole nftables script for one network. ``rules``: security group id -> its rules.
+    ``nat``: the network has a way out (``network/uplink.py``): guests' connections through
+    ``up0`` are masqueraded, and from ``up0`` only what a guest's groups let in gets through."""
     lines = [
         "table bridge gureum",
         "delete table bridge gureum",
         "table inet gureum",
         "delete table inet gureum",
+        "table ip gureum_nat",
+        "delete table ip gureum_nat",
         "table bridge gureum {",
         "  chain prerouting {",
         "    type filter hook prerouting priority -300; policy accept;",
@@ -96,6 +104,7 @@ def render(gateway: str, ports: list[Port], rules: dict[str, list[Rule]]) -> str
     ]
     for p in ports:
         lines.append(f"    ip daddr {p.ip} jump to_{p.tap}")
+    lines.append(f'    iifname "{UPLINK}" drop')  # from outside, to anything but a guest
     lines.append("  }")
     for p in ports:
         lines.append(f"  chain to_{p.tap} {{")
@@ -121,13 +130,23 @@ def render(gateway: str, ports: list[Port], rules: dict[str, list[Rule]]) -> str
         "    type filter hook input priority 0; policy drop;",
         "    ct state established,related accept",
         '    iifname "lo" accept',
-        "    udp dport { 53, 67 } accept",
-        "    tcp dport 53 accept",
-        f"    ip daddr {METADATA_IP} tcp dport 80 accept",
-        "    icmp type echo-request accept",
+        # Only the guests' side: from the uplink (a NAT network's up0) none of it answers.
+        f'    iifname "{BRIDGE}" udp dport {{ 53, 67 }} accept',
+        f'    iifname "{BRIDGE}" tcp dport 53 accept',
+        f'    iifname "{BRIDGE}" ip daddr {METADATA_IP} tcp dport 80 accept',
+        f'    iifname "{BRIDGE}" icmp type echo-request accept',
         "  }",
         "}",
     ]
+    if nat:
+        lines += [
+            "table ip gureum_nat {",
+            "  chain postrouting {",
+            "    type nat hook postrouting priority 100; policy accept;",
+            f'    oifname "{UPLINK}" masquerade',
+            "  }",
+            "}",
+        ]
     return "\n".join(lines) + "\n"
 
 

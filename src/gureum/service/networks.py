@@ -13,7 +13,7 @@ from gureum.host.interface import HostAgent, NetworkPlan
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
 from gureum.model.instance import DEFAULT_PROJECT
-from gureum.model.network import Network, Nic, Rule
+from gureum.model.network import NAT_TRANSFER, Network, Nic, Rule
 from gureum.network.firewall import Port
 from gureum.network.metadata import Caller
 from gureum.service.quotas import QuotaService
@@ -105,10 +105,9 @@ class NetworkService:
         if name == NO_NETWORK:
             raise InvalidInput(f"{NO_NETWORK!r} is reserved: it means no network at launch")
         parsed = parse_subnet(subnet)
-        if nat:
+        if nat and parsed.overlaps(NAT_TRANSFER):
             raise InvalidInput(
-                "egress NAT is not available yet: gureum networks are sealed namespaces "
-                "(create the network without --nat)"
+                f"a --nat network's subnet may not overlap {NAT_TRANSFER}: its uplinks use it"
             )
         net = Network(
             new_id("n-"), project_id, name, str(parsed), nat, imds_tokens_required, time.time()

@@ -194,3 +194,20 @@ def test_snapshot_delete_says_who_still_builds_on_its_disk_data(monkeypatch, kep
     res = CliRunner().invoke(app, ["snapshot", "delete", "a", "s1"], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert res.stdout == said + "\n"
+
+
+def test_table_lines_end_without_spaces(cli):
+    """Issue 11: rich padded every cell, the last column's too, so each shorter line of a table
+    ended in spaces (which a diff, or `grep 'x$'`, trips on)."""
+    cli("project", "create", "team-a", "--max-cpus", "4", "--max-memory", "8G", "--max-disk", "1T")
+    cli("project", "create", "b")
+    cli("user", "create", "alice")
+    cli("user", "create", "a-user-with-a-long-name")
+    for args in (["project", "list"], ["user", "list"]):
+        shown = cli(*args)
+        assert shown.count("\n") >= 3, shown  # a header and rows of unequal widths
+        for line in shown.splitlines():
+            assert line == line.rstrip(), f"{args}: {line!r}"
+    lines = cli("project", "list").splitlines()
+    assert lines[0].split() == ["NAME", "ROLE", "QUOTAS"]
+    assert lines[1].index("admin") == lines[0].index("ROLE")  # still aligned

@@ -68,12 +68,20 @@ def print_json(data: Any) -> None:
 
 
 def table(columns: list[str], rows: list[list[str]]) -> None:
+    """Columns aligned, the header bold; no line ends in spaces (rich pads every cell, the last
+    column's too, to the column's width)."""
     t = Table(box=None, pad_edge=False, header_style="bold")
     for col in columns:
         t.add_column(col)
     for row in rows:
         t.add_row(*row)
-    out.print(t)
+    for segments in out.render_lines(t, pad=False):
+        line = Text()
+        for segment in segments:
+            if not segment.control:
+                line.append(segment.text, segment.style)
+        line.rstrip()
+        out.print(line, soft_wrap=True)  # already laid out to the console's width
 
 
 P = ParamSpec("P")

@@ -61,6 +61,8 @@ class Config:
     # DNS servers a --nat network's DNS forwards to, comma-separated. None: the host's own
     # (/etc/resolv.conf, loopback ones left out: a network's namespace cannot reach them).
     nat_dns: str | None = None
+    # The largest disk an imported image may be (its virtual size; the file is bounded too).
+    image_import_max_bytes: int = 64 << 30
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -130,6 +132,7 @@ _ENV = {
     "database_url": "GUREUM_DATABASE_URL",
     "nat_uplink_netns": "GUREUM_NAT_UPLINK_NETNS",
     "nat_dns": "GUREUM_NAT_DNS",
+    "image_import_max_bytes": "GUREUM_IMAGE_IMPORT_MAX_BYTES",
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from gureum.config import Config
-from gureum.errors import EngineError, InvalidState
+from gureum.errors import EngineError, InvalidImage, InvalidState
 from gureum.host.capacity import HostCapacity, admit
 from gureum.host.interface import (
     AccelChoice,
@@ -199,6 +199,26 @@ class FakeHost:
     async def share_boot_files(self, source_id: str, instance_id: str) -> None:
         self._step("share_boot_files")
         self.boot_files.add(instance_id)
+
+    async def import_image(
+        self,
+        body: AsyncIterator[bytes],
+        folder: Path,
+        *,
+        max_bytes: int,
+        idle_timeout: float,
+        min_bytes: int,
+    ) -> dict[str, Any]:
+        self._step("import_image")
+        data = b"".join([chunk async for chunk in body])
+        if not data.startswith(b"BOOT"):  # the fake's stand-in for a bootable disk
+            raise InvalidImage("the image's first sector is not a boot sector")
+        self.files.add(folder / "disk.qcow2")
+        return {"format": "raw", "virtual_bytes": len(data) << 20,
+                "file": {"file": "disk.qcow2", "bytes": len(data), "sha256": "0" * 64}}  # fmt: skip
+
+    def remove_image(self, folder: Path) -> None:
+        self.files.discard(folder / "disk.qcow2")
 
     async def take_boot_files(self, scratch: Path, instance_id: str) -> None:
         self._step("take_boot_files")

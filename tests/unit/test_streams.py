@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from gureum.errors import RateLimited, Stalled
-from gureum.service.backups import MAX_TRANSFERS, _Transfers
+from gureum.service.transfers import MAX_TRANSFERS, Transfers
 from gureum.sys import streams
 from tests.waiting import wait_for_async
 
@@ -98,7 +98,7 @@ def test_an_upload_that_stops_sending_is_given_up():
 
 
 def test_backup_transfers_are_bounded_per_project_and_on_the_host():
-    transfers = _Transfers()
+    transfers = Transfers()
     first = transfers.take("p-a")
     transfers.take("p-a")
     with pytest.raises(RateLimited, match="this project"):

@@ -16,8 +16,14 @@ from gureum.service.tenancy import ANONYMOUS
 log = logging.getLogger(__name__)
 
 CHANGES = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-# Routes whose body is a backup archive, streamed: no size limit there.
-STREAMED = ("/v1/backups/",)
+
+
+def _streamed(path: str) -> bool:
+    """Routes whose body is streamed to disk (a backup archive, an image file): bounded by
+    their own limits, not the request size limit."""
+    return path.startswith("/v1/backups/") or (
+        path.startswith("/v1/images/") and path.endswith("/import")
+    )
 
 
 class AuditMiddleware:
@@ -146,7 +152,7 @@ class BodyLimitMiddleware:
         self.limit = limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"].startswith(STREAMED):
+        if scope["type"] != "http" or _streamed(scope["path"]):
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])

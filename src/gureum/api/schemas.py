@@ -143,6 +143,9 @@ class ImageOut(BaseModel):
     disk_gib: float
     size_bytes: int
     built_at: float
+    boot: str = Field(description="kernel (booted directly) or firmware (the disk's bootloader)")
+    default_user: str | None = Field(description="who `gureum ssh` logs in as, if not root")
+    origin: str = Field(description="built, or imported qcow2 / imported raw")
 
 
 class HostOut(BaseModel):

@@ -1,8 +1,9 @@
-"""Image commands: build, list, show, verify, delete."""
+"""Image commands: build, import, export, list, show, verify, delete."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -13,7 +14,8 @@ from gureum.client.client import Client
 from gureum.units import format_size
 
 app = typer.Typer(
-    help="Build and manage VM images (built from Debian packages).", no_args_is_help=True
+    help="VM images: built from Debian packages (tiny, debian), or disk image files you import.",
+    no_args_is_help=True,
 )
 Name = Annotated[str, typer.Argument(help="Image name, e.g. tiny.")]
 
@@ -43,16 +45,16 @@ def build(name: Name, fmt: OutputOpt = Format.table) -> None:
 @app.command("list")
 def list_(fmt: OutputOpt = Format.table) -> None:
     """List built images."""
-    listing(
-        call(Client.images), fmt, ["NAME", "VERSION", "KERNEL", "DISK", "SIZE", "BUILT"], _image_row
-    )
+    columns = ["NAME", "VERSION", "BOOT", "KERNEL", "DISK", "SIZE", "MADE"]
+    listing(call(Client.images), fmt, columns, _image_row)
 
 
 def _image_row(i: dict[str, Any]) -> list[str]:
     return [
         i["name"],
         i["version"],
-        i["kernel_version"],
+        i["boot"],
+        i["kernel_version"] or "-",
         f"{i['disk_gib']:g}G",
         format_size(i["size_bytes"]),
         output.age(i["built_at"]) + " ago",
@@ -69,8 +71,10 @@ def show(name: Name, fmt: OutputOpt = Format.table) -> None:
         for role, meta in img["files"].items()
     ]
     packages = "  packages: " + ", ".join(f"{k} {v}" for k, v in sorted(img["packages"].items()))
-    heading = bold(img["name"], f" {img['version']}  kernel {img['kernel_version']}{where}")
-    emit(img, fmt, lines(heading, *files, packages))
+    boots = f"kernel {img['kernel_version']}" if img["boot"] == "kernel" else "own bootloader"
+    heading = bold(img["name"], f" {img['version']}  {img['origin']}, boots {boots}{where}")
+    user = [f"  ssh user: {img['default_user']}"] if img.get("default_user") else []
+    emit(img, fmt, lines(heading, *files, *user, packages if img["packages"] else ""))
 
 
 @app.command()
@@ -81,6 +85,50 @@ def verify(name: Name, fmt: OutputOpt = Format.table) -> None:
         res = output.follow(client, client.verify_image(name), quiet=fmt == Format.json)["result"]
     emit(res, fmt, f"{name}: " + ("ok" if res["ok"] else "BROKEN: " + "; ".join(res["problems"])))
     raise typer.Exit(0 if res["ok"] else 1)
+
+
+@app.command("import")
+def import_(
+    path: Annotated[Path, typer.Argument(help="A disk image file: qcow2 or raw.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new image.")],
+    user: Annotated[
+        str | None,
+        typer.Option("--user", help="Its cloud-init default user, for `gureum ssh` (e.g. debian)."),
+    ] = None,
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Add a disk image you have (a cloud image file) to the catalog. Its VMs boot from its own
+    bootloader; stock cloud-init in it finds its data by itself. Checked first: a qcow2 that
+    names another file, a file that is not a bootable disk, or one over the service's limit is
+    refused and nothing is kept."""
+    started = time.monotonic()
+    with Client() as client, open(path, "rb") as f:
+        img = client.import_image(f, name, user)
+    took = time.monotonic() - started
+    said = (
+        f"image {name} {img['version']} imported in {took:.1f} s: {img['origin']}, "
+        f"a {img['disk_gib']:g}G disk, {format_size(img['size_bytes'])} stored"
+    )
+    emit(img, fmt, said)
+
+
+@app.command()
+def export(
+    name: Name,
+    path: Annotated[Path, typer.Argument(help="The qcow2 file to write.")],
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Write an imported image's disk as a qcow2 file another QEMU or cloud boots."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        with Client() as client, open(partial, "wb") as f:
+            size = client.export_image(name, f)
+    except BaseException:
+        partial.unlink(missing_ok=True)  # never half a disk under any name
+        raise
+    partial.rename(path)
+    emit({"image": name, "path": str(path), "bytes": size}, fmt,
+         f"image {name} exported to {path}: {format_size(size)}")  # fmt: skip
 
 
 @app.command()

@@ -339,14 +339,16 @@ class Client:
     def export(self, ref: str, out: Any, *, memory: bool = False) -> int:
         """Stream an instance's backup archive into the binary file ``out``; returns bytes.
         A POST: the export takes a snapshot of the VM (and is audited)."""
+        where = path("instances", ref, "backup")
+        params = {"memory": str(memory).lower()}
+        return self._download("POST", where, out, what="the archive", params=params)
+
+    def _download(
+        self, method: str, where: str, out: Any, *, what: str, params: dict[str, str] | None = None
+    ) -> int:
         written = 0
         try:
-            with self.http.stream(
-                "POST",
-                path("instances", ref, "backup"),
-                params={"memory": str(memory).lower()},
-                timeout=None,
-            ) as resp:
+            with self.http.stream(method, where, params=params, timeout=None) as resp:
                 if resp.status_code >= 400:
                     resp.read()
                     self._raise(resp)
@@ -358,7 +360,7 @@ class Client:
                 raise self._untrusted() from exc
             raise ServiceDown(self.endpoint.where, self._home()) from exc
         except httpx.HTTPError as exc:
-            raise ApiError(0, "incomplete", f"the archive stream broke off: {exc}") from exc
+            raise ApiError(0, "incomplete", f"{what} stream broke off: {exc}") from exc
         return written
 
     def import_backup(self, source: Any, name: str) -> dict[str, Any]:
@@ -391,6 +393,22 @@ class Client:
         """The operation that re-checks every file's checksum; its result is
         ``{name, ok, problems}``."""
         return self.request("POST", path("images", name, "verify"))
+
+    def import_image(
+        self, source: Any, name: str, default_user: str | None = None
+    ) -> dict[str, Any]:
+        """Send a disk image file (qcow2 or raw) to become the image ``name``."""
+        return self.request(
+            "POST",
+            path("images", name, "import"),
+            params=_given(default_user=default_user),
+            content=_chunks(source),
+            timeout=None,
+        )
+
+    def export_image(self, name: str, out: Any) -> int:
+        """Stream an image's disk (qcow2) into the binary file ``out``; returns bytes."""
+        return self._download("GET", path("images", name, "disk"), out, what="the image")
 
     def delete_image(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", path("images", name))

@@ -19,7 +19,7 @@ import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from gureum.config import Config
 from gureum.engine.qemu import accel as accel_probe
@@ -27,12 +27,19 @@ from gureum.engine.qemu import memimage, process, serial
 from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.argv import RamFiles, RuntimePaths, VMConfig
 from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
-from gureum.errors import EngineError, GureumError, InvalidState
+from gureum.errors import (
+    EngineError,
+    GureumError,
+    InsufficientCapacity,
+    InvalidImage,
+    InvalidState,
+)
 from gureum.host import permissions
 from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
 from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
+from gureum.images.debian import sha256_file
 from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network
 from gureum.model.sshkeys import public_key
@@ -58,6 +65,21 @@ done
 
 
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+
+
+def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None:
+    """Copy a body to ``dest``: at most ``limit`` bytes, and never past ``keep_free`` bytes
+    free where it is written (the host's reserve)."""
+    written = 0
+    with open(dest, "xb") as out:
+        while chunk := inp.read(1 << 20):
+            written += len(chunk)
+            if written > limit:
+                raise InvalidImage(f"the image file is over {limit >> 20} MiB: refused")
+            st = os.statvfs(dest.parent)
+            if st.f_bavail * st.f_frsize - len(chunk) < keep_free:
+                raise InsufficientCapacity("the host has no room for this image file")
+            out.write(chunk)
 
 
 class LocalHostAgent:
@@ -150,6 +172,51 @@ class LocalHostAgent:
         its header names no other file (``storage/qcow2.py``); InvalidImage if it does, and
         InsufficientCapacity if its data would eat into the host's reserve."""
         await disks.take_standalone(src, dest, size_bytes=size_bytes, what=what, room=self._room())
+
+    async def import_image(
+        self,
+        body: AsyncIterator[bytes],
+        folder: Path,
+        *,
+        max_bytes: int,
+        idle_timeout: float,
+        min_bytes: int,
+    ) -> dict[str, Any]:
+        """A disk image file from a request body, as an image folder's ``disk.qcow2``: received
+        into scratch (bounded, leaving the host's reserve free), checked and rewritten as
+        gureum's own qcow2 (``disks.take_image_file``). Returns its format, virtual size and
+        file facts; on any failure nothing of it is left."""
+        scratch = self.new_scratch()
+        upload = scratch / "upload"
+        # A qcow2 file is a little larger than the disk it describes (its tables).
+        limit = max_bytes + max_bytes // 8 + (64 << 20)
+        keep_free = self.disk_reserve_bytes()
+        try:
+            await streams.consume_in_thread(
+                body, lambda inp: _receive_file(inp, upload, limit, keep_free),
+                name="image-import", idle_timeout=idle_timeout, min_bytes=min_bytes,
+            )  # fmt: skip
+            folder.mkdir(parents=True)
+            dest = folder / "disk.qcow2"
+            fmt, size = await disks.take_image_file(
+                upload, dest, max_bytes=max_bytes, room=self._room()
+            )
+            digest = await asyncio.to_thread(sha256_file, dest)
+            return {
+                "format": fmt,
+                "virtual_bytes": size,
+                "file": {"file": dest.name, "bytes": dest.stat().st_size, "sha256": digest},
+            }
+        except BaseException:
+            await asyncio.to_thread(shutil.rmtree, folder, True)
+            raise
+        finally:
+            self.remove_scratch(scratch)
+
+    def remove_image(self, folder: Path) -> None:
+        """An image version's folder (an import's, when its catalog entry could not be made)."""
+        if folder.resolve().parent.parent == self.config.images_dir.resolve():
+            _remove(folder)
 
     # -- boot files ------------------------------------------------------------------------------
     def own_boot_files(self, instance_id: str) -> Path | None:
@@ -326,6 +393,8 @@ class LocalHostAgent:
         permissions.own(spec.root_disk, uid)
         images = cfg.images_dir.resolve()
         for boot_file in (spec.kernel, spec.initrd):
+            if boot_file is None:  # the firmware boots the disk
+                continue
             if images not in boot_file.resolve().parents:
                 # An imported machine's own boot files (instances/<id>/): its user's alone.
                 permissions.crossable(cfg.instances_dir, boot_file.parent)

@@ -66,8 +66,8 @@ class VMSpec:
     hardware: Hardware
     project_id: str
     uid: int | None  # the unprivileged user its QEMU runs as
-    kernel: Path
-    initrd: Path
+    kernel: Path | None  # None (both): the firmware boots the disk's own bootloader
+    initrd: Path | None
     # Its disk's files, top first, down to the image disk (if any): what the store recorded.
     # QEMU is given exactly these, and the VM's user is granted read on exactly these.
     disk_chain: tuple[Path, ...]
@@ -184,6 +184,22 @@ class HostAgent(Protocol):
     async def revoke_access(self, uid: int, paths: list[Path]) -> None: ...
 
     async def remove_file(self, path: Path) -> None: ...
+
+    # -- images users bring -----------------------------------------------------------------------
+    async def import_image(
+        self,
+        body: AsyncIterator[bytes],
+        folder: Path,
+        *,
+        max_bytes: int,
+        idle_timeout: float,
+        min_bytes: int,
+    ) -> dict[str, Any]:
+        """A disk image file from a request body, checked and made ``folder/disk.qcow2``:
+        ``{format, virtual_bytes, file: {file, bytes, sha256}}``. InvalidImage when it is not a
+        bootable qcow2 or raw disk of at most ``max_bytes``; nothing is left on failure."""
+
+    def remove_image(self, folder: Path) -> None: ...
 
     # -- boot files ------------------------------------------------------------------------------
     def own_boot_files(self, instance_id: str) -> Path | None:

@@ -1,4 +1,5 @@
-"""Images: a kernel, an initramfs and a base root disk, with what they were built from."""
+"""Images: a base root disk, with a kernel and an initramfs when built by gureum, and what they
+were built (or imported) from."""
 
 from __future__ import annotations
 
@@ -17,6 +18,15 @@ class Image:
     packages: dict[str, str] = field(default_factory=dict)  # Debian package -> version
     disk_virtual_bytes: int = 0
     built_at: float = 0.0
+    # Imported images: who logs in (their cloud-init default user), and what was handed in.
+    default_user: str | None = None
+    origin: str = "built"  # "built", or "imported qcow2" / "imported raw"
+
+    @property
+    def boot(self) -> str:
+        """``kernel``: QEMU boots the image's kernel directly (built images); ``firmware``:
+        SeaBIOS boots the disk's own bootloader (imported images, which have only a disk)."""
+        return "kernel" if "kernel" in self.files else "firmware"
 
     def file(self, role: str) -> Path:
         return Path(self.path) / str(self.files[role]["file"])
@@ -34,4 +44,7 @@ class Image:
             # Each file's bytes is an int; the catalog's JSON types the entries as object.
             "size_bytes": sum(int(f["bytes"]) for f in self.files.values()),  # type: ignore[call-overload]
             "built_at": self.built_at,
+            "boot": self.boot,
+            "default_user": self.default_user,
+            "origin": self.origin,
         }

@@ -26,7 +26,6 @@ from gureum.errors import (
     InvalidArchive,
     InvalidImage,
     InvalidInput,
-    RateLimited,
 )
 from gureum.host.interface import HostAgent
 from gureum.ids import check_name, new_id
@@ -49,42 +48,7 @@ from gureum.service.networks import NetworkService
 from gureum.service.operations import OpContext, OperationManager, Quiet
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
-
-# Backup transfers under way at once: each holds a thread, a scratch folder and a connection
-# for as long as its client takes to send or read. On the host, and per project.
-MAX_TRANSFERS = 8
-MAX_TRANSFERS_PER_PROJECT = 2
-# An upload must bring at least UPLOAD_MIN_BYTES every UPLOAD_IDLE_S seconds (a trickle of a
-# byte a minute would hold its slot forever), and nothing for that long ends it at once.
-UPLOAD_IDLE_S = 60.0
-UPLOAD_MIN_BYTES = 1 << 20
-
-
-class _Transfers:
-    """Counts transfers under way; ``take`` refuses one past the limits (429)."""
-
-    def __init__(self) -> None:
-        self._active: dict[str, int] = {}
-
-    def take(self, project_id: str) -> Callable[[], None]:
-        total, mine = sum(self._active.values()), self._active.get(project_id, 0)
-        if total >= MAX_TRANSFERS or mine >= MAX_TRANSFERS_PER_PROJECT:
-            raise RateLimited(
-                f"too many backup transfers under way ({mine} of this project's"
-                f" {MAX_TRANSFERS_PER_PROJECT}, {total} of the host's {MAX_TRANSFERS}):"
-                " try again when one ends",
-                retry_after=10,
-            )
-        self._active[project_id] = mine + 1
-        released = False
-
-        def release() -> None:
-            nonlocal released
-            if not released:
-                released = True
-                self._active[project_id] -= 1
-
-        return release
+from gureum.service.transfers import UPLOAD_IDLE_S, UPLOAD_MIN_BYTES, Transfers
 
 
 class BackupService:
@@ -101,11 +65,12 @@ class BackupService:
         disks: DiskLayers,
         ops: OperationManager,
         host: HostAgent,
+        transfers: Transfers,
     ) -> None:
         self.instances, self.snapshots = instances, snapshots
         self.creator, self.networks, self.secgroups = creator, networks, secgroups
         self.lifecycle, self.disks, self.ops, self.host = lifecycle, disks, ops, host
-        self.transfers = _Transfers()
+        self.transfers = transfers
 
     def _scratch(self) -> Path:
         return self.host.new_scratch()
@@ -147,9 +112,9 @@ class BackupService:
             _, snap = self.snapshots.get(inst.id, name)
             files = {"disk.qcow2": work / "disk.qcow2"}
             await self.host.flatten_disk(self.disks.chain(snap.layer), work / "disk.qcow2")
-            boot = self.disks.boot_folder(inst)
-            files["vmlinuz"] = boot / "vmlinuz"
-            files["initrd.img"] = boot / "initrd.img"
+            boot = self.disks.boot_files(inst)
+            if boot is not None:  # else the disk boots itself: its bootloader is in it
+                files["vmlinuz"], files["initrd.img"] = boot
             if snap.memory:
                 backends = snap.hardware.memory_backends()
                 files |= await self.host.export_memory(snap.id, backends, work)
@@ -238,7 +203,8 @@ class BackupService:
         async def take_files(undo: Reverter) -> None:
             # The boot files live with this machine, never in the shared image store.
             undo.add("the imported boot files", lambda: self.host.destroy(inst.id))
-            await self.host.take_boot_files(data, inst.id)
+            if "vmlinuz" in manifest["files"]:  # else its disk's own bootloader boots it
+                await self.host.take_boot_files(data, inst.id)
             dest = self.host.path(base.path)
             undo.add("the imported disk", lambda: self.host.remove_file(dest))
             await self.host.take_disk(data / "disk.qcow2", dest, spec.disk_bytes, "disk.qcow2")
@@ -417,7 +383,9 @@ class _Found:
                 f"the manifest declares {found.cpus} vCPU and {found.memory_mib} MiB, but its"
                 f" memory state is of a {hw.total_cpus} vCPU, {hw.total_memory_mib} MiB machine"
             )
-        wanted = {"disk.qcow2", "vmlinuz", "initrd.img"}
+        # Boot files both, or neither (a machine whose disk has its own bootloader).
+        boot_files = {"vmlinuz", "initrd.img"}
+        wanted = {"disk.qcow2"} | (boot_files if members & boot_files else set())
         if found.memory:
             wanted |= {"memory/state"} | {f"memory/ram-{b}.qcow2" for b, _ in found.backends}
         if members != wanted:

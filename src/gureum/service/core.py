@@ -31,6 +31,7 @@ from gureum.service.resize import ResizeService
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 from gureum.service.tenancy import TenancyService
+from gureum.service.transfers import Transfers
 from gureum.service.views import InstanceViews
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
@@ -89,7 +90,9 @@ class Services:
         tenancy_store = TenancyStore(db)
         # Rules that need only the store and the host.
         ops = OperationManager(OperationStore(db))
-        images = ImageService(config, ImageStore(db), instance_store, ops)
+        image_store = ImageStore(db)
+        transfers = Transfers()  # uploads and downloads, backups and images together
+        images = ImageService(config, image_store, instance_store, ops, host, transfers)
         tenancy = TenancyService(tenancy_store, max_tokens_per_user=config.max_tokens_per_user)
         quotas = QuotaService(
             tenancy_store, instance_store, snapshot_store, network_store, layer_store, host
@@ -99,7 +102,7 @@ class Services:
         forwards = ForwardService(networks, min_host_port=config.forward_min_host_port)
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
-        disks = DiskLayers(config, layer_store, snapshot_store, instance_store, host)
+        disks = DiskLayers(config, layer_store, snapshot_store, instance_store, image_store, host)
         views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views)
         creator = Creator(instance_store, admission, quotas, networks, disks, host)
@@ -115,8 +118,9 @@ class Services:
         ssh = GuestSsh(instances, forwards, host)
         resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
         backups = BackupService(
-            instances, snapshots, creator, networks, secgroups, lifecycle, disks, ops, host
-        )
+            instances, snapshots, creator, networks, secgroups, lifecycle, disks, ops, host,
+            transfers,
+        )  # fmt: skip
         reconciler = Reconciler(
             instances,
             lifecycle,

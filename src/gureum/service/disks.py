@@ -18,6 +18,7 @@ from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.instance import Instance
 from gureum.model.snapshot import UNSETTLED_BASE, Layer
+from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 
@@ -31,12 +32,14 @@ class DiskLayers:
         layers: LayerStore,
         snapshots: SnapshotStore,
         instances: InstanceStore,
+        images: ImageStore,
         host: HostAgent,
     ) -> None:
         self.config = config
         self.store = layers
         self.snapshots = snapshots
         self.instances = instances
+        self.images = images  # an image's boot (its kernel, or the firmware)
         self.host = host
 
     def image_folder(self, inst: Instance) -> Path:
@@ -49,6 +52,17 @@ class DiskLayers:
         """Where the VM's kernel and initramfs are: its image's, or for a machine imported from
         a backup its own (an import never writes into the shared image store)."""
         return self.host.own_boot_files(inst.id) or self.image_folder(inst)
+
+    def boot_files(self, inst: Instance) -> tuple[Path, Path] | None:
+        """(kernel, initramfs) QEMU boots directly; None when the firmware boots the disk's own
+        bootloader: an imported image's VM, or a machine imported without boot files."""
+        own = self.host.own_boot_files(inst.id)
+        if own is None:
+            image = self.images.get(inst.spec.image)
+            if image is None or image.boot == "firmware":
+                return None
+        folder = own or self.image_folder(inst)
+        return folder / "vmlinuz", folder / "initrd.img"
 
     def layer_path(self, layer_id: str) -> Path:
         layer = self.store.get(layer_id)

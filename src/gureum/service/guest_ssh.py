@@ -13,7 +13,6 @@ import socket
 
 from gureum.errors import InvalidState
 from gureum.host.interface import HostAgent
-from gureum.images.recipes import default_user
 from gureum.model.instance import Instance, check_action
 from gureum.service.forwards import ForwardService
 from gureum.service.instances import InstanceService
@@ -50,7 +49,7 @@ class GuestSsh:
         return {
             "instance": inst.name,
             "id": inst.id,
-            "user": default_user(inst.spec.image),
+            "user": self.instances.images.default_user(inst.spec.image),
             "address": ip,
             "port": SSH_PORT,
             "host_keys": list(keys),

@@ -4,27 +4,48 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import re
+import secrets
+import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 
 from gureum.config import Config
-from gureum.errors import Conflict, NotFound
+from gureum.errors import Conflict, InvalidInput, InvalidState, NotFound
+from gureum.host.interface import HostAgent
+from gureum.ids import check_name
 from gureum.images import build as builder
 from gureum.images import recipes
 from gureum.model.image import Image
 from gureum.model.operation import Operation
 from gureum.service.operations import OpContext, OperationManager
+from gureum.service.transfers import UPLOAD_IDLE_S, UPLOAD_MIN_BYTES, Transfers
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
+
+# A Linux user name (useradd's default rule): who `gureum ssh` logs in as on an imported image.
+USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
+SYSTEM = "images"  # the catalog's transfers count apart from any project's
 
 
 class ImageService:
     def __init__(
-        self, config: Config, store: ImageStore, instances: InstanceStore, ops: OperationManager
+        self,
+        config: Config,
+        store: ImageStore,
+        instances: InstanceStore,
+        ops: OperationManager,
+        host: HostAgent,
+        transfers: Transfers,
     ) -> None:
         self.config = config
         self.store = store
         self.instances = instances
         self.ops = ops
+        self.host = host
+        self.transfers = transfers
+        self._importing: set[str] = set()  # names whose import is under way
 
     def list(self) -> list[Image]:
         return self.store.list()
@@ -75,6 +96,67 @@ class ImageService:
             return {"name": name, "ok": not problems, "problems": problems}
 
         return self.ops.start("image-verify", name, work)
+
+    async def import_(
+        self, body: AsyncIterator[bytes], name: str, default_user: str | None = None
+    ) -> Image:
+        """A disk image file a user brings (qcow2 or raw, booting from its own bootloader),
+        checked before anything is kept (``HostAgent.import_image``) and put in the catalog
+        under ``name``, with a version of its own and the checksum of the stored disk."""
+        check_name(name, what="image name")
+        if name in recipes.DESCRIPTIONS:
+            raise InvalidInput(f"{name!r} is an image gureum builds: give the import another name")
+        if default_user is not None and not USER_NAME.fullmatch(default_user):
+            raise InvalidInput(f"{default_user!r} is not a Linux user name")
+        if self.store.get(name) is not None or name in self._importing:
+            raise Conflict(f"an image named {name!r} already exists; delete it first")
+        release = self.transfers.take(SYSTEM)
+        self._importing.add(name)  # no await from the check to here: one import per name
+        folder = self.config.images_dir / name / secrets.token_hex(6)
+        try:
+            facts = await self.host.import_image(
+                body, folder, max_bytes=self.config.image_import_max_bytes,
+                idle_timeout=UPLOAD_IDLE_S, min_bytes=UPLOAD_MIN_BYTES,
+            )  # fmt: skip
+            image = Image(
+                name=name,
+                version=folder.name,
+                kernel_version="",
+                path=str(folder),
+                files={"disk": facts["file"]},
+                disk_virtual_bytes=facts["virtual_bytes"],
+                built_at=time.time(),
+                default_user=default_user,
+                origin=f"imported {facts['format']}",
+            )
+            try:
+                self.store.put(image)
+            except BaseException:
+                self.host.remove_image(folder)
+                raise
+            return image
+        finally:
+            self._importing.discard(name)
+            release()
+
+    def default_user(self, name: str) -> str:
+        """Who ``gureum ssh`` logs in as on the image's VMs: an imported image's recorded user,
+        a built one's cloud-init default user, else root."""
+        image = self.store.get(name)
+        if image is not None and image.default_user:
+            return image.default_user
+        return recipes.default_user(name)
+
+    def export_path(self, name: str) -> Path:
+        """The disk file of an image that boots by itself (an imported one)."""
+        image = self.get(name)
+        if image.boot != "firmware":
+            raise InvalidState(
+                f"image {name!r} is built by gureum and boots its kernel directly: its disk has "
+                "no bootloader for another QEMU to start (export a VM of it with `gureum "
+                "backup export` instead)"
+            )
+        return image.file("disk")
 
     def delete(self, name: str) -> Image:
         image = self.get(name)

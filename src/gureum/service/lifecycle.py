@@ -100,7 +100,7 @@ class Lifecycle:
         self._events.pop(instance_id, None)
 
     def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
-        folder = self.disks.boot_folder(inst)
+        boot = self.disks.boot_files(inst)
         hw = hardware or inst.hardware
         assert hw is not None and inst.root_layer is not None
         return VMSpec(
@@ -109,8 +109,8 @@ class Lifecycle:
             hardware=hw,
             project_id=inst.project_id,
             uid=inst.uid,
-            kernel=folder / "vmlinuz",
-            initrd=folder / "initrd.img",
+            kernel=boot[0] if boot else None,
+            initrd=boot[1] if boot else None,
             disk_chain=self.disks.chain(inst.root_layer),
         )
 

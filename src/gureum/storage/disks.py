@@ -198,3 +198,70 @@ async def check_standalone(
                 f"{what} holds {needed >> 20} MiB of data: more than the host has room for"
             )
     return header
+
+
+# -- disk image files users bring ----------------------------------------------------------------
+SECTOR = 512
+MIN_IMPORT_BYTES = 1 << 20  # smaller than any disk with a bootloader and a filesystem
+
+
+async def take_image_file(
+    src: Path, dest: Path, *, max_bytes: int, room: int | None = None
+) -> tuple[str, int]:
+    """A disk image file a user handed in (qcow2 or raw), checked, then written out as a fresh
+    qcow2 of gureum's own at ``dest``; returns (its format, its virtual size).
+
+    The format is decided here from the first bytes, never by qemu-img probing: a file that
+    starts like a qcow2 is one, checked as any qcow2 from outside (no backing file, no external
+    data file, consistent tables: ``check_standalone``), and anything else is raw. Either must
+    be at most ``max_bytes`` as a disk and start with a boot sector (the 0x55AA signature of an
+    MBR, a protective MBR included), since the firmware boots it from its own bootloader: a
+    file that is not a bootable disk is refused before anything is written.
+    """
+    with open(src, "rb") as f:
+        magic = f.read(4)
+    if magic == qcow2.MAGIC:
+        header = qcow2.inspect(src, what="the image file")
+        fmt, size = "qcow2", header.virtual_size
+        source = image_name([src])
+    else:
+        fmt, size = "raw", src.stat().st_size
+        if size % SECTOR:
+            raise InvalidImage(
+                f"the image file is {size} bytes, not whole 512-byte sectors: neither a qcow2 "
+                "nor a raw disk image (or it is cut short)"
+            )
+        source = json.dumps({"driver": "raw", "file": {"driver": "file", "filename": str(src)}})
+        source = "json:" + source
+    if size < MIN_IMPORT_BYTES:
+        raise InvalidImage(f"the image is a disk of {size} bytes: too small to boot anything")
+    if size > max_bytes:
+        raise InvalidImage(
+            f"the image is a disk of {size >> 20} MiB, over the {max_bytes >> 20} MiB "
+            "this service takes (image_import_max_bytes)"
+        )
+    if fmt == "qcow2":
+        await check_standalone(src, size_bytes=size, what="the image file", room=room)
+    elif room is not None and src.stat().st_blocks * 512 > room:
+        raise InsufficientCapacity("the image file holds more data than the host has room for")
+    tmp = dest.with_suffix(".tmp")
+    try:
+        await arun(["qemu-img", "convert", "-O", "qcow2", source, str(tmp)],
+                   timeout=COPY_TIMEOUT)  # fmt: skip
+        first = tmp.with_suffix(".sector")
+        # The copy is gureum's own (written by qemu-img just now, no backing): read as it is.
+        await arun(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"bs={SECTOR}", "count=1",
+                    f"if={tmp}", f"of={first}"], timeout=60)  # fmt: skip
+        sector = first.read_bytes()
+        first.unlink()
+        if len(sector) != SECTOR or sector[510:512] != b"\x55\xaa":
+            raise InvalidImage(
+                "the image's first sector is not a boot sector (no 0x55AA signature): it is "
+                "not a bootable disk image (gureum boots imported images from their own "
+                "bootloader)"
+            )
+        tmp.rename(dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp.with_suffix(".sector").unlink(missing_ok=True)
+    return fmt, size

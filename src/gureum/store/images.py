@@ -21,6 +21,8 @@ def _from_row(row: RowMapping) -> Image:
         packages=json.loads(row["packages"]),
         disk_virtual_bytes=int(row["disk_virtual_bytes"]),
         built_at=row["built_at"],
+        default_user=row["default_user"],
+        origin=row["origin"] or "built",
     )
 
 
@@ -42,6 +44,8 @@ class ImageStore:
                     packages=json.dumps(image.packages),
                     disk_virtual_bytes=image.disk_virtual_bytes,
                     built_at=image.built_at,
+                    default_user=image.default_user,
+                    origin=image.origin,
                 )
             )
 

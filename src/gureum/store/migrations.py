@@ -337,6 +337,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "an instance records the SSH host keys its guest first reported",
         ["ALTER TABLE instances ADD COLUMN host_keys TEXT"],
     ),
+    (
+        11,
+        "images may be imported: their default user and where they came from",
+        [
+            "ALTER TABLE images ADD COLUMN default_user TEXT",
+            "ALTER TABLE images ADD COLUMN origin TEXT",
+        ],
+    ),
 ]
 
 

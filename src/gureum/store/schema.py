@@ -94,6 +94,8 @@ images = Table(
     Column("packages", Text, nullable=False),
     Column("disk_virtual_bytes", BigInteger, nullable=False),
     Column("built_at", Float, nullable=False),
+    Column("default_user", Text),
+    Column("origin", Text),
 )
 
 networks = Table(

@@ -1,11 +1,12 @@
-"""Images: build from Debian packages, list, verify, delete."""
+"""Images: build from Debian packages, import and export disk image files, list, verify,
+delete."""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import FileResponse, JSONResponse
 
 from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import AnyUser, Super
@@ -49,6 +50,41 @@ async def verify_image(image: str, svc: Svc, _: Super) -> JSONResponse:
     """Recompute every file's checksum against the catalog, as an operation (it reads the
     whole image); its result is ``{name, ok, problems}``."""
     return accepted(svc.images.verify(image))
+
+
+@router.post(
+    "/{image}/import",
+    status_code=201,
+    response_model=ImageOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)
+async def import_image(
+    image: str,
+    request: Request,
+    svc: Svc,
+    _: Super,
+    default_user: Annotated[
+        str | None, Query(description="who `gureum ssh` logs in as (the image's cloud-init user)")
+    ] = None,
+) -> dict[str, object]:
+    """A disk image file in the body (qcow2 or raw, streamed), booted from its own bootloader.
+    Checked before anything is kept: a qcow2 naming a backing or data file, a file that is not
+    a bootable disk, one cut short or over ``image_import_max_bytes`` is refused
+    (``invalid-image``) and nothing is left."""
+    return (await svc.images.import_(request.stream(), image, default_user)).to_dict()
+
+
+@router.get(
+    "/{image}/disk",
+    response_class=FileResponse,
+    responses={200: {"content": {"application/octet-stream": {}}, "description": "the disk"}},
+    openapi_extra={"x-gureum-role": "superuser"},
+)
+async def export_image(image: str, svc: Svc, _: Super) -> FileResponse:
+    """The image's disk as a qcow2 file another QEMU or cloud boots from its bootloader (an
+    imported image's; a built image boots its kernel directly and is refused, 409)."""
+    path = svc.images.export_path(image)
+    return FileResponse(path, media_type="application/octet-stream", filename=f"{image}.qcow2")
 
 
 @router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})

@@ -75,8 +75,9 @@ class VMConfig:
     name: str
     hardware: Hardware
     accel: str  # kvm | tcg
-    kernel: Path
-    initrd: Path
+    # None: no kernel of its own to boot directly; SeaBIOS boots the disk's bootloader.
+    kernel: Path | None
+    initrd: Path | None
     # The disk's files, top first, each backed by the next, the last by nothing: given to QEMU
     # node by node, so it never opens a file because a qcow2 header names it.
     disk_chain: tuple[Path, ...]
@@ -164,12 +165,7 @@ def render(cfg: VMConfig) -> list[str]:
         "timestamp=on",
         "-smbios",
         f"type=1,serial={opt(NOCLOUD_SERIAL)}",
-        "-kernel",
-        str(cfg.kernel),
-        "-initrd",
-        str(cfg.initrd),
-        "-append",
-        cfg.kernel_cmdline,
+        *direct_boot(cfg),
         *disk_blockdevs(cfg.disk_chain, read_only=cfg.root_read_only),
         "-device",
         "virtio-blk-pci,drive=root,id=root-disk,bootindex=1",
@@ -213,6 +209,13 @@ def render(cfg: VMConfig) -> list[str]:
         # incoming migration too: the VM runs only when told to.
         argv.append("-S")
     return argv
+
+
+def direct_boot(cfg: VMConfig) -> list[str]:
+    """QEMU boots the image's kernel itself, or (no kernel) the firmware boots the disk."""
+    if cfg.kernel is None or cfg.initrd is None:
+        return []
+    return ["-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", cfg.kernel_cmdline]
 
 
 def disk_blockdevs(chain: tuple[Path, ...], *, read_only: bool) -> list[str]:

@@ -1,0 +1,156 @@
+"""Images users bring (issue 12, part 3): a disk image file is checked with the real qemu-img
+before anything is kept, its format decided by gureum (never probed), and it must be a bootable
+disk; through the API, a refusal leaves no file and no catalog entry, and a VM of an imported
+image boots from its own bootloader (no -kernel)."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gureum.api.app import create_app
+from gureum.config import load_config
+from gureum.errors import InvalidImage
+from gureum.model.image import Image
+from gureum.service.core import Services
+from gureum.storage import disks
+from gureum.units import MIB
+from tests.unit.fakehost import FakeHost
+
+SIZE = 4 * MIB
+
+
+def qemu_img(*args: str) -> None:
+    subprocess.run(["qemu-img", *args], check=True, capture_output=True)
+
+
+def bootable_raw(path: Path, size: int = SIZE) -> Path:
+    with open(path, "wb") as f:
+        f.truncate(size)
+        f.seek(510)
+        f.write(b"\x55\xaa")  # an MBR's boot signature
+    return path
+
+
+def take(src: Path, tmp_path: Path, max_bytes: int = 1 << 30) -> tuple[str, int]:
+    dest = tmp_path / "out" / "disk.qcow2"
+    dest.parent.mkdir(exist_ok=True)
+    return asyncio.run(disks.take_image_file(src, dest, max_bytes=max_bytes))
+
+
+def test_a_bootable_raw_and_qcow2_are_taken_as_qcow2_of_their_size(tmp_path: Path) -> None:
+    raw = bootable_raw(tmp_path / "disk.raw")
+    assert take(raw, tmp_path) == ("raw", SIZE)
+    qcow = tmp_path / "disk.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow))
+    (tmp_path / "out" / "disk.qcow2").unlink()
+    assert take(qcow, tmp_path) == ("qcow2", SIZE)
+    out = tmp_path / "out" / "disk.qcow2"
+    assert out.read_bytes()[:4] == b"QFI\xfb"
+
+
+@pytest.mark.parametrize(
+    ("make", "said"),
+    [
+        (lambda d: (d.write_text("#cloud-config\nnot a disk\n"), d)[1], "512-byte sectors"),
+        (lambda d: (d.write_bytes(b"\0" * SIZE), d)[1], "not a boot sector"),
+        (lambda d: (d.write_bytes(b"\0" * 4096), d)[1], "too small"),
+    ],
+)
+def test_what_is_not_a_bootable_disk_is_refused(tmp_path: Path, make, said: str) -> None:
+    src = make(tmp_path / "file")
+    with pytest.raises(InvalidImage, match=said):
+        take(src, tmp_path)
+    assert not (tmp_path / "out" / "disk.qcow2").exists()
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_qcow2_that_names_another_host_file_is_refused(tmp_path: Path) -> None:
+    secret = bootable_raw(tmp_path / "host-secret.raw")
+    backed = tmp_path / "backed.qcow2"
+    qemu_img("create", "-f", "qcow2", "-F", "raw", "-b", str(secret), str(backed))
+    with pytest.raises(InvalidImage, match="backing file"):
+        take(backed, tmp_path)
+    data = tmp_path / "datafile.qcow2"
+    qemu_img("create", "-f", "qcow2", "-o", f"data_file={secret}", str(data), str(SIZE))
+    with pytest.raises(InvalidImage, match="external file"):
+        take(data, tmp_path)
+
+
+def test_a_qcow2_cut_short_or_over_the_limit_is_refused(tmp_path: Path) -> None:
+    full = tmp_path / "full.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2",
+             str(bootable_raw(tmp_path / "d.raw")), str(full))  # fmt: skip
+    cut = tmp_path / "cut.qcow2"
+    cut.write_bytes(full.read_bytes()[:300])
+    with pytest.raises(InvalidImage):
+        take(cut, tmp_path)
+    with pytest.raises(InvalidImage, match="over the 2 MiB"):
+        take(full, tmp_path, max_bytes=2 * MIB)
+
+
+# -- through the API ------------------------------------------------------------------------------
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
+    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
+    host = FakeHost(config)
+    svc = Services.build(config, host=host)
+    svc.tenancy.ensure_default()
+    with TestClient(create_app(svc)) as root:
+        yield root, svc, host
+    svc.close()
+
+
+def test_an_import_is_in_the_catalog_and_its_vms_boot_their_own_bootloader(world) -> None:
+    root, svc, _ = world
+    made = root.post("/v1/images/mine/import", params={"default_user": "debian"},
+                     content=b"BOOT" + b"\0" * 60)  # fmt: skip
+    assert made.status_code == 201, made.text
+    image = made.json()
+    assert (image["boot"], image["origin"], image["default_user"]) == (
+        "firmware", "imported raw", "debian")  # fmt: skip
+    resp = root.post("/v1/instances", json={"name": "w2", "image": "mine"})
+    assert resp.status_code == 202, resp.text
+    inst = svc.instances.get("w2")
+    spec = svc.instances.lifecycle.vm_spec(inst, inst.hardware)
+    assert spec.kernel is None and spec.initrd is None
+    assert svc.images.default_user("mine") == "debian"
+
+
+@pytest.mark.parametrize(
+    ("name", "params", "body", "status", "said"),
+    [
+        ("debian", {}, b"BOOT", 400, "gureum builds"),
+        ("mine", {"default_user": "root;rm"}, b"BOOT", 400, "not a Linux user name"),
+        ("mine", {}, b"not a disk", 400, "not a boot sector"),
+        ("../x", {}, b"BOOT", 404, ""),
+    ],
+)
+def test_a_refused_import_leaves_nothing(world, name, params, body, status, said) -> None:
+    root, svc, host = world
+    resp = root.post(f"/v1/images/{name}/import", params=params, content=body)
+    assert resp.status_code == status, resp.text
+    assert said in resp.text
+    assert svc.images.list() == [] and host.files == set()
+
+
+def test_an_image_name_that_exists_is_refused_before_the_body_is_read(world) -> None:
+    root, svc, host = world
+    svc.images.store.put(Image("mine", "v1", "", "/nowhere"))
+    resp = root.post("/v1/images/mine/import", content=b"BOOT" * 1000)
+    assert resp.status_code == 409, resp.text
+    assert "already exists" in resp.json()["error"]["message"]
+    assert "import_image" not in host.calls
+
+
+def test_a_built_image_is_not_exported_as_a_bootable_disk(world) -> None:
+    root, svc, _ = world
+    svc.images.store.put(Image("tiny", "v1", "6.1", "/nowhere", files={"kernel": {}}))
+    resp = root.get("/v1/images/tiny/disk")
+    assert resp.status_code == 409, resp.text
+    assert "backup export" in resp.json()["error"]["message"]

@@ -67,6 +67,15 @@ done
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
 
 
+def _publish(image_file: Path, images: Path) -> None:
+    """An image's file readable by every VM's user, and its folders up to ``images`` crossable:
+    images are shared, read-only, by every VM made from them."""
+    for path in (image_file, *list(image_file.parents)):
+        if path == images.parent:
+            break
+        permissions.public(path)
+
+
 def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None:
     """Copy a body to ``dest``: at most ``limit`` bytes, and never past ``keep_free`` bytes
     free where it is written (the host's reserve)."""
@@ -401,13 +410,10 @@ class LocalHostAgent:
                 permissions.root_only(boot_file)
                 permissions.grant_read([boot_file], uid)
                 continue
-            for path in (boot_file, *list(boot_file.parents)):
-                if path == images.parent:
-                    break
-                permissions.public(path)
+            _publish(boot_file, images)
         for lower in spec.disk_chain[1:]:
             if images in lower.resolve().parents:
-                permissions.public(lower)
+                _publish(lower, images)  # an image's disk (its folders too: an import's are new)
             else:
                 permissions.root_only(lower)
                 permissions.grant_read([lower], uid)

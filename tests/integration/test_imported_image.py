@@ -1,0 +1,89 @@
+"""An image gureum did not make (issue 12, part 3): imported from a qcow2 file built by
+debootstrap with SYSLINUX in its MBR, booted through SeaBIOS and its own bootloader, configured by
+its own stock cloud-init from gureum's metadata, logged in to with `gureum ssh`; then exported.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.conftest import CACHE
+from tests.integration.foreign_image import build
+from tests.integration.test_debian import USER_DATA, _json
+from tests.waiting import wait_for
+
+VM = "w2"
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "id")],
+                   check=True)  # fmt: skip
+    return folder / "id"
+
+
+@pytest.fixture(scope="module")
+def imported(service, key, tmp_path_factory):
+    qcow = build(CACHE)
+    made = _json(service, "image", "import", str(qcow), "--name", "mine", "--user", "debian")
+    user_data = tmp_path_factory.mktemp("ud") / "cloud.yaml"
+    user_data.write_text(USER_DATA)
+    service.cli("secgroup", "create", "ssh2")
+    service.cli("launch", "mine", "--name", VM, "--cpus", "2", "--memory", "1G",
+                "--secgroup", "ssh2", "--ssh-key", key.with_suffix(".pub").read_text().strip(),
+                "--user-data", str(user_data), timeout=600)  # fmt: skip
+    gateway = _json(service, "network", "show", "default")["gateway"]  # made by the launch
+    service.cli("secgroup", "rule", "add", "ssh2", "--ingress", "tcp/22", "--from", f"{gateway}/32")
+    wait_for(lambda: ssh(service, key, "true", check=False).returncode == 0, 300,
+             interval=2, what="SSH into the imported image's VM")  # fmt: skip
+    yield made
+    service.cli("delete", VM, "--force")
+    service.cli("secgroup", "delete", "ssh2")
+    service.cli("image", "delete", "mine")
+
+
+def ssh(service, key, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = service.cli("ssh", VM, "-i", str(key), "--", *command, check=False, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr
+    return proc
+
+
+def test_the_import_is_recorded_as_a_disk_that_boots_itself(imported):
+    assert imported["boot"] == "firmware"
+    assert imported["origin"] == "imported qcow2"
+    assert imported["default_user"] == "debian"
+    assert set(imported["files"]) == {"disk"}
+
+
+def test_it_boots_its_own_bootloader_and_cloud_init_configures_it(service, key, imported):
+    inst = _json(service, "show", VM)
+    qemu = (service.home / "run" / inst["id"] / "qemu.pid").read_text().split()[0]
+    argv = Path(f"/proc/{qemu}/cmdline").read_bytes().split(b"\0")
+    assert b"-kernel" not in argv  # SeaBIOS and SYSLINUX, not QEMU's direct boot
+    assert "SYSLINUX" in service.cli("console", VM, "--log", "--tail", "0").stdout
+    status = ssh(service, key, "cloud-init", "status", "--wait", "--long").stdout
+    assert "status: done" in status, status
+    assert ssh(service, key, "hostname").stdout.strip() == VM
+    assert ssh(service, key, "cloud-init", "query", "instance-id").stdout.strip() == inst["id"]
+    assert ssh(service, key, "cat", "/etc/gureum-test").stdout == "written by user-data"
+    assert ssh(service, key, "sudo", "-n", "true").returncode == 0
+
+
+def test_export_gives_back_a_qcow2_that_boots_by_itself(service, imported, tmp_path):
+    out = tmp_path / "mine.qcow2"
+    service.cli("image", "export", "mine", str(out))
+    shown = subprocess.run(["qemu-img", "info", "--output=json", "-f", "qcow2", str(out)],
+                           check=True, capture_output=True)  # fmt: skip
+    info = json.loads(shown.stdout)
+    assert info["format"] == "qcow2" and "backing-filename" not in info
+    assert info["virtual-size"] == imported["disk_virtual_bytes"]
+    raw = tmp_path / "first.raw"
+    subprocess.run(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", "bs=512", "count=1",
+                    f"if={out}", f"of={raw}"], check=True)  # fmt: skip
+    assert raw.read_bytes()[510:512] == b"\x55\xaa"

@@ -146,7 +146,7 @@ def test_gureum_ssh_gives_openssh_the_guests_keys_user_and_tunnel(
     world, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     root, svc, host = world
-    inst = _launch(root, svc, "web")
+    inst = _launch(root, svc, "web", ssh_keys=[ED25519])
     host.host_keys = [ED25519]
     # A stand-in for the ssh binary: records how it was called and its known-hosts file.
     bin_dir = tmp_path / "bin"
@@ -200,3 +200,50 @@ def test_user_data_that_is_not_cloud_config_is_passed_as_it_is(world) -> None:
     script = "#!/bin/sh\necho [not yaml: {\n"
     _launch(root, svc, "web", user_data=script)
     assert svc.instances.get("web").user_data == script
+
+
+def test_key_pairs_are_kept_named_and_copied_into_the_vms_launched_with_them(world) -> None:
+    root, svc, _ = world
+    made = root.post("/v1/keypairs", json={"name": "laptop", "public_key": f"{ED25519} ada"})
+    assert made.status_code == 201, made.text
+    assert made.json()["fingerprint"].startswith("SHA256:")
+    assert (
+        root.post("/v1/keypairs", json={"name": "laptop", "public_key": OTHER}).status_code == 409
+    )
+    private = root.post(
+        "/v1/keypairs", json={"name": "oops", "public_key": "-----BEGIN OPENSSH PRIVATE KEY-----"}
+    )
+    assert private.status_code == 400 and "PRIVATE" not in private.text
+    _launch(root, svc, "web", keypairs=["laptop"], ssh_keys=[OTHER])
+    assert svc.instances.get("web").ssh_keys == (OTHER, f"{ED25519} ada")
+    assert root.delete("/v1/keypairs/laptop").status_code == 200
+    assert [p["name"] for p in root.get("/v1/keypairs").json()] == []
+    assert svc.instances.get("web").ssh_keys == (OTHER, f"{ED25519} ada")  # kept by the VM
+    unknown = root.post("/v1/instances", json={"name": "w2", "image": "debian",
+                                               "keypairs": ["laptop"]})  # fmt: skip
+    assert unknown.status_code == 404, unknown.text
+    assert [i.name for i in svc.instances.list()] == ["web"]  # nothing made for it
+
+
+def test_a_vm_without_a_key_is_refused_by_gureum_ssh_with_the_reason(world) -> None:
+    root, svc, host = world
+    _launch(root, svc, "web")
+    host.host_keys = [ED25519]
+    resp = root.get("/v1/instances/web/ssh")
+    assert resp.status_code == 409, resp.text
+    assert "without an SSH key" in resp.json()["error"]["message"]
+
+
+def test_ssh_key_takes_a_pub_file_as_the_issue_shows(world, tmp_path, monkeypatch) -> None:
+    root, svc, _ = world
+    pub = tmp_path / "id_ed25519.pub"
+    pub.write_text(f"{ED25519} from-a-file\n")
+    cli_against(monkeypatch, root)
+    res = CliRunner().invoke(app, ["launch", "debian", "--name", "web", "--ssh-key", str(pub),
+                                   "--no-wait"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert svc.instances.get("web").ssh_keys == (f"{ED25519} from-a-file",)
+    res = CliRunner().invoke(app, ["launch", "debian", "--name", "w2", "--ssh-key", "nope"])
+    assert res.exit_code != 0
+    assert getattr(res.exception, "code", None) == "usage"  # main() exits 2 for it
+    assert "neither a public key line nor a file" in str(res.exception)

@@ -25,6 +25,7 @@ from gureum.api.routes import (
     backups,
     images,
     instances,
+    keypairs,
     networks,
     operations,
     snapshots,
@@ -59,7 +60,9 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     app.state.user_limiter = RateLimiter(user_rate, config.user_rate_limit_burst)
     app.state.unauthenticated_audit = RateLimiter(1, 60)  # per client address
     errors.install(app)
-    for module in (instances, snapshots, backups, networks, operations, images, system, tenancy):
+    for module in (
+        instances, snapshots, backups, networks, operations, images, system, tenancy, keypairs,
+    ):  # fmt: skip
         app.include_router(module.router)
 
     for route in app.routes:

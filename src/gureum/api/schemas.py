@@ -35,7 +35,23 @@ class LaunchIn(Strict):
     secgroups: list[str] = Field(default_factory=list, description="default: the default group")
     user_data: str | None = Field(None, description="served at /latest/user-data")
     ssh_keys: list[str] = Field(default_factory=list, description="OpenSSH public keys")
+    keypairs: list[str] = Field(
+        default_factory=list, description="the project's key pairs by name: their keys too"
+    )
     autostart: bool = Field(False, description="start when the host has booted")
+
+
+class KeyPairIn(Strict):
+    name: str = Field(examples=["laptop"])
+    public_key: str = Field(description="one OpenSSH public key line (the .pub file)")
+
+
+class KeyPairOut(BaseModel):
+    id: str
+    name: str
+    public_key: str
+    fingerprint: str = Field(description="SHA256:..., as ssh-keygen -l prints it")
+    created_at: float
 
 
 class ExecIn(Strict):

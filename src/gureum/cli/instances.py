@@ -31,6 +31,20 @@ NoWait = Annotated[
 ]
 
 
+def public_keys(given: str, option: str) -> list[str]:
+    """A public key line as it is, or the key lines of a file (``~/.ssh/id_ed25519.pub``)."""
+    if given.startswith(("ssh-", "ecdsa-", "sk-")):
+        return [given]
+    path = Path(given).expanduser()
+    if not path.is_file():
+        raise usage_error(f"{option}: {given!r} is neither a public key line nor a file")
+    keys = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+    keys = [k for k in keys if k and not k.startswith("#")]
+    if not keys:
+        raise usage_error(f"{option}: {given} holds no key")
+    return keys
+
+
 def memory_in_mib(text: str) -> int:
     """--memory, in MiB: a usage error unless it is a whole number of them."""
     size = read_size(text, default_unit="M", what="memory")
@@ -59,7 +73,15 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--user-data", help="File served at /latest/user-data.")
         ] = None,
         ssh_key: Annotated[
-            list[str] | None, typer.Option("--ssh-key", help="OpenSSH public key (repeatable).")
+            list[str] | None,
+            typer.Option(
+                "--ssh-key",
+                help="OpenSSH public key: the line, or its .pub file (repeatable).",
+            ),
+        ] = None,
+        keypair: Annotated[
+            list[str] | None,
+            typer.Option("--keypair", help="The project's key pair, by name (repeatable)."),
         ] = None,
         autostart: Annotated[
             bool,
@@ -73,7 +95,8 @@ def register(app: typer.Typer) -> None:
         extra: dict[str, object] = {
             "networks": network or [],
             "secgroups": secgroup or [],
-            "ssh_keys": ssh_key or [],
+            "ssh_keys": [k for given in ssh_key or [] for k in public_keys(given, "--ssh-key")],
+            "keypairs": keypair or [],
             "autostart": autostart,
         }
         if user_data is not None:

@@ -239,6 +239,15 @@ class Client:
         out["stderr"] = base64.b64decode(out.pop("stderr_b64"))
         return out
 
+    def keypairs(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("keypairs"))
+
+    def add_keypair(self, name: str, public_key: str) -> dict[str, Any]:
+        return self.request("POST", path("keypairs"), json={"name": name, "public_key": public_key})
+
+    def delete_keypair(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("keypairs", name))
+
     def ssh_access(self, ref: str) -> dict[str, Any]:
         """Who logs in, the address, the host keys the guest reported."""
         return self.request("GET", path("instances", ref, "ssh"))

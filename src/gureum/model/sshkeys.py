@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+from dataclasses import dataclass
 
 MAX_KEY_LINE = 16384  # an RSA 16384-bit key is under 3 KiB; anything longer is not a key
 
@@ -27,3 +29,25 @@ def public_key(text: str, *, keep_comment: bool = False) -> str | None:
     if keep_comment and len(parts) == 3 and parts[2].isprintable():
         return f"{parts[0]} {parts[1]} {parts[2]}"
     return f"{parts[0]} {parts[1]}"
+
+
+def fingerprint(key: str) -> str:
+    """``SHA256:...`` of a checked public key, as ``ssh-keygen -l`` prints it."""
+    blob = base64.b64decode(key.split()[1])
+    return "SHA256:" + base64.b64encode(hashlib.sha256(blob).digest()).decode().rstrip("=")
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """A public key kept under a name in a project, for launches to name (EC2's key pairs)."""
+
+    id: str
+    project_id: str
+    name: str
+    public_key: str
+    fingerprint: str
+    created_at: float
+
+    def to_dict(self) -> dict[str, object]:
+        return {"id": self.id, "name": self.name, "public_key": self.public_key,
+                "fingerprint": self.fingerprint, "created_at": self.created_at}  # fmt: skip

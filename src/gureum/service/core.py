@@ -21,6 +21,7 @@ from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
+from gureum.service.keypairs import KeyPairService
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
 from gureum.service.nics import NicService
@@ -36,6 +37,7 @@ from gureum.service.views import InstanceViews
 from gureum.store.db import Database
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
+from gureum.store.keypairs import KeyPairStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
@@ -61,6 +63,7 @@ class Services:
     forwards: ForwardService
     nics: NicService
     ssh: GuestSsh
+    keypairs: KeyPairService
     tenancy: TenancyService
     quotas: QuotaService
     _lock_fd: int | None = None
@@ -100,6 +103,7 @@ class Services:
         networks = NetworkService(host, network_store, instance_store, quotas)
         secgroups = SecGroupService(network_store, networks)
         forwards = ForwardService(networks, min_host_port=config.forward_min_host_port)
+        keypairs = KeyPairService(KeyPairStore(db))
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, image_store, host)
@@ -108,7 +112,7 @@ class Services:
         creator = Creator(instance_store, admission, quotas, networks, disks, host)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
-            secgroups, forwards, disks, lifecycle, views, creator,
+            secgroups, forwards, disks, lifecycle, views, creator, keypairs,
         )  # fmt: skip
         snapshots = SnapshotService(
             snapshot_store, instances, lifecycle, disks, admission, quotas, networks, secgroups,
@@ -145,6 +149,7 @@ class Services:
             forwards,
             nics,
             ssh,
+            keypairs,
             tenancy,
             quotas,
         )

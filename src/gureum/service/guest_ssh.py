@@ -36,6 +36,11 @@ class GuestSsh:
     async def access(self, ref: str, project_id: str | None = None) -> dict[str, object]:
         """What ``gureum ssh`` needs: the login user, the address, the host keys."""
         inst = self._running(ref, project_id)
+        if not inst.ssh_keys:
+            raise InvalidState(
+                f"{inst.name} was launched without an SSH key (launch --ssh-key or --keypair): "
+                "no key can log in; use `gureum console` or `gureum exec` instead"
+            )
         _, ip = self.forwards.target(inst.id)
         keys = inst.host_keys
         if not keys:

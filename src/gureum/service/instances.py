@@ -42,6 +42,7 @@ from gureum.service.creation import Creator, Draft
 from gureum.service.disks import DiskLayers
 from gureum.service.forwards import ForwardService
 from gureum.service.images import ImageService
+from gureum.service.keypairs import KeyPairService
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK, NetworkService
 from gureum.service.operations import OpContext, OperationManager
@@ -70,6 +71,7 @@ class LaunchRequest:
     secgroups: tuple[str, ...] = ()  # () : the default security group
     user_data: str | None = None
     ssh_keys: tuple[str, ...] = ()
+    keypairs: tuple[str, ...] = ()  # the project's key pairs, by name: their keys are added
     autostart: bool = False  # start when the service first starts after the host boots
 
 
@@ -110,6 +112,7 @@ class InstanceService:
         lifecycle: Lifecycle,
         views: InstanceViews,
         creator: Creator,
+        keypairs: KeyPairService,
     ) -> None:
         self.config = config
         self.store = store
@@ -125,6 +128,7 @@ class InstanceService:
         self.lifecycle = lifecycle
         self._views = views
         self.creator = creator
+        self.keypairs = keypairs
 
     # -- queries ---------------------------------------------------------------------------------
     def list(self, project_id: str | None = None) -> list[Instance]:
@@ -195,6 +199,8 @@ class InstanceService:
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
     ) -> tuple[Instance, Operation]:
         spec, image_version = self.validate(req, project_id)
+        # Copied in: a key pair deleted later does not take access away from this VM.
+        keys = tuple(dict.fromkeys((*req.ssh_keys, *self.keypairs.keys(req.keypairs, project_id))))
 
         async def networks() -> builtins.list[tuple[int, Network]]:
             nets = [
@@ -214,7 +220,7 @@ class InstanceService:
             image_version,
             project_id,
             user_data=req.user_data,
-            ssh_keys=tuple(req.ssh_keys),
+            ssh_keys=keys,
             autostart=req.autostart,
         )
 

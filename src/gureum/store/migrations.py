@@ -345,6 +345,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE images ADD COLUMN origin TEXT",
         ],
     ),
+    (
+        12,
+        "projects keep SSH key pairs for launches to name",
+        [
+            """
+            CREATE TABLE keypairs (
+                id TEXT PRIMARY KEY,
+                project_id TEXT NOT NULL,
+                name TEXT NOT NULL,
+                public_key TEXT NOT NULL,
+                fingerprint TEXT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (project_id, name)
+            )
+            """
+        ],
+    ),
 ]
 
 

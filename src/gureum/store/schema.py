@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text
+from sqlalchemy import BigInteger, Column, Float, MetaData, Table, Text, UniqueConstraint
 
 from gureum.model.tenancy import LIMITS, QUOTAS, Amount
 
@@ -120,6 +120,18 @@ nics = Table(
     Column("mac", Text, nullable=False, unique=True),
     Column("ip", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+keypairs = Table(
+    "keypairs",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("project_id", Text, nullable=False),
+    Column("name", Text, nullable=False),
+    Column("public_key", Text, nullable=False),
+    Column("fingerprint", Text, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("project_id", "name"),
 )
 
 secgroups = Table(

@@ -13,7 +13,7 @@ from gureum.errors import Conflict
 from gureum.ids import new_id
 from gureum.model.tenancy import Project, Role, Token, User
 from gureum.store.db import Database
-from gureum.store.schema import audit, memberships, projects, tokens, users
+from gureum.store.schema import audit, keypairs, memberships, projects, tokens, users
 
 
 class TenancyStore:
@@ -55,6 +55,7 @@ class TenancyStore:
     def remove_project(self, project_id: str) -> None:
         with self.db.begin() as conn:
             conn.execute(delete(memberships).where(memberships.c.project_id == project_id))
+            conn.execute(delete(keypairs).where(keypairs.c.project_id == project_id))
             conn.execute(delete(projects).where(projects.c.id == project_id))
 
     # -- users -----------------------------------------------------------------------------------

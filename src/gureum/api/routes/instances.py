@@ -62,6 +62,7 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
         secgroups=tuple(body.secgroups),
         user_data=body.user_data,
         ssh_keys=tuple(body.ssh_keys),
+        keypairs=tuple(body.keypairs),
         autostart=body.autostart,
     )
     inst, op = await svc.instances.launch(req, scope.project_id)

@@ -135,3 +135,29 @@ def test_the_uplink_cannot_reach_in_unless_a_security_group_lets_it(nat):
     assert not connects()
     svc.cli("secgroup", "rule", "add", "default", "--ingress", "tcp/8080", "--from", "0.0.0.0/0")
     assert connects()  # the path is there: only the security group stood in the way
+
+
+def test_a_port_the_uplink_publishes_by_dnat_is_no_way_in_for_a_guest(nat):
+    """Review of issue 12: DNAT'd traffic crosses the uplink's forward hook, not its input
+    hook; a port the uplink publishes to something behind it (Docker's -p, a NodePort) must not
+    be a door from a NAT network into the uplink's own services."""
+    svc, inet, _ = nat
+    script = (
+        "table ip gt_publish {\n"
+        "  chain prerouting {\n"
+        "    type nat hook prerouting priority -100; policy accept;\n"
+        f"    fib daddr type local tcp dport 8081 dnat to {WWW_IP}:80\n"
+        "  }\n"
+        "}\n"
+    )
+    subprocess.run(["ip", "netns", "exec", inet, "nft", "-f", "-"], input=script, text=True,
+                   check=True)  # fmt: skip
+    try:
+        code, said = sh(svc, "out1", f"timeout 8 wget -qO- http://{UPLINK_IP}:8081/",
+                        check=False)  # fmt: skip
+        assert code != 0, said  # the published port, through the uplink's own address
+        # ... while the same server, asked directly, answers: the way out is there.
+        assert "hello" in sh(svc, "out1", f"timeout 20 wget -qO- http://{WWW_IP}/")
+    finally:
+        subprocess.run(["ip", "netns", "exec", inet, "nft", "delete", "table", "ip",
+                        "gt_publish"], check=False)  # fmt: skip

@@ -247,3 +247,25 @@ def test_ssh_key_takes_a_pub_file_as_the_issue_shows(world, tmp_path, monkeypatc
     assert res.exit_code != 0
     assert getattr(res.exception, "code", None) == "usage"  # main() exits 2 for it
     assert "neither a public key line nor a file" in str(res.exception)
+
+
+def test_ssh_tunnels_are_bounded_and_audited(world) -> None:
+    """Review of issue 12: a guest that never closes its end held two of the service's
+    descriptors per tunnel, without bound, and tunnels were not in the audit."""
+    from gureum.errors import RateLimited
+    from gureum.service.guest_ssh import MAX_TUNNELS_PER_PROJECT
+
+    root, svc, _ = world
+    _launch(root, svc, "web", ssh_keys=[ED25519])
+    with root.websocket_connect("/v1/instances/web/ssh/tunnel") as ws:
+        refused = ws.receive_json()  # the fake host has no guest to connect to
+    assert "no guests" in refused["error"]["message"]
+    entry = next(e for e in root.get("/v1/audit").json() if e["action"].startswith("SSH "))
+    assert (entry["action"], entry["target"], entry["result"]) == (
+        "SSH /v1/instances/{ref}/ssh/tunnel", "web", 409)  # fmt: skip
+    project = svc.instances.get("web").project_id
+    held = [svc.ssh.tunnels.take(project) for _ in range(MAX_TUNNELS_PER_PROJECT)]
+    with pytest.raises(RateLimited):
+        svc.ssh.tunnels.take(project)
+    held[0]()
+    svc.ssh.tunnels.take(project)  # a slot freed is a slot taken

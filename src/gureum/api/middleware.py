@@ -115,6 +115,12 @@ def audit_console(scope: Scope, ref: str, result: int, detail: dict[str, Any] | 
     _write(scope, "CONSOLE /v1/instances/{ref}/console", ref, result, detail)
 
 
+def audit_tunnel(scope: Scope, ref: str, result: int, detail: dict[str, Any] | None) -> None:
+    """An SSH tunnel in the audit, as a console session: who, which VM, how it ended, how long
+    and how many bytes each way (never the bytes: they are ssh's, encrypted anyway)."""
+    _write(scope, "SSH /v1/instances/{ref}/ssh/tunnel", ref, result, detail)
+
+
 def _write(
     scope: Scope, action: str, target: str | None, result: int, detail: dict[str, Any] | None = None
 ) -> None:

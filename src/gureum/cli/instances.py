@@ -23,6 +23,7 @@ from gureum.cli.output import (
     usage_error,
 )
 from gureum.client.client import Client
+from gureum.model.sshkeys import public_key
 from gureum.units import GIB, MIB
 
 Name = Annotated[str, typer.Argument(help="Instance name or id.")]
@@ -32,16 +33,23 @@ NoWait = Annotated[
 
 
 def public_keys(given: str, option: str) -> list[str]:
-    """A public key line as it is, or the key lines of a file (``~/.ssh/id_ed25519.pub``)."""
+    """A public key line as it is, or the key lines of a file (``~/.ssh/id_ed25519.pub``).
+
+    A private key never leaves this machine: a file holding one (the ``.pub`` forgotten) is
+    refused before anything is sent, and what was given is not repeated in the error (a key
+    pasted as the argument would be printed back)."""
     if given.startswith(("ssh-", "ecdsa-", "sk-")):
         return [given]
     path = Path(given).expanduser()
     if not path.is_file():
-        raise usage_error(f"{option}: {given!r} is neither a public key line nor a file")
-    keys = [line.strip() for line in path.read_text(errors="replace").splitlines()]
+        raise usage_error(f"{option}: neither a public key line nor a file")
+    text = path.read_text(errors="replace")
+    if "PRIVATE KEY" in text:
+        raise usage_error(f"{option}: {path} is a private key: give its .pub file (nothing sent)")
+    keys = [line.strip() for line in text.splitlines()]
     keys = [k for k in keys if k and not k.startswith("#")]
-    if not keys:
-        raise usage_error(f"{option}: {given} holds no key")
+    if not keys or any(public_key(k) is None for k in keys):
+        raise usage_error(f"{option}: {path} is not a public key file (one key a line)")
     return keys
 
 

@@ -218,6 +218,8 @@ class LocalHostAgent:
             }
         except BaseException:
             await asyncio.to_thread(shutil.rmtree, folder, True)
+            with contextlib.suppress(OSError):  # the image's folder, if it held only this one
+                folder.parent.rmdir()
             raise
         finally:
             self.remove_scratch(scratch)

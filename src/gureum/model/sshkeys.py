@@ -26,7 +26,9 @@ def public_key(text: str, *, keep_comment: bool = False) -> str | None:
     size = int.from_bytes(blob[:4], "big")
     if len(blob) < 4 + size or blob[4 : 4 + size] != parts[0].encode():
         return None
-    if keep_comment and len(parts) == 3 and parts[2].isprintable():
+    if len(parts) == 3 and not parts[2].isprintable():
+        return None  # control characters (a terminal escape, a line break of another kind)
+    if keep_comment and len(parts) == 3:
         return f"{parts[0]} {parts[1]} {parts[2]}"
     return f"{parts[0]} {parts[1]}"
 

@@ -22,6 +22,8 @@ def check_user_data(text: str) -> None:
         return
     try:
         data = yaml.safe_load(text)
+    except RecursionError:  # nesting deeper than the parser's stack: not a 500
+        raise InvalidInput("cloud-config user data is nested too deeply") from None
     except yaml.YAMLError as exc:
         where = getattr(exc, "problem_mark", None)
         line = f" (line {where.line + 1})" if where is not None else ""

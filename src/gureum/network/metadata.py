@@ -112,7 +112,8 @@ def nocloud(who: Caller) -> dict[str, str]:
         "public-keys": list(who.public_keys),
     }
     return {
-        "/nocloud/meta-data": json.dumps(meta, indent=1) + "\n",
+        # UTF-8, not \u escapes: YAML reads a JSON escaped surrogate pair as two lone halves.
+        "/nocloud/meta-data": json.dumps(meta, indent=1, ensure_ascii=False) + "\n",
         "/nocloud/user-data": who.user_data or "",
     }
 

@@ -9,7 +9,9 @@ guest's address), then to the uplink's own address as they leave it by its defau
 What it never lets through, in the uplink's table ``ip gureum_uplink``:
 - a connection from one NAT network to another (they meet only in the uplink);
 - a connection from a network to the uplink's own addresses (the host's services), replies
-  aside;
+  aside: dropped before any DNAT the uplink does (priority -150), so a port the host publishes
+  to a container or another VM (Docker's ``-p``, a NodePort) is not a way in either, and
+  nothing a DNAT rule rewrites is forwarded from a network;
 and in the network's own firewall (``firewall.render``), nothing from ``up0`` reaches a guest
 unless one of its security groups lets that source in. Nothing routes to a guest subnet from
 outside anyway: the uplink has a route only to each /30.
@@ -72,7 +74,7 @@ def resolvers(configured: str | None, resolv_conf: Path = Path("/etc/resolv.conf
 def uplink_ruleset() -> str:
     """The uplink's table, the same for every NAT network: masquerade what comes from the
     shared space and leaves by another interface; nothing between networks; nothing to the
-    uplink itself but replies."""
+    uplink itself (nor through its DNAT rules) but replies."""
     return f"""table ip {TABLE}
 delete table ip {TABLE}
 table ip {TABLE} {{
@@ -80,9 +82,14 @@ table ip {TABLE} {{
     type nat hook postrouting priority 100; policy accept;
     ip saddr {SHARED} oifname != "{PREFIX}*" masquerade
   }}
+  chain prerouting {{
+    type filter hook prerouting priority -150; policy accept;
+    iifname "{PREFIX}*" fib daddr type local drop
+  }}
   chain forward {{
     type filter hook forward priority 0; policy accept;
     iifname "{PREFIX}*" oifname "{PREFIX}*" drop
+    iifname "{PREFIX}*" ct status dnat drop
   }}
   chain input {{
     type filter hook input priority 0; policy accept;

@@ -10,14 +10,20 @@ agent (recorded the first time they are asked for, and never replaced) as its on
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 
 from gureum.errors import InvalidState
 from gureum.host.interface import HostAgent
 from gureum.model.instance import Instance, check_action
 from gureum.service.forwards import ForwardService
 from gureum.service.instances import InstanceService
+from gureum.service.transfers import Slots
 
 SSH_PORT = 22
+# Tunnels open at once: each holds two descriptors in the service for as long as the client and
+# the guest keep it open (a guest that never closes would hold them for ever).
+MAX_TUNNELS = 256
+MAX_TUNNELS_PER_PROJECT = 32
 
 
 class GuestSsh:
@@ -27,6 +33,7 @@ class GuestSsh:
         self.instances = instances
         self.forwards = forwards
         self.host = host
+        self.tunnels = Slots("SSH tunnels", MAX_TUNNELS, MAX_TUNNELS_PER_PROJECT)
 
     def _running(self, ref: str, project_id: str | None) -> Instance:
         inst = self.instances.get(ref, project_id)
@@ -60,10 +67,21 @@ class GuestSsh:
             "host_keys": list(keys),
         }
 
-    async def connect(self, ref: str, project_id: str | None = None) -> socket.socket:
-        """A connection to the guest's SSH port, for the tunnel."""
+    async def connect(
+        self, ref: str, project_id: str | None = None
+    ) -> tuple[socket.socket, Callable[[], None]]:
+        """A connection to the guest's SSH port for the tunnel, and the release of its slot
+        (call it when the tunnel ends)."""
         inst = self._running(ref, project_id)
         network_id, ip = self.forwards.target(inst.id)
+        release = self.tunnels.take(inst.project_id)
+        try:
+            return await self._connect(inst, network_id, ip), release
+        except BaseException:
+            release()
+            raise
+
+    async def _connect(self, inst: Instance, network_id: str, ip: str) -> socket.socket:
         try:
             return await self.host.connect_guest(network_id, ip, SSH_PORT)
         except InvalidState as exc:

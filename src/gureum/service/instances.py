@@ -199,8 +199,10 @@ class InstanceService:
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
     ) -> tuple[Instance, Operation]:
         spec, image_version = self.validate(req, project_id)
-        # Copied in: a key pair deleted later does not take access away from this VM.
-        keys = tuple(dict.fromkeys((*req.ssh_keys, *self.keypairs.keys(req.keypairs, project_id))))
+        # As checked (the text handed in may carry more), and the key pairs' copied in: one
+        # deleted later does not take access away from this VM.
+        given = [checked for k in req.ssh_keys if (checked := public_key(k, keep_comment=True))]
+        keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
 
         async def networks() -> builtins.list[tuple[int, Network]]:
             nets = [

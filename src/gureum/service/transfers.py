@@ -1,5 +1,6 @@
-"""Uploads and downloads under way (backup archives, image files): bounded, because each holds
-a thread, a scratch folder and a connection for as long as its client takes."""
+"""Long-lived work under way, bounded: uploads and downloads (backup archives, image files) hold
+a thread, a scratch folder and a connection for as long as their client takes; SSH tunnels two
+descriptors each for as long as both ends keep them open."""
 
 from __future__ import annotations
 
@@ -17,18 +18,20 @@ UPLOAD_IDLE_S = 60.0
 UPLOAD_MIN_BYTES = 1 << 20
 
 
-class Transfers:
-    """Counts transfers under way; ``take`` refuses one past the limits (429)."""
+class Slots:
+    """Counts long-lived things under way (transfers, tunnels), on the host and per project;
+    ``take`` refuses one past either bound (429) and returns its release."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str, total: int, per_project: int) -> None:
+        self.what, self.total, self.per_project = what, total, per_project
         self._active: dict[str, int] = {}
 
     def take(self, project_id: str) -> Callable[[], None]:
         total, mine = sum(self._active.values()), self._active.get(project_id, 0)
-        if total >= MAX_TRANSFERS or mine >= MAX_TRANSFERS_PER_PROJECT:
+        if total >= self.total or mine >= self.per_project:
             raise RateLimited(
-                f"too many transfers (backups, image imports) under way ({mine} of this project's"
-                f" {MAX_TRANSFERS_PER_PROJECT}, {total} of the host's {MAX_TRANSFERS}):"
+                f"too many {self.what} under way ({mine} of this project's"
+                f" {self.per_project}, {total} of the host's {self.total}):"
                 " try again when one ends",
                 retry_after=10,
             )
@@ -42,3 +45,12 @@ class Transfers:
                 self._active[project_id] -= 1
 
         return release
+
+
+class Transfers(Slots):
+    """Backups and image imports together."""
+
+    def __init__(self) -> None:
+        super().__init__(
+            "transfers (backups, image imports)", MAX_TRANSFERS, MAX_TRANSFERS_PER_PROJECT
+        )

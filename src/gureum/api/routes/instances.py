@@ -16,7 +16,7 @@ from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.middleware import audit_console
+from gureum.api.middleware import audit_console, audit_tunnel
 from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, SshOut
 from gureum.errors import Forbidden, GureumError, InvalidInput
 from gureum.model.tenancy import Role
@@ -155,15 +155,19 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
     await websocket.accept()
     try:
         scope = ws_scope(websocket, Role.MEMBER)
-        sock = await svc.ssh.connect(ref, scope.project_id)
+        sock, release = await svc.ssh.connect(ref, scope.project_id)
     except GureumError as exc:
+        audit_tunnel(websocket.scope, ref, exc.status, None)
         await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})
         await websocket.close(code=4000 + min(exc.status, 999))
         return
     reader, writer = await asyncio.open_connection(sock=sock)
+    started, sent, received = time.monotonic(), 0, 0
 
     async def pump_out() -> None:
+        nonlocal received
         while chunk := await reader.read(65536):
+            received += len(chunk)
             await websocket.send_bytes(chunk)
         with contextlib.suppress(Exception):
             await websocket.close(code=1000, reason="the guest closed the connection")
@@ -176,6 +180,7 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
                 break
             data = message.get("bytes") or b""
             if data:
+                sent += len(data)
                 writer.write(data)
                 await writer.drain()
     except (WebSocketDisconnect, ConnectionError):
@@ -185,6 +190,10 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
         writer.close()
+        release()
+        session = {"seconds": round(time.monotonic() - started, 1), "bytes_in": sent,
+                   "bytes_out": received}  # fmt: skip
+        audit_tunnel(websocket.scope, ref, 200, session)
 
 
 @router.websocket("/{ref}/console")

@@ -84,7 +84,7 @@ table ip {TABLE} {{
   }}
   chain prerouting {{
     type filter hook prerouting priority -150; policy accept;
-    iifname "{PREFIX}*" fib daddr type local drop
+    iifname "{PREFIX}*" fib daddr type local ct state != {{ established, related }} drop
   }}
   chain forward {{
     type filter hook forward priority 0; policy accept;

@@ -200,6 +200,15 @@ def service() -> Iterator[Service]:
         yield svc
 
 
+@pytest.fixture(scope="session")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private key made for the tests (its public half beside it, .pub): `gureum ssh -i`."""
+    folder = tmp_path_factory.mktemp("key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@gureum",
+                    "-f", str(folder / "id")], check=True)  # fmt: skip
+    return folder / "id"
+
+
 # -- a failed test keeps its logs ---------------------------------------------------------------
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -41,12 +41,12 @@ def snapshot(service) -> tuple:
         (
             ["launch", "tiny", "--name", "x1", "--memory", "-1"],
             "memory must be a size",
-            "invalid-input",
+            "usage",  # refused by the CLI itself, before sending,
         ),
         (
             ["launch", "tiny", "--name", "x1", "--memory", "lots"],
             "memory must be a size",
-            "invalid-input",
+            "usage",
         ),
         (
             ["launch", "tiny", "--name", "x1", "--memory", "100T"],

@@ -27,14 +27,6 @@ runcmd:
 
 
 @pytest.fixture(scope="module")
-def key(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("key")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test@gureum",
-                    "-f", str(folder / "id")], check=True)  # fmt: skip
-    return folder / "id"
-
-
-@pytest.fixture(scope="module")
 def deb(service, key, tmp_path_factory):
     """deb1: debian, 2 vCPUs, a 4 GiB disk, the test's key and user-data, SSH let in."""
     service.cli("image", "build", "debian", timeout=1800)
@@ -60,7 +52,12 @@ def _json(service, *args: str) -> dict:
 
 
 def ssh(service, key, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = service.cli("ssh", VM, "-i", str(key), "--", *command, check=False, timeout=120)
+    return ssh_to(service, VM, key, *command, check=check)
+
+
+def ssh_to(service, vm: str, key, *command: str, check: bool = True):  # type: ignore[no-untyped-def]
+    """`gureum ssh VM -i KEY -- COMMAND`, as a user runs it."""
+    proc = service.cli("ssh", vm, "-i", str(key), "--", *command, check=False, timeout=120)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

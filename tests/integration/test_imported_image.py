@@ -13,18 +13,10 @@ import pytest
 
 from tests.integration.conftest import CACHE
 from tests.integration.foreign_image import build
-from tests.integration.test_debian import USER_DATA, _json
+from tests.integration.test_debian import USER_DATA, _json, ssh_to
 from tests.waiting import wait_for
 
 VM = "w2"
-
-
-@pytest.fixture(scope="module")
-def key(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("key")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(folder / "id")],
-                   check=True)  # fmt: skip
-    return folder / "id"
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +40,7 @@ def imported(service, key, tmp_path_factory):
 
 
 def ssh(service, key, *command: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    proc = service.cli("ssh", VM, "-i", str(key), "--", *command, check=False, timeout=120)
-    if check:
-        assert proc.returncode == 0, proc.stderr
-    return proc
+    return ssh_to(service, VM, key, *command, check=check)
 
 
 def test_the_import_is_recorded_as_a_disk_that_boots_itself(imported):

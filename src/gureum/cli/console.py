@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import sys
 import termios
@@ -12,7 +11,7 @@ import tty
 
 from websockets.exceptions import ConnectionClosed
 
-from gureum.client.client import Endpoint, connect_console
+from gureum.client.client import Endpoint, connect_console, refusal
 
 DETACH = b"\x1d"  # Ctrl-]
 IDLE_EXIT_S = 1.0  # non-interactive mode: exit once the console is quiet this long
@@ -43,8 +42,7 @@ async def _console(ref: str, endpoint: Endpoint) -> int:
         try:
             async for message in ws:
                 if isinstance(message, str):  # the only text frame is an error
-                    error = json.loads(message).get("error", {})
-                    sys.stderr.write(f"error: {error.get('message', message)}\n")
+                    sys.stderr.write(f"error: {refusal(message)}\n")
                     failed = 1
                     break
                 os.write(sys.stdout.fileno(), message)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import shlex
 import subprocess
@@ -24,7 +23,7 @@ import typer
 from websockets.exceptions import ConnectionClosed
 
 from gureum.cli.output import call
-from gureum.client.client import Client, Endpoint, connect_ssh_tunnel
+from gureum.client.client import Client, Endpoint, connect_ssh_tunnel, refusal
 
 
 def register(app: typer.Typer) -> None:
@@ -89,8 +88,7 @@ async def _proxy(ref: str, endpoint: Endpoint) -> int:
         with contextlib.suppress(ConnectionClosed):
             async for message in ws:
                 if isinstance(message, str):  # the only text frame is an error
-                    error = json.loads(message).get("error", {})
-                    sys.stderr.write(f"error: {error.get('message', message)}\n")
+                    sys.stderr.write(f"error: {refusal(message)}\n")
                     failed = 1
                     break
                 view = memoryview(message)

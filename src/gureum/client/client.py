@@ -579,6 +579,16 @@ def _given(**fields: Any) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v is not None}
 
 
+def refusal(frame: str) -> str:
+    """The message of the one text frame a console or tunnel WebSocket sends: its refusal,
+    ``{"error": {"code", "message"}}``, before it closes."""
+    try:
+        error = json.loads(frame).get("error", {})
+    except (ValueError, AttributeError):
+        return frame
+    return str(error.get("message", frame)) if isinstance(error, dict) else frame
+
+
 async def connect_console(endpoint: Endpoint, ref: str) -> ClientConnection:
     """A WebSocket to an instance's serial console: binary frames both ways, raw bytes."""
     return await _websocket(endpoint, path("instances", ref, "console"))

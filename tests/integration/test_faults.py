@@ -84,9 +84,12 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
     # so the stream is still flowing when the CLI is interrupted, however fast the host.
     small_host.exec("alpha", "dd", "if=/dev/urandom", "of=/tmp/fill", "bs=1M", "count=96")
     target = tmp_path / "alpha.gbk"
+    # The CLI at the lowest priority: on a loaded machine this test, polling, must see the
+    # partial file and interrupt before the CLI can write the whole archive (CI once saw the
+    # export finish first).
     cli = subprocess.Popen(
-        [sys.executable, "-m", "gureum.cli.main", "backup", "export", "alpha", str(target),
-         "--memory"],
+        ["nice", "-n", "19", sys.executable, "-m", "gureum.cli.main", "backup", "export",
+         "alpha", str(target), "--memory"],
         env=small_host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     partial = tmp_path / "alpha.gbk.partial"

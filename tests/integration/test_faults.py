@@ -91,6 +91,9 @@ def test_export_cut_short_leaves_nothing(small_host, tmp_path):
         ["nice", "-n", "19", sys.executable, "-m", "gureum.cli.main", "backup", "export",
          "alpha", str(target), "--memory"],
         env=small_host.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        # Ctrl-C as a terminal sends it: a run started in the background (`cmd &` without job
+        # control) ignores SIGINT, and a child would inherit that and never be interrupted.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     partial = tmp_path / "alpha.gbk.partial"
     wait_for(lambda: partial.exists() and partial.stat().st_size > 0, 60, interval=0.002,

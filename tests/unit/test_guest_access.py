@@ -269,3 +269,15 @@ def test_ssh_tunnels_are_bounded_and_audited(world) -> None:
         svc.ssh.tunnels.take(project)
     held[0]()
     svc.ssh.tunnels.take(project)  # a slot freed is a slot taken
+
+
+def test_a_pasted_argument_too_long_for_a_file_name_is_a_usage_error_not_echoed() -> None:
+    """A key pasted where a .pub path was expected can be too long a file name: the OS error
+    named it in full (the review's test of a pasted private key failed now and then so)."""
+    from gureum.cli.instances import public_keys
+
+    pasted = "b3BlbnNzaC1rZXktdjEAAAAA" * 20  # 480 characters, no '/': one path component
+    with pytest.raises(Exception) as err:
+        public_keys(pasted, "--ssh-key")
+    assert getattr(err.value, "code", None) == "usage"
+    assert pasted not in str(err.value)

@@ -40,8 +40,14 @@ def public_keys(given: str, option: str) -> list[str]:
     pasted as the argument would be printed back)."""
     if given.startswith(("ssh-", "ecdsa-", "sk-")):
         return [given]
+    if "PRIVATE KEY" in given:
+        raise usage_error(f"{option}: that is a private key: give the public one (nothing sent)")
     path = Path(given).expanduser()
-    if not path.is_file():
+    try:
+        found = path.is_file()
+    except OSError:  # a name too long for a file (a pasted key): its error would repeat it
+        found = False
+    if not found:
         raise usage_error(f"{option}: neither a public key line nor a file")
     text = path.read_text(errors="replace")
     if "PRIVATE KEY" in text:

@@ -30,7 +30,6 @@ from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import (
     EngineError,
     GureumError,
-    InsufficientCapacity,
     InvalidImage,
     InvalidState,
 )
@@ -80,14 +79,13 @@ def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None
     """Copy a body to ``dest``: at most ``limit`` bytes, and never past ``keep_free`` bytes
     free where it is written (the host's reserve)."""
     written = 0
+    room = archive.Room(dest.parent, keep_free, "this image file")
     with open(dest, "xb") as out:
         while chunk := inp.read(1 << 20):
             written += len(chunk)
             if written > limit:
                 raise InvalidImage(f"the image file is over {limit >> 20} MiB: refused")
-            st = os.statvfs(dest.parent)
-            if st.f_bavail * st.f_frsize - len(chunk) < keep_free:
-                raise InsufficientCapacity("the host has no room for this image file")
+            room.check(len(chunk))
             out.write(chunk)
 
 

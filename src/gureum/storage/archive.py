@@ -99,7 +99,7 @@ def read(
     """
     digests: dict[str, tuple[int, str]] = {}
     manifest: dict[str, Any] | None = None
-    room = _Room(dest, keep_free)
+    room = Room(dest, keep_free)
     try:
         with tarfile.open(fileobj=inp, mode="r|") as tar:
             first = True
@@ -154,13 +154,13 @@ def read(
     return manifest
 
 
-class _Room:
-    """Keeps an extraction from taking the host's reserve: each member's announced size is
-    checked before it is written, and the free space is looked at again every CHECK_EVERY
-    bytes written across the whole archive (``keep_free`` 0: no check)."""
+class Room:
+    """Keeps what is written from outside (an archive's members, an uploaded image) from taking
+    the host's reserve: ``check`` before writing what is coming, and ``wrote`` looks at the free
+    space again every CHECK_EVERY bytes (``keep_free`` 0: no check)."""
 
-    def __init__(self, dest: Path, keep_free: int) -> None:
-        self.dest, self.keep_free, self._since = dest, keep_free, 0
+    def __init__(self, dest: Path, keep_free: int, what: str = "this archive") -> None:
+        self.dest, self.keep_free, self.what, self._since = dest, keep_free, what, 0
 
     def check(self, coming: int = 0) -> None:
         if not self.keep_free:
@@ -169,7 +169,7 @@ class _Room:
         st = os.statvfs(self.dest)
         if st.f_bavail * st.f_frsize - coming < self.keep_free:
             raise InsufficientCapacity(
-                "the host has no room for this archive: it would leave less than"
+                f"the host has no room for {self.what}: it would leave less than"
                 f" {self.keep_free >> 20} MiB free"
             )
 
@@ -205,7 +205,7 @@ def _json(tar: tarfile.TarFile, member: tarfile.TarInfo) -> dict[str, Any]:
 
 
 def _extract(
-    tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, room: _Room
+    tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, room: Room
 ) -> tuple[int, str]:
     path.parent.mkdir(parents=True, exist_ok=True)
     src = tar.extractfile(member)

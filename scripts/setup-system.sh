@@ -3,8 +3,8 @@
 # (the tiny image is built from Debian packages fetched with apt-get download).
 set -euo pipefail
 packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsmasq-base iputils-ping acl
-          mmdebstrap openssh-client
-          debootstrap extlinux syslinux-common fdisk
+          mmdebstrap openssh-client ovmf
+          debootstrap extlinux syslinux-common fdisk dosfstools mtools
           postgresql-15
           python3 python3-venv python3-pip
           ca-certificates)

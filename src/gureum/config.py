@@ -26,6 +26,9 @@ class Config:
     # auto: KVM only where the CPU advertises vmx/svm and /dev/kvm opens; else TCG.
     accel: str = "auto"
     qemu_binary: str = "qemu-system-x86_64"
+    # The UEFI firmware (OVMF, code and variables in one file) for disks that boot only from an
+    # EFI system partition; Debian's ovmf package. SeaBIOS, QEMU's own, boots the others.
+    ovmf_firmware: str = "/usr/share/ovmf/OVMF.fd"
     # Admission control: guest memory may use the host's memory minus this reserve, and vCPUs
     # may be over-committed up to this ratio of host CPUs. None = max(1 GiB, 10% of host).
     memory_reserve_mib: int | None = None
@@ -114,6 +117,7 @@ _ENV = {
     "listen_tcp": "GUREUM_LISTEN",
     "accel": "GUREUM_ACCEL",
     "qemu_binary": "GUREUM_QEMU",
+    "ovmf_firmware": "GUREUM_OVMF",
     "memory_reserve_mib": "GUREUM_MEMORY_RESERVE_MIB",
     "cpu_overcommit": "GUREUM_CPU_OVERCOMMIT",
     "boot_timeout_s": "GUREUM_BOOT_TIMEOUT",

@@ -1,6 +1,8 @@
-"""An image gureum did not make (issue 12, part 3): imported from a qcow2 file built by
-debootstrap with SYSLINUX in its MBR, booted through SeaBIOS and its own bootloader, configured by
-its own stock cloud-init from gureum's metadata, logged in to with `gureum ssh`; then exported.
+"""Images gureum did not make (issue 12, part 3): imported from qcow2 files built by
+debootstrap, one with SYSLINUX in its MBR (booted through SeaBIOS), one with GRUB on an EFI system
+partition and no BIOS boot code (booted through OVMF); each booted by its own bootloader,
+configured by its own stock cloud-init from gureum's metadata, logged in to with `gureum ssh`;
+then exported. One VM at a time: the second kind boots after the first is gone.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from tests.waiting import wait_for
 VM = "w2"
 
 
-@pytest.fixture(scope="module")
-def imported(service, key, tmp_path_factory):
-    qcow = build(CACHE)
+# firmware -> what its bootloader prints on the serial console
+BOOTLOADER = {"bios": "SYSLINUX", "uefi": "GNU GRUB"}
+
+
+@pytest.fixture(scope="module", params=["bios", "uefi"])
+def imported(request, service, key, tmp_path_factory):
+    qcow = build(CACHE)[request.param]
     made = _json(service, "image", "import", str(qcow), "--name", "mine", "--user", "debian")
+    assert made["firmware"] == request.param  # told apart by the disk's first sectors
     user_data = tmp_path_factory.mktemp("ud") / "cloud.yaml"
     user_data.write_text(USER_DATA)
     service.cli("secgroup", "create", "ssh2")
@@ -54,8 +61,11 @@ def test_it_boots_its_own_bootloader_and_cloud_init_configures_it(service, key, 
     inst = _json(service, "show", VM)
     qemu = (service.home / "run" / inst["id"] / "qemu.pid").read_text().split()[0]
     argv = Path(f"/proc/{qemu}/cmdline").read_bytes().split(b"\0")
-    assert b"-kernel" not in argv  # SeaBIOS and SYSLINUX, not QEMU's direct boot
-    assert "SYSLINUX" in service.cli("console", VM, "--log", "--tail", "0").stdout
+    assert b"-kernel" not in argv  # the firmware and the disk's bootloader, not direct boot
+    firmware = [argv[i + 1] for i, a in enumerate(argv) if a == b"-bios"]
+    assert firmware == ([b"/usr/share/ovmf/OVMF.fd"] if imported["firmware"] == "uefi" else [])
+    log = service.cli("console", VM, "--log", "--tail", "0").stdout
+    assert BOOTLOADER[imported["firmware"]] in log
     status = ssh(service, key, "cloud-init", "status", "--wait", "--long").stdout
     assert "status: done" in status, status
     assert ssh(service, key, "hostname").stdout.strip() == VM

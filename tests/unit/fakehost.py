@@ -214,7 +214,7 @@ class FakeHost:
         if not data.startswith(b"BOOT"):  # the fake's stand-in for a bootable disk
             raise InvalidImage("the image's first sector is not a boot sector")
         self.files.add(folder / "disk.qcow2")
-        return {"format": "raw", "virtual_bytes": len(data) << 20,
+        return {"format": "raw", "virtual_bytes": len(data) << 20, "firmware": "bios",
                 "file": {"file": "disk.qcow2", "bytes": len(data), "sha256": "0" * 64}}  # fmt: skip
 
     def remove_image(self, folder: Path) -> None:

@@ -147,3 +147,14 @@ def test_accel_probe():
         accel.choose("hvf", cpuinfo=CPU_VMX, kvm_ok=True)
     assert accel.cpu_has_virtualisation("flags : svm\n")
     assert not accel.cpu_has_virtualisation("flags : vmxnet\n")
+
+
+def test_a_disk_that_boots_itself_gets_seabios_or_ovmf_as_its_hardware_says():
+    bios = render(config(kernel=None, initrd=None))
+    assert "-kernel" not in bios and "-bios" not in bios  # QEMU's own SeaBIOS
+    uefi = render(config(kernel=None, initrd=None, hardware=replace(HW, firmware="uefi"),
+                         ovmf="/fw/OVMF.fd"))  # fmt: skip
+    assert arg_after(uefi, "-bios") == ["/fw/OVMF.fd"]
+    assert "-kernel" not in uefi
+    # A kernel booted directly needs no firmware of the disk's.
+    assert "-bios" not in render(config(hardware=replace(HW, firmware="uefi")))

@@ -1,8 +1,10 @@
+import json
 import time
+from dataclasses import replace
 
 import pytest
 
-from gureum.model.hardware import Hardware, new_mac
+from gureum.model.hardware import Hardware, check_hardware, new_mac
 from gureum.model.instance import Instance, InstanceSpec, State
 from gureum.model.snapshot import Layer, Snapshot
 from gureum.store.db import Database
@@ -28,6 +30,18 @@ def test_hardware_for_boot_and_reboot():
     assert rebooted.mac == hw.mac and rebooted.generation_id == hw.generation_id
     assert Hardware.from_json(grown.to_json()) == grown
     assert new_mac() != new_mac()
+
+
+def test_the_firmware_is_part_of_the_machine_across_reboots_and_records():
+    hw = Hardware.for_boot(1, 256, firmware="uefi")
+    assert hw.rebooted(2, 512).firmware == "uefi"
+    assert Hardware.from_json(hw.to_json()).firmware == "uefi"
+    old = json.loads(hw.to_json())
+    del old["firmware"]  # recorded before the firmware was: SeaBIOS booted them all
+    assert Hardware.from_json(json.dumps(old)).firmware == "bios"
+    check_hardware(hw)
+    with pytest.raises(ValueError, match="firmware"):
+        check_hardware(replace(hw, firmware="uefi,romfile=/etc/shadow"))
 
 
 def layer(lid, backing=None):

@@ -32,12 +32,23 @@ def qemu_img(*args: str) -> None:
 def bootable_raw(path: Path, size: int = SIZE) -> Path:
     with open(path, "wb") as f:
         f.truncate(size)
+        f.write(b"\xeb\x63\x90")  # boot code: a BIOS bootloader's first jump
         f.seek(510)
         f.write(b"\x55\xaa")  # an MBR's boot signature
     return path
 
 
-def take(src: Path, tmp_path: Path, max_bytes: int = 1 << 30) -> tuple[str, int]:
+def uefi_raw(path: Path, size: int = SIZE) -> Path:
+    """A GPT disk as sfdisk writes it: a protective MBR with no boot code, an EFI system
+    partition and a Linux one."""
+    with open(path, "wb") as f:
+        f.truncate(size)
+    table = "label: gpt\nsize=1MiB, type=uefi\ntype=linux\n"
+    subprocess.run(["sfdisk", "-q", str(path)], input=table, text=True, check=True)
+    return path
+
+
+def take(src: Path, tmp_path: Path, max_bytes: int = 1 << 30) -> tuple[str, int, str]:
     dest = tmp_path / "out" / "disk.qcow2"
     dest.parent.mkdir(exist_ok=True)
     return asyncio.run(disks.take_image_file(src, dest, max_bytes=max_bytes))
@@ -45,11 +56,11 @@ def take(src: Path, tmp_path: Path, max_bytes: int = 1 << 30) -> tuple[str, int]
 
 def test_a_bootable_raw_and_qcow2_are_taken_as_qcow2_of_their_size(tmp_path: Path) -> None:
     raw = bootable_raw(tmp_path / "disk.raw")
-    assert take(raw, tmp_path) == ("raw", SIZE)
+    assert take(raw, tmp_path) == ("raw", SIZE, "bios")
     qcow = tmp_path / "disk.qcow2"
     qemu_img("convert", "-f", "raw", "-O", "qcow2", str(raw), str(qcow))
     (tmp_path / "out" / "disk.qcow2").unlink()
-    assert take(qcow, tmp_path) == ("qcow2", SIZE)
+    assert take(qcow, tmp_path) == ("qcow2", SIZE, "bios")
     out = tmp_path / "out" / "disk.qcow2"
     assert out.read_bytes()[:4] == b"QFI\xfb"
 
@@ -67,6 +78,25 @@ def test_what_is_not_a_bootable_disk_is_refused(tmp_path: Path, make, said: str)
     with pytest.raises(InvalidImage, match=said):
         take(src, tmp_path)
     assert not (tmp_path / "out" / "disk.qcow2").exists()
+    assert not list((tmp_path / "out").iterdir())
+
+
+def test_a_gpt_disk_with_an_efi_system_partition_and_no_boot_code_is_booted_by_uefi(
+    tmp_path: Path,
+) -> None:
+    assert take(uefi_raw(tmp_path / "uefi.raw"), tmp_path)[2] == "uefi"
+
+
+def test_a_disk_with_neither_boot_code_nor_an_efi_system_partition_is_refused(
+    tmp_path: Path,
+) -> None:
+    disk = tmp_path / "data.raw"
+    with open(disk, "wb") as f:
+        f.truncate(SIZE)
+    subprocess.run(["sfdisk", "-q", str(disk)], input="label: gpt\ntype=linux\n", text=True,
+                   check=True)  # fmt: skip
+    with pytest.raises(InvalidImage, match="neither BIOS nor UEFI"):
+        take(disk, tmp_path)
     assert not list((tmp_path / "out").iterdir())
 
 
@@ -120,6 +150,19 @@ def test_an_import_is_in_the_catalog_and_its_vms_boot_their_own_bootloader(world
     spec = svc.instances.lifecycle.vm_spec(inst, inst.hardware)
     assert spec.kernel is None and spec.initrd is None
     assert svc.images.default_user("mine") == "debian"
+    assert (image["firmware"], spec.hardware.firmware) == ("bios", "bios")
+
+
+def test_an_image_imported_for_uefi_gives_its_vms_uefi_firmware(world) -> None:
+    root, svc, _ = world
+    made = root.post("/v1/images/mine/import", params={"firmware": "uefi"},
+                     content=b"BOOT" + b"\0" * 60)  # fmt: skip
+    assert made.status_code == 201, made.text
+    assert made.json()["firmware"] == "uefi"
+    assert svc.images.get("mine").firmware == "uefi"  # as the catalog keeps it
+    assert root.post("/v1/instances", json={"name": "w3", "image": "mine"}).status_code == 202
+    inst = svc.instances.get("w3")
+    assert inst.hardware is not None and inst.hardware.firmware == "uefi"
 
 
 @pytest.mark.parametrize(
@@ -128,6 +171,7 @@ def test_an_import_is_in_the_catalog_and_its_vms_boot_their_own_bootloader(world
         ("debian", {}, b"BOOT", 400, "gureum builds"),
         ("mine", {"default_user": "root;rm"}, b"BOOT", 400, "not a Linux user name"),
         ("mine", {}, b"not a disk", 400, "not a boot sector"),
+        ("mine", {"firmware": "coreboot"}, b"BOOT", 400, "bios"),
         ("../x", {}, b"BOOT", 404, ""),
     ],
 )

@@ -162,6 +162,9 @@ class ImageOut(BaseModel):
     boot: str = Field(description="kernel (booted directly) or firmware (the disk's bootloader)")
     default_user: str | None = Field(description="who `gureum ssh` logs in as, if not root")
     origin: str = Field(description="built, or imported qcow2 / imported raw")
+    firmware: str | None = Field(
+        description="an imported image's: bios (SeaBIOS) or uefi (OVMF) boots its bootloader"
+    )
 
 
 class HostOut(BaseModel):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -18,6 +19,11 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 Name = Annotated[str, typer.Argument(help="Image name, e.g. tiny.")]
+
+
+class Firmware(StrEnum):
+    bios = "bios"
+    uefi = "uefi"
 
 
 @app.command()
@@ -53,7 +59,7 @@ def _image_row(i: dict[str, Any]) -> list[str]:
     return [
         i["name"],
         i["version"],
-        i["boot"],
+        i.get("firmware") or i["boot"],  # kernel, or the firmware of a disk that boots itself
         i["kernel_version"] or "-",
         f"{i['disk_gib']:g}G",
         format_size(i["size_bytes"]),
@@ -71,7 +77,12 @@ def show(name: Name, fmt: OutputOpt = Format.table) -> None:
         for role, meta in img["files"].items()
     ]
     packages = "  packages: " + ", ".join(f"{k} {v}" for k, v in sorted(img["packages"].items()))
-    boots = f"kernel {img['kernel_version']}" if img["boot"] == "kernel" else "own bootloader"
+    own = {"uefi": " through UEFI (OVMF)", "bios": " through BIOS (SeaBIOS)"}
+    boots = (
+        f"kernel {img['kernel_version']}"
+        if img["boot"] == "kernel"
+        else "own bootloader" + own.get(img.get("firmware") or "", "")
+    )
     heading = bold(img["name"], f" {img['version']}  {img['origin']}, boots {boots}{where}")
     user = [f"  ssh user: {img['default_user']}"] if img.get("default_user") else []
     emit(img, fmt, lines(heading, *files, *user, packages if img["packages"] else ""))
@@ -95,19 +106,28 @@ def import_(
         str | None,
         typer.Option("--user", help="Its cloud-init default user, for `gureum ssh` (e.g. debian)."),
     ] = None,
+    firmware: Annotated[
+        Firmware | None,
+        typer.Option(
+            "--firmware",
+            help="What boots it: bios (SeaBIOS) or uefi (OVMF). Default: what the disk shows "
+            "(boot code in its MBR: bios; else an EFI system partition: uefi).",
+        ),
+    ] = None,
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Add a disk image you have (a cloud image file) to the catalog. Its VMs boot from its own
-    bootloader; stock cloud-init in it finds its data by itself. Checked first: a qcow2 that
-    names another file, a file that is not a bootable disk, or one over the service's limit is
-    refused and nothing is kept."""
+    bootloader, through BIOS or UEFI; stock cloud-init in it finds its data by itself. Checked
+    first: a qcow2 that names another file, a file no firmware boots, or one over the service's
+    limit is refused and nothing is kept."""
     started = time.monotonic()
     with Client() as client, open(path, "rb") as f:
-        img = client.import_image(f, name, user)
+        img = client.import_image(f, name, user, firmware.value if firmware else None)
     took = time.monotonic() - started
     said = (
         f"image {name} {img['version']} imported in {took:.1f} s: {img['origin']}, "
-        f"a {img['disk_gib']:g}G disk, {format_size(img['size_bytes'])} stored"
+        f"booted through {img['firmware']}, a {img['disk_gib']:g}G disk, "
+        f"{format_size(img['size_bytes'])} stored"
     )
     emit(img, fmt, said)
 

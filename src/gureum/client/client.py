@@ -404,13 +404,18 @@ class Client:
         return self.request("POST", path("images", name, "verify"))
 
     def import_image(
-        self, source: Any, name: str, default_user: str | None = None
+        self,
+        source: Any,
+        name: str,
+        default_user: str | None = None,
+        firmware: str | None = None,
     ) -> dict[str, Any]:
-        """Send a disk image file (qcow2 or raw) to become the image ``name``."""
+        """Send a disk image file (qcow2 or raw) to become the image ``name``; ``firmware``
+        (bios, uefi) overrides what its first sectors show."""
         return self.request(
             "POST",
             path("images", name, "import"),
-            params=_given(default_user=default_user),
+            params=_given(default_user=default_user, firmware=firmware),
             content=_chunks(source),
             timeout=None,
         )

@@ -32,6 +32,7 @@ from gureum.errors import (
     GureumError,
     InvalidImage,
     InvalidState,
+    Unavailable,
 )
 from gureum.host import permissions
 from gureum.host.capacity import HostCapacity, admit, measure
@@ -39,7 +40,7 @@ from gureum.host.cgroups import ProjectGroups
 from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.images.debian import sha256_file
-from gureum.model.hardware import Hardware
+from gureum.model.hardware import UEFI, Hardware
 from gureum.model.network import Forward, Network
 from gureum.model.sshkeys import public_key
 from gureum.network import forward, netns, tap
@@ -191,8 +192,8 @@ class LocalHostAgent:
     ) -> dict[str, Any]:
         """A disk image file from a request body, as an image folder's ``disk.qcow2``: received
         into scratch (bounded, leaving the host's reserve free), checked and rewritten as
-        gureum's own qcow2 (``disks.take_image_file``). Returns its format, virtual size and
-        file facts; on any failure nothing of it is left."""
+        gureum's own qcow2 (``disks.take_image_file``). Returns its format, virtual size, the
+        firmware that boots it and file facts; on any failure nothing of it is left."""
         scratch = self.new_scratch()
         upload = scratch / "upload"
         # A qcow2 file is a little larger than the disk it describes (its tables).
@@ -205,13 +206,14 @@ class LocalHostAgent:
             )  # fmt: skip
             folder.mkdir(parents=True)
             dest = folder / "disk.qcow2"
-            fmt, size = await disks.take_image_file(
+            fmt, size, firmware = await disks.take_image_file(
                 upload, dest, max_bytes=max_bytes, room=self._room()
             )
             digest = await asyncio.to_thread(sha256_file, dest)
             return {
                 "format": fmt,
                 "virtual_bytes": size,
+                "firmware": firmware,
                 "file": {"file": dest.name, "bytes": dest.stat().st_size, "sha256": digest},
             }
         except BaseException:
@@ -351,6 +353,7 @@ class LocalHostAgent:
             runtime=self.runtime(spec.instance_id),
             hostname=spec.name,
             qemu_binary=self.config.qemu_binary,
+            ovmf=self.config.ovmf_firmware,
             tcg_tb_size_mib=self.config.tcg_tb_size_mib,
             ram=ram,
             incoming=ram is not None,
@@ -368,6 +371,12 @@ class LocalHostAgent:
 
     async def _start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None) -> int:
         ram = RamFiles(restore_from, share=False) if restore_from else None
+        ovmf = Path(self.config.ovmf_firmware)
+        if spec.kernel is None and spec.hardware.firmware == UEFI and not ovmf.is_file():
+            raise Unavailable(
+                f"{spec.name} boots through UEFI and this host has no UEFI firmware at {ovmf} "
+                "(install Debian's ovmf package, or set ovmf_firmware)"
+            )
         await asyncio.to_thread(self._prepare_files, spec, restore_from)
         taps = await self._open_taps(spec.instance_id, spec.hardware)
         cfg = replace(self._vm_config(spec, ram), taps=taps)

@@ -196,7 +196,8 @@ class HostAgent(Protocol):
         min_bytes: int,
     ) -> dict[str, Any]:
         """A disk image file from a request body, checked and made ``folder/disk.qcow2``:
-        ``{format, virtual_bytes, file: {file, bytes, sha256}}``. InvalidImage when it is not a
+        ``{format, virtual_bytes, firmware, file: {file, bytes, sha256}}`` (firmware: ``bios`` or
+        ``uefi``, what its first sectors show). InvalidImage when it is not a
         bootable qcow2 or raw disk of at most ``max_bytes``; nothing is left on failure."""
 
     def remove_image(self, folder: Path) -> None: ...

@@ -20,6 +20,9 @@ MEMORY_BLOCK_MIB = 128  # x86 Linux onlines hot-plugged memory in 128 MiB blocks
 DEFAULT_MAX_CPUS = 8
 MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
 MAX_MEMORY_MIB = 1024 * 1024  # the hot-plug ceiling for_boot never exceeds
+# What boots a disk's own bootloader: SeaBIOS, or OVMF (UEFI).
+BIOS, UEFI = "bios", "uefi"
+FIRMWARES = (BIOS, UEFI)
 MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
@@ -43,10 +46,17 @@ class Hardware:
     dimms: tuple[int, ...] = ()  # MiB of each DIMM plugged after boot: dimm0, dimm1...
     # (slot, MAC, network id) of each NIC; the slot is its PCIe root port.
     nics: tuple[tuple[int, str, str], ...] = ()
+    # The firmware that boots a disk with its own bootloader: SeaBIOS ("bios") or OVMF
+    # ("uefi"). Part of the machine: a memory snapshot resumes only into the same firmware.
+    firmware: str = BIOS
 
     @classmethod
     def for_boot(
-        cls, cpus: int, memory_mib: int, nics: tuple[tuple[int, str, str], ...] = ()
+        cls,
+        cpus: int,
+        memory_mib: int,
+        nics: tuple[tuple[int, str, str], ...] = (),
+        firmware: str = BIOS,
     ) -> Hardware:
         """Fresh hardware for a cold boot: everything present from the start, room to grow."""
         return cls(
@@ -56,6 +66,7 @@ class Hardware:
             max_memory_mib=min(max(memory_mib * 4, memory_mib + 4096), 1024 * 1024),
             generation_id=new_generation_id(),
             nics=nics,
+            firmware=firmware,
         )
 
     @property
@@ -78,7 +89,8 @@ class Hardware:
         self, cpus: int, memory_mib: int, nics: tuple[tuple[int, str, str], ...] | None = None
     ) -> Hardware:
         """What the next cold boot gets: hot-plugged parts folded into the base."""
-        fresh = Hardware.for_boot(cpus, memory_mib, self.nics if nics is None else nics)
+        nics = self.nics if nics is None else nics
+        fresh = Hardware.for_boot(cpus, memory_mib, nics, self.firmware)
         return replace(fresh, generation_id=self.generation_id)
 
     def to_json(self) -> str:
@@ -123,6 +135,8 @@ def check_hardware(hw: Hardware) -> None:
         or str(uuid.UUID(hw.generation_id)) != hw.generation_id
     ):
         raise ValueError("generation_id is not a GUID")
+    if hw.firmware not in FIRMWARES:
+        raise ValueError(f"firmware is one of {', '.join(FIRMWARES)}, not {hw.firmware!r}")
     if len(hw.nics) > MAX_NICS:
         raise ValueError(f"at most {MAX_NICS} NICs")
     for nic in hw.nics:

@@ -21,11 +21,13 @@ class Image:
     # Imported images: who logs in (their cloud-init default user), and what was handed in.
     default_user: str | None = None
     origin: str = "built"  # "built", or "imported qcow2" / "imported raw"
+    # Imported images: what boots their disk's own bootloader, "bios" (SeaBIOS) or "uefi" (OVMF).
+    firmware: str | None = None
 
     @property
     def boot(self) -> str:
         """``kernel``: QEMU boots the image's kernel directly (built images); ``firmware``:
-        SeaBIOS boots the disk's own bootloader (imported images, which have only a disk)."""
+        the firmware boots the disk's own bootloader (imported images, which have only a disk)."""
         return "kernel" if "kernel" in self.files else "firmware"
 
     def file(self, role: str) -> Path:
@@ -47,4 +49,5 @@ class Image:
             "boot": self.boot,
             "default_user": self.default_user,
             "origin": self.origin,
+            "firmware": self.firmware,
         }

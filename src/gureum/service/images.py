@@ -17,6 +17,7 @@ from gureum.host.interface import HostAgent
 from gureum.ids import check_name
 from gureum.images import build as builder
 from gureum.images import recipes
+from gureum.model.hardware import FIRMWARES
 from gureum.model.image import Image
 from gureum.model.operation import Operation
 from gureum.service.operations import OpContext, OperationManager
@@ -98,16 +99,23 @@ class ImageService:
         return self.ops.start("image-verify", name, work)
 
     async def import_(
-        self, body: AsyncIterator[bytes], name: str, default_user: str | None = None
+        self,
+        body: AsyncIterator[bytes],
+        name: str,
+        default_user: str | None = None,
+        firmware: str | None = None,
     ) -> Image:
         """A disk image file a user brings (qcow2 or raw, booting from its own bootloader),
         checked before anything is kept (``HostAgent.import_image``) and put in the catalog
-        under ``name``, with a version of its own and the checksum of the stored disk."""
+        under ``name``, with a version of its own and the checksum of the stored disk.
+        ``firmware`` (bios, uefi) overrides what the disk's first sectors show."""
         check_name(name, what="image name")
         if name in recipes.DESCRIPTIONS:
             raise InvalidInput(f"{name!r} is an image gureum builds: give the import another name")
         if default_user is not None and not USER_NAME.fullmatch(default_user):
             raise InvalidInput(f"{default_user!r} is not a Linux user name")
+        if firmware is not None and firmware not in FIRMWARES:
+            raise InvalidInput(f"firmware is one of {', '.join(FIRMWARES)}, not {firmware!r}")
         if self.store.get(name) is not None or name in self._importing:
             raise Conflict(f"an image named {name!r} already exists; delete it first")
         release = self.transfers.take(SYSTEM)
@@ -128,6 +136,7 @@ class ImageService:
                 built_at=time.time(),
                 default_user=default_user,
                 origin=f"imported {facts['format']}",
+                firmware=firmware or facts["firmware"],
             )
             try:
                 self.store.put(image)

@@ -23,7 +23,7 @@ from gureum.errors import (
 )
 from gureum.host.interface import Console, HostAgent
 from gureum.ids import check_name, looks_like_id
-from gureum.model.hardware import MAX_CPUS, MAX_NICS, Hardware
+from gureum.model.hardware import BIOS, MAX_CPUS, MAX_NICS, Hardware
 from gureum.model.instance import (
     ACTIVE,
     DEFAULT_PROJECT,
@@ -226,8 +226,10 @@ class InstanceService:
             autostart=req.autostart,
         )
 
+        firmware = self.images.get(spec.image).firmware or BIOS  # for a disk's own bootloader
+
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
-            return Hardware.for_boot(spec.cpus, spec.memory_mib, nics)
+            return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, firmware)
 
         draft = Draft(inst, networks, groups, hardware)
         inst = await self.creator.create(draft)

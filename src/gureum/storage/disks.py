@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from gureum.errors import GureumError, InsufficientCapacity, InvalidImage, InvalidInput
-from gureum.storage import qcow2
+from gureum.storage import partitions, qcow2
 from gureum.sys.runner import arun, run
 
 # Data copies of a large disk take a while on 2 cores; header work is instant.
@@ -201,22 +201,23 @@ async def check_standalone(
 
 
 # -- disk image files users bring ----------------------------------------------------------------
-SECTOR = 512
+SECTOR = partitions.SECTOR
 MIN_IMPORT_BYTES = 1 << 20  # smaller than any disk with a bootloader and a filesystem
 
 
 async def take_image_file(
     src: Path, dest: Path, *, max_bytes: int, room: int | None = None
-) -> tuple[str, int]:
+) -> tuple[str, int, str]:
     """A disk image file a user handed in (qcow2 or raw), checked, then written out as a fresh
-    qcow2 of gureum's own at ``dest``; returns (its format, its virtual size).
+    qcow2 of gureum's own at ``dest``; returns (its format, its virtual size, the firmware that
+    boots it: ``partitions.firmware_of``).
 
     The format is decided here from the first bytes, never by qemu-img probing: a file that
     starts like a qcow2 is one, checked as any qcow2 from outside (no backing file, no external
     data file, consistent tables: ``check_standalone``), and anything else is raw. Either must
-    be at most ``max_bytes`` as a disk and start with a boot sector (the 0x55AA signature of an
-    MBR, a protective MBR included), since the firmware boots it from its own bootloader: a
-    file that is not a bootable disk is refused before anything is written.
+    be at most ``max_bytes`` as a disk and be one some firmware boots from its own bootloader
+    (BIOS boot code in its MBR, or an EFI system partition): a file that is not a bootable disk
+    is refused, and nothing it was written to is kept.
     """
     with open(src, "rb") as f:
         magic = f.read(4)
@@ -250,18 +251,17 @@ async def take_image_file(
                    timeout=COPY_TIMEOUT)  # fmt: skip
         first = tmp.with_suffix(".sector")
         # The copy is gureum's own (written by qemu-img just now, no backing): read as it is.
-        await arun(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"bs={SECTOR}", "count=1",
-                    f"if={tmp}", f"of={first}"], timeout=60)  # fmt: skip
-        sector = first.read_bytes()
+        await arun(["qemu-img", "dd", "-f", "qcow2", "-O", "raw", f"bs={SECTOR}",
+                    f"count={partitions.HEAD_SECTORS}", f"if={tmp}", f"of={first}"],
+                   timeout=60)  # fmt: skip
+        head = first.read_bytes()
         first.unlink()
-        if len(sector) != SECTOR or sector[510:512] != b"\x55\xaa":
-            raise InvalidImage(
-                "the image's first sector is not a boot sector (no 0x55AA signature): it is "
-                "not a bootable disk image (gureum boots imported images from their own "
-                "bootloader)"
-            )
+        try:
+            firmware = partitions.firmware_of(head)
+        except partitions.NotBootable as exc:
+            raise InvalidImage(str(exc)) from None
         tmp.rename(dest)
     finally:
         tmp.unlink(missing_ok=True)
         tmp.with_suffix(".sector").unlink(missing_ok=True)
-    return fmt, size
+    return fmt, size, firmware

@@ -6,23 +6,27 @@ import json
 
 from sqlalchemy import RowMapping, delete, insert, select
 
+from gureum.model.hardware import BIOS
 from gureum.model.image import Image
 from gureum.store.db import Database
 from gureum.store.schema import images as t
 
 
 def _from_row(row: RowMapping) -> Image:
+    files = json.loads(row["files"])
     return Image(
         name=row["name"],
         version=row["version"],
         kernel_version=row["kernel_version"],
         path=row["path"],
-        files=json.loads(row["files"]),
+        files=files,
         packages=json.loads(row["packages"]),
         disk_virtual_bytes=int(row["disk_virtual_bytes"]),
         built_at=row["built_at"],
         default_user=row["default_user"],
         origin=row["origin"] or "built",
+        # Imported before UEFI was told apart: every such image was booted by SeaBIOS.
+        firmware=row["firmware"] or (BIOS if "disk" in files and "kernel" not in files else None),
     )
 
 
@@ -46,6 +50,7 @@ class ImageStore:
                     built_at=image.built_at,
                     default_user=image.default_user,
                     origin=image.origin,
+                    firmware=image.firmware,
                 )
             )
 

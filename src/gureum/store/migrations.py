@@ -362,6 +362,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """
         ],
     ),
+    (
+        13,
+        "an imported image records the firmware that boots it (bios or uefi)",
+        ["ALTER TABLE images ADD COLUMN firmware TEXT"],
+    ),
 ]
 
 

@@ -96,6 +96,7 @@ images = Table(
     Column("built_at", Float, nullable=False),
     Column("default_user", Text),
     Column("origin", Text),
+    Column("firmware", Text),
 )
 
 networks = Table(

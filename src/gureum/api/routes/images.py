@@ -3,7 +3,7 @@ delete."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -66,12 +66,20 @@ async def import_image(
     default_user: Annotated[
         str | None, Query(description="who `gureum ssh` logs in as (the image's cloud-init user)")
     ] = None,
+    firmware: Annotated[
+        Literal["bios", "uefi"] | None,
+        Query(
+            description="what boots it; by default what its first sectors show: bios when "
+            "its MBR has boot code, else uefi when it has an EFI system partition"
+        ),
+    ] = None,
 ) -> dict[str, object]:
-    """A disk image file in the body (qcow2 or raw, streamed), booted from its own bootloader.
-    Checked before anything is kept: a qcow2 naming a backing or data file, a file that is not
-    a bootable disk, one cut short or over ``image_import_max_bytes`` is refused
-    (``invalid-image``) and nothing is left."""
-    return (await svc.images.import_(request.stream(), image, default_user)).to_dict()
+    """A disk image file in the body (qcow2 or raw, streamed), booted from its own bootloader
+    by SeaBIOS or OVMF. Checked before anything is kept: a qcow2 naming a backing or data file,
+    a file that is not a disk some firmware boots, one cut short or over
+    ``image_import_max_bytes`` is refused (``invalid-image``) and nothing is left."""
+    made = await svc.images.import_(request.stream(), image, default_user, firmware)
+    return made.to_dict()
 
 
 @router.get(

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from gureum.model.hardware import MAX_DIMMS, MAX_NICS, Hardware
+from gureum.model.hardware import MAX_DIMMS, MAX_NICS, UEFI, Hardware
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 AGENT_PORT_ID = "agent-port"
@@ -75,7 +75,8 @@ class VMConfig:
     name: str
     hardware: Hardware
     accel: str  # kvm | tcg
-    # None: no kernel of its own to boot directly; SeaBIOS boots the disk's bootloader.
+    # None: no kernel of its own to boot directly; the firmware (SeaBIOS, or ``ovmf`` when the
+    # hardware's firmware is UEFI) boots the disk's bootloader.
     kernel: Path | None
     initrd: Path | None
     # The disk's files, top first, each backed by the next, the last by nothing: given to QEMU
@@ -84,6 +85,7 @@ class VMConfig:
     runtime: RuntimePaths
     hostname: str
     qemu_binary: str = "qemu-system-x86_64"
+    ovmf: str = "/usr/share/ovmf/OVMF.fd"
     tcg_tb_size_mib: int = 128
     start_paused: bool = True
     ram: RamFiles | None = None  # None: anonymous memory
@@ -212,9 +214,12 @@ def render(cfg: VMConfig) -> list[str]:
 
 
 def direct_boot(cfg: VMConfig) -> list[str]:
-    """QEMU boots the image's kernel itself, or (no kernel) the firmware boots the disk."""
+    """QEMU boots the image's kernel itself, or (no kernel) the firmware boots the disk: SeaBIOS,
+    or OVMF. OVMF is given whole as the machine's ROM (``-bios``), so its UEFI variables start
+    afresh at each boot: the disk boots from the removable-media path ``EFI/BOOT/BOOTX64.EFI``,
+    as cloud images are made to, and a VM keeps no firmware state outside its disk and memory."""
     if cfg.kernel is None or cfg.initrd is None:
-        return []
+        return ["-bios", cfg.ovmf] if cfg.hardware.firmware == UEFI else []
     return ["-kernel", str(cfg.kernel), "-initrd", str(cfg.initrd), "-append", cfg.kernel_cmdline]
 
 

@@ -110,6 +110,19 @@ def test_ssh_accepts_only_the_host_keys_the_guest_reported(service, key, deb):
         db.close()
 
 
+def test_a_hot_plugged_nic_gets_its_address_from_the_guests_own_dhcp_client(service, key, deb):
+    """Debian has no gureum script: gureum starts the guest's dhclient on the new NIC."""
+    service.cli("network", "create", "debnet", "--subnet", "10.77.0.0/24")
+    try:
+        out = _json(service, "nic", "add", VM, "--network", "debnet")
+        assert out["applied"] == "live"
+        wait_for(lambda: out["ip"] in ssh(service, key, "ip", "-4", "-o", "addr").stdout, 60,
+                 interval=1, what=f"{VM} has {out['ip']} on its new NIC")  # fmt: skip
+        service.cli("nic", "remove", VM, "debnet")
+    finally:
+        service.cli("network", "delete", "debnet", check=False)
+
+
 def test_a_restart_keeps_the_instance_so_first_boot_work_is_not_redone(service, key, deb):
     service.cli("restart", VM, timeout=600)
     wait_for(lambda: ssh(service, key, "true", check=False).returncode == 0, 300,

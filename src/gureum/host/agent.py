@@ -51,17 +51,49 @@ from gureum.sys import procs, streams
 log = logging.getLogger(__name__)
 
 
+# DHCP on the guest's NICs, through the guest's own client: tiny's /etc/gureum/network, else
+# dhclient (Debian's ifupdown images, cloud images among them), else dhcpcd. With "renew" (a
+# clone, whose MACs changed) every NIC asks again, its old lease forgotten; without, only NICs
+# with no IPv4 address yet (a hot-plug). Only physical NICs: not lo, bridges or tunnels.
+DHCP = r"""
+mode=$1
+if [ -x /etc/gureum/network ]; then exec /etc/gureum/network $mode; fi
+for dev in /sys/class/net/*; do
+  ifname=${dev##*/}
+  [ -e "$dev/device" ] || continue
+  if [ "$mode" != renew ] && [ -n "$(ip -4 -o addr show dev "$ifname" scope global)" ]; then
+    continue
+  fi
+  ip link set dev "$ifname" up
+  if command -v dhclient >/dev/null 2>&1; then
+    pid=/run/dhclient.$ifname.pid lease=/var/lib/dhcp/dhclient.$ifname.leases
+    [ -f "$pid" ] && dhclient -x -pf "$pid" "$ifname" >/dev/null 2>&1
+    ip -4 addr flush dev "$ifname" scope global
+    rm -f "$lease"
+    dhclient -4 -nw -pf "$pid" -lf "$lease" "$ifname" </dev/null >/dev/null 2>&1 || exit 1
+  elif command -v dhcpcd >/dev/null 2>&1; then
+    dhcpcd -n "$ifname" </dev/null >/dev/null 2>&1 || exit 1
+  else
+    echo "the guest has no DHCP client gureum can start (dhclient, dhcpcd)" >&2
+    exit 3
+  fi
+done
+"""
+
 # A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
 # asked again for the clone's own addresses. The only step of a refresh that needs a process.
-SET_MACS = r"""
+SET_MACS = (
+    r"""
 for pair in "$@"; do
   old=${pair%%=*}; new=${pair#*=}
   for dev in /sys/class/net/*; do
     [ "$(cat "$dev/address")" = "$old" ] && ip link set dev "${dev##*/}" address "$new"
   done
 done
-/etc/gureum/network renew
+set -- renew
 """
+    + DHCP
+)
 
 
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
@@ -710,8 +742,12 @@ class LocalHostAgent:
         return machine_id
 
     async def renew_network(self, instance_id: str) -> None:
-        """Start DHCP on NICs the guest has not configured yet (after a hot-plug)."""
-        await self.exec(instance_id, ["/etc/gureum/network"], None, 30)
+        """Start DHCP on NICs the guest has not configured yet (after a hot-plug). The NIC is
+        plugged whatever the guest makes of it: a guest that cannot is logged, not refused."""
+        result = await self.exec(instance_id, ["/bin/sh", "-c", DHCP, "dhcp"], None, 30)
+        if result.exit_code != 0:
+            detail = result.stderr.decode(errors="replace").strip()[:200]
+            log.warning("%s: DHCP on its new NIC did not start: %s", instance_id, detail)
 
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial

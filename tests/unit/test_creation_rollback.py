@@ -18,12 +18,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gureum.config import load_config
 from gureum.errors import GureumError
 from gureum.host.agent import LocalHostAgent
 from gureum.host.interface import HostAgent
 from gureum.model.hardware import Hardware
-from gureum.model.image import Image
 from gureum.model.instance import DEFAULT_PROJECT, State
 from gureum.model.operation import Operation
 from gureum.service.core import Services
@@ -33,6 +31,7 @@ from gureum.storage import archive
 from gureum.store import schema
 from gureum.units import MIB
 from tests.unit.fakehost import FakeHost
+from tests.unit.fakeworld import fake_services
 
 TABLES = ("instances", "nics", "instance_secgroups", "layers", "snapshots", "forwards")
 DISK = 64 * MIB
@@ -46,13 +45,7 @@ IMPORT_STEPS = ["read_archive", "check_image", "check_image", "take_boot_files",
 
 
 def build(tmp_path: Path) -> tuple[Services, FakeHost]:
-    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
-    host = FakeHost(config)
-    svc = Services.build(config, host=host)
-    svc.tenancy.ensure_default()
-    folder = config.images_dir / "tiny" / "v1"
-    svc.images.store.put(Image("tiny", "v1", "6.1", str(folder), disk_virtual_bytes=DISK))
-    return svc, host
+    return fake_services(tmp_path, ("tiny",), DISK)
 
 
 def rows(svc: Services) -> dict[str, int]:

@@ -17,27 +17,17 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gureum.api import tls
-from gureum.api.app import create_app
 from gureum.client.client import ApiError, Client, Endpoint
-from gureum.config import load_config
-from gureum.model.image import Image
 from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
-from gureum.units import MIB
 from tests.unit.fakehost import FakeHost
+from tests.unit.fakeworld import fake_api
 
 
 @pytest.fixture
 def api(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
-    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
-    host = FakeHost(config)
-    svc = Services.build(config, host=host)
-    svc.tenancy.ensure_default()
-    folder = config.images_dir / "tiny" / "v1"
-    svc.images.store.put(Image("tiny", "v1", "6.1", str(folder), disk_virtual_bytes=64 * MIB))
-    with TestClient(create_app(svc)) as root:
-        yield root, svc, host
-    svc.close()
+    with fake_api(tmp_path, ("tiny",)) as world:
+        yield world
 
 
 def test_a_projects_default_network_and_group_do_not_block_its_delete(

@@ -16,16 +16,13 @@ import pytest
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner
 
-from gureum.api.app import create_app
 from gureum.cli.main import app
-from gureum.config import load_config
 from gureum.engine.qemu.argv import NOCLOUD_SERIAL, render
-from gureum.model.image import Image
 from gureum.model.sshkeys import public_key
 from gureum.network.metadata import Caller
 from gureum.service.core import Services
-from gureum.units import MIB
 from tests.unit.fakehost import FakeHost
+from tests.unit.fakeworld import fake_api
 from tests.unit.inprocess import cli_against
 from tests.unit.test_engine_argv import config
 from tests.unit.test_metadata_server import get, serving
@@ -62,15 +59,8 @@ def test_a_public_key_is_kept_as_type_and_blob_and_its_comment_on_request() -> N
 
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
-    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
-    host = FakeHost(config)
-    svc = Services.build(config, host=host)
-    svc.tenancy.ensure_default()
-    folder = config.images_dir / "debian" / "v1"
-    svc.images.store.put(Image("debian", "v1", "6.1", str(folder), disk_virtual_bytes=64 * MIB))
-    with TestClient(create_app(svc)) as root:
-        yield root, svc, host
-    svc.close()
+    with fake_api(tmp_path, ("debian",)) as world:
+        yield world
 
 
 def _launch(root: TestClient, svc: Services, name: str, **body: object) -> dict:

@@ -13,14 +13,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
-from gureum.api.app import create_app
-from gureum.config import load_config
 from gureum.errors import InvalidImage
 from gureum.model.image import Image
 from gureum.service.core import Services
 from gureum.storage import disks
 from gureum.units import MIB
 from tests.unit.fakehost import FakeHost
+from tests.unit.fakeworld import fake_api
 
 SIZE = 4 * MIB
 
@@ -81,6 +80,15 @@ def test_what_is_not_a_bootable_disk_is_refused(tmp_path: Path, make, said: str)
     assert not list((tmp_path / "out").iterdir())
 
 
+def test_a_qcow2_with_a_persistent_bitmap_is_taken(tmp_path: Path) -> None:
+    """An autoclear feature (a dirty bitmap, as a backup tool leaves) is no reason to refuse."""
+    qcow = tmp_path / "bitmap.qcow2"
+    qemu_img("convert", "-f", "raw", "-O", "qcow2",
+             str(bootable_raw(tmp_path / "d.raw")), str(qcow))  # fmt: skip
+    qemu_img("bitmap", "--add", str(qcow), "bm0")
+    assert take(qcow, tmp_path) == ("qcow2", SIZE, "bios")
+
+
 def test_a_gpt_disk_with_an_efi_system_partition_and_no_boot_code_is_booted_by_uefi(
     tmp_path: Path,
 ) -> None:
@@ -127,13 +135,8 @@ def test_a_qcow2_cut_short_or_over_the_limit_is_refused(tmp_path: Path) -> None:
 # -- through the API ------------------------------------------------------------------------------
 @pytest.fixture
 def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
-    config = load_config(tmp_path / "home", env={"GUREUM_RATE_LIMIT": "0"})
-    host = FakeHost(config)
-    svc = Services.build(config, host=host)
-    svc.tenancy.ensure_default()
-    with TestClient(create_app(svc)) as root:
-        yield root, svc, host
-    svc.close()
+    with fake_api(tmp_path) as world:
+        yield world
 
 
 def test_an_import_is_in_the_catalog_and_its_vms_boot_their_own_bootloader(world) -> None:

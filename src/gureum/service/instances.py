@@ -158,7 +158,9 @@ class InstanceService:
     # -- launch ----------------------------------------------------------------------------------
     def validate(
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
-    ) -> tuple[InstanceSpec, str]:
+    ) -> tuple[InstanceSpec, str, tuple[str, ...]]:
+        """Everything a launch is given, checked before anything is made: (the spec, the image's
+        version, the SSH keys as checked: the text handed in may carry more)."""
         check_name(req.name, what="instance name")
         check_cpus(req.cpus)
         check_memory(req.memory_mib)
@@ -185,23 +187,24 @@ class InstanceService:
                 self.secgroups.get(ref, project_id)
         if req.user_data is not None:
             check_user_data(req.user_data)
+        keys = []
         for key in req.ssh_keys:
-            if public_key(key, keep_comment=True) is None:
+            checked = public_key(key, keep_comment=True)
+            if checked is None:
                 # Not echoed: a pasted private key must not end up in an error or a log.
                 raise InvalidInput(
                     "an SSH key must be an OpenSSH public key: the .pub file's one line "
                     "(ssh-ed25519 AAAA... comment), never the private key"
                 )
+            keys.append(checked)
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
-        return spec, image.version
+        return spec, image.version, tuple(keys)
 
     async def launch(
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
     ) -> tuple[Instance, Operation]:
-        spec, image_version = self.validate(req, project_id)
-        # As checked (the text handed in may carry more), and the key pairs' copied in: one
-        # deleted later does not take access away from this VM.
-        given = [checked for k in req.ssh_keys if (checked := public_key(k, keep_comment=True))]
+        spec, image_version, given = self.validate(req, project_id)
+        # The key pairs' copied in: one deleted later does not take access away from this VM.
         keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
 
         async def networks() -> builtins.list[tuple[int, Network]]:

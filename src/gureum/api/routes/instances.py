@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, WebSocket, WebSocketDisconnect
+from fastapi import APIRouter, Depends, Query, WebSocket
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from gureum.api.accepted import accepted, starts_operation
@@ -17,6 +16,7 @@ from gureum.api.auth import Member, Viewer, ws_scope
 from gureum.api.deps import services, ws_services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.middleware import audit_console, audit_tunnel
+from gureum.api.relay import Relayed, relay
 from gureum.api.schemas import ExecIn, ExecOut, InstanceOut, LaunchIn, LaunchOut, SshOut
 from gureum.errors import Forbidden, GureumError, InvalidInput
 from gureum.model.tenancy import Role
@@ -162,37 +162,21 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
         await websocket.close(code=4000 + min(exc.status, 999))
         return
     reader, writer = await asyncio.open_connection(sock=sock)
-    started, sent, received = time.monotonic(), 0, 0
+    started = time.monotonic()
 
-    async def pump_out() -> None:
-        nonlocal received
-        while chunk := await reader.read(65536):
-            received += len(chunk)
-            await websocket.send_bytes(chunk)
-        with contextlib.suppress(Exception):
-            await websocket.close(code=1000, reason="the guest closed the connection")
+    async def to_guest(data: bytes) -> None:
+        writer.write(data)
+        await writer.drain()
 
-    sender = asyncio.create_task(pump_out())
+    done = Relayed()
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("bytes") or b""
-            if data:
-                sent += len(data)
-                writer.write(data)
-                await writer.drain()
-    except (WebSocketDisconnect, ConnectionError):
-        pass
+        done = await relay(websocket, lambda: reader.read(65536), to_guest,
+                           ended="the guest closed the connection")  # fmt: skip
     finally:
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender
         writer.close()
         release()
-        session = {"seconds": round(time.monotonic() - started, 1), "bytes_in": sent,
-                   "bytes_out": received}  # fmt: skip
+        session = {"seconds": round(time.monotonic() - started, 1), "bytes_in": done.bytes_in,
+                   "bytes_out": done.bytes_out}  # fmt: skip
         audit_tunnel(websocket.scope, ref, 200, session)
 
 
@@ -211,30 +195,11 @@ async def console(websocket: WebSocket, ref: str) -> None:
         return
     await websocket.accept()
     output = serial.attach()
-
-    async def pump_out() -> None:
-        while (chunk := await output.get()) is not None:
-            await websocket.send_bytes(chunk)
-        with contextlib.suppress(Exception):
-            await websocket.close(code=1000, reason="the VM stopped")
-
-    sender = asyncio.create_task(pump_out())
-    started, typed = time.monotonic(), 0
+    started = time.monotonic()
+    done = Relayed()
     try:
-        while True:
-            message = await websocket.receive()
-            if message["type"] == "websocket.disconnect":
-                break
-            data = message.get("bytes") or (message.get("text") or "").encode()
-            if data:
-                typed += len(data)
-                await serial.write(data)
-    except WebSocketDisconnect:
-        pass
+        done = await relay(websocket, output.get, serial.write, ended="the VM stopped", text=True)
     finally:
-        session = {"input_bytes": typed, "seconds": round(time.monotonic() - started, 1)}
+        session = {"input_bytes": done.bytes_in, "seconds": round(time.monotonic() - started, 1)}
         audit_console(websocket.scope, ref, 200, session)
         serial.detach(output)
-        sender.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await sender

@@ -32,6 +32,22 @@ def fake_services(
     return svc, host
 
 
+def launch(root: TestClient, svc: Services, name: str, image: str, **body: object) -> dict:
+    """Launch through the API and wait for the launch to finish; the instance's view."""
+    resp = root.post("/v1/instances", json={"name": name, "image": image, **body})
+    assert resp.status_code == 202, resp.text
+    op_id = resp.json()["operation"]["id"]
+
+    async def finish() -> None:
+        op = await svc.ops.wait(op_id, timeout=5)
+        while not op.done:
+            op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
+        assert op.error is None, op.error
+
+    root.portal.call(finish)  # type: ignore[union-attr]  # portal: set by the context manager
+    return resp.json()["instance"]
+
+
 @contextmanager
 def fake_api(
     tmp_path: Path, images: tuple[str, ...] = ()

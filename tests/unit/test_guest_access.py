@@ -22,7 +22,7 @@ from gureum.model.sshkeys import public_key
 from gureum.network.metadata import Caller
 from gureum.service.core import Services
 from tests.unit.fakehost import FakeHost
-from tests.unit.fakeworld import fake_api
+from tests.unit.fakeworld import fake_api, launch
 from tests.unit.inprocess import cli_against
 from tests.unit.test_engine_argv import config
 from tests.unit.test_metadata_server import get, serving
@@ -64,18 +64,7 @@ def world(tmp_path: Path) -> Iterator[tuple[TestClient, Services, FakeHost]]:
 
 
 def _launch(root: TestClient, svc: Services, name: str, **body: object) -> dict:
-    resp = root.post("/v1/instances", json={"name": name, "image": "debian", **body})
-    assert resp.status_code == 202, resp.text
-    op_id = resp.json()["operation"]["id"]
-
-    async def finish() -> None:
-        op = await svc.ops.wait(op_id, timeout=5)
-        while not op.done:
-            op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
-        assert op.error is None, op.error
-
-    root.portal.call(finish)  # type: ignore[union-attr]  # portal: set by the context manager
-    return resp.json()["instance"]
+    return launch(root, svc, name, "debian", **body)
 
 
 def test_a_launch_with_a_key_that_is_not_one_is_refused_before_anything_is_made(world) -> None:

@@ -24,14 +24,16 @@ async def relay(
     websocket: WebSocket,
     read: Callable[[], Awaitable[bytes | None]],
     write: Callable[[bytes], Awaitable[None]],
+    done: Relayed,
     *,
     ended: str,
     text: bool = False,
-) -> Relayed:
+) -> None:
     """Send what ``read`` gives (b"" or None: the VM's side ended, the socket is closed with
     ``ended`` as the reason) and pass each client frame to ``write`` (text frames too when
-    ``text``), until the client leaves or the VM's side ends. The caller releases what it opened."""
-    done = Relayed()
+    ``text``), until the client leaves or the VM's side ends. ``done`` counts as it goes, so
+    the caller's audit record is right even when this raises; the caller releases what it
+    opened."""
 
     async def pump_out() -> None:
         while chunk := await read():
@@ -58,4 +60,3 @@ async def relay(
         sender.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await sender
-    return done

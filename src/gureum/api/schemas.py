@@ -277,3 +277,6 @@ class NicOut(BaseModel):
     mac: str
     ip: str
     applied: str | None = None
+    note: str | None = Field(
+        default=None, description="set when a live NIC was plugged but the guest did not take it up"
+    )

@@ -202,7 +202,8 @@ def nic_add(
 ) -> None:
     """Attach a NIC (hot-plugged now if the VM runs, else from its next boot)."""
     nic = call(Client.add_nic, name, network=network)
-    emit(nic, fmt, f"NIC {nic['mac']} on {nic['network']} ({nic['ip']}): {nic['applied']}")
+    said = f"NIC {nic['mac']} on {nic['network']} ({nic['ip']}): {nic['applied']}"
+    emit(nic, fmt, said + (f"\n{nic['note']}" if nic.get("note") else ""))
 
 
 @nic_app.command("list")

@@ -54,9 +54,11 @@ log = logging.getLogger(__name__)
 # DHCP on the guest's NICs, through the guest's own client: tiny's /etc/gureum/network, else
 # dhclient (Debian's ifupdown images, cloud images among them), else dhcpcd. With "renew" (a
 # clone, whose MACs changed) every NIC asks again, its old lease forgotten; without, only NICs
-# with no IPv4 address yet (a hot-plug). Only physical NICs: not lo, bridges or tunnels.
+# with no IPv4 address yet (a hot-plug). Only physical NICs: not lo, bridges or tunnels. Every
+# client goes to the background at once (a lease may take long); one NIC failing does not stop
+# the others.
 DHCP = r"""
-mode=$1
+mode=$1 failed=0
 if [ -x /etc/gureum/network ]; then exec /etc/gureum/network $mode; fi
 for dev in /sys/class/net/*; do
   ifname=${dev##*/}
@@ -70,30 +72,30 @@ for dev in /sys/class/net/*; do
     [ -f "$pid" ] && dhclient -x -pf "$pid" "$ifname" >/dev/null 2>&1
     ip -4 addr flush dev "$ifname" scope global
     rm -f "$lease"
-    dhclient -4 -nw -pf "$pid" -lf "$lease" "$ifname" </dev/null >/dev/null 2>&1 || exit 1
+    dhclient -4 -nw -pf "$pid" -lf "$lease" "$ifname" </dev/null >/dev/null 2>&1 || failed=1
   elif command -v dhcpcd >/dev/null 2>&1; then
-    dhcpcd -n "$ifname" </dev/null >/dev/null 2>&1 || exit 1
+    dhcpcd -b -n "$ifname" </dev/null >/dev/null 2>&1 || failed=1
   else
     echo "the guest has no DHCP client gureum can start (dhclient, dhcpcd)" >&2
     exit 3
   fi
 done
+[ "$failed" = 0 ] || echo "a DHCP client did not start" >&2
+exit "$failed"
 """
 
-# A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
-# asked again for the clone's own addresses. The only step of a refresh that needs a process.
-SET_MACS = (
-    r"""
+# A clone's new MAC addresses, set on the guest's NICs (found by their old address). The only
+# step of a refresh that needs a process, with DHCP after it.
+SET_MACS = r"""
 for pair in "$@"; do
   old=${pair%%=*}; new=${pair#*=}
   for dev in /sys/class/net/*; do
-    [ "$(cat "$dev/address")" = "$old" ] && ip link set dev "${dev##*/}" address "$new"
+    if [ "$(cat "$dev/address")" = "$old" ]; then
+      ip link set dev "${dev##*/}" address "$new" || exit 1
+    fi
   done
 done
-set -- renew
 """
-    + DHCP
-)
 
 
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
@@ -737,17 +739,25 @@ class LocalHostAgent:
                 instance_id, ["/bin/sh", "-c", SET_MACS, "macs", *pairs], None, 30
             )
             if result.exit_code != 0:
-                detail = result.stderr.decode(errors="replace").strip()
-                raise EngineError(f"cannot set the guest's MAC addresses: {detail}")
+                detail = result.stderr.decode(errors="replace").strip()[:200]
+                raise EngineError(f"cannot set the guest's MAC addresses: {detail!r}")
+            try:  # the clone's own leases; a guest that cannot is its own affair
+                await self._dhcp(instance_id, renew=True)
+            except GureumError as exc:
+                log.warning("%s: DHCP after the MAC change: %r", instance_id, exc.message)
         return machine_id
 
     async def renew_network(self, instance_id: str) -> None:
-        """Start DHCP on NICs the guest has not configured yet (after a hot-plug). The NIC is
-        plugged whatever the guest makes of it: a guest that cannot is logged, not refused."""
-        result = await self.exec(instance_id, ["/bin/sh", "-c", DHCP, "dhcp"], None, 30)
+        """Start DHCP on NICs the guest has not configured yet (after a hot-plug)."""
+        await self._dhcp(instance_id, renew=False)
+
+    async def _dhcp(self, instance_id: str, *, renew: bool) -> None:
+        """Run ``DHCP`` in the guest; EngineError (with what it said) if it failed."""
+        argv = ["/bin/sh", "-c", DHCP, "dhcp", *(["renew"] if renew else [])]
+        result = await self.exec(instance_id, argv, None, 30)
         if result.exit_code != 0:
             detail = result.stderr.decode(errors="replace").strip()[:200]
-            log.warning("%s: DHCP on its new NIC did not start: %s", instance_id, detail)
+            raise EngineError(f"DHCP did not start in the guest: {detail!r}")
 
     def console(self, instance_id: str) -> Console:
         return self._vm(instance_id).serial

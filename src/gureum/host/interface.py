@@ -317,7 +317,8 @@ class HostAgent(Protocol):
         """Wait until the guest shows a NIC with this MAC; InvalidState past ``timeout``."""
 
     async def renew_network(self, instance_id: str) -> None:
-        """Have the guest configure NICs it has not yet (after a hot-plug)."""
+        """Have the guest configure NICs it has not yet (after a hot-plug), with its own DHCP
+        client; a GureumError says why it could not."""
 
     async def unplug_nic(self, instance_id: str, slot: int) -> None: ...
 

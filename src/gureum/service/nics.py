@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 from gureum.errors import GureumError, NotFound
@@ -13,6 +14,8 @@ from gureum.service.forwards import ForwardService
 from gureum.service.instances import InstanceService
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
+
+log = logging.getLogger(__name__)
 
 # How long the guest has to show a hot-plugged NIC (PCIe hot-plug, then its driver).
 NIC_APPEARS_S = 30.0
@@ -52,15 +55,24 @@ class NicService:
                 how = "next-boot"
                 if inst.state == State.RUNNING:
                     await self.host.hotplug_nic(inst.id, nic.slot, nic.mac, net.id)
-                    self._record(inst.id)
-                    await self.host.wait_for_nic(inst.id, nic.mac, NIC_APPEARS_S)
-                    await self.host.renew_network(inst.id)
                     how = "live"
             except GureumError:
                 self.networks.store.remove_nic(nic.id)
                 await self.networks.sync(net)
                 raise
-        return {**self._view(nic), "applied": how}
+            note = None
+            if how == "live":
+                # The device is in the machine from here on, so its row stays: the row is what
+                # its TAP's anti-spoofing rules are made from. What the guest makes of the NIC
+                # is the guest's affair: a guest that stalls or hides it is told, not obeyed.
+                self._record(inst.id)
+                try:
+                    await self.host.wait_for_nic(inst.id, nic.mac, NIC_APPEARS_S)
+                    await self.host.renew_network(inst.id)
+                except GureumError as exc:
+                    note = f"plugged, but the guest did not take it up: {exc.message}"
+                    log.warning("%s: NIC %s: %r", inst.name, nic.mac, exc.message)
+        return {**self._view(nic), "applied": how, "note": note}
 
     async def remove(
         self, ref: str, nic_ref: str, project_id: str | None = None

@@ -161,7 +161,12 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
         await websocket.send_json({"error": {"code": exc.code, "message": exc.message}})
         await websocket.close(code=4000 + min(exc.status, 999))
         return
-    reader, writer = await asyncio.open_connection(sock=sock)
+    try:
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        release()
+        raise
     started = time.monotonic()
 
     async def to_guest(data: bytes) -> None:
@@ -170,8 +175,8 @@ async def ssh_tunnel(websocket: WebSocket, ref: str) -> None:
 
     done = Relayed()
     try:
-        done = await relay(websocket, lambda: reader.read(65536), to_guest,
-                           ended="the guest closed the connection")  # fmt: skip
+        await relay(websocket, lambda: reader.read(65536), to_guest, done,
+                    ended="the guest closed the connection")  # fmt: skip
     finally:
         writer.close()
         release()
@@ -198,8 +203,8 @@ async def console(websocket: WebSocket, ref: str) -> None:
     started = time.monotonic()
     done = Relayed()
     try:
-        done = await relay(websocket, output.get, serial.write, ended="the VM stopped", text=True)
+        await relay(websocket, output.get, serial.write, done, ended="the VM stopped", text=True)
     finally:
+        serial.detach(output)
         session = {"input_bytes": done.bytes_in, "seconds": round(time.monotonic() - started, 1)}
         audit_console(websocket.scope, ref, 200, session)
-        serial.detach(output)

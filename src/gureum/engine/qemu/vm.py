@@ -71,6 +71,10 @@ def log_tail(path: Path, lines: int = 5, since: int = 0) -> str:
 
 
 class QemuVM:
+    # How long a refused monitor socket is retried at start (QEMU binds it a moment before it
+    # listens); a QEMU that exits meanwhile cuts the wait short.
+    monitor_timeout_s = 10.0
+
     def __init__(self, cfg: VMConfig, events: VMEvents) -> None:
         self.cfg = cfg
         self.events = events
@@ -139,7 +143,9 @@ class QemuVM:
         monitor's own timeout)."""
         assert self._watch is not None
         connect = asyncio.ensure_future(
-            self.monitor.connect(self.cfg.runtime.qmp, owner=self._owner)
+            self.monitor.connect(
+                self.cfg.runtime.qmp, timeout=self.monitor_timeout_s, owner=self._owner
+            )
         )
         died = asyncio.ensure_future(self._watch.exited.wait())
         try:

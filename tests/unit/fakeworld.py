@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from gureum.api.app import create_app
 from gureum.config import load_config
 from gureum.model.image import Image
+from gureum.model.operation import Operation
 from gureum.service.core import Services
 from gureum.units import MIB
 from tests.unit.fakehost import FakeHost
@@ -32,20 +33,25 @@ def fake_services(
     return svc, host
 
 
-def launch(root: TestClient, svc: Services, name: str, image: str, **body: object) -> dict:
-    """Launch through the API and wait for the launch to finish; the instance's view."""
-    resp = root.post("/v1/instances", json={"name": name, "image": image, **body})
-    assert resp.status_code == 202, resp.text
-    op_id = resp.json()["operation"]["id"]
+def finish(root: TestClient, svc: Services, op_id: str) -> Operation:
+    """Wait, on the app's own event loop, for an operation to end; the ended operation."""
 
-    async def finish() -> None:
+    async def done() -> Operation:
         op = await svc.ops.wait(op_id, timeout=5)
         while not op.done:
             op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
-        assert op.error is None, op.error
+        return op
 
-    root.portal.call(finish)  # type: ignore[union-attr]  # portal: set by the context manager
-    return resp.json()["instance"]
+    return root.portal.call(done)  # type: ignore[union-attr]  # portal: set by the context manager
+
+
+def launch(root: TestClient, svc: Services, name: str, image: str, **body: object) -> dict:
+    """Launch through the API and wait for the launch to finish; the instance's view then."""
+    resp = root.post("/v1/instances", json={"name": name, "image": image, **body})
+    assert resp.status_code == 202, resp.text
+    op = finish(root, svc, resp.json()["operation"]["id"])
+    assert op.error is None, op.error
+    return root.get(f"/v1/instances/{resp.json()['instance']['id']}").json()  # type: ignore[no-any-return]
 
 
 @contextmanager

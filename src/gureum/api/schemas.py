@@ -39,6 +39,9 @@ class LaunchIn(Strict):
         default_factory=list, description="the project's key pairs by name: their keys too"
     )
     autostart: bool = Field(False, description="start when the host has booted")
+    cold: bool = Field(
+        False, description="boot, even where the image has a template of this shape to clone"
+    )
 
 
 class KeyPairIn(Strict):
@@ -117,6 +120,9 @@ class InstanceOut(BaseModel):
     )
     snapshots: int
     autostart: bool = False
+    template_id: str | None = Field(
+        None, description="the image template it was cloned from; null: it booted"
+    )
     created_at: float
     updated_at: float | None
     boot: BootOut
@@ -165,6 +171,15 @@ class ImageOut(BaseModel):
     firmware: str | None = Field(
         description="an imported image's: bios (SeaBIOS) or uefi (OVMF) boots its bootloader"
     )
+    templates: list[dict[str, Any]] | None = Field(
+        None, description="GET of one image: its templates, each with its number of clones"
+    )
+
+
+class TemplateIn(Strict):
+    cpus: int = Field(1, description="virtual CPUs of the saved machine")
+    memory_mib: int = Field(256, description="its memory in MiB")
+    nics: int = Field(1, description="its NICs (0 to 4); a clone puts each on its own network")
 
 
 class HostOut(BaseModel):

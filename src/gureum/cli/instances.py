@@ -101,10 +101,18 @@ def register(app: typer.Typer) -> None:
             bool,
             typer.Option(help="Start it whenever the host has booted (with the service)."),
         ] = False,
+        cold: Annotated[
+            bool,
+            typer.Option(
+                "--cold", help="Boot it, even where the image has a template of this shape."
+            ),
+        ] = False,
         no_wait: NoWait = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
-        """Create and boot a VM; returns when its guest agent answers (unless --no-wait)."""
+        """Create and start a VM: a clone of the image's template where one of this shape (and
+        the image's disk size) exists, else a boot. Returns when its guest agent answers (unless
+        --no-wait)."""
         disk_gib = None if disk is None else read_size(disk, default_unit="G", what="disk") / GIB
         extra: dict[str, object] = {
             "networks": network or [],
@@ -112,6 +120,7 @@ def register(app: typer.Typer) -> None:
             "ssh_keys": [k for given in ssh_key or [] for k in public_keys(given, "--ssh-key")],
             "keypairs": keypair or [],
             "autostart": autostart,
+            "cold": cold,
         }
         if user_data is not None:
             if not user_data.is_file():
@@ -258,7 +267,8 @@ def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:
 
 
 def _show_ready(inst: dict) -> None:
-    ready = f" is running ({inst['accel']}), ready in {inst['boot']['total_s']:.2f} s"
+    how = f"from template {inst['template_id']}, " if inst.get("template_id") else ""
+    ready = f" is running ({inst['accel']}), {how}ready in {inst['boot']['total_s']:.2f} s"
     heading = bold(inst["name"], ready, style="bold green")
     lines(heading, *output.boot_lines(inst["boot"]))()
 

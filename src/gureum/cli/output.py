@@ -232,6 +232,7 @@ def instance_detail(i: dict[str, Any]) -> None:
         ("Project", i.get("project") or "-"),
         ("State", i["state"] + (f" ({i['state_reason']})" if i.get("state_reason") else "")),
         ("Image", f"{i['image']} ({i['image_version']})"),
+        ("Launched", f"from template {i['template_id']}" if i.get("template_id") else "booted"),
         ("CPUs", str(i["cpus"]) + _next_boot(i, "cpus", "")),
         ("Memory", f"{i['memory_mib']} MiB" + _next_boot(i, "memory_mib", " MiB")),
         ("Disk", f"{i['disk_gib']:g} GiB"),

@@ -398,6 +398,11 @@ class Client:
     def image(self, name: str) -> dict[str, Any]:
         return self.request("GET", path("images", name))
 
+    def template_image(self, name: str, cpus: int, memory_mib: int, nics: int) -> dict[str, Any]:
+        """The operation that boots the image once and saves it as a template of this shape."""
+        body = {"cpus": cpus, "memory_mib": memory_mib, "nics": nics}
+        return self.request("POST", path("images", name, "template"), json=body)
+
     def verify_image(self, name: str) -> dict[str, Any]:
         """The operation that re-checks every file's checksum; its result is
         ``{name, ok, problems}``."""

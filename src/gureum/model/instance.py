@@ -166,6 +166,7 @@ class Instance:
     # The guest's SSH host keys (``TYPE BASE64``) as it first reported them through its agent;
     # ``gureum ssh`` accepts no others. A clone makes its own (cloud-init: a new instance id).
     host_keys: tuple[str, ...] = ()
+    template_id: str | None = None  # the image template it was cloned from (None: booted)
 
     @property
     def name(self) -> str:

@@ -31,6 +31,7 @@ from gureum.service.reconciler import Reconciler
 from gureum.service.resize import ResizeService
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
+from gureum.service.templates import TemplateService
 from gureum.service.tenancy import TenancyService
 from gureum.service.transfers import Transfers
 from gureum.service.views import InstanceViews
@@ -41,6 +42,7 @@ from gureum.store.keypairs import KeyPairStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
+from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,7 @@ class Services:
     keypairs: KeyPairService
     tenancy: TenancyService
     quotas: QuotaService
+    templates: TemplateService
     _lock_fd: int | None = None
 
     @classmethod
@@ -118,6 +121,9 @@ class Services:
             snapshot_store, instances, lifecycle, disks, admission, quotas, networks, secgroups,
             creator, ops, host,
         )  # fmt: skip
+        templates = TemplateService(
+            TemplateStore(db), tenancy_store, images, instances, snapshots, lifecycle, ops
+        )
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
         ssh = GuestSsh(instances, forwards, host)
         resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
@@ -152,6 +158,7 @@ class Services:
             keypairs,
             tenancy,
             quotas,
+            templates,
         )
 
     def lock_home(self) -> None:

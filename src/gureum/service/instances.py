@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import builtins
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import partial
 
 from gureum.config import Config
 from gureum.errors import (
@@ -19,9 +20,10 @@ from gureum.errors import (
     GureumError,
     InvalidInput,
     InvalidState,
+    NotFound,
     found,
 )
-from gureum.host.interface import Console, HostAgent
+from gureum.host.interface import Console, HostAgent, Identity
 from gureum.ids import check_name, looks_like_id
 from gureum.model.hardware import BIOS, MAX_CPUS, MAX_NICS, Hardware
 from gureum.model.instance import (
@@ -35,7 +37,9 @@ from gureum.model.instance import (
 )
 from gureum.model.network import Network
 from gureum.model.operation import Operation
+from gureum.model.snapshot import Snapshot
 from gureum.model.sshkeys import public_key
+from gureum.model.template import Template
 from gureum.model.userdata import check_user_data
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
@@ -201,9 +205,16 @@ class InstanceService:
         return spec, image.version, tuple(keys)
 
     async def launch(
-        self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
+        self,
+        req: LaunchRequest,
+        project_id: str = DEFAULT_PROJECT,
+        template: Template | None = None,
     ) -> tuple[Instance, Operation]:
+        """Make the instance and start its first boot: a cold boot, or with ``template`` (one
+        of the image's, of this shape and version: ``TemplateService.launch`` chose it) a
+        clone of the template's saved machine, told at once that it is a new one."""
         spec, image_version, given = self.validate(req, project_id)
+        saved = self._template_snapshot(template) if template is not None else None
         # The key pairs' copied in: one deleted later does not take access away from this VM.
         keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
 
@@ -228,21 +239,49 @@ class InstanceService:
             ssh_keys=keys,
             autostart=req.autostart,
         )
-
         firmware = self.images.get(spec.image).firmware or BIOS  # for a disk's own bootloader
+        if saved is not None:
+            inst = replace(inst, template_id=saved[0].id)
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
+            if saved is not None:  # the saved machine, with a new vmgenid and its own NICs
+                return replace(self.lifecycle.new_generation(saved[1].hardware), nics=nics)
             return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, firmware)
 
         draft = Draft(inst, networks, groups, hardware)
         inst = await self.creator.create(draft)
-        op = self.ops.start(
-            "launch",
-            inst.id,
-            lambda ctx: self.lifecycle.boot(inst.id, ctx, fresh=True),
-            inst.project_id,
-        )
+        if saved is None:
+            work = partial(self.lifecycle.boot, inst.id, fresh=True)
+        else:
+            work = partial(self._clone_template, inst.id, *saved)
+        op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
         return inst, op
+
+    def _template_snapshot(self, template: Template) -> tuple[Template, Snapshot]:
+        snap = self.snapshots.by_id(template.snapshot_id)
+        if snap is None or not snap.memory:
+            raise NotFound(f"template {template.id}'s saved machine is gone")
+        return template, snap
+
+    async def _clone_template(
+        self, instance_id: str, template: Template, snap: Snapshot, ctx: OpContext
+    ) -> dict[str, object]:
+        """A launch's first boot from a template: a thin disk on the template's layer, the
+        template's memory mapped copy-on-write, then a new identity (hostname, MACs, DHCP,
+        machine id, entropy) before anything else runs in the guest."""
+        try:
+            async with self.lifecycle.lock(instance_id):
+                inst = self.get(instance_id)
+                ctx.progress(f"from template {template.id} ({template.shape.key})")
+                await self.disks.new_top(inst, on=snap.layer, size_bytes=inst.spec.disk_bytes)
+        except GureumError as exc:
+            await self.lifecycle.mark_error(instance_id, f"launch failed: {exc.message}")
+            raise
+        inst = self.get(instance_id)
+        assert inst.hardware is not None
+        macs = self.networks.mac_changes(snap.hardware.nics, inst.hardware.nics)
+        identity = Identity(hostname=inst.name, macs=macs)
+        return await self.lifecycle.boot(instance_id, ctx, restore_from=snap.id, identity=identity)
 
     # -- stop / start / restart ------------------------------------------------------------------
     async def stop(self, ref: str, project_id: str | None = None) -> Operation:

@@ -113,6 +113,7 @@ class InstanceViews:
             "pending_next_boot": pending,
             "snapshots": snapshots.get(inst.id, 0),
             "autostart": inst.autostart,
+            "template_id": inst.template_id,
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),

@@ -46,6 +46,7 @@ def _from_row(row: RowMapping) -> Instance:
         uid=row["uid"],
         autostart=bool(row["autostart"]),
         host_keys=tuple(json.loads(row["host_keys"] or "[]")),
+        template_id=row["template_id"],
     )
 
 
@@ -77,6 +78,7 @@ class InstanceStore:
             "uid": inst.uid,
             "autostart": int(inst.autostart),
             "host_keys": json.dumps(list(inst.host_keys)),
+            "template_id": inst.template_id,
         }
         try:
             if conn is not None:

@@ -130,6 +130,12 @@ class SnapshotStore:
             row = conn.execute(query).mappings().first()
         return _snapshot(row) if row else None
 
+    def by_id(self, snapshot_id: str) -> Snapshot | None:
+        query = select(snapshots).where(snapshots.c.id == snapshot_id)
+        with self.db.read() as conn:
+            row = conn.execute(query).mappings().first()
+        return _snapshot(row) if row else None
+
     def list(self, instance_id: str | None = None) -> list[Snapshot]:
         query = select(snapshots).order_by(snapshots.c.created_at)
         if instance_id is not None:

@@ -367,6 +367,29 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "an imported image records the firmware that boots it (bios or uefi)",
         ["ALTER TABLE images ADD COLUMN firmware TEXT"],
     ),
+    (
+        14,
+        "images keep templates (a booted machine saved with its memory); clones name theirs",
+        [
+            """
+            CREATE TABLE templates (
+                id TEXT PRIMARY KEY,
+                image TEXT NOT NULL,
+                image_version TEXT NOT NULL,
+                cpus INTEGER NOT NULL,
+                memory_mib INTEGER NOT NULL,
+                nics INTEGER NOT NULL,
+                disk_bytes BIGINT NOT NULL,
+                instance_id TEXT NOT NULL,
+                snapshot_id TEXT NOT NULL,
+                size_bytes BIGINT NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL,
+                UNIQUE (image, image_version, cpus, memory_mib, nics)
+            )
+            """,
+            "ALTER TABLE instances ADD COLUMN template_id TEXT",
+        ],
+    ),
 ]
 
 

@@ -33,6 +33,7 @@ instances = Table(
     Column("uid", BigInteger),
     Column("autostart", BigInteger, nullable=False, server_default="0"),
     Column("host_keys", Text),
+    Column("template_id", Text),  # the template it was cloned from, if it was
 )
 
 sequences = Table(
@@ -121,6 +122,23 @@ nics = Table(
     Column("mac", Text, nullable=False, unique=True),
     Column("ip", Text, nullable=False),
     Column("created_at", Float, nullable=False),
+)
+
+templates = Table(
+    "templates",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("image", Text, nullable=False),
+    Column("image_version", Text, nullable=False),
+    Column("cpus", BigInteger, nullable=False),
+    Column("memory_mib", BigInteger, nullable=False),
+    Column("nics", BigInteger, nullable=False),
+    Column("disk_bytes", BigInteger, nullable=False),
+    Column("instance_id", Text, nullable=False),
+    Column("snapshot_id", Text, nullable=False),
+    Column("size_bytes", BigInteger, nullable=False),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("image", "image_version", "cpus", "memory_mib", "nics"),
 )
 
 keypairs = Table(

@@ -12,7 +12,7 @@ from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import ImageOut
+from gureum.api.schemas import ImageOut, TemplateIn
 from gureum.model.image import Image
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -36,7 +36,16 @@ async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
 
 @router.get("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
 async def get_image(image: str, svc: Svc, who: AnyUser) -> dict[str, object]:
-    return _view(svc.images.get(image), who)
+    """The catalog entry, and the image's templates (each with how many clones it has)."""
+    return {**_view(svc.images.get(image), who), "templates": svc.templates.list(image)}
+
+
+@starts_operation(router, "/{image}/template", "superuser")
+async def make_template(image: str, body: TemplateIn, svc: Svc, _: Super) -> JSONResponse:
+    """Boot the image once, let it settle and save it running as its template of this shape:
+    later launches of that shape (and the image's own disk size) are clones of it. Refused for
+    images provisioned by cloud-init, and for a shape that has a template (409)."""
+    return accepted(svc.templates.make(image, body.cpus, body.memory_mib, body.nics))
 
 
 @starts_operation(router, "/{image}/build", "superuser")
@@ -97,4 +106,5 @@ async def export_image(image: str, svc: Svc, _: Super) -> FileResponse:
 
 @router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})
 async def delete_image(image: str, svc: Svc, _: Super) -> dict[str, object]:
-    return svc.images.delete(image).to_dict()
+    """The image, its files and its templates; refused while instances use it (409)."""
+    return (await svc.templates.delete_image(image)).to_dict()

@@ -65,7 +65,7 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
         keypairs=tuple(body.keypairs),
         autostart=body.autostart,
     )
-    inst, op = await svc.instances.launch(req, scope.project_id)
+    inst, op = await svc.templates.launch(req, scope.project_id, cold=body.cold)
     return accepted(op, {"instance": svc.instances.view(inst), "operation": op.to_dict()})
 
 

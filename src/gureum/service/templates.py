@@ -1,0 +1,178 @@
+"""Image templates: an image booted once and saved running (its disk layer and memory), so that
+a launch of the same shape is a clone of the saved machine instead of a boot.
+
+A template is an ordinary instance of the templates project (``TEMPLATES_PROJECT``, the
+administrator's to see, no one's to use), stopped after a memory snapshot was taken of it. A
+launch that finds a template of its image's current version and its shape clones that snapshot
+(``InstanceService.launch(template=...)``): a thin disk on the template's layer, the template's
+RAM file mapped copy-on-write, a new vmgenid, hostname, MACs, addresses, machine id and entropy
+before the guest runs anything else. Anything else boots cold, as does ``launch --cold``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gureum.errors import Conflict, EngineError, InvalidInput, Timeout
+from gureum.ids import new_id
+from gureum.model.image import Image
+from gureum.model.instance import Instance
+from gureum.model.operation import Operation
+from gureum.model.template import Shape, Template
+from gureum.model.tenancy import Project
+from gureum.service.images import ImageService
+from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService, LaunchRequest
+from gureum.service.lifecycle import Lifecycle
+from gureum.service.networks import DEFAULT_NETWORK, NO_NETWORK
+from gureum.service.operations import OpContext, OperationManager, Reporter
+from gureum.service.snapshots import SnapshotService
+from gureum.store.templates import TemplateStore
+from gureum.store.tenancy import TenancyStore
+
+TEMPLATES_PROJECT = "p-templates"
+TEMPLATES_PROJECT_NAME = "(templates)"  # not a name check_name lets a user's project take
+SNAPSHOT_NAME = INTERNAL_SNAPSHOT_PREFIX + "template"
+# After the guest agent answers, boot-time work (DHCP, services starting) goes on a moment:
+# the template is saved once it has, so no clone repeats it.
+SETTLE_S = 2.0
+LAUNCH_TIMEOUT_S = 900.0
+
+
+def shape_of(req: LaunchRequest) -> Shape:
+    nets = req.networks or (DEFAULT_NETWORK,)
+    return Shape(req.cpus, req.memory_mib, 0 if NO_NETWORK in nets else len(nets))
+
+
+def provisioned_by_cloud_init(image: Image) -> bool:
+    """An image whose guest configures itself with cloud-init: a clone of it must run
+    cloud-init again as its own instance, which templates do not do yet."""
+    return image.name == "debian" or image.origin != "built"
+
+
+class TemplateService:
+    def __init__(
+        self,
+        store: TemplateStore,
+        tenancy: TenancyStore,
+        images: ImageService,
+        instances: InstanceService,
+        snapshots: SnapshotService,
+        lifecycle: Lifecycle,
+        ops: OperationManager,
+    ) -> None:
+        self.store = store
+        self.tenancy = tenancy
+        self.images = images
+        self.instances = instances
+        self.snapshots = snapshots
+        self.lifecycle = lifecycle
+        self.ops = ops
+
+    # -- launch ----------------------------------------------------------------------------------
+    def find(self, req: LaunchRequest) -> Template | None:
+        """The template a launch can be cloned from: of the image's current version, the same
+        shape, and the image's own disk size (a larger disk boots cold)."""
+        image = self.images.store.get(req.image)  # a missing one: the launch says so
+        if image is None:
+            return None
+        tpl = self.store.find(image.name, image.version, shape_of(req))
+        if tpl is None or req.disk_bytes not in (None, tpl.disk_bytes):
+            return None
+        return tpl
+
+    async def launch(
+        self, req: LaunchRequest, project_id: str, *, cold: bool = False
+    ) -> tuple[Instance, Operation]:
+        """A launch: from the image's template when one fits (and not ``cold``), else a boot."""
+        template = None if cold else self.find(req)
+        return await self.instances.launch(req, project_id, template=template)
+
+    # -- making and removing ---------------------------------------------------------------------
+    def make(self, image_name: str, cpus: int, memory_mib: int, nics: int = 1) -> Operation:
+        """Boot the image once in the templates project, let it settle, save it running, and
+        keep the saved machine as the image's template of this shape (an operation)."""
+        image = self.images.get(image_name)
+        if provisioned_by_cloud_init(image):
+            raise InvalidInput(
+                f"image {image.name!r} is provisioned by cloud-init: templates of such images "
+                "are not made yet (a clone would keep the template's cloud-init identity)"
+            )
+        if not 0 <= nics <= 4:
+            raise InvalidInput(f"a template has 0 to 4 NICs, not {nics}")
+        shape = Shape(cpus, memory_mib, nics)
+        req = LaunchRequest(
+            name=f"{image.name}-{image.version[:12]}-{shape.key}",
+            image=image.name,
+            cpus=cpus,
+            memory_mib=memory_mib,
+            networks=(DEFAULT_NETWORK,) * nics if nics else (NO_NETWORK,),
+        )
+        self.instances.validate(req, TEMPLATES_PROJECT)  # bad sizes: refused before the op
+        if self.store.find(image.name, image.version, shape) is not None:
+            raise Conflict(f"image {image.name!r} already has a template of shape {shape.key}")
+
+        async def work(ctx: OpContext) -> dict[str, object]:
+            return {"template": (await self._make(image, shape, req, ctx)).to_dict()}
+
+        return self.ops.start("image-template", image.name, work)
+
+    async def _make(
+        self, image: Image, shape: Shape, req: LaunchRequest, ctx: Reporter
+    ) -> Template:
+        if self.tenancy.project(TEMPLATES_PROJECT) is None:
+            self.tenancy.add_project(
+                Project(TEMPLATES_PROJECT, TEMPLATES_PROJECT_NAME, time.time())
+            )
+        inst, boot = await self.instances.launch(req, TEMPLATES_PROJECT)
+        try:
+            ctx.progress(f"booting {image.name} {image.version} as {shape.key} ({inst.id})")
+            await self._finished(boot)
+            ctx.progress(f"booted; letting it settle for {SETTLE_S:g} s")
+            await asyncio.sleep(SETTLE_S)
+            await self.snapshots.create_now(inst.id, SNAPSHOT_NAME, True, ctx, internal=True)
+            ctx.progress("saved; stopping the template's own machine")
+            await self.lifecycle.stop(inst.id, ctx)
+            _, snap = self.snapshots.get(inst.id, SNAPSHOT_NAME)
+            tpl = Template(
+                id=new_id("t-"),
+                image=image.name,
+                image_version=image.version,
+                shape=shape,
+                disk_bytes=inst.spec.disk_bytes,
+                instance_id=inst.id,
+                snapshot_id=snap.id,
+                size_bytes=snap.size_bytes,
+                created_at=time.time(),
+            )
+            self.store.add(tpl)
+        except BaseException:
+            await self.instances.delete(inst.id, force=True)
+            raise
+        ctx.progress(f"template {tpl.id} ready")
+        return tpl
+
+    async def _finished(self, op: Operation) -> None:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while not op.done:
+            if time.monotonic() > deadline:
+                raise Timeout(f"the template's boot did not finish in {LAUNCH_TIMEOUT_S:g} s")
+            op = await self.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+        if op.error is not None:
+            raise EngineError(f"the template's boot failed: {op.error.get('message')}")
+
+    def list(self, image: str | None = None) -> list[dict[str, object]]:
+        return [{**t.to_dict(), "clones": self.store.clones(t.id)} for t in self.store.list(image)]
+
+    async def delete_image(self, name: str) -> Image:
+        """An image and its templates: refused while any instance but the templates' own
+        machines uses it (clones included)."""
+        self.images.get(name)
+        templates = self.store.list(name)
+        users = self.instances.store.count_using_image(name) - len(templates)
+        if users > 0:
+            raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
+        for tpl in templates:
+            await self.instances.delete(tpl.instance_id, force=True)
+            self.store.remove(tpl.id)
+        return self.images.delete(name)

@@ -1,0 +1,121 @@
+"""Image templates (issue 13, part 1) over a FakeHost: a template is the image booted once and
+saved running; a launch of its shape clones it (its memory, its disk layer under the clone's
+own, a new identity); anything else, or --cold, boots. Deleting the image takes its templates,
+but never under a clone."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from gureum.model.image import Image
+from gureum.service import templates
+from gureum.service.core import Services
+from tests.unit.fakehost import FakeHost
+from tests.unit.fakeworld import fake_api, finish, launch
+
+World = tuple[TestClient, Services, FakeHost]
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+    monkeypatch.setattr(templates, "SETTLE_S", 0.0)
+    with fake_api(tmp_path, ("tiny",)) as made:
+        yield made
+
+
+def make_template(root: TestClient, svc: Services, **shape: int) -> dict:
+    resp = root.post("/v1/images/tiny/template", json=shape)
+    assert resp.status_code == 202, resp.text
+    op = finish(root, svc, resp.json()["id"])
+    assert op.error is None, op.error
+    assert op.result is not None
+    return op.result["template"]  # type: ignore[no-any-return]
+
+
+def test_a_launch_of_the_templates_shape_is_a_clone_of_its_saved_machine(world: World) -> None:
+    root, svc, host = world
+    tpl = make_template(root, svc)
+    saved = svc.snapshots.store.by_id(tpl["snapshot_id"])
+    assert saved is not None and saved.memory
+    template_vm = svc.instances.store.get(tpl["instance_id"])
+    assert template_vm is not None and template_vm.state.value == "stopped"
+    assert template_vm.project_id == templates.TEMPLATES_PROJECT
+
+    inst = launch(root, svc, "web", "tiny")
+    assert inst["template_id"] == tpl["id"]
+    vm = host.vms[inst["id"]]
+    assert vm.restored_from == tpl["snapshot_id"]  # its memory, not a boot
+    made = svc.instances.get(inst["id"])
+    assert made.hardware is not None
+    assert made.hardware.generation_id != saved.hardware.generation_id
+    assert made.hardware.mac != saved.hardware.mac
+    below = svc.instances.disks.store.get(made.root_layer or "")
+    assert below is not None and below.backing == saved.layer  # its own layer on the template's
+    assert "refresh_identity" in host.calls
+    shown = root.get("/v1/images/tiny").json()["templates"]
+    assert [(t["id"], t["clones"]) for t in shown] == [(tpl["id"], 1)]
+    # The templates project's machine is nobody's to see but the administrator's.
+    assert [i["name"] for i in root.get("/v1/instances").json()] == ["web"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"cold": True},
+        {"cpus": 2},
+        {"memory_mib": 512},
+        {"disk_gib": 1.0},
+        {"networks": ["none"]},
+    ],
+)
+def test_a_launch_the_template_does_not_fit_boots(world: World, body: dict) -> None:
+    root, svc, host = world
+    make_template(root, svc)
+    inst = launch(root, svc, "web", "tiny", **body)
+    assert inst["template_id"] is None
+    assert host.vms[inst["id"]].restored_from is None
+
+
+def test_no_template_of_an_image_provisioned_by_cloud_init_and_no_shape_twice(
+    world: World,
+) -> None:
+    root, svc, _ = world
+    svc.images.store.put(
+        Image("mine", "v1", "", "/nowhere", files={"disk": {}}, origin="imported raw")
+    )
+    resp = root.post("/v1/images/mine/template", json={})
+    assert resp.status_code == 400 and "cloud-init" in resp.text
+    make_template(root, svc)
+    again = root.post("/v1/images/tiny/template", json={})
+    assert again.status_code == 409, again.text
+    assert root.post("/v1/images/tiny/template", json={"nics": 9}).status_code == 400
+
+
+def test_deleting_the_image_takes_its_templates_but_never_under_a_clone(world: World) -> None:
+    root, svc, host = world
+    tpl = make_template(root, svc)
+    launch(root, svc, "web", "tiny")
+    refused = root.delete("/v1/images/tiny")
+    assert refused.status_code == 409 and "1 instance" in refused.text
+    assert svc.templates.store.list("tiny") != []
+    assert root.delete("/v1/instances/web", params={"force": "true"}).status_code == 200
+    assert root.delete("/v1/images/tiny").status_code == 200
+    assert svc.templates.store.list() == []
+    assert svc.instances.store.get(tpl["instance_id"]) is None
+    assert svc.snapshots.store.by_id(tpl["snapshot_id"]) is None
+    assert svc.images.list() == [] and host.vms == {}
+
+
+def test_a_template_whose_boot_fails_leaves_nothing(world: World) -> None:
+    root, svc, host = world
+    host.fail_at = "save_memory"
+    resp = root.post("/v1/images/tiny/template", json={})
+    op = finish(root, svc, resp.json()["id"])
+    assert op.error is not None
+    assert svc.templates.store.list() == []
+    assert svc.instances.store.list(templates.TEMPLATES_PROJECT) == []
+    assert host.vms == {}

@@ -119,3 +119,21 @@ def test_a_template_whose_boot_fails_leaves_nothing(world: World) -> None:
     assert svc.templates.store.list() == []
     assert svc.instances.store.list(templates.TEMPLATES_PROJECT) == []
     assert host.vms == {}
+
+
+def test_removing_templates_keeps_those_under_a_clone_and_frees_the_templates_network(
+    world: World,
+) -> None:
+    root, svc, _ = world
+    used = make_template(root, svc)
+    launch(root, svc, "web", "tiny")
+    unused = make_template(root, svc, cpus=2)
+    gone = root.delete("/v1/images/tiny/templates")
+    assert gone.status_code == 200, gone.text
+    assert gone.json()["removed"] == [unused["id"]]
+    assert [t.id for t in svc.templates.store.list()] == [used["id"]]
+    assert svc.networks.list(templates.TEMPLATES_PROJECT) != []  # the kept one's machine's
+    root.delete("/v1/instances/web", params={"force": "true"})
+    assert root.delete("/v1/images/tiny/templates").json()["removed"] == [used["id"]]
+    assert svc.networks.list(templates.TEMPLATES_PROJECT) == []
+    assert root.get("/v1/images/tiny").status_code == 200  # the image itself stays

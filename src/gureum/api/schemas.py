@@ -182,6 +182,11 @@ class TemplateIn(Strict):
     nics: int = Field(1, description="its NICs (0 to 4); a clone puts each on its own network")
 
 
+class TemplatesRemovedOut(BaseModel):
+    image: str
+    removed: list[str] = Field(description="the ids of the templates deleted")
+
+
 class HostOut(BaseModel):
     accel: str
     accel_reason: str

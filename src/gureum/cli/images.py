@@ -101,11 +101,19 @@ def template(
     cpus: Annotated[int, typer.Option(help="Virtual CPUs of the saved machine.")] = 1,
     memory: Annotated[str, typer.Option(help="Its memory, e.g. 256M or 1G.")] = "256M",
     nics: Annotated[int, typer.Option(help="Its NICs (0 to 4).")] = 1,
+    delete: Annotated[
+        bool,
+        typer.Option("--delete", help="Delete the image's templates no VM was cloned from."),
+    ] = False,
     fmt: OutputOpt = Format.table,
 ) -> None:
     """Boot the image once, let it settle and save it running as its template: later launches
     of this shape (and the image's disk size) are clones of it, ready in a fraction of a boot.
     Not for images provisioned by cloud-init yet."""
+    if delete:
+        gone = call(Client.remove_templates, name)
+        emit(gone, fmt, f"{name}: {len(gone['removed'])} template(s) deleted")
+        return
     with Client() as client:
         op = client.template_image(name, cpus, memory_in_mib(memory), nics)
         if fmt == Format.table:

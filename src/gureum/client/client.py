@@ -403,6 +403,9 @@ class Client:
         body = {"cpus": cpus, "memory_mib": memory_mib, "nics": nics}
         return self.request("POST", path("images", name, "template"), json=body)
 
+    def remove_templates(self, name: str) -> dict[str, Any]:
+        return self.request("DELETE", path("images", name, "templates"))
+
     def verify_image(self, name: str) -> dict[str, Any]:
         """The operation that re-checks every file's checksum; its result is
         ``{name, ok, problems}``."""

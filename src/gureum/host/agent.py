@@ -60,6 +60,9 @@ log = logging.getLogger(__name__)
 DHCP = r"""
 mode=$1 failed=0
 if [ -x /etc/gureum/network ]; then exec /etc/gureum/network $mode; fi
+# udev renames a new NIC (eth0 -> enp2s0) a moment after it appears: a client started on the
+# old name would lose it. settle waits for the kernel's events to be handled.
+if command -v udevadm >/dev/null 2>&1; then udevadm settle -t 10 || true; fi
 for dev in /sys/class/net/*; do
   ifname=${dev##*/}
   [ -e "$dev/device" ] || continue

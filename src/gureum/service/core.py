@@ -122,7 +122,7 @@ class Services:
             creator, ops, host,
         )  # fmt: skip
         templates = TemplateService(
-            TemplateStore(db), tenancy_store, images, instances, snapshots, lifecycle, ops
+            TemplateStore(db), tenancy_store, images, instances, snapshots, lifecycle, networks, ops
         )
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
         ssh = GuestSsh(instances, forwards, host)

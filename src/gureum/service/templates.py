@@ -12,6 +12,7 @@ before the guest runs anything else. Anything else boots cold, as does ``launch 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import time
 
 from gureum.errors import Conflict, EngineError, InvalidInput, Timeout
@@ -24,7 +25,7 @@ from gureum.model.tenancy import Project
 from gureum.service.images import ImageService
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService, LaunchRequest
 from gureum.service.lifecycle import Lifecycle
-from gureum.service.networks import DEFAULT_NETWORK, NO_NETWORK
+from gureum.service.networks import DEFAULT_NETWORK, NO_NETWORK, NetworkService
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.service.snapshots import SnapshotService
 from gureum.store.templates import TemplateStore
@@ -59,8 +60,10 @@ class TemplateService:
         instances: InstanceService,
         snapshots: SnapshotService,
         lifecycle: Lifecycle,
+        networks: NetworkService,
         ops: OperationManager,
     ) -> None:
+        self.networks = networks
         self.store = store
         self.tenancy = tenancy
         self.images = images
@@ -164,15 +167,29 @@ class TemplateService:
     def list(self, image: str | None = None) -> list[dict[str, object]]:
         return [{**t.to_dict(), "clones": self.store.clones(t.id)} for t in self.store.list(image)]
 
+    async def remove(self, image: str) -> builtins.list[str]:
+        """Delete the image's templates that no instance was cloned from (their machines, disk
+        layers and memory); when no template is left at all, the templates project's networks
+        too. Returns the ids removed."""
+        self.images.get(image)
+        removed = []
+        for tpl in self.store.list(image):
+            if self.store.clones(tpl.id):
+                continue  # its layer is under a clone's disk: it goes with the last clone's image
+            await self.instances.delete(tpl.instance_id, force=True)
+            self.store.remove(tpl.id)
+            removed.append(tpl.id)
+        if not self.store.list():
+            for net in self.networks.list(TEMPLATES_PROJECT):
+                await self.networks.delete(net.id, TEMPLATES_PROJECT)
+        return removed
+
     async def delete_image(self, name: str) -> Image:
         """An image and its templates: refused while any instance but the templates' own
         machines uses it (clones included)."""
         self.images.get(name)
-        templates = self.store.list(name)
-        users = self.instances.store.count_using_image(name) - len(templates)
+        users = self.instances.store.count_using_image(name) - len(self.store.list(name))
         if users > 0:
             raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
-        for tpl in templates:
-            await self.instances.delete(tpl.instance_id, force=True)
-            self.store.remove(tpl.id)
+        await self.remove(name)
         return self.images.delete(name)

@@ -12,7 +12,7 @@ from gureum.api.accepted import accepted, starts_operation
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import ImageOut, TemplateIn
+from gureum.api.schemas import ImageOut, TemplateIn, TemplatesRemovedOut
 from gureum.model.image import Image
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -102,6 +102,16 @@ async def export_image(image: str, svc: Svc, _: Super) -> FileResponse:
     imported image's; a built image boots its kernel directly and is refused, 409)."""
     path = svc.images.export_path(image)
     return FileResponse(path, media_type="application/octet-stream", filename=f"{image}.qcow2")
+
+
+@router.delete(
+    "/{image}/templates", response_model=TemplatesRemovedOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)  # fmt: skip
+async def remove_templates(image: str, svc: Svc, _: Super) -> dict[str, object]:
+    """Delete the image's templates no instance was cloned from (their saved machines, disk
+    layers and memory files); later launches boot until a template is made again."""
+    return {"image": image, "removed": await svc.templates.remove(image)}
 
 
 @router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})

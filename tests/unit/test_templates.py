@@ -137,3 +137,10 @@ def test_removing_templates_keeps_those_under_a_clone_and_frees_the_templates_ne
     assert root.delete("/v1/images/tiny/templates").json()["removed"] == [used["id"]]
     assert svc.networks.list(templates.TEMPLATES_PROJECT) == []
     assert root.get("/v1/images/tiny").status_code == 200  # the image itself stays
+
+
+def test_a_template_is_not_one_of_the_passing_snapshots_a_restart_drops(world: World) -> None:
+    root, svc, _ = world
+    tpl = make_template(root, svc)
+    root.portal.call(svc.instances.drop_internal_snapshots)  # type: ignore[union-attr]
+    assert svc.snapshots.store.by_id(tpl["snapshot_id"]) is not None

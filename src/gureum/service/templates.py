@@ -23,7 +23,7 @@ from gureum.model.operation import Operation
 from gureum.model.template import Shape, Template
 from gureum.model.tenancy import Project
 from gureum.service.images import ImageService
-from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService, LaunchRequest
+from gureum.service.instances import InstanceService, LaunchRequest
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import DEFAULT_NETWORK, NO_NETWORK, NetworkService
 from gureum.service.operations import OpContext, OperationManager, Reporter
@@ -33,7 +33,8 @@ from gureum.store.tenancy import TenancyStore
 
 TEMPLATES_PROJECT = "p-templates"
 TEMPLATES_PROJECT_NAME = "(templates)"  # not a name check_name lets a user's project take
-SNAPSHOT_NAME = INTERNAL_SNAPSHOT_PREFIX + "template"
+# An ordinary snapshot's name: those named as gureum's own passing ones are dropped at start.
+SNAPSHOT_NAME = "template"
 # After the guest agent answers, boot-time work (DHCP, services starting) goes on a moment:
 # the template is saved once it has, so no clone repeats it.
 SETTLE_S = 2.0

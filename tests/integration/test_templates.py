@@ -1,0 +1,95 @@
+"""Instant launch (issue 13): a template of `tiny` is made once; launches of its shape are clones
+of the saved machine, each with an identity of its own that the guest itself reports; a cold
+launch still boots; the template and its clones survive a service restart.
+
+Its own service: the templates project's network is made and removed here.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.integration.conftest import Service, running_service
+from tests.waiting import wait_for
+
+
+@pytest.fixture(scope="module")
+def svc():  # type: ignore[no-untyped-def]
+    with running_service() as service:
+        yield service
+
+
+def _json(service: Service, *args: str) -> dict:  # type: ignore[type-arg]
+    return json.loads(service.cli(*args, "-o", "json").stdout)
+
+
+def identity(service: Service, name: str) -> dict[str, str]:
+    """What the guest says it is, and what gureum says of it. The clone asks DHCP for its own
+    address in the background: wait until the guest has the one gureum recorded."""
+    shown = _json(service, "show", name)
+    recorded = shown["nics"][0]["ip"]
+    wait_for(lambda: recorded in service.exec(name, "ip", "-4", "addr", "show", "dev", "eth0"),
+             30, interval=0.2, what=f"{name} has {recorded}")  # fmt: skip
+    said = service.exec(
+        name, "sh", "-c",
+        "hostname; cat /etc/machine-id; cat /sys/class/net/eth0/address; "
+        "head -c 16 /dev/urandom | od -An -tx1",
+    ).split("\n")  # fmt: skip
+    return {
+        "hostname": said[0],
+        "machine_id": said[1],
+        "mac": said[2],
+        "address": recorded,
+        "random": said[3].strip(),
+        "generation_id": shown["generation_id"],
+        "id": shown["id"],
+    }
+
+
+def test_clones_of_a_template_each_have_their_own_identity(svc: Service) -> None:
+    made = _json(svc, "image", "template", "tiny")["id"]
+    image = _json(svc, "image", "show", "tiny")
+    assert [t["id"] for t in image["templates"]] == [made]
+
+    svc.cli("launch", "tiny", "--name", "c1")
+    svc.cli("launch", "tiny", "--name", "c2")
+    shown = _json(svc, "show", "c1")
+    assert shown["template_id"] == made
+    phases = [p["event"] for p in shown["boot"]["phases"] if p["at"] is not None]
+    assert "memory_restored" in phases and "kernel_started" not in phases  # resumed, not booted
+
+    one, two = identity(svc, "c1"), identity(svc, "c2")
+    assert one["hostname"] == "c1" and two["hostname"] == "c2"
+    assert shown["nics"][0]["mac"] == one["mac"]  # the guest took the MAC gureum gave it
+    shared = {k for k in one if one[k] == two[k]}
+    assert not shared, f"two clones of one template share {shared}"
+    clones = _json(svc, "image", "show", "tiny")["templates"][0]["clones"]
+    assert clones == 2
+
+
+def test_a_cold_launch_still_boots(svc: Service) -> None:
+    svc.cli("launch", "tiny", "--name", "cold1", "--cold")
+    shown = _json(svc, "show", "cold1")
+    assert shown["template_id"] is None
+    assert "kernel_started" in [p["event"] for p in shown["boot"]["phases"] if p["at"]]
+    svc.cli("delete", "cold1", "--force")
+
+
+def test_the_template_and_its_clones_survive_a_service_restart(svc: Service) -> None:
+    svc.stop()
+    svc.start()
+    assert _json(svc, "show", "c1")["state"] == "running"
+    assert svc.exec("c1", "hostname").strip() == "c1"
+    svc.cli("launch", "tiny", "--name", "c3")  # the template still serves after the restart
+    assert _json(svc, "show", "c3")["template_id"] is not None
+
+
+def test_templates_under_clones_stay_until_the_clones_go(svc: Service) -> None:
+    kept = _json(svc, "image", "template", "tiny", "--delete")
+    assert kept["removed"] == []
+    for name in ("c1", "c2", "c3"):
+        svc.cli("delete", name, "--force")
+    assert len(_json(svc, "image", "template", "tiny", "--delete")["removed"]) == 1
+    assert _json(svc, "image", "show", "tiny")["templates"] == []

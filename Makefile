@@ -48,6 +48,7 @@ bench: setup
 	$(PY) bench/network.py
 	$(PY) bench/api.py
 	$(PY) bench/os.py
+	$(PY) bench/instant.py
 
 # System-wide, as a service: $(PREFIX) (a venv), /usr/local/bin/gureum, gureum.service
 # (KillMode=process: stopping it leaves the VMs running), $(GUREUM_HOME)/config.toml.

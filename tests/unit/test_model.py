@@ -80,8 +80,11 @@ def test_boot_timeline_durations():
     boot.mark("agent_ready", 102.25)
     view = boot.to_dict()
     assert view["total_s"] == 2.25
-    assert [p["since_previous_s"] for p in view["phases"]] == [None, None, 0.5, 1.5, 0.25]
+    assert [p["since_previous_s"] for p in view["phases"]] == [None, None, 0.5, 1.5, 0.25, None]
     assert BootTimeline.from_raw(boot.raw()) == boot
+    # A clone is ready once told it is a new machine, after its agent answers.
+    boot.mark("identity_refreshed", 102.75)
+    assert boot.to_dict()["total_s"] == 2.75
     with pytest.raises(ValueError):
         boot.mark("nonsense", 1.0)
 

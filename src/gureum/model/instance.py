@@ -96,6 +96,7 @@ BOOT_EVENTS = (
     "kernel_started",
     "init_started",
     "agent_ready",
+    "identity_refreshed",
 )
 
 
@@ -106,6 +107,9 @@ class BootTimeline:
     kernel_started: float | None = None  # first byte the guest wrote on its serial console
     init_started: float | None = None  # our init printed its start line
     agent_ready: float | None = None  # the guest agent first answered a ping
+    # A restore or clone: the guest told it is a new machine (entropy, machine id; for a clone
+    # hostname, MACs and DHCP). Ready only then.
+    identity_refreshed: float | None = None
 
     def mark(self, event: str, at: float) -> bool:
         """Record an event once; returns True when it was new."""
@@ -125,11 +129,8 @@ class BootTimeline:
             phases.append({"event": event, "at": at, "since_previous_s": duration})
             if at is not None:
                 previous = at
-        total = (
-            round(self.agent_ready - self.process_started, 3)
-            if self.agent_ready and self.process_started
-            else None
-        )
+        ready = self.identity_refreshed or self.agent_ready
+        total = round(ready - self.process_started, 3) if ready and self.process_started else None
         return {"phases": phases, "total_s": total}
 
     def raw(self) -> dict[str, float | None]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import replace
 from pathlib import Path
 
@@ -37,6 +38,7 @@ BOOT_LABELS = {
     "kernel_started": "kernel started",
     "init_started": "init started",
     "agent_ready": "guest agent ready",
+    "identity_refreshed": "guest told it is a new machine",
 }
 
 
@@ -196,6 +198,7 @@ class Lifecycle:
                 # else's a moment ago (and for a clone, its hostname and MACs too).
                 told = identity or Identity()
                 machine_id = await self.host.refresh_identity(instance_id, told)
+                events.on_boot_event("identity_refreshed", time.time())
                 refreshed = {"machine_id": machine_id, **told.to_dict()}
                 ctx.progress(
                     "guest identity refreshed (random seed, machine id"

@@ -1,0 +1,162 @@
+"""Instant-launch benchmark: launches of `tiny` cloned from its template against cold launches of
+the same image and shape, in one run, and host memory per clone.
+
+- launch-to-running: from the API request until the guest's vCPUs run (a clone: its memory
+  restored; a cold launch: its QEMU started, which then runs at once);
+- launch-to-ready: until the launch operation ends (the guest agent answers; for a clone, its
+  identity refreshed too);
+- memory: the proportional set size (PSS: shared pages split among their users) of each QEMU,
+  for 1, 10 and 20 clones of one template, against one cold-booted VM, each idle 3 s.
+
+Runs alternate (clone, cold), so drift on the machine hits both alike. The pool of waiting
+QEMUs (issue 13, part 3) is not built yet: every clone starts its own QEMU.
+
+    python bench/instant.py [--runs 10] [--clones 20] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+
+from launch import Service  # noqa: E402
+
+from gureum.engine.qemu import process  # noqa: E402
+from gureum.sys import procs  # noqa: E402
+
+CPUS, MEMORY_MIB = 1, 256
+
+
+def pss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def phase_at(inst: dict, event: str) -> float | None:
+    for phase in inst["boot"]["phases"]:
+        if phase["event"] == event:
+            return phase["at"]  # type: ignore[no-any-return]
+    return None
+
+
+def launch(svc: Service, name: str, *, cold: bool) -> tuple[float, float, dict]:
+    """(launch-to-running, launch-to-ready, the instance) of one launch with one NIC."""
+    requested = time.time()
+    started = time.perf_counter()
+    res = svc.client.launch(name, "tiny", cpus=CPUS, memory_mib=MEMORY_MIB, cold=cold)
+    op = svc.client.wait(res["operation"]["id"], timeout=600)
+    ready = time.perf_counter() - started
+    inst = op["result"]["instance"]
+    ran = phase_at(inst, "process_started" if cold else "memory_restored")
+    assert ran is not None, inst["boot"]
+    assert (inst["template_id"] is None) == cold, inst
+    return ran - requested, ready, inst
+
+
+def ms(values: list[float]) -> float:
+    return round(statistics.median(values) * 1000, 1)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--clones", type=int, default=20)
+    parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "instant.json")
+    args = parser.parse_args()
+
+    home = Path(tempfile.mkdtemp(prefix="gureum-bench-", dir="/tmp"))
+    # 20 idle 1-vCPU clones on a 2-CPU host: more than admission's default over-commit (4).
+    os.environ["GUREUM_CPU_OVERCOMMIT"] = str(max(4, args.clones))
+    svc = Service(home, "auto")
+    try:
+        image = svc.build()
+        accel = svc.client.host()["accel"]
+        made = time.perf_counter()
+        op = svc.client.template_image("tiny", CPUS, MEMORY_MIB, 1)
+        tpl = svc.client.wait(op["id"], timeout=600)["result"]["template"]
+        print(f"accel: {accel}; tiny {image['version']}; template {tpl['id']} made in "
+              f"{time.perf_counter() - made:.1f} s; {args.runs} runs each, {CPUS} vCPU, "
+              f"{MEMORY_MIB} MiB, 1 NIC")  # fmt: skip
+        clone_run, clone_ready, cold_run, cold_ready, timelines = [], [], [], [], []
+        for i in range(args.runs):
+            run, ready, inst = launch(svc, f"clone{i}", cold=False)
+            clone_run.append(run)
+            clone_ready.append(ready)
+            timelines.append(inst["boot"])
+            svc.client.delete(inst["id"], force=True)
+            c_run, c_ready, inst = launch(svc, f"cold{i}", cold=True)
+            cold_run.append(c_run)
+            cold_ready.append(c_ready)
+            svc.client.delete(inst["id"], force=True)
+            print(
+                f"  run {i + 1}: clone running {run * 1000:.0f} ms, ready {ready * 1000:.0f} ms"
+                f"   cold running {c_run * 1000:.0f} ms, ready {c_ready * 1000:.0f} ms"
+            )
+
+        _, _, cold = launch(svc, "cold-mem", cold=True)
+        time.sleep(3)
+        cold_pss = pss_bytes(cold["pid"])
+        svc.client.delete(cold["id"], force=True)
+        pss: dict[int, float] = {}
+        pids = []
+        for i in range(args.clones):
+            pids.append(launch(svc, f"many{i}", cold=False)[2]["pid"])
+            if len(pids) in (1, 10, args.clones):
+                time.sleep(3)
+                pss[len(pids)] = sum(pss_bytes(p) for p in pids) / len(pids)
+        for inst in svc.client.instances():
+            svc.client.delete(inst["id"], force=True)
+        svc.client.remove_templates("tiny")  # and the templates project's network with it
+
+        result = {
+            "accel": accel,
+            "runs": args.runs,
+            "pool": False,
+            "clone_launch_to_running_ms_median": ms(clone_run),
+            "clone_launch_to_ready_ms_median": ms(clone_ready),
+            "cold_launch_to_running_ms_median": ms(cold_run),
+            "cold_launch_to_ready_ms_median": ms(cold_ready),
+            "ready_ratio_clone_over_cold": round(
+                statistics.median(clone_ready) / statistics.median(cold_ready), 3
+            ),
+            "clone_ready_ms": [round(x * 1000, 1) for x in clone_ready],
+            "cold_ready_ms": [round(x * 1000, 1) for x in cold_ready],
+            "cold_vm_pss_mib": round(cold_pss / 2**20, 1),
+            "clone_pss_mib_per_clone": {n: round(v / 2**20, 1) for n, v in pss.items()},
+            "last_clone_timeline": timelines[-1],
+        }
+        print(f"launch-to-running median: clone {result['clone_launch_to_running_ms_median']} ms"
+              f", cold {result['cold_launch_to_running_ms_median']} ms")  # fmt: skip
+        print(f"launch-to-ready median: clone {result['clone_launch_to_ready_ms_median']} ms, "
+              f"cold {result['cold_launch_to_ready_ms_median']} ms, ratio "
+              f"{result['ready_ratio_clone_over_cold']}")  # fmt: skip
+        per_clone = ", ".join(f"{n}: {v} MiB" for n, v in result["clone_pss_mib_per_clone"].items())
+        print(f"PSS per clone ({per_clone}) vs a cold VM {result['cold_vm_pss_mib']} MiB")
+        print("last clone's timeline:")
+        for phase in timelines[-1]["phases"]:
+            if phase["at"] is not None:
+                print(f"  {phase['event']:<18} +{(phase['since_previous_s'] or 0) * 1000:7.1f} ms")
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    finally:
+        svc.close()
+        for pid in process.find_by_marker(str(home)):
+            procs.kill(pid)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

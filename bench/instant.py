@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
 import tempfile
@@ -31,9 +30,6 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from launch import Service  # noqa: E402
-
-from gureum.engine.qemu import process  # noqa: E402
-from gureum.sys import procs  # noqa: E402
 
 CPUS, MEMORY_MIB = 1, 256
 
@@ -152,10 +148,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:
-        svc.close()
-        for pid in process.find_by_marker(str(home)):
-            procs.kill(pid)
-        shutil.rmtree(home, ignore_errors=True)
+        svc.discard()
 
 
 if __name__ == "__main__":

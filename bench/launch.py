@@ -89,6 +89,15 @@ class Service:
         self.proc.wait(30)
         self.client.close()
 
+    def discard(self) -> None:
+        """Close, then kill whatever of its home is left running and remove the home."""
+        try:
+            self.close()
+        finally:
+            for pid in process.find_by_marker(str(self.home)):
+                procs.kill(pid)
+            shutil.rmtree(self.home, ignore_errors=True)
+
 
 async def raw_boot(image: dict, workdir: Path, accel: str, tb_size: int) -> tuple[float, int]:
     """Boot with QEMU directly, the same command line gureum uses, to the same readiness."""
@@ -189,10 +198,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:
-        svc.close()
-        for pid in process.find_by_marker(str(home)):
-            procs.kill(pid)
-        shutil.rmtree(home, ignore_errors=True)
+        svc.discard()
 
 
 if __name__ == "__main__":

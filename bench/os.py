@@ -36,12 +36,10 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from launch import Service  # noqa: E402
 
-from gureum.engine.qemu import process  # noqa: E402
 from gureum.engine.qemu.agent import GuestAgent  # noqa: E402
 from gureum.errors import GureumError  # noqa: E402
 from gureum.network import netns, tap  # noqa: E402
 from gureum.storage.disks import create_overlay  # noqa: E402
-from gureum.sys import procs  # noqa: E402
 
 CPUS, MEMORY_MIB = 2, 1024
 POLL_S = 0.25
@@ -229,10 +227,7 @@ def main() -> None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:
-        svc.close()
-        for pid in process.find_by_marker(str(home)):
-            procs.kill(pid)
-        shutil.rmtree(home, ignore_errors=True)
+        svc.discard()
         shutil.rmtree(keydir, ignore_errors=True)
 
 

@@ -253,7 +253,8 @@ class InstanceService:
         if saved is None:
             work = partial(self.lifecycle.boot, inst.id, fresh=True)
         else:
-            work = partial(self._clone_template, inst.id, *saved)
+            tpl, snap = saved
+            work = partial(self.boot_from, inst.id, snap, f"template {tpl.id} ({tpl.shape.key})")
         op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
         return inst, op
 
@@ -263,25 +264,29 @@ class InstanceService:
             raise NotFound(f"template {template.id}'s saved machine is gone")
         return template, snap
 
-    async def _clone_template(
-        self, instance_id: str, template: Template, snap: Snapshot, ctx: OpContext
+    async def boot_from(
+        self, instance_id: str, snap: Snapshot, what: str, ctx: OpContext
     ) -> dict[str, object]:
-        """A launch's first boot from a template: a thin disk on the template's layer, the
-        template's memory mapped copy-on-write, then a new identity (hostname, MACs, DHCP,
-        machine id, entropy) before anything else runs in the guest."""
+        """The first start of a new instance made from another's snapshot (a clone, or a launch
+        from a template, ``what``): a thin disk of its own on the snapshot's layer, then with
+        memory a resume of the saved machine (its RAM mapped copy-on-write) told at once that
+        it is a new one (hostname, MACs and DHCP, machine id, entropy), else a cold boot."""
         try:
             async with self.lifecycle.lock(instance_id):
                 inst = self.get(instance_id)
-                ctx.progress(f"from template {template.id} ({template.shape.key})")
+                ctx.progress(f"thin disk on {what}")
                 await self.disks.new_top(inst, on=snap.layer, size_bytes=inst.spec.disk_bytes)
         except GureumError as exc:
-            await self.lifecycle.mark_error(instance_id, f"launch failed: {exc.message}")
+            await self.lifecycle.mark_error(instance_id, f"first start failed: {exc.message}")
             raise
         inst = self.get(instance_id)
         assert inst.hardware is not None
         macs = self.networks.mac_changes(snap.hardware.nics, inst.hardware.nics)
-        identity = Identity(hostname=inst.name, macs=macs)
-        return await self.lifecycle.boot(instance_id, ctx, restore_from=snap.id, identity=identity)
+        identity = Identity(hostname=inst.name, macs=macs if snap.memory else None)
+        restore_from = snap.id if snap.memory else None
+        return await self.lifecycle.boot(
+            instance_id, ctx, restore_from=restore_from, identity=identity
+        )
 
     # -- stop / start / restart ------------------------------------------------------------------
     async def stop(self, ref: str, project_id: str | None = None) -> Operation:

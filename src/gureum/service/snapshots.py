@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import replace
+from functools import partial
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
 from gureum.host.interface import HostAgent, Identity
@@ -307,25 +308,6 @@ class SnapshotService:
 
         draft = Draft(clone, networks, groups, hardware)
         clone = await self.creator.create(draft, after=share_boot_files)
-        assert clone.hardware is not None
-        new_nics = clone.hardware.nics
-
-        async def work(ctx: Reporter) -> dict[str, object]:
-            try:
-                async with self.lifecycle.lock(clone.id):
-                    inst = self.instances.get(clone.id)
-                    ctx.progress(f"thin disk on snapshot {source.name}/{snap.name}")
-                    await self.disks.new_top(inst, on=snap.layer, size_bytes=snap.disk_bytes)
-            except GureumError as exc:
-                await self.lifecycle.mark_error(clone.id, f"clone failed: {exc.message}")
-                raise
-            identity = Identity(
-                hostname=new_name,
-                macs=self.networks.mac_changes(hw.nics, new_nics) if snap.memory else None,
-            )
-            restore_from = snap.id if snap.memory else None
-            return await self.lifecycle.boot(
-                clone.id, ctx, restore_from=restore_from, identity=identity
-            )
-
+        what = f"snapshot {source.name}/{snap.name}"
+        work = partial(self.instances.boot_from, clone.id, snap, what)
         return clone, self.ops.start("clone", clone.id, work, clone.project_id)

@@ -188,12 +188,13 @@ def test_clone_from_memory_snapshot_is_a_new_machine(service, vm, memory_snapsho
 
 
 def ram_mapping(pid: int) -> dict[str, int]:
-    """The smaps fields (kB) of a QEMU's guest RAM mapping of a snapshot's ram-mem0 file."""
+    """The smaps fields (kB) of a QEMU's guest RAM mapping of a snapshot's ram-mem0, which it
+    maps as the host's sealed copy (``host/sealed_ram.py``), never as the saved file."""
     fields: dict[str, int] = {}
     current = False
     for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
         if line[:1].isdigit() or line[:1] in "abcdef":
-            current = line.rstrip().endswith("/ram-mem0")
+            current = "/memfd:gureum-ram-mem0" in line
         elif current and line.split(":")[0] in ("Rss", "Pss", "Shared_Clean", "Shared_Dirty"):
             key, value = line.split(":")
             fields[key] = fields.get(key, 0) + int(value.split()[0])
@@ -201,9 +202,9 @@ def ram_mapping(pid: int) -> dict[str, int]:
 
 
 def test_clones_share_unchanged_memory_pages(service, vm, memory_clone):
-    """Two VMs started from one memory snapshot map its RAM file privately: the pages neither
-    has written are the same page-cache pages (shown as Shared_*: clean, or dirty while the
-    file is not yet written back), so each is charged only a share (Pss < Rss)."""
+    """Two VMs started from one memory snapshot map one sealed copy of its RAM privately: the
+    pages neither has written are the same pages (shown as Shared_*), so each is charged only a
+    share (Pss < Rss)."""
     res = json.loads(service.cli("clone", f"{vm}/m1", "rec4", "-o", "json").stdout)
     try:
         pid_a, pid_b = show(service, memory_clone)["pid"], res["instance"]["pid"]

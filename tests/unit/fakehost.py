@@ -272,7 +272,13 @@ class FakeHost:
         self.memory_images.discard(snapshot_id)
 
     # -- a VM's life -----------------------------------------------------------------------------
-    async def start(self, spec: VMSpec, events: VMEvents, restore_from: str | None = None) -> int:
+    async def start(
+        self,
+        spec: VMSpec,
+        events: VMEvents,
+        restore_from: str | None = None,
+        keep_memory: bool = False,
+    ) -> int:
         self._step("start")
         if spec.instance_id in self.vms:
             raise InvalidState(f"{spec.name} already has a running QEMU")

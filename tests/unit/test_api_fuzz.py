@@ -9,6 +9,7 @@ ever made): this fuzzes the API's validation and authorisation, not QEMU.
 
 from __future__ import annotations
 
+import atexit
 import os
 import shutil
 import tempfile
@@ -57,6 +58,8 @@ def _world(home: Path) -> tuple[Services, schemathesis.BaseSchema, dict[str, str
 # Built at import: schemathesis makes one test per operation from the document at collection.
 # (Its fixture loader does not work with this pytest.) The module fixture below removes it.
 HOME = Path(tempfile.mkdtemp(prefix="gureum-fuzz-"))
+# Also when the module is collected but none of its tests run (-k), the fixture never does.
+atexit.register(shutil.rmtree, HOME, True)
 SERVICES, schema, HEADERS = _world(HOME)
 
 

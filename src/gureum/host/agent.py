@@ -39,6 +39,7 @@ from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
 from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
+from gureum.host.sealed_ram import SealedRam
 from gureum.images.debian import sha256_file
 from gureum.model.hardware import UEFI, Hardware
 from gureum.model.network import Forward, Network
@@ -144,6 +145,7 @@ class LocalHostAgent:
         self.accel = accel_probe.choose(config.accel)
         self.network = NetworkHost(config)
         self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
+        self.sealed_ram = SealedRam()
 
     # -- the host --------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -355,6 +357,7 @@ class LocalHostAgent:
         return sum(f.lstat().st_blocks * 512 for f in folder.glob("*")) if folder.is_dir() else 0
 
     async def remove_snapshot(self, snapshot_id: str) -> None:
+        self.sealed_ram.forget(self._snapshot_folder(snapshot_id))
         await self.remove_file(self._snapshot_folder(snapshot_id))
 
     def names_backing_file(self, path: Path) -> bool:
@@ -407,17 +410,24 @@ class LocalHostAgent:
             uid=spec.uid,
         )
 
-    async def start(self, spec: VMSpec, events: VMEvents, restore_from: str | None = None) -> int:
+    async def start(
+        self,
+        spec: VMSpec,
+        events: VMEvents,
+        restore_from: str | None = None,
+        keep_memory: bool = False,
+    ) -> int:
         """Spawn the VM's QEMU: a cold boot, or with ``restore_from`` (a snapshot id) a resume
-        of its saved memory. Returns the pid; readiness: ``wait_ready``."""
+        of its saved memory, as a sealed copy (kept for the next ones with ``keep_memory``).
+        Returns the pid; readiness: ``wait_ready``."""
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
-        return await self._start(
-            spec, events, self._snapshot_folder(restore_from) if restore_from else None
-        )
+        folder = self._snapshot_folder(restore_from) if restore_from else None
+        return await self._start(spec, events, folder, keep_memory)
 
-    async def _start(self, spec: VMSpec, events: VMEvents, restore_from: Path | None) -> int:
-        ram = RamFiles(restore_from, share=False) if restore_from else None
+    async def _start(
+        self, spec: VMSpec, events: VMEvents, restore_from: Path | None, keep: bool = False
+    ) -> int:
         ovmf = Path(self.config.ovmf_firmware)
         if spec.kernel is None and spec.hardware.firmware == UEFI and not ovmf.is_file():
             raise Unavailable(
@@ -425,7 +435,17 @@ class LocalHostAgent:
                 "(install Debian's ovmf package, or set ovmf_firmware)"
             )
         await asyncio.to_thread(self._prepare_files, spec, restore_from)
-        taps = await self._open_taps(spec.instance_id, spec.hardware)
+        ram = None
+        if restore_from is not None:
+            ram_fds = await asyncio.to_thread(
+                self.sealed_ram.take, restore_from, spec.instance_id, pin=keep
+            )
+            ram = RamFiles(restore_from, share=False, fds=tuple(ram_fds.items()))
+        try:
+            taps = await self._open_taps(spec.instance_id, spec.hardware)
+        except BaseException:
+            self.sealed_ram.drop(spec.instance_id)
+            raise
         cfg = replace(self._vm_config(spec, ram), taps=taps)
         vm = QemuVM(cfg, events)
         self._vms[spec.instance_id] = vm
@@ -433,6 +453,7 @@ class LocalHostAgent:
             await vm.start(restore_state=restore_from / "state" if restore_from else None)
         except BaseException:
             self._vms.pop(spec.instance_id, None)
+            self.sealed_ram.drop(spec.instance_id)
             raise
         finally:
             _close_fds(taps)  # QEMU holds its own copies; each TAP lives as long as QEMU
@@ -474,12 +495,10 @@ class LocalHostAgent:
                 permissions.root_only(lower)
                 permissions.grant_read([lower], uid)
         if restore_from is not None:
-            os.chmod(restore_from, 0o711)
-            rams = sorted(restore_from.glob("ram-*"))
-            for ram in rams:
+            # QEMU gets sealed copies of the RAM files (``host/sealed_ram.py``) and the state
+            # as an fd: the saved files are root's alone.
+            for ram in sorted(restore_from.glob("ram-*")):
                 permissions.root_only(ram)
-            # QEMU 7.2 opens even a private (copy-on-write) RAM file for writing.
-            permissions.grant_read(rams, uid, "rw")
 
     def _join_project(self, project_id: str, pid: int) -> None:
         """The QEMU counts against its project's CPU and memory limits from now on."""
@@ -541,6 +560,7 @@ class LocalHostAgent:
 
     def forget(self, instance_id: str) -> None:
         self._vms.pop(instance_id, None)
+        self.sealed_ram.drop(instance_id)
 
     async def destroy(self, instance_id: str) -> None:
         """Remove the VM's runtime folder. Its QEMU must be gone; its disk layers are the

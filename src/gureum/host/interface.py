@@ -254,8 +254,16 @@ class HostAgent(Protocol):
     async def remove_snapshot(self, snapshot_id: str) -> None: ...
 
     # -- a VM's life -----------------------------------------------------------------------------
-    async def start(self, spec: VMSpec, events: VMEvents, restore_from: str | None = None) -> int:
-        """Start the VM (cold, or resumed from snapshot ``restore_from``'s memory); its pid."""
+    async def start(
+        self,
+        spec: VMSpec,
+        events: VMEvents,
+        restore_from: str | None = None,
+        keep_memory: bool = False,
+    ) -> int:
+        """Start the VM (cold, or resumed from snapshot ``restore_from``'s memory); its pid.
+        ``keep_memory``: keep the snapshot's RAM loaded for the next VM that resumes from it
+        (a template's: its clones share those pages)."""
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None: ...
 

@@ -254,7 +254,8 @@ class InstanceService:
             work = partial(self.lifecycle.boot, inst.id, fresh=True)
         else:
             tpl, snap = saved
-            work = partial(self.boot_from, inst.id, snap, f"template {tpl.id} ({tpl.shape.key})")
+            what = f"template {tpl.id} ({tpl.shape.key})"
+            work = partial(self.boot_from, inst.id, snap, what, shared=True)
         op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
         return inst, op
 
@@ -265,12 +266,13 @@ class InstanceService:
         return template, snap
 
     async def boot_from(
-        self, instance_id: str, snap: Snapshot, what: str, ctx: OpContext
+        self, instance_id: str, snap: Snapshot, what: str, ctx: OpContext, shared: bool = False
     ) -> dict[str, object]:
         """The first start of a new instance made from another's snapshot (a clone, or a launch
         from a template, ``what``): a thin disk of its own on the snapshot's layer, then with
         memory a resume of the saved machine (its RAM mapped copy-on-write) told at once that
-        it is a new one (hostname, MACs and DHCP, machine id, entropy), else a cold boot."""
+        it is a new one (hostname, MACs and DHCP, machine id, entropy), else a cold boot.
+        ``shared``: the snapshot's memory stays loaded for the next ones (a template's)."""
         try:
             async with self.lifecycle.lock(instance_id):
                 inst = self.get(instance_id)
@@ -285,7 +287,7 @@ class InstanceService:
         identity = Identity(hostname=inst.name, macs=macs if snap.memory else None)
         restore_from = snap.id if snap.memory else None
         return await self.lifecycle.boot(
-            instance_id, ctx, restore_from=restore_from, identity=identity
+            instance_id, ctx, restore_from=restore_from, identity=identity, keep_memory=shared
         )
 
     # -- stop / start / restart ------------------------------------------------------------------

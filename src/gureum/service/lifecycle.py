@@ -132,6 +132,7 @@ class Lifecycle:
         fresh: bool = False,
         restore_from: str | None = None,
         identity: Identity | None = None,
+        keep_memory: bool = False,
     ) -> dict[str, object]:
         """Start the VM's QEMU and wait for its agent: a cold boot, or with ``restore_from`` (a
         snapshot id) a resume from its memory image (the caller has set the hardware and top
@@ -165,7 +166,9 @@ class Lifecycle:
                 events.ctx = ctx
                 self._events[instance_id] = events
                 spec = self.vm_spec(inst)
-                pid = await self.host.start(spec, events, restore_from=restore_from)
+                pid = await self.host.start(
+                    spec, events, restore_from=restore_from, keep_memory=keep_memory
+                )
                 self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
                 ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
             except GureumError as exc:

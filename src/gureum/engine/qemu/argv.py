@@ -65,9 +65,13 @@ class RamFiles:
 
     folder: Path
     share: bool
+    # (backend, fd QEMU inherits) for RAM handed over as sealed copies (``host/sealed_ram.py``):
+    # QEMU opens those as /proc/self/fd/N, never the saved file.
+    fds: tuple[tuple[str, int], ...] = ()
 
     def path(self, backend: str) -> Path:
-        return self.folder / f"ram-{backend}"
+        fd = dict(self.fds).get(backend)
+        return Path(f"/proc/self/fd/{fd}") if fd is not None else self.folder / f"ram-{backend}"
 
 
 @dataclass(frozen=True)

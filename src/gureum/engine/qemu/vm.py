@@ -108,9 +108,10 @@ class QemuVM:
         argv = render(self.cfg)
         self._log_from = rt.qemu_log.stat().st_size if rt.qemu_log.exists() else 0
         started = time.time()
-        self._proc = process.spawn(
-            argv, rt.qemu_log, tuple(fd for _, fd in self.cfg.taps), uid=self.cfg.uid
-        )
+        inherited = [fd for _, fd in self.cfg.taps]
+        if self.cfg.ram is not None:
+            inherited += [fd for _, fd in self.cfg.ram.fds]
+        self._proc = process.spawn(argv, rt.qemu_log, tuple(inherited), uid=self.cfg.uid)
         self.pid = self._proc.pid
         self.events.on_boot_event("process_started", started)
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 from gureum.model.image import Image
 from gureum.service import templates
 from gureum.service.core import Services
+from gureum.service.tenancy import SUPERUSER
 from tests.unit.fakehost import FakeHost
 from tests.unit.fakeworld import fake_api, finish, launch
 
@@ -144,3 +145,36 @@ def test_a_template_is_not_one_of_the_passing_snapshots_a_restart_drops(world: W
     tpl = make_template(root, svc)
     root.portal.call(svc.instances.drop_internal_snapshots)  # type: ignore[union-attr]
     assert svc.snapshots.store.by_id(tpl["snapshot_id"]) is not None
+
+
+def test_a_template_that_lost_its_machine_lets_launches_boot_and_goes_cleanly(
+    world: World,
+) -> None:
+    root, svc, host = world
+    tpl = make_template(root, svc)
+    machine = svc.instances.store.get(tpl["instance_id"])
+    assert machine is not None
+    root.portal.call(lambda: svc.instances.delete(machine.id, force=True))  # type: ignore[union-attr]
+    inst = launch(root, svc, "web", "tiny")
+    assert inst["template_id"] is None and host.vms[inst["id"]].restored_from is None
+    assert root.delete("/v1/images/tiny/templates").json()["removed"] == [tpl["id"]]
+
+
+def test_users_see_a_templates_shape_not_its_clones_or_machine(world: World) -> None:
+    root, svc, _ = world
+    make_template(root, svc)
+    svc.tenancy.create_user("mark")
+    token = svc.tenancy.create_token(SUPERUSER, "mark", "t")[1]
+    shown = root.get("/v1/images/tiny", headers={"Authorization": f"Bearer {token}"})
+    assert shown.status_code == 200, shown.text
+    (tpl,) = shown.json()["templates"]
+    assert tpl["cpus"] == 1 and not {"clones", "instance_id", "snapshot_id"} & set(tpl)
+
+
+def test_a_template_machine_no_template_names_is_deleted_at_start(world: World) -> None:
+    root, svc, _ = world
+    tpl = make_template(root, svc)
+    svc.templates.store.remove(tpl["id"])  # as if `image template` was cut short by a restart
+    dropped = root.portal.call(svc.templates.drop_orphans)  # type: ignore[union-attr]
+    assert len(dropped) == 1
+    assert svc.instances.store.list(templates.TEMPLATES_PROJECT) == []

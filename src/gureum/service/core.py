@@ -183,6 +183,7 @@ class Services:
         await self.quotas.apply_all()
         await self.networks.ensure_all()
         report = await self.reconciler.start()
+        report["changed"] += await self.templates.drop_orphans()
         await self.forwards.start_all()
         report["autostarted"] = await self.instances.autostart()
         return report

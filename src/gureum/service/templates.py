@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import logging
 import time
 
 from gureum.errors import Conflict, EngineError, InvalidInput, Timeout
@@ -31,7 +32,11 @@ from gureum.service.snapshots import SnapshotService
 from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
 
+log = logging.getLogger(__name__)
+
 TEMPLATES_PROJECT = "p-templates"
+# What only the administrator sees of a template (every project's clones are counted in it).
+PRIVATE_FIELDS = ("clones", "instance_id", "snapshot_id")
 TEMPLATES_PROJECT_NAME = "(templates)"  # not a name check_name lets a user's project take
 # An ordinary snapshot's name: those named as gureum's own passing ones are dropped at start.
 SNAPSHOT_NAME = "template"
@@ -82,6 +87,11 @@ class TemplateService:
             return None
         tpl = self.store.find(image.name, image.version, shape_of(req))
         if tpl is None or req.disk_bytes not in (None, tpl.disk_bytes):
+            return None
+        saved = self.snapshots.store.by_id(tpl.snapshot_id)
+        if saved is None or not saved.memory:
+            # Its machine or snapshot was deleted by hand: a launch boots instead of failing.
+            log.warning("template %s has lost its saved machine; launches boot", tpl.id)
             return None
         return tpl
 
@@ -165,8 +175,28 @@ class TemplateService:
         if op.error is not None:
             raise EngineError(f"the template's boot failed: {op.error.get('message')}")
 
-    def list(self, image: str | None = None) -> list[dict[str, object]]:
-        return [{**t.to_dict(), "clones": self.store.clones(t.id)} for t in self.store.list(image)]
+    def list(self, image: str | None = None, *, detail: bool = True) -> list[dict[str, object]]:
+        """The templates, each with its number of clones; without ``detail`` (a user who is
+        not the administrator) only the shape and when it was made: how many clones there are,
+        in every project, and the machine's ids are the administrator's to know."""
+        shown = []
+        for tpl in self.store.list(image):
+            view = {**tpl.to_dict(), "clones": self.store.clones(tpl.id)}
+            if not detail:
+                view = {k: v for k, v in view.items() if k not in PRIVATE_FIELDS}
+            shown.append(view)
+        return shown
+
+    async def drop_orphans(self) -> builtins.list[str]:
+        """Machines of the templates project no template names (an ``image template`` cut
+        short by a restart): deleted at start, so nothing hidden holds capacity or an image."""
+        named = {t.instance_id for t in self.store.list()}
+        dropped = []
+        for inst in self.instances.store.list(TEMPLATES_PROJECT):
+            if inst.id not in named:
+                await self.instances.delete(inst.id, force=True)
+                dropped.append(f"unfinished template machine {inst.name} deleted")
+        return dropped
 
     async def remove(self, image: str) -> builtins.list[str]:
         """Delete the image's templates that no instance was cloned from (their machines, disk
@@ -177,7 +207,8 @@ class TemplateService:
         for tpl in self.store.list(image):
             if self.store.clones(tpl.id):
                 continue  # its layer is under a clone's disk: it goes with the last clone's image
-            await self.instances.delete(tpl.instance_id, force=True)
+            if self.instances.store.get(tpl.instance_id) is not None:  # else deleted by hand
+                await self.instances.delete(tpl.instance_id, force=True)
             self.store.remove(tpl.id)
             removed.append(tpl.id)
         if not self.store.list():

@@ -37,7 +37,8 @@ async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
 @router.get("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
 async def get_image(image: str, svc: Svc, who: AnyUser) -> dict[str, object]:
     """The catalog entry, and the image's templates (each with how many clones it has)."""
-    return {**_view(svc.images.get(image), who), "templates": svc.templates.list(image)}
+    templates = svc.templates.list(image, detail=who.superuser)
+    return {**_view(svc.images.get(image), who), "templates": templates}
 
 
 @starts_operation(router, "/{image}/template", "superuser")

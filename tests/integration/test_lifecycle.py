@@ -44,6 +44,7 @@ def test_launch_reports_a_ready_vm(web, service):
     assert procs.is_alive(web["pid"])
     phases = {p["event"]: p["at"] for p in web["boot"]["phases"]}
     assert phases.pop("memory_restored") is None  # a cold boot, not a restore
+    assert phases.pop("identity_refreshed") is None  # nor a clone: no one else's identity
     assert None not in phases.values()
     order = [
         phases[e] for e in ("process_started", "kernel_started", "init_started", "agent_ready")

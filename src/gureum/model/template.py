@@ -4,6 +4,9 @@ launch of the same shape is a clone of it instead of a boot."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
+
+from gureum.model.snapshot import Snapshot
 
 
 @dataclass(frozen=True)
@@ -45,3 +48,10 @@ class Template:
             "size_bytes": self.size_bytes,
             "created_at": self.created_at,
         }
+
+
+class SavedTemplate(NamedTuple):
+    """A template found for a launch, with its saved machine (read once, where it was found)."""
+
+    template: Template
+    snapshot: Snapshot  # the memory snapshot every clone resumes

@@ -20,12 +20,12 @@ from gureum.errors import (
     GureumError,
     InvalidInput,
     InvalidState,
-    NotFound,
     found,
 )
 from gureum.host.interface import Console, HostAgent, Identity
 from gureum.ids import check_name, looks_like_id
 from gureum.model.hardware import BIOS, MAX_CPUS, MAX_NICS, Hardware
+from gureum.model.image import Image
 from gureum.model.instance import (
     ACTIVE,
     DEFAULT_PROJECT,
@@ -39,7 +39,7 @@ from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
 from gureum.model.sshkeys import public_key
-from gureum.model.template import Template
+from gureum.model.template import SavedTemplate
 from gureum.model.userdata import check_user_data
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
@@ -162,9 +162,9 @@ class InstanceService:
     # -- launch ----------------------------------------------------------------------------------
     def validate(
         self, req: LaunchRequest, project_id: str = DEFAULT_PROJECT
-    ) -> tuple[InstanceSpec, str, tuple[str, ...]]:
-        """Everything a launch is given, checked before anything is made: (the spec, the image's
-        version, the SSH keys as checked: the text handed in may carry more)."""
+    ) -> tuple[InstanceSpec, Image, tuple[str, ...]]:
+        """Everything a launch is given, checked before anything is made: (the spec, the image,
+        the SSH keys as checked: the text handed in may carry more)."""
         check_name(req.name, what="instance name")
         check_cpus(req.cpus)
         check_memory(req.memory_mib)
@@ -202,19 +202,18 @@ class InstanceService:
                 )
             keys.append(checked)
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
-        return spec, image.version, tuple(keys)
+        return spec, image, tuple(keys)
 
     async def launch(
         self,
         req: LaunchRequest,
         project_id: str = DEFAULT_PROJECT,
-        template: Template | None = None,
+        saved: SavedTemplate | None = None,
     ) -> tuple[Instance, Operation]:
-        """Make the instance and start its first boot: a cold boot, or with ``template`` (one
-        of the image's, of this shape and version: ``TemplateService.launch`` chose it) a
-        clone of the template's saved machine, told at once that it is a new one."""
-        spec, image_version, given = self.validate(req, project_id)
-        saved = self._template_snapshot(template) if template is not None else None
+        """Make the instance and start its first boot: a cold boot, or with ``saved`` (a
+        template of the image, of this shape and version: ``TemplateService.launch`` found it)
+        a clone of the template's saved machine, told at once that it is a new one."""
+        spec, image, given = self.validate(req, project_id)
         # The key pairs' copied in: one deleted later does not take access away from this VM.
         keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
 
@@ -233,20 +232,20 @@ class InstanceService:
 
         inst = self.creator.new(
             spec,
-            image_version,
+            image.version,
             project_id,
             user_data=req.user_data,
             ssh_keys=keys,
             autostart=req.autostart,
         )
-        firmware = self.images.get(spec.image).firmware or BIOS  # for a disk's own bootloader
         if saved is not None:
-            inst = replace(inst, template_id=saved[0].id)
+            inst = replace(inst, template_id=saved.template.id)
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
             if saved is not None:  # the saved machine, with a new vmgenid and its own NICs
-                return replace(self.lifecycle.new_generation(saved[1].hardware), nics=nics)
-            return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, firmware)
+                return replace(self.lifecycle.new_generation(saved.snapshot.hardware), nics=nics)
+            # The firmware matters only to a disk with its own bootloader (an imported image).
+            return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, image.firmware or BIOS)
 
         draft = Draft(inst, networks, groups, hardware)
         inst = await self.creator.create(draft)
@@ -258,12 +257,6 @@ class InstanceService:
             work = partial(self.boot_from, inst.id, snap, what, shared=True)
         op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
         return inst, op
-
-    def _template_snapshot(self, template: Template) -> tuple[Template, Snapshot]:
-        snap = self.snapshots.by_id(template.snapshot_id)
-        if snap is None or not snap.memory:
-            raise NotFound(f"template {template.id}'s saved machine is gone")
-        return template, snap
 
     async def boot_from(
         self, instance_id: str, snap: Snapshot, what: str, ctx: OpContext, shared: bool = False

@@ -21,7 +21,7 @@ from gureum.ids import new_id
 from gureum.model.image import Image
 from gureum.model.instance import Instance
 from gureum.model.operation import Operation
-from gureum.model.template import Shape, Template
+from gureum.model.template import SavedTemplate, Shape, Template
 from gureum.model.tenancy import Project
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService, LaunchRequest
@@ -79,9 +79,10 @@ class TemplateService:
         self.ops = ops
 
     # -- launch ----------------------------------------------------------------------------------
-    def find(self, req: LaunchRequest) -> Template | None:
-        """The template a launch can be cloned from: of the image's current version, the same
-        shape, and the image's own disk size (a larger disk boots cold)."""
+    def find(self, req: LaunchRequest) -> SavedTemplate | None:
+        """The template a launch can be cloned from, with its saved machine: of the image's
+        current version, the same shape, and the image's own disk size (a larger disk boots
+        cold)."""
         image = self.images.store.get(req.image)  # a missing one: the launch says so
         if image is None:
             return None
@@ -93,14 +94,14 @@ class TemplateService:
             # Its machine or snapshot was deleted by hand: a launch boots instead of failing.
             log.warning("template %s has lost its saved machine; launches boot", tpl.id)
             return None
-        return tpl
+        return SavedTemplate(tpl, saved)
 
     async def launch(
         self, req: LaunchRequest, project_id: str, *, cold: bool = False
     ) -> tuple[Instance, Operation]:
         """A launch: from the image's template when one fits (and not ``cold``), else a boot."""
-        template = None if cold else self.find(req)
-        return await self.instances.launch(req, project_id, template=template)
+        saved = None if cold else self.find(req)
+        return await self.instances.launch(req, project_id, saved=saved)
 
     # -- making and removing ---------------------------------------------------------------------
     def make(self, image_name: str, cpus: int, memory_mib: int, nics: int = 1) -> Operation:

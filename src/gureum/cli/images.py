@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +12,7 @@ from gureum.cli import output
 from gureum.cli.instances import memory_in_mib
 from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing
 from gureum.client.client import Client
+from gureum.model.hardware import Firmware
 from gureum.units import format_size
 
 app = typer.Typer(
@@ -20,11 +20,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 Name = Annotated[str, typer.Argument(help="Image name, e.g. tiny.")]
-
-
-class Firmware(StrEnum):
-    bios = "bios"
-    uefi = "uefi"
 
 
 @app.command()

@@ -13,6 +13,7 @@ import re
 import secrets
 import uuid
 from dataclasses import asdict, dataclass, replace
+from enum import StrEnum
 
 MAX_DIMMS = 8
 MAX_NICS = 4  # PCIe root ports made at boot, so NICs can be hot-plugged into them
@@ -20,9 +21,18 @@ MEMORY_BLOCK_MIB = 128  # x86 Linux onlines hot-plugged memory in 128 MiB blocks
 DEFAULT_MAX_CPUS = 8
 MAX_CPUS = 255  # q35 without an IOMMU's interrupt remapping
 MAX_MEMORY_MIB = 1024 * 1024  # the hot-plug ceiling for_boot never exceeds
-# What boots a disk's own bootloader: SeaBIOS, or OVMF (UEFI).
-BIOS, UEFI = "bios", "uefi"
-FIRMWARES = (BIOS, UEFI)
+
+
+class Firmware(StrEnum):
+    """What boots a disk's own bootloader: SeaBIOS, or OVMF (UEFI). The API and the CLI take
+    these names; the hardware record keeps the plain string."""
+
+    BIOS = "bios"
+    UEFI = "uefi"
+
+
+BIOS, UEFI = Firmware.BIOS.value, Firmware.UEFI.value
+FIRMWARES = tuple(f.value for f in Firmware)
 MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 

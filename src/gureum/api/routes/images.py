@@ -3,7 +3,7 @@ delete."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
@@ -13,6 +13,7 @@ from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import ImageOut, TemplateIn, TemplatesRemovedOut
+from gureum.model.hardware import Firmware
 from gureum.model.image import Image
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -77,7 +78,7 @@ async def import_image(
         str | None, Query(description="who `gureum ssh` logs in as (the image's cloud-init user)")
     ] = None,
     firmware: Annotated[
-        Literal["bios", "uefi"] | None,
+        Firmware | None,
         Query(
             description="what boots it; by default what its first sectors show: bios when "
             "its MBR has boot code, else uefi when it has an EFI system partition"
@@ -88,7 +89,8 @@ async def import_image(
     by SeaBIOS or OVMF. Checked before anything is kept: a qcow2 naming a backing or data file,
     a file that is not a disk some firmware boots, one cut short or over
     ``image_import_max_bytes`` is refused (``invalid-image``) and nothing is left."""
-    made = await svc.images.import_(request.stream(), image, default_user, firmware)
+    chosen = firmware.value if firmware else None
+    made = await svc.images.import_(request.stream(), image, default_user, chosen)
     return made.to_dict()
 
 

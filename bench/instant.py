@@ -8,8 +8,10 @@ the same image and shape, in one run, and host memory per clone.
 - memory: the proportional set size (PSS: shared pages split among their users) of each QEMU,
   for 1, 10 and 20 clones of one template, against one cold-booted VM, each idle 3 s.
 
-Runs alternate (clone, cold), so drift on the machine hits both alike. The pool of waiting
-QEMUs (issue 13, part 3) is not built yet: every clone starts its own QEMU.
+A clone is measured twice: taken from the pool of waiting QEMUs (size 1, filled again before
+each run, as it is between launches that are not back to back) and without it (size 0: the clone
+starts its own QEMU). Runs alternate (pooled clone, clone, cold), so drift on the machine hits
+all alike.
 
     python bench/instant.py [--runs 10] [--clones 20] [--json out.json]
 """
@@ -34,6 +36,13 @@ from launch import Service  # noqa: E402
 CPUS, MEMORY_MIB = 1, 256
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
 def pss_bytes(pid: int) -> int:
     for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
         if line.startswith("Pss:"):
@@ -46,6 +55,16 @@ def phase_at(inst: dict, event: str) -> float | None:
         if phase["event"] == event:
             return phase["at"]  # type: ignore[no-any-return]
     return None
+
+
+def pool(svc: Service, size: int) -> None:
+    """Set the pool's size and wait until it holds that many waiting QEMUs."""
+    svc.client.resize_pool(size)
+    deadline = time.monotonic() + 120
+    while (info := svc.client.pool())["waiting"] != size:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the pool did not reach {size}: {info}")
+        time.sleep(0.05)
 
 
 def launch(svc: Service, name: str, *, cold: bool) -> tuple[float, float, dict]:
@@ -86,8 +105,17 @@ def main() -> None:
         print(f"accel: {accel}; tiny {image['version']}; template {tpl['id']} made in "
               f"{time.perf_counter() - made:.1f} s; {args.runs} runs each, {CPUS} vCPU, "
               f"{MEMORY_MIB} MiB, 1 NIC")  # fmt: skip
+        pool_run, pool_ready, pool_timelines = [], [], []
         clone_run, clone_ready, cold_run, cold_ready, timelines = [], [], [], [], []
         for i in range(args.runs):
+            pool(svc, 1)
+            p_run, p_ready, inst = launch(svc, f"pooled{i}", cold=False)
+            assert inst["boot"]["phases"][0]["at"] is not None, inst["boot"]  # taken_from_pool
+            pool_run.append(p_run)
+            pool_ready.append(p_ready)
+            pool_timelines.append(inst["boot"])
+            svc.client.delete(inst["id"], force=True)
+            pool(svc, 0)
             run, ready, inst = launch(svc, f"clone{i}", cold=False)
             clone_run.append(run)
             clone_ready.append(ready)
@@ -98,9 +126,18 @@ def main() -> None:
             cold_ready.append(c_ready)
             svc.client.delete(inst["id"], force=True)
             print(
-                f"  run {i + 1}: clone running {run * 1000:.0f} ms, ready {ready * 1000:.0f} ms"
-                f"   cold running {c_run * 1000:.0f} ms, ready {c_ready * 1000:.0f} ms"
+                f"  run {i + 1}: pooled clone running {p_run * 1000:.0f} ms, ready "
+                f"{p_ready * 1000:.0f} ms   clone running {run * 1000:.0f} ms, ready "
+                f"{ready * 1000:.0f} ms   cold running {c_run * 1000:.0f} ms, ready "
+                f"{c_ready * 1000:.0f} ms"
             )
+        pool(svc, 1)
+        waiting_rss = [
+            rss_mib(int(pid))
+            for pid in (svc.home / "run").glob("*/qemu.pid")
+            for pid in [pid.read_text().strip()]
+        ]
+        pool(svc, 0)
 
         _, _, cold = launch(svc, "cold-mem", cold=True)
         time.sleep(3)
@@ -120,7 +157,12 @@ def main() -> None:
         result = {
             "accel": accel,
             "runs": args.runs,
-            "pool": False,
+            "pooled_clone_launch_to_running_ms_median": ms(pool_run),
+            "pooled_clone_launch_to_ready_ms_median": ms(pool_ready),
+            "pooled_ready_ratio_over_cold": round(
+                statistics.median(pool_ready) / statistics.median(cold_ready), 3
+            ),
+            "waiting_qemu_rss_mib": waiting_rss,
             "clone_launch_to_running_ms_median": ms(clone_run),
             "clone_launch_to_ready_ms_median": ms(clone_ready),
             "cold_launch_to_running_ms_median": ms(cold_run),
@@ -132,19 +174,29 @@ def main() -> None:
             "cold_ready_ms": [round(x * 1000, 1) for x in cold_ready],
             "cold_vm_pss_mib": round(cold_pss / 2**20, 1),
             "clone_pss_mib_per_clone": {n: round(v / 2**20, 1) for n, v in pss.items()},
+            "pooled_ready_ms": [round(x * 1000, 1) for x in pool_ready],
             "last_clone_timeline": timelines[-1],
+            "last_pooled_clone_timeline": pool_timelines[-1],
         }
-        print(f"launch-to-running median: clone {result['clone_launch_to_running_ms_median']} ms"
-              f", cold {result['cold_launch_to_running_ms_median']} ms")  # fmt: skip
+        print(f"launch-to-running median: pooled clone "
+              f"{result['pooled_clone_launch_to_running_ms_median']} ms, clone "
+              f"{result['clone_launch_to_running_ms_median']} ms, cold "
+              f"{result['cold_launch_to_running_ms_median']} ms")  # fmt: skip
+        print(f"launch-to-ready median: pooled clone "
+              f"{result['pooled_clone_launch_to_ready_ms_median']} ms, ratio "
+              f"{result['pooled_ready_ratio_over_cold']} of cold")  # fmt: skip
+        print(f"a waiting QEMU's RSS: {waiting_rss} MiB")
         print(f"launch-to-ready median: clone {result['clone_launch_to_ready_ms_median']} ms, "
               f"cold {result['cold_launch_to_ready_ms_median']} ms, ratio "
               f"{result['ready_ratio_clone_over_cold']}")  # fmt: skip
         per_clone = ", ".join(f"{n}: {v} MiB" for n, v in result["clone_pss_mib_per_clone"].items())
         print(f"PSS per clone ({per_clone}) vs a cold VM {result['cold_vm_pss_mib']} MiB")
-        print("last clone's timeline:")
-        for phase in timelines[-1]["phases"]:
-            if phase["at"] is not None:
-                print(f"  {phase['event']:<18} +{(phase['since_previous_s'] or 0) * 1000:7.1f} ms")
+        for what, timeline in (("clone", timelines[-1]), ("pooled clone", pool_timelines[-1])):
+            print(f"last {what}'s timeline:")
+            for phase in timeline["phases"]:
+                if phase["at"] is not None:
+                    since = (phase["since_previous_s"] or 0) * 1000
+                    print(f"  {phase['event']:<18} +{since:7.1f} ms")
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:

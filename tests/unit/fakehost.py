@@ -88,6 +88,7 @@ class FakeHost:
     lookup: Lookup | None = None
     booted: bool = True  # the next service start is the first since the host booted
     host_keys: list[str] = field(default_factory=list)  # what every guest reports as its own
+    waiting: dict[str, FakeVM] = field(default_factory=dict)  # the pool's QEMUs, by instance
 
     @property
     def accel(self) -> AccelChoice:
@@ -102,7 +103,7 @@ class FakeHost:
     def state(self) -> HostState:
         return HostState(
             frozenset(self.files),
-            frozenset(self.vms),
+            frozenset(self.vms) | frozenset(self.waiting),
             frozenset(self.memory_images),
             frozenset(self.boot_files),
             frozenset(self.forwards),
@@ -282,6 +283,17 @@ class FakeHost:
         self._step("start")
         if spec.instance_id in self.vms:
             raise InvalidState(f"{spec.name} already has a running QEMU")
+        waiting = self.waiting.pop(spec.instance_id, None)
+        if waiting is not None:
+            if restore_from != waiting.restored_from:
+                raise EngineError("the waiting QEMU waits for another state")
+            if spec.disk_chain != waiting.spec.disk_chain or spec.uid != waiting.spec.uid:
+                raise EngineError("the waiting QEMU has another disk or user")
+            if spec.hardware.generation_id != waiting.spec.hardware.generation_id:
+                raise EngineError("the waiting QEMU has another vmgenid")
+            self.vms[spec.instance_id] = FakeVM(spec, events, waiting.pid, restore_from)
+            events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())
+            return waiting.pid
         if restore_from is not None and restore_from not in self.memory_images:
             raise EngineError(f"no memory image {restore_from}")
         missing = [p for p in spec.disk_chain if p not in self.files and "images" not in p.parts]
@@ -291,6 +303,23 @@ class FakeHost:
         self.vms[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
         events.on_boot_event("process_started", asyncio.get_running_loop().time())
         return pid
+
+    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
+        self._step("start_waiting")
+        if restore_from not in self.memory_images:
+            raise EngineError(f"no memory image {restore_from}")
+        missing = [p for p in spec.disk_chain if p not in self.files and "images" not in p.parts]
+        if missing:
+            raise EngineError(f"disk files missing: {missing}")
+        pid = next(self._pids)
+        self.waiting[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
+        return pid
+
+    async def discard_waiting(self, instance_id: str) -> None:
+        self.waiting.pop(instance_id, None)
+
+    async def close_pool(self) -> None:
+        self.waiting.clear()
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None:
         self._step("wait_ready")
@@ -321,6 +350,7 @@ class FakeHost:
 
     async def destroy(self, instance_id: str) -> None:
         self.vms.pop(instance_id, None)
+        self.waiting.pop(instance_id, None)
         self.boot_files.discard(instance_id)
 
     async def pause(self, instance_id: str) -> None:

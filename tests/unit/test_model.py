@@ -80,11 +80,19 @@ def test_boot_timeline_durations():
     boot.mark("agent_ready", 102.25)
     view = boot.to_dict()
     assert view["total_s"] == 2.25
-    assert [p["since_previous_s"] for p in view["phases"]] == [None, None, 0.5, 1.5, 0.25, None]
+    durations = [p["since_previous_s"] for p in view["phases"]]
+    assert durations == [None, None, None, 0.5, 1.5, 0.25, None]
     assert BootTimeline.from_raw(boot.raw()) == boot
     # A clone is ready once told it is a new machine, after its agent answers.
     boot.mark("identity_refreshed", 102.75)
     assert boot.to_dict()["total_s"] == 2.75
+    # A QEMU of the pool was started long before: the launch counts from when it was taken.
+    pooled = BootTimeline()
+    pooled.mark("taken_from_pool", 200.0)
+    pooled.mark("memory_restored", 200.05)
+    pooled.mark("agent_ready", 200.1)
+    pooled.mark("identity_refreshed", 200.3)
+    assert pooled.to_dict()["total_s"] == 0.3
     with pytest.raises(ValueError):
         boot.mark("nonsense", 1.0)
 

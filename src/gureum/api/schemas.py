@@ -199,6 +199,19 @@ class HostOut(BaseModel):
     )
 
 
+class PoolIn(Strict):
+    size: int = Field(description="QEMUs kept waiting per template (0 to 16; 0: no pool)")
+
+
+class PoolOut(BaseModel):
+    size: int = Field(description="QEMUs kept waiting per template")
+    waiting_qemu_mib: int = Field(description="host memory each waiting QEMU is counted for")
+    templates: list[dict[str, Any]] = Field(description="per template: how many wait now")
+    waiting: int = Field(description="waiting QEMUs, all templates together")
+    taken: int = Field(description="launches served from the pool since the service started")
+    last_error: str | None = Field(description="why the pool is short of its size, if it is")
+
+
 class VersionOut(BaseModel):
     version: str
     api: str

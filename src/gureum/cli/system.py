@@ -58,13 +58,47 @@ def register(app: typer.Typer) -> None:
         )
         asyncio.run(run_server(config))
 
-    @app.command()
-    def host(fmt: OutputOpt = Format.table) -> None:
-        """Show the host: accelerator, capacity and what VMs have committed."""
+    app.add_typer(host_app, name="host")
+    app.add_typer(operation_app, name="operation")
+
+
+host_app = typer.Typer(
+    help="The host: accelerator, capacity, what VMs have committed, and the pool of waiting QEMUs.",
+    invoke_without_command=True,
+)
+
+
+@host_app.callback()
+def host(ctx: typer.Context, fmt: OutputOpt = Format.table) -> None:
+    """Show the host: accelerator, capacity and what VMs have committed."""
+    if ctx.invoked_subcommand is None:
         info = call(Client.host)
         emit(info, fmt, lines(*_host_lines(info)))
 
-    app.add_typer(operation_app, name="operation")
+
+@host_app.command("pool")
+def pool(
+    size: Annotated[
+        int | None,
+        typer.Option(
+            "--size",
+            help="QEMUs to keep started and waiting for each template (0 to 16; 0: none). "
+            "A launch from a template takes one and skips QEMU's start-up.",
+        ),
+    ] = None,
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Show the pool of waiting QEMUs, or set its size (administrator)."""
+    info = call(Client.pool) if size is None else call(Client.resize_pool, size)
+    rows = [
+        bold("Size:", f"     {info['size']} per template ({info['waiting_qemu_mib']} MiB each)"),
+        bold("Waiting:", f"  {info['waiting']}"),
+        *(Text(f"  {t['template_id']}: {t['waiting']}") for t in info["templates"]),
+        bold("Taken:", f"    {info['taken']} since the service started"),
+    ]
+    if info["last_error"]:
+        rows.append(bold("Short:", f"    {info['last_error']}"))
+    emit(info, fmt, lines(*rows))
 
 
 def _host_lines(info: dict[str, Any]) -> list[Text]:

@@ -438,6 +438,12 @@ class Client:
     def host(self) -> dict[str, Any]:
         return self.request("GET", path("host"))
 
+    def pool(self) -> dict[str, Any]:
+        return self.request("GET", path("host", "pool"))
+
+    def resize_pool(self, size: int) -> dict[str, Any]:
+        return self.request("PUT", path("host", "pool"), json={"size": size})
+
     def version(self) -> dict[str, Any]:
         return self.request("GET", path("version"))
 

@@ -15,6 +15,7 @@ import secrets
 import shutil
 import socket
 import stat
+import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -142,6 +143,7 @@ class LocalHostAgent:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._vms: dict[str, QemuVM] = {}
+        self._waiting: dict[str, QemuVM] = {}  # QEMUs of VMs to come (``start_waiting``)
         self.accel = accel_probe.choose(config.accel)
         self.network = NetworkHost(config)
         self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
@@ -428,6 +430,11 @@ class LocalHostAgent:
     async def _start(
         self, spec: VMSpec, events: VMEvents, restore_from: Path | None, keep: bool = False
     ) -> int:
+        waiting = self._waiting.pop(spec.instance_id, None)
+        if waiting is not None:
+            if restore_from is None:
+                raise InvalidState(f"{spec.name}'s QEMU is waiting for a state to restore")
+            return await self._take_waiting(waiting, spec, events, restore_from)
         ovmf = Path(self.config.ovmf_firmware)
         if spec.kernel is None and spec.hardware.firmware == UEFI and not ovmf.is_file():
             raise Unavailable(
@@ -460,6 +467,82 @@ class LocalHostAgent:
         assert vm.pid is not None
         self._join_project(spec.project_id, vm.pid)
         return vm.pid
+
+    # -- QEMUs waiting for a VM (the pool) -------------------------------------------------------
+    def _pool_namespace(self) -> str:
+        # Not named like a network's namespace: the reconciler would take it for a lost one.
+        return f"gureum-pool-{netns.home_tag(self.config.home)}"
+
+    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
+        """Start the QEMU of a VM to come, so that its launch skips QEMU's own start-up:
+        ``spec`` is all of it but its networks (the NICs' network ids are not used). It waits,
+        paused, for snapshot ``restore_from``'s state (``-incoming defer``): the snapshot's RAM
+        is mapped already (its sealed copy, pinned), its disk and runtime folder are open, its
+        TAPs are down in the pool's namespace, on no network. ``start`` with the same instance
+        id takes it; ``discard_waiting`` ends it. Returns the pid."""
+        folder = self._snapshot_folder(restore_from)
+        await asyncio.to_thread(self._prepare_files, spec, folder)
+        namespace = self._pool_namespace()
+        await netns.create(namespace)
+        ram_fds = await asyncio.to_thread(self.sealed_ram.take, folder, spec.instance_id, pin=True)
+        ram = RamFiles(folder, share=False, fds=tuple(ram_fds.items()))
+        fds: list[tuple[int, int]] = []
+        try:
+            for slot, _mac, _network in spec.hardware.nics:
+                name = tap.tap_name(spec.instance_id, slot)
+                fds.append((slot, await tap.open_tap(namespace, name, None)))
+            vm = QemuVM(replace(self._vm_config(spec, ram), taps=tuple(fds)), events)
+            await vm.spawn()
+        except BaseException:
+            self.sealed_ram.drop(spec.instance_id)
+            raise
+        finally:
+            _close_fds(fds)
+        self._waiting[spec.instance_id] = vm
+        assert vm.pid is not None
+        return vm.pid
+
+    async def _take_waiting(
+        self, vm: QemuVM, spec: VMSpec, events: VMEvents, restore_from: Path
+    ) -> int:
+        """A waiting QEMU becomes ``spec``'s: its TAPs join their networks, it counts against
+        its project, and the state is loaded."""
+        events.on_boot_event("taken_from_pool", time.time())
+        self._vms[spec.instance_id] = vm
+        try:
+            if vm.exited:
+                raise EngineError(f"the QEMU waiting for {spec.name} has exited")
+            vm.events = events
+            for slot, _mac, network_id in spec.hardware.nics:
+                await tap.move_tap(
+                    self._pool_namespace(),
+                    self.network.namespace(network_id),
+                    tap.tap_name(spec.instance_id, slot),
+                    BRIDGE,
+                )
+            assert vm.pid is not None
+            self._join_project(spec.project_id, vm.pid)
+            await vm.run(restore_from / "state")
+        except BaseException:
+            await vm.kill()
+            self._vms.pop(spec.instance_id, None)
+            self.sealed_ram.drop(spec.instance_id)
+            raise
+        return vm.pid
+
+    async def discard_waiting(self, instance_id: str) -> None:
+        """End a waiting QEMU nobody took, and its runtime folder (its disk is the caller's)."""
+        vm = self._waiting.pop(instance_id, None)
+        if vm is not None:
+            await vm.kill()
+        self.sealed_ram.drop(instance_id)
+        await asyncio.to_thread(shutil.rmtree, self.runtime(instance_id).dir, True)
+
+    async def close_pool(self) -> None:
+        """Every waiting QEMU ended, and the pool's namespace removed (service stop)."""
+        for instance_id in list(self._waiting):
+            await self.discard_waiting(instance_id)
+        await netns.delete(self._pool_namespace())
 
     def _prepare_files(self, spec: VMSpec, restore_from: Path | None) -> None:
         """Give the VM's user exactly what its QEMU must open (``host/permissions.py``)."""
@@ -567,7 +650,7 @@ class LocalHostAgent:
         service's to collect (a clone may still build on them)."""
         await self.kill(instance_id)
         self.forget(instance_id)
-        await asyncio.to_thread(shutil.rmtree, self.runtime(instance_id).dir, True)
+        await self.discard_waiting(instance_id)  # a pool's QEMU made for it and never run
         await asyncio.to_thread(shutil.rmtree, self.config.instances_dir / instance_id, True)
 
     async def check_alive(self) -> None:

@@ -267,6 +267,17 @@ class HostAgent(Protocol):
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None: ...
 
+    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
+        """Start the QEMU of a VM to come (the pool): all of ``spec`` but its networks, paused
+        and waiting for snapshot ``restore_from``'s state; ``events`` hears of its exit until
+        ``start`` of the same instance id (with that snapshot) takes it. Returns the pid."""
+
+    async def discard_waiting(self, instance_id: str) -> None:
+        """End a waiting QEMU that was not taken (its disk layer is the caller's)."""
+
+    async def close_pool(self) -> None:
+        """End every waiting QEMU (the service stops)."""
+
     def find_running(self, instance_id: str) -> int | None: ...
 
     def died_cleanly(self, instance_id: str) -> bool:

@@ -91,6 +91,7 @@ class InstanceSpec:
 # Boot phases, in order. Each is the moment (host wall clock, seconds since the epoch) at which
 # the service saw the event; the durations are between consecutive events.
 BOOT_EVENTS = (
+    "taken_from_pool",
     "process_started",
     "memory_restored",
     "kernel_started",
@@ -102,6 +103,9 @@ BOOT_EVENTS = (
 
 @dataclass
 class BootTimeline:
+    # A launch from a template given a QEMU that was waiting for it (the host's pool): its
+    # start, instead of process_started (that QEMU was spawned long before).
+    taken_from_pool: float | None = None
     process_started: float | None = None  # QEMU spawned
     memory_restored: float | None = None  # a restore: saved state loaded (no boot at all)
     kernel_started: float | None = None  # first byte the guest wrote on its serial console
@@ -130,7 +134,8 @@ class BootTimeline:
             if at is not None:
                 previous = at
         ready = self.identity_refreshed or self.agent_ready
-        total = round(ready - self.process_started, 3) if ready and self.process_started else None
+        start = self.taken_from_pool or self.process_started
+        total = round(ready - start, 3) if ready and start else None
         return {"phases": phases, "total_s": total}
 
     def raw(self) -> dict[str, float | None]:

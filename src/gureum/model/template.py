@@ -55,3 +55,18 @@ class SavedTemplate(NamedTuple):
 
     template: Template
     snapshot: Snapshot  # the memory snapshot every clone resumes
+
+
+@dataclass(frozen=True)
+class Waiting:
+    """A QEMU started ahead of a launch from a template (the host's pool), with all of the VM
+    that takes it chosen before anyone asked: its id, user, disk layer and vmgenid. Nothing of
+    it ran yet: the guest's state is loaded only when a launch takes it."""
+
+    template_id: str
+    instance_id: str
+    uid: int
+    layer_id: str  # its own disk layer over the template's, recorded once it is taken
+    generation_id: str
+    pid: int
+    started_at: float

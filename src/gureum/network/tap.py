@@ -47,3 +47,10 @@ async def open_tap(namespace: str, name: str, bridge: str | None) -> int:
         os.close(fd)
         raise
     return fd
+
+
+async def move_tap(from_namespace: str, to_namespace: str, name: str, bridge: str) -> None:
+    """Move TAP ``name`` (made by ``open_tap`` without a bridge, its fd already QEMU's) into
+    another namespace and attach it there: a waiting QEMU's NIC joining its VM's network."""
+    await netns.ip(from_namespace, "link", "set", name, "netns", to_namespace)
+    await netns.ip(to_namespace, "link", "set", name, "master", bridge, "up")

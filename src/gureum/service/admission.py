@@ -17,6 +17,7 @@ from gureum.service.holds import Holds
 from gureum.store.instances import InstanceStore
 
 HOST = "host"  # the key of what the host holds for growing VMs
+POOL = "pool"  # the key of what QEMUs waiting in the host's pool hold (``service/pool.py``)
 
 
 class Admission(asyncio.Lock):
@@ -30,12 +31,15 @@ class Admission(asyncio.Lock):
         # vCPUs and MiB admitted to running VMs that are still growing into them (a live
         # resize under way), under HOST: the host counts them before the store does.
         self.growing = Holds()
+        # MiB the QEMUs waiting in the pool take themselves (no guest runs in them yet).
+        self.waiting = Holds()
 
     def committed(self) -> tuple[int, int]:
         """vCPUs and MiB the host has given to active VMs, and to VMs growing into more."""
         cpus, mib = committed(self.store.list())
         growing = self.growing.of(HOST)
-        return cpus + growing["cpus"], mib + growing["memory_mib"]
+        waiting = self.waiting.of(POOL)["memory_mib"]
+        return cpus + growing["cpus"], mib + growing["memory_mib"] + waiting
 
     async def admit(self, cpus: int, memory_mib: int, *, replacing: Instance | None = None) -> None:
         """Refuse what the host cannot take. ``replacing``: an active VM whose own share is

@@ -26,6 +26,7 @@ from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
 from gureum.service.nics import NicService
 from gureum.service.operations import OperationManager
+from gureum.service.pool import Pool
 from gureum.service.quotas import QuotaService
 from gureum.service.reconciler import Reconciler
 from gureum.service.resize import ResizeService
@@ -42,6 +43,7 @@ from gureum.store.keypairs import KeyPairStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
+from gureum.store.settings import SettingsStore
 from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
 
@@ -121,9 +123,15 @@ class Services:
             snapshot_store, instances, lifecycle, disks, admission, quotas, networks, secgroups,
             creator, ops, host,
         )  # fmt: skip
+        template_store = TemplateStore(db)
+        pool = Pool(
+            SettingsStore(db), template_store, image_store, snapshot_store, instance_store,
+            disks, admission, host,
+        )  # fmt: skip
         templates = TemplateService(
-            TemplateStore(db), tenancy_store, images, instances, snapshots, lifecycle, networks, ops
-        )
+            template_store, tenancy_store, images, instances, snapshots, lifecycle, networks, ops,
+            pool,
+        )  # fmt: skip
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
         ssh = GuestSsh(instances, forwards, host)
         resize = ResizeService(instances, lifecycle, disks, admission, quotas, ops, host)
@@ -186,6 +194,7 @@ class Services:
         report["changed"] += await self.templates.drop_orphans()
         await self.forwards.start_all()
         report["autostarted"] = await self.instances.autostart()
+        self.templates.pool.start()  # after the leftovers of the last run are gone
         return report
 
     def close(self) -> None:
@@ -197,6 +206,7 @@ class Services:
     async def stop(self) -> None:
         """Stop the service, never the VMs: they keep running and are re-adopted next start."""
         await self.reconciler.stop()
+        await self.templates.pool.close()
         await self.ops.shutdown()
         await self.host.close_networks()
         # Networks stay while VMs run (their TAPs are in them); with none, nothing is left.

@@ -25,6 +25,11 @@ from gureum.store.layers import LayerStore, SnapshotStore
 log = logging.getLogger(__name__)
 
 
+def layer_file(layer_id: str) -> str:
+    """Where a layer's file is, relative to GUREUM_HOME."""
+    return f"disks/{layer_id}.qcow2"
+
+
 class DiskLayers:
     def __init__(
         self,
@@ -114,7 +119,7 @@ class DiskLayers:
     def new_base(self, inst: Instance) -> Layer:
         """The record of a standalone bottom layer for ``inst`` (an imported disk)."""
         layer_id = new_id("l-")
-        return Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", None, time.time(), None)
+        return Layer(layer_id, inst.id, layer_file(layer_id), None, time.time(), None)
 
     async def new_top(
         self, inst: Instance, *, on: str | None, size_bytes: int, live: bool = False
@@ -125,26 +130,38 @@ class DiskLayers:
         repairs, never a disk the store does not know); ``live`` means the running QEMU makes
         the file itself and switches to it (an external snapshot).
         """
-        layer_id = new_id("l-")
-        image_disk = self.image_disk(inst)
-        base = None if on else str(image_disk.relative_to(self.config.home))
-        layer = Layer(layer_id, inst.id, f"disks/{layer_id}.qcow2", on, time.time(), base)
-        path = self.host.path(layer.path)
         previous = inst.root_layer
-        self.store.add_on_top(layer, inst.id)
-        inst.root_layer = layer_id
+        layer = self._on_top(inst, new_id("l-"), on)
+        path = self.host.path(layer.path)
         try:
             if live:
                 await self.host.snapshot_disk_live(inst.id, path)
             else:
-                backing = self.layer_path(on) if on else image_disk
+                backing = self.layer_path(on) if on else self.image_disk(inst)
                 await self.host.create_disk(path, backing, size_bytes)
         except GureumError:
             self.instances.update(inst.id, root_layer=previous)
             inst.root_layer = previous
-            self.store.remove(layer_id)
+            self.store.remove(layer.id)
             await self.host.remove_file(path)
             raise
+        return layer
+
+    def new_file(self) -> tuple[str, Path]:
+        """A new layer's id and file, for a disk made before its instance exists (a QEMU
+        waiting in the pool): ``adopt_top`` records it then."""
+        layer_id = new_id("l-")
+        return layer_id, self.host.path(layer_file(layer_id))
+
+    def adopt_top(self, inst: Instance, layer_id: str, on: str) -> Layer:
+        """Record ``new_file``'s layer, made over layer ``on``, as ``inst``'s top."""
+        return self._on_top(inst, layer_id, on)
+
+    def _on_top(self, inst: Instance, layer_id: str, on: str | None) -> Layer:
+        base = None if on else str(self.image_disk(inst).relative_to(self.config.home))
+        layer = Layer(layer_id, inst.id, layer_file(layer_id), on, time.time(), base)
+        self.store.add_on_top(layer, inst.id)
+        inst.root_layer = layer_id
         return layer
 
     async def collect(self) -> list[str]:

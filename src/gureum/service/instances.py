@@ -24,7 +24,7 @@ from gureum.errors import (
 )
 from gureum.host.interface import Console, HostAgent, Identity
 from gureum.ids import check_name, looks_like_id
-from gureum.model.hardware import BIOS, MAX_CPUS, MAX_NICS, Hardware
+from gureum.model.hardware import BIOS, MAX_CPUS, MAX_NICS, Hardware, new_generation_id
 from gureum.model.image import Image
 from gureum.model.instance import (
     ACTIVE,
@@ -39,7 +39,7 @@ from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
 from gureum.model.sshkeys import public_key
-from gureum.model.template import SavedTemplate
+from gureum.model.template import SavedTemplate, Waiting
 from gureum.model.userdata import check_user_data
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft
@@ -209,10 +209,13 @@ class InstanceService:
         req: LaunchRequest,
         project_id: str = DEFAULT_PROJECT,
         saved: SavedTemplate | None = None,
+        waiting: Waiting | None = None,
     ) -> tuple[Instance, Operation]:
         """Make the instance and start its first boot: a cold boot, or with ``saved`` (a
         template of the image, of this shape and version: ``TemplateService.launch`` found it)
-        a clone of the template's saved machine, told at once that it is a new one."""
+        a clone of the template's saved machine, told at once that it is a new one. With
+        ``waiting`` (a QEMU of the pool started for that template) the instance is the one
+        that QEMU was started for: its id, user, disk layer and vmgenid."""
         spec, image, given = self.validate(req, project_id)
         # The key pairs' copied in: one deleted later does not take access away from this VM.
         keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
@@ -240,10 +243,13 @@ class InstanceService:
         )
         if saved is not None:
             inst = replace(inst, template_id=saved.template.id)
+            if waiting is not None:
+                inst = replace(inst, id=waiting.instance_id, uid=waiting.uid)
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:
             if saved is not None:  # the saved machine, with a new vmgenid and its own NICs
-                return replace(self.lifecycle.new_generation(saved.snapshot.hardware), nics=nics)
+                generation = waiting.generation_id if waiting else new_generation_id()
+                return replace(saved.snapshot.hardware, generation_id=generation, nics=nics)
             # The firmware matters only to a disk with its own bootloader (an imported image).
             return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, image.firmware or BIOS)
 
@@ -254,23 +260,34 @@ class InstanceService:
         else:
             tpl, snap = saved
             what = f"template {tpl.id} ({tpl.shape.key})"
-            work = partial(self.boot_from, inst.id, snap, what, shared=True)
+            work = partial(self.boot_from, inst.id, snap, what, shared=True, waiting=waiting)
         op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
         return inst, op
 
     async def boot_from(
-        self, instance_id: str, snap: Snapshot, what: str, ctx: OpContext, shared: bool = False
+        self,
+        instance_id: str,
+        snap: Snapshot,
+        what: str,
+        ctx: OpContext,
+        shared: bool = False,
+        waiting: Waiting | None = None,
     ) -> dict[str, object]:
         """The first start of a new instance made from another's snapshot (a clone, or a launch
         from a template, ``what``): a thin disk of its own on the snapshot's layer, then with
         memory a resume of the saved machine (its RAM mapped copy-on-write) told at once that
         it is a new one (hostname, MACs and DHCP, machine id, entropy), else a cold boot.
-        ``shared``: the snapshot's memory stays loaded for the next ones (a template's)."""
+        ``shared``: the snapshot's memory stays loaded for the next ones (a template's).
+        ``waiting``: the pool's QEMU made for this instance, its disk layer made too."""
         try:
             async with self.lifecycle.lock(instance_id):
                 inst = self.get(instance_id)
-                ctx.progress(f"thin disk on {what}")
-                await self.disks.new_top(inst, on=snap.layer, size_bytes=inst.spec.disk_bytes)
+                if waiting is not None:
+                    ctx.progress(f"a QEMU waiting for {what} taken from the pool")
+                    self.disks.adopt_top(inst, waiting.layer_id, on=snap.layer)
+                else:
+                    ctx.progress(f"thin disk on {what}")
+                    await self.disks.new_top(inst, on=snap.layer, size_bytes=inst.spec.disk_bytes)
         except GureumError as exc:
             await self.lifecycle.mark_error(instance_id, f"first start failed: {exc.message}")
             raise

@@ -33,6 +33,7 @@ RESUME_FREE_BYTES = 64 * MIB
 
 
 BOOT_LABELS = {
+    "taken_from_pool": "a waiting QEMU taken from the pool",
     "process_started": "QEMU started",
     "memory_restored": "memory and device state restored",
     "kernel_started": "kernel started",
@@ -56,7 +57,7 @@ class _Events:
             return
         self.service.store.update(self.instance_id, boot=self.boot)
         if self.ctx is not None:
-            start = self.boot.process_started or at
+            start = self.boot.taken_from_pool or self.boot.process_started or at
             self.ctx.progress(f"{BOOT_LABELS[event]} (+{at - start:.2f} s)")
 
     def on_exit(self, how: str, detail: str) -> None:

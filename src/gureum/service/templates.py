@@ -28,6 +28,7 @@ from gureum.service.instances import InstanceService, LaunchRequest
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import DEFAULT_NETWORK, NO_NETWORK, NetworkService
 from gureum.service.operations import OpContext, OperationManager, Reporter
+from gureum.service.pool import Pool
 from gureum.service.snapshots import SnapshotService
 from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
@@ -68,7 +69,9 @@ class TemplateService:
         lifecycle: Lifecycle,
         networks: NetworkService,
         ops: OperationManager,
+        pool: Pool,
     ) -> None:
+        self.pool = pool
         self.networks = networks
         self.store = store
         self.tenancy = tenancy
@@ -99,9 +102,22 @@ class TemplateService:
     async def launch(
         self, req: LaunchRequest, project_id: str, *, cold: bool = False
     ) -> tuple[Instance, Operation]:
-        """A launch: from the image's template when one fits (and not ``cold``), else a boot."""
+        """A launch: from the image's template when one fits (and not ``cold``), in a QEMU of
+        the pool when one waits for it, else a boot."""
         saved = None if cold else self.find(req)
-        return await self.instances.launch(req, project_id, saved=saved)
+        if saved is None:
+            return await self.instances.launch(req, project_id)
+        self.instances.validate(req, project_id)  # a bad request takes nothing from the pool
+        waiting = self.pool.take(saved.template.id)
+        try:
+            made = await self.instances.launch(req, project_id, saved=saved, waiting=waiting)
+        except BaseException:
+            if waiting is not None:  # refused before it was made (a quota, say): not used
+                await self.pool.give_back(waiting)
+            raise
+        if waiting is not None:
+            self.pool.used(waiting)
+        return made
 
     # -- making and removing ---------------------------------------------------------------------
     def make(self, image_name: str, cpus: int, memory_mib: int, nics: int = 1) -> Operation:
@@ -208,6 +224,7 @@ class TemplateService:
         for tpl in self.store.list(image):
             if self.store.clones(tpl.id):
                 continue  # its layer is under a clone's disk: it goes with the last clone's image
+            await self.pool.drain(tpl.id)
             if self.instances.store.get(tpl.instance_id) is not None:  # else deleted by hand
                 await self.instances.delete(tpl.instance_id, force=True)
             self.store.remove(tpl.id)

@@ -390,6 +390,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE instances ADD COLUMN template_id TEXT",
         ],
     ),
+    (
+        15,
+        "host-wide settings changed at run time (the size of the pool of waiting QEMUs)",
+        ["CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
+    ),
 ]
 
 

@@ -36,6 +36,14 @@ instances = Table(
     Column("template_id", Text),  # the template it was cloned from, if it was
 )
 
+# Host-wide settings the administrator changes at run time (the pool's size), one value each.
+settings = Table(
+    "settings",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 sequences = Table(
     "sequences",
     metadata,

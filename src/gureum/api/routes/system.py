@@ -7,9 +7,9 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from gureum import __version__
-from gureum.api.auth import AnyUser
+from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
-from gureum.api.schemas import HostOut, VersionOut
+from gureum.api.schemas import HostOut, PoolIn, PoolOut, VersionOut
 from gureum.model.instance import committed
 from gureum.service.core import Services
 
@@ -41,3 +41,18 @@ async def host(svc: Annotated[Services, Depends(services)], who: AnyUser) -> dic
         "instances": len(mine),
         "view": "projects",
     }
+
+
+@router.get("/host/pool", response_model=PoolOut, openapi_extra={"x-gureum-role": "superuser"})
+async def pool(svc: Annotated[Services, Depends(services)], _: Super) -> dict[str, object]:
+    """The pool of QEMUs started ahead of launches from templates, and how full it is."""
+    return svc.templates.pool.view()
+
+
+@router.put("/host/pool", response_model=PoolOut, openapi_extra={"x-gureum-role": "superuser"})
+async def resize_pool(
+    body: PoolIn, svc: Annotated[Services, Depends(services)], _: Super
+) -> dict[str, object]:
+    """Keep ``size`` QEMUs waiting for each template of an image's current version; the pool
+    grows (within the host's capacity) or shrinks to it in the background."""
+    return svc.templates.pool.resize(body.size)

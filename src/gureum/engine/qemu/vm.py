@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -101,6 +102,13 @@ class QemuVM:
         With ``restore_state`` (a saved VM state; the config maps the matching RAM files) the
         guest does not boot: it resumes exactly where the state was saved.
         """
+        await self.spawn()
+        await self.run(restore_state)
+
+    async def spawn(self) -> None:
+        """Start QEMU paused and attach monitor and console; nothing of the guest runs yet.
+        A config with ``incoming`` waits here for ``run(restore_state)``, as long as need be
+        (a QEMU waiting in the host's pool)."""
         rt = self.cfg.runtime
         rt.dir.mkdir(parents=True, exist_ok=True)
         for stale in (rt.qmp, rt.agent, rt.serial, rt.pidfile):
@@ -115,19 +123,27 @@ class QemuVM:
         self.pid = self._proc.pid
         self.events.on_boot_event("process_started", started)
         self._watch = process.ExitWatch(self.pid, self._on_process_exit)
-        try:
+        async with self._failing_start():
             await self._wait_for_socket(rt.qmp, timeout=30)
             await self._connect_monitor()
-            if restore_state is None:
-                await self.serial.connect()
-            else:
-                self.serial.expect_output(True)  # the guest booted long ago: no boot markers
-                await self.serial.connect()
+            # A restored guest booted long ago: no boot markers will come.
+            self.serial.expect_output(self.cfg.incoming)
+            await self.serial.connect()
+
+    async def run(self, restore_state: Path | None = None) -> None:
+        """Let the spawned QEMU's guest run: booting, or resumed from ``restore_state``."""
+        async with self._failing_start():
+            if restore_state is not None:
                 await migration.load(self.monitor, restore_state, ignore_shared=True)
                 self.events.on_boot_event("memory_restored", time.time())
                 # The guest's agent had its port open when the state was saved.
                 self._agent_port_open.set()
             await self.monitor.execute("cont")
+
+    @contextlib.asynccontextmanager
+    async def _failing_start(self) -> AsyncIterator[None]:
+        try:
+            yield
         except GureumError as exc:
             # QEMU makes its sockets before it sets up the accelerator: one that died (KVM
             # refused, a bad argument) shows first as a monitor or console that fails; its

@@ -75,7 +75,7 @@ def launch(svc: Service, name: str, *, cold: bool) -> tuple[float, float, dict]:
     op = svc.client.wait(res["operation"]["id"], timeout=600)
     ready = time.perf_counter() - started
     inst = op["result"]["instance"]
-    ran = phase_at(inst, "process_started" if cold else "memory_restored")
+    ran = phase_at(inst, "running")
     assert ran is not None, inst["boot"]
     assert (inst["template_id"] is None) == cold, inst
     return ran - requested, ready, inst

@@ -45,9 +45,11 @@ def test_launch_reports_a_ready_vm(web, service):
     phases = {p["event"]: p["at"] for p in web["boot"]["phases"]}
     assert phases.pop("memory_restored") is None  # a cold boot, not a restore
     assert phases.pop("identity_refreshed") is None  # nor a clone: no one else's identity
+    assert phases.pop("taken_from_pool") is None  # its own QEMU, started for it
     assert None not in phases.values()
     order = [
-        phases[e] for e in ("process_started", "kernel_started", "init_started", "agent_ready")
+        phases[e]
+        for e in ("process_started", "running", "kernel_started", "init_started", "agent_ready")
     ]
     assert order == sorted(order)
     assert 0 < web["boot"]["total_s"] < 120

@@ -293,6 +293,7 @@ class FakeHost:
                 raise EngineError("the waiting QEMU has another vmgenid")
             self.vms[spec.instance_id] = FakeVM(spec, events, waiting.pid, restore_from)
             events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())
+            events.on_boot_event("running", asyncio.get_running_loop().time())
             return waiting.pid
         if restore_from is not None and restore_from not in self.memory_images:
             raise EngineError(f"no memory image {restore_from}")
@@ -302,6 +303,7 @@ class FakeHost:
         pid = next(self._pids)
         self.vms[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
         events.on_boot_event("process_started", asyncio.get_running_loop().time())
+        events.on_boot_event("running", asyncio.get_running_loop().time())
         return pid
 
     async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:

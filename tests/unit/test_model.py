@@ -81,7 +81,7 @@ def test_boot_timeline_durations():
     view = boot.to_dict()
     assert view["total_s"] == 2.25
     durations = [p["since_previous_s"] for p in view["phases"]]
-    assert durations == [None, None, None, 0.5, 1.5, 0.25, None]
+    assert durations == [None, 0.5, 1.5, 0.25, None, None, None, None, None]
     assert BootTimeline.from_raw(boot.raw()) == boot
     # A clone is ready once told it is a new machine, after its agent answers.
     boot.mark("identity_refreshed", 102.75)
@@ -92,7 +92,17 @@ def test_boot_timeline_durations():
     pooled.mark("memory_restored", 200.05)
     pooled.mark("agent_ready", 200.1)
     pooled.mark("identity_refreshed", 200.3)
-    assert pooled.to_dict()["total_s"] == 0.3
+    pooled.mark("network_up", 200.5)  # asked for in the background: after it is ready
+    view = pooled.to_dict()
+    assert view["total_s"] == 0.3
+    shown = [(p["event"], p["since_previous_s"]) for p in view["phases"] if p["at"] is not None]
+    assert shown == [
+        ("taken_from_pool", None),
+        ("memory_restored", 0.05),
+        ("agent_ready", 0.05),
+        ("identity_refreshed", 0.2),
+        ("network_up", 0.2),
+    ]
     with pytest.raises(ValueError):
         boot.mark("nonsense", 1.0)
 

@@ -89,26 +89,34 @@ done
 exit "$failed"
 """
 
-# A clone's new MAC addresses, set on the guest's NICs (found by their old address), then DHCP
-# asked again: the only step of a refresh that needs a guest process, and one process for both
-# (each costs a few hundred ms under TCG). Exit DHCP_FAILED: the MACs are set, DHCP is not.
-DHCP_FAILED = 75
-SET_MACS = (
+# A clone's new identity, in one guest process (each costs tens of ms under TCG, where nothing
+# is translated yet right after a restore): hostname, machine id, and the NICs' new MACs (each
+# NIC found by its old one), all with shell builtins but ``ip``; then DHCP asked again, in the
+# background. The launch is ready once the guest has its new names; its network is up when the
+# new lease is (the guest says so on its console: ``network_up``). Arguments: hostname,
+# machine id, old=new MAC pairs.
+NEW_IDENTITY = (
     r"""
+name=$1 machine_id=$2; shift 2
+echo "$name" > /proc/sys/kernel/hostname || exit 1
+echo "$name" > /etc/hostname
+echo "$machine_id" > /etc/machine-id || exit 1
 for pair in "$@"; do
   old=${pair%%=*}; new=${pair#*=}
   for dev in /sys/class/net/*; do
-    if [ "$(cat "$dev/address")" = "$old" ]; then
-      ip link set dev "${dev##*/}" address "$new" || exit 1
+    read -r address < "$dev/address"
+    if [ "$address" = "$old" ]; then
+      ip link set dev "${dev##*/}" address "$new" || exit 2
     fi
   done
 done
+[ $# = 0 ] && exit 0
 set -- renew
 (
 """
     + DHCP
-    + f"""
-) || exit {DHCP_FAILED}
+    + """
+) </dev/null >/dev/null 2>&1 &
 """
 )
 
@@ -474,12 +482,12 @@ class LocalHostAgent:
         return f"gureum-pool-{netns.home_tag(self.config.home)}"
 
     async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
-        """Start the QEMU of a VM to come, so that its launch skips QEMU's own start-up:
-        ``spec`` is all of it but its networks (the NICs' network ids are not used). It waits,
-        paused, for snapshot ``restore_from``'s state (``-incoming defer``): the snapshot's RAM
-        is mapped already (its sealed copy, pinned), its disk and runtime folder are open, its
-        TAPs are down in the pool's namespace, on no network. ``start`` with the same instance
-        id takes it; ``discard_waiting`` ends it. Returns the pid."""
+        """Start the QEMU of a VM to come, so that its launch skips QEMU's own start-up and the
+        state's loading: ``spec`` is all of it but its networks (the NICs' network ids are not
+        used). It waits paused, with snapshot ``restore_from``'s state loaded and its RAM mapped
+        (the snapshot's sealed copy, pinned), its disk and runtime folder open, and its TAPs
+        down in the pool's namespace, on no network. ``start`` with the same instance id takes
+        it; ``discard_waiting`` ends it. Returns the pid."""
         folder = self._snapshot_folder(restore_from)
         await asyncio.to_thread(self._prepare_files, spec, folder)
         namespace = self._pool_namespace()
@@ -493,6 +501,9 @@ class LocalHostAgent:
                 fds.append((slot, await tap.open_tap(namespace, name, None)))
             vm = QemuVM(replace(self._vm_config(spec, ram), taps=tuple(fds)), events)
             await vm.spawn()
+            # Loaded now, not when taken: nothing of the guest runs until then, and its TAPs
+            # are on no network (QEMU's post-load announcements go nowhere).
+            await vm.load(folder / "state")
         except BaseException:
             self.sealed_ram.drop(spec.instance_id)
             raise
@@ -522,7 +533,7 @@ class LocalHostAgent:
                 )
             assert vm.pid is not None
             self._join_project(spec.project_id, vm.pid)
-            await vm.run(restore_from / "state")
+            await vm.run()  # the state was loaded while it waited
         except BaseException:
             await vm.kill()
             self._vms.pop(spec.instance_id, None)
@@ -836,29 +847,25 @@ class LocalHostAgent:
         """Tell the guest it was restored or cloned; returns its new machine id.
 
         The guest has no vmgenid driver to notice by itself, so the agent does what such a
-        driver's users would: new entropy mixed into the kernel's pool, a new machine id, and
-        for a clone a new hostname and MACs (``macs``: old, new), then new DHCP leases. Files
-        are written through the agent directly (no guest process), which matters right after a
-        restore, when TCG has translated nothing yet.
+        driver's users would: new entropy mixed into the kernel's pool and a new machine id,
+        and for a clone a new hostname and MACs (``macs``: old, new), then new DHCP leases
+        (``NEW_IDENTITY``). The entropy goes through the agent as a file write, never on a
+        command line another guest process could read.
         """
         agent = self._vm(instance_id).agent
         machine_id = uuid.uuid4().hex
         await agent.write_file("/dev/urandom", secrets.token_bytes(64))
-        await agent.write_file("/etc/machine-id", f"{machine_id}\n".encode())
-        hostname, macs = identity.hostname, identity.macs
-        if hostname:
-            await agent.write_file("/proc/sys/kernel/hostname", hostname.encode())
-            await agent.write_file("/etc/hostname", f"{hostname}\n".encode())
-        if macs:
-            pairs = [f"{old}={new}" for old, new in macs]
-            result = await self.exec(
-                instance_id, ["/bin/sh", "-c", SET_MACS, "macs", *pairs], None, 30
-            )
+        hostname, macs = identity.hostname, identity.macs or []
+        if hostname is None:  # a restore of the same machine: only what every restore needs
+            await agent.write_file("/etc/machine-id", f"{machine_id}\n".encode())
+            return machine_id
+        pairs = [f"{old}={new}" for old, new in macs]
+        argv = ["/bin/sh", "-c", NEW_IDENTITY, "identity", hostname, machine_id, *pairs]
+        result = await self.exec(instance_id, argv, None, 30)
+        if result.exit_code != 0:
             detail = result.stderr.decode(errors="replace").strip()[:200]
-            if result.exit_code == DHCP_FAILED:  # a guest that cannot is its own affair
-                log.warning("%s: DHCP after the MAC change: %r", instance_id, detail)
-            elif result.exit_code != 0:
-                raise EngineError(f"cannot set the guest's MAC addresses: {detail!r}")
+            what = "MAC addresses" if result.exit_code == 2 else "hostname or machine id"
+            raise EngineError(f"cannot set the guest's {what}: {detail!r}")
         return machine_id
 
     async def renew_network(self, instance_id: str) -> None:

@@ -94,10 +94,12 @@ BOOT_EVENTS = (
     "taken_from_pool",
     "process_started",
     "memory_restored",
+    "running",
     "kernel_started",
     "init_started",
     "agent_ready",
     "identity_refreshed",
+    "network_up",
 )
 
 
@@ -108,12 +110,18 @@ class BootTimeline:
     taken_from_pool: float | None = None
     process_started: float | None = None  # QEMU spawned
     memory_restored: float | None = None  # a restore: saved state loaded (no boot at all)
+    # The vCPUs were let run (a pool's QEMU: its state was loaded while it waited).
+    running: float | None = None
     kernel_started: float | None = None  # first byte the guest wrote on its serial console
     init_started: float | None = None  # our init printed its start line
     agent_ready: float | None = None  # the guest agent first answered a ping
     # A restore or clone: the guest told it is a new machine (entropy, machine id; for a clone
     # hostname, MACs and DHCP). Ready only then.
     identity_refreshed: float | None = None
+    # The guest configured a DHCP lease (it says so on its console; tiny does). At boot before
+    # the agent answers; in a clone, which asks for a new lease in the background, just after
+    # it is ready.
+    network_up: float | None = None
 
     def mark(self, event: str, at: float) -> bool:
         """Record an event once; returns True when it was new."""
@@ -127,7 +135,12 @@ class BootTimeline:
     def to_dict(self) -> dict[str, object]:
         phases = []
         previous: float | None = None
-        for event in BOOT_EVENTS:
+        # In the order they happened (a clone's network comes up after it is ready, a cold
+        # boot's before); those that did not happen last.
+        events = sorted(
+            BOOT_EVENTS, key=lambda e: (getattr(self, e) is None, getattr(self, e) or 0)
+        )
+        for event in events:
             at = getattr(self, event)
             duration = None if at is None or previous is None else round(at - previous, 3)
             phases.append({"event": event, "at": at, "since_previous_s": duration})

@@ -36,10 +36,12 @@ BOOT_LABELS = {
     "taken_from_pool": "a waiting QEMU taken from the pool",
     "process_started": "QEMU started",
     "memory_restored": "memory and device state restored",
+    "running": "vCPUs running",
     "kernel_started": "kernel started",
     "init_started": "init started",
     "agent_ready": "guest agent ready",
     "identity_refreshed": "guest told it is a new machine",
+    "network_up": "the guest has its DHCP lease",
 }
 
 

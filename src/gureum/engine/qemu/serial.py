@@ -29,6 +29,9 @@ READ_CAP = 64 << 20  # the most of the log read at once (it grows unread while t
 VIEWER_QUEUE = 256  # chunks (up to 64 KiB each) a viewer may fall behind before it is dropped
 INIT_STARTED = b"gureum-init: started"
 INIT_READY = b"gureum-init: ready"
+# What tiny's DHCP script prints once a lease is configured (the guest's own word: it marks
+# only its own timeline).
+NETWORK_UP = b"gureum-net: "
 
 
 def rotate_log(log_path: Path, cap: int | None = None) -> bool:
@@ -132,7 +135,11 @@ class SerialConsole:
 
     def _scan(self, chunk: bytes, now: float) -> None:
         window = self._tail + chunk
-        for marker, event in ((INIT_STARTED, "init_started"), (INIT_READY, "init_ready")):
+        for marker, event in (
+            (INIT_STARTED, "init_started"),
+            (INIT_READY, "init_ready"),
+            (NETWORK_UP, "network_up"),
+        ):
             if event not in self._fired and marker in window:
                 self._fired.add(event)
                 self._on_marker(event, now)

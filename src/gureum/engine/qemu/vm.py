@@ -130,15 +130,22 @@ class QemuVM:
             self.serial.expect_output(self.cfg.incoming)
             await self.serial.connect()
 
-    async def run(self, restore_state: Path | None = None) -> None:
-        """Let the spawned QEMU's guest run: booting, or resumed from ``restore_state``."""
+    async def load(self, restore_state: Path) -> None:
+        """Load a saved state into the spawned (``incoming``) QEMU; the guest stays paused."""
         async with self._failing_start():
-            if restore_state is not None:
-                await migration.load(self.monitor, restore_state, ignore_shared=True)
-                self.events.on_boot_event("memory_restored", time.time())
-                # The guest's agent had its port open when the state was saved.
-                self._agent_port_open.set()
+            await migration.load(self.monitor, restore_state, ignore_shared=True)
+        self.events.on_boot_event("memory_restored", time.time())
+        # The guest's agent had its port open when the state was saved.
+        self._agent_port_open.set()
+
+    async def run(self, restore_state: Path | None = None) -> None:
+        """Let the spawned QEMU's guest run: booting, or resumed from ``restore_state`` (none:
+        already ``load``-ed, or a cold boot)."""
+        if restore_state is not None:
+            await self.load(restore_state)
+        async with self._failing_start():
             await self.monitor.execute("cont")
+        self.events.on_boot_event("running", time.time())
 
     @contextlib.asynccontextmanager
     async def _failing_start(self) -> AsyncIterator[None]:
@@ -239,7 +246,7 @@ class QemuVM:
             return
 
     def _on_marker(self, event: str, at: float) -> None:
-        if event in ("kernel_started", "init_started"):
+        if event in ("kernel_started", "init_started", "network_up"):
             self.events.on_boot_event(event, at)
 
     def _on_qmp_event(self, name: str, data: dict[str, Any]) -> None:

@@ -292,7 +292,7 @@ class FakeHost:
             if spec.hardware.generation_id != waiting.spec.hardware.generation_id:
                 raise EngineError("the waiting QEMU has another vmgenid")
             self.vms[spec.instance_id] = FakeVM(spec, events, waiting.pid, restore_from)
-            events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())
+            events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())  # once
             events.on_boot_event("running", asyncio.get_running_loop().time())
             return waiting.pid
         if restore_from is not None and restore_from not in self.memory_images:
@@ -316,6 +316,11 @@ class FakeHost:
         pid = next(self._pids)
         self.waiting[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
         return pid
+
+    async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
+        self._step("claim_waiting")
+        if spec.instance_id in self.waiting:
+            events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())
 
     async def discard_waiting(self, instance_id: str) -> None:
         self.waiting.pop(instance_id, None)

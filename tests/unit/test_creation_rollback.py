@@ -37,9 +37,10 @@ TABLES = ("instances", "nics", "instance_secgroups", "layers", "snapshots", "for
 DISK = 64 * MIB
 
 # What a clean run asks of the host, in order (a step called twice is failed at each call).
-LAUNCH_STEPS = ["ensure_network", "sync_network", "create_disk", "sync_network", "start",
-                "wait_ready"]  # fmt: skip
-CLONE_STEPS = ["create_disk", "sync_network", "start", "wait_ready", "refresh_identity"]
+LAUNCH_STEPS = ["ensure_network", "sync_network", "create_disk", "sync_network",
+                "claim_waiting", "start", "wait_ready"]  # fmt: skip
+CLONE_STEPS = ["create_disk", "sync_network", "claim_waiting", "start", "wait_ready",
+               "refresh_identity"]  # fmt: skip
 IMPORT_STEPS = ["read_archive", "check_image", "check_image", "take_boot_files", "take_disk",
                 "create_disk", "take_memory"]  # fmt: skip
 

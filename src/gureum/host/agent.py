@@ -89,18 +89,22 @@ done
 exit "$failed"
 """
 
-# A clone's new identity, in one guest process (each costs tens of ms under TCG, where nothing
-# is translated yet right after a restore): hostname, machine id, and the NICs' new MACs (each
-# NIC found by its old one), all with shell builtins but ``ip``; then DHCP asked again, in the
-# background. The launch is ready once the guest has its new names; its network is up when the
-# new lease is (the guest says so on its console: ``network_up``). Arguments: hostname,
-# machine id, old=new MAC pairs.
+# What a restored or cloned guest is told, in one guest process (each costs tens of ms under
+# TCG): the time (its clock stopped when the state was saved), a new machine id, and for a
+# clone a new hostname and its NICs' new MACs (each NIC found by its old one), all with shell
+# builtins but ``date`` and ``ip``; then, with "renew", DHCP asked again in the background. It
+# is ready once the guest has its new names; its network is up when the new lease is (the guest
+# says so on its console: ``network_up``). Arguments: seconds since the epoch, machine id,
+# hostname (empty: keep it), renew|none, old=new MAC pairs.
 NEW_IDENTITY = (
     r"""
-name=$1 machine_id=$2; shift 2
-echo "$name" > /proc/sys/kernel/hostname || exit 1
-echo "$name" > /etc/hostname
+now=$1 machine_id=$2 name=$3 dhcp=$4; shift 4
+date -s "@$now" >/dev/null || echo "cannot set the clock" >&2
 echo "$machine_id" > /etc/machine-id || exit 1
+if [ -n "$name" ]; then
+  echo "$name" > /proc/sys/kernel/hostname || exit 1
+  echo "$name" > /etc/hostname
+fi
 for pair in "$@"; do
   old=${pair%%=*}; new=${pair#*=}
   for dev in /sys/class/net/*; do
@@ -110,7 +114,7 @@ for pair in "$@"; do
     fi
   done
 done
-[ $# = 0 ] && exit 0
+[ "$dhcp" = renew ] || exit 0
 set -- renew
 (
 """
@@ -122,6 +126,8 @@ set -- renew
 
 
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
+# How long a waiting QEMU's guest may take to answer while it is warmed (``_warm``).
+WARM_TIMEOUT_S = 60.0
 
 
 def _publish(image_file: Path, images: Path) -> None:
@@ -152,6 +158,7 @@ class LocalHostAgent:
         self.config = config
         self._vms: dict[str, QemuVM] = {}
         self._waiting: dict[str, QemuVM] = {}  # QEMUs of VMs to come (``start_waiting``)
+        self._claimed: set[str] = set()  # of those, the ones ``claim_waiting`` readied
         self.accel = accel_probe.choose(config.accel)
         self.network = NetworkHost(config)
         self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
@@ -501,10 +508,12 @@ class LocalHostAgent:
                 fds.append((slot, await tap.open_tap(namespace, name, None)))
             vm = QemuVM(replace(self._vm_config(spec, ram), taps=tuple(fds)), events)
             await vm.spawn()
-            # Loaded now, not when taken: nothing of the guest runs until then, and its TAPs
-            # are on no network (QEMU's post-load announcements go nowhere).
+            # Loaded now, not when taken; its TAPs are on no network (QEMU's post-load
+            # announcements go nowhere).
             await vm.load(folder / "state")
+            await self._warm(vm)
         except BaseException:
+            await vm.kill()
             self.sealed_ram.drop(spec.instance_id)
             raise
         finally:
@@ -513,37 +522,77 @@ class LocalHostAgent:
         assert vm.pid is not None
         return vm.pid
 
+    async def _warm(self, vm: QemuVM) -> None:
+        """Run, once, what a launch will run in the guest, then pause it again: under TCG the
+        first run of any guest code is translated first, and a QEMU's translations start empty,
+        so the launch that takes this QEMU would pay for them on its way to ready. The guest
+        is told what it already is (the template's MACs, set to themselves), with no DHCP, on
+        no network, before any tenant has it; the launch then tells it everything anew."""
+        await vm.run()
+        await vm.wait_ready(WARM_TIMEOUT_S)
+        await vm.agent.write_file("/dev/urandom", secrets.token_bytes(64))
+        macs = [(mac, mac) for _slot, mac, _network in vm.cfg.hardware.nics]
+        await _tell(vm, uuid.uuid4().hex, "", False, macs)
+        await vm.pause()
+
+    async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
+        """The first half of taking the QEMU the pool started for ``spec``, done while the
+        service readies the VM's networks: its engine events are the VM's now, its TAPs move
+        into their networks' namespaces (down and on no bridge: nothing passes until ``start``
+        attaches them, after the firewall knows them; a move costs tens of ms, in the kernel)
+        and its process joins its project's control group. Nothing for a VM with no QEMU
+        waiting, or one claimed already."""
+        vm = self._waiting.get(spec.instance_id)
+        if vm is None or spec.instance_id in self._claimed:
+            return
+        events.on_boot_event("taken_from_pool", time.time())
+        vm.events = events
+        assert vm.pid is not None
+        pool, pid = self._pool_namespace(), vm.pid
+        await asyncio.gather(
+            asyncio.to_thread(self._join_project, spec.project_id, pid),
+            *(
+                tap.move_tap(
+                    pool, self.network.namespace(network), tap.tap_name(spec.instance_id, slot)
+                )
+                for slot, _mac, network in spec.hardware.nics
+            ),
+        )
+        self._claimed.add(spec.instance_id)
+
     async def _take_waiting(
         self, vm: QemuVM, spec: VMSpec, events: VMEvents, restore_from: Path
     ) -> int:
-        """A waiting QEMU becomes ``spec``'s: its TAPs join their networks, it counts against
-        its project, and the state is loaded."""
-        events.on_boot_event("taken_from_pool", time.time())
+        """A waiting QEMU becomes ``spec``'s (``claim_waiting``, if the caller did not), its
+        TAPs join their bridges, and its guest runs: its state was loaded and it was warmed
+        while it waited."""
         self._vms[spec.instance_id] = vm
         try:
             if vm.exited:
                 raise EngineError(f"the QEMU waiting for {spec.name} has exited")
-            vm.events = events
+            self._waiting[spec.instance_id] = vm  # for claim_waiting
+            await self.claim_waiting(spec, events)
+            del self._waiting[spec.instance_id]
             for slot, _mac, network_id in spec.hardware.nics:
-                await tap.move_tap(
-                    self._pool_namespace(),
-                    self.network.namespace(network_id),
-                    tap.tap_name(spec.instance_id, slot),
-                    BRIDGE,
+                await tap.attach(
+                    self.network.namespace(network_id), tap.tap_name(spec.instance_id, slot), BRIDGE
                 )
-            assert vm.pid is not None
-            self._join_project(spec.project_id, vm.pid)
-            await vm.run()  # the state was loaded while it waited
+            await vm.run()
         except BaseException:
+            self._waiting.pop(spec.instance_id, None)
             await vm.kill()
             self._vms.pop(spec.instance_id, None)
             self.sealed_ram.drop(spec.instance_id)
             raise
+        finally:
+            self._claimed.discard(spec.instance_id)
+        assert vm.pid is not None
         return vm.pid
 
     async def discard_waiting(self, instance_id: str) -> None:
         """End a waiting QEMU nobody took, and its runtime folder (its disk is the caller's)."""
         vm = self._waiting.pop(instance_id, None)
+        self._claimed.discard(instance_id)
         if vm is not None:
             await vm.kill()
         self.sealed_ram.drop(instance_id)
@@ -847,25 +896,16 @@ class LocalHostAgent:
         """Tell the guest it was restored or cloned; returns its new machine id.
 
         The guest has no vmgenid driver to notice by itself, so the agent does what such a
-        driver's users would: new entropy mixed into the kernel's pool and a new machine id,
-        and for a clone a new hostname and MACs (``macs``: old, new), then new DHCP leases
-        (``NEW_IDENTITY``). The entropy goes through the agent as a file write, never on a
-        command line another guest process could read.
+        driver's users would: new entropy mixed into the kernel's pool, the clock set, a new
+        machine id, and for a clone a new hostname and MACs (``macs``: old, new), then new DHCP
+        leases (``NEW_IDENTITY``). The entropy goes through the agent as a file write, never on
+        a command line another guest process could read.
         """
-        agent = self._vm(instance_id).agent
+        vm = self._vm(instance_id)
         machine_id = uuid.uuid4().hex
-        await agent.write_file("/dev/urandom", secrets.token_bytes(64))
-        hostname, macs = identity.hostname, identity.macs or []
-        if hostname is None:  # a restore of the same machine: only what every restore needs
-            await agent.write_file("/etc/machine-id", f"{machine_id}\n".encode())
-            return machine_id
-        pairs = [f"{old}={new}" for old, new in macs]
-        argv = ["/bin/sh", "-c", NEW_IDENTITY, "identity", hostname, machine_id, *pairs]
-        result = await self.exec(instance_id, argv, None, 30)
-        if result.exit_code != 0:
-            detail = result.stderr.decode(errors="replace").strip()[:200]
-            what = "MAC addresses" if result.exit_code == 2 else "hostname or machine id"
-            raise EngineError(f"cannot set the guest's {what}: {detail!r}")
+        await vm.agent.write_file("/dev/urandom", secrets.token_bytes(64))
+        renew = bool(identity.macs)
+        await _tell(vm, machine_id, identity.hostname or "", renew, identity.macs or [])
         return machine_id
 
     async def renew_network(self, instance_id: str) -> None:
@@ -1008,6 +1048,23 @@ class LocalHostAgent:
 BOOT_FILES = ("vmlinuz", "initrd.img")
 # /run is emptied by every boot: a marker there says a service of that home started since.
 BOOT_MARKERS = Path("/run/gureum")
+
+
+async def _tell(
+    vm: QemuVM, machine_id: str, hostname: str, renew: bool, macs: list[tuple[str, str]]
+) -> None:
+    """Run ``NEW_IDENTITY`` in the guest; EngineError with what it said if it failed."""
+    argv = [
+        "/bin/sh", "-c", NEW_IDENTITY, "identity", str(int(time.time())), machine_id, hostname,
+        "renew" if renew else "none", *(f"{old}={new}" for old, new in macs),
+    ]  # fmt: skip
+    result = await vm.exec(argv, stdin=None, timeout=30)
+    said = result.stderr.decode(errors="replace").strip()[:200]
+    if result.exit_code != 0:
+        what = "MAC addresses" if result.exit_code == 2 else "hostname or machine id"
+        raise EngineError(f"cannot set the guest's {what}: {said!r}")
+    if said:
+        log.warning("the guest, told its new identity: %r", said)
 
 
 def _close_fds(fds: tuple[tuple[int, int], ...] | list[tuple[int, int]]) -> None:

@@ -272,6 +272,11 @@ class HostAgent(Protocol):
         and waiting for snapshot ``restore_from``'s state; ``events`` hears of its exit until
         ``start`` of the same instance id (with that snapshot) takes it. Returns the pid."""
 
+    async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
+        """Ready the QEMU waiting for ``spec`` (if one is) while the service readies its
+        networks: its events are the VM's, its NICs go to their networks' namespaces (on no
+        bridge yet) and it joins its project. ``start`` finishes taking it."""
+
     async def discard_waiting(self, instance_id: str) -> None:
         """End a waiting QEMU that was not taken (its disk layer is the caller's)."""
 

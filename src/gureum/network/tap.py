@@ -10,7 +10,7 @@ import fcntl
 import os
 import struct
 
-from gureum.network import netns
+from gureum.network import netlink, netns
 
 TUNSETIFF = 0x400454CA
 IFF_TAP = 0x0002
@@ -49,8 +49,14 @@ async def open_tap(namespace: str, name: str, bridge: str | None) -> int:
     return fd
 
 
-async def move_tap(from_namespace: str, to_namespace: str, name: str, bridge: str) -> None:
+async def move_tap(from_namespace: str, to_namespace: str, name: str) -> None:
     """Move TAP ``name`` (made by ``open_tap`` without a bridge, its fd already QEMU's) into
-    another namespace and attach it there: a waiting QEMU's NIC joining its VM's network."""
-    await netns.ip(from_namespace, "link", "set", name, "netns", to_namespace)
-    await netns.ip(to_namespace, "link", "set", name, "master", bridge, "up")
+    another namespace, down and on no bridge there: a waiting QEMU's NIC going to its VM's
+    network (``attach`` puts it on the bridge)."""
+    target = str(netns.NETNS_DIR / to_namespace)
+    await netns.arun_in(from_namespace, lambda: netlink.move_to_namespace(name, target))
+
+
+async def attach(namespace: str, name: str, bridge: str) -> None:
+    """Attach TAP ``name`` to ``bridge`` in its namespace and bring it up."""
+    await netns.arun_in(namespace, lambda: netlink.attach_up(name, bridge))

@@ -162,13 +162,16 @@ class Lifecycle:
                     hardware = hardware.rebooted(
                         inst.spec.cpus, inst.spec.memory_mib, self.networks.hardware_nics(inst.id)
                     )
-                # DHCP must know the NICs' MACs, and the firewall their TAPs, before they speak.
-                await self.networks.sync_instance(inst.id)
-                self.set_state(inst, State.STARTING, boot="{}", pid=None, hardware=hardware)
-                inst.hardware = hardware
                 events.ctx = ctx
                 self._events[instance_id] = events
-                spec = self.vm_spec(inst)
+                spec = self.vm_spec(inst, hardware)
+                # DHCP must know the NICs' MACs, and the firewall their TAPs, before they speak;
+                # meanwhile a QEMU the pool started for this VM is readied.
+                await asyncio.gather(
+                    self.networks.sync_instance(inst.id), self.host.claim_waiting(spec, events)
+                )
+                self.set_state(inst, State.STARTING, boot="{}", pid=None, hardware=hardware)
+                inst.hardware = hardware
                 pid = await self.host.start(
                     spec, events, restore_from=restore_from, keep_memory=keep_memory
                 )

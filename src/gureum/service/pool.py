@@ -44,7 +44,7 @@ MAX_SIZE = 16  # per template
 # What one waiting QEMU takes of the host's memory before any guest runs in it (its own heap,
 # TCG's first buffers, page tables of the mapped template RAM), rounded up from the RSS that
 # ``bench/instant.py`` reports for the pool.
-WAITING_QEMU_MIB = 64
+WAITING_QEMU_MIB = 128
 RETRY_S = 30.0  # after a failure to start one (no room, a QEMU that died), before trying again
 
 

@@ -8,6 +8,8 @@ Its own service: the templates project's network is made and removed here.
 from __future__ import annotations
 
 import json
+import threading
+import time
 
 import pytest
 
@@ -84,6 +86,62 @@ def test_the_template_and_its_clones_survive_a_service_restart(svc: Service) -> 
     assert svc.exec("c1", "hostname").strip() == "c1"
     svc.cli("launch", "tiny", "--name", "c3")  # the template still serves after the restart
     assert _json(svc, "show", "c3")["template_id"] is not None
+
+
+def pool_waiting(service: Service) -> int:
+    return int(_json(service, "host", "pool")["waiting"])
+
+
+def test_a_pool_of_two_serves_two_launches_at_once_and_refills(svc: Service) -> None:
+    assert _json(svc, "host", "pool", "--size", "2")["size"] == 2
+    wait_for(lambda: pool_waiting(svc) == 2, 120, interval=0.2, what="the pool holds 2")
+    waiting = set(svc.qemu_pids())
+    launched: dict[str, dict] = {}  # type: ignore[type-arg]
+
+    def launch(name: str) -> None:
+        launched[name] = svc.launch(name)
+
+    threads = [threading.Thread(target=launch, args=(n,)) for n in ("p1", "p2")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert set(launched) == {"p1", "p2"}
+    for inst in launched.values():
+        phases = {p["event"]: p["at"] for p in inst["boot"]["phases"]}
+        assert phases["taken_from_pool"] is not None, inst["boot"]  # a QEMU of the pool's
+        assert phases["process_started"] is None and phases["kernel_started"] is None
+        assert inst["pid"] in waiting  # the very process that waited
+        assert inst["state"] == "running" and inst["template_id"] is not None
+    one, two = identity(svc, "p1"), identity(svc, "p2")
+    assert (one["hostname"], two["hostname"]) == ("p1", "p2")
+    shared = {k for k in one if one[k] == two[k]}
+    assert not shared, f"two clones from the pool share {shared}"
+    # The template was saved minutes ago: each clone's clock was set when it was told.
+    guest_now = int(svc.exec("p1", "date", "+%s"))
+    assert abs(guest_now - time.time()) < 10
+    # Its network came up after it was ready, and its timeline says when.
+    shown = _json(svc, "show", "p1")
+    network_up = next(p for p in shown["boot"]["phases"] if p["event"] == "network_up")
+    assert network_up["at"] is not None
+    wait_for(lambda: pool_waiting(svc) == 2, 120, interval=0.2, what="the pool refills")
+
+    # The pool ends with the service, and is made again at start.
+    in_pool = (
+        set(svc.qemu_pids())
+        - {launched[n]["pid"] for n in launched}
+        - {i["pid"] for i in svc.client().instances() if i["pid"]}
+    )
+    assert len(in_pool) == 2
+    svc.stop()
+    assert not in_pool & set(svc.qemu_pids())
+    svc.start()
+    wait_for(lambda: pool_waiting(svc) == 2, 120, interval=0.2, what="the pool is rebuilt")
+    assert _json(svc, "show", "p1")["state"] == "running"
+    _json(svc, "host", "pool", "--size", "0")
+    wait_for(lambda: pool_waiting(svc) == 0, 60, interval=0.2, what="the pool empties")
+    for name in launched:
+        svc.cli("delete", name, "--force")
 
 
 def test_templates_under_clones_stay_until_the_clones_go(svc: Service) -> None:

@@ -66,6 +66,9 @@ class Config:
     nat_dns: str | None = None
     # The largest disk an imported image may be (its virtual size; the file is bounded too).
     image_import_max_bytes: int = 64 << 30
+    # The first launch of an image (one a template can be made of) in a shape with no template
+    # also makes one, in the background, so the next launches of that shape are clones.
+    auto_templates: bool = False
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -137,6 +140,7 @@ _ENV = {
     "nat_uplink_netns": "GUREUM_NAT_UPLINK_NETNS",
     "nat_dns": "GUREUM_NAT_DNS",
     "image_import_max_bytes": "GUREUM_IMAGE_IMPORT_MAX_BYTES",
+    "auto_templates": "GUREUM_AUTO_TEMPLATES",
 }
 
 
@@ -173,6 +177,15 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
 
 def _coerce(key: str, raw: object, type_name: object) -> object:
     text = str(type_name)
+    if text == "bool":
+        if isinstance(raw, bool):  # TOML's own true and false
+            return raw
+        word = str(raw).strip().lower()
+        if word in ("1", "true", "yes", "on"):
+            return True
+        if word in ("0", "false", "no", "off"):
+            return False
+        raise InvalidInput(f"configuration {key}: {raw!r} is not true or false")
     try:
         if "float" in text:
             # raw is a TOML number or an environment string: float() takes either.

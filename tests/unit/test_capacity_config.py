@@ -36,6 +36,12 @@ def test_config_env_and_file(tmp_path):
     assert cfg.socket_path == tmp_path / "gureum.sock"
     assert cfg.cache_dir == tmp_path / "cache"
     assert load_config(tmp_path, env={"GUREUM_CACHE_DIR": "/x"}).cache_dir.as_posix() == "/x"
+    assert cfg.auto_templates is False
+    assert load_config(tmp_path, env={"GUREUM_AUTO_TEMPLATES": "yes"}).auto_templates is True
+    (tmp_path / "config.toml").write_text("auto_templates = true\n")
+    assert load_config(tmp_path, env={}).auto_templates is True
+    (tmp_path / "config.toml").write_text("auto_templates = false\n")
+    assert load_config(tmp_path, env={}).auto_templates is False
 
 
 @pytest.mark.parametrize(
@@ -45,6 +51,7 @@ def test_config_env_and_file(tmp_path):
         ("bogus = 1\n", {}),
         ("cpu_overcommit = [\n", {}),
         ("", {"GUREUM_STOP_TIMEOUT": "soon"}),
+        ("", {"GUREUM_AUTO_TEMPLATES": "maybe"}),
     ],
 )
 def test_config_errors(tmp_path, text, env):

@@ -178,3 +178,31 @@ def test_a_template_machine_no_template_names_is_deleted_at_start(world: World) 
     dropped = root.portal.call(svc.templates.drop_orphans)  # type: ignore[union-attr]
     assert len(dropped) == 1
     assert svc.instances.store.list(templates.TEMPLATES_PROJECT) == []
+
+
+def test_with_auto_templates_a_first_launch_makes_its_shapes_template(world: World) -> None:
+    root, svc, _ = world
+    assert launch(root, svc, "first", "tiny")["template_id"] is None  # nothing to clone yet
+    assert svc.templates.store.list() == []  # auto_templates is off by default
+    svc.templates.auto = True
+    assert launch(root, svc, "second", "tiny")["template_id"] is None  # this one boots...
+    made = [o for o in svc.ops.list(limit=100, unowned=True) if o.kind == "image-template"]
+    assert len(made) == 1  # ...and makes the template of its shape, in the background
+    finish(root, svc, made[0].id)
+    (tpl,) = svc.templates.store.list()
+    assert (tpl.shape.cpus, tpl.shape.memory_mib, tpl.shape.nics) == (1, 256, 1)
+    assert launch(root, svc, "third", "tiny")["template_id"] == tpl.id
+    # Another shape or disk size boots and makes one once; --cold makes none.
+    launch(root, svc, "cold", "tiny", cold=True, cpus=2)
+    launch(root, svc, "disk", "tiny", disk_gib=1.0, cpus=2)
+    assert (
+        len([o for o in svc.ops.list(limit=100, unowned=True) if o.kind == "image-template"]) == 1
+    )
+    svc.images.store.put(
+        Image("mine", "v1", "", "/nowhere", files={"disk": {}}, origin="imported raw")
+    )
+    assert svc.templates.auto
+    svc.templates._make_for(templates.LaunchRequest(name="x", image="mine"))
+    assert (
+        len([o for o in svc.ops.list(limit=100, unowned=True) if o.kind == "image-template"]) == 1
+    )  # cloud-init

@@ -130,7 +130,7 @@ class Services:
         )  # fmt: skip
         templates = TemplateService(
             template_store, tenancy_store, images, instances, snapshots, lifecycle, networks, ops,
-            pool,
+            pool, auto=config.auto_templates,
         )  # fmt: skip
         nics = NicService(instances, lifecycle, admission, networks, forwards, host)
         ssh = GuestSsh(instances, forwards, host)

@@ -16,7 +16,7 @@ import builtins
 import logging
 import time
 
-from gureum.errors import Conflict, EngineError, InvalidInput, Timeout
+from gureum.errors import Conflict, EngineError, GureumError, InvalidInput, Timeout
 from gureum.ids import new_id
 from gureum.model.image import Image
 from gureum.model.instance import Instance
@@ -45,6 +45,7 @@ SNAPSHOT_NAME = "template"
 # the template is saved once it has, so no clone repeats it.
 SETTLE_S = 2.0
 LAUNCH_TIMEOUT_S = 900.0
+MAX_TEMPLATE_NICS = 4
 
 
 def shape_of(req: LaunchRequest) -> Shape:
@@ -70,8 +71,12 @@ class TemplateService:
         networks: NetworkService,
         ops: OperationManager,
         pool: Pool,
+        auto: bool = False,
     ) -> None:
         self.pool = pool
+        # Make a template after a launch that booted for want of one (config auto_templates).
+        self.auto = auto
+        self._auto_made: set[tuple[str, str, Shape]] = set()
         self.networks = networks
         self.store = store
         self.tenancy = tenancy
@@ -106,7 +111,10 @@ class TemplateService:
         the pool when one waits for it, else a boot."""
         saved = None if cold else self.find(req)
         if saved is None:
-            return await self.instances.launch(req, project_id)
+            made = await self.instances.launch(req, project_id)
+            if self.auto and not cold:
+                self._make_for(req)
+            return made
         self.instances.validate(req, project_id)  # a bad request takes nothing from the pool
         waiting = self.pool.take(saved.template.id)
         try:
@@ -119,6 +127,26 @@ class TemplateService:
             self.pool.used(waiting)
         return made
 
+    def _make_for(self, req: LaunchRequest) -> None:
+        """After a launch that booted (``auto``): make the template of its shape in the
+        background, once per image version and shape, where a template can be made of the
+        image and the launch asked for the image's own disk size; why not, in the log."""
+        image = self.images.store.get(req.image)
+        shape = shape_of(req)
+        if image is None or req.disk_bytes is not None or provisioned_by_cloud_init(image):
+            return
+        key = (image.name, image.version, shape)
+        if key in self._auto_made or shape.nics > MAX_TEMPLATE_NICS:
+            return
+        self._auto_made.add(key)  # one try per service run: a failure is not retried
+        try:
+            op = self.make(image.name, shape.cpus, shape.memory_mib, shape.nics)
+        except GureumError as exc:
+            log.info("no template of %s %s made: %s", image.name, shape.key, exc.message)
+            return
+        log.info("making the template of %s %s (%s), after its first launch", image.name,
+                 shape.key, op.id)  # fmt: skip
+
     # -- making and removing ---------------------------------------------------------------------
     def make(self, image_name: str, cpus: int, memory_mib: int, nics: int = 1) -> Operation:
         """Boot the image once in the templates project, let it settle, save it running, and
@@ -129,8 +157,8 @@ class TemplateService:
                 f"image {image.name!r} is provisioned by cloud-init: templates of such images "
                 "are not made yet (a clone would keep the template's cloud-init identity)"
             )
-        if not 0 <= nics <= 4:
-            raise InvalidInput(f"a template has 0 to 4 NICs, not {nics}")
+        if not 0 <= nics <= MAX_TEMPLATE_NICS:
+            raise InvalidInput(f"a template has 0 to {MAX_TEMPLATE_NICS} NICs, not {nics}")
         shape = Shape(cpus, memory_mib, nics)
         req = LaunchRequest(
             name=f"{image.name}-{image.version[:12]}-{shape.key}",

@@ -78,7 +78,22 @@ def launch(svc: Service, name: str, *, cold: bool) -> tuple[float, float, dict]:
     ran = phase_at(inst, "running")
     assert ran is not None, inst["boot"]
     assert (inst["template_id"] is None) == cold, inst
+    NETWORK_UP.append(network_up(svc, inst["id"]) - requested)
     return ran - requested, ready, inst
+
+
+NETWORK_UP: list[float] = []  # each launch's launch-to-network-up, in order
+
+
+def network_up(svc: Service, instance_id: str) -> float:
+    """When the guest configured its DHCP lease (a clone asks in the background, after it is
+    ready; a cold boot before)."""
+    deadline = time.monotonic() + 30
+    while (at := phase_at(svc.client.instance(instance_id), "network_up")) is None:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{instance_id} never said its network is up")
+        time.sleep(0.01)
+    return at
 
 
 def ms(values: list[float]) -> float:
@@ -105,6 +120,7 @@ def main() -> None:
         print(f"accel: {accel}; tiny {image['version']}; template {tpl['id']} made in "
               f"{time.perf_counter() - made:.1f} s; {args.runs} runs each, {CPUS} vCPU, "
               f"{MEMORY_MIB} MiB, 1 NIC")  # fmt: skip
+        pool_net, clone_net, cold_net = [], [], []
         pool_run, pool_ready, pool_timelines = [], [], []
         clone_run, clone_ready, cold_run, cold_ready, timelines = [], [], [], [], []
         for i in range(args.runs):
@@ -114,16 +130,19 @@ def main() -> None:
             pool_run.append(p_run)
             pool_ready.append(p_ready)
             pool_timelines.append(inst["boot"])
+            pool_net.append(NETWORK_UP[-1])
             svc.client.delete(inst["id"], force=True)
             pool(svc, 0)
             run, ready, inst = launch(svc, f"clone{i}", cold=False)
             clone_run.append(run)
             clone_ready.append(ready)
             timelines.append(inst["boot"])
+            clone_net.append(NETWORK_UP[-1])
             svc.client.delete(inst["id"], force=True)
             c_run, c_ready, inst = launch(svc, f"cold{i}", cold=True)
             cold_run.append(c_run)
             cold_ready.append(c_ready)
+            cold_net.append(NETWORK_UP[-1])
             svc.client.delete(inst["id"], force=True)
             print(
                 f"  run {i + 1}: pooled clone running {p_run * 1000:.0f} ms, ready "
@@ -163,6 +182,9 @@ def main() -> None:
                 statistics.median(pool_ready) / statistics.median(cold_ready), 3
             ),
             "waiting_qemu_rss_mib": waiting_rss,
+            "pooled_clone_launch_to_network_up_ms_median": ms(pool_net),
+            "clone_launch_to_network_up_ms_median": ms(clone_net),
+            "cold_launch_to_network_up_ms_median": ms(cold_net),
             "clone_launch_to_running_ms_median": ms(clone_run),
             "clone_launch_to_ready_ms_median": ms(clone_ready),
             "cold_launch_to_running_ms_median": ms(cold_run),
@@ -186,6 +208,10 @@ def main() -> None:
               f"{result['pooled_clone_launch_to_ready_ms_median']} ms, ratio "
               f"{result['pooled_ready_ratio_over_cold']} of cold")  # fmt: skip
         print(f"a waiting QEMU's RSS: {waiting_rss} MiB")
+        print(f"launch-to-network-up median: pooled clone "
+              f"{result['pooled_clone_launch_to_network_up_ms_median']} ms, clone "
+              f"{result['clone_launch_to_network_up_ms_median']} ms, cold "
+              f"{result['cold_launch_to_network_up_ms_median']} ms")  # fmt: skip
         print(f"launch-to-ready median: clone {result['clone_launch_to_ready_ms_median']} ms, "
               f"cold {result['cold_launch_to_ready_ms_median']} ms, ratio "
               f"{result['ready_ratio_clone_over_cold']}")  # fmt: skip

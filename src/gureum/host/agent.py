@@ -595,6 +595,10 @@ class LocalHostAgent:
         self._claimed.discard(instance_id)
         if vm is not None:
             await vm.kill()
+            if vm.cfg.uid is not None:
+                # Its user's read grants on the template's layers were made for it alone; left,
+                # they would pile up on those files (ext4 holds a few hundred ACL entries).
+                await self.revoke_access(vm.cfg.uid, list(vm.cfg.disk_chain[1:]))
         self.sealed_ram.drop(instance_id)
         await asyncio.to_thread(shutil.rmtree, self.runtime(instance_id).dir, True)
 

@@ -199,9 +199,9 @@ class Pool:
             self._wake.clear()
             try:
                 await self.fill()
-            except GureumError as exc:
-                self.last_error = exc.message
-                log.warning("the pool cannot grow: %s", exc.message)
+            except Exception as exc:  # the filler must outlive any one failure
+                self.last_error = exc.message if isinstance(exc, GureumError) else repr(exc)
+                log.warning("the pool cannot grow: %s", self.last_error)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), RETRY_S)
                 continue

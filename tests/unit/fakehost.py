@@ -295,12 +295,7 @@ class FakeHost:
             events.on_boot_event("taken_from_pool", asyncio.get_running_loop().time())  # once
             events.on_boot_event("running", asyncio.get_running_loop().time())
             return waiting.pid
-        if restore_from is not None and restore_from not in self.memory_images:
-            raise EngineError(f"no memory image {restore_from}")
-        missing = [p for p in spec.disk_chain if p not in self.files and "images" not in p.parts]
-        if missing:
-            raise EngineError(f"disk files missing: {missing}")
-        pid = next(self._pids)
+        pid = self._spawn(spec, restore_from)
         self.vms[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
         events.on_boot_event("process_started", asyncio.get_running_loop().time())
         events.on_boot_event("running", asyncio.get_running_loop().time())
@@ -308,14 +303,18 @@ class FakeHost:
 
     async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
         self._step("start_waiting")
-        if restore_from not in self.memory_images:
+        pid = self._spawn(spec, restore_from)
+        self.waiting[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
+        return pid
+
+    def _spawn(self, spec: VMSpec, restore_from: str | None) -> int:
+        """A QEMU's pid, once what it would open is there."""
+        if restore_from is not None and restore_from not in self.memory_images:
             raise EngineError(f"no memory image {restore_from}")
         missing = [p for p in spec.disk_chain if p not in self.files and "images" not in p.parts]
         if missing:
             raise EngineError(f"disk files missing: {missing}")
-        pid = next(self._pids)
-        self.waiting[spec.instance_id] = FakeVM(spec, events, pid, restore_from)
-        return pid
+        return next(self._pids)
 
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
         self._step("claim_waiting")

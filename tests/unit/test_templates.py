@@ -5,6 +5,7 @@ but never under a clone."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -206,3 +207,37 @@ def test_with_auto_templates_a_first_launch_makes_its_shapes_template(world: Wor
     assert (
         len([o for o in svc.ops.list(limit=100, unowned=True) if o.kind == "image-template"]) == 1
     )  # cloud-init
+
+
+def test_a_template_is_never_removed_under_a_clone_being_made(world: World) -> None:
+    root, svc, _ = world
+    tpl = make_template(root, svc)
+
+    async def race() -> tuple[list[str], dict, bool]:  # type: ignore[type-arg]
+        gate = asyncio.Event()
+        real = svc.instances.launch
+
+        async def slow(*args, **kwargs):  # type: ignore[no-untyped-def]
+            await gate.wait()  # found the template, its instance not made yet
+            return await real(*args, **kwargs)
+
+        svc.instances.launch = slow  # type: ignore[method-assign]
+        req = templates.LaunchRequest(name="web", image="tiny")
+        launching = asyncio.create_task(svc.templates.launch(req, "p-default"))
+        await asyncio.sleep(0.01)
+        removing = asyncio.create_task(svc.templates.remove("tiny"))
+        await asyncio.sleep(0.05)
+        waited = not removing.done()  # it waits for the launch on its way
+        # Meanwhile another launch of that shape boots instead of finding the template.
+        booted = svc.templates.find(req) is None
+        gate.set()
+        inst, op = await launching
+        removed = await removing
+        svc.instances.launch = real  # type: ignore[method-assign]
+        await svc.ops.wait(op.id, timeout=5)
+        return removed, {"template_id": inst.template_id}, waited and booted
+
+    removed, inst, waited = root.portal.call(race)  # type: ignore[union-attr]
+    assert waited
+    assert removed == [] and inst["template_id"] == tpl["id"]
+    assert [t.id for t in svc.templates.store.list()] == [tpl["id"]]  # kept: it has a clone

@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import logging
 import time
+from collections import Counter
+from collections.abc import AsyncIterator
 
 from gureum.errors import Conflict, EngineError, GureumError, InvalidInput, Timeout
 from gureum.ids import new_id
@@ -77,6 +80,11 @@ class TemplateService:
         # Make a template after a launch that booted for want of one (config auto_templates).
         self.auto = auto
         self._auto_made: set[tuple[str, str, Shape]] = set()
+        # Launches between finding a template and their instance's row, and templates being
+        # removed (``_closed``), by template id.
+        self._launching: Counter[str] = Counter()
+        self._going: Counter[str] = Counter()
+        self._settled = asyncio.Condition()
         self.networks = networks
         self.store = store
         self.tenancy = tenancy
@@ -95,7 +103,7 @@ class TemplateService:
         if image is None:
             return None
         tpl = self.store.find(image.name, image.version, shape_of(req))
-        if tpl is None or req.disk_bytes not in (None, tpl.disk_bytes):
+        if tpl is None or req.disk_bytes not in (None, tpl.disk_bytes) or self._going[tpl.id]:
             return None
         saved = self.snapshots.store.by_id(tpl.snapshot_id)
         if saved is None or not saved.memory:
@@ -116,16 +124,38 @@ class TemplateService:
                 self._make_for(req)
             return made
         self.instances.validate(req, project_id)  # a bad request takes nothing from the pool
-        waiting = self.pool.take(saved.template.id)
+        tpl_id = saved.template.id
+        self._launching[tpl_id] += 1  # until its instance's row names the template
         try:
-            made = await self.instances.launch(req, project_id, saved=saved, waiting=waiting)
-        except BaseException:
-            if waiting is not None:  # refused before it was made (a quota, say): not used
-                await self.pool.give_back(waiting)
-            raise
+            waiting = self.pool.take(tpl_id)
+            try:
+                made = await self.instances.launch(req, project_id, saved=saved, waiting=waiting)
+            except BaseException:
+                if waiting is not None:  # refused before it was made (a quota, say): not used
+                    await self.pool.give_back(waiting)
+                raise
+        finally:
+            self._launching[tpl_id] -= 1
+            async with self._settled:
+                self._settled.notify_all()
         if waiting is not None:
             self.pool.used(waiting)
         return made
+
+    @contextlib.asynccontextmanager
+    async def _closed(self, tpls: builtins.list[Template]) -> AsyncIterator[None]:
+        """While held, no launch finds these templates (they boot instead), and none that found
+        one is still on its way to its instance's row, after which its clone counts: a template
+        is never removed under a clone being made."""
+        for tpl in tpls:
+            self._going[tpl.id] += 1
+        try:
+            async with self._settled:
+                await self._settled.wait_for(lambda: not any(self._launching[t.id] for t in tpls))
+            yield
+        finally:
+            for tpl in tpls:
+                self._going[tpl.id] -= 1
 
     def _make_for(self, req: LaunchRequest) -> None:
         """After a launch that booted (``auto``): make the template of its shape in the
@@ -249,14 +279,16 @@ class TemplateService:
         too. Returns the ids removed."""
         self.images.get(image)
         removed = []
-        for tpl in self.store.list(image):
-            if self.store.clones(tpl.id):
-                continue  # its layer is under a clone's disk: it goes with the last clone's image
-            await self.pool.drain(tpl.id)
-            if self.instances.store.get(tpl.instance_id) is not None:  # else deleted by hand
-                await self.instances.delete(tpl.instance_id, force=True)
-            self.store.remove(tpl.id)
-            removed.append(tpl.id)
+        tpls = self.store.list(image)
+        async with self._closed(tpls):
+            for tpl in tpls:
+                if self.store.clones(tpl.id):
+                    continue  # its layer is under a clone's disk: it goes with the last clone
+                await self.pool.drain(tpl.id)
+                if self.instances.store.get(tpl.instance_id) is not None:  # else deleted by hand
+                    await self.instances.delete(tpl.instance_id, force=True)
+                self.store.remove(tpl.id)
+                removed.append(tpl.id)
         if not self.store.list():
             for net in self.networks.list(TEMPLATES_PROJECT):
                 await self.networks.delete(net.id, TEMPLATES_PROJECT)
@@ -266,8 +298,10 @@ class TemplateService:
         """An image and its templates: refused while any instance but the templates' own
         machines uses it (clones included)."""
         self.images.get(name)
-        users = self.instances.store.count_using_image(name) - len(self.store.list(name))
-        if users > 0:
-            raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
-        await self.remove(name)
-        return self.images.delete(name)
+        tpls = self.store.list(name)
+        async with self._closed(tpls):  # no clone of them is half made while users are counted
+            users = self.instances.store.count_using_image(name) - len(tpls)
+            if users > 0:
+                raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
+            await self.remove(name)
+            return self.images.delete(name)

@@ -301,7 +301,9 @@ class FakeHost:
         events.on_boot_event("running", asyncio.get_running_loop().time())
         return pid
 
-    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
+    async def start_waiting(
+        self, spec: VMSpec, restore_from: str, macs: list[tuple[str, str]], events: VMEvents
+    ) -> int:
         self._step("start_waiting")
         pid = self._spawn(spec, restore_from)
         self.waiting[spec.instance_id] = FakeVM(spec, events, pid, restore_from)

@@ -265,8 +265,8 @@ def test_the_store_writes_an_instance_and_its_nics_in_one_transaction(tmp_path):
     before = rows(svc)
     real_plan = svc.networks.plan_nics
 
-    def same_address(instance_id: str, wanted: list) -> list:
-        nics = real_plan(instance_id, wanted)
+    def same_address(instance_id: str, wanted: list, macs: dict | None = None) -> list:
+        nics = real_plan(instance_id, wanted, macs)
         return [type(n)(**{**n.__dict__, "ip": taken.ip}) for n in nics]
 
     svc.networks.plan_nics = same_address  # type: ignore[method-assign]  # a race, staged

@@ -158,3 +158,10 @@ def test_a_disk_that_boots_itself_gets_seabios_or_ovmf_as_its_hardware_says():
     assert "-kernel" not in uefi
     # A kernel booted directly needs no firmware of the disk's.
     assert "-bios" not in render(config(hardware=replace(HW, firmware="uefi")))
+
+
+def test_a_qemu_of_the_pool_names_no_hostname_on_the_kernel_command_line():
+    # Its VM has no name yet: a reboot of the guest keeps the name it was told (/etc/hostname),
+    # not a placeholder naming the template.
+    cmdline = arg_after(render(config(hostname="")), "-append")[0]
+    assert "gureum.hostname" not in cmdline and "root=/dev/vda" in cmdline

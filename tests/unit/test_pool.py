@@ -179,3 +179,44 @@ def test_the_pool_is_the_administrators(world: World) -> None:
     headers = {"Authorization": f"Bearer {token}"}
     assert root.get("/v1/host/pool", headers=headers).status_code == 403
     assert root.put("/v1/host/pool", json={"size": 2}, headers=headers).status_code == 403
+
+
+def test_the_instance_adopts_the_macs_its_qemu_was_started_with(world: World) -> None:
+    root, svc, host = world
+    tpl = make_template(root, svc)
+    filled(root, svc, 1)
+    (waiting,) = host.waiting.values()
+    saved = svc.snapshots.store.by_id(tpl["snapshot_id"])
+    assert saved is not None and saved.hardware is not None
+    started = [mac for _slot, mac, _net in waiting.spec.hardware.nics]
+    assert started != [mac for _slot, mac, _net in saved.hardware.nics]  # its own, not the
+    inst = launch(root, svc, "web", "tiny")  # template's: a guest reset takes QEMU's again
+    assert [n["mac"] for n in inst["nics"]] == started
+
+
+def test_a_qemu_started_for_a_template_removed_meanwhile_is_ended(world: World) -> None:
+    root, svc, host = world
+    tpl = make_template(root, svc)
+    real = host.start_waiting
+
+    async def removed_meanwhile(*args, **kwargs):  # type: ignore[no-untyped-def]
+        pid = await real(*args, **kwargs)
+        svc.templates.store.remove(tpl["id"])  # as `image template --delete` would, meanwhile
+        return pid
+
+    host.start_waiting = removed_meanwhile  # type: ignore[method-assign]
+    svc.templates.pool.settings.put(pool.SIZE_SETTING, "1")
+    root.portal.call(svc.templates.pool.fill)  # type: ignore[union-attr]
+    assert host.waiting == {} and root.get("/v1/host/pool").json()["waiting"] == 0
+
+
+def test_a_qemu_given_back_after_the_pool_closed_is_ended(world: World) -> None:
+    root, svc, host = world
+    make_template(root, svc)
+    filled(root, svc, 1)
+    (tpl_id,) = [t.id for t in svc.templates.store.list()]
+    entry = root.portal.call(svc.templates.pool.take, tpl_id)  # type: ignore[union-attr]
+    assert entry is not None
+    root.portal.call(svc.templates.pool.close)  # type: ignore[union-attr]
+    root.portal.call(svc.templates.pool.give_back, entry)  # type: ignore[union-attr]
+    assert host.waiting == {} and root.get("/v1/host/pool").json()["waiting"] == 0

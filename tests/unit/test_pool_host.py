@@ -55,3 +55,40 @@ def test_a_discarded_waiting_qemu_gives_back_its_grants(tmp_path: Path) -> None:
     ).stdout
     assert vm.killed and f"user:{uid}:" not in acl
     assert "i-000000000001" not in agent._waiting
+
+
+def test_a_waiting_qemu_that_fails_to_start_leaves_no_grant(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure at any step of start_waiting (here: its TAP) takes back what was given."""
+    from gureum.host.interface import VMSpec
+    from gureum.model.hardware import Hardware
+    from gureum.network import netns, tap
+
+    config = load_config(tmp_path / "home", env={})
+    agent = LocalHostAgent(config)
+    agent.prepare()
+    snapshot = config.snapshots_dir / "s-000000000001"
+    snapshot.mkdir(parents=True)
+    (snapshot / "ram-mem0").write_bytes(b"\0" * 4096)
+    top, below = config.disks_dir / "l-top.qcow2", config.disks_dir / "l-below.qcow2"
+    for f in (top, below):
+        f.write_bytes(b"")
+    uid = 1_500_999_002
+
+    async def no_tap(*_: object) -> int:
+        raise OSError("no TAP for you")
+
+    async def no_namespace(_: str) -> None:
+        pass
+
+    monkeypatch.setattr(tap, "open_tap", no_tap)
+    monkeypatch.setattr(netns, "create", no_namespace)
+    hardware = Hardware(1, 1, 256, 256, "11111111-2222-3333-4444-555555555555",
+                        nics=((0, "52:54:00:00:00:01", "n-1"),))  # fmt: skip
+    spec = VMSpec("i-000000000002", "pool", hardware, "p-x", uid, None, None, (top, below))
+    with pytest.raises(OSError, match="no TAP for you"):  # its own error, not another
+        asyncio.run(agent.start_waiting(spec, "s-000000000001", [], None))  # type: ignore[arg-type]
+    acl = subprocess.run(["getfacl", "-n", str(below)], capture_output=True, text=True).stdout
+    assert f"user:{uid}:" not in acl
+    assert not any(agent.sealed_ram._users.values())  # type: ignore[attr-defined]

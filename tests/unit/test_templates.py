@@ -241,3 +241,12 @@ def test_a_template_is_never_removed_under_a_clone_being_made(world: World) -> N
     assert waited
     assert removed == [] and inst["template_id"] == tpl["id"]
     assert [t.id for t in svc.templates.store.list()] == [tpl["id"]]  # kept: it has a clone
+
+
+def test_auto_templates_are_bounded_per_image_whatever_shapes_are_launched(world: World) -> None:
+    root, svc, _ = world
+    svc.templates.auto = True
+    for memory in (256, 300, 400, 500):
+        launch(root, svc, f"m{memory}", "tiny", memory_mib=memory)
+    made = [o for o in svc.ops.list(limit=100, unowned=True) if o.kind == "image-template"]
+    assert len(made) == templates.AUTO_TEMPLATES_PER_IMAGE == 2

@@ -409,7 +409,9 @@ class LocalHostAgent:
             raise
         return tuple(fds)
 
-    def _vm_config(self, spec: VMSpec, ram: RamFiles | None = None) -> VMConfig:
+    def _vm_config(
+        self, spec: VMSpec, ram: RamFiles | None = None, *, named: bool = True
+    ) -> VMConfig:
         return VMConfig(
             name=spec.name,
             hardware=spec.hardware,
@@ -418,7 +420,7 @@ class LocalHostAgent:
             initrd=spec.initrd,
             disk_chain=spec.disk_chain,
             runtime=self.runtime(spec.instance_id),
-            hostname=spec.name,
+            hostname=spec.name if named else "",
             qemu_binary=self.config.qemu_binary,
             ovmf=self.config.ovmf_firmware,
             tcg_tb_size_mib=self.config.tcg_tb_size_mib,
@@ -445,11 +447,15 @@ class LocalHostAgent:
     async def _start(
         self, spec: VMSpec, events: VMEvents, restore_from: Path | None, keep: bool = False
     ) -> int:
-        waiting = self._waiting.pop(spec.instance_id, None)
-        if waiting is not None:
-            if restore_from is None:
-                raise InvalidState(f"{spec.name}'s QEMU is waiting for a state to restore")
+        waiting = self._waiting.get(spec.instance_id)
+        if waiting is not None and restore_from is not None and not waiting.exited:
+            del self._waiting[spec.instance_id]
             return await self._take_waiting(waiting, spec, events, restore_from)
+        if waiting is not None:
+            # It died, or this start is not its restore (the first one failed; a cold start
+            # after it): a QEMU of its own starts instead.
+            self._waiting[spec.instance_id] = waiting
+            await self.discard_waiting(spec.instance_id)
         ovmf = Path(self.config.ovmf_firmware)
         if spec.kernel is None and spec.hardware.firmware == UEFI and not ovmf.is_file():
             raise Unavailable(
@@ -488,33 +494,43 @@ class LocalHostAgent:
         # Not named like a network's namespace: the reconciler would take it for a lost one.
         return f"gureum-pool-{netns.home_tag(self.config.home)}"
 
-    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
+    async def start_waiting(
+        self, spec: VMSpec, restore_from: str, macs: list[tuple[str, str]], events: VMEvents
+    ) -> int:
         """Start the QEMU of a VM to come, so that its launch skips QEMU's own start-up and the
-        state's loading: ``spec`` is all of it but its networks (the NICs' network ids are not
-        used). It waits paused, with snapshot ``restore_from``'s state loaded and its RAM mapped
-        (the snapshot's sealed copy, pinned), its disk and runtime folder open, and its TAPs
-        down in the pool's namespace, on no network. ``start`` with the same instance id takes
-        it; ``discard_waiting`` ends it. Returns the pid."""
+        state's loading: ``spec`` is all of it but its name and networks (the NICs' network
+        ids are not used). It waits paused, with snapshot ``restore_from``'s state loaded and
+        its RAM mapped (the snapshot's sealed copy, pinned), its disk and runtime folder open,
+        its TAPs down in the pool's namespace, on no network, and its guest warmed (``_warm``,
+        which sets its NICs' ``macs``: the saved machine's, QEMU's). ``start`` with the same
+        instance id takes it; ``discard_waiting`` ends it. Returns the pid."""
         folder = self._snapshot_folder(restore_from)
-        await asyncio.to_thread(self._prepare_files, spec, folder)
-        namespace = self._pool_namespace()
-        await netns.create(namespace)
-        ram_fds = await asyncio.to_thread(self.sealed_ram.take, folder, spec.instance_id, pin=True)
-        ram = RamFiles(folder, share=False, fds=tuple(ram_fds.items()))
+        vm: QemuVM | None = None
         fds: list[tuple[int, int]] = []
         try:
+            await asyncio.to_thread(self._prepare_files, spec, folder)
+            namespace = self._pool_namespace()
+            await netns.create(namespace)
+            ram_fds = await asyncio.to_thread(
+                self.sealed_ram.take, folder, spec.instance_id, pin=True
+            )
+            ram = RamFiles(folder, share=False, fds=tuple(ram_fds.items()))
             for slot, _mac, _network in spec.hardware.nics:
                 name = tap.tap_name(spec.instance_id, slot)
                 fds.append((slot, await tap.open_tap(namespace, name, None)))
-            vm = QemuVM(replace(self._vm_config(spec, ram), taps=tuple(fds)), events)
+            cfg = replace(self._vm_config(spec, ram, named=False), taps=tuple(fds))
+            vm = QemuVM(cfg, events)
             await vm.spawn()
             # Loaded now, not when taken; its TAPs are on no network (QEMU's post-load
             # announcements go nowhere).
             await vm.load(folder / "state")
-            await self._warm(vm)
+            await self._warm(vm, macs)
         except BaseException:
-            await vm.kill()
+            if vm is not None:
+                await vm.kill()
             self.sealed_ram.drop(spec.instance_id)
+            if spec.uid is not None:  # the grants _prepare_files made for it
+                await self.revoke_access(spec.uid, list(spec.disk_chain[1:]))
             raise
         finally:
             _close_fds(fds)
@@ -522,16 +538,15 @@ class LocalHostAgent:
         assert vm.pid is not None
         return vm.pid
 
-    async def _warm(self, vm: QemuVM) -> None:
+    async def _warm(self, vm: QemuVM, macs: list[tuple[str, str]]) -> None:
         """Run, once, what a launch will run in the guest, then pause it again: under TCG the
         first run of any guest code is translated first, and a QEMU's translations start empty,
         so the launch that takes this QEMU would pay for them on its way to ready. The guest
-        is told what it already is (the template's MACs, set to themselves), with no DHCP, on
-        no network, before any tenant has it; the launch then tells it everything anew."""
+        gets its NICs' MACs (``macs``: old, new), with no DHCP, on no network, before any
+        tenant has it; the launch then tells it everything anew."""
         await vm.run()
         await vm.wait_ready(WARM_TIMEOUT_S)
         await vm.agent.write_file("/dev/urandom", secrets.token_bytes(64))
-        macs = [(mac, mac) for _slot, mac, _network in vm.cfg.hardware.nics]
         await _tell(vm, uuid.uuid4().hex, "", False, macs)
         await vm.pause()
 
@@ -543,8 +558,8 @@ class LocalHostAgent:
         and its process joins its project's control group. Nothing for a VM with no QEMU
         waiting, or one claimed already."""
         vm = self._waiting.get(spec.instance_id)
-        if vm is None or spec.instance_id in self._claimed:
-            return
+        if vm is None or vm.exited or spec.instance_id in self._claimed:
+            return  # (one that exited: start gives the VM a QEMU of its own)
         events.on_boot_event("taken_from_pool", time.time())
         vm.events = events
         assert vm.pid is not None
@@ -572,7 +587,7 @@ class LocalHostAgent:
                 raise EngineError(f"the QEMU waiting for {spec.name} has exited")
             self._waiting[spec.instance_id] = vm  # for claim_waiting
             await self.claim_waiting(spec, events)
-            del self._waiting[spec.instance_id]
+            self._waiting.pop(spec.instance_id, None)
             for slot, _mac, network_id in spec.hardware.nics:
                 await tap.attach(
                     self.network.namespace(network_id), tap.tap_name(spec.instance_id, slot), BRIDGE

@@ -267,10 +267,14 @@ class HostAgent(Protocol):
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None: ...
 
-    async def start_waiting(self, spec: VMSpec, restore_from: str, events: VMEvents) -> int:
-        """Start the QEMU of a VM to come (the pool): all of ``spec`` but its networks, paused
-        and waiting for snapshot ``restore_from``'s state; ``events`` hears of its exit until
-        ``start`` of the same instance id (with that snapshot) takes it. Returns the pid."""
+    async def start_waiting(
+        self, spec: VMSpec, restore_from: str, macs: list[tuple[str, str]], events: VMEvents
+    ) -> int:
+        """Start the QEMU of a VM to come (the pool): all of ``spec`` but its name and
+        networks, paused with snapshot ``restore_from``'s state and its guest's NICs given
+        ``spec``'s MACs (``macs``: the saved machine's, ``spec``'s); ``events`` hears of its
+        exit until ``start`` of the same instance id (with that snapshot) takes it. Returns the
+        pid."""
 
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
         """Ready the QEMU waiting for ``spec`` (if one is) while the service readies its

@@ -68,5 +68,7 @@ class Waiting:
     uid: int
     layer_id: str  # its own disk layer over the template's, recorded once it is taken
     generation_id: str
+    # Its NICs' MACs, by slot: QEMU's (a guest reset takes them again), so the instance's too.
+    macs: tuple[tuple[int, str], ...]
     pid: int
     started_at: float

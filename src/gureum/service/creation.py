@@ -91,6 +91,8 @@ class Draft:
     hardware: Callable[[NICs], Hardware]
     runs: bool = True  # it will start at once: the host's capacity is admitted too
     layers: list[Layer] = field(default_factory=list)  # made for it before its row (an import)
+    # MACs chosen before the draft (by slot): those a QEMU of the pool was started with.
+    macs: dict[int, str] = field(default_factory=dict)
 
     @property
     def wanted(self) -> dict[str, int]:
@@ -173,7 +175,7 @@ class Creator:
         inst = draft.inst
         async with self.admission:  # addresses are handed out under this lock
             # The project's default network is made on its first use, here.
-            nics = self.networks.plan_nics(inst.id, await draft.networks())
+            nics = self.networks.plan_nics(inst.id, await draft.networks(), draft.macs)
             inst.hardware = draft.hardware(machine_nics(nics))
             # No await from here to the write: a group deleted meanwhile cannot be named.
             self.store.create(inst, nics, draft.groups(), draft.layers)

@@ -253,7 +253,7 @@ class InstanceService:
             # The firmware matters only to a disk with its own bootloader (an imported image).
             return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, image.firmware or BIOS)
 
-        draft = Draft(inst, networks, groups, hardware)
+        draft = Draft(inst, networks, groups, hardware, macs=dict(waiting.macs) if waiting else {})
         inst = await self.creator.create(draft)
         if saved is None:
             work = partial(self.lifecycle.boot, inst.id, fresh=True)
@@ -293,7 +293,9 @@ class InstanceService:
             raise
         inst = self.get(instance_id)
         assert inst.hardware is not None
-        macs = self.networks.mac_changes(snap.hardware.nics, inst.hardware.nics)
+        # A QEMU of the pool has its guest's MACs set already (to themselves: one code path).
+        before = inst.hardware.nics if waiting is not None else snap.hardware.nics
+        macs = self.networks.mac_changes(before, inst.hardware.nics, keep_same=True)
         identity = Identity(hostname=inst.name, macs=macs if snap.memory else None)
         restore_from = snap.id if snap.memory else None
         return await self.lifecycle.boot(

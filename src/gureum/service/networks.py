@@ -170,10 +170,14 @@ class NetworkService:
 
     # -- NICs ------------------------------------------------------------------------------------
     def plan_nics(
-        self, instance_id: str, wanted: builtins.list[tuple[int, Network]]
+        self,
+        instance_id: str,
+        wanted: builtins.list[tuple[int, Network]],
+        macs: dict[int, str] | None = None,
     ) -> builtins.list[Nic]:
-        """NICs (slot, network) for an instance, each with a free address and a new MAC, not
-        yet in the store (the caller holds the admission lock until they are)."""
+        """NICs (slot, network) for an instance, each with a free address and a new MAC (or the
+        one ``macs`` gives its slot), not yet in the store (the caller holds the admission
+        lock until they are)."""
         taken: dict[str, set[str]] = {}
         planned = []
         for slot, net in wanted:
@@ -183,9 +187,8 @@ class NetworkService:
             if free is None:
                 raise Conflict(f"network {net.name} has no free address left ({net.subnet})")
             taken[net.id].add(free)
-            planned.append(
-                Nic(new_id("nic-"), instance_id, net.id, slot, new_mac(), free, time.time())
-            )
+            mac = (macs or {}).get(slot) or new_mac()
+            planned.append(Nic(new_id("nic-"), instance_id, net.id, slot, mac, free, time.time()))
         return planned
 
     def new_nic(self, instance_id: str, net: Network, slot: int) -> Nic:
@@ -260,6 +263,9 @@ class NetworkService:
         macs = {s: m for s, m, _n in self.hardware_nics(instance_id)}
         return tuple((s, macs.get(s, m), n) for s, m, n in nics)
 
-    def mac_changes(self, before: tuple, after: tuple) -> builtins.list[tuple[str, str]]:
+    def mac_changes(
+        self, before: tuple, after: tuple, *, keep_same: bool = False
+    ) -> builtins.list[tuple[str, str]]:
+        """(old, new) MAC of each NIC in both; ``keep_same``: those unchanged too."""
         old = {s: m for s, m, _ in before}
-        return [(old[s], m) for s, m, _ in after if s in old and old[s] != m]
+        return [(old[s], m) for s, m, _ in after if s in old and (keep_same or old[s] != m)]

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field, replace
 from gureum.errors import GureumError, InvalidInput
 from gureum.host.interface import HostAgent, VMSpec
 from gureum.ids import new_id
-from gureum.model.hardware import new_generation_id
+from gureum.model.hardware import new_generation_id, new_mac
 from gureum.model.template import Template, Waiting
 from gureum.service.admission import POOL, Admission
 from gureum.service.disks import DiskLayers, layer_file
@@ -96,6 +96,8 @@ class Pool:
         self._events: dict[str, _Events] = {}  # by instance id, until it is taken for good
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._discarding: set[asyncio.Future[None]] = set()  # a dead QEMU's files going
         self.last_error: str | None = None
         self.taken = 0  # launches served since the service started
 
@@ -147,9 +149,11 @@ class Pool:
 
     async def give_back(self, entry: Waiting) -> None:
         """Put back a QEMU taken for a launch refused before its instance was made; one that
-        exited meanwhile, or whose instance was made and undone, is ended instead."""
+        exited meanwhile, or whose instance was made and undone, or after the pool closed, is
+        ended instead."""
         events = self._events.get(entry.instance_id)
-        if events is None or events.exited or self.instances.get(entry.instance_id) is not None:
+        made = self.instances.get(entry.instance_id) is not None
+        if events is None or events.exited or made or self._closed:
             await self.discard(entry)
             return
         async with self.admission:
@@ -173,10 +177,16 @@ class Pool:
 
     # -- the background filler ---------------------------------------------------------------------
     def start(self) -> None:
+        self._closed = False
         self._task = asyncio.create_task(self._run(), name="pool")
+
+    def wake(self) -> None:
+        """Something the pool follows changed (a template made or removed): fill now."""
+        self._wake.set()
 
     async def close(self) -> None:
         """Stop filling and end every waiting QEMU (the service stops)."""
+        self._closed = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -202,10 +212,10 @@ class Pool:
             except Exception as exc:  # the filler must outlive any one failure
                 self.last_error = exc.message if isinstance(exc, GureumError) else repr(exc)
                 log.warning("the pool cannot grow: %s", self.last_error)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), RETRY_S)
-                continue
-            await self._wake.wait()
+            # Woken by a change, or at the latest after a while (an image rebuilt: its old
+            # template's QEMUs end; a failure: tried again).
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), RETRY_S)
 
     def _wanted(self) -> list[Template]:
         """The templates a launch can clone now: of their image's current version."""
@@ -219,7 +229,7 @@ class Pool:
         wanted = {t.id: t for t in self._wanted()}
         for tpl_id in [t for t in self._waiting if t not in wanted]:
             await self.drain(tpl_id)
-        for entries in self._waiting.values():
+        for entries in list(self._waiting.values()):
             while len(entries) > size:
                 extra = entries.pop()
                 self._release(extra.instance_id)
@@ -228,6 +238,11 @@ class Pool:
             while len(self._waiting.get(tpl.id, ())) < size:
                 entry = await self._start_one(tpl)
                 if entry is None:
+                    break
+                if self._closed or tpl.id not in {t.id for t in self._wanted()}:
+                    # Removed, or its image rebuilt, or the pool closed while it started.
+                    self._release(entry.instance_id)
+                    await self.discard(entry)
                     break
                 self._waiting.setdefault(tpl.id, []).append(entry)
                 self.last_error = None
@@ -245,7 +260,10 @@ class Pool:
         try:
             await self.host.create_disk(path, self.disks.layer_path(snap.layer), tpl.disk_bytes)
             boot = self.disks.boot_files(owner)
-            hardware = replace(snap.hardware, generation_id=new_generation_id())
+            # A vmgenid and MACs of its own: the instance that takes it adopts them (a reset of
+            # the guest takes QEMU's MACs again, so they must be the instance's).
+            nics = tuple((slot, new_mac(), net) for slot, _mac, net in snap.hardware.nics)
+            hardware = replace(snap.hardware, generation_id=new_generation_id(), nics=nics)
             spec = VMSpec(
                 instance_id=instance_id,
                 name=f"pool-{tpl.id}",
@@ -258,7 +276,9 @@ class Pool:
             )
             events = _Events(lambda: self._gone(tpl.id, instance_id))
             self._events[instance_id] = events
-            pid = await self.host.start_waiting(spec, snap.id, events)
+            pairs = zip(snap.hardware.nics, nics, strict=True)
+            changes = [(old, new) for (_, old, _), (_, new, _) in pairs]
+            pid = await self.host.start_waiting(spec, snap.id, changes, events)
         except BaseException:
             release()
             self._events.pop(instance_id, None)
@@ -267,8 +287,9 @@ class Pool:
             raise
         self._holds[instance_id] = release
         assert spec.uid is not None
+        macs = tuple((slot, mac) for slot, mac, _net in hardware.nics)
         return Waiting(
-            tpl.id, instance_id, spec.uid, layer_id, hardware.generation_id, pid, time.time()
+            tpl.id, instance_id, spec.uid, layer_id, hardware.generation_id, macs, pid, time.time()
         )
 
     def _gone(self, template_id: str, instance_id: str) -> None:
@@ -278,6 +299,9 @@ class Pool:
             if entry.instance_id == instance_id:
                 entries.remove(entry)
                 self._release(instance_id)
+                going = asyncio.ensure_future(self.discard(entry))  # its files
+                self._discarding.add(going)
+                going.add_done_callback(self._discarding.discard)
                 self.last_error = f"a waiting QEMU of template {template_id} exited"
                 # Refilled later, not at once: a QEMU that cannot wait must not spin the host.
                 asyncio.get_running_loop().call_later(RETRY_S, self._wake.set)

@@ -49,6 +49,8 @@ SNAPSHOT_NAME = "template"
 SETTLE_S = 2.0
 LAUNCH_TIMEOUT_S = 900.0
 MAX_TEMPLATE_NICS = 4
+# Templates made by auto_templates per image version, at most (others: `image template`).
+AUTO_TEMPLATES_PER_IMAGE = 2
 
 
 def shape_of(req: LaunchRequest) -> Shape:
@@ -166,7 +168,12 @@ class TemplateService:
         if image is None or req.disk_bytes is not None or provisioned_by_cloud_init(image):
             return
         key = (image.name, image.version, shape)
+        tried = [k for k in self._auto_made if k[:2] == key[:2]]
         if key in self._auto_made or shape.nics > MAX_TEMPLATE_NICS:
+            return
+        if len(tried) >= AUTO_TEMPLATES_PER_IMAGE:
+            # The shapes are the launching tenants' to choose: a bounded number of templates
+            # (and pools of waiting QEMUs) per image version, whatever they ask.
             return
         self._auto_made.add(key)  # one try per service run: a failure is not retried
         try:
@@ -235,6 +242,7 @@ class TemplateService:
                 created_at=time.time(),
             )
             self.store.add(tpl)
+            self.pool.wake()  # a template the pool may keep QEMUs for
         except BaseException:
             await self.instances.delete(inst.id, force=True)
             raise

@@ -114,7 +114,9 @@ class VMConfig:
             "console=ttyS0",
             "root=/dev/vda",
             "rw",
-            f"gureum.hostname={self.hostname}",
+            # None for a QEMU of the pool, whose VM has no name yet: a reboot takes the name
+            # the guest was told (/etc/hostname).
+            *([f"gureum.hostname={self.hostname}"] if self.hostname else []),
             # Hot-plugged memory comes online by itself (tiny has no udev to do it).
             "memhp_default_state=online",
             # Hot-pluggable memory above 4 GiB would make the kernel reserve 64 MiB of bounce

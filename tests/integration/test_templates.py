@@ -13,6 +13,7 @@ import time
 
 import pytest
 
+from gureum.client.client import ApiError
 from tests.integration.conftest import Service, running_service
 from tests.waiting import wait_for
 
@@ -140,6 +141,24 @@ def test_a_pool_of_two_serves_two_launches_at_once_and_refills(svc: Service) -> 
     assert _json(svc, "show", "p1")["state"] == "running"
     _json(svc, "host", "pool", "--size", "0")
     wait_for(lambda: pool_waiting(svc) == 0, 60, interval=0.2, what="the pool empties")
+
+    # A reboot inside the guest resets it in the same QEMU: it comes back with its own name,
+    # MAC (QEMU's, chosen for it) and address, not the template's or a placeholder's.
+    before = identity(svc, "p1")
+    boot_id = svc.exec("p1", "cat", "/proc/sys/kernel/random/boot_id")
+    svc.exec("p1", "sh", "-c", "(sleep 1; reboot) >/dev/null 2>&1 &")
+
+    def rebooted() -> bool:  # the kernel makes a new boot id at each boot
+        try:
+            return svc.exec("p1", "cat", "/proc/sys/kernel/random/boot_id") != boot_id
+        except (AssertionError, ApiError):
+            return False
+
+    wait_for(rebooted, 120, interval=0.5, what="p1 rebooted and answers")
+    after = identity(svc, "p1")
+    assert {k: after[k] for k in ("hostname", "mac", "address")} == {
+        k: before[k] for k in ("hostname", "mac", "address")
+    }
     for name in launched:
         svc.cli("delete", name, "--force")
 

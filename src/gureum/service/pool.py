@@ -164,7 +164,7 @@ class Pool:
         self.taken -= 1
 
     async def discard(self, entry: Waiting) -> None:
-        """End a waiting QEMU taken for a launch that failed before it was made an instance."""
+        """End a waiting QEMU no VM will have, and remove its disk layer."""
         self._events.pop(entry.instance_id, None)
         await self.host.discard_waiting(entry.instance_id)
         await self.host.remove_file(self.host.path(layer_file(entry.layer_id)))
@@ -293,7 +293,7 @@ class Pool:
         )
 
     def _gone(self, template_id: str, instance_id: str) -> None:
-        """A waiting QEMU exited by itself: out of the pool (its files go at the next start)."""
+        """A waiting QEMU exited by itself: out of the pool, its files removed."""
         entries = self._waiting.get(template_id, [])
         for entry in entries:
             if entry.instance_id == instance_id:

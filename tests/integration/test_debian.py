@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
+import time
 
 import pytest
 
@@ -130,3 +131,43 @@ def test_a_restart_keeps_the_instance_so_first_boot_work_is_not_redone(service, 
     status = ssh(service, key, "cloud-init", "status", "--wait").stdout
     assert "status: done" in status
     assert ssh(service, key, "sudo", "cat", "/root/runcmd-count").stdout == "ran\n"
+
+
+def test_a_clone_of_a_debian_template_is_provisioned_as_its_own_instance(
+    service, key, deb, tmp_path
+):
+    """Issue 13: a template of debian is saved with its cloud-init done and then forgotten, and
+    no SSH host key; a launch of its shape is a clone that cloud-init provisions again as its
+    own instance, with its own user-data, key and host keys: checked as the cold boot above."""
+    made = json.loads(service.cli("image", "template", "debian", "--cpus", "2", "--memory",
+                                  "1G", "-o", "json", timeout=1200).stdout)  # fmt: skip
+    user_data = tmp_path / "clone.yaml"
+    user_data.write_text(USER_DATA.replace("written by user-data", "written for the clone"))
+    public = key.with_suffix(".pub").read_text().strip()
+    launched_at = time.time()
+    service.cli("launch", "debian", "--name", "debclone", "--cpus", "2", "--memory", "1G",
+                "--secgroup", "ssh", "--ssh-key", public, "--user-data", str(user_data),
+                timeout=600)  # fmt: skip
+    try:
+        inst = _json(service, "show", "debclone")
+        assert inst["template_id"] == made["id"]  # a clone, not a boot
+        assert "kernel_started" not in [p["event"] for p in inst["boot"]["phases"] if p["at"]]
+        wait_for(lambda: ssh_to(service, "debclone", key, "true", check=False).returncode == 0,
+                 300, interval=2, what="SSH into the clone")  # fmt: skip
+
+        def on_clone(*command: str) -> str:
+            return ssh_to(service, "debclone", key, *command).stdout
+
+        status = on_clone("cloud-init", "status", "--wait", "--long")
+        assert "status: done" in status, status
+        assert on_clone("cloud-init", "query", "instance-id").strip() == inst["id"]
+        assert on_clone("hostname").strip() == "debclone"
+        assert on_clone("cat", "/etc/gureum-test") == "written for the clone"
+        assert on_clone("sudo", "cat", "/root/runcmd-count") == "ran\n"  # once, its own
+        # Its host keys are its own, made after it was launched: the template kept none.
+        made_at = int(on_clone("stat", "-c", "%Y", "/etc/ssh/ssh_host_ed25519_key.pub"))
+        assert made_at >= int(launched_at) - 5
+    finally:
+        service.cli("delete", "debclone", "--force")
+    assert json.loads(service.cli("image", "template", "debian", "--delete", "-o",
+                                  "json").stdout)["removed"] == [made["id"]]  # fmt: skip

@@ -318,6 +318,10 @@ class FakeHost:
             raise EngineError(f"disk files missing: {missing}")
         return next(self._pids)
 
+    async def seal_template(self, instance_id: str) -> None:
+        self._step("seal_template")
+        self._vm(instance_id)
+
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
         self._step("claim_waiting")
         if spec.instance_id in self.waiting:

@@ -122,7 +122,45 @@ set -- renew
     + """
 ) </dev/null >/dev/null 2>&1 &
 """
+    + r"""
+# A template's guest whose cloud-init forgot its instance (SEAL_TEMPLATE): provisioned again
+# as the new instance it is, as at a first boot, once it has an address to fetch its data from
+# (its SSH server starts once cloud-init has made its host keys).
+if command -v cloud-init >/dev/null 2>&1 && [ -e /var/lib/cloud/gureum-template ]; then
+  rm -f /var/lib/cloud/gureum-template
+  reprovision='
+    for i in $(seq 600); do
+      [ -n "$(ip -4 -o addr show scope global)" ] && break
+      sleep 0.1
+    done
+    cloud-init init
+    systemctl start ssh.service
+    cloud-init modules --mode config
+    cloud-init modules --mode final'
+  if command -v systemd-run >/dev/null 2>&1; then
+    systemd-run --no-block --unit "gureum-reprovision-$$" sh -c "$reprovision" >/dev/null 2>&1
+  else
+    (sh -c "$reprovision") </dev/null >/var/log/gureum-reprovision.log 2>&1 &
+  fi
+fi
+"""
 )
+
+# Before a guest provisioned by cloud-init is saved as a template: cloud-init done, then told
+# to forget this instance (a clone runs it again as its own, NEW_IDENTITY), and no SSH host key
+# left for any clone to hold (each clone's cloud-init makes its own). A guest without cloud-init
+# has nothing to do.
+SEAL_TEMPLATE = r"""
+command -v cloud-init >/dev/null 2>&1 || exit 0
+cloud-init status --wait >/dev/null
+systemctl stop ssh.socket ssh.service 2>/dev/null
+rm -f /etc/ssh/ssh_host_*
+cloud-init clean --logs || exit 1
+mkdir -p /var/lib/cloud && : > /var/lib/cloud/gureum-template
+sync
+"""
+# How long a template's cloud-init may take to finish (TCG: about a minute).
+SEAL_TIMEOUT_S = 900.0
 
 
 SSH_HOST_KEY_TYPES = ("ed25519", "ecdsa", "rsa")
@@ -926,6 +964,14 @@ class LocalHostAgent:
         renew = bool(identity.macs)
         await _tell(vm, machine_id, identity.hostname or "", renew, identity.macs or [])
         return machine_id
+
+    async def seal_template(self, instance_id: str) -> None:
+        """Ready a booted guest to be saved as a template (``SEAL_TEMPLATE``)."""
+        argv = ["/bin/sh", "-c", SEAL_TEMPLATE, "seal"]
+        result = await self.exec(instance_id, argv, None, SEAL_TIMEOUT_S)
+        if result.exit_code != 0:
+            said = result.stderr.decode(errors="replace").strip()[:200]
+            raise EngineError(f"the guest could not be made a template: {said!r}")
 
     async def renew_network(self, instance_id: str) -> None:
         """Start DHCP on NICs the guest has not configured yet (after a hot-plug)."""

@@ -276,6 +276,11 @@ class HostAgent(Protocol):
         exit until ``start`` of the same instance id (with that snapshot) takes it. Returns the
         pid."""
 
+    async def seal_template(self, instance_id: str) -> None:
+        """Ready the booted guest to be saved as a template: a guest provisioned by cloud-init
+        finishes, forgets its instance (a clone provisions itself again as its own) and keeps
+        no SSH host key; others have nothing to do."""
+
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
         """Ready the QEMU waiting for ``spec`` (if one is) while the service readies its
         networks: its events are the VM's, its NICs go to their networks' namespaces (on no

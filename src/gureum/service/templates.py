@@ -58,12 +58,6 @@ def shape_of(req: LaunchRequest) -> Shape:
     return Shape(req.cpus, req.memory_mib, 0 if NO_NETWORK in nets else len(nets))
 
 
-def provisioned_by_cloud_init(image: Image) -> bool:
-    """An image whose guest configures itself with cloud-init: a clone of it must run
-    cloud-init again as its own instance, which templates do not do yet."""
-    return image.name == "debian" or image.origin != "built"
-
-
 class TemplateService:
     def __init__(
         self,
@@ -165,7 +159,7 @@ class TemplateService:
         image and the launch asked for the image's own disk size; why not, in the log."""
         image = self.images.store.get(req.image)
         shape = shape_of(req)
-        if image is None or req.disk_bytes is not None or provisioned_by_cloud_init(image):
+        if image is None or req.disk_bytes is not None:
             return
         key = (image.name, image.version, shape)
         tried = [k for k in self._auto_made if k[:2] == key[:2]]
@@ -189,11 +183,6 @@ class TemplateService:
         """Boot the image once in the templates project, let it settle, save it running, and
         keep the saved machine as the image's template of this shape (an operation)."""
         image = self.images.get(image_name)
-        if provisioned_by_cloud_init(image):
-            raise InvalidInput(
-                f"image {image.name!r} is provisioned by cloud-init: templates of such images "
-                "are not made yet (a clone would keep the template's cloud-init identity)"
-            )
         if not 0 <= nics <= MAX_TEMPLATE_NICS:
             raise InvalidInput(f"a template has 0 to {MAX_TEMPLATE_NICS} NICs, not {nics}")
         shape = Shape(cpus, memory_mib, nics)
@@ -224,7 +213,9 @@ class TemplateService:
         try:
             ctx.progress(f"booting {image.name} {image.version} as {shape.key} ({inst.id})")
             await self._finished(boot)
-            ctx.progress(f"booted; letting it settle for {SETTLE_S:g} s")
+            ctx.progress("booted; its first-boot work finishing (cloud-init, if it has it)")
+            await self.instances.host.seal_template(inst.id)
+            ctx.progress(f"letting it settle for {SETTLE_S:g} s")
             await asyncio.sleep(SETTLE_S)
             await self.snapshots.create_now(inst.id, SNAPSHOT_NAME, True, ctx, internal=True)
             ctx.progress("saved; stopping the template's own machine")

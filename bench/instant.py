@@ -13,15 +13,22 @@ each run, as it is between launches that are not back to back) and without it (s
 starts its own QEMU). Runs alternate (pooled clone, clone, cold), so drift on the machine hits
 all alike.
 
-    python bench/instant.py [--runs 10] [--clones 20] [--json out.json]
+Then, with ``--debian-runs`` (5 by default; 0: none), the same for `debian` (2 vCPUs, 1 GiB):
+a template made, then launches cloned from it and cold launches alternating, each timed to
+the SSH banner (asked from inside the network's namespace) and to `cloud-init status: done`
+(bench/os.py's probes). A clone runs cloud-init again as its own instance.
+
+    python bench/instant.py [--runs 10] [--clones 20] [--debian-runs 5] [--json out.json]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +39,12 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 
 from launch import Service  # noqa: E402
+
+# bench/os.py (named like the standard library's module: loaded by path)
+_spec = importlib.util.spec_from_file_location("bench_os", REPO / "bench" / "os.py")
+assert _spec is not None and _spec.loader is not None
+bench_os = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(bench_os)
 
 CPUS, MEMORY_MIB = 1, 256
 
@@ -100,10 +113,59 @@ def ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
 
+def debian(svc: Service, runs: int, home: Path) -> dict:
+    """Launch-to-SSH and to cloud-init done of `debian` cloned from its template, against cold
+    launches, alternating."""
+    keydir = home / "key"
+    keydir.mkdir()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(keydir / "id")],
+                   check=True)  # fmt: skip
+    image = svc.client.wait(svc.client.build_image("debian")["id"], timeout=1800)["result"]["image"]
+    svc.client.create_secgroup("bench")
+    made = time.perf_counter()
+    op = svc.client.template_image("debian", bench_os.CPUS, bench_os.MEMORY_MIB, 1)
+    tpl = svc.client.wait(op["id"], timeout=1800)["result"]["template"]
+    print(f"debian {image['version']}: template {tpl['id']} made in "
+          f"{time.perf_counter() - made:.1f} s; {runs} runs each")  # fmt: skip
+    bench = bench_os.Bench(svc, image, (keydir / "id.pub").read_text().strip())
+    clone_ssh, clone_done, cold_ssh, cold_done = [], [], [], []
+    for i in range(runs):
+        a, b, inst = bench.gureum_run(f"dclone{i}")
+        assert inst["template_id"] == tpl["id"], inst
+        svc.client.delete(inst["id"], force=True)
+        c, d, inst = bench.gureum_run(f"dcold{i}", cold=True)
+        assert inst["template_id"] is None, inst
+        svc.client.delete(inst["id"], force=True)
+        clone_ssh.append(a)
+        clone_done.append(b)
+        cold_ssh.append(c)
+        cold_done.append(d)
+        print(f"  run {i + 1}: clone SSH {a:.1f} s, cloud-init done {b:.1f} s   "
+              f"cold SSH {c:.1f} s, cloud-init done {d:.1f} s")  # fmt: skip
+    med = {k: statistics.median(v) for k, v in
+           {"clone_ssh": clone_ssh, "clone_done": clone_done, "cold_ssh": cold_ssh,
+            "cold_done": cold_done}.items()}  # fmt: skip
+    out = {
+        "runs": runs,
+        "clone_launch_to_ssh_median_s": round(med["clone_ssh"], 2),
+        "cold_launch_to_ssh_median_s": round(med["cold_ssh"], 2),
+        "ssh_ratio_clone_over_cold": round(med["clone_ssh"] / med["cold_ssh"], 3),
+        "clone_cloud_init_done_median_s": round(med["clone_done"], 2),
+        "cold_cloud_init_done_median_s": round(med["cold_done"], 2),
+        "clone_ssh_s": [round(x, 2) for x in clone_ssh],
+        "cold_ssh_s": [round(x, 2) for x in cold_ssh],
+    }
+    print(f"debian launch-to-SSH median: clone {med['clone_ssh']:.2f} s, cold "
+          f"{med['cold_ssh']:.2f} s, ratio {out['ssh_ratio_clone_over_cold']}; cloud-init done: "
+          f"clone {med['clone_done']:.2f} s, cold {med['cold_done']:.2f} s")  # fmt: skip
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--clones", type=int, default=20)
+    parser.add_argument("--debian-runs", type=int, default=5)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "instant.json")
     args = parser.parse_args()
 
@@ -223,6 +285,8 @@ def main() -> None:
                 if phase["at"] is not None:
                     since = (phase["since_previous_s"] or 0) * 1000
                     print(f"  {phase['event']:<18} +{since:7.1f} ms")
+        if args.debian_runs:
+            result["debian"] = debian(svc, args.debian_runs, home)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=2))
     finally:

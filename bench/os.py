@@ -100,10 +100,12 @@ class Bench:
         self.key = key
         self.rule_made = False
 
-    def gureum_run(self, name: str) -> tuple[float, float, dict]:
+    def gureum_run(self, name: str, *, cold: bool = False) -> tuple[float, float, dict]:
+        """(launch-to-SSH, launch-to-cloud-init-done, the instance); ``cold``: boot even where
+        the image has a template of this shape (bench/instant.py)."""
         started = time.perf_counter()
         res = self.c.launch(name, "debian", cpus=CPUS, memory_mib=MEMORY_MIB,
-                            secgroups=["bench"], ssh_keys=[self.key])  # fmt: skip
+                            secgroups=["bench"], ssh_keys=[self.key], cold=cold)  # fmt: skip
         net = self.c.network("default")  # made by the first launch
         if not self.rule_made:  # the probe comes from the network's gateway
             self.c.add_rule("bench", "tcp/22", from_cidr=f"{net['gateway']}/32")

@@ -164,7 +164,9 @@ class Pool:
         self.taken -= 1
 
     async def discard(self, entry: Waiting) -> None:
-        """End a waiting QEMU no VM will have, and remove its disk layer."""
+        """End a waiting QEMU no VM will have, give back what it held of the host, and remove
+        its disk layer."""
+        self._release(entry.instance_id)
         self._events.pop(entry.instance_id, None)
         await self.host.discard_waiting(entry.instance_id)
         await self.host.remove_file(self.host.path(layer_file(entry.layer_id)))
@@ -172,7 +174,6 @@ class Pool:
     async def drain(self, template_id: str) -> None:
         """End every QEMU waiting for the template (it is being removed)."""
         for entry in self._waiting.pop(template_id, []):
-            self._release(entry.instance_id)
             await self.discard(entry)
 
     # -- the background filler ---------------------------------------------------------------------
@@ -232,7 +233,6 @@ class Pool:
         for entries in list(self._waiting.values()):
             while len(entries) > size:
                 extra = entries.pop()
-                self._release(extra.instance_id)
                 await self.discard(extra)
         for tpl in wanted.values():
             while len(self._waiting.get(tpl.id, ())) < size:
@@ -241,7 +241,6 @@ class Pool:
                     break
                 if self._closed or tpl.id not in {t.id for t in self._wanted()}:
                     # Removed, or its image rebuilt, or the pool closed while it started.
-                    self._release(entry.instance_id)
                     await self.discard(entry)
                     break
                 self._waiting.setdefault(tpl.id, []).append(entry)
@@ -298,7 +297,6 @@ class Pool:
         for entry in entries:
             if entry.instance_id == instance_id:
                 entries.remove(entry)
-                self._release(instance_id)
                 going = asyncio.ensure_future(self.discard(entry))  # its files
                 self._discarding.add(going)
                 going.add_done_callback(self._discarding.discard)

@@ -15,7 +15,8 @@ all alike.
 
 Then, with ``--debian-runs`` (5 by default; 0: none), the same for `debian` (2 vCPUs, 1 GiB):
 a template made, then launches cloned from it and cold launches alternating, each timed to
-the SSH banner (asked from inside the network's namespace) and to `cloud-init status: done`
+the SSH banner (asked from inside the network's namespace), to a login with the instance's key
+(`gureum ssh NAME -i KEY -- true`, as a user would) and to `cloud-init status: done`
 (bench/os.py's probes). A clone runs cloud-init again as its own instance.
 
     python bench/instant.py [--runs 10] [--clones 20] [--debian-runs 5] [--json out.json]
@@ -109,6 +110,14 @@ def network_up(svc: Service, instance_id: str) -> float:
     return at
 
 
+def print_timeline(what: str, timeline: dict) -> None:
+    print(f"last {what}'s timeline:")
+    for phase in timeline["phases"]:
+        if phase["at"] is not None:
+            since = (phase["since_previous_s"] or 0) * 1000
+            print(f"  {phase['event']:<18} +{since:7.1f} ms")
+
+
 def ms(values: list[float]) -> float:
     return round(statistics.median(values) * 1000, 1)
 
@@ -128,35 +137,51 @@ def debian(svc: Service, runs: int, home: Path) -> dict:
     print(f"debian {image['version']}: template {tpl['id']} made in "
           f"{time.perf_counter() - made:.1f} s; {runs} runs each")  # fmt: skip
     bench = bench_os.Bench(svc, image, (keydir / "id.pub").read_text().strip())
-    clone_ssh, clone_done, cold_ssh, cold_done = [], [], [], []
+    bench.login_key = keydir / "id"
+    clone_ssh, clone_login, clone_done, cold_ssh, cold_login, cold_done = [], [], [], [], [], []
     for i in range(runs):
         a, b, inst = bench.gureum_run(f"dclone{i}")
         assert inst["template_id"] == tpl["id"], inst
+        clone_timeline = inst["boot"]
+        assert bench.login_s is not None
+        clone_login.append(bench.login_s)
         svc.client.delete(inst["id"], force=True)
         c, d, inst = bench.gureum_run(f"dcold{i}", cold=True)
         assert inst["template_id"] is None, inst
+        cold_login.append(bench.login_s)
         svc.client.delete(inst["id"], force=True)
         clone_ssh.append(a)
         clone_done.append(b)
         cold_ssh.append(c)
         cold_done.append(d)
-        print(f"  run {i + 1}: clone SSH {a:.1f} s, cloud-init done {b:.1f} s   "
-              f"cold SSH {c:.1f} s, cloud-init done {d:.1f} s")  # fmt: skip
+        print(f"  run {i + 1}: clone SSH {a:.1f} s, login {clone_login[-1]:.1f} s, cloud-init "
+              f"done {b:.1f} s   cold SSH {c:.1f} s, login {cold_login[-1]:.1f} s, cloud-init "
+              f"done {d:.1f} s")  # fmt: skip
+    print_timeline("debian clone", clone_timeline)
+    print(f"  (its SSH banner {clone_ssh[-1]:.2f} s and a login {clone_login[-1]:.2f} s after the "
+          "launch was asked)")  # fmt: skip
     med = {k: statistics.median(v) for k, v in
            {"clone_ssh": clone_ssh, "clone_done": clone_done, "cold_ssh": cold_ssh,
-            "cold_done": cold_done}.items()}  # fmt: skip
+            "cold_done": cold_done, "clone_login": clone_login,
+            "cold_login": cold_login}.items()}  # fmt: skip
     out = {
         "runs": runs,
         "clone_launch_to_ssh_median_s": round(med["clone_ssh"], 2),
         "cold_launch_to_ssh_median_s": round(med["cold_ssh"], 2),
         "ssh_ratio_clone_over_cold": round(med["clone_ssh"] / med["cold_ssh"], 3),
+        "clone_launch_to_login_median_s": round(med["clone_login"], 2),
+        "cold_launch_to_login_median_s": round(med["cold_login"], 2),
+        "login_ratio_clone_over_cold": round(med["clone_login"] / med["cold_login"], 3),
         "clone_cloud_init_done_median_s": round(med["clone_done"], 2),
         "cold_cloud_init_done_median_s": round(med["cold_done"], 2),
+        "last_clone_timeline": clone_timeline,
         "clone_ssh_s": [round(x, 2) for x in clone_ssh],
         "cold_ssh_s": [round(x, 2) for x in cold_ssh],
     }
     print(f"debian launch-to-SSH median: clone {med['clone_ssh']:.2f} s, cold "
-          f"{med['cold_ssh']:.2f} s, ratio {out['ssh_ratio_clone_over_cold']}; cloud-init done: "
+          f"{med['cold_ssh']:.2f} s, ratio {out['ssh_ratio_clone_over_cold']}; to a login: "
+          f"clone {med['clone_login']:.2f} s, cold {med['cold_login']:.2f} s, ratio "
+          f"{out['login_ratio_clone_over_cold']}; cloud-init done: "
           f"clone {med['clone_done']:.2f} s, cold {med['cold_done']:.2f} s")  # fmt: skip
     return out
 
@@ -279,12 +304,8 @@ def main() -> None:
               f"{result['ready_ratio_clone_over_cold']}")  # fmt: skip
         per_clone = ", ".join(f"{n}: {v} MiB" for n, v in result["clone_pss_mib_per_clone"].items())
         print(f"PSS per clone ({per_clone}) vs a cold VM {result['cold_vm_pss_mib']} MiB")
-        for what, timeline in (("clone", timelines[-1]), ("pooled clone", pool_timelines[-1])):
-            print(f"last {what}'s timeline:")
-            for phase in timeline["phases"]:
-                if phase["at"] is not None:
-                    since = (phase["since_previous_s"] or 0) * 1000
-                    print(f"  {phase['event']:<18} +{since:7.1f} ms")
+        print_timeline("clone", timelines[-1])
+        print_timeline("pooled clone", pool_timelines[-1])
         if args.debian_runs:
             result["debian"] = debian(svc, args.debian_runs, home)
         args.json.parent.mkdir(parents=True, exist_ok=True)

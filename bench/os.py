@@ -99,6 +99,10 @@ class Bench:
         self.image = image
         self.key = key
         self.rule_made = False
+        # With a private key: gureum_run also times a real login with it (`gureum ssh`), kept in
+        # login_s: the banner alone does not say the instance's key is in place.
+        self.login_key: Path | None = None
+        self.login_s: float | None = None
 
     def gureum_run(self, name: str, *, cold: bool = False) -> tuple[float, float, dict]:
         """(launch-to-SSH, launch-to-cloud-init-done, the instance); ``cold``: boot even where
@@ -112,6 +116,8 @@ class Bench:
             self.rule_made = True
         ip = next(i["ip"] for i in net["instances"] if i["name"] == name)
         t_ssh = wait_until(lambda: ssh_banner(net["namespace"], ip), started, "SSH")
+        if self.login_key is not None:
+            self.login_s = wait_until(lambda: self.logs_in(name), started, "SSH login")
 
         def run(argv: list[str]) -> tuple[int, str]:
             out = self.c.exec(name, argv, timeout=30)
@@ -120,6 +126,13 @@ class Bench:
         t_done = wait_until(lambda: cloud_init_done(run), started, "cloud-init done")
         self.c.wait(res["operation"]["id"], timeout=LIMIT_S)
         return t_ssh, t_done, self.c.instance(name)
+
+    def logs_in(self, name: str) -> bool:
+        """Does `gureum ssh NAME -i KEY -- true` log in, as a user would?"""
+        argv = [sys.executable, "-m", "gureum.cli.main", "ssh", name, "-i", str(self.login_key),
+                "--", "true"]  # fmt: skip
+        proc = subprocess.run(argv, env=self.svc.env, capture_output=True, timeout=60)
+        return proc.returncode == 0
 
     def raw_run(self, inst: dict, work: Path) -> tuple[float, float]:
         """The same QEMU command line, run directly, on a fresh overlay of the image disk."""

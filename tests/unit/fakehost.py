@@ -75,6 +75,7 @@ class FakeHost:
     fail_at: str | None = None
     fail_on: int = 1  # the n-th call of fail_at fails
     calls: list[str] = field(default_factory=list)
+    told: dict[str, Identity] = field(default_factory=dict)  # refresh_identity's, per VM
     files: set[Path] = field(default_factory=set)
     vms: dict[str, FakeVM] = field(default_factory=dict)
     memory_images: set[str] = field(default_factory=set)
@@ -438,6 +439,7 @@ class FakeHost:
     async def refresh_identity(self, instance_id: str, identity: Identity) -> str:
         self._step("refresh_identity")
         self._vm(instance_id)
+        self.told[instance_id] = identity
         return "0" * 32
 
     def console(self, instance_id: str) -> Console:

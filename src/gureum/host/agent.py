@@ -96,10 +96,25 @@ exit "$failed"
 # is ready once the guest has its new names; its network is up when the new lease is (the guest
 # says so on its console: ``network_up``). Arguments: seconds since the epoch, machine id,
 # hostname (empty: keep it), renew|none, old=new MAC pairs.
+#
+# First of all the kernel's random generator is reseeded from its input pool, into which the
+# agent has just written new entropy: a clone's generator is otherwise the template's, and would
+# hand every clone the same "random" bytes until its next timed reseed (up to a minute). The
+# Debian kernel has no vmgenid driver to do it, and only the RNDRESEEDCRNG ioctl (0x5207) does
+# it at once; perl (essential in Debian, shipped in tiny) or else python3 (in every cloud-init
+# image) makes that call. A guest with neither is refused rather than left predictable.
 NEW_IDENTITY = (
     r"""
 now=$1 machine_id=$2 name=$3 dhcp=$4; shift 4
+if command -v perl >/dev/null 2>&1; then
+  perl -e 'open(F, "<", "/dev/urandom") && ioctl(F, 0x5207, 0) || die "$!\n"' || exit 5
+elif command -v python3 >/dev/null 2>&1; then
+  python3 -c 'import fcntl, os; fcntl.ioctl(os.open("/dev/urandom", os.O_RDONLY), 0x5207)' || exit 5
+else
+  echo "the guest has neither perl nor python3 to reseed its random generator with" >&2; exit 5
+fi
 date -s "@$now" >/dev/null || echo "cannot set the clock" >&2
+login=$(cat /run/gureum-login 2>/dev/null); rm -f /run/gureum-login
 echo "$machine_id" > /etc/machine-id || exit 1
 if [ -n "$name" ]; then
   echo "$name" > /proc/sys/kernel/hostname || exit 1
@@ -124,17 +139,44 @@ set -- renew
 """
     + r"""
 # A template's guest whose cloud-init forgot its instance (SEAL_TEMPLATE): provisioned again
-# as the new instance it is, as at a first boot, once it has an address to fetch its data from
-# (its SSH server starts once cloud-init has made its host keys).
+# as the new instance it is, as at a first boot, once it has an address to fetch its data from.
+#
+# Its SSH server does not wait for that (cloud-init's first stage takes about 20 s under TCG,
+# half of it an RSA key): here, with the generator reseeded above, it gets new ed25519 and ECDSA
+# host keys, the instance's keys for its default user (/run/gureum-login, written by the agent:
+# the user, then one key a line; read above), and starts. cloud-init is told to keep those host keys
+# (ssh_deletekeys: false, for this first stage only), makes the RSA one, installs the same user
+# keys again with the rest of the instance's data, and the server reloads to offer the RSA key.
 if command -v cloud-init >/dev/null 2>&1 && [ -e /var/lib/cloud/gureum-template ]; then
   rm -f /var/lib/cloud/gureum-template
+  keep=/etc/cloud/cloud.cfg.d/99-gureum-clone-keeps-host-keys.cfg
+  if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
+    for kind in ed25519 ecdsa; do
+      rm -f "/etc/ssh/ssh_host_${kind}_key" "/etc/ssh/ssh_host_${kind}_key.pub"
+      ssh-keygen -q -t "$kind" -N "" -f "/etc/ssh/ssh_host_${kind}_key" </dev/null || exit 4
+    done
+    echo "ssh_deletekeys: false" > "$keep"
+    if [ -n "$login" ]; then
+      printf '%s\n' "$login" | {
+        read -r user
+        home=$(getent passwd "$user" | cut -d: -f6)
+        if [ -n "$home" ] && [ -d "$home" ]; then
+          install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
+          while read -r line; do echo "$line"; done >> "$home/.ssh/authorized_keys"
+          chown "$user:" "$home/.ssh/authorized_keys" && chmod 600 "$home/.ssh/authorized_keys"
+        fi
+      }
+    fi
+    systemctl start --no-block ssh.service
+  fi
   reprovision='
     for i in $(seq 600); do
       [ -n "$(ip -4 -o addr show scope global)" ] && break
       sleep 0.1
     done
     cloud-init init
-    systemctl start ssh.service
+    rm -f '"$keep"'
+    systemctl reload-or-restart ssh.service
     cloud-init modules --mode config
     cloud-init modules --mode final'
   if command -v systemd-run >/dev/null 2>&1; then
@@ -961,6 +1003,9 @@ class LocalHostAgent:
         vm = self._vm(instance_id)
         machine_id = uuid.uuid4().hex
         await vm.agent.write_file("/dev/urandom", secrets.token_bytes(64))
+        if identity.login is not None:
+            user, keys = identity.login
+            await vm.agent.write_file("/run/gureum-login", "\n".join([user, *keys]).encode())
         renew = bool(identity.macs)
         await _tell(vm, machine_id, identity.hostname or "", renew, identity.macs or [])
         return machine_id
@@ -1126,7 +1171,9 @@ async def _tell(
     result = await vm.exec(argv, stdin=None, timeout=30)
     said = result.stderr.decode(errors="replace").strip()[:200]
     if result.exit_code != 0:
-        what = "MAC addresses" if result.exit_code == 2 else "hostname or machine id"
+        what = {2: "MAC addresses", 4: "SSH host keys", 5: "random generator"}.get(
+            result.exit_code, "hostname or machine id"
+        )
         raise EngineError(f"cannot set the guest's {what}: {said!r}")
     if said:
         log.warning("the guest, told its new identity: %r", said)

@@ -84,6 +84,9 @@ class Identity:
 
     hostname: str | None = None
     macs: list[tuple[str, str]] | None = None
+    # A clone of a template sealed for cloud-init: the image's default user and the instance's
+    # SSH keys, installed at once so that SSH answers before cloud-init's first stage is done.
+    login: tuple[str, tuple[str, ...]] | None = None
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}

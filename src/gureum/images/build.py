@@ -58,7 +58,8 @@ TINY = Recipe(
     name="tiny",
     description="Debian cloud kernel + busybox + qemu-guest-agent; boots in seconds on TCG",
     kernel_meta="linux-image-cloud-amd64",
-    library_roots=("qemu-guest-agent", "e2fsprogs"),
+    # perl-base: the one call that reseeds a clone's random generator (``NEW_IDENTITY``)
+    library_roots=("qemu-guest-agent", "e2fsprogs", "perl-base"),
     static_packages=("busybox-static",),
     disk_mib=512,
     initrd_modules=(

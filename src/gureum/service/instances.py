@@ -296,7 +296,12 @@ class InstanceService:
         # A QEMU of the pool has its guest's MACs set already (to themselves: one code path).
         before = inst.hardware.nics if waiting is not None else snap.hardware.nics
         macs = self.networks.mac_changes(before, inst.hardware.nics, keep_same=True)
-        identity = Identity(hostname=inst.name, macs=macs if snap.memory else None)
+        # Its SSH keys for the image's default user, should its guest be a cloud-init one that
+        # is provisioned again (the guest decides): SSH need not wait for cloud-init.
+        login = (
+            (self.images.default_user(inst.spec.image), inst.ssh_keys) if inst.ssh_keys else None
+        )
+        identity = Identity(hostname=inst.name, macs=macs if snap.memory else None, login=login)
         restore_from = snap.id if snap.memory else None
         return await self.lifecycle.boot(
             instance_id, ctx, restore_from=restore_from, identity=identity, keep_memory=shared

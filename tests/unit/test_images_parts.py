@@ -1,6 +1,8 @@
+import os
 import subprocess
 from pathlib import Path
 
+from gureum.images.build import CC_ARGV, guest_file
 from gureum.images.cpio import build_initramfs
 from gureum.images.debian import Package, library_closure, parse_depends
 
@@ -52,3 +54,17 @@ def test_initramfs_round_trips_through_cpio(tmp_path: Path):
     assert (out / "bin/tool").read_bytes() == b"\x7fELF-ish"
     assert (out / "bin/tool").stat().st_mode & 0o777 == 0o755
     assert (out / "link").readlink() == Path("bin/tool")
+
+
+def test_the_reseed_program_reseeds_as_root_and_is_refused_otherwise(tmp_path: Path):
+    """tiny's reseed (RNDRESEEDCRNG), built as the image builder builds it, run on this host's
+    kernel: 0 as root; EPERM's 1 for anyone else, so its exit code is the errno it met."""
+    source, program = tmp_path / "reseed.c", tmp_path / "reseed"
+    source.write_bytes(guest_file("reseed.c"))
+    subprocess.run([*CC_ARGV, "-o", str(program), str(source)], check=True)
+    program.chmod(0o755)
+    tmp_path.chmod(0o755)
+    assert os.path.getsize(program) < 16384  # a few system calls, no libc
+    assert subprocess.run([str(program)]).returncode == 0
+    nobody = ["setpriv", "--reuid", "65534", "--regid", "65534", "--clear-groups", str(program)]
+    assert subprocess.run(nobody).returncode == 1

@@ -63,19 +63,26 @@ def test_a_launch_of_the_templates_shape_is_a_clone_of_its_saved_machine(world: 
     assert [i["name"] for i in root.get("/v1/instances").json()] == ["web"]
 
 
-def test_a_clone_is_told_its_login_so_that_ssh_need_not_wait_for_cloud_init(world: World) -> None:
+def test_a_clone_is_told_its_login_so_that_ssh_need_not_wait_for_cloud_init(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The guest installs these keys for the image's default user before cloud-init runs again
-    (``NEW_IDENTITY``); a clone launched without keys is told none."""
+    (``NEW_IDENTITY``); a clone launched without keys, or of an image whose user is root (whom
+    cloud-init only refuses), is told none. Every clone must reseed its random generator."""
     root, svc, host = world
     make_template(root, svc)
     key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJ5U/wqN7jpyEI0PoZMdrAuPnutMEuuZNh6mC4KVP8Na"
+    monkeypatch.setattr(svc.images, "default_user", lambda image: "debian")
     inst = launch(root, svc, "web", "tiny", ssh_keys=[key])
     told = host.told[inst["id"]]
-    assert told.login == (svc.images.default_user("tiny"), (key,))
-    assert told.hostname == "web"
+    assert told.login == ("debian", (key,))
+    assert told.hostname == "web" and told.shared
     assert "login" not in told.to_dict()  # not put in the operation's result
     bare = launch(root, svc, "bare", "tiny")
     assert host.told[bare["id"]].login is None
+    monkeypatch.setattr(svc.images, "default_user", lambda image: "root")
+    as_root = launch(root, svc, "rooted", "tiny", ssh_keys=[key])
+    assert host.told[as_root["id"]].login is None
 
 
 @pytest.mark.parametrize(

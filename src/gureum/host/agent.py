@@ -95,23 +95,45 @@ exit "$failed"
 # builtins but ``date`` and ``ip``; then, with "renew", DHCP asked again in the background. It
 # is ready once the guest has its new names; its network is up when the new lease is (the guest
 # says so on its console: ``network_up``). Arguments: seconds since the epoch, machine id,
-# hostname (empty: keep it), renew|none, old=new MAC pairs.
+# hostname (empty: keep it), renew|none, must|try (below), old=new MAC pairs.
 #
 # First of all the kernel's random generator is reseeded from its input pool, into which the
 # agent has just written new entropy: a clone's generator is otherwise the template's, and would
 # hand every clone the same "random" bytes until its next timed reseed (up to a minute). The
-# Debian kernel has no vmgenid driver to do it, and only the RNDRESEEDCRNG ioctl (0x5207) does
-# it at once; perl (essential in Debian, shipped in tiny) or else python3 (in every cloud-init
-# image) makes that call. A guest with neither is refused rather than left predictable.
+# Debian kernel has no vmgenid driver to do it, and only the RNDRESEEDCRNG ioctl (0x5207, Linux
+# 4.17 and later) does it at once. tiny has a program of its own for that call (images/tiny/
+# reseed.c); other guests use perl (essential in Debian) or else python3 (or RHEL's
+# platform-python, which runs its cloud-init), which cost tenths of a second to start under
+# TCG. "must": the machine was saved from one that others resume too (a template, another
+# instance's snapshot), and a guest that cannot be reseeded is refused; "try": its own
+# snapshot, a warning only.
 NEW_IDENTITY = (
     r"""
-now=$1 machine_id=$2 name=$3 dhcp=$4; shift 4
-if command -v perl >/dev/null 2>&1; then
-  perl -e 'open(F, "<", "/dev/urandom") && ioctl(F, 0x5207, 0) || die "$!\n"' || exit 5
-elif command -v python3 >/dev/null 2>&1; then
-  python3 -c 'import fcntl, os; fcntl.ioctl(os.open("/dev/urandom", os.O_RDONLY), 0x5207)' || exit 5
-else
-  echo "the guest has neither perl nor python3 to reseed its random generator with" >&2; exit 5
+now=$1 machine_id=$2 name=$3 dhcp=$4 strict=$5; shift 5
+reseed() {
+  if [ -x /usr/lib/gureum/reseed ]; then
+    /usr/lib/gureum/reseed || { echo "error $?"; return 1; }
+    return
+  fi
+  if command -v perl >/dev/null 2>&1; then
+    perl -e 'open(F, "<", "/dev/urandom") && ioctl(F, 0x5207, 0) || die "$!\n"' 2>&1
+    return
+  fi
+  for py in python3 /usr/libexec/platform-python; do
+    command -v "$py" >/dev/null 2>&1 || continue
+    "$py" -c '
+import fcntl, os, sys
+try:
+    fcntl.ioctl(os.open("/dev/urandom", os.O_RDONLY), 0x5207)
+except OSError as e:
+    sys.exit(e.strerror)' 2>&1
+    return
+  done
+  echo "it has neither perl nor python3 to ask with"; return 1
+}
+if ! why=$(reseed); then
+  echo "its kernel did not reseed its random generator (RNDRESEEDCRNG, Linux 4.17+): $why" >&2
+  [ "$strict" = must ] && exit 5
 fi
 date -s "@$now" >/dev/null || echo "cannot set the clock" >&2
 login=$(cat /run/gureum-login 2>/dev/null); rm -f /run/gureum-login
@@ -144,30 +166,35 @@ set -- renew
 # Its SSH server does not wait for that (cloud-init's first stage takes about 20 s under TCG,
 # half of it an RSA key): here, with the generator reseeded above, it gets new ed25519 and ECDSA
 # host keys, the instance's keys for its default user (/run/gureum-login, written by the agent:
-# the user, then one key a line; read above), and starts. cloud-init is told to keep those host keys
-# (ssh_deletekeys: false, for this first stage only), makes the RSA one, installs the same user
-# keys again with the rest of the instance's data, and the server reloads to offer the RSA key.
+# the user, then one key a line; read above), and starts. cloud-init is told to keep those
+# two host keys: ssh_deletekeys: false in its runtime config, /run/cloud-init/cloud.cfg, which
+# no reboot keeps (a later clone of this VM's disk makes its own). It makes the RSA key, installs
+# the same user keys again with the rest of the instance's data, and the server reloads to offer
+# the RSA key too.
 if command -v cloud-init >/dev/null 2>&1 && [ -e /var/lib/cloud/gureum-template ]; then
   rm -f /var/lib/cloud/gureum-template
-  keep=/etc/cloud/cloud.cfg.d/99-gureum-clone-keeps-host-keys.cfg
-  if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ]; then
+  sshd_unit=ssh.service
+  systemctl cat ssh.service >/dev/null 2>&1 || sshd_unit=sshd.service
+  if command -v ssh-keygen >/dev/null 2>&1 && [ -d /etc/ssh ] && mkdir -p /run/cloud-init; then
     for kind in ed25519 ecdsa; do
       rm -f "/etc/ssh/ssh_host_${kind}_key" "/etc/ssh/ssh_host_${kind}_key.pub"
       ssh-keygen -q -t "$kind" -N "" -f "/etc/ssh/ssh_host_${kind}_key" </dev/null || exit 4
     done
-    echo "ssh_deletekeys: false" > "$keep"
+    printf '\nssh_deletekeys: false\n' >> /run/cloud-init/cloud.cfg
     if [ -n "$login" ]; then
       printf '%s\n' "$login" | {
-        read -r user
+        IFS= read -r user
         home=$(getent passwd "$user" | cut -d: -f6)
-        if [ -n "$home" ] && [ -d "$home" ]; then
-          install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"
-          while read -r line; do echo "$line"; done >> "$home/.ssh/authorized_keys"
+        if [ -n "$home" ] && [ -d "$home" ] \
+            && install -d -m 700 -o "$user" -g "$(id -gn "$user")" "$home/.ssh"; then
+          while IFS= read -r line; do printf '%s\n' "$line"; done >> "$home/.ssh/authorized_keys"
           chown "$user:" "$home/.ssh/authorized_keys" && chmod 600 "$home/.ssh/authorized_keys"
+        else
+          echo "the instance's SSH keys wait for cloud-init: no home for $user" >&2
         fi
       }
     fi
-    systemctl start --no-block ssh.service
+    systemctl start --no-block "$sshd_unit"
   fi
   reprovision='
     for i in $(seq 600); do
@@ -175,16 +202,17 @@ if command -v cloud-init >/dev/null 2>&1 && [ -e /var/lib/cloud/gureum-template 
       sleep 0.1
     done
     cloud-init init
-    rm -f '"$keep"'
-    systemctl reload-or-restart ssh.service
+    systemctl reload-or-restart '"$sshd_unit"'
     cloud-init modules --mode config
     cloud-init modules --mode final'
   if command -v systemd-run >/dev/null 2>&1; then
-    systemd-run --no-block --unit "gureum-reprovision-$$" sh -c "$reprovision" >/dev/null 2>&1
+    systemd-run --no-block --unit "gureum-reprovision-$$" sh -c "$reprovision" >/dev/null 2>&1 \
+      || echo "cloud-init could not be started again" >&2
   else
     (sh -c "$reprovision") </dev/null >/var/log/gureum-reprovision.log 2>&1 &
   fi
 fi
+exit 0
 """
 )
 
@@ -627,7 +655,7 @@ class LocalHostAgent:
         await vm.run()
         await vm.wait_ready(WARM_TIMEOUT_S)
         await vm.agent.write_file("/dev/urandom", secrets.token_bytes(64))
-        await _tell(vm, uuid.uuid4().hex, "", False, macs)
+        await _tell(vm, uuid.uuid4().hex, "", False, macs, False)
         await vm.pause()
 
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
@@ -1007,7 +1035,9 @@ class LocalHostAgent:
             user, keys = identity.login
             await vm.agent.write_file("/run/gureum-login", "\n".join([user, *keys]).encode())
         renew = bool(identity.macs)
-        await _tell(vm, machine_id, identity.hostname or "", renew, identity.macs or [])
+        await _tell(
+            vm, machine_id, identity.hostname or "", renew, identity.macs or [], identity.shared
+        )
         return machine_id
 
     async def seal_template(self, instance_id: str) -> None:
@@ -1161,20 +1191,30 @@ BOOT_MARKERS = Path("/run/gureum")
 
 
 async def _tell(
-    vm: QemuVM, machine_id: str, hostname: str, renew: bool, macs: list[tuple[str, str]]
+    vm: QemuVM,
+    machine_id: str,
+    hostname: str,
+    renew: bool,
+    macs: list[tuple[str, str]],
+    must_reseed: bool,
 ) -> None:
     """Run ``NEW_IDENTITY`` in the guest; EngineError with what it said if it failed."""
     argv = [
         "/bin/sh", "-c", NEW_IDENTITY, "identity", str(int(time.time())), machine_id, hostname,
-        "renew" if renew else "none", *(f"{old}={new}" for old, new in macs),
+        "renew" if renew else "none", "must" if must_reseed else "try",
+        *(f"{old}={new}" for old, new in macs),
     ]  # fmt: skip
     result = await vm.exec(argv, stdin=None, timeout=30)
     said = result.stderr.decode(errors="replace").strip()[:200]
     if result.exit_code != 0:
-        what = {2: "MAC addresses", 4: "SSH host keys", 5: "random generator"}.get(
-            result.exit_code, "hostname or machine id"
-        )
-        raise EngineError(f"cannot set the guest's {what}: {said!r}")
+        what = {
+            1: "cannot set the guest's hostname or machine id",
+            2: "cannot set the guest's MAC addresses",
+            4: "cannot make the guest's SSH host keys",
+            5: "the guest was saved from a machine others resume too, and cannot be made to "
+            "reseed its random generator (it would repeat theirs)",
+        }.get(result.exit_code, f"the guest's identity step failed (exit {result.exit_code})")
+        raise EngineError(f"{what}: {said!r}")
     if said:
         log.warning("the guest, told its new identity: %r", said)
 

@@ -87,6 +87,9 @@ class Identity:
     # A clone of a template sealed for cloud-init: the image's default user and the instance's
     # SSH keys, installed at once so that SSH answers before cloud-init's first stage is done.
     login: tuple[str, tuple[str, ...]] | None = None
+    # Its memory was saved from a machine others resume too (a template, another instance's
+    # snapshot): a guest whose random generator cannot be reseeded is refused, not warned of.
+    shared: bool = False
 
     def to_dict(self) -> dict[str, object]:
         out: dict[str, object] = {}

@@ -52,14 +52,15 @@ class Recipe:
     initrd_modules: tuple[str, ...]  # loaded in this order by the initramfs
     rootfs_module_paths: tuple[str, ...]  # under lib/modules/VERSION/, files or folders
     guest_files: dict[str, tuple[str, int]]  # path in rootfs -> (file in images/tiny, mode)
+    # path in rootfs -> a C file in images/tiny, built with no libc (CC_ARGV) into a static binary
+    compiled: dict[str, str]
 
 
 TINY = Recipe(
     name="tiny",
     description="Debian cloud kernel + busybox + qemu-guest-agent; boots in seconds on TCG",
     kernel_meta="linux-image-cloud-amd64",
-    # perl-base: the one call that reseeds a clone's random generator (``NEW_IDENTITY``)
-    library_roots=("qemu-guest-agent", "e2fsprogs", "perl-base"),
+    library_roots=("qemu-guest-agent", "e2fsprogs"),
     static_packages=("busybox-static",),
     disk_mib=512,
     initrd_modules=(
@@ -99,7 +100,15 @@ TINY = Recipe(
         "etc/gureum/udhcpc": ("udhcpc", 0o755),
         "etc/gureum/network": ("network", 0o755),
     },
+    # What a restored or cloned guest runs to reseed its random generator (``NEW_IDENTITY``).
+    compiled={"usr/lib/gureum/reseed": "reseed.c"},
 )
+
+# A program of a few system calls: static, no libc, no start files, stripped.
+CC_ARGV = (
+    "cc", "-static", "-nostdlib", "-fno-pie", "-no-pie", "-Os", "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables", "-Wl,--build-id=none", "-s",
+)  # fmt: skip
 
 # Parts of the unpacked packages a guest never reads.
 _PRUNE = (
@@ -252,6 +261,8 @@ class Builder(StepBuilder):
             digest.update(f"{pkg.name}={pkg.version}\n".encode())
         for path, (src, mode) in sorted(self.recipe.guest_files.items()):
             digest.update(f"{path}:{mode}:".encode() + guest_file(src))
+        for path, src in sorted(self.recipe.compiled.items()):
+            digest.update(f"{path}:{' '.join(CC_ARGV)}:".encode() + guest_file(src))
         digest.update(guest_file("initramfs-init"))
         digest.update(repr(self.recipe).encode())
         return digest.hexdigest()[:12]
@@ -319,6 +330,13 @@ class Builder(StepBuilder):
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(guest_file(src))
             dest.chmod(mode)
+        for path, src in self.recipe.compiled.items():
+            dest = root / path
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            source = work / src
+            source.write_bytes(guest_file(src))
+            run([*CC_ARGV, "-o", str(dest), str(source)], timeout=120)
+            dest.chmod(0o755)
         (root / "etc/hostname").write_text(f"{self.recipe.name}\n")
         (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
         (root / "etc/group").write_text("root:x:0:\n")

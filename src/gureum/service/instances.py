@@ -298,10 +298,15 @@ class InstanceService:
         macs = self.networks.mac_changes(before, inst.hardware.nics, keep_same=True)
         # Its SSH keys for the image's default user, should its guest be a cloud-init one that
         # is provisioned again (the guest decides): SSH need not wait for cloud-init.
-        login = (
-            (self.images.default_user(inst.spec.image), inst.ssh_keys) if inst.ssh_keys else None
+        # Not root's: cloud-init gives root only a "log in as ..." refusal (disable_root).
+        user = self.images.default_user(inst.spec.image)
+        login = (user, inst.ssh_keys) if inst.ssh_keys and user != "root" else None
+        identity = Identity(
+            hostname=inst.name,
+            macs=macs if snap.memory else None,
+            login=login,
+            shared=snap.memory,
         )
-        identity = Identity(hostname=inst.name, macs=macs if snap.memory else None, login=login)
         restore_from = snap.id if snap.memory else None
         return await self.lifecycle.boot(
             instance_id, ctx, restore_from=restore_from, identity=identity, keep_memory=shared

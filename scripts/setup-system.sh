@@ -5,7 +5,7 @@ set -euo pipefail
 packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsmasq-base iputils-ping acl
           mmdebstrap openssh-client ovmf
           debootstrap extlinux syslinux-common fdisk dosfstools mtools
-          gcc
+          gcc runc
           postgresql-15
           python3 python3-venv python3-pip
           ca-certificates)

@@ -1,0 +1,89 @@
+"""The container engine on its own (issue 14, part 1): `tiny` run by runc as a system container
+from its own image's files, and what keeps it apart, as the container itself and the host say.
+
+No service path launches containers yet; this drives the engine's parts directly, on the image
+the session's service built."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from gureum.engine.container import bundle
+from gureum.engine.container import rootfs as container_root
+from gureum.engine.container.runc import Runc
+from gureum.images import rootfs
+from gureum.sys import procs
+from tests.integration.conftest import Service
+from tests.waiting import wait_for
+
+BASE = 1_600_196_608
+
+
+def test_tiny_runs_as_a_system_container_apart_from_the_host(
+    service: Service, tmp_path: Path
+) -> None:
+    service.cli("image", "build", "tiny")
+    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
+    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    files = rootfs.unpack(disk, tmp_path / "rootfs", scratch)
+    # The container's uid must get through every folder above its root (pytest's are 0700).
+    folder = Path(tempfile.mkdtemp(prefix="gureum-c1-", dir="/tmp"))
+    folder.chmod(0o711)
+    runc = Runc(tmp_path / "runc")
+    root = container_root.mount(files, folder, BASE)
+    spec = bundle.ContainerSpec("gureum-test-c1", "c1", root, BASE, 1, 128, "/gureum-test/c1")
+    (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec)))
+
+    def run(*argv: str) -> str:
+        result = asyncio.run(runc.exec("gureum-test-c1", list(argv), None, 30))
+        assert result.exit_code == 0, result
+        return result.stdout.decode()
+
+    try:
+        pid = asyncio.run(runc.create("gureum-test-c1", folder, folder / "console.log"))
+        asyncio.run(runc.start("gureum-test-c1"))
+        # Its own init (busybox), which runs the image's start script to its end.
+        wait_for(lambda: b"gureum-init: ready" in (folder / "console.log").read_bytes(), 30,
+                 interval=0.1, what="tiny's init in the container")  # fmt: skip
+        assert os.stat(f"/proc/{pid}").st_uid == BASE  # root inside is no one on the host
+        assert run("cat", "/proc/1/comm").strip() == "init"
+        assert run("id", "-u").strip() == "0"
+        status = run("cat", "/proc/self/status")
+        assert "Seccomp:\t2" in status and "NoNewPrivs:\t1" in status
+        # What root inside cannot do: change the kernel's settings (/proc/sys is mounted
+        # read-only, and its files belong to a host root it is not).
+        assert " /proc/sys proc ro," in run("cat", "/proc/mounts")
+        refused = asyncio.run(runc.exec("gureum-test-c1", ["sh", "-c",
+                              "echo x > /proc/sys/kernel/hostname"], None, 30))  # fmt: skip
+        assert refused.exit_code != 0, refused
+        # Its own writes land in its own layer; the image's files are untouched.
+        run("sh", "-c", "echo mine > /etc/motd")
+        assert (folder / "upper" / "etc" / "motd").read_text() == "mine\n"
+        assert not (files / "etc" / "motd").exists()
+        # Its processes are its own: the host's are not in its process table.
+        assert str(os.getpid()) not in run("ps").split()
+        asyncio.run(runc.kill("gureum-test-c1"))
+        # Its init was handed to this process (a subreaper, as the service is): dead means a
+        # zombie until it is reaped.
+        wait_for(lambda: not procs.is_alive(pid), 10, interval=0.05, what="its end")
+        procs.reap(pid)
+        state = asyncio.run(runc.state("gureum-test-c1"))
+        assert state is not None and state["status"] == "stopped"
+    finally:
+        asyncio.run(runc.delete("gureum-test-c1"))
+        container_root.unmount(folder)
+        cgroups = Path("/sys/fs/cgroup")
+        for hierarchy in [cgroups, *cgroups.iterdir()]:  # v2, then each v1 hierarchy
+            for group in (hierarchy / "gureum-test" / "c1", hierarchy / "gureum-test"):
+                if group.is_dir():
+                    group.rmdir()
+    assert asyncio.run(runc.state("gureum-test-c1")) is None
+    assert not container_root.is_mounted(folder / "lower")
+    shutil.rmtree(folder)

@@ -1,0 +1,97 @@
+"""A container's root filesystem (issue 14): an image disk unpacked once without mounting it, and
+seen through a container's uid range by an idmapped mount, read-only, under a layer of its own.
+
+Real kernel calls (as root, as the suite runs): no runc, no VM."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gureum.engine.container import rootfs as container_root
+from gureum.errors import GureumError, InvalidState
+from gureum.images import rootfs
+
+BASE = 1_600_131_072
+
+
+def _ext4_disk(tmp_path: Path) -> Path:
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    (tree / "sbin").mkdir()
+    (tree / "etc" / "hostname").write_text("image\n")
+    (tree / "etc" / "shadow").write_text("root:*:1::::::\n")
+    os.chmod(tree / "etc" / "shadow", 0o640)
+    os.chown(tree / "etc" / "shadow", 0, 42)
+    (tree / "home").mkdir()
+    (tree / "home" / "user").mkdir()
+    os.chown(tree / "home" / "user", 1000, 1000)
+    (tree / "sbin" / "init").symlink_to("/bin/busybox")
+    disk = tmp_path / "disk.raw"
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-d", str(tree), str(disk), "16M"], check=True)
+    return disk
+
+
+def test_an_ext4_disk_is_unpacked_with_its_owners_modes_and_links(tmp_path: Path) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    dest = rootfs.unpack(_ext4_disk(tmp_path), tmp_path / "image" / "rootfs", scratch)
+    shadow = (dest / "etc" / "shadow").stat()
+    assert (shadow.st_uid, shadow.st_gid, shadow.st_mode & 0o777) == (0, 42, 0o640)
+    assert (dest / "home" / "user").stat().st_uid == 1000
+    assert os.readlink(dest / "sbin" / "init") == "/bin/busybox"
+    assert not list(scratch.iterdir())  # the raw copy is gone
+    assert not (tmp_path / "image" / "rootfs.partial").exists()
+
+
+def test_a_disk_with_a_partition_table_is_refused(tmp_path: Path) -> None:
+    disk = tmp_path / "parted.raw"
+    disk.write_bytes(b"\0" * 510 + b"\x55\xaa" + b"\0" * (4 << 20))
+    with pytest.raises(InvalidState, match="not one ext4 filesystem"):
+        rootfs.unpack(disk, tmp_path / "rootfs", tmp_path)
+    assert not (tmp_path / "rootfs").exists()
+
+
+def test_each_container_sees_the_image_as_its_own_root_and_cannot_change_it(
+    tmp_path: Path,
+) -> None:
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    image = rootfs.unpack(_ext4_disk(tmp_path), tmp_path / "rootfs", scratch)
+    folder = tmp_path / "c1"
+    root = container_root.mount(image, folder, BASE)
+    try:
+        assert container_root.is_mounted(root) and container_root.is_mounted(folder / "lower")
+        shadow = (root / "etc" / "shadow").stat()
+        assert (shadow.st_uid, shadow.st_gid) == (BASE, BASE + 42)  # shifted, not copied
+        assert (root / "home" / "user").stat().st_uid == BASE + 1000
+        (root / "etc" / "hostname").write_text("c1\n")  # lands in its own layer
+        assert (folder / "upper" / "etc" / "hostname").read_text() == "c1\n"
+        assert (image / "etc" / "hostname").read_text() == "image\n"
+        with pytest.raises(OSError):
+            (folder / "lower" / "etc" / "hostname").write_text("x")  # the shared view: read-only
+    finally:
+        container_root.unmount(folder)
+    assert not container_root.is_mounted(folder / "lower")
+    assert not (folder / "root").exists()
+    assert (folder / "upper" / "etc" / "hostname").exists()  # its files stay until it is deleted
+
+
+def test_a_folder_whose_path_overlayfs_would_split_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "img" / "sbin").mkdir(parents=True)
+    with pytest.raises(GureumError, match="cannot have"):
+        container_root.mount(tmp_path / "img", tmp_path / "a,b", BASE)
+
+
+def test_the_mount_table_is_read_with_its_escapes(tmp_path: Path) -> None:
+    odd = tmp_path / "with space"
+    odd.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(odd)], check=True)
+    try:
+        assert container_root.is_mounted(odd)
+    finally:
+        subprocess.run(["umount", str(odd)], check=True)
+    assert not container_root.is_mounted(odd)

@@ -13,9 +13,12 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from gureum.config import load_config
 from gureum.engine.container import bundle
 from gureum.engine.container import rootfs as container_root
 from gureum.engine.container.runc import Runc
+from gureum.host import permissions
+from gureum.host.containers import Containers, ContainerStart
 from gureum.images import rootfs
 from gureum.sys import procs
 from tests.integration.conftest import Service
@@ -87,3 +90,46 @@ def test_tiny_runs_as_a_system_container_apart_from_the_host(
     assert asyncio.run(runc.state("gureum-test-c1")) is None
     assert not container_root.is_mounted(folder / "lower")
     shutil.rmtree(folder)
+
+
+def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) -> None:
+    """host/containers.py on the same image: the image's files unpacked once, the container
+    named, its init's container branch (no hardware to start), a stop that is a power-off, and
+    a delete that leaves nothing mounted, running or on disk."""
+    service.cli("image", "build", "tiny")
+    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
+    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    home = Path(tempfile.mkdtemp(prefix="gureum-ct-", dir="/tmp"))
+    config = load_config(home, env={})
+    permissions.crossable(config.home, config.run_dir, config.instances_dir)
+    config.cache_dir.mkdir(parents=True)
+    containers = Containers(config)
+    want = ContainerStart("i-c2", "c2", disk, BASE + 65536, 1, 128, "/gureum-test/i-c2")
+    folder = containers.folder("i-c2")
+    try:
+        pid = asyncio.run(containers.start(want))
+        log = containers.console_log("i-c2")
+        wait_for(lambda: b"gureum-init: ready" in log.read_bytes(), 30, interval=0.1,
+                 what="tiny's init in the container")  # fmt: skip
+        assert asyncio.run(containers.pid("i-c2")) == pid
+
+        def run(*argv: str) -> str:
+            return asyncio.run(containers.exec("i-c2", list(argv), None, 30)).stdout.decode()
+
+        assert run("hostname").strip() == "c2"
+        assert run("cat", "/etc/hostname") == "c2\n"
+        names = run("ps", "-o", "comm")
+        assert "acpid" not in names and "qemu-ga" not in names  # no hardware, no agent port
+        assert asyncio.run(containers.stop("i-c2", "busybox", 20)) == "powerdown"
+        assert asyncio.run(containers.pid("i-c2")) is None
+        assert not container_root.is_mounted(folder / "root")
+        assert (folder / "upper" / "etc" / "hostname").exists()  # its own files stay
+    finally:
+        asyncio.run(containers.destroy("i-c2"))
+        cgroups = Path("/sys/fs/cgroup")
+        for hierarchy in [cgroups, *cgroups.iterdir()]:
+            for group in (hierarchy / "gureum-test" / "i-c2", hierarchy / "gureum-test"):
+                if group.is_dir():
+                    group.rmdir()
+    assert not folder.exists() and not container_root.is_mounted(folder / "lower")
+    shutil.rmtree(home)

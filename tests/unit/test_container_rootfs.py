@@ -6,13 +6,16 @@ Real kernel calls (as root, as the suite runs): no runc, no VM."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from gureum.engine.container import rootfs as container_root
 from gureum.errors import GureumError, InvalidState
+from gureum.host.containers import _write_owned
 from gureum.images import rootfs
 
 BASE = 1_600_131_072
@@ -61,7 +64,11 @@ def test_each_container_sees_the_image_as_its_own_root_and_cannot_change_it(
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     image = rootfs.unpack(_ext4_disk(tmp_path), tmp_path / "rootfs", scratch)
-    folder = tmp_path / "c1"
+    with pytest.raises(GureumError, match="searchable by others"):  # pytest's folders are 0700
+        container_root.mount(image, tmp_path / "c0", BASE)
+    # runc mounts a container's root as the container's uid: every folder above it lets it by.
+    folder = Path(tempfile.mkdtemp(prefix="gureum-c1-", dir="/tmp")) / "c1"
+    folder.parent.chmod(0o711)
     root = container_root.mount(image, folder, BASE)
     try:
         assert container_root.is_mounted(root) and container_root.is_mounted(folder / "lower")
@@ -78,6 +85,7 @@ def test_each_container_sees_the_image_as_its_own_root_and_cannot_change_it(
     assert not container_root.is_mounted(folder / "lower")
     assert not (folder / "root").exists()
     assert (folder / "upper" / "etc" / "hostname").exists()  # its files stay until it is deleted
+    shutil.rmtree(folder.parent)
 
 
 def test_a_folder_whose_path_overlayfs_would_split_is_refused(tmp_path: Path) -> None:
@@ -95,3 +103,26 @@ def test_the_mount_table_is_read_with_its_escapes(tmp_path: Path) -> None:
     finally:
         subprocess.run(["umount", str(odd)], check=True)
     assert not container_root.is_mounted(odd)
+
+
+def test_the_host_writes_into_a_containers_root_without_following_its_links(
+    tmp_path: Path,
+) -> None:
+    """The container's own layer may hold links to anywhere: /etc made a link to a host folder
+    must not turn the host's write of its hostname into a write there."""
+    root, outside = tmp_path / "root", tmp_path / "host-etc"
+    (root / "etc").mkdir(parents=True)
+    outside.mkdir()
+    _write_owned(root, "etc", "hostname", "c1\n", BASE)
+    written = (root / "etc" / "hostname").stat()
+    assert (root / "etc" / "hostname").read_text() == "c1\n" and written.st_uid == BASE
+    (root / "etc" / "hostname").unlink()
+    (root / "etc" / "hostname").symlink_to(outside / "hostname")  # the file a link: replaced
+    _write_owned(root, "etc", "hostname", "c1\n", BASE)
+    assert not (outside / "hostname").exists()
+    (root / "etc" / "hostname").unlink()
+    (root / "etc").rmdir()
+    (root / "etc").symlink_to(outside)  # the folder a link: refused
+    with pytest.raises(OSError):
+        _write_owned(root, "etc", "hostname", "c1\n", BASE)
+    assert list(outside.iterdir()) == []

@@ -1,0 +1,189 @@
+"""The host's system containers (issue 14): each one's folder, root, runc bundle, start, stop,
+commands and end. The service reaches this only through ``HostAgent``.
+
+A container's folder is ``instances/<id>/container/`` (bundle.py's config, rootfs.py's layers,
+its console log). Its image's files are unpacked once per image version beside the image's
+disk (images/rootfs.py) and shared, read-only, by all its containers.
+
+How a container is asked to stop depends on its init: busybox init powers off on SIGUSR2,
+systemd on SIGRTMIN+4 (SIGTERM would make either reboot or re-execute). Past the timeout it is
+killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from gureum.config import Config
+from gureum.engine.container import bundle
+from gureum.engine.container import rootfs as container_root
+from gureum.engine.container.runc import Runc
+from gureum.engine.qemu.agent import ExecResult
+from gureum.errors import EngineError, InvalidState
+from gureum.host import permissions
+from gureum.images import rootfs as image_rootfs
+from gureum.sys import procs
+
+log = logging.getLogger(__name__)
+
+# What powers each init off (see the module's docstring).
+STOP_SIGNALS = {"busybox": "USR2", "systemd": "RTMIN+4"}
+# A runc state other than these means the container's init is gone.
+ALIVE = ("created", "running", "paused")
+
+
+@dataclass(frozen=True)
+class ContainerStart:
+    """One container to start; everything here was checked and recorded by the service."""
+
+    instance_id: str
+    hostname: str
+    image_disk: Path  # the image version's disk: its files are unpacked from it once
+    uid_base: int  # its uid range's first uid (bundle.UID_RANGE of them)
+    cpus: int
+    memory_mib: int
+    cgroup: str  # its own control group's path, under its project's
+    init: str = "busybox"  # which init the image runs: how it is asked to stop
+
+
+class Containers:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.runc = Runc(config.run_dir / "runc")
+
+    def folder(self, instance_id: str) -> Path:
+        return self.config.instances_dir / instance_id / "container"
+
+    def console_log(self, instance_id: str) -> Path:
+        return self.folder(instance_id) / "console.log"
+
+    async def start(self, want: ContainerStart) -> int:
+        """Create and start the container; its init's host pid. On failure nothing is left
+        running or mounted (its folder's own layer stays, as a VM's disk does)."""
+        if want.init not in STOP_SIGNALS:
+            raise EngineError(f"no way known to stop an init of kind {want.init!r}")
+        image_dir = want.image_disk.parent
+        files = await asyncio.to_thread(
+            image_rootfs.unpack,
+            want.image_disk,
+            image_rootfs.folder_of(image_dir),
+            self.config.cache_dir,
+        )
+        folder = self.folder(want.instance_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        permissions.crossable(folder.parent, folder)  # runc mounts it as the container's uid
+        root = await asyncio.to_thread(container_root.mount, files, folder, want.uid_base)
+        try:
+            # Its name, in its own layer and owned by its own root (who may change it).
+            await asyncio.to_thread(_write_owned, root, "etc", "hostname",
+                                    f"{want.hostname}\n", want.uid_base)  # fmt: skip
+            spec = bundle.ContainerSpec(
+                container_id=want.instance_id,
+                hostname=want.hostname,
+                rootfs=root,
+                uid_base=want.uid_base,
+                cpus=want.cpus,
+                memory_mib=want.memory_mib,
+                cgroup=want.cgroup,
+            )
+            (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec), indent=1))
+            await self.runc.delete(want.instance_id)  # a stopped one left from before
+            pid = await self.runc.create(
+                want.instance_id, folder, self.console_log(want.instance_id)
+            )
+            await self.runc.start(want.instance_id)
+        except BaseException:
+            await self.runc.delete(want.instance_id)
+            await asyncio.to_thread(container_root.unmount, folder)
+            raise
+        return pid
+
+    async def pid(self, instance_id: str) -> int | None:
+        """Its init's pid while it lives, else None."""
+        state = await self.runc.state(instance_id)
+        if state is None or state.get("status") not in ALIVE:
+            return None
+        pid = state.get("pid")
+        return pid if isinstance(pid, int) and procs.is_alive(pid) else None
+
+    async def stop(self, instance_id: str, init: str, timeout: float) -> str:
+        """Ask its init to power off, then kill it past ``timeout``: "powerdown" or "killed".
+        Its root is taken apart either way."""
+        pid = await self.pid(instance_id)
+        how = "already stopped"
+        if pid is not None:
+            await self.runc.kill(instance_id, STOP_SIGNALS.get(init, "KILL"))
+            how = "powerdown"
+            if not await _ended(pid, timeout):
+                await self.runc.kill(instance_id, "KILL")
+                how = "killed"
+                if not await _ended(pid, 10.0):
+                    raise EngineError(f"the container's init (pid {pid}) did not end")
+        await self.runc.delete(instance_id)
+        await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
+        return how
+
+    async def exec(
+        self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
+    ) -> ExecResult:
+        if await self.pid(instance_id) is None:
+            raise InvalidState("the container is not running")
+        return await self.runc.exec(instance_id, argv, stdin, timeout)
+
+    async def destroy(self, instance_id: str) -> None:
+        """Kill it if it runs, and remove its folder, its own layer included. The folder goes
+        only once nothing is mounted in it: a mounted view of the image is never walked."""
+        pid = await self.pid(instance_id)
+        if pid is not None:
+            await self.runc.kill(instance_id, "KILL")
+            await _ended(pid, 10.0)
+        await self.runc.delete(instance_id)
+        folder = self.folder(instance_id)
+        await asyncio.to_thread(container_root.unmount, folder)
+        for name in (container_root.ROOT, container_root.LOWER):
+            if container_root.is_mounted(folder / name):
+                raise EngineError(f"{folder / name} is still mounted; the folder is kept")
+        await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+def _write_owned(root: Path, folder: str, name: str, text: str, uid: int) -> None:
+    """Write ``root/folder/name`` as the container's root would own it. The container may have
+    made any part of that path a link (to the host's /etc, once resolved here): no link is
+    followed, each step is opened relative to the one before with O_NOFOLLOW."""
+    top = os.open(root, os.O_DIRECTORY | os.O_NOFOLLOW)
+    try:
+        where = os.open(folder, os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(name, dir_fd=where)
+            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+            fd = os.open(name, flags, 0o644, dir_fd=where)
+            try:
+                os.write(fd, text.encode())
+                os.fchown(fd, uid, uid)
+            finally:
+                os.close(fd)
+        finally:
+            os.close(where)
+    finally:
+        os.close(top)
+
+
+async def _ended(pid: int, timeout: float) -> bool:
+    """Wait up to ``timeout`` for ``pid`` to end (reaped if it is this process's child)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        procs.reap(pid)
+        if not procs.is_alive(pid):
+            return True
+        if loop.time() >= deadline:
+            return False
+        await asyncio.sleep(0.05)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import os
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from gureum.engine.container.runc import Runc
 from gureum.host import permissions
 from gureum.host.containers import Containers, ContainerStart
 from gureum.images import rootfs
+from gureum.network import tap
 from gureum.sys import procs
 from tests.integration.conftest import Service
 from tests.waiting import wait_for
@@ -133,3 +135,56 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
                     group.rmdir()
     assert not folder.exists() and not container_root.is_mounted(folder / "lower")
     shutil.rmtree(home)
+
+
+def test_a_containers_nic_is_a_veth_on_its_networks_bridge(service: Service) -> None:
+    """The container's end is its eth0 with the instance's MAC; the other end, named as a VM's
+    TAP in that slot (what DHCP and the firewall match), is on the network's bridge: the
+    container reaches the bridge's address. A namespace and bridge made here stand for a
+    gureum network."""
+    service.cli("image", "build", "tiny")
+    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
+    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    home = Path(tempfile.mkdtemp(prefix="gureum-ct-", dir="/tmp"))
+    config = load_config(home, env={})
+    permissions.crossable(config.home, config.run_dir, config.instances_dir)
+    config.cache_dir.mkdir(parents=True)
+    containers = Containers(config)
+    ns, mac = f"gureum-cttest-{os.getpid()}", "52:54:00:c0:ff:ee"
+    for argv in (["ip", "netns", "add", ns], ["ip", "-n", ns, "link", "add", "br0", "type",
+                 "bridge"], ["ip", "-n", ns, "addr", "add", "10.251.0.1/24", "dev", "br0"],
+                 ["ip", "-n", ns, "link", "set", "br0", "up"]):  # fmt: skip
+        subprocess.run(argv, check=True)
+    want = ContainerStart("i-c3", "c3", disk, BASE + 2 * 65536, 1, 128, "/gureum-test/i-c3",
+                          nics=((0, mac, ns),))  # fmt: skip
+    try:
+        asyncio.run(containers.start(want))
+        log = containers.console_log("i-c3")
+        wait_for(lambda: b"gureum-init: ready" in log.read_bytes(), 30, interval=0.1,
+                 what="tiny's init in the container")  # fmt: skip
+
+        def run(*argv: str) -> int:
+            return asyncio.run(containers.exec("i-c3", list(argv), None, 30)).exit_code
+
+        assert asyncio.run(containers.exec("i-c3", ["cat", "/sys/class/net/eth0/address"],
+                                           None, 30)).stdout.decode().strip() == mac  # fmt: skip
+        host_end = tap.tap_name("i-c3", 0)
+        shown = subprocess.run(["ip", "-n", ns, "-o", "link", "show", host_end],
+                               capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert "master br0" in shown
+        run("killall", "udhcpc")  # no DHCP server here: a fixed address instead
+        assert run("ip", "addr", "add", "10.251.0.2/24", "dev", "eth0") == 0
+        assert run("ip", "link", "set", "eth0", "up") == 0
+        assert run("ping", "-c", "1", "-W", "5", "10.251.0.1") == 0
+    finally:
+        asyncio.run(containers.destroy("i-c3"))
+        gone = subprocess.run(["ip", "-n", ns, "link", "show", tap.tap_name("i-c3", 0)],
+                              capture_output=True)  # fmt: skip
+        subprocess.run(["ip", "netns", "del", ns], check=True)
+        cgroups = Path("/sys/fs/cgroup")
+        for hierarchy in [cgroups, *cgroups.iterdir()]:
+            for group in (hierarchy / "gureum-test" / "i-c3", hierarchy / "gureum-test"):
+                if group.is_dir():
+                    group.rmdir()
+        shutil.rmtree(home)
+    assert gone.returncode != 0  # the pair went with the container's namespace

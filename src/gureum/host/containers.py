@@ -28,7 +28,9 @@ from gureum.engine.container.runc import Runc
 from gureum.engine.qemu.agent import ExecResult
 from gureum.errors import EngineError, InvalidState
 from gureum.host import permissions
+from gureum.host.network import BRIDGE
 from gureum.images import rootfs as image_rootfs
+from gureum.network import veth
 from gureum.sys import procs
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,8 @@ class ContainerStart:
     memory_mib: int
     cgroup: str  # its own control group's path, under its project's
     init: str = "busybox"  # which init the image runs: how it is asked to stop
+    # Its NICs: (slot, MAC, the network namespace whose bridge it joins), as a VM's are.
+    nics: tuple[tuple[int, str, str], ...] = ()
 
 
 class Containers:
@@ -98,9 +102,15 @@ class Containers:
             pid = await self.runc.create(
                 want.instance_id, folder, self.console_log(want.instance_id)
             )
+            # Created, not started: its network namespace exists and its init waits, so its
+            # NICs are there before the init looks for them.
+            for slot, mac, namespace in want.nics:
+                await veth.plug(namespace, BRIDGE, want.instance_id, slot, mac, pid)
             await self.runc.start(want.instance_id)
         except BaseException:
-            await self.runc.delete(want.instance_id)
+            await self.runc.delete(want.instance_id)  # its namespace, and its NICs with it
+            for slot, _, namespace in want.nics:
+                await veth.unplug(namespace, want.instance_id, slot)
             await asyncio.to_thread(container_root.unmount, folder)
             raise
         return pid

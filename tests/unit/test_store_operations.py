@@ -1,5 +1,6 @@
 import asyncio
 import time
+from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
@@ -164,3 +165,19 @@ def test_audit_retention(db):
     assert [r["action"] for r in tenancy.store.audit()] == ["POST /new"]
     week = tenancy.store.audit(since=time.time() - 7 * 86400)
     assert [r["action"] for r in week] == ["POST /new"]
+
+
+def test_what_an_instance_is_is_kept_and_earlier_ones_are_vms(db):
+    """Migration 16: every instance made before it is a VM; a container stays one."""
+    store = InstanceStore(db)
+    store.insert(make("vm1"))
+    store.insert(replace(make("ct1"), kind="container"))
+    assert store.get_by_name("vm1", "p-default").kind == "vm"
+    assert store.get_by_name("ct1", "p-default").kind == "container"
+    with db.begin() as conn:  # a row as an older gureum wrote it: no kind given
+        conn.exec_driver_sql(
+            "INSERT INTO instances (id, project_id, name, image, image_version, cpus, memory_mib,"
+            " disk_bytes, state, boot, created_at, updated_at) VALUES ('i-old000000000',"
+            " 'p-default', 'old', 'tiny', 'v1', 1, 256, 1073741824, 'stopped', '{}', 0, 0)"
+        )
+    assert store.get_by_name("old", "p-default").kind == "vm"

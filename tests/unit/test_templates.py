@@ -48,6 +48,7 @@ def test_a_launch_of_the_templates_shape_is_a_clone_of_its_saved_machine(world: 
 
     inst = launch(root, svc, "web", "tiny")
     assert inst["template_id"] == tpl["id"]
+    assert inst["type"] == "vm"
     vm = host.vms[inst["id"]]
     assert vm.restored_from == tpl["snapshot_id"]  # its memory, not a boot
     made = svc.instances.get(inst["id"])

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,6 +122,9 @@ class InstanceOut(BaseModel):
     autostart: bool = False
     template_id: str | None = Field(
         None, description="the image template it was cloned from; null: it booted"
+    )
+    type: Literal["vm", "container"] = Field(
+        "vm", description="vm: a virtual machine under QEMU; container: a system container"
     )
     created_at: float
     updated_at: float | None

@@ -176,6 +176,7 @@ def duration(seconds: float) -> str:
 
 INSTANCE_COLUMNS = [
     "NAME",
+    "TYPE",
     "STATE",
     "IPV4",
     "IMAGE",
@@ -191,6 +192,7 @@ INSTANCE_COLUMNS = [
 def instance_row(i: dict[str, Any]) -> list[str]:
     return [
         i["name"],
+        i.get("type") or "vm",
         i["state"],
         ", ".join(n["ip"] for n in i.get("nics") or [] if n.get("ip")) or "-",
         i["image"],
@@ -230,6 +232,7 @@ def instance_detail(i: dict[str, Any]) -> None:
         ("Name", i["name"]),
         ("ID", i["id"]),
         ("Project", i.get("project") or "-"),
+        ("Type", i.get("type") or "vm"),
         ("State", i["state"] + (f" ({i['state_reason']})" if i.get("state_reason") else "")),
         ("Image", f"{i['image']} ({i['image_version']})"),
         ("Launched", f"from template {i['template_id']}" if i.get("template_id") else "booted"),

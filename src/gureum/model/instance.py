@@ -161,6 +161,9 @@ class BootTimeline:
 
 
 DEFAULT_PROJECT = "p-default"
+# What an instance is: a virtual machine (its own kernel, under QEMU) or a system container (the
+# host's kernel, under runc). Shown as ``type``.
+KINDS = ("vm", "container")
 
 
 @dataclass
@@ -186,6 +189,7 @@ class Instance:
     # ``gureum ssh`` accepts no others. A clone makes its own (cloud-init: a new instance id).
     host_keys: tuple[str, ...] = ()
     template_id: str | None = None  # the image template it was cloned from (None: booted)
+    kind: str = "vm"  # one of KINDS: what runs it (QEMU, or runc for a system container)
 
     @property
     def name(self) -> str:

@@ -93,6 +93,7 @@ class InstanceViews:
         return {
             "id": inst.id,
             "name": spec.name,
+            "type": inst.kind,
             "project": self.quotas.project_name(inst.project_id),
             "state": inst.state.value,
             "state_reason": inst.state_reason,

@@ -47,6 +47,7 @@ def _from_row(row: RowMapping) -> Instance:
         autostart=bool(row["autostart"]),
         host_keys=tuple(json.loads(row["host_keys"] or "[]")),
         template_id=row["template_id"],
+        kind=row["kind"],
     )
 
 
@@ -79,6 +80,7 @@ class InstanceStore:
             "autostart": int(inst.autostart),
             "host_keys": json.dumps(list(inst.host_keys)),
             "template_id": inst.template_id,
+            "kind": inst.kind,
         }
         try:
             if conn is not None:

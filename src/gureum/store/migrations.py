@@ -395,6 +395,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "host-wide settings changed at run time (the size of the pool of waiting QEMUs)",
         ["CREATE TABLE settings (name TEXT PRIMARY KEY, value TEXT NOT NULL)"],
     ),
+    (
+        16,
+        "what each instance is: a VM or a system container (every existing one a VM)",
+        ["ALTER TABLE instances ADD COLUMN kind TEXT NOT NULL DEFAULT 'vm'"],
+    ),
 ]
 
 

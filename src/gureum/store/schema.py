@@ -34,6 +34,7 @@ instances = Table(
     Column("autostart", BigInteger, nullable=False, server_default="0"),
     Column("host_keys", Text),
     Column("template_id", Text),  # the template it was cloned from, if it was
+    Column("kind", Text, nullable=False, server_default="vm"),  # vm or container
 )
 
 # Host-wide settings the administrator changes at run time (the pool's size), one value each.

@@ -29,12 +29,34 @@ from tests.waiting import wait_for
 BASE = 1_600_196_608
 
 
+def tiny_disk(service: Service) -> Path:
+    """The disk of the session's `tiny` image (built now if it is not yet)."""
+    service.cli("image", "build", "tiny")
+    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
+    return service.home / "images" / "tiny" / version / "disk.qcow2"
+
+
+def host_containers(home: Path) -> Containers:
+    """The host's containers under a home of their own, its folders as the service makes them."""
+    config = load_config(home, env={})
+    permissions.crossable(config.home, config.run_dir, config.instances_dir)
+    config.cache_dir.mkdir(parents=True)
+    return Containers(config)
+
+
+def remove_test_groups(name: str) -> None:
+    """The control groups runc made under /gureum-test (v2, then each v1 hierarchy)."""
+    cgroups = Path("/sys/fs/cgroup")
+    for hierarchy in [cgroups, *cgroups.iterdir()]:
+        for group in (hierarchy / "gureum-test" / name, hierarchy / "gureum-test"):
+            if group.is_dir():
+                group.rmdir()
+
+
 def test_tiny_runs_as_a_system_container_apart_from_the_host(
     service: Service, tmp_path: Path
 ) -> None:
-    service.cli("image", "build", "tiny")
-    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
-    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    disk = tiny_disk(service)
     scratch = tmp_path / "scratch"
     scratch.mkdir()
     files = rootfs.unpack(disk, tmp_path / "rootfs", scratch)
@@ -84,11 +106,7 @@ def test_tiny_runs_as_a_system_container_apart_from_the_host(
     finally:
         asyncio.run(runc.delete("gureum-test-c1"))
         container_root.unmount(folder)
-        cgroups = Path("/sys/fs/cgroup")
-        for hierarchy in [cgroups, *cgroups.iterdir()]:  # v2, then each v1 hierarchy
-            for group in (hierarchy / "gureum-test" / "c1", hierarchy / "gureum-test"):
-                if group.is_dir():
-                    group.rmdir()
+        remove_test_groups("c1")
     assert asyncio.run(runc.state("gureum-test-c1")) is None
     assert not container_root.is_mounted(folder / "lower")
     shutil.rmtree(folder)
@@ -98,14 +116,9 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
     """host/containers.py on the same image: the image's files unpacked once, the container
     named, its init's container branch (no hardware to start), a stop that is a power-off, and
     a delete that leaves nothing mounted, running or on disk."""
-    service.cli("image", "build", "tiny")
-    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
-    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    disk = tiny_disk(service)
     home = Path(tempfile.mkdtemp(prefix="gureum-ct-", dir="/tmp"))
-    config = load_config(home, env={})
-    permissions.crossable(config.home, config.run_dir, config.instances_dir)
-    config.cache_dir.mkdir(parents=True)
-    containers = Containers(config)
+    containers = host_containers(home)
     want = ContainerStart("i-c2", "c2", disk, BASE + 65536, 1, 128, "/gureum-test/i-c2")
     folder = containers.folder("i-c2")
     try:
@@ -128,11 +141,7 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
         assert (folder / "upper" / "etc" / "hostname").exists()  # its own files stay
     finally:
         asyncio.run(containers.destroy("i-c2"))
-        cgroups = Path("/sys/fs/cgroup")
-        for hierarchy in [cgroups, *cgroups.iterdir()]:
-            for group in (hierarchy / "gureum-test" / "i-c2", hierarchy / "gureum-test"):
-                if group.is_dir():
-                    group.rmdir()
+        remove_test_groups("i-c2")
     assert not folder.exists() and not container_root.is_mounted(folder / "lower")
     shutil.rmtree(home)
 
@@ -142,14 +151,9 @@ def test_a_containers_nic_is_a_veth_on_its_networks_bridge(service: Service) -> 
     TAP in that slot (what DHCP and the firewall match), is on the network's bridge: the
     container reaches the bridge's address. A namespace and bridge made here stand for a
     gureum network."""
-    service.cli("image", "build", "tiny")
-    version = json.loads(service.cli("image", "show", "tiny", "-o", "json").stdout)["version"]
-    disk = service.home / "images" / "tiny" / version / "disk.qcow2"
+    disk = tiny_disk(service)
     home = Path(tempfile.mkdtemp(prefix="gureum-ct-", dir="/tmp"))
-    config = load_config(home, env={})
-    permissions.crossable(config.home, config.run_dir, config.instances_dir)
-    config.cache_dir.mkdir(parents=True)
-    containers = Containers(config)
+    containers = host_containers(home)
     ns, mac = f"gureum-cttest-{os.getpid()}", "52:54:00:c0:ff:ee"
     for argv in (["ip", "netns", "add", ns], ["ip", "-n", ns, "link", "add", "br0", "type",
                  "bridge"], ["ip", "-n", ns, "addr", "add", "10.251.0.1/24", "dev", "br0"],
@@ -181,10 +185,6 @@ def test_a_containers_nic_is_a_veth_on_its_networks_bridge(service: Service) -> 
         gone = subprocess.run(["ip", "-n", ns, "link", "show", tap.tap_name("i-c3", 0)],
                               capture_output=True)  # fmt: skip
         subprocess.run(["ip", "netns", "del", ns], check=True)
-        cgroups = Path("/sys/fs/cgroup")
-        for hierarchy in [cgroups, *cgroups.iterdir()]:
-            for group in (hierarchy / "gureum-test" / "i-c3", hierarchy / "gureum-test"):
-                if group.is_dir():
-                    group.rmdir()
+        remove_test_groups("i-c3")
         shutil.rmtree(home)
     assert gone.returncode != 0  # the pair went with the container's namespace

@@ -18,6 +18,7 @@ from gureum.config import load_config
 from gureum.engine.container import bundle
 from gureum.engine.container import rootfs as container_root
 from gureum.engine.container.runc import Runc
+from gureum.engine.qemu.agent import ExecResult
 from gureum.host import permissions
 from gureum.host.containers import Containers, ContainerStart
 from gureum.images import rootfs
@@ -188,3 +189,43 @@ def test_a_containers_nic_is_a_veth_on_its_networks_bridge(service: Service) -> 
         remove_test_groups("i-c3")
         shutil.rmtree(home)
     assert gone.returncode != 0  # the pair went with the container's namespace
+
+
+def test_debian_runs_systemd_as_a_container_that_cannot_raise_its_own_limits(
+    service: Service,
+) -> None:
+    """`debian`'s own systemd as the container's init: it gets its control group's folder (so
+    it can make its groups) but not the limit files in it, and powers off on its signal."""
+    service.cli("image", "build", "debian", timeout=1800)
+    version = json.loads(service.cli("image", "show", "debian", "-o", "json").stdout)["version"]
+    disk = service.home / "images" / "debian" / version / "disk.qcow2"
+    home = Path(tempfile.mkdtemp(prefix="gureum-ct-", dir="/tmp"))
+    containers = host_containers(home)
+    want = ContainerStart("i-c4", "c4", disk, BASE + 3 * 65536, 2, 512, "/gureum-test/i-c4",
+                          init="systemd")  # fmt: skip
+    try:
+        asyncio.run(containers.start(want))
+
+        def run(*argv: str) -> ExecResult:
+            return asyncio.run(containers.exec("i-c4", list(argv), None, 60))
+
+        def settled() -> bool:
+            state = run("systemctl", "is-system-running").stdout.decode().strip()
+            return state in ("running", "degraded")
+
+        wait_for(settled, 120, interval=1, what="systemd settled in the container")
+        assert run("cat", "/proc/1/comm").stdout.decode().strip() == "systemd"
+        assert run("hostname").stdout.decode().strip() == "c4"
+        # Its own group is its own to divide; its limits are not its to change.
+        groups = run("cat", "/proc/self/cgroup").stdout.decode()
+        assert "name=systemd:/" in groups
+        refused = run("sh", "-c", "echo -1 > /sys/fs/cgroup/memory/memory.limit_in_bytes")
+        assert refused.exit_code != 0, refused
+        limit = Path("/sys/fs/cgroup/memory/gureum-test/i-c4/memory.limit_in_bytes")
+        if limit.exists():  # cgroup v1, as here
+            assert int(limit.read_text()) == 512 * 2**20
+        assert asyncio.run(containers.stop("i-c4", "systemd", 60)) == "powerdown"
+    finally:
+        asyncio.run(containers.destroy("i-c4"))
+        remove_test_groups("i-c4")
+        shutil.rmtree(home)

@@ -76,3 +76,14 @@ def test_proc_sys_and_sys_are_read_only_and_limits_are_set() -> None:
     assert res["pids"]["limit"] == bundle.PIDS_LIMIT
     assert linux["cgroupsPath"] == "/gureum-home/p-default/i-0123456789ab"
     assert cfg["hostname"] == "c1"
+
+
+def test_only_an_init_that_manages_control_groups_gets_them_writable() -> None:
+    def cgroup_options(spec: ContainerSpec) -> list[str]:
+        mounts = oci_config(spec)["mounts"]
+        assert isinstance(mounts, list)
+        return next(m["options"] for m in mounts if m["destination"] == "/sys/fs/cgroup")
+
+    assert "ro" in cgroup_options(SPEC)
+    systemd = ContainerSpec(**{**SPEC.__dict__, "delegate_cgroups": True})
+    assert "rw" in cgroup_options(systemd) and "ro" not in cgroup_options(systemd)

@@ -18,6 +18,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,8 +36,9 @@ from gureum.sys import procs
 
 log = logging.getLogger(__name__)
 
-# What powers each init off (see the module's docstring).
-STOP_SIGNALS = {"busybox": "USR2", "systemd": "RTMIN+4"}
+# What powers each init off (see the module's docstring), as numbers: runc takes a number for
+# any signal, but not every name (SIGRTMIN+4 is 38 on Linux).
+STOP_SIGNALS = {"busybox": str(int(signal.SIGUSR2)), "systemd": str(signal.SIGRTMIN + 4)}
 # A runc state other than these means the container's init is gone.
 ALIVE = ("created", "running", "paused")
 
@@ -96,6 +98,7 @@ class Containers:
                 cpus=want.cpus,
                 memory_mib=want.memory_mib,
                 cgroup=want.cgroup,
+                delegate_cgroups=want.init == "systemd",
             )
             (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec), indent=1))
             await self.runc.delete(want.instance_id)  # a stopped one left from before
@@ -106,6 +109,8 @@ class Containers:
             # NICs are there before the init looks for them.
             for slot, mac, namespace in want.nics:
                 await veth.plug(namespace, BRIDGE, want.instance_id, slot, mac, pid)
+            if want.init == "systemd":
+                await asyncio.to_thread(delegate_cgroups, pid, want.uid_base)
             await self.runc.start(want.instance_id)
         except BaseException:
             await self.runc.delete(want.instance_id)  # its namespace, and its NICs with it
@@ -161,6 +166,47 @@ class Containers:
             if container_root.is_mounted(folder / name):
                 raise EngineError(f"{folder / name} is still mounted; the folder is kept")
         await asyncio.to_thread(shutil.rmtree, folder, True)
+
+
+# What an init inside may write in its own control group: make groups under it (the folder) and
+# move its processes (these files). Never its limits (memory.*, cpu.*, pids.max, ...): those
+# stay the host's, so a container cannot raise its own.
+DELEGATED_FILES = ("cgroup.procs", "tasks", "cgroup.threads", "cgroup.subtree_control")
+
+
+def cgroup_folders(pid: int) -> list[Path]:
+    """The folders of ``pid``'s control groups, one per hierarchy (cgroup v1 and v2), from
+    /proc/PID/cgroup and the host's mount table."""
+    mounts: dict[str, Path] = {}  # "name=systemd", "memory", ... or "" (v2) -> mount point
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        left, _, right = line.partition(" - ")
+        fstype, _source, options = [*right.split(), "", "", ""][:3]
+        point = Path(left.split()[4])
+        if fstype == "cgroup2":
+            mounts[""] = point
+        elif fstype == "cgroup":
+            for option in options.split(","):
+                if option not in ("rw", "ro", "relatime", "nosuid", "nodev", "noexec"):
+                    mounts[option] = point
+    folders = []
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        first = controllers.split(",")[0]
+        if first in mounts:
+            folders.append(mounts[first] / path.lstrip("/"))
+    return folders
+
+
+def delegate_cgroups(pid: int, uid: int) -> None:
+    """Give the container's root its own control group folders (not their limits): systemd as
+    its init makes its own groups there, or stops at once."""
+    for folder in cgroup_folders(pid):
+        if not folder.is_dir():
+            continue
+        os.chown(folder, uid, uid)
+        for name in DELEGATED_FILES:
+            with contextlib.suppress(FileNotFoundError):
+                os.chown(folder / name, uid, uid)
 
 
 def _write_owned(root: Path, folder: str, name: str, text: str, uid: int) -> None:

@@ -8,7 +8,9 @@ systemd for ``debian``. What keeps it apart from the host and from other contain
 - its own pid, network, ipc, uts, mount and cgroup namespaces;
 - no new privileges (setuid binaries gain nothing), a bounded capability set (no module loading,
   no raw I/O, no clock, no MAC policy), and a seccomp filter returning EPERM for the calls below;
-- ``/proc/sys``, ``/sys`` and ``/sys/fs/cgroup`` read-only, and the usual ``/proc`` files masked;
+- ``/proc/sys`` and ``/sys`` read-only, and the usual ``/proc`` files masked; ``/sys/fs/cgroup``
+  read-only too, but for an init that manages control groups (systemd), which gets its own
+  group's folder and nothing above it or in its limits;
 - its own control group (CPU quota, memory and pids limits) under its project's.
 """
 
@@ -122,6 +124,9 @@ class ContainerSpec:
     netns: Path | None = None  # a network namespace to join; None: a new one with only lo
     args: tuple[str, ...] = ("/sbin/init",)
     env: tuple[str, ...] = field(default_factory=tuple)
+    # systemd as init manages control groups under its own: /sys/fs/cgroup is mounted writable
+    # and the host gives it its group's folder (host/containers.py, never the limit files).
+    delegate_cgroups: bool = False
 
 
 def seccomp() -> dict[str, object]:
@@ -134,7 +139,7 @@ def seccomp() -> dict[str, object]:
     }
 
 
-def _mounts() -> list[dict[str, object]]:
+def _mounts(cgroups_writable: bool) -> list[dict[str, object]]:
     nodev = ["nosuid", "noexec", "nodev"]
     return [
         {"destination": "/proc", "type": "proc", "source": "proc", "options": nodev},
@@ -162,7 +167,7 @@ def _mounts() -> list[dict[str, object]]:
             "destination": "/sys/fs/cgroup",
             "type": "cgroup",
             "source": "cgroup",
-            "options": [*nodev, "relatime", "ro"],
+            "options": [*nodev, "relatime", "rw" if cgroups_writable else "ro"],
         },
         {
             "destination": "/run",
@@ -200,7 +205,7 @@ def oci_config(spec: ContainerSpec) -> dict[str, object]:
         },
         "root": {"path": str(spec.rootfs), "readonly": False},
         "hostname": spec.hostname,
-        "mounts": _mounts(),
+        "mounts": _mounts(spec.delegate_cgroups),
         "linux": {
             "uidMappings": mapping,
             "gidMappings": mapping,

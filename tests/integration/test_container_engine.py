@@ -133,6 +133,9 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
             return asyncio.run(containers.exec("i-c2", list(argv), None, 30)).stdout.decode()
 
         assert run("hostname").strip() == "c2"
+        # No other host user reaches its files or what it prints.
+        assert log.stat().st_mode & 0o777 == 0o600
+        assert (folder.stat().st_mode & 0o777, folder.stat().st_gid) == (0o710, BASE + 65536)
         assert run("cat", "/etc/hostname") == "c2\n"
         names = run("ps", "-o", "comm")
         assert "acpid" not in names and "qemu-ga" not in names  # no hardware, no agent port

@@ -47,7 +47,19 @@ def test_an_ext4_disk_is_unpacked_with_its_owners_modes_and_links(tmp_path: Path
     assert (dest / "home" / "user").stat().st_uid == 1000
     assert os.readlink(dest / "sbin" / "init") == "/bin/busybox"
     assert not list(scratch.iterdir())  # the raw copy is gone
+    assert dest.stat().st_mode & 0o777 == 0o700  # no host user sees the image's files
     assert not (tmp_path / "image" / "rootfs.partial").exists()
+
+
+def test_a_filesystem_with_errors_is_not_unpacked(tmp_path: Path) -> None:
+    """debugfs would write wherever a crafted entry points: e2fsck must find nothing first."""
+    disk = _ext4_disk(tmp_path)
+    subprocess.run(["debugfs", "-w", "-R", "clri /home", str(disk)], check=True,
+                   capture_output=True)  # fmt: skip
+    with pytest.raises(InvalidState, match="errors"):
+        rootfs.unpack(disk, tmp_path / "image" / "rootfs", tmp_path)
+    assert not (tmp_path / "image" / "rootfs").exists()
+    assert [p.name for p in (tmp_path / "image").iterdir()] == [".rootfs.lock"]
 
 
 def test_a_disk_with_a_partition_table_is_refused(tmp_path: Path) -> None:

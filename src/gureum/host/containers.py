@@ -84,7 +84,12 @@ class Containers:
         )
         folder = self.folder(want.instance_id)
         folder.mkdir(parents=True, exist_ok=True)
-        permissions.crossable(folder.parent, folder)  # runc mounts it as the container's uid
+        # runc mounts the root as the container's uid, which must get through: the instance's
+        # folder lets anyone cross; the container's own only its group (root inside), so no
+        # other host user reaches its files or console log.
+        permissions.crossable(folder.parent)
+        os.chown(folder, 0, want.uid_base)
+        os.chmod(folder, 0o710)
         root = await asyncio.to_thread(container_root.mount, files, folder, want.uid_base)
         try:
             # Its name, in its own layer and owned by its own root (who may change it).
@@ -158,7 +163,8 @@ class Containers:
         pid = await self.pid(instance_id)
         if pid is not None:
             await self.runc.kill(instance_id, "KILL")
-            await _ended(pid, 10.0)
+            if not await _ended(pid, 10.0):
+                raise EngineError(f"the container's init (pid {pid}) did not end; it is kept")
         await self.runc.delete(instance_id)
         folder = self.folder(instance_id)
         await asyncio.to_thread(container_root.unmount, folder)
@@ -197,12 +203,21 @@ def cgroup_folders(pid: int) -> list[Path]:
     return folders
 
 
+# How many groups, and how deep, systemd inside may make under its own (cgroup v2; v1 has no
+# such bound).
+MAX_DESCENDANTS, MAX_DEPTH = 1024, 16
+
+
 def delegate_cgroups(pid: int, uid: int) -> None:
     """Give the container's root its own control group folders (not their limits): systemd as
     its init makes its own groups there, or stops at once."""
     for folder in cgroup_folders(pid):
         if not folder.is_dir():
             continue
+        for name, bound in (("cgroup.max.descendants", MAX_DESCENDANTS),
+                            ("cgroup.max.depth", MAX_DEPTH)):  # fmt: skip
+            with contextlib.suppress(FileNotFoundError):
+                (folder / name).write_text(str(bound))
         os.chown(folder, uid, uid)
         for name in DELEGATED_FILES:
             with contextlib.suppress(FileNotFoundError):

@@ -13,7 +13,10 @@ disk with a partition table is refused.
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from gureum.errors import InvalidState
@@ -37,27 +40,46 @@ def is_ext_filesystem(raw: Path) -> bool:
 
 def unpack(disk: Path, dest: Path, scratch: Path) -> Path:
     """The image's root filesystem in ``dest`` (unpacked now unless it is there already).
-    Built beside ``dest`` and renamed into place, so a half-unpacked tree is never used."""
-    if dest.is_dir():
-        return dest
-    raw, partial = scratch / "root.raw", dest.with_name(dest.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    try:
-        run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], timeout=600)
-        if not is_ext_filesystem(raw):
-            raise InvalidState(
-                "this image's disk is not one ext4 filesystem (an imported disk with partitions?):"
-                " containers can run only images gureum built (tiny, debian)"
-            )
-        partial.mkdir(parents=True)
-        # debugfs reports trouble on stderr and still exits 0: a root without /sbin or /usr
-        # (checked below) is how a failed copy shows.
-        run(["debugfs", "-R", f"rdump / {partial}", str(raw)], timeout=600)
-        if not ((partial / "sbin").exists() or (partial / "usr").exists()):
-            raise InvalidState("the image's disk holds no root filesystem to run as a container")
-        partial.rename(dest)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            raw.unlink()
-        shutil.rmtree(partial, ignore_errors=True)
+
+    Only for images gureum built: the service never passes an imported disk. Even so, the
+    filesystem is checked first (``e2fsck -fn``: a name with a ``/`` in it, or two entries of
+    one name, would make debugfs write outside ``dest``, as root), and refused on any error.
+    One unpack per image version at a time (a lock beside ``dest``); each works in a scratch
+    file and a folder of its own, and the folder is renamed into place whole. ``dest`` is
+    0700: the idmapped mounts reach it as root, no host user need ever see the image's files
+    (its setuid programs)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest.with_name(f".{dest.name}.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # held until the file closes
+        if dest.is_dir():
+            return dest
+        fd, name = tempfile.mkstemp(prefix="rootfs-", suffix=".raw", dir=scratch)
+        os.close(fd)
+        raw = Path(name)
+        partial = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=dest.parent))  # 0700
+        try:
+            run(["qemu-img", "convert", "-O", "raw", str(disk), str(raw)], timeout=600)
+            if not is_ext_filesystem(raw):
+                raise InvalidState(
+                    "this image's disk is not one ext4 filesystem (an imported disk with "
+                    "partitions?): containers can run only images gureum built (tiny, debian)"
+                )
+            checked = run(["e2fsck", "-fn", str(raw)], check=False, timeout=600)
+            if checked.returncode != 0:
+                raise InvalidState(
+                    "the image's filesystem has errors (e2fsck -fn); it is not unpacked"
+                )
+            # debugfs reports trouble on stderr and still exits 0: a root without /sbin or
+            # /usr (checked below) is how a failed copy shows.
+            run(["debugfs", "-R", f"rdump / {partial}", str(raw)], timeout=600)
+            if not ((partial / "sbin").exists() or (partial / "usr").exists()):
+                raise InvalidState(
+                    "the image's disk holds no root filesystem to run as a container"
+                )
+            os.chmod(partial, 0o700)  # rdump may have given it the image root's mode
+            partial.rename(dest)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                raw.unlink()
+            shutil.rmtree(partial, ignore_errors=True)
     return dest

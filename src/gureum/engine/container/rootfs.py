@@ -53,9 +53,11 @@ def mount(image_root: Path, folder: Path, uid_base: int) -> Path:
     for name in (LOWER, UPPER, WORK, ROOT):
         (folder / name).mkdir(parents=True, exist_ok=True)
     # runc mounts the root from inside the container's user namespace, as its uid: every
-    # folder above it must let others through (x), or the mount is refused (EACCES).
+    # folder above it must let it through (x for others, or for its group when the folder's
+    # group is the container's root's), or the mount is refused (EACCES).
     for above in [folder, *folder.parents]:
-        if not os.stat(above).st_mode & 0o001:
+        st = os.stat(above)
+        if not (st.st_mode & 0o001 or (st.st_gid == uid_base and st.st_mode & 0o010)):
             raise EngineError(f"{above} must be searchable by others (mode o+x) for a container")
     os.chown(folder / UPPER, uid_base, uid_base)
     os.chown(folder / WORK, uid_base, uid_base)

@@ -52,11 +52,22 @@ class Runc:
             "runc", "--root", str(self.root), "--log", str(runc_log), "--log-format", "json",
             "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
         ]  # fmt: skip
-        with open(console_log, "ab") as out:
+        # 0600: what the container prints is its own, not every host user's to read.
+        fd = os.open(console_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        try:
             proc = await asyncio.create_subprocess_exec(
-                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=out, stderr=out
+                *argv, stdin=asyncio.subprocess.DEVNULL, stdout=fd, stderr=fd
             )
+        finally:
+            os.close(fd)
+        try:
             await asyncio.wait_for(proc.wait(), STATE_TIMEOUT_S)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            raise EngineError(
+                f"runc did not create the container within {STATE_TIMEOUT_S:g} s"
+            ) from None
         if proc.returncode != 0:
             raise EngineError(f"runc could not create the container: {_logged(runc_log)}")
         return int(pid_file.read_text().strip())

@@ -15,7 +15,7 @@ import pytest
 
 from gureum.engine.container import rootfs as container_root
 from gureum.errors import GureumError, InvalidState
-from gureum.host.containers import _write_owned
+from gureum.host.containers import _write_owned, cgroup_folders, delegate_cgroups
 from gureum.images import rootfs
 
 BASE = 1_600_131_072
@@ -138,3 +138,32 @@ def test_the_host_writes_into_a_containers_root_without_following_its_links(
     with pytest.raises(OSError):
         _write_owned(root, "etc", "hostname", "c1\n", BASE)
     assert list(outside.iterdir()) == []
+
+
+def test_delegating_a_control_group_gives_its_folder_not_its_limits() -> None:
+    """What systemd in a container gets (host/containers.py): in every hierarchy the process
+    is in, its group's folder and process lists, never a limit file; nothing is created (on
+    cgroup v1 the v2-only bounds are not there to set: cgroupfs refuses new files)."""
+    sleeper = subprocess.Popen(["sleep", "60"])
+    made: list[Path] = []
+    try:
+        for folder in cgroup_folders(sleeper.pid):  # the roots it starts in, here
+            group = folder / "gureum-unit-delegation"
+            group.mkdir()
+            made.append(group)
+            for name in ("cpuset.cpus", "cpuset.mems"):  # v1 cpuset: empty until copied down
+                if (group / name).exists():
+                    (group / name).write_text((folder / name).read_text())
+            (group / "cgroup.procs").write_text(str(sleeper.pid))
+        assert sorted(cgroup_folders(sleeper.pid)) == sorted(made)
+        delegate_cgroups(sleeper.pid, BASE)
+        for group in made:
+            assert group.stat().st_uid == BASE
+            assert (group / "cgroup.procs").stat().st_uid == BASE
+            limits = [p for p in group.iterdir() if p.name.startswith(("memory.", "pids.", "cpu."))]
+            assert all(p.stat().st_uid == 0 for p in limits), limits
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+        for group in made:
+            group.rmdir()

@@ -216,7 +216,7 @@ def delegate_cgroups(pid: int, uid: int) -> None:
             continue
         for name, bound in (("cgroup.max.descendants", MAX_DESCENDANTS),
                             ("cgroup.max.depth", MAX_DEPTH)):  # fmt: skip
-            with contextlib.suppress(FileNotFoundError):
+            if (folder / name).exists():  # v2 only: cgroupfs makes no new files (EPERM)
                 (folder / name).write_text(str(bound))
         os.chown(folder, uid, uid)
         for name in DELEGATED_FILES:

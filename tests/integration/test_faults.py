@@ -326,7 +326,7 @@ def test_a_full_host_disk_pauses_the_vm_until_there_is_room():
         inst, _ = wait_state(svc, "full", "paused", timeout=120)
         assert "no space left" in inst["state_reason"], inst
         listed = svc.cli("list").stdout
-        assert any(line.split()[:2] == ["full", "paused"] for line in listed.splitlines())
+        assert any(line.split()[:3] == ["full", "vm", "paused"] for line in listed.splitlines())
         filler.unlink()
         wait_state(svc, "full", "running", timeout=30)
 

@@ -191,11 +191,12 @@ def test_list_and_show(web, service):
     items = json.loads(service.cli("list", "-o", "json").stdout)
     assert [i["name"] for i in items if i["name"] == "web1"] == ["web1"]
     table = service.cli("list").stdout
-    assert "web1" in table and "running" in table and "NAME" in table
+    assert "web1" in table and "running" in table and "NAME" in table and "TYPE" in table
     shown = json.loads(service.cli("show", "web1", "-o", "json").stdout)
     for key in ("name", "id", "state", "image", "cpus", "memory_mib", "disk_gib", "accel", "pid",
                 "created_at", "boot", "mac", "generation_id"):  # fmt: skip
         assert key in shown
+    assert shown["type"] == "vm"
     assert shown["host"]["rss_bytes"] > 10 * 1024 * 1024
     assert "agent_ready" in service.cli("show", "web1").stdout
 

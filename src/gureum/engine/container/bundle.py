@@ -24,6 +24,9 @@ from gureum.model.limits import PERIOD_US, cpu_quota_us
 # Host uids a container's user namespace maps: root inside is uid_base outside.
 UID_RANGE = 65536
 PIDS_LIMIT = 1024
+# Every process runc starts in a container, its init or a command: container= is how systemd
+# and other inits know they run in a container.
+ENV = ("PATH=/usr/sbin:/usr/bin:/sbin:/bin", "container=gureum")
 
 # Granted inside the container's own user namespace, where they reach only what that namespace
 # owns (its network, its mounts, its files). Left out: CAP_SYS_MODULE, CAP_SYS_RAWIO,
@@ -200,8 +203,7 @@ def oci_config(spec: ContainerSpec) -> dict[str, object]:
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             "args": list(spec.args),
-            # container=: how systemd and other inits know they run in a container.
-            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "container=gureum", *spec.env],
+            "env": [*ENV, *spec.env],
             "cwd": "/",
             "capabilities": {k: caps for k in ("bounding", "effective", "permitted")},
             "noNewPrivileges": True,

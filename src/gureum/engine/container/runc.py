@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from gureum.engine.container.bundle import ENV
 from gureum.engine.qemu.agent import ExecResult
 from gureum.errors import EngineError, InvalidState
 from gureum.sys.runner import arun
@@ -48,10 +49,10 @@ class Runc:
                 stale.unlink()
         # The init inherits runc's stdio: all of it goes to the console log (a pipe would be
         # held open by the container for its whole life); runc's own errors go to its log.
-        argv = [
-            "runc", "--root", str(self.root), "--log", str(runc_log), "--log-format", "json",
+        argv = self._argv(
+            "--log", str(runc_log), "--log-format", "json",
             "create", "--bundle", str(bundle), "--pid-file", str(pid_file), container_id,
-        ]  # fmt: skip
+        )  # fmt: skip
         # 0600: what the container prints is its own, not every host user's to read.
         fd = os.open(console_log, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         try:
@@ -86,12 +87,6 @@ class Runc:
     async def kill(self, container_id: str, signal: str = "KILL") -> None:
         await arun(self._argv("kill", container_id, signal), check=False, timeout=STATE_TIMEOUT_S)
 
-    async def pause(self, container_id: str) -> None:
-        await arun(self._argv("pause", container_id), timeout=STATE_TIMEOUT_S)
-
-    async def resume(self, container_id: str) -> None:
-        await arun(self._argv("resume", container_id), timeout=STATE_TIMEOUT_S)
-
     async def delete(self, container_id: str) -> None:
         """Forget the container (killing what is left of it); a no-op if runc has none."""
         await arun(
@@ -109,7 +104,7 @@ class Runc:
             "terminal": False,
             "user": {"uid": 0, "gid": 0},
             "args": argv,
-            "env": ["PATH=/usr/sbin:/usr/bin:/sbin:/bin", "container=gureum"],
+            "env": list(ENV),
             "cwd": "/",
             "noNewPrivileges": True,
         }

@@ -104,6 +104,12 @@ class Config:
         return self.home / "run"
 
     @property
+    def runc_dir(self) -> Path:
+        """runc's own state of this home's containers (``--root``); not in ``run_dir``,
+        whose every folder is an instance's."""
+        return self.home / "runc"
+
+    @property
     def cache_dir(self) -> Path:
         return Path(self.cache_dir_override) if self.cache_dir_override else self.home / "cache"
 

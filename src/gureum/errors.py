@@ -40,6 +40,12 @@ class CommandNotFound(InvalidInput):
     code = "command-not-found"
 
 
+class VMOnly(InvalidInput):
+    """A container asked for what only a VM has (a memory image, hot-plugged devices...)."""
+
+    code = "vm-only"
+
+
 class InvalidArchive(InvalidInput):
     """A backup archive that is not whole, or not what its manifest says."""
 

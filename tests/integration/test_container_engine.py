@@ -139,7 +139,7 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
         assert run("cat", "/etc/hostname") == "c2\n"
         names = run("ps", "-o", "comm")
         assert "acpid" not in names and "qemu-ga" not in names  # no hardware, no agent port
-        assert asyncio.run(containers.stop("i-c2", "busybox", 20)) == "powerdown"
+        assert asyncio.run(containers.stop("i-c2", 20)) == "powerdown"
         assert asyncio.run(containers.pid("i-c2")) is None
         assert not container_root.is_mounted(folder / "root")
         assert (folder / "upper" / "etc" / "hostname").exists()  # its own files stay
@@ -227,7 +227,7 @@ def test_debian_runs_systemd_as_a_container_that_cannot_raise_its_own_limits(
         limit = Path("/sys/fs/cgroup/memory/gureum-test/i-c4/memory.limit_in_bytes")
         if limit.exists():  # cgroup v1, as here
             assert int(limit.read_text()) == 512 * 2**20
-        assert asyncio.run(containers.stop("i-c4", "systemd", 60)) == "powerdown"
+        assert asyncio.run(containers.stop("i-c4", 60)) == "powerdown"
     finally:
         asyncio.run(containers.destroy("i-c4"))
         remove_test_groups("i-c4")

@@ -42,6 +42,11 @@ class LaunchIn(Strict):
     cold: bool = Field(
         False, description="boot, even where the image has a template of this shape to clone"
     )
+    container: bool = Field(
+        False,
+        description="a system container from the image's files (its own init, on the host's "
+        "kernel) instead of a VM",
+    )
 
 
 class KeyPairIn(Strict):

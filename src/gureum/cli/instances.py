@@ -107,12 +107,21 @@ def register(app: typer.Typer) -> None:
                 "--cold", help="Boot it, even where the image has a template of this shape."
             ),
         ] = False,
+        container: Annotated[
+            bool,
+            typer.Option(
+                "--container",
+                help="A system container from the image's files (its own init, on the host's "
+                "kernel) instead of a VM.",
+            ),
+        ] = False,
         no_wait: NoWait = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
         """Create and start a VM: a clone of the image's template where one of this shape (and
         the image's disk size) exists, else a boot. Returns when its guest agent answers (unless
-        --no-wait)."""
+        --no-wait). With --container, a system container instead: the image's own init in
+        namespaces of its own, ready when that init is."""
         disk_gib = None if disk is None else read_size(disk, default_unit="G", what="disk") / GIB
         extra: dict[str, object] = {
             "networks": network or [],
@@ -121,6 +130,7 @@ def register(app: typer.Typer) -> None:
             "keypairs": keypair or [],
             "autostart": autostart,
             "cold": cold,
+            "container": container,
         }
         if user_data is not None:
             if not user_data.is_file():
@@ -137,7 +147,8 @@ def register(app: typer.Typer) -> None:
                 return
             if fmt == Format.table:
                 err.print(
-                    f"Launching {name} from {image} ({cpus} vCPU, {memory}, "
+                    f"Launching {'container ' if container else ''}{name} from {image} "
+                    f"({cpus} vCPU, {memory}, "
                     f"operation {res['operation']['id']})"
                 )
             op = output.follow(client, res["operation"])
@@ -268,7 +279,8 @@ def _show_instance(inst: dict, fmt: Format, brief: bool = False) -> None:
 
 def _show_ready(inst: dict) -> None:
     how = f"from template {inst['template_id']}, " if inst.get("template_id") else ""
-    ready = f" is running ({inst['accel']}), {how}ready in {inst['boot']['total_s']:.2f} s"
+    runs_on = "container" if inst.get("type") == "container" else inst["accel"]
+    ready = f" is running ({runs_on}), {how}ready in {inst['boot']['total_s']:.2f} s"
     heading = bold(inst["name"], ready, style="bold green")
     lines(heading, *output.boot_lines(inst["boot"]))()
 

@@ -32,12 +32,14 @@ from gureum.errors import (
     EngineError,
     GureumError,
     InvalidImage,
+    InvalidInput,
     InvalidState,
     Unavailable,
 )
 from gureum.host import permissions
 from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
+from gureum.host.containers import Containers, ContainerStart
 from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.host.sealed_ram import SealedRam
@@ -271,6 +273,7 @@ class LocalHostAgent:
         self.network = NetworkHost(config)
         self.cgroups = ProjectGroups(f"gureum-{netns.home_tag(config.home)}")
         self.sealed_ram = SealedRam()
+        self.containers = Containers(config)
 
     # -- the host --------------------------------------------------------------------------------
     def prepare(self) -> None:
@@ -547,6 +550,10 @@ class LocalHostAgent:
         """Spawn the VM's QEMU: a cold boot, or with ``restore_from`` (a snapshot id) a resume
         of its saved memory, as a sealed copy (kept for the next ones with ``keep_memory``).
         Returns the pid; readiness: ``wait_ready``."""
+        if spec.kind == "container":
+            if restore_from is not None:
+                raise InvalidInput("a container has no memory image to resume")
+            return await self._start_container(spec, events)
         if spec.instance_id in self._vms and not self._vms[spec.instance_id].exited:
             raise InvalidState(f"{spec.name} already has a running QEMU")
         folder = self._snapshot_folder(restore_from) if restore_from else None
@@ -596,6 +603,30 @@ class LocalHostAgent:
         assert vm.pid is not None
         self._join_project(spec.project_id, vm.pid)
         return vm.pid
+
+    async def _start_container(self, spec: VMSpec, events: VMEvents) -> int:
+        """A system container (``host/containers.py``) from the image's files, in its own
+        control group under its project's, its NICs on their networks' bridges."""
+        if spec.uid is None:
+            raise EngineError("a container needs a range of uids of its own")
+        if spec.instance_id in self.containers.running:
+            if not self.containers.running[spec.instance_id].exited:
+                raise InvalidState(f"{spec.name} is already running")
+            self.containers.forget(spec.instance_id)
+        hw = spec.hardware
+        want = ContainerStart(
+            instance_id=spec.instance_id,
+            hostname=spec.name,
+            image_disk=spec.disk_chain[-1],
+            uid_base=spec.uid,
+            cpus=hw.cpus,
+            memory_mib=hw.memory_mib,
+            cgroup=f"/{self.cgroups.name}/{spec.project_id}/{spec.instance_id}",
+            nics=tuple(
+                (slot, mac, self.network.namespace(network_id)) for slot, mac, network_id in hw.nics
+            ),
+        )
+        return await self.containers.start(want, events)
 
     # -- QEMUs waiting for a VM (the pool) -------------------------------------------------------
     def _pool_namespace(self) -> str:
@@ -778,10 +809,16 @@ class LocalHostAgent:
             log.warning("cannot put pid %s in project %s's control group: %s", pid, project_id, exc)
 
     async def wait_ready(self, instance_id: str, timeout: float) -> None:
+        if self.containers.owns(instance_id):
+            await self.containers.wait_ready(instance_id, timeout)
+            return
         await self._vm(instance_id).wait_ready(timeout)
 
     def find_running(self, instance_id: str) -> int | None:
-        """The pid of this VM's QEMU if one is alive (after a service restart, say)."""
+        """The pid of this VM's QEMU (or container's init) if one is alive (after a service
+        restart, say)."""
+        if self.containers.owns(instance_id):
+            return self.containers.find_running(instance_id)
         rt = self.runtime(instance_id)
         pid = procs.read_pidfile(rt.pidfile)
         if pid is not None and process.owns(pid, str(rt.qmp)):
@@ -789,10 +826,16 @@ class LocalHostAgent:
         return None
 
     def died_cleanly(self, instance_id: str) -> bool:
+        if self.containers.owns(instance_id):
+            return False  # its init's end was not seen: it cannot be told from a crash
         return ended_with_power_down(self.runtime(instance_id).serial_log)
 
     async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> Path:
-        """Take over a live QEMU; returns the file its disk really writes to (the truth)."""
+        """Take over a live QEMU; returns the file its disk really writes to (the truth). A
+        container is watched again; its "disk" is its image's."""
+        if spec.kind == "container":
+            self.containers.adopt(spec.instance_id, pid, events, booted=booted)
+            return spec.disk_chain[-1]
         vm = QemuVM(self._vm_config(spec), events)
         await vm.adopt(pid, booted=booted)
         self._vms[spec.instance_id] = vm
@@ -817,9 +860,14 @@ class LocalHostAgent:
                 await agent.call("guest-fsfreeze-thaw", timeout=10)
 
     async def stop(self, instance_id: str, timeout: float) -> str:
+        if self.containers.owns(instance_id):
+            return await self.containers.stop(instance_id, timeout)
         return await self._vm(instance_id).stop(timeout)
 
     async def kill(self, instance_id: str) -> None:
+        if self.containers.owns(instance_id):
+            await self.containers.kill(instance_id)
+            return
         vm = self._vms.get(instance_id)
         if vm is not None:
             await vm.kill()
@@ -829,12 +877,15 @@ class LocalHostAgent:
                 procs.kill(pid)
 
     def forget(self, instance_id: str) -> None:
+        self.containers.forget(instance_id)
         self._vms.pop(instance_id, None)
         self.sealed_ram.drop(instance_id)
 
     async def destroy(self, instance_id: str) -> None:
         """Remove the VM's runtime folder. Its QEMU must be gone; its disk layers are the
         service's to collect (a clone may still build on them)."""
+        if self.containers.owns(instance_id):
+            await self.containers.destroy(instance_id)  # unmounted first, or it stays
         await self.kill(instance_id)
         self.forget(instance_id)
         await self.discard_waiting(instance_id)  # a pool's QEMU made for it and never run
@@ -1017,6 +1068,8 @@ class LocalHostAgent:
     async def exec(
         self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
     ) -> ExecResult:
+        if self.containers.owns(instance_id):
+            return await self.containers.exec(instance_id, argv, stdin, timeout)
         return await self._vm(instance_id).exec(argv, stdin=stdin, timeout=timeout)
 
     async def refresh_identity(self, instance_id: str, identity: Identity) -> str:
@@ -1060,16 +1113,22 @@ class LocalHostAgent:
             raise EngineError(f"DHCP did not start in the guest: {detail!r}")
 
     def console(self, instance_id: str) -> Console:
+        if self.containers.owns(instance_id):
+            return self.containers.console(instance_id)
         return self._vm(instance_id).serial
 
     async def ssh_host_keys(self, instance_id: str) -> list[str]:
         """Read through the agent, as files (no guest process). What a guest says is hostile:
         each key is bounded and must parse as an OpenSSH public key, or it is left out."""
-        agent = self._vm(instance_id).agent
         keys = []
         for kind in SSH_HOST_KEY_TYPES:
+            name = f"/etc/ssh/ssh_host_{kind}_key.pub"
             try:
-                data = await agent.read_file(f"/etc/ssh/ssh_host_{kind}_key.pub", limit=16384)
+                if self.containers.owns(instance_id):  # no agent: read by a command in it
+                    said = await self.containers.exec(instance_id, ["cat", name], None, 10)
+                    data = said.stdout[:16384] if said.exit_code == 0 else b""
+                else:
+                    data = await self._vm(instance_id).agent.read_file(name, limit=16384)
             except GureumError:
                 continue  # no key of that type (or no such file): the others may do
             key = public_key(data.decode(errors="replace"))
@@ -1086,11 +1145,14 @@ class LocalHostAgent:
             raise InvalidState(f"cannot connect to {ip}:{port}: {exc.strerror}") from None
 
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
-        return await asyncio.to_thread(
-            serial.read_log, self.runtime(instance_id).serial_log, tail_bytes
-        )
+        path = self.runtime(instance_id).serial_log
+        if self.containers.owns(instance_id):
+            path = self.containers.console_log(instance_id)
+        return await asyncio.to_thread(serial.read_log, path, tail_bytes)
 
     def rss_bytes(self, instance_id: str) -> int | None:
+        if self.containers.owns(instance_id):
+            return self.containers.memory_bytes(instance_id)
         vm = self._vms.get(instance_id)
         return vm.rss_bytes() if vm else None
 
@@ -1170,6 +1232,15 @@ class LocalHostAgent:
             if owner and owner not in known_ids:
                 procs.kill(pid)
                 removed.append(f"process {pid} of unknown VM {owner}")
+        if self.config.instances_dir.exists():
+            for folder in self.config.instances_dir.iterdir():
+                if folder.name not in known_ids and self.containers.owns(folder.name):
+                    try:  # killed and unmounted first: a mounted image is never walked
+                        await self.containers.destroy(folder.name)
+                    except GureumError as exc:
+                        log.warning("leftover container %s: %s", folder.name, exc.message)
+                        continue
+                    removed.append(f"container {folder.name}")
         for parent in (self.config.run_dir, self.config.instances_dir):
             if parent.exists():
                 for folder in parent.iterdir():

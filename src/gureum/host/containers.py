@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,8 +28,10 @@ from gureum.engine.container import bundle
 from gureum.engine.container import rootfs as container_root
 from gureum.engine.container.runc import Runc
 from gureum.engine.qemu.agent import ExecResult
-from gureum.errors import EngineError, InvalidState
+from gureum.engine.qemu.vm import VMEvents
+from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState
 from gureum.host import permissions
+from gureum.host.container_run import ContainerConsole, RunningContainer
 from gureum.host.network import BRIDGE
 from gureum.images import rootfs as image_rootfs
 from gureum.network import veth
@@ -41,6 +44,9 @@ log = logging.getLogger(__name__)
 STOP_SIGNALS = {"busybox": str(int(signal.SIGUSR2)), "systemd": str(signal.SIGRTMIN + 4)}
 # A runc state other than these means the container's init is gone.
 ALIVE = ("created", "running", "paused")
+# What ``systemctl is-system-running`` says once systemd has finished starting.
+SYSTEMD_UP = (b"running", b"degraded")
+INIT_FILE = "init"  # in the container's folder: which init it runs (root's, like config.json)
 
 
 @dataclass(frozen=True)
@@ -54,15 +60,36 @@ class ContainerStart:
     cpus: int
     memory_mib: int
     cgroup: str  # its own control group's path, under its project's
-    init: str = "busybox"  # which init the image runs: how it is asked to stop
+    init: str | None = None  # which init the image runs (how it is asked to stop); None: its
+    # files say (``init_of``)
     # Its NICs: (slot, MAC, the network namespace whose bridge it joins), as a VM's are.
     nics: tuple[tuple[int, str, str], ...] = ()
+
+
+def init_of(files: Path) -> str:
+    """Which init an image's files run as ``/sbin/init`` (a link in the images gureum builds:
+    systemd's for Debian, busybox's for tiny). Read as the link's text, never followed."""
+    try:
+        target = os.readlink(files / "sbin" / "init")
+    except OSError:
+        target = ""
+    for init in ("systemd", "busybox"):
+        if init in target:
+            return init
+    raise InvalidInput(
+        "this image has no init gureum can run as a container (systemd or busybox as /sbin/init)"
+    )
 
 
 class Containers:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.runc = Runc(config.run_dir / "runc")
+        self.runc = Runc(config.runc_dir)
+        self.running: dict[str, RunningContainer] = {}
+
+    def owns(self, instance_id: str) -> bool:
+        """Whether the instance is a container of this host (running or not)."""
+        return instance_id in self.running or (self.folder(instance_id) / "config.json").exists()
 
     def folder(self, instance_id: str) -> Path:
         return self.config.instances_dir / instance_id / "container"
@@ -70,11 +97,11 @@ class Containers:
     def console_log(self, instance_id: str) -> Path:
         return self.folder(instance_id) / "console.log"
 
-    async def start(self, want: ContainerStart) -> int:
+    async def start(self, want: ContainerStart, events: VMEvents | None = None) -> int:
         """Create and start the container; its init's host pid. On failure nothing is left
-        running or mounted (its folder's own layer stays, as a VM's disk does)."""
-        if want.init not in STOP_SIGNALS:
-            raise EngineError(f"no way known to stop an init of kind {want.init!r}")
+        running or mounted (its folder's own layer stays, as a VM's disk does). With
+        ``events`` it is watched from its creation (``RunningContainer``): its boot events,
+        readiness and end go there."""
         image_dir = want.image_disk.parent
         files = await asyncio.to_thread(
             image_rootfs.unpack,
@@ -82,6 +109,9 @@ class Containers:
             image_rootfs.folder_of(image_dir),
             self.config.cache_dir,
         )
+        init = want.init or init_of(files)
+        if init not in STOP_SIGNALS:
+            raise EngineError(f"no way known to stop an init of kind {init!r}")
         folder = self.folder(want.instance_id)
         folder.mkdir(parents=True, exist_ok=True)
         # runc mounts the root as the container's uid, which must get through: the instance's
@@ -103,27 +133,146 @@ class Containers:
                 cpus=want.cpus,
                 memory_mib=want.memory_mib,
                 cgroup=want.cgroup,
-                delegate_cgroups=want.init == "systemd",
+                delegate_cgroups=init == "systemd",
             )
             (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec), indent=1))
+            (folder / INIT_FILE).write_text(init)
             await self.runc.delete(want.instance_id)  # a stopped one left from before
             pid = await self.runc.create(
                 want.instance_id, folder, self.console_log(want.instance_id)
             )
+            if events is not None:
+                events.on_boot_event("process_started", time.time())
+                running = RunningContainer(
+                    want.instance_id, pid, init, events, self.console_log(want.instance_id)
+                )
+                self.running[want.instance_id] = running
+                running.watch(booted=False)
             # Created, not started: its network namespace exists and its init waits, so its
             # NICs are there before the init looks for them.
             for slot, mac, namespace in want.nics:
                 await veth.plug(namespace, BRIDGE, want.instance_id, slot, mac, pid)
-            if want.init == "systemd":
+            if init == "systemd":
                 await asyncio.to_thread(delegate_cgroups, pid, want.uid_base)
             await self.runc.start(want.instance_id)
+            if events is not None:
+                events.on_boot_event("running", time.time())
         except BaseException:
+            if want.instance_id in self.running:  # its end is this failure's, not a crash
+                self.running[want.instance_id].stopping = True
+                self.forget(want.instance_id)
             await self.runc.delete(want.instance_id)  # its namespace, and its NICs with it
             for slot, _, namespace in want.nics:
                 await veth.unplug(namespace, want.instance_id, slot)
             await asyncio.to_thread(container_root.unmount, folder)
             raise
         return pid
+
+    async def wait_ready(self, instance_id: str, timeout: float) -> None:
+        """Until its init is up: tiny's says so on its console; systemd is asked (through
+        ``systemctl is-system-running --wait``, run in the container) until it has finished
+        starting."""
+        running = self._running(instance_id)
+        if running.init != "systemd" or running.ready.is_set():
+            await running.wait_ready(timeout)
+            return
+        asking = asyncio.create_task(self._ask_systemd(running, timeout))
+        try:
+            await running.wait_ready(timeout)
+        finally:
+            asking.cancel()
+            with contextlib.suppress(asyncio.CancelledError, GureumError):
+                await asking
+
+    async def _ask_systemd(self, running: RunningContainer, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        argv = ["systemctl", "is-system-running", "--wait"]
+        while not running.exited and loop.time() < deadline:
+            try:
+                said = await self.runc.exec(
+                    running.instance_id, argv, None, max(1.0, deadline - loop.time())
+                )
+            except GureumError:  # too early for runc to enter it, say: asked again
+                said = None
+            if said is not None and said.stdout.strip() in SYSTEMD_UP:
+                running.mark_ready(time.time())
+                return
+            await asyncio.sleep(0.2)
+
+    def _running(self, instance_id: str) -> RunningContainer:
+        running = self.running.get(instance_id)
+        if running is None or running.exited:
+            raise InvalidState("the container is not running on this host")
+        return running
+
+    def find_running(self, instance_id: str) -> int | None:
+        """Its init's pid if it lives (after a service restart, say): the pid runc recorded,
+        if that process is the container's root, whose host uid no other process has."""
+        folder = self.folder(instance_id)
+        pid = procs.read_pidfile(folder / "init.pid")
+        try:
+            config = json.loads((folder / "config.json").read_text())
+            uid_base = int(config["linux"]["uidMappings"][0]["hostID"])
+            owner = os.stat(f"/proc/{pid}").st_uid if pid is not None else None
+        except (OSError, ValueError, KeyError, IndexError, TypeError):
+            return None
+        return pid if owner == uid_base and procs.is_alive(pid or 0) else None
+
+    def adopt(self, instance_id: str, pid: int, events: VMEvents, *, booted: bool) -> None:
+        """Watch a live container again (after a service restart)."""
+        init = self._init(instance_id)
+        if init not in STOP_SIGNALS:
+            raise EngineError(f"the container's init kind is unknown ({init!r})")
+        running = RunningContainer(instance_id, pid, init, events, self.console_log(instance_id))
+        self.running[instance_id] = running
+        running.watch(booted=booted)
+
+    def _init(self, instance_id: str) -> str:
+        """Which init it runs, as its start recorded ("" if unknown: it is killed to stop)."""
+        try:
+            return (self.folder(instance_id) / INIT_FILE).read_text().strip()
+        except OSError:
+            return ""
+
+    def forget(self, instance_id: str) -> None:
+        running = self.running.pop(instance_id, None)
+        if running is not None:
+            running.close()
+
+    def console(self, instance_id: str) -> ContainerConsole:
+        return self._running(instance_id).console
+
+    def memory_bytes(self, instance_id: str) -> int | None:
+        """What its processes hold in memory now (its control group's resident anonymous
+        and file pages: what the host gives it), None when it is not running."""
+        running = self.running.get(instance_id)
+        if running is None or running.exited:
+            return None
+        with contextlib.suppress(OSError, ValueError):
+            for folder in cgroup_folders(running.pid):
+                stat = folder / "memory.stat"
+                if stat.exists():
+                    fields = dict(
+                        line.split() for line in stat.read_text().splitlines() if " " in line
+                    )
+                    # v1: total_rss and total_cache; v2: anon and file
+                    anon = int(fields.get("total_rss", fields.get("anon", 0)))
+                    return anon
+        return None
+
+    async def kill(self, instance_id: str) -> None:
+        """End it now (no power-off), and take its root apart."""
+        running = self.running.get(instance_id)
+        if running is not None:
+            running.stopping = True
+        pid = await self.pid(instance_id)
+        if pid is not None:
+            await self.runc.kill(instance_id, "KILL")
+            if not await _ended(pid, 10.0):
+                raise EngineError(f"the container's init (pid {pid}) did not end")
+        await self.runc.delete(instance_id)
+        await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
 
     async def pid(self, instance_id: str) -> int | None:
         """Its init's pid while it lives, else None."""
@@ -133,9 +282,13 @@ class Containers:
         pid = state.get("pid")
         return pid if isinstance(pid, int) and procs.is_alive(pid) else None
 
-    async def stop(self, instance_id: str, init: str, timeout: float) -> str:
+    async def stop(self, instance_id: str, timeout: float) -> str:
         """Ask its init to power off, then kill it past ``timeout``: "powerdown" or "killed".
         Its root is taken apart either way."""
+        running = self.running.get(instance_id)
+        if running is not None:
+            running.stopping = True
+        init = self._init(instance_id)
         pid = await self.pid(instance_id)
         how = "already stopped"
         if pid is not None:
@@ -160,11 +313,15 @@ class Containers:
     async def destroy(self, instance_id: str) -> None:
         """Kill it if it runs, and remove its folder, its own layer included. The folder goes
         only once nothing is mounted in it: a mounted view of the image is never walked."""
+        running = self.running.get(instance_id)
+        if running is not None:
+            running.stopping = True
         pid = await self.pid(instance_id)
         if pid is not None:
             await self.runc.kill(instance_id, "KILL")
             if not await _ended(pid, 10.0):
                 raise EngineError(f"the container's init (pid {pid}) did not end; it is kept")
+        self.forget(instance_id)
         await self.runc.delete(instance_id)
         folder = self.folder(instance_id)
         await asyncio.to_thread(container_root.unmount, folder)

@@ -70,7 +70,11 @@ class VMSpec:
     initrd: Path | None
     # Its disk's files, top first, down to the image disk (if any): what the store recorded.
     # QEMU is given exactly these, and the VM's user is granted read on exactly these.
+    # A container's is its image's disk alone: its files are unpacked from it.
     disk_chain: tuple[Path, ...]
+    # "vm" (QEMU), or "container" (runc; ``uid`` is then the first of its range of uids, and
+    # the host unpacks the image's files and runs its own init under a layer of its own).
+    kind: str = "vm"
 
     @property
     def root_disk(self) -> Path:

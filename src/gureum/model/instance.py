@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 
-from gureum.errors import InvalidState
+from gureum.errors import InvalidState, VMOnly
 from gureum.model.hardware import Hardware
 
 
@@ -194,6 +194,15 @@ class Instance:
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def is_container(self) -> bool:
+        return self.kind == "container"
+
+    def needs_vm(self, what: str) -> None:
+        """Refuse (VMOnly) what only a VM has, naming it."""
+        if self.is_container:
+            raise VMOnly(f"{what} is for VMs; {self.name} is a container")
 
     @property
     def running_now(self) -> tuple[int, int] | None:

@@ -86,6 +86,7 @@ class BackupService:
         """Prepare an export and return (file name, the archive as a byte stream). Everything
         that can fail on bad input fails here, before the first byte is sent."""
         inst = self.instances.get(ref, project_id)
+        inst.needs_vm("a backup export")
         release = self.transfers.take(inst.project_id)
         work: Path | None = None
         try:

@@ -132,8 +132,10 @@ class Creator:
         user_data: str | None = None,
         ssh_keys: tuple[str, ...] = (),
         autostart: bool = False,
+        kind: str = "vm",
     ) -> Instance:
-        """A new instance's row: its own id and its own unprivileged user on this host."""
+        """A new instance's row: its own id and its own unprivileged user on this host (a
+        container: its own range of them, root inside being the first)."""
         return Instance(
             id=new_id("i-"),
             spec=spec,
@@ -144,8 +146,9 @@ class Creator:
             user_data=user_data,
             ssh_keys=ssh_keys,
             project_id=project_id,
-            uid=self.store.next_uid(),
+            uid=self.store.next_uid_range() if kind == "container" else self.store.next_uid(),
             autostart=autostart,
+            kind=kind,
         )
 
     async def claim(self, draft: Draft) -> Callable[[], None]:

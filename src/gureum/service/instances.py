@@ -77,6 +77,7 @@ class LaunchRequest:
     ssh_keys: tuple[str, ...] = ()
     keypairs: tuple[str, ...] = ()  # the project's key pairs, by name: their keys are added
     autostart: bool = False  # start when the service first starts after the host boots
+    container: bool = False  # a system container from the image's files instead of a VM
 
 
 def check_cpus(cpus: object) -> int:
@@ -201,6 +202,11 @@ class InstanceService:
                     "(ssh-ed25519 AAAA... comment), never the private key"
                 )
             keys.append(checked)
+        if req.container and image.origin != "built":
+            raise InvalidInput(
+                f"image {image.name} was imported ({image.origin}): a container runs only the "
+                "files of an image gureum built, which it unpacks from the image's own disk"
+            )
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image, tuple(keys)
 
@@ -240,6 +246,7 @@ class InstanceService:
             user_data=req.user_data,
             ssh_keys=keys,
             autostart=req.autostart,
+            kind="container" if req.container else "vm",
         )
         if saved is not None:
             inst = replace(inst, template_id=saved.template.id)

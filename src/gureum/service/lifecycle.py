@@ -43,14 +43,22 @@ BOOT_LABELS = {
     "identity_refreshed": "guest told it is a new machine",
     "network_up": "the guest has its DHCP lease",
 }
+# A container's timeline: the same events, from runc and its init.
+CONTAINER_LABELS = {
+    **BOOT_LABELS,
+    "process_started": "container created (runc)",
+    "running": "container started",
+    "agent_ready": "its init is ready",
+}
 
 
 class _Events:
     """Receives one VM's engine events and turns them into state and progress."""
 
-    def __init__(self, service: Lifecycle, instance_id: str) -> None:
+    def __init__(self, service: Lifecycle, instance_id: str, *, container: bool = False) -> None:
         self.service = service
         self.instance_id = instance_id
+        self.labels = CONTAINER_LABELS if container else BOOT_LABELS
         self.ctx: Reporter | None = None
         self.boot = BootTimeline()
 
@@ -60,7 +68,7 @@ class _Events:
         self.service.store.update(self.instance_id, boot=self.boot)
         if self.ctx is not None:
             start = self.boot.taken_from_pool or self.boot.process_started or at
-            self.ctx.progress(f"{BOOT_LABELS[event]} (+{at - start:.2f} s)")
+            self.ctx.progress(f"{self.labels[event]} (+{at - start:.2f} s)")
 
     def on_exit(self, how: str, detail: str) -> None:
         self.service.on_exit(self.instance_id, how, detail)
@@ -105,9 +113,22 @@ class Lifecycle:
         self._events.pop(instance_id, None)
 
     def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
-        boot = self.disks.boot_files(inst)
         hw = hardware or inst.hardware
-        assert hw is not None and inst.root_layer is not None
+        assert hw is not None
+        if inst.is_container:  # the image's files, unpacked from its disk, under its own layer
+            return VMSpec(
+                instance_id=inst.id,
+                name=inst.spec.name,
+                hardware=hw,
+                project_id=inst.project_id,
+                uid=inst.uid,
+                kernel=None,
+                initrd=None,
+                disk_chain=(self.disks.image_disk(inst),),
+                kind="container",
+            )
+        boot = self.disks.boot_files(inst)
+        assert inst.root_layer is not None
         return VMSpec(
             instance_id=inst.id,
             name=inst.spec.name,
@@ -141,13 +162,13 @@ class Lifecycle:
         snapshot id) a resume from its memory image (the caller has set the hardware and top
         layer). With ``identity`` the guest is told it is a new machine (clone) once it
         answers."""
-        events = _Events(self, instance_id)
         async with self.lock(instance_id):
             inst = self.store.get(instance_id)
             if inst is None:
                 raise NotFound("the instance was deleted")
+            events = _Events(self, instance_id, container=inst.is_container)
             try:
-                if fresh:
+                if fresh and not inst.is_container:
                     ctx.progress(
                         f"creating root disk ({inst.spec.disk_bytes / GIB:g} GiB, thin overlay)"
                     )
@@ -175,8 +196,12 @@ class Lifecycle:
                 pid = await self.host.start(
                     spec, events, restore_from=restore_from, keep_memory=keep_memory
                 )
-                self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
-                ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
+                if inst.is_container:
+                    self.store.update(instance_id, pid=pid, accel=None)
+                    ctx.progress(f"container's init running as host pid {pid}")
+                else:
+                    self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
+                    ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
             except GureumError as exc:
                 self._fail_start(instance_id, exc)
                 raise
@@ -319,25 +344,28 @@ class Lifecycle:
             if pid is None:
                 return None
             await self.host.kill(inst.id)
-            return f"{inst.name}: killed the QEMU of a {inst.state.value} VM"
+            what = "container" if inst.is_container else "QEMU"
+            return f"{inst.name}: killed the {what} of a {inst.state.value} instance"
         if pid is None:
             if inst.state == State.STOPPING or self.host.died_cleanly(inst.id):
                 new, why = State.STOPPED, "guest powered off while the service was down"
             elif inst.state == State.RUNNING:
-                new, why = State.CRASHED, "QEMU exited while the service was down"
+                what = "the container's init" if inst.is_container else "QEMU"
+                new, why = State.CRASHED, f"{what} exited while the service was down"
             else:
                 new, why = State.ERROR, "start interrupted by a service restart"
             self.set_state(inst, new, why, pid=None)
             return f"{inst.name}: {new.value} ({why})"
-        events = _Events(self, inst.id)
+        events = _Events(self, inst.id, container=inst.is_container)
         events.boot = inst.boot
         self._events[inst.id] = events
         booted = inst.state in (State.RUNNING, State.PAUSED)
         real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
         self.store.update(inst.id, pid=pid)
-        self._repair_top_layer(inst, real_top)
-        assert inst.root_layer is not None
-        self.host.update_disk_chain(inst.id, self.disks.chain(inst.root_layer))
+        if not inst.is_container:  # a container's layer is a folder of its own, not a chain
+            self._repair_top_layer(inst, real_top)
+            assert inst.root_layer is not None
+            self.host.update_disk_chain(inst.id, self.disks.chain(inst.root_layer))
         if inst.state in (State.PENDING, State.STARTING):
             if inst.state == State.PENDING:
                 self.set_state(inst, State.STARTING)
@@ -350,7 +378,8 @@ class Lifecycle:
         elif inst.state == State.STOPPING:
             # A stop was under way when the service went down: finish it.
             self.ops.start("stop", inst.id, lambda ctx: self.stop(inst.id, ctx), inst.project_id)
-        return f"{inst.name}: re-adopted QEMU pid {pid}"
+        what = "container init" if inst.is_container else "QEMU"
+        return f"{inst.name}: re-adopted {what} pid {pid}"
 
     def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
         """A snapshot cut short by a crash may leave the store one layer ahead of QEMU (the
@@ -381,8 +410,9 @@ class Lifecycle:
         if inst.state not in (State.RUNNING, State.STARTING, State.PAUSED, State.STOPPING):
             return {"instance": self.views.view(inst), "how": "already " + inst.state.value}
         self.set_state(inst, State.STOPPING)
+        how_asked = "its init's power-off signal" if inst.is_container else "ACPI"
         ctx.progress(
-            f"asking the guest to power off (ACPI), {self.config.stop_timeout_s:g} s at most"
+            f"asking the guest to power off ({how_asked}), {self.config.stop_timeout_s:g} s at most"
         )
         try:
             how = await self.host.stop(instance_id, self.config.stop_timeout_s)
@@ -394,8 +424,10 @@ class Lifecycle:
             self.set_state(inst, State.STOPPED, "stopped", pid=None)
         messages = {
             "powerdown": "guest powered off",
+            "killed": "the container's init was killed (it did not power off)"
+            if inst.is_container
+            else "QEMU killed (it did not quit)",
             "quit": "QEMU quit (the guest ignored ACPI)",
-            "killed": "QEMU killed (it did not quit)",
         }
         ctx.progress(messages.get(how, how))
         return {"instance": self.views.view(inst), "how": how}

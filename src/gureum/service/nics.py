@@ -47,6 +47,7 @@ class NicService:
         inst = self.instances.get(ref, project_id)
         net = self.networks.get(network_ref, inst.project_id)
         check_action("change NICs of", inst.state, name=inst.name)
+        inst.needs_vm("adding a NIC")
         async with self.lifecycle.lock(inst.id):
             async with self.admission:  # addresses are handed out under this lock
                 nic = self.networks.new_nic(inst.id, net, self.networks.free_slot(inst.id))
@@ -78,6 +79,7 @@ class NicService:
         self, ref: str, nic_ref: str, project_id: str | None = None
     ) -> dict[str, object]:
         inst = self.instances.get(ref, project_id)
+        inst.needs_vm("removing a NIC")
         nets = {n.id: n.name for n in self.networks.list()}
         nic = next(
             (

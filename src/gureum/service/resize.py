@@ -78,6 +78,7 @@ class ResizeService:
             if disk_bytes > MAX_DISK_BYTES:
                 raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
         check_action("resize", inst.state, name=inst.name)
+        inst.needs_vm("a resize")
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
         new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes

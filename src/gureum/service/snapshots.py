@@ -117,6 +117,7 @@ class SnapshotService:
         if self.store.get(inst.id, name) is not None:
             raise Conflict(f"{inst.name} already has a snapshot named {name!r}")
         check_action("snapshot", inst.state, name=inst.name)
+        inst.needs_vm("a snapshot (of a disk or of memory)")
         if memory and inst.state != State.RUNNING:
             raise InvalidState(
                 f"a memory snapshot needs a running VM; {inst.name} is {inst.state.value}"
@@ -188,6 +189,7 @@ class SnapshotService:
         memory the saved guest had, since its state is of that machine."""
         inst, snap = self.get(ref, name, project_id)
         check_action("restore", inst.state, name=inst.name)
+        inst.needs_vm("restoring a snapshot")
         if not snap.memory and inst.state == State.RUNNING and not restart:
             raise InvalidState(
                 f"{inst.name} is running: restoring disk snapshot {snap.name} restarts it on that"
@@ -274,6 +276,7 @@ class SnapshotService:
         self, ref: str, name: str, new_name: str, project_id: str | None = None
     ) -> tuple[Instance, Operation]:
         source, snap = self.get(ref, name, project_id)
+        source.needs_vm("a clone")
         check_name(new_name, what="instance name")
         hw = snap.hardware
         # Its own NICs: same networks and slots, new MACs and addresses.

@@ -113,6 +113,7 @@ class TemplateService:
     ) -> tuple[Instance, Operation]:
         """A launch: from the image's template when one fits (and not ``cold``), in a QEMU of
         the pool when one waits for it, else a boot."""
+        cold = cold or req.container  # a container starts in milliseconds without one
         saved = None if cold else self.find(req)
         if saved is None:
             made = await self.instances.launch(req, project_id)

@@ -8,7 +8,8 @@ import time
 from sqlalchemy import Connection, RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from gureum.errors import Conflict
+from gureum.engine.container.bundle import UID_RANGE as CONTAINER_UID_RANGE
+from gureum.errors import Conflict, Unavailable
 from gureum.model.hardware import Hardware
 from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
 from gureum.model.network import Nic
@@ -18,6 +19,8 @@ from gureum.store.schema import forwards, instance_secgroups, layers, nics, sequ
 from gureum.store.schema import instances as t
 
 VM_UID_BASE = 1_500_000_000
+CONTAINER_UID_BASE = 1_600_000_000
+MAX_UID = 2**32 - 2  # (uid_t)-1 means "no change" to the kernel
 
 
 def _from_row(row: RowMapping) -> Instance:
@@ -183,16 +186,28 @@ class InstanceStore:
     def next_uid(self) -> int:
         """A user id no VM ever had on this host (1 500 000 000 and up: clear of the system's
         and of the usual subordinate id ranges)."""
+        return VM_UID_BASE + self._next("vm_uid")
+
+    def next_uid_range(self) -> int:
+        """The first of ``CONTAINER_UID_RANGE`` user ids no container ever had on this host
+        (from 1 600 000 000: above every VM's, room for 40 000 containers below 2^32)."""
+        n = self._next("container_uid")
+        first = CONTAINER_UID_BASE + n * CONTAINER_UID_RANGE
+        if first + CONTAINER_UID_RANGE > MAX_UID:
+            raise Unavailable("this host has given out every range of user ids for containers")
+        return first
+
+    def _next(self, sequence: str) -> int:
         with self.db.begin() as conn:
             conn.execute(
                 update(sequences)
-                .where(sequences.c.name == "vm_uid")
+                .where(sequences.c.name == sequence)
                 .values(value=sequences.c.value + 1)
             )
             value = conn.execute(
-                select(sequences.c.value).where(sequences.c.name == "vm_uid")
+                select(sequences.c.value).where(sequences.c.name == sequence)
             ).scalar_one()
-        return VM_UID_BASE + int(value)
+        return int(value)
 
     def delete(self, instance_id: str) -> None:
         with self.db.begin() as conn:

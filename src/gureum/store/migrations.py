@@ -400,6 +400,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "what each instance is: a VM or a system container (every existing one a VM)",
         ["ALTER TABLE instances ADD COLUMN kind TEXT NOT NULL DEFAULT 'vm'"],
     ),
+    (
+        17,
+        "each container gets a range of host uids no instance ever had",
+        ["INSERT INTO sequences VALUES ('container_uid', 0)"],
+    ),
 ]
 
 

@@ -64,6 +64,7 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
         ssh_keys=tuple(body.ssh_keys),
         keypairs=tuple(body.keypairs),
         autostart=body.autostart,
+        container=body.container,
     )
     inst, op = await svc.templates.launch(req, scope.project_id, cold=body.cold)
     return accepted(op, {"instance": svc.instances.view(inst), "operation": op.to_dict()})

@@ -160,16 +160,24 @@ class Service:
         for name in namespaces:
             subprocess.run(["ip", "netns", "delete", name], check=False)
         group = f"gureum-{netns.home_tag(self.home)}"
-        groups = [
-            str(p)
-            for p in (Path("/sys/fs/cgroup", c, group) for c in ("", "cpu", "cpuacct", "memory"))
-            if p.is_dir()
-        ]
+        cgroups = Path("/sys/fs/cgroup")
+        groups = [str(p) for p in (cgroups / group, *cgroups.glob(f"*/{group}")) if p.is_dir()]
+        # A container's root mounted in the home: never walked by rmtree (its image is below).
+        mounts = _mounts_under(self.home)
+        for point in reversed(mounts):
+            subprocess.run(["umount", "-l", point], check=False)
         shutil.rmtree(self.home, ignore_errors=True)
         assert not leftovers, f"QEMU processes left behind: {leftovers}"
         assert not namespaces, f"network namespaces left behind: {namespaces}"
         assert not dnsmasq, f"dnsmasq processes left behind: {dnsmasq}"
         assert not groups, f"control groups left behind: {groups}"
+        assert not mounts, f"mounts left behind: {mounts}"
+
+
+def _mounts_under(home: Path) -> list[str]:
+    with open("/proc/self/mountinfo") as table:
+        points = [line.split()[4] for line in table]
+    return [p for p in points if p.startswith(f"{home}/")]
 
 
 def _pids_named(name: str) -> list[int]:

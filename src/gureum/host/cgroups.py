@@ -99,8 +99,16 @@ class ProjectGroups:
             return None
         return Usage(cpu, memory)
 
+    def _parents(self) -> list[Path]:
+        """This home's group in every hierarchy it may be in: cgroup v1 has one per controller,
+        and runc makes a container's group in each (pids, freezer, devices...), not only in
+        the three whose limits a project has."""
+        if self.version == 2:
+            return [ROOT / self.name]
+        return [h / self.name for h in sorted(ROOT.iterdir()) if (h / self.name).is_dir()]
+
     def remove(self, project_id: str) -> None:
-        for path in set(self._dirs(project_id).values()):
+        for path in {*self._dirs(project_id).values(), *(p / project_id for p in self._parents())}:
             with contextlib.suppress(OSError):
                 path.rmdir()
 
@@ -109,10 +117,7 @@ class ProjectGroups:
         running VM stays: the VM outlives the service and is re-adopted into it)."""
         if not self.available():
             return
-        parents = [ROOT / self.name] if self.version == 2 else [
-            ROOT / c / self.name for c in ("cpu", "cpuacct", "memory")
-        ]  # fmt: skip
-        for parent in parents:
+        for parent in self._parents():
             if not parent.is_dir():
                 continue
             for group in parent.iterdir():

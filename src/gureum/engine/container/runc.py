@@ -24,12 +24,14 @@ from pathlib import Path
 
 from gureum.engine.container.bundle import ENV
 from gureum.engine.qemu.agent import ExecResult
-from gureum.errors import EngineError, InvalidState
+from gureum.errors import CommandNotFound, EngineError, InvalidState
 from gureum.sys.runner import arun
 
 # Output kept per stream of one exec, as qemu-ga keeps for a VM; the rest is dropped.
 OUTPUT_LIMIT = 16 * 2**20
 STATE_TIMEOUT_S = 30.0
+# What runc says of a program it cannot start (missing, or not executable): the user's input.
+NOT_STARTABLE = ("executable file not found", "no such file or directory", "permission denied")
 
 
 @dataclass(frozen=True)
@@ -128,7 +130,10 @@ class Runc:
         if code < 0:  # runc itself died of a signal
             raise EngineError(f"runc exec ended by signal {-code}")
         if code == 255 and b"level=error" in err:  # runc's own failure, not the program's
-            raise InvalidState(f"cannot run that in the container: {_said(err)}")
+            said = _said(err)
+            if any(why in said for why in NOT_STARTABLE):
+                raise CommandNotFound(f"the container cannot start it: {said}")
+            raise InvalidState(f"cannot run that in the container: {said}")
         return ExecResult(code, out, err, truncated=cut)
 
 

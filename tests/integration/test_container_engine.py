@@ -65,7 +65,7 @@ def test_tiny_runs_as_a_system_container_apart_from_the_host(
     folder = Path(tempfile.mkdtemp(prefix="gureum-c1-", dir="/tmp"))
     folder.chmod(0o711)
     runc = Runc(tmp_path / "runc")
-    root = container_root.mount(files, folder, BASE)
+    root = container_root.mount(files, folder, BASE, 64 << 20)
     spec = bundle.ContainerSpec("gureum-test-c1", "c1", root, BASE, 1, 128, "/gureum-test/c1")
     (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec)))
 
@@ -93,7 +93,7 @@ def test_tiny_runs_as_a_system_container_apart_from_the_host(
         assert refused.exit_code != 0, refused
         # Its own writes land in its own layer; the image's files are untouched.
         run("sh", "-c", "echo mine > /etc/motd")
-        assert (folder / "upper" / "etc" / "motd").read_text() == "mine\n"
+        assert (folder / "layer" / "upper" / "etc" / "motd").read_text() == "mine\n"
         assert not (files / "etc" / "motd").exists()
         # Its processes are its own: the host's are not in its process table.
         assert str(os.getpid()) not in run("ps").split()
@@ -142,7 +142,8 @@ def test_the_hosts_containers_start_answer_power_off_and_go(service: Service) ->
         assert asyncio.run(containers.stop("i-c2", 20)) == "powerdown"
         assert asyncio.run(containers.pid("i-c2")) is None
         assert not container_root.is_mounted(folder / "root")
-        assert (folder / "upper" / "etc" / "hostname").exists()  # its own files stay
+        assert not container_root.is_mounted(folder / "layer")
+        assert (folder / "layer.ext4").is_file()  # its own files stay, in its layer
     finally:
         asyncio.run(containers.destroy("i-c2"))
         remove_test_groups("i-c2")

@@ -65,6 +65,28 @@ def test_a_container_lives_like_a_vm_and_is_its_own_machine(service: Service) ->
         assert service.exec("ct1", "hostname").strip() == "ct1"
         service.cli("restart", "ct1")
         assert state(service, "ct1") == "running"
+
+        # A snapshot of its own layer while it runs (frozen meanwhile), and back to it.
+        service.exec("ct1", "sh", "-c", "echo one > /root/note")
+        taken = service.cli("snapshot", "create", "ct1", "before").stdout
+        assert "frozen" in taken, taken
+        service.exec("ct1", "sh", "-c", "echo two > /root/note")
+        service.cli("snapshot", "restore", "ct1", "before", "--restart")
+        assert service.exec("ct1", "cat", "/root/note") == "one\n"
+        # Its CPU and memory limits change at once, down as well as up.
+        service.cli("resize", "ct1", "--memory", "192M", "--cpus", "2")
+        pid = show(service, "ct1")["pid"]
+        memory = next(f for f in cgroup_folders(pid) if (f / "memory.stat").exists())
+        assert int((memory / "memory.limit_in_bytes").read_text()) == 192 << 20
+        cpu = next(f for f in cgroup_folders(pid) if (f / "cpu.cfs_quota_us").exists())
+        assert int((cpu / "cpu.cfs_quota_us").read_text()) == 2 * int(
+            (cpu / "cpu.cfs_period_us").read_text()
+        )
+        # Its disk (its own layer) grows at its next start.
+        service.cli("resize", "ct1", "--disk", "1G")
+        service.cli("restart", "ct1")
+        size = service.exec("ct1", "df", "-k", "/").splitlines()[1].split()[1]
+        assert int(size) > 900 * 1024, size
     finally:
         ct_id = show(service, "ct1")["id"]
         service.cli("delete", "ct1", "--force")

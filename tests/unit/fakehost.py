@@ -90,6 +90,9 @@ class FakeHost:
     booted: bool = True  # the next service start is the first since the host booted
     host_keys: list[str] = field(default_factory=list)  # what every guest reports as its own
     waiting: dict[str, FakeVM] = field(default_factory=dict)  # the pool's QEMUs, by instance
+    # Containers: layers put back from snapshots (instance, snapshot); limits set while running.
+    restored_layers: list[tuple[str, str]] = field(default_factory=list)
+    limits: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     @property
     def accel(self) -> AccelChoice:
@@ -272,6 +275,24 @@ class FakeHost:
 
     async def remove_snapshot(self, snapshot_id: str) -> None:
         self.memory_images.discard(snapshot_id)
+
+    # -- containers' own layers (kept, like memory images, under the snapshot's id) ---------------
+    async def snapshot_container(self, instance_id: str, snapshot_id: str) -> str:
+        self._step("snapshot_container")
+        self.memory_images.add(snapshot_id)
+        return "frozen" if instance_id in self.vms else "offline"
+
+    async def restore_container(self, instance_id: str, snapshot_id: str) -> None:
+        self._step("restore_container")
+        if instance_id in self.vms:
+            raise InvalidState("the container must be stopped to change its layer")
+        if snapshot_id not in self.memory_images:
+            raise EngineError(f"snapshot {snapshot_id} has no copy of a container's layer")
+        self.restored_layers.append((instance_id, snapshot_id))
+
+    async def limit_container(self, instance_id: str, cpus: int, memory_mib: int) -> None:
+        self._step("limit_container")
+        self.limits[instance_id] = (cpus, memory_mib)
 
     # -- a VM's life -----------------------------------------------------------------------------
     async def start(

@@ -5,6 +5,7 @@ Real kernel calls (as root, as the suite runs): no runc, no VM."""
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -77,33 +78,48 @@ def test_each_container_sees_the_image_as_its_own_root_and_cannot_change_it(
     scratch.mkdir()
     image = rootfs.unpack(_ext4_disk(tmp_path), tmp_path / "rootfs", scratch)
     with pytest.raises(GureumError, match="searchable by others"):  # pytest's folders are 0700
-        container_root.mount(image, tmp_path / "c0", BASE)
+        container_root.mount(image, tmp_path / "c0", BASE, 64 << 20)
     # runc mounts a container's root as the container's uid: every folder above it lets it by.
     folder = Path(tempfile.mkdtemp(prefix="gureum-c1-", dir="/tmp")) / "c1"
     folder.parent.chmod(0o711)
-    root = container_root.mount(image, folder, BASE)
+    root = container_root.mount(image, folder, BASE, 64 << 20)
     try:
         assert container_root.is_mounted(root) and container_root.is_mounted(folder / "lower")
         shadow = (root / "etc" / "shadow").stat()
         assert (shadow.st_uid, shadow.st_gid) == (BASE, BASE + 42)  # shifted, not copied
         assert (root / "home" / "user").stat().st_uid == BASE + 1000
         (root / "etc" / "hostname").write_text("c1\n")  # lands in its own layer
-        assert (folder / "upper" / "etc" / "hostname").read_text() == "c1\n"
+        assert (folder / "layer" / "upper" / "etc" / "hostname").read_text() == "c1\n"
         assert (image / "etc" / "hostname").read_text() == "image\n"
         with pytest.raises(OSError):
             (folder / "lower" / "etc" / "hostname").write_text("x")  # the shared view: read-only
+        # Its layer is its disk: what it writes cannot outgrow it.
+        with pytest.raises(OSError) as full, open(root / "big", "wb") as big:
+            for _ in range(80):
+                big.write(b"x" * (1 << 20))
+                big.flush()
+                os.fsync(big.fileno())
+        assert full.value.errno == errno.ENOSPC
+        (root / "big").unlink()
     finally:
         container_root.unmount(folder)
-    assert not container_root.is_mounted(folder / "lower")
+    for name in ("lower", "layer", "root"):
+        assert not container_root.is_mounted(folder / name)
     assert not (folder / "root").exists()
-    assert (folder / "upper" / "etc" / "hostname").exists()  # its files stay until it is deleted
+    # Its files stay in its layer until it is deleted; a larger size grows the layer.
+    root = container_root.mount(image, folder, BASE, 128 << 20)
+    try:
+        assert (root / "etc" / "hostname").read_text() == "c1\n"
+        assert os.statvfs(root / "etc").f_blocks * os.statvfs(root / "etc").f_frsize > 100 << 20
+    finally:
+        container_root.unmount(folder)
     shutil.rmtree(folder.parent)
 
 
 def test_a_folder_whose_path_overlayfs_would_split_is_refused(tmp_path: Path) -> None:
     (tmp_path / "img" / "sbin").mkdir(parents=True)
     with pytest.raises(GureumError, match="cannot have"):
-        container_root.mount(tmp_path / "img", tmp_path / "a,b", BASE)
+        container_root.mount(tmp_path / "img", tmp_path / "a,b", BASE, 64 << 20)
 
 
 def test_the_mount_table_is_read_with_its_escapes(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from gureum.config import Config
+from gureum.engine.container.rootfs import LAYER_FILE
 from gureum.engine.qemu import accel as accel_probe
 from gureum.engine.qemu import memimage, process, serial
 from gureum.engine.qemu.agent import ExecResult
@@ -484,6 +485,24 @@ class LocalHostAgent:
         folder = self._snapshot_folder(snapshot_id)
         return sum(f.lstat().st_blocks * 512 for f in folder.glob("*")) if folder.is_dir() else 0
 
+    async def snapshot_container(self, instance_id: str, snapshot_id: str) -> str:
+        folder = self._snapshot_folder(snapshot_id)
+        folder.mkdir(mode=0o700)
+        try:
+            return await self.containers.copy_layer(instance_id, folder / LAYER_FILE)
+        except BaseException:
+            await self.remove_file(folder)
+            raise
+
+    async def restore_container(self, instance_id: str, snapshot_id: str) -> None:
+        layer = self._snapshot_folder(snapshot_id) / LAYER_FILE
+        if not layer.is_file():
+            raise EngineError(f"snapshot {snapshot_id} has no copy of a container's layer")
+        await self.containers.put_layer(instance_id, layer)
+
+    async def limit_container(self, instance_id: str, cpus: int, memory_mib: int) -> None:
+        await self.containers.set_limits(instance_id, cpus, memory_mib)
+
     async def remove_snapshot(self, snapshot_id: str) -> None:
         self.sealed_ram.forget(self._snapshot_folder(snapshot_id))
         await self.remove_file(self._snapshot_folder(snapshot_id))
@@ -622,6 +641,7 @@ class LocalHostAgent:
             cpus=hw.cpus,
             memory_mib=hw.memory_mib,
             cgroup=f"/{self.cgroups.name}/{spec.project_id}/{spec.instance_id}",
+            layer_bytes=spec.layer_bytes,
             nics=tuple(
                 (slot, mac, self.network.namespace(network_id)) for slot, mac, network_id in hw.nics
             ),
@@ -834,7 +854,7 @@ class LocalHostAgent:
         """Take over a live QEMU; returns the file its disk really writes to (the truth). A
         container is watched again; its "disk" is its image's."""
         if spec.kind == "container":
-            self.containers.adopt(spec.instance_id, pid, events, booted=booted)
+            await self.containers.adopt(spec.instance_id, pid, events, booted=booted)
             return spec.disk_chain[-1]
         vm = QemuVM(self._vm_config(spec), events)
         await vm.adopt(pid, booted=booted)

@@ -36,6 +36,7 @@ from gureum.host.network import BRIDGE
 from gureum.images import rootfs as image_rootfs
 from gureum.network import veth
 from gureum.sys import procs
+from gureum.sys.runner import arun, run
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class ContainerStart:
     cpus: int
     memory_mib: int
     cgroup: str  # its own control group's path, under its project's
+    layer_bytes: int = 1 << 30  # its own layer's size (its disk): bounds what it can write
     init: str | None = None  # which init the image runs (how it is asked to stop); None: its
     # files say (``init_of``)
     # Its NICs: (slot, MAC, the network namespace whose bridge it joins), as a VM's are.
@@ -120,7 +122,9 @@ class Containers:
         permissions.crossable(folder.parent)
         os.chown(folder, 0, want.uid_base)
         os.chmod(folder, 0o710)
-        root = await asyncio.to_thread(container_root.mount, files, folder, want.uid_base)
+        root = await asyncio.to_thread(
+            container_root.mount, files, folder, want.uid_base, want.layer_bytes
+        )
         try:
             # Its name, in its own layer and owned by its own root (who may change it).
             await asyncio.to_thread(_write_owned, root, "etc", "hostname",
@@ -219,8 +223,14 @@ class Containers:
             return None
         return pid if owner == uid_base and procs.is_alive(pid or 0) else None
 
-    def adopt(self, instance_id: str, pid: int, events: VMEvents, *, booted: bool) -> None:
-        """Watch a live container again (after a service restart)."""
+    async def adopt(self, instance_id: str, pid: int, events: VMEvents, *, booted: bool) -> None:
+        """Watch a live container again (after a service restart). A snapshot may have been
+        under way when the service went down: it must not stay frozen."""
+        state = await self.runc.state(instance_id)
+        if state is not None and state.get("status") == "paused":
+            mounted = self.folder(instance_id) / container_root.LAYER
+            await arun(["fsfreeze", "--unfreeze", str(mounted)], check=False, timeout=60)
+            await self.runc.resume(instance_id)
         init = self._init(instance_id)
         if init not in STOP_SIGNALS:
             raise EngineError(f"the container's init kind is unknown ({init!r})")
@@ -274,6 +284,49 @@ class Containers:
         await self.runc.delete(instance_id)
         await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
 
+    # -- its layer: snapshots and size ------------------------------------------------------------
+    def layer_file(self, instance_id: str) -> Path:
+        return self.folder(instance_id) / container_root.LAYER_FILE
+
+    async def copy_layer(self, instance_id: str, dest: Path) -> str:
+        """Copy its layer to ``dest`` (a new file): as it is when stopped ("offline"); when it
+        runs, with its processes frozen (the cgroup freezer) and its layer's filesystem
+        frozen (FIFREEZE) meanwhile, so the copy is whole ("frozen")."""
+        layer = self.layer_file(instance_id)
+        pid = await self.pid(instance_id)
+        if pid is None:
+            await asyncio.to_thread(_copy_sparse, layer, dest)
+            return "offline"
+        mounted = self.folder(instance_id) / container_root.LAYER
+        await self.runc.pause(instance_id)
+        try:
+            await arun(["fsfreeze", "--freeze", str(mounted)], timeout=60)
+            try:
+                await asyncio.to_thread(_copy_sparse, layer, dest)
+            finally:
+                await arun(["fsfreeze", "--unfreeze", str(mounted)], timeout=60)
+        finally:
+            await self.runc.resume(instance_id)
+        return "frozen"
+
+    async def put_layer(self, instance_id: str, source: Path) -> None:
+        """Make a copy of ``source`` its layer (it must be stopped: its old layer goes)."""
+        if await self.pid(instance_id) is not None:
+            raise InvalidState("the container must be stopped to change its layer")
+        folder = self.folder(instance_id)
+        await asyncio.to_thread(container_root.unmount, folder)
+        new = folder / (container_root.LAYER_FILE + ".new")
+        with contextlib.suppress(FileNotFoundError):
+            new.unlink()
+        await asyncio.to_thread(_copy_sparse, source, new)
+        os.replace(new, self.layer_file(instance_id))
+
+    async def set_limits(self, instance_id: str, cpus: int, memory_mib: int) -> None:
+        """Its CPU and memory limits now (``runc update``), if it runs; a stopped one gets
+        them at its next start (its bundle is written then)."""
+        if await self.pid(instance_id) is not None:
+            await self.runc.update(instance_id, bundle.resources(cpus, memory_mib))
+
     async def pid(self, instance_id: str) -> int | None:
         """Its init's pid while it lives, else None."""
         state = await self.runc.state(instance_id)
@@ -325,7 +378,7 @@ class Containers:
         await self.runc.delete(instance_id)
         folder = self.folder(instance_id)
         await asyncio.to_thread(container_root.unmount, folder)
-        for name in (container_root.ROOT, container_root.LOWER):
+        for name in (container_root.ROOT, container_root.LOWER, container_root.LAYER):
             if container_root.is_mounted(folder / name):
                 raise EngineError(f"{folder / name} is still mounted; the folder is kept")
         await asyncio.to_thread(shutil.rmtree, folder, True)
@@ -379,6 +432,12 @@ def delegate_cgroups(pid: int, uid: int) -> None:
         for name in DELEGATED_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.chown(folder / name, uid, uid)
+
+
+def _copy_sparse(source: Path, dest: Path) -> None:
+    """A copy of a layer that keeps its holes (the unwritten part of its size takes no room)."""
+    run(["cp", "--sparse=always", "--no-dereference", str(source), str(dest)], timeout=3600)
+    os.chmod(dest, 0o600)
 
 
 def _write_owned(root: Path, folder: str, name: str, text: str, uid: int) -> None:

@@ -75,6 +75,7 @@ class VMSpec:
     # "vm" (QEMU), or "container" (runc; ``uid`` is then the first of its range of uids, and
     # the host unpacks the image's files and runs its own init under a layer of its own).
     kind: str = "vm"
+    layer_bytes: int = 0  # a container's own layer's size (its disk size)
 
     @property
     def root_disk(self) -> Path:
@@ -262,6 +263,18 @@ class HostAgent(Protocol):
         """Bytes a snapshot's memory image takes on the host's disk (0 without one)."""
 
     async def remove_snapshot(self, snapshot_id: str) -> None: ...
+
+    # -- containers' own layers ------------------------------------------------------------------
+    async def snapshot_container(self, instance_id: str, snapshot_id: str) -> str:
+        """A copy of the container's layer as snapshot ``snapshot_id``'s: "offline" (stopped)
+        or "frozen" (running: its processes and its layer's filesystem frozen meanwhile)."""
+
+    async def restore_container(self, instance_id: str, snapshot_id: str) -> None:
+        """The stopped container's layer becomes a copy of the snapshot's."""
+
+    async def limit_container(self, instance_id: str, cpus: int, memory_mib: int) -> None:
+        """A running container's CPU and memory limits, changed now (a stopped one gets them
+        at its next start, as it gets its disk size: its layer grows then)."""
 
     # -- a VM's life -----------------------------------------------------------------------------
     async def start(

@@ -9,6 +9,9 @@ from gureum.model.hardware import Hardware
 # ``Layer.base_image`` of a bottom layer recorded before the store kept it (migration 6), until
 # the service settles it at start.
 UNSETTLED_BASE = "?"
+# ``Snapshot.layer`` of a container's snapshot: no qcow2 layer; the host keeps a copy of the
+# container's own layer under the snapshot's id, as it keeps a VM's memory image.
+CONTAINER_LAYER = ""
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,7 @@ class Snapshot:
     id: str
     instance_id: str
     name: str
-    layer: str  # the frozen disk layer holding the disk as it was
+    layer: str  # the frozen disk layer holding the disk as it was (CONTAINER_LAYER: none)
     memory: bool  # with memory: the VM resumes where it was
     consistency: str  # "offline", "fsfreeze", "paused" (memory) or "crash-consistent"
     hardware: Hardware  # the machine at that moment (a memory restore needs the same)

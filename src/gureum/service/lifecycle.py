@@ -126,6 +126,7 @@ class Lifecycle:
                 initrd=None,
                 disk_chain=(self.disks.image_disk(inst),),
                 kind="container",
+                layer_bytes=inst.spec.disk_bytes,
             )
         boot = self.disks.boot_files(inst)
         assert inst.root_layer is not None

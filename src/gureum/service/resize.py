@@ -78,7 +78,6 @@ class ResizeService:
             if disk_bytes > MAX_DISK_BYTES:
                 raise InvalidInput(f"disk must be at most {MAX_DISK_BYTES // GIB} GiB")
         check_action("resize", inst.state, name=inst.name)
-        inst.needs_vm("a resize")
         new_cpus = inst.spec.cpus if cpus is None else cpus
         new_mib = inst.spec.memory_mib if memory_mib is None else memory_mib
         new_disk = inst.spec.disk_bytes if disk_bytes is None else disk_bytes
@@ -126,6 +125,9 @@ class ResizeService:
         async with self.lifecycle.lock(instance_id):
             inst = svc.get(instance_id)
             live = inst.state == State.RUNNING
+            if inst.is_container:
+                applied = await self._container(inst, cpus, memory_mib, disk_bytes, live, ctx)
+                return {"instance": svc.view(svc.get(instance_id)), "applied": applied}
             if cpus is not None:
                 applied["cpus"] = await self._cpus(inst, cpus, live, ctx)
             if memory_mib is not None:
@@ -133,6 +135,37 @@ class ResizeService:
             if disk_bytes is not None:
                 applied["disk"] = await self._disk(inst, disk_bytes, live, ctx)
         return {"instance": svc.view(svc.get(instance_id)), "applied": applied}
+
+    async def _container(
+        self,
+        inst: Instance,
+        cpus: int | None,
+        memory_mib: int | None,
+        disk_bytes: int | None,
+        live: bool,
+        ctx: OpContext,
+    ) -> dict[str, str]:
+        """A container's CPU and memory are its control group's limits: any size, either way,
+        at once. Its disk (its layer) grows at its next start, as does all of it when stopped."""
+        asked = {"cpus": cpus, "memory_mib": memory_mib, "disk_bytes": disk_bytes}
+        fields = {k: v for k, v in asked.items() if v is not None}
+        self.instances.update(inst.id, **fields)
+        spec = self.instances.get(inst.id).spec
+        applied = {}
+        if live and (cpus is not None or memory_mib is not None):
+            await self.host.limit_container(inst.id, spec.cpus, spec.memory_mib)
+            assert inst.hardware is not None
+            hw = replace(inst.hardware, cpus=spec.cpus, memory_mib=spec.memory_mib)
+            self._save_hardware(inst, hw)
+            ctx.progress(f"limits now {spec.cpus} CPUs and {spec.memory_mib} MiB")
+        for field, name in (("cpus", "cpus"), ("memory_mib", "memory"), ("disk_bytes", "disk")):
+            if field in fields:
+                applied[name] = "live" if live and field != "disk_bytes" else "next-boot"
+        if "disk_bytes" in fields:
+            ctx.progress(
+                f"disk: its layer grows to {spec.disk_bytes / GIB:g} GiB at its next start"
+            )
+        return applied
 
     def _ask(self, inst: Instance, live: bool, now: int, **field: int) -> tuple[Hardware, str]:
         """Record the asked size (what the next boot gets); say whether there is anything

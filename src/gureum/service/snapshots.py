@@ -30,7 +30,7 @@ from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State, check_action
 from gureum.model.network import Network
 from gureum.model.operation import Operation
-from gureum.model.snapshot import Snapshot
+from gureum.model.snapshot import CONTAINER_LAYER, Snapshot
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft, Reverter
 from gureum.service.disks import DiskLayers
@@ -117,7 +117,8 @@ class SnapshotService:
         if self.store.get(inst.id, name) is not None:
             raise Conflict(f"{inst.name} already has a snapshot named {name!r}")
         check_action("snapshot", inst.state, name=inst.name)
-        inst.needs_vm("a snapshot (of a disk or of memory)")
+        if memory:
+            inst.needs_vm("a memory snapshot")
         if memory and inst.state != State.RUNNING:
             raise InvalidState(
                 f"a memory snapshot needs a running VM; {inst.name} is {inst.state.value}"
@@ -131,6 +132,8 @@ class SnapshotService:
         async with self.lifecycle.lock(instance_id):
             inst = self.instances.get(instance_id)
             self._check_create(inst, name, memory, internal=internal)
+            if inst.is_container:
+                return await self._container_snapshot(inst, name, ctx)
             frozen = inst.root_layer
             assert frozen is not None and inst.hardware is not None
             hardware = inst.hardware
@@ -179,6 +182,31 @@ class SnapshotService:
             ctx.progress(f"snapshot {name} taken in {took:.2f} s ({consistency})")
             return {"snapshot": self.view(snap), "seconds": round(took, 3)}
 
+    async def _container_snapshot(
+        self, inst: Instance, name: str, ctx: Reporter
+    ) -> dict[str, object]:
+        """A copy of the container's own layer (the image under it never changes): taken
+        stopped, or with its processes and filesystem frozen while it is copied."""
+        assert inst.hardware is not None
+        snap_id = new_id("s-")
+        started = time.monotonic()
+        if inst.state == State.RUNNING:
+            ctx.progress("freezing the container (cgroup freezer and its layer's filesystem)")
+        consistency = await self.host.snapshot_container(inst.id, snap_id)
+        snap = Snapshot(
+            snap_id, inst.id, name, CONTAINER_LAYER, False, consistency, inst.hardware,
+            disk_bytes=inst.spec.disk_bytes, size_bytes=self.host.snapshot_bytes(snap_id),
+            created_at=time.time(),
+        )  # fmt: skip
+        try:
+            self.store.add(snap)
+        except GureumError:
+            await self.host.remove_snapshot(snap_id)
+            raise
+        took = time.monotonic() - started
+        ctx.progress(f"snapshot {name} taken in {took:.2f} s ({consistency})")
+        return {"snapshot": self.view(snap), "seconds": round(took, 3)}
+
     # -- restore ---------------------------------------------------------------------------------
     async def restore(
         self, ref: str, name: str, project_id: str | None = None, *, restart: bool = False
@@ -189,7 +217,6 @@ class SnapshotService:
         memory the saved guest had, since its state is of that machine."""
         inst, snap = self.get(ref, name, project_id)
         check_action("restore", inst.state, name=inst.name)
-        inst.needs_vm("restoring a snapshot")
         if not snap.memory and inst.state == State.RUNNING and not restart:
             raise InvalidState(
                 f"{inst.name} is running: restoring disk snapshot {snap.name} restarts it on that"
@@ -209,6 +236,8 @@ class SnapshotService:
     async def restore_now(
         self, instance_id: str, snap: Snapshot, ctx: Reporter
     ) -> dict[str, object]:
+        if snap.layer == CONTAINER_LAYER:
+            return await self._restore_container(instance_id, snap, ctx)
         async with self.lifecycle.lock(instance_id):
             inst = self.instances.get(instance_id)
             was_running = inst.state == State.RUNNING
@@ -256,6 +285,20 @@ class SnapshotService:
             return done
         if was_running:
             return await boot(instance_id, ctx, identity=identity)
+        return {"instance": self.instances.view(self.instances.get(instance_id))}
+
+    async def _restore_container(
+        self, instance_id: str, snap: Snapshot, ctx: Reporter
+    ) -> dict[str, object]:
+        async with self.lifecycle.lock(instance_id):
+            inst = self.instances.get(instance_id)
+            was_running = inst.state == State.RUNNING
+            if was_running:
+                await self.lifecycle.stop_locked(instance_id, ctx)
+            ctx.progress(f"layer back to snapshot {snap.name}")
+            await self.host.restore_container(instance_id, snap.id)
+        if was_running:
+            return await self.lifecycle.boot(instance_id, ctx)
         return {"instance": self.instances.view(self.instances.get(instance_id))}
 
     # -- delete ----------------------------------------------------------------------------------

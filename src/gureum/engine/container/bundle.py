@@ -190,6 +190,16 @@ def _mounts(cgroups_writable: bool) -> list[dict[str, object]]:
     ]
 
 
+def resources(cpus: int, memory_mib: int) -> dict[str, object]:
+    """Its limits: CPU time of ``cpus`` CPUs, memory with no swap beyond it, and pids (the
+    same shape ``runc update`` takes, for a live resize)."""
+    return {
+        "memory": {"limit": memory_mib * 2**20, "swap": memory_mib * 2**20},
+        "cpu": {"quota": cpu_quota_us(cpus), "period": PERIOD_US},
+        "pids": {"limit": PIDS_LIMIT},
+    }
+
+
 def oci_config(spec: ContainerSpec) -> dict[str, object]:
     """The whole ``config.json``."""
     caps = list(CAPABILITIES)
@@ -224,11 +234,7 @@ def oci_config(spec: ContainerSpec) -> dict[str, object]:
                 {"type": "cgroup"},
             ],
             "cgroupsPath": spec.cgroup,
-            "resources": {
-                "memory": {"limit": spec.memory_mib * 2**20, "swap": spec.memory_mib * 2**20},
-                "cpu": {"quota": cpu_quota_us(spec.cpus), "period": PERIOD_US},
-                "pids": {"limit": PIDS_LIMIT},
-            },
+            "resources": resources(spec.cpus, spec.memory_mib),
             "maskedPaths": list(MASKED_PATHS),
             "readonlyPaths": list(READONLY_PATHS),
             "seccomp": seccomp(),

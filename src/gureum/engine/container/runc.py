@@ -89,6 +89,21 @@ class Runc:
     async def kill(self, container_id: str, signal: str = "KILL") -> None:
         await arun(self._argv("kill", container_id, signal), check=False, timeout=STATE_TIMEOUT_S)
 
+    async def pause(self, container_id: str) -> None:
+        """Freeze every process of the container (the cgroup freezer)."""
+        await arun(self._argv("pause", container_id), timeout=STATE_TIMEOUT_S)
+
+    async def resume(self, container_id: str) -> None:
+        await arun(self._argv("resume", container_id), timeout=STATE_TIMEOUT_S)
+
+    async def update(self, container_id: str, resources: dict[str, object]) -> None:
+        """Change its limits while it runs (``resources``: as in its config)."""
+        await arun(
+            self._argv("update", "--resources", "-", container_id),
+            input=json.dumps(resources),
+            timeout=STATE_TIMEOUT_S,
+        )
+
     async def delete(self, container_id: str) -> None:
         """Forget the container (killing what is left of it); a no-op if runc has none."""
         await arun(

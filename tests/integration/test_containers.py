@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+from pathlib import Path
 
 from gureum.host.containers import cgroup_folders
 from tests.integration.conftest import Service, _mounts_under
@@ -132,3 +134,43 @@ def test_containers_share_networks_by_name_and_nothing_across_them(service: Serv
         for name in ("ct2", "ct3", "ct4"):
             service.cli("delete", name, "--force", check=False)
         service.cli("network", "delete", "ctnet", check=False)
+
+
+def test_a_debian_container_is_provisioned_by_cloud_init_and_logged_in_to(
+    service: Service, key: Path, tmp_path: Path
+) -> None:
+    """`debian` as a container: its own systemd, cloud-init configured from the same metadata
+    service as a VM (user-data and the SSH key), logged in to with `gureum ssh` through the
+    same security groups, on the host's own kernel."""
+    service.cli("image", "build", "debian", timeout=1800)
+    user_data = tmp_path / "cloud.yaml"
+    user_data.write_text("#cloud-config\nwrite_files:\n  - path: /etc/from-user-data\n"
+                         "    content: hello container\n")  # fmt: skip
+    service.cli("secgroup", "create", "ctssh")
+    try:
+        service.cli("launch", "debian", "--name", "ctdeb", "--container", "--memory", "512M",
+                    "--secgroup", "ctssh", "--ssh-key", str(key.with_suffix(".pub")),
+                    "--user-data", str(user_data), timeout=300)  # fmt: skip
+        gateway = json.loads(service.cli("network", "show", "default", "-o", "json").stdout)[
+            "gateway"
+        ]
+        service.cli("secgroup", "rule", "add", "ctssh", "--ingress", "tcp/22",
+                    "--from", f"{gateway}/32")  # fmt: skip
+
+        def ssh(*command: str) -> subprocess.CompletedProcess[str]:
+            return service.cli("ssh", "ctdeb", "-i", str(key), "--", *command, check=False)
+
+        wait_for(lambda: ssh("true").returncode == 0, 120, interval=1, what="SSH into ctdeb")
+        # One command line: ssh hands the remote shell its words joined.
+        said = ssh("id -un; uname -r; cat /etc/from-user-data; echo; cloud-init status").stdout
+        said = said.split("\n")
+        assert said[0] == "debian"
+        assert said[1] == os.uname().release  # the host's kernel: no kernel of its own
+        assert said[2] == "hello container"
+        assert said[3] == "status: done"
+        with service.client() as c:  # its own systemd, as root sees it
+            systemd = c.exec("ctdeb", ["systemctl", "is-system-running"])["stdout"].strip()
+        assert systemd in (b"running", b"degraded"), systemd
+    finally:
+        service.cli("delete", "ctdeb", "--force", check=False)
+        service.cli("secgroup", "delete", "ctssh", check=False)

@@ -82,9 +82,16 @@ def test_each_container_sees_the_image_as_its_own_root_and_cannot_change_it(
     # runc mounts a container's root as the container's uid: every folder above it lets it by.
     folder = Path(tempfile.mkdtemp(prefix="gureum-c1-", dir="/tmp")) / "c1"
     folder.parent.chmod(0o711)
-    root = container_root.mount(image, folder, BASE, 64 << 20)
+    image.chmod(0o700)  # as images/rootfs.py leaves it
+    folder.mkdir(mode=0o711)  # as the service makes it: its container's uid crosses it
+    umask = os.umask(0o077)  # the service's: the container's "/" must not take it
+    try:
+        root = container_root.mount(image, folder, BASE, 64 << 20)
+    finally:
+        os.umask(umask)
     try:
         assert container_root.is_mounted(root) and container_root.is_mounted(folder / "lower")
+        assert root.stat().st_mode & 0o777 == 0o755  # its users can reach their own files
         shadow = (root / "etc" / "shadow").stat()
         assert (shadow.st_uid, shadow.st_gid) == (BASE, BASE + 42)  # shifted, not copied
         assert (root / "home" / "user").stat().st_uid == BASE + 1000

@@ -34,6 +34,7 @@ from gureum.host import permissions
 from gureum.host.container_run import ContainerConsole, RunningContainer
 from gureum.host.network import BRIDGE
 from gureum.images import rootfs as image_rootfs
+from gureum.model.network import NOCLOUD_URL
 from gureum.network import veth
 from gureum.sys import procs
 from gureum.sys.runner import arun, run
@@ -48,6 +49,16 @@ ALIVE = ("created", "running", "paused")
 # What ``systemctl is-system-running`` says once systemd has finished starting.
 SYSTEMD_UP = (b"running", b"degraded")
 INIT_FILE = "init"  # in the container's folder: which init it runs (root's, like config.json)
+# cloud-init in a container: the NoCloud datasource, from the network's metadata service (the
+# URL a VM reads from its SMBIOS serial). A single datasource: ds-identify takes it as found.
+CLOUD_CFG_D, CLOUD_CFG_NAME = "etc/cloud/cloud.cfg.d", "90-gureum-container.cfg"
+CLOUD_CFG = f"""\
+# Written by gureum at each start of this container: where cloud-init finds its data.
+datasource_list: [NoCloud, None]
+datasource:
+  NoCloud:
+    seedfrom: {NOCLOUD_URL}
+"""
 
 
 @dataclass(frozen=True)
@@ -129,6 +140,11 @@ class Containers:
             # Its name, in its own layer and owned by its own root (who may change it).
             await asyncio.to_thread(_write_owned, root, "etc", "hostname",
                                     f"{want.hostname}\n", want.uid_base)  # fmt: skip
+            if (files / CLOUD_CFG_D).is_dir():  # the image's, not the container's, says so
+                # Where its cloud-init finds its data: a VM is told through SMBIOS, which a
+                # container does not have.
+                await asyncio.to_thread(_write_owned, root, CLOUD_CFG_D, CLOUD_CFG_NAME,
+                                        CLOUD_CFG, want.uid_base)  # fmt: skip
             spec = bundle.ContainerSpec(
                 container_id=want.instance_id,
                 hostname=want.hostname,
@@ -441,12 +457,19 @@ def _copy_sparse(source: Path, dest: Path) -> None:
 
 
 def _write_owned(root: Path, folder: str, name: str, text: str, uid: int) -> None:
-    """Write ``root/folder/name`` as the container's root would own it. The container may have
-    made any part of that path a link (to the host's /etc, once resolved here): no link is
-    followed, each step is opened relative to the one before with O_NOFOLLOW."""
+    """Write ``root/folder/name`` as the container's root would own it (``folder``: one or
+    more names, "/" between them, that must all exist). The container may have made any part
+    of that path a link (to the host's /etc, once resolved here): no link is followed, each
+    step is opened relative to the one before with O_NOFOLLOW."""
     top = os.open(root, os.O_DIRECTORY | os.O_NOFOLLOW)
     try:
-        where = os.open(folder, os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=top)
+        where = os.dup(top)
+        for step in folder.split("/"):
+            try:
+                inner = os.open(step, os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=where)
+            finally:
+                os.close(where)
+            where = inner
         try:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(name, dir_fd=where)

@@ -6,6 +6,10 @@ import ipaddress
 from dataclasses import dataclass, field
 
 PROTOCOLS = ("tcp", "udp", "icmp", "all")
+# Where cloud-init's NoCloud datasource reads an instance's data: the network's metadata
+# service. A VM is told through its SMBIOS serial (engine/qemu/argv.py), a container through a
+# file in its own layer (host/containers.py).
+NOCLOUD_URL = "http://169.254.169.254/nocloud/"
 
 
 # The shared address space (RFC 6598) between a --nat network and its uplink, a /30 each

@@ -31,6 +31,7 @@ from gureum.sys.runner import run
 LOWER, LAYER, ROOT = "lower", "layer", "root"
 UPPER, WORK = f"{LAYER}/upper", f"{LAYER}/work"
 LAYER_FILE = "layer.ext4"
+ROOT_MODE = 0o755
 # The layer's journal: small (the filesystem is one container's writes), so that a new
 # container's layer takes about 4 MiB of the host's disk, not ext4's default 16 or more.
 JOURNAL_MIB = 4
@@ -112,6 +113,10 @@ def mount(image_root: Path, folder: Path, uid_base: int, layer_bytes: int) -> Pa
         for name in (UPPER, WORK):
             (folder / name).mkdir(exist_ok=True)
             os.chown(folder / name, uid_base, uid_base)
+        # ``upper`` is the container's "/" as its users see it: 0755, as every root is (not the
+        # service's umask, nor the unpacked image's folder, which is 0700 to the host's users):
+        # a 0700 "/" locks every user but root out of every file.
+        os.chmod(folder / UPPER, ROOT_MODE)
         if not is_mounted(folder / LOWER):
             mount_shifted(image_root, folder / LOWER, uid_base, UID_RANGE)
         if not is_mounted(folder / ROOT):

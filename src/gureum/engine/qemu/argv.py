@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gureum.model.hardware import MAX_DIMMS, MAX_NICS, UEFI, Hardware
+from gureum.model.network import NOCLOUD_URL
 
 AGENT_PORT_NAME = "org.qemu.guest_agent.0"
 AGENT_PORT_ID = "agent-port"
@@ -16,7 +17,7 @@ AGENT_PORT_ID = "agent-port"
 # metadata service, which knows each VM by its address) once the network is up. Announced
 # through SMBIOS, not the kernel command line, so that images booting their own bootloader
 # find it too. Images without cloud-init ignore it.
-NOCLOUD_SERIAL = "ds=nocloud-net;s=http://169.254.169.254/nocloud/"
+NOCLOUD_SERIAL = f"ds=nocloud-net;s={NOCLOUD_URL}"
 
 # QEMU's seccomp filter, with every optional deny turned on: a compromised QEMU cannot use
 # obsolete syscalls, setuid, fork/exec or change its own resource limits.

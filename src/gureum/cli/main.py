@@ -12,7 +12,17 @@ from typer._click import exceptions as click  # the click typer carries (and rai
 from typer.completion import completion_init, get_completion_script
 
 from gureum import __version__
-from gureum.cli import images, instances, keypairs, networks, recovery, ssh, system, tenancy
+from gureum.cli import (
+    compare,
+    images,
+    instances,
+    keypairs,
+    networks,
+    recovery,
+    ssh,
+    system,
+    tenancy,
+)
 from gureum.client.client import ApiError, ServiceDown
 from gureum.errors import GureumError
 
@@ -80,6 +90,7 @@ recovery.register(app)
 networks.register(app)
 tenancy.register(app)
 system.register(app)
+compare.register(app)
 app.add_typer(images.app, name="image")
 app.add_typer(keypairs.app, name="keypair")
 

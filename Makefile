@@ -49,6 +49,7 @@ bench: setup
 	$(PY) bench/api.py
 	$(PY) bench/os.py
 	$(PY) bench/instant.py
+	$(PY) bench/compare.py
 
 # System-wide, as a service: $(PREFIX) (a venv), /usr/local/bin/gureum, gureum.service
 # (KillMode=process: stopping it leaves the VMs running), $(GUREUM_HOME)/config.toml.

@@ -174,3 +174,31 @@ def test_a_debian_container_is_provisioned_by_cloud_init_and_logged_in_to(
     finally:
         service.cli("delete", "ctdeb", "--force", check=False)
         service.cli("secgroup", "delete", "ctssh", check=False)
+
+
+def test_compare_measures_a_vm_and_a_container_side_by_side(
+    service: Service, tmp_path: Path
+) -> None:
+    """`gureum compare tiny`, small: every row measured in both, and the facts each system
+    reports about itself (the full run is bench/compare.py)."""
+    report_file, chart_file = tmp_path / "compare.json", tmp_path / "compare.png"
+    service.cli("compare", "tiny", "--runs", "2", "--max-fit", "2", "--budget", "2G",
+                "--json", str(report_file), "--chart", str(chart_file), timeout=900)  # fmt: skip
+    report = json.loads(report_file.read_text())
+    rows = {r["measure"]: r for r in report["rows"]}
+    for name, row in rows.items():
+        assert row["vm"] is not None and row["container"] is not None, name
+    assert rows["launch to ready (median)"]["ratio"] < 1  # a container starts faster
+    assert rows["host memory, idle"]["ratio"] < 0.5  # and takes less of the host
+    vm = report["results"]["vm"]["isolation"]
+    ct = report["results"]["container"]["isolation"]
+    assert ct["shares_host_kernel"] and not vm["shares_host_kernel"]
+    assert ct["host_uid_of_root"] >= 1_600_000_000 and vm["host_uid_of_root"] >= 1_500_000_000
+    # A kernel crash asked from inside: the VM's own kernel dies, alone; the container's
+    # write is refused (its kernel is the host's).
+    assert not vm["panic"]["write_refused"] and not vm["panic"]["instance_answers_after"]
+    assert vm["panic"]["other_instance_unaffected"]
+    assert ct["panic"]["write_refused"] and ct["panic"]["other_instance_unaffected"]
+    assert chart_file.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    listing = service.cli("list").stdout
+    assert "cmp-" not in listing  # everything it launched is gone

@@ -190,16 +190,16 @@ class Comparison:
             pairs = self._launches()
             for kind in KINDS:
                 self._inside(kind, *pairs[kind])
-            for kind in KINDS:
-                self._fit(kind)
             if self.s.panic:
                 for kind in KINDS:
                     self._panic(kind, *pairs[kind])
-            for kind in KINDS:
+            for kind in KINDS:  # gone before the count, which starts from an empty host
                 victim, bystander = pairs[kind]
                 self.results[kind].stop_s.append(self.stop(bystander))
                 self.delete(victim)
                 self.delete(bystander)
+            for kind in KINDS:
+                self._fit(kind)
         finally:
             self.cleanup()
         return self.report()

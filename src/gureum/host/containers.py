@@ -157,7 +157,8 @@ class Containers:
             )
             (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec), indent=1))
             (folder / INIT_FILE).write_text(init)
-            await self.runc.delete(want.instance_id)  # a stopped one left from before
+            if (self.runc.root / want.instance_id).exists():  # a stopped one left from before
+                await self.runc.delete(want.instance_id)
             pid = await self.runc.create(
                 want.instance_id, folder, self.console_log(want.instance_id)
             )

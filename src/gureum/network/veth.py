@@ -12,12 +12,6 @@ init has not run yet.
 from __future__ import annotations
 
 from gureum.network import netns, tap
-from gureum.sys.runner import arun
-
-
-def peer_name(instance_id: str, slot: int) -> str:
-    """The container's end while it is still in the network's namespace (15 characters)."""
-    return f"p{instance_id[-11:]}{slot}"
 
 
 async def plug(
@@ -25,12 +19,12 @@ async def plug(
 ) -> None:
     """Give the container whose init is ``pid`` (a host pid) its NIC in slot ``slot`` on the
     network whose namespace is ``namespace``. Undone on failure."""
-    host, peer = tap.tap_name(instance_id, slot), peer_name(instance_id, slot)
-    await netns.ip(namespace, "link", "add", host, "type", "veth", "peer", "name", peer)
+    host = tap.tap_name(instance_id, slot)
+    # One call makes both ends: the container's made in its own namespace, named and with its
+    # MAC from the start (a launch waits on every step here).
+    await netns.ip(namespace, "link", "add", host, "type", "veth", "peer", "name", f"eth{slot}",
+                   "address", mac, "netns", str(pid))  # fmt: skip
     try:
-        await netns.ip(namespace, "link", "set", peer, "address", mac, "netns", str(pid))
-        await arun(["nsenter", f"--net=/proc/{pid}/ns/net", "ip", "link", "set", peer,
-                    "name", f"eth{slot}"])  # fmt: skip
         await netns.ip(namespace, "link", "set", host, "master", bridge, "up")
     except BaseException:
         await unplug(namespace, instance_id, slot)

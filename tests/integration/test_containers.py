@@ -113,6 +113,19 @@ def test_containers_share_networks_by_name_and_nothing_across_them(service: Serv
         # Each sees only its own processes (ct2's DHCP client is not among ct3's).
         ps = service.exec("ct3", "ps", "-o", "pid,args")
         assert "hostname:ct3" in ps and "hostname:ct2" not in ps, ps
+        # Nor can it signal them: ct2's init, by its host pid, is no process of ct3's.
+        with service.client() as c:
+            res = c.exec("ct3", ["kill", "-0", str(show(service, "ct2")["pid"])])
+        assert res["exit_code"] != 0, res
+        # Nor read the host's files: a file made on the host's / is not in its /.
+        marker = Path("/gureum-host-only-marker")
+        marker.write_text("host\n")
+        try:
+            with service.client() as c:
+                res = c.exec("ct3", ["cat", str(marker)])
+            assert res["exit_code"] != 0 and b"host" not in res["stdout"], res
+        finally:
+            marker.unlink()
 
         # ct2's init dies (killed on the host): ct2 is crashed, the others run on.
         os.kill(show(service, "ct2")["pid"], signal.SIGKILL)

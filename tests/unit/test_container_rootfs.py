@@ -8,6 +8,7 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import stat
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from gureum.engine.container import rootfs as container_root
+from gureum.engine.container.bundle import MOUNT_POINTS
 from gureum.errors import GureumError, InvalidState
 from gureum.host.containers import _write_owned, cgroup_folders, delegate_cgroups
 from gureum.images import rootfs
@@ -169,8 +171,12 @@ def test_delegating_a_control_group_gives_its_folder_not_its_limits() -> None:
     cgroup v1 the v2-only bounds are not there to set: cgroupfs refuses new files)."""
     sleeper = subprocess.Popen(["sleep", "60"])
     made: list[Path] = []
+    left: Path | None = None  # a hierarchy where it stays in the group it started in
     try:
         for folder in cgroup_folders(sleeper.pid):  # the roots it starts in, here
+            if left is None:
+                left = folder
+                continue
             group = folder / "gureum-unit-delegation"
             group.mkdir()
             made.append(group)
@@ -178,15 +184,39 @@ def test_delegating_a_control_group_gives_its_folder_not_its_limits() -> None:
                 if (group / name).exists():
                     (group / name).write_text((folder / name).read_text())
             (group / "cgroup.procs").write_text(str(sleeper.pid))
-        assert sorted(cgroup_folders(sleeper.pid)) == sorted(made)
-        delegate_cgroups(sleeper.pid, BASE)
+        assert left is not None
+        assert sorted(cgroup_folders(sleeper.pid)) == sorted([left, *made])
+        delegate_cgroups(sleeper.pid, BASE, "/gureum-unit-delegation")
         for group in made:
             assert group.stat().st_uid == BASE
             assert (group / "cgroup.procs").stat().st_uid == BASE
             limits = [p for p in group.iterdir() if p.name.startswith(("memory.", "pids.", "cpu."))]
             assert all(p.stat().st_uid == 0 for p in limits), limits
+        # Where runc did not put it in its own group, the group it is in is not its own (it
+        # is shared): never given away.
+        assert left.stat().st_uid == 0 and (left / "cgroup.procs").stat().st_uid == 0
     finally:
         sleeper.kill()
         sleeper.wait()
         for group in made:
             group.rmdir()
+
+
+def test_a_start_is_refused_where_the_containers_layer_put_a_link_at_a_mount_point(
+    tmp_path: Path,
+) -> None:
+    """The container wrote its own layer on its last run: a link where runc mounts (/proc, /dev,
+    ...) could lead runc 1.1.5 to mount onto the host, so the start is refused; folders, and the
+    whiteout of a deleted one, are let be."""
+    upper = tmp_path / "layer" / "upper"
+    upper.mkdir(parents=True)
+    (upper / "dev").mkdir()
+    os.mknod(upper / "run", 0o600 | stat.S_IFCHR, os.makedev(0, 0))  # a whiteout
+    container_root.check_mount_points(tmp_path, MOUNT_POINTS)
+    (upper / "proc").symlink_to("/proc/1/root/proc")
+    with pytest.raises(InvalidState, match="link at /proc"):
+        container_root.check_mount_points(tmp_path, MOUNT_POINTS)
+    (upper / "proc").unlink()
+    (upper / "tmp").write_text("")
+    with pytest.raises(InvalidState, match="file at /tmp"):
+        container_root.check_mount_points(tmp_path, MOUNT_POINTS)

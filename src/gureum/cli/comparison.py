@@ -69,8 +69,8 @@ class Kind:
     fit_stopped_by: str = ""
     cpu_s: float | None = None
     syscall_ns: float | None = None
-    disk: dict[str, float] = field(default_factory=dict)
-    net: dict[str, float] = field(default_factory=dict)
+    disk: dict[str, float | None] = field(default_factory=dict)
+    net: dict[str, float | None] = field(default_factory=dict)
     isolation: dict[str, Any] = field(default_factory=dict)
 
 
@@ -106,9 +106,23 @@ def _pss(pid: int) -> int:
     return 0
 
 
-def host_memory(inst: dict[str, Any]) -> tuple[int | None, str]:
+def pss_by_pid_namespace() -> dict[str, int]:
+    """The PSS of every process on this host, summed by pid namespace (one pass over /proc)."""
+    sums: dict[str, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                namespace = os.readlink(f"/proc/{entry}/ns/pid")
+                sums[namespace] = sums.get(namespace, 0) + _pss(int(entry))
+    return sums
+
+
+def host_memory(
+    inst: dict[str, Any], by_namespace: dict[str, int] | None = None
+) -> tuple[int | None, str]:
     """(bytes, how measured) of one running instance on this host: PSS when /proc shows its
-    processes, else the service's RSS."""
+    processes (a container's: every process in its pid namespace, from ``by_namespace`` when
+    given), else the service's RSS."""
     pid = inst.get("pid")
     try:
         if not pid:
@@ -116,13 +130,8 @@ def host_memory(inst: dict[str, Any]) -> tuple[int | None, str]:
         if inst.get("type") != "container":
             return _pss(pid), "PSS"
         namespace = os.readlink(f"/proc/{pid}/ns/pid")
-        total = 0
-        for entry in os.listdir("/proc"):
-            if entry.isdigit():
-                with contextlib.suppress(OSError):
-                    if os.readlink(f"/proc/{entry}/ns/pid") == namespace:
-                        total += _pss(int(entry))
-        return total, "PSS"
+        sums = by_namespace if by_namespace is not None else pss_by_pid_namespace()
+        return sums.get(namespace, 0), "PSS"
     except OSError:
         return inst.get("host", {}).get("rss_bytes"), "RSS (the service's)"
 
@@ -175,8 +184,15 @@ class Comparison:
         return res
 
     def probe_in(self, name: str, *args: str, timeout: float = 600) -> dict[str, int]:
-        out = self.run_in(name, PROBE_IN_GUEST, *args, timeout=timeout)["stdout"].decode()
-        return {k: int(v) for k, v in (line.split() for line in out.splitlines() if " " in line)}
+        """The probe's figures: what the instance printed, read strictly (a line that is not
+        "name integer" is left out, and a figure a caller needs that is missing fails it)."""
+        out = self.run_in(name, PROBE_IN_GUEST, *args, timeout=timeout)["stdout"]
+        figures = {}
+        for line in out.decode(errors="replace").splitlines():
+            parts = line.split()
+            if len(parts) == 2 and parts[0].isidentifier() and parts[1].isdigit():
+                figures[parts[0]] = int(parts[1])
+        return figures
 
     def put_probe(self, name: str) -> None:
         script = f"cat > {PROBE_IN_GUEST} && chmod 755 {PROBE_IN_GUEST} && mkdir -p /var/tmp"
@@ -228,24 +244,26 @@ class Comparison:
         for name in (a, b):
             self.put_probe(name)
         self.say(f"{kind}: CPU job")
-        r.cpu_s = self.probe_in(a, "cpu", str(self.s.cpu_rounds))["ns"] / 1e9
+        r.cpu_s = _per(self.probe_in(a, "cpu", str(self.s.cpu_rounds)), "ns", 1e9)
         self.say(f"{kind}: {self.s.syscalls} system calls")
-        r.syscall_ns = self.probe_in(a, "syscall", str(self.s.syscalls))["ns"] / self.s.syscalls
+        r.syscall_ns = _per(
+            self.probe_in(a, "syscall", str(self.s.syscalls)), "ns", self.s.syscalls
+        )
         self.say(f"{kind}: disk")
         d = self.probe_in(a, "disk", DISK_FILE, str(self.s.disk_mib))
         mib = self.s.disk_mib
         r.disk = {
-            "write_mb_s": mib * 1.048576 / (d["write_ns"] / 1e9),
-            "read_mb_s": d["read_bytes"] / 1e6 / (d["read_ns"] / 1e9),
-            "randwrite_iops": d["random_ops"] / (d["randwrite_ns"] / 1e9),
-            "randread_iops": d["random_ops"] / (d["randread_ns"] / 1e9),
-            "direct_reads": bool(d["direct"]),
+            "write_mb_s": _rate(mib * 1.048576, d.get("write_ns")),
+            "read_mb_s": _rate(d.get("read_bytes", 0) / 1e6, d.get("read_ns")),
+            "randwrite_iops": _rate(d.get("random_ops", 0), d.get("randwrite_ns")),
+            "randread_iops": _rate(d.get("random_ops", 0), d.get("randread_ns")),
+            "direct_reads": bool(d.get("direct")),
         }
         self.say(f"{kind}: network")
         r.net = self._network(a, b)
         r.isolation = self._isolation(kind, a)
 
-    def _network(self, server: str, client: str) -> dict[str, float]:
+    def _network(self, server: str, client: str) -> dict[str, float | None]:
         ip = self.client.instance(server)["nics"][0]["ip"]
         served: dict[str, Any] = {}
 
@@ -272,8 +290,8 @@ class Comparison:
         if not out:
             raise RuntimeError(f"no TCP connection from {client} to {server}: {served}")
         return {
-            "rtt_us": out["rtt_ns"] / out["trips"] / 1e3,
-            "throughput_mbit_s": out["sent_bytes"] * 8 / 1e6 / (out["send_ns"] / 1e9),
+            "rtt_us": _per(out, "rtt_ns", max(1, out.get("trips", 0)) * 1e3),
+            "throughput_mbit_s": _rate(out.get("sent_bytes", 0) * 8 / 1e6, out.get("send_ns")),
         }
 
     def _isolation(self, kind: str, name: str) -> dict[str, Any]:
@@ -303,7 +321,7 @@ class Comparison:
         elif inst.get("pid"):
             with contextlib.suppress(OSError):
                 root_uid = os.stat(f"/proc/{inst['pid']}").st_uid  # its QEMU's user
-        kernel = said("uname", "-r")
+        kernel = _printable(said("uname", "-r"))
         return {
             "kernel": kernel,
             "shares_host_kernel": kernel == os.uname().release,
@@ -334,7 +352,8 @@ class Comparison:
                     raise
                 names.append(name)
                 time.sleep(1)
-                used = sum(host_memory(self.client.instance(n))[0] or 0 for n in names)
+                sums = pss_by_pid_namespace()
+                used = sum(host_memory(self.client.instance(n), sums)[0] or 0 for n in names)
                 if used > budget:
                     r.fit_stopped_by = f"the budget ({self.s.budget_mib} MiB)"
                     names.pop()  # the one that went over does not fit
@@ -381,6 +400,20 @@ class Comparison:
             "results": {kind: asdict(r) for kind, r in self.results.items()},
             "rows": rows(self.results),
         }
+
+
+def _rate(amount: float, ns: int | None) -> float | None:
+    """``amount`` per second over ``ns`` nanoseconds; None when nothing was timed."""
+    return amount / (ns / 1e9) if ns else None
+
+
+def _per(figures: dict[str, int], key: str, divisor: float) -> float | None:
+    return figures[key] / divisor if key in figures else None
+
+
+def _printable(text: str, limit: int = 100) -> str:
+    """What an instance said, safe to print on the user's terminal (no control characters)."""
+    return "".join(c for c in text if c.isprintable())[:limit]
 
 
 def _read(path: str) -> str:

@@ -228,12 +228,16 @@ def register(app: typer.Typer) -> None:
 
         Without a terminal (piped stdin), sends stdin, prints what comes back until the console
         is quiet for a second, and exits. No -o json: what it prints is the guest's own bytes,
-        as they come (--log too), not data to format.
+        as they come (--log too), not data to format. A container's console is its init's
+        output, live: it takes no input (run commands with `gureum exec`).
         """
-        if log:
-            with Client() as client:
+        with Client() as client:
+            if log:
                 sys.stdout.write(client.console_log(name, tail))
-            return
+                return
+            if client.instance(name).get("type") == "container":
+                err.print(f"{name} is a container: its console shows its init's output and "
+                          "takes no input (run commands with `gureum exec`).")  # fmt: skip
         raise typer.Exit(run_console(name))
 
 

@@ -1167,7 +1167,7 @@ class LocalHostAgent:
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
         path = self.runtime(instance_id).serial_log
         if self.containers.owns(instance_id):
-            path = self.containers.console_log(instance_id)
+            path = self.containers.readable_log(instance_id)
         return await asyncio.to_thread(serial.read_log, path, tail_bytes)
 
     def rss_bytes(self, instance_id: str) -> int | None:

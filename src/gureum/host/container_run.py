@@ -3,10 +3,12 @@ its log file), the end of its init (a pidfd), and its readiness.
 
 A container has no serial port or agent: runc points its init's stdout and stderr at the
 console log, and ``ContainerConsole`` follows that file for viewers and for the same marker
-lines a VM's console shows (tiny's init prints them in a container too). The log is rotated at
-the same bound as a VM's, so an init that prints without end cannot fill the host's disk. A
-console has no input: a container has no terminal of its own (its init would block on a full
-one while nobody reads it), and ``exec`` runs commands in it.
+lines a VM's console shows (tiny's init prints them in a container too). The log is in the
+container's own layer (host/containers.py): the container holds a descriptor to it, with which
+it could grow it without end (or ``fallocate`` room past its end, which no size check sees),
+so it must be on a filesystem whose size is the container's own disk. It is rotated at the same
+bound as a VM's log. A console has no input: a container has no terminal of its own (its init
+would block on a full one while nobody reads it), and ``exec`` runs commands in it.
 
 Its init is not the service's child (runc starts it and exits), so its end is seen through a
 pidfd, which becomes readable when the process ends whoever its parent is.
@@ -31,7 +33,7 @@ from gureum.engine.qemu.serial import (
     rotate_log,
 )
 from gureum.engine.qemu.vm import VMEvents
-from gureum.errors import InvalidInput, InvalidState
+from gureum.errors import InvalidState
 from gureum.sys.nofollow import open_nofollow
 
 log = logging.getLogger(__name__)
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 POLL_BOOTING_S, POLL_VIEWED_S, POLL_IDLE_S = 0.01, 0.1, 1.0
 READ_CHUNK = 65536
 READ_PER_LOOK = 1 << 20
+ROTATE_EVERY_S = 1.0
 
 
 class ContainerConsole:
@@ -68,10 +71,17 @@ class ContainerConsole:
         self._task = asyncio.create_task(self._pump(), name=f"console-{self.log_path.parent}")
 
     async def _pump(self) -> None:
+        rotated = 0.0
         while True:
-            # In the loop itself: its viewers' queues are the loop's, and a read is at most
-            # what the log grew by (bounded by its rotation).
+            # In the loop itself (its viewers' queues are the loop's): one look reads at most
+            # READ_PER_LOOK bytes, whatever the container prints meanwhile.
             self._read()
+            if self._offset > LOG_CAP and time.monotonic() - rotated >= ROTATE_EVERY_S:
+                # Copying the log's last LOG_CAP bytes aside is a thread's work, and done at
+                # most once a second: a flood costs the container its own disk, not the loop.
+                rotated = time.monotonic()
+                if await asyncio.to_thread(rotate_log, self.log_path):
+                    self._offset = 0
             interval = (
                 POLL_BOOTING_S if self.booting else POLL_VIEWED_S if self._viewers else POLL_IDLE_S
             )
@@ -83,11 +93,12 @@ class ContainerConsole:
                 size = f.seek(0, os.SEEK_END)
                 if size < self._offset:  # rotated: the new log is read from its start
                     self._offset = 0
-                # One look reads a bounded amount: what a flood printed beyond it is skipped
-                # (the log keeps it), so no container can hold the loop.
+                # What a flood printed beyond one look's bytes is skipped (the log keeps it).
                 self._offset = max(self._offset, size - READ_PER_LOOK)
                 f.seek(self._offset)
-                while chunk := f.read(READ_CHUNK):
+                left = READ_PER_LOOK
+                while left > 0 and (chunk := f.read(min(READ_CHUNK, left))):
+                    left -= len(chunk)
                     self._offset += len(chunk)
                     self._scan(chunk, time.time())
                     for queue in list(self._viewers):
@@ -99,9 +110,6 @@ class ContainerConsole:
             return
         except OSError as exc:
             log.warning("cannot read %s: %s", self.log_path, exc)
-            return
-        if self._offset > LOG_CAP and rotate_log(self.log_path):
-            self._offset = 0
 
     def _scan(self, chunk: bytes, now: float) -> None:
         window = self._tail + chunk
@@ -130,10 +138,7 @@ class ContainerConsole:
         self._viewers.discard(queue)
 
     async def write(self, data: bytes) -> None:
-        raise InvalidInput(
-            "a container's console shows its init's output and takes no input; "
-            "run commands with `gureum exec`"
-        )
+        """Input is dropped: the container has no terminal to take it (the CLI says so)."""
 
     def close(self) -> None:
         if self._task is not None:

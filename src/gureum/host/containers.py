@@ -28,6 +28,7 @@ from gureum.engine.container import bundle
 from gureum.engine.container import rootfs as container_root
 from gureum.engine.container.runc import Runc
 from gureum.engine.qemu.agent import ExecResult
+from gureum.engine.qemu.serial import LOG_CAP, read_log
 from gureum.engine.qemu.vm import VMEvents
 from gureum.errors import EngineError, GureumError, InvalidInput, InvalidState
 from gureum.host import permissions
@@ -108,7 +109,29 @@ class Containers:
         return self.config.instances_dir / instance_id / "container"
 
     def console_log(self, instance_id: str) -> Path:
+        """The live log: in its own layer's filesystem (root's, outside what the container
+        sees), since the container holds a descriptor to it (container_run.py)."""
+        return self.folder(instance_id) / container_root.LAYER / "console.log"
+
+    def kept_log(self, instance_id: str) -> Path:
+        """The log's last LOG_CAP bytes, copied beside the layer when it is unmounted."""
         return self.folder(instance_id) / "console.log"
+
+    def readable_log(self, instance_id: str) -> Path:
+        """The log to show: the live one while its layer is mounted, else the copy kept."""
+        live = self.folder(instance_id) / container_root.LAYER
+        return (
+            self.console_log(instance_id)
+            if container_root.is_mounted(live)
+            else (self.kept_log(instance_id))
+        )
+
+    async def _take_apart(self, instance_id: str) -> None:
+        """Its root unmounted, its console log's tail kept first."""
+        live, kept = self.console_log(instance_id), self.kept_log(instance_id)
+        if container_root.is_mounted(self.folder(instance_id) / container_root.LAYER):
+            await asyncio.to_thread(_keep_log, live, kept)
+        await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
 
     async def start(self, want: ContainerStart, events: VMEvents | None = None) -> int:
         """Create and start the container; its init's host pid. On failure nothing is left
@@ -157,6 +180,7 @@ class Containers:
             )
             (folder / "config.json").write_text(json.dumps(bundle.oci_config(spec), indent=1))
             (folder / INIT_FILE).write_text(init)
+            await asyncio.to_thread(container_root.check_mount_points, folder, bundle.MOUNT_POINTS)
             if (self.runc.root / want.instance_id).exists():  # a stopped one left from before
                 await self.runc.delete(want.instance_id)
             pid = await self.runc.create(
@@ -174,7 +198,7 @@ class Containers:
             for slot, mac, namespace in want.nics:
                 await veth.plug(namespace, BRIDGE, want.instance_id, slot, mac, pid)
             if init == "systemd":
-                await asyncio.to_thread(delegate_cgroups, pid, want.uid_base)
+                await asyncio.to_thread(delegate_cgroups, pid, want.uid_base, want.cgroup)
             await self.runc.start(want.instance_id)
             if events is not None:
                 events.on_boot_event("running", time.time())
@@ -185,7 +209,7 @@ class Containers:
             await self.runc.delete(want.instance_id)  # its namespace, and its NICs with it
             for slot, _, namespace in want.nics:
                 await veth.unplug(namespace, want.instance_id, slot)
-            await asyncio.to_thread(container_root.unmount, folder)
+            await self._take_apart(want.instance_id)
             raise
         return pid
 
@@ -299,7 +323,7 @@ class Containers:
             if not await _ended(pid, 10.0):
                 raise EngineError(f"the container's init (pid {pid}) did not end")
         await self.runc.delete(instance_id)
-        await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
+        await self._take_apart(instance_id)
 
     # -- its layer: snapshots and size ------------------------------------------------------------
     def layer_file(self, instance_id: str) -> Path:
@@ -315,8 +339,8 @@ class Containers:
             await asyncio.to_thread(_copy_sparse, layer, dest)
             return "offline"
         mounted = self.folder(instance_id) / container_root.LAYER
-        await self.runc.pause(instance_id)
-        try:
+        try:  # a pause that fails half-way is resumed too
+            await self.runc.pause(instance_id)
             await arun(["fsfreeze", "--freeze", str(mounted)], timeout=60)
             try:
                 await asyncio.to_thread(_copy_sparse, layer, dest)
@@ -331,7 +355,7 @@ class Containers:
         if await self.pid(instance_id) is not None:
             raise InvalidState("the container must be stopped to change its layer")
         folder = self.folder(instance_id)
-        await asyncio.to_thread(container_root.unmount, folder)
+        await self._take_apart(instance_id)
         new = folder / (container_root.LAYER_FILE + ".new")
         with contextlib.suppress(FileNotFoundError):
             new.unlink()
@@ -370,7 +394,7 @@ class Containers:
                 if not await _ended(pid, 10.0):
                     raise EngineError(f"the container's init (pid {pid}) did not end")
         await self.runc.delete(instance_id)
-        await asyncio.to_thread(container_root.unmount, self.folder(instance_id))
+        await self._take_apart(instance_id)
         return how
 
     async def exec(
@@ -394,7 +418,7 @@ class Containers:
         self.forget(instance_id)
         await self.runc.delete(instance_id)
         folder = self.folder(instance_id)
-        await asyncio.to_thread(container_root.unmount, folder)
+        await asyncio.to_thread(container_root.unmount, folder)  # its log goes with it
         for name in (container_root.ROOT, container_root.LOWER, container_root.LAYER):
             if container_root.is_mounted(folder / name):
                 raise EngineError(f"{folder / name} is still mounted; the folder is kept")
@@ -435,11 +459,14 @@ def cgroup_folders(pid: int) -> list[Path]:
 MAX_DESCENDANTS, MAX_DEPTH = 1024, 16
 
 
-def delegate_cgroups(pid: int, uid: int) -> None:
+def delegate_cgroups(pid: int, uid: int, cgroup: str) -> None:
     """Give the container's root its own control group folders (not their limits): systemd as
-    its init makes its own groups there, or stops at once."""
+    its init makes its own groups there, or stops at once. Only folders that are its own group
+    (``cgroup``, its cgroupsPath): in a hierarchy runc does not join, /proc lists the group it
+    was left in, which is the service's, shared by every tenant."""
+    own = cgroup.strip("/")
     for folder in cgroup_folders(pid):
-        if not folder.is_dir():
+        if not folder.is_dir() or not folder.as_posix().endswith(f"/{own}"):
             continue
         for name, bound in (("cgroup.max.descendants", MAX_DESCENDANTS),
                             ("cgroup.max.depth", MAX_DEPTH)):  # fmt: skip
@@ -449,6 +476,21 @@ def delegate_cgroups(pid: int, uid: int) -> None:
         for name in DELEGATED_FILES:
             with contextlib.suppress(FileNotFoundError):
                 os.chown(folder / name, uid, uid)
+
+
+def _keep_log(live: Path, kept: Path) -> None:
+    """Copy the live console log's last LOG_CAP bytes beside the layer (for `console --log`
+    of a stopped container), through a new file: never through a name that is there."""
+    data = read_log(live, LOG_CAP)
+    new = kept.with_name(kept.name + ".new")
+    with contextlib.suppress(FileNotFoundError):
+        new.unlink()
+    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(new, kept)
 
 
 def _copy_sparse(source: Path, dest: Path) -> None:

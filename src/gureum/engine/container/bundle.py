@@ -190,6 +190,12 @@ def _mounts(cgroups_writable: bool) -> list[dict[str, object]]:
     ]
 
 
+# The top folders of the container's root that runc mounts over at each start. Everything under
+# them is a fresh mount of runc's; these names themselves are in the container's own layer,
+# which it wrote on its last run (rootfs.check_mount_points).
+MOUNT_POINTS = tuple(sorted({"/" + str(m["destination"]).split("/")[1] for m in _mounts(False)}))
+
+
 def resources(cpus: int, memory_mib: int) -> dict[str, object]:
     """Its limits: CPU time of ``cpus`` CPUs, memory with no swap beyond it, and pids (the
     same shape ``runc update`` takes, for a live resize)."""

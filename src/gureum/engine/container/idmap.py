@@ -30,6 +30,8 @@ _AT_EMPTY_PATH = 0x1000
 _AT_RECURSIVE = 0x8000
 _OPEN_TREE_CLONE = 1
 _MOUNT_ATTR_RDONLY = 0x1
+_MOUNT_ATTR_NOSUID = 0x2
+_MOUNT_ATTR_NODEV = 0x4
 _MOUNT_ATTR_IDMAP = 0x100000
 _MOVE_MOUNT_F_EMPTY_PATH = 0x4
 _CLONE_NEWUSER = 0x10000000
@@ -94,7 +96,9 @@ def mount_shifted(source: Path, target: Path, uid_base: int, count: int) -> None
         flags = _OPEN_TREE_CLONE | os.O_CLOEXEC | _AT_RECURSIVE
         tree = _check(_syscall(_SYS_OPEN_TREE, _AT_FDCWD, os.fsencode(source), flags), "open_tree")
         # struct mount_attr { __u64 attr_set, attr_clr, propagation, userns_fd; }
-        attr = struct.pack("QQQQ", _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY, 0, 0, userns)
+        # Read-only, and neither its devices nor its setuid bits mean anything through it.
+        flags = _MOUNT_ATTR_IDMAP | _MOUNT_ATTR_RDONLY | _MOUNT_ATTR_NOSUID | _MOUNT_ATTR_NODEV
+        attr = struct.pack("QQQQ", flags, 0, 0, userns)
         _check(
             _syscall(
                 _SYS_MOUNT_SETATTR, tree, b"", _AT_EMPTY_PATH | _AT_RECURSIVE, attr, len(attr)

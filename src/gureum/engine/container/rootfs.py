@@ -20,12 +20,13 @@ from __future__ import annotations
 import contextlib
 import os
 import re
+import stat
 import time
 from pathlib import Path
 
 from gureum.engine.container.bundle import UID_RANGE
 from gureum.engine.container.idmap import mount_shifted
-from gureum.errors import EngineError
+from gureum.errors import EngineError, InvalidState
 from gureum.sys.runner import run
 
 LOWER, LAYER, ROOT = "lower", "layer", "root"
@@ -120,7 +121,10 @@ def mount(image_root: Path, folder: Path, uid_base: int, layer_bytes: int) -> Pa
         if not is_mounted(folder / LOWER):
             mount_shifted(image_root, folder / LOWER, uid_base, UID_RANGE)
         if not is_mounted(folder / ROOT):
-            options = f"lowerdir={folder / LOWER},upperdir={folder / UPPER},workdir={folder / WORK}"
+            options = (
+                f"nodev,nosuid,lowerdir={folder / LOWER},upperdir={folder / UPPER},"
+                f"workdir={folder / WORK}"
+            )
             run(
                 ["mount", "-t", "overlay", "overlay", "-o", options, str(folder / ROOT)], timeout=30
             )
@@ -128,6 +132,27 @@ def mount(image_root: Path, folder: Path, uid_base: int, layer_bytes: int) -> Pa
         unmount(folder)
         raise
     return folder / ROOT
+
+
+def check_mount_points(folder: Path, points: tuple[str, ...]) -> None:
+    """Refuse a start when the container's own layer holds a link, or anything but a folder,
+    where runc is about to mount (``/proc``, ``/dev``...): the container wrote its layer on its
+    last run, and runc before its 2025 fixes can be led to mount through such a link onto the
+    host (the "malicious image" case of CVE-2025-31133 and CVE-2025-52881). A name the image
+    has and the layer does not touch is the image's; a whiteout (a deleted one) is let be."""
+    upper = folder / UPPER
+    for point in points:
+        try:
+            st = os.lstat(upper / point.lstrip("/"))
+        except FileNotFoundError:
+            continue
+        whiteout = stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+        if not (stat.S_ISDIR(st.st_mode) or whiteout):
+            raise InvalidState(
+                f"the container's own files put a {'link' if stat.S_ISLNK(st.st_mode) else 'file'}"
+                f" at {point}, where its runtime mounts {point}: it is not started (restore a "
+                "snapshot from before, or delete it)"
+            )
 
 
 def unmount(folder: Path) -> None:

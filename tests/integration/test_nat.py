@@ -89,7 +89,9 @@ def nat(internet):
         svc.cli("network", "create", "sealed", "--subnet", "10.91.0.0/24")
         svc.launch("out1", networks=["lan"])
         svc.launch("in1", networks=["sealed"])
+        svc.cli("launch", "tiny", "--name", "outc", "--container", "--network", "lan")
         yield svc, inet, seen
+        svc.cli("delete", "outc", "--force")
         svc.cli("delete", "out1", "--force")
         svc.cli("delete", "in1", "--force")
         svc.cli("network", "delete", "lan")
@@ -103,6 +105,13 @@ def test_a_nat_guest_reaches_the_internet_by_name_masqueraded(nat):
     assert sh(svc, "out1", f"timeout 20 wget -qO- http://{NAME}/") == "hello from the internet\n"
     addresses = Path(seen).read_text().split()
     assert addresses and set(addresses) == {UPLINK_IP}, addresses  # never the guest's
+
+
+def test_a_container_on_a_nat_network_goes_out_the_same_way(nat):
+    """A container's NIC is on the same bridge as a VM's: the same NAT, by name."""
+    svc, _, seen = nat
+    assert sh(svc, "outc", f"timeout 20 wget -qO- http://{NAME}/") == "hello from the internet\n"
+    assert set(Path(seen).read_text().split()) == {UPLINK_IP}  # masqueraded: never its address
 
 
 def test_a_sealed_network_has_no_way_out(nat):

@@ -29,7 +29,7 @@ from gureum.engine.qemu.serial import (
     INIT_STARTED,
     LOG_CAP,
     NETWORK_UP,
-    VIEWER_QUEUE,
+    Fanout,
     rotate_log,
 )
 from gureum.engine.qemu.vm import VMEvents
@@ -44,6 +44,13 @@ POLL_BOOTING_S, POLL_VIEWED_S, POLL_IDLE_S = 0.01, 0.1, 1.0
 READ_CHUNK = 65536
 READ_PER_LOOK = 1 << 20
 ROTATE_EVERY_S = 1.0
+# The same marker lines as a VM's console (tiny's init prints them in a container too); its
+# ready line is the container's readiness, as the agent's answer is a VM's.
+CONTAINER_MARKERS = (
+    (INIT_STARTED, "init_started"),
+    (INIT_READY, "agent_ready"),
+    (NETWORK_UP, "network_up"),
+)
 
 
 class ContainerConsole:
@@ -51,10 +58,7 @@ class ContainerConsole:
 
     def __init__(self, log_path: Path, on_marker: Callable[[str, float], None]) -> None:
         self.log_path = log_path
-        self._on_marker = on_marker
-        self._viewers: set[asyncio.Queue[bytes | None]] = set()
-        self._fired: set[str] = set()
-        self._tail = b""
+        self._out = Fanout(CONTAINER_MARKERS, on_marker, log_path.parents[2].name)
         self._task: asyncio.Task[None] | None = None
         self.booting = True
         self._offset = 0
@@ -83,7 +87,11 @@ class ContainerConsole:
                 if await asyncio.to_thread(rotate_log, self.log_path):
                     self._offset = 0
             interval = (
-                POLL_BOOTING_S if self.booting else POLL_VIEWED_S if self._viewers else POLL_IDLE_S
+                POLL_BOOTING_S
+                if self.booting
+                else POLL_VIEWED_S
+                if self._out.watched
+                else POLL_IDLE_S
             )
             await asyncio.sleep(interval)
 
@@ -100,42 +108,17 @@ class ContainerConsole:
                 while left > 0 and (chunk := f.read(min(READ_CHUNK, left))):
                     left -= len(chunk)
                     self._offset += len(chunk)
-                    self._scan(chunk, time.time())
-                    for queue in list(self._viewers):
-                        try:
-                            queue.put_nowait(chunk)
-                        except asyncio.QueueFull:
-                            self._drop(queue)
+                    self._out.publish(chunk, time.time())
         except FileNotFoundError:
             return
         except OSError as exc:
             log.warning("cannot read %s: %s", self.log_path, exc)
 
-    def _scan(self, chunk: bytes, now: float) -> None:
-        window = self._tail + chunk
-        for marker, event in (
-            (INIT_STARTED, "init_started"),
-            (INIT_READY, "agent_ready"),
-            (NETWORK_UP, "network_up"),
-        ):
-            if event not in self._fired and marker in window:
-                self._fired.add(event)
-                self._on_marker(event, now)
-        self._tail = window[-64:]
-
-    def _drop(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self._viewers.discard(queue)
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(None)
-
     def attach(self) -> asyncio.Queue[bytes | None]:
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(VIEWER_QUEUE)
-        self._viewers.add(queue)
-        return queue
+        return self._out.attach()
 
     def detach(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self._viewers.discard(queue)
+        self._out.detach(queue)
 
     async def write(self, data: bytes) -> None:
         """Input is dropped: the container has no terminal to take it (the CLI says so)."""
@@ -144,8 +127,7 @@ class ContainerConsole:
         if self._task is not None:
             self._task.cancel()
             self._task = None
-        for queue in list(self._viewers):
-            self._drop(queue)
+        self._out.end()
 
 
 class RunningContainer:

@@ -312,8 +312,8 @@ class Containers:
                     return anon
         return None
 
-    async def kill(self, instance_id: str) -> None:
-        """End it now (no power-off), and take its root apart."""
+    async def _end_now(self, instance_id: str) -> None:
+        """Kill its init if it lives (its end is asked for, not a crash) and wait for it."""
         running = self.running.get(instance_id)
         if running is not None:
             running.stopping = True
@@ -321,7 +321,11 @@ class Containers:
         if pid is not None:
             await self.runc.kill(instance_id, "KILL")
             if not await _ended(pid, 10.0):
-                raise EngineError(f"the container's init (pid {pid}) did not end")
+                raise EngineError(f"the container's init (pid {pid}) did not end; it is kept")
+
+    async def kill(self, instance_id: str) -> None:
+        """End it now (no power-off), and take its root apart."""
+        await self._end_now(instance_id)
         await self.runc.delete(instance_id)
         await self._take_apart(instance_id)
 
@@ -407,14 +411,7 @@ class Containers:
     async def destroy(self, instance_id: str) -> None:
         """Kill it if it runs, and remove its folder, its own layer included. The folder goes
         only once nothing is mounted in it: a mounted view of the image is never walked."""
-        running = self.running.get(instance_id)
-        if running is not None:
-            running.stopping = True
-        pid = await self.pid(instance_id)
-        if pid is not None:
-            await self.runc.kill(instance_id, "KILL")
-            if not await _ended(pid, 10.0):
-                raise EngineError(f"the container's init (pid {pid}) did not end; it is kept")
+        await self._end_now(instance_id)
         self.forget(instance_id)
         await self.runc.delete(instance_id)
         folder = self.folder(instance_id)

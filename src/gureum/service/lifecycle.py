@@ -115,21 +115,12 @@ class Lifecycle:
     def vm_spec(self, inst: Instance, hardware: Hardware | None = None) -> VMSpec:
         hw = hardware or inst.hardware
         assert hw is not None
+        chain: tuple[Path, ...]
         if inst.is_container:  # the image's files, unpacked from its disk, under its own layer
-            return VMSpec(
-                instance_id=inst.id,
-                name=inst.spec.name,
-                hardware=hw,
-                project_id=inst.project_id,
-                uid=inst.uid,
-                kernel=None,
-                initrd=None,
-                disk_chain=(self.disks.image_disk(inst),),
-                kind="container",
-                layer_bytes=inst.spec.disk_bytes,
-            )
-        boot = self.disks.boot_files(inst)
-        assert inst.root_layer is not None
+            boot, chain = None, (self.disks.image_disk(inst),)
+        else:
+            assert inst.root_layer is not None
+            boot, chain = self.disks.boot_files(inst), self.disks.chain(inst.root_layer)
         return VMSpec(
             instance_id=inst.id,
             name=inst.spec.name,
@@ -138,7 +129,9 @@ class Lifecycle:
             uid=inst.uid,
             kernel=boot[0] if boot else None,
             initrd=boot[1] if boot else None,
-            disk_chain=self.disks.chain(inst.root_layer),
+            disk_chain=chain,
+            kind=inst.kind,
+            layer_bytes=inst.spec.disk_bytes if inst.is_container else 0,
         )
 
     def set_state(

@@ -173,14 +173,18 @@ class SnapshotService:
                 snap_id, inst.id, name, frozen, memory, consistency, hardware,
                 disk_bytes=inst.spec.disk_bytes, size_bytes=size, created_at=time.time(),
             )  # fmt: skip
-            try:
-                self.store.add(snap)
-            except GureumError:
-                await self.host.remove_snapshot(snap_id)
-                raise
-            took = time.monotonic() - started
-            ctx.progress(f"snapshot {name} taken in {took:.2f} s ({consistency})")
-            return {"snapshot": self.view(snap), "seconds": round(took, 3)}
+            return await self._record(snap, started, ctx)
+
+    async def _record(self, snap: Snapshot, started: float, ctx: Reporter) -> dict[str, object]:
+        """Write a snapshot just taken (its host files go if the write fails)."""
+        try:
+            self.store.add(snap)
+        except GureumError:
+            await self.host.remove_snapshot(snap.id)
+            raise
+        took = time.monotonic() - started
+        ctx.progress(f"snapshot {snap.name} taken in {took:.2f} s ({snap.consistency})")
+        return {"snapshot": self.view(snap), "seconds": round(took, 3)}
 
     async def _container_snapshot(
         self, inst: Instance, name: str, ctx: Reporter
@@ -198,14 +202,7 @@ class SnapshotService:
             disk_bytes=inst.spec.disk_bytes, size_bytes=self.host.snapshot_bytes(snap_id),
             created_at=time.time(),
         )  # fmt: skip
-        try:
-            self.store.add(snap)
-        except GureumError:
-            await self.host.remove_snapshot(snap_id)
-            raise
-        took = time.monotonic() - started
-        ctx.progress(f"snapshot {name} taken in {took:.2f} s ({consistency})")
-        return {"snapshot": self.view(snap), "seconds": round(took, 3)}
+        return await self._record(snap, started, ctx)
 
     # -- restore ---------------------------------------------------------------------------------
     async def restore(

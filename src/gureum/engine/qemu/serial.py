@@ -72,6 +72,77 @@ def read_log(log_path: Path, tail_bytes: int) -> bytes:
     return data[-tail:]
 
 
+# The marker lines of a VM's console, and the boot events they are.
+SERIAL_MARKERS = (
+    (INIT_STARTED, "init_started"),
+    (INIT_READY, "init_ready"),
+    (NETWORK_UP, "network_up"),
+)
+
+
+class Fanout:
+    """One console's output, to every attached viewer, and the marker lines in it (each
+    reported once). A viewer ``VIEWER_QUEUE`` chunks behind is dropped rather than buffered
+    without end. A VM's serial console and a container's console log both hand theirs here."""
+
+    def __init__(
+        self,
+        markers: tuple[tuple[bytes, str], ...],
+        on_marker: Callable[[str, float], None],
+        name: str,
+    ) -> None:
+        self.markers = markers
+        self.name = name  # whose console, for the log
+        self._on_marker = on_marker
+        self._viewers: set[asyncio.Queue[bytes | None]] = set()
+        self._tail = b""  # last bytes seen, to find markers split across reads
+        self._fired: set[str] = set()
+
+    @property
+    def watched(self) -> bool:
+        return bool(self._viewers)
+
+    def publish(self, chunk: bytes, now: float) -> None:
+        self.scan(chunk, now)
+        for queue in list(self._viewers):
+            try:
+                queue.put_nowait(chunk)
+            except asyncio.QueueFull:
+                self._drop(queue)
+
+    def scan(self, chunk: bytes, now: float) -> None:
+        window = self._tail + chunk
+        for marker, event in self.markers:
+            if event not in self._fired and marker in window:
+                self._fired.add(event)
+                self._on_marker(event, now)
+        self._tail = window[-64:]
+
+    def _drop(self, queue: asyncio.Queue[bytes | None], *, behind: bool = True) -> None:
+        """A viewer that fell too far behind (``behind``) or whose console ended: its backlog
+        goes, and it sees the end."""
+        self._viewers.discard(queue)
+        while not queue.empty():
+            queue.get_nowait()
+        queue.put_nowait(None)
+        if behind:
+            log.info("console viewer of %s dropped: it did not keep up", self.name)
+
+    def attach(self) -> asyncio.Queue[bytes | None]:
+        """A queue of console output for one viewer; ``None`` marks the end."""
+        queue: asyncio.Queue[bytes | None] = asyncio.Queue(VIEWER_QUEUE)
+        self._viewers.add(queue)
+        return queue
+
+    def detach(self, queue: asyncio.Queue[bytes | None]) -> None:
+        self._viewers.discard(queue)
+
+    def end(self) -> None:
+        """Every viewer sees the end."""
+        for queue in list(self._viewers):
+            self._drop(queue, behind=False)
+
+
 class SerialConsole:
     def __init__(
         self,
@@ -88,10 +159,9 @@ class SerialConsole:
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
         self._task: asyncio.Task[None] | None = None
-        self._viewers: set[asyncio.Queue[bytes | None]] = set()
-        self._tail = b""  # last bytes seen, to find markers split across reads
+        # Each marker counts once per QEMU process (this console lives as long as it).
+        self._out = Fanout(SERIAL_MARKERS, on_marker, path.parent.name)
         self._seen_output = False
-        self._fired: set[str] = set()  # each marker counts once per QEMU process
 
     async def connect(self, timeout: float = 5.0) -> None:
         with socket_path(self.path, self.owner) as checked:
@@ -117,50 +187,25 @@ class SerialConsole:
                 if not self._seen_output:
                     self._seen_output = True
                     self._on_marker("kernel_started", now)
-                self._scan(chunk, now)
                 self._logged += len(chunk)
                 if self.log_path is not None and self._logged >= LOG_CAP // 8:
                     self._logged = 0
                     rotate_log(self.log_path)
-                for queue in list(self._viewers):
-                    try:
-                        queue.put_nowait(chunk)
-                    except asyncio.QueueFull:
-                        self._drop(queue)
+                self._out.publish(chunk, now)
         except (OSError, asyncio.CancelledError):
             pass
         finally:
-            for queue in list(self._viewers):
-                self._drop(queue)
+            self._out.end()
 
     def _scan(self, chunk: bytes, now: float) -> None:
-        window = self._tail + chunk
-        for marker, event in (
-            (INIT_STARTED, "init_started"),
-            (INIT_READY, "init_ready"),
-            (NETWORK_UP, "network_up"),
-        ):
-            if event not in self._fired and marker in window:
-                self._fired.add(event)
-                self._on_marker(event, now)
-        self._tail = window[-64:]
-
-    def _drop(self, queue: asyncio.Queue[bytes | None]) -> None:
-        """A viewer that fell too far behind: its backlog goes, and it sees the end."""
-        self._viewers.discard(queue)
-        while not queue.empty():
-            queue.get_nowait()
-        queue.put_nowait(None)
-        log.info("console viewer of %s dropped: it did not keep up", self.path.parent.name)
+        self._out.scan(chunk, now)
 
     def attach(self) -> asyncio.Queue[bytes | None]:
         """A queue of console output for one viewer; ``None`` marks the end."""
-        queue: asyncio.Queue[bytes | None] = asyncio.Queue(VIEWER_QUEUE)
-        self._viewers.add(queue)
-        return queue
+        return self._out.attach()
 
     def detach(self, queue: asyncio.Queue[bytes | None]) -> None:
-        self._viewers.discard(queue)
+        self._out.detach(queue)
 
     async def write(self, data: bytes) -> None:
         if self._writer is None:

@@ -1252,19 +1252,21 @@ class LocalHostAgent:
             if owner and owner not in known_ids:
                 procs.kill(pid)
                 removed.append(f"process {pid} of unknown VM {owner}")
+        kept = set(known_ids)
         if self.config.instances_dir.exists():
             for folder in self.config.instances_dir.iterdir():
                 if folder.name not in known_ids and self.containers.owns(folder.name):
                     try:  # killed and unmounted first: a mounted image is never walked
                         await self.containers.destroy(folder.name)
-                    except GureumError as exc:
+                    except GureumError as exc:  # still mounted: its folder stays, unwalked
                         log.warning("leftover container %s: %s", folder.name, exc.message)
+                        kept.add(folder.name)
                         continue
                     removed.append(f"container {folder.name}")
         for parent in (self.config.run_dir, self.config.instances_dir):
             if parent.exists():
                 for folder in parent.iterdir():
-                    if folder.name not in known_ids:
+                    if folder.name not in kept:
                         await asyncio.to_thread(shutil.rmtree, folder, True)
                         removed.append(str(folder))
         for parent in (self.config.disks_dir, self.config.snapshots_dir):

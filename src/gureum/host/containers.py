@@ -119,12 +119,9 @@ class Containers:
 
     def readable_log(self, instance_id: str) -> Path:
         """The log to show: the live one while its layer is mounted, else the copy kept."""
-        live = self.folder(instance_id) / container_root.LAYER
-        return (
-            self.console_log(instance_id)
-            if container_root.is_mounted(live)
-            else (self.kept_log(instance_id))
-        )
+        if container_root.is_mounted(self.folder(instance_id) / container_root.LAYER):
+            return self.console_log(instance_id)
+        return self.kept_log(instance_id)
 
     async def _take_apart(self, instance_id: str) -> None:
         """Its root unmounted, its console log's tail kept first."""

@@ -356,7 +356,7 @@ class Lifecycle:
         booted = inst.state in (State.RUNNING, State.PAUSED)
         real_top = await self.host.adopt(self.vm_spec(inst), pid, events, booted=booted)
         self.store.update(inst.id, pid=pid)
-        if not inst.is_container:  # a container's layer is a folder of its own, not a chain
+        if not inst.is_container:  # a container's own layer is one file the host keeps: no chain
             self._repair_top_layer(inst, real_top)
             assert inst.root_layer is not None
             self.host.update_disk_chain(inst.id, self.disks.chain(inst.root_layer))

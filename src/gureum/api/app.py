@@ -23,6 +23,7 @@ from gureum.api.auth import AnyUser, RateLimiter
 from gureum.api.middleware import AuditMiddleware, AuthMiddleware, BodyLimitMiddleware
 from gureum.api.routes import (
     backups,
+    events,
     images,
     instances,
     keypairs,
@@ -62,6 +63,7 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     errors.install(app)
     for module in (
         instances, snapshots, backups, networks, operations, images, system, tenancy, keypairs,
+        events,
     ):  # fmt: skip
         app.include_router(module.router)
 

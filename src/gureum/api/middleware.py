@@ -132,6 +132,7 @@ def _write(
         svc.tenancy.record(
             user=principal.name if principal else ANONYMOUS,
             project=project.project.name if project else None,
+            project_id=project.project.id if project else None,
             action=action,
             target=target,
             result=result,

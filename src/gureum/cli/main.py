@@ -14,6 +14,7 @@ from typer.completion import completion_init, get_completion_script
 from gureum import __version__
 from gureum.cli import (
     compare,
+    events,
     images,
     instances,
     keypairs,
@@ -91,6 +92,7 @@ networks.register(app)
 tenancy.register(app)
 system.register(app)
 compare.register(app)
+events.register(app)
 app.add_typer(images.app, name="image")
 app.add_typer(keypairs.app, name="keypair")
 

@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import httpx
 from websockets.asyncio.client import ClientConnection, connect, unix_connect
@@ -611,6 +611,21 @@ def refusal(frame: str) -> str:
 async def connect_console(endpoint: Endpoint, ref: str) -> ClientConnection:
     """A WebSocket to an instance's serial console: binary frames both ways, raw bytes."""
     return await _websocket(endpoint, path("instances", ref, "console"))
+
+
+async def connect_events(
+    endpoint: Endpoint,
+    *,
+    stream: str | None = None,
+    after: int | None = None,
+    all_projects: bool = False,
+) -> ClientConnection:
+    """A WebSocket of the event stream: JSON text frames, resumed after ``after`` of
+    ``stream`` when both are given."""
+    query = {"all_projects": "true"} if all_projects else {}
+    if stream is not None and after is not None:
+        query |= {"stream": stream, "after": str(after)}
+    return await _websocket(endpoint, path("events") + ("?" + urlencode(query) if query else ""))
 
 
 async def connect_ssh_tunnel(endpoint: Endpoint, ref: str) -> ClientConnection:

@@ -17,6 +17,7 @@ from gureum.service.admission import Admission
 from gureum.service.backups import BackupService
 from gureum.service.creation import Creator
 from gureum.service.disks import DiskLayers
+from gureum.service.events import EventBus
 from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
 from gureum.service.images import ImageService
@@ -71,6 +72,7 @@ class Services:
     tenancy: TenancyService
     quotas: QuotaService
     templates: TemplateService
+    events: EventBus
     _lock_fd: int | None = None
 
     @classmethod
@@ -97,11 +99,14 @@ class Services:
         network_store = NetworkStore(db)
         tenancy_store = TenancyStore(db)
         # Rules that need only the store and the host.
-        ops = OperationManager(OperationStore(db))
+        events = EventBus()  # what changed, as it changes: the console's and `gureum events`'
+        ops = OperationManager(OperationStore(db), events)
         image_store = ImageStore(db)
         transfers = Transfers()  # uploads and downloads, backups and images together
         images = ImageService(config, image_store, instance_store, ops, host, transfers)
-        tenancy = TenancyService(tenancy_store, max_tokens_per_user=config.max_tokens_per_user)
+        tenancy = TenancyService(
+            tenancy_store, max_tokens_per_user=config.max_tokens_per_user, events=events
+        )
         quotas = QuotaService(
             tenancy_store, instance_store, snapshot_store, network_store, layer_store, host
         )
@@ -113,8 +118,8 @@ class Services:
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, image_store, host)
         views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
-        lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views)
-        creator = Creator(instance_store, admission, quotas, networks, disks, host)
+        lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
+        creator = Creator(instance_store, admission, quotas, networks, disks, host, events)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
             secgroups, forwards, disks, lifecycle, views, creator, keypairs,
@@ -167,6 +172,7 @@ class Services:
             tenancy,
             quotas,
             templates,
+            events,
         )
 
     def lock_home(self) -> None:

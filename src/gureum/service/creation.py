@@ -29,6 +29,7 @@ from gureum.model.network import Network
 from gureum.model.snapshot import Layer
 from gureum.service.admission import Admission
 from gureum.service.disks import DiskLayers
+from gureum.service.events import EventBus, publish_state
 from gureum.service.networks import NetworkService, machine_nics
 from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
@@ -114,7 +115,9 @@ class Creator:
         networks: NetworkService,
         disks: DiskLayers,
         host: HostAgent,
+        events: EventBus,
     ) -> None:
+        self.events = events
         self.store = store
         self.admission = admission
         self.quotas = quotas
@@ -182,6 +185,7 @@ class Creator:
             inst.hardware = draft.hardware(machine_nics(nics))
             # No await from here to the write: a group deleted meanwhile cannot be named.
             self.store.create(inst, nics, draft.groups(), draft.layers)
+        publish_state(self.events, inst, "created")
         undo.add(f"the records of {inst.spec.name}", lambda: self.forget(inst.id))
         return inst
 
@@ -212,7 +216,10 @@ class Creator:
         files only it used (its QEMU, if any, must be gone)."""
         networks = {n.network_id for n in self.networks.store.nics(instance_id=instance_id)}
         snapshots = [s.id for s in self.disks.snapshots.list(instance_id)]
+        gone = self.store.get(instance_id)
         self.store.forget(instance_id)
+        if gone is not None:
+            publish_state(self.events, gone, "deleted")
         # The rows are gone: what follows cleans up after them, each step whatever became of
         # the one before (the reconciler removes what a failure here leaves, at next start).
         steps: list[tuple[str, Undo]] = [

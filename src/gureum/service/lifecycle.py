@@ -19,6 +19,7 @@ from gureum.host.interface import HostAgent, Identity, VMSpec
 from gureum.model.hardware import Hardware, new_generation_id
 from gureum.model.instance import ACTIVE, BootTimeline, Instance, State, check_transition
 from gureum.service.disks import DiskLayers
+from gureum.service.events import EventBus, publish_state
 from gureum.service.networks import NetworkService
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.service.views import InstanceViews
@@ -90,8 +91,10 @@ class Lifecycle:
         disks: DiskLayers,
         networks: NetworkService,
         views: InstanceViews,
+        events: EventBus,
     ) -> None:
         self.config = config
+        self.events = events
         self.store = store
         self.host = host
         self.ops = ops
@@ -141,6 +144,7 @@ class Lifecycle:
         inst.state = state
         inst.state_reason = reason
         self.store.update(inst.id, state=state, state_reason=reason, **fields)
+        publish_state(self.events, inst)
 
     async def boot(
         self,
@@ -272,6 +276,8 @@ class Lifecycle:
         if inst is not None and inst.state != State.ERROR:
             # Any state may fall to error when the host side is lost.
             self.store.update(instance_id, state=State.ERROR, state_reason=reason, pid=None)
+            inst.state, inst.state_reason = State.ERROR, reason
+            publish_state(self.events, inst)
 
     # -- engine events ---------------------------------------------------------------------------
     def on_exit(self, instance_id: str, how: str, detail: str) -> None:

@@ -18,6 +18,7 @@ from typing import Protocol
 from gureum.errors import GureumError, NotFound
 from gureum.ids import new_id
 from gureum.model.operation import Operation, OpStatus, Progress
+from gureum.service.events import EventBus
 from gureum.store.operations import OperationStore
 
 log = logging.getLogger(__name__)
@@ -61,8 +62,9 @@ Work = Callable[[OpContext], Awaitable[dict[str, object] | None]]
 
 
 class OperationManager:
-    def __init__(self, store: OperationStore) -> None:
+    def __init__(self, store: OperationStore, events: EventBus | None = None) -> None:
         self.store = store
+        self.events = events or EventBus()
         self._live: dict[str, Operation] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -107,6 +109,7 @@ class OperationManager:
             raise
         self._live[op.id] = op
         self._changed[op.id] = asyncio.Event()
+        self._publish(op)
         task = asyncio.create_task(self._run(op, work, then), name=f"op-{kind}-{op.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -135,11 +138,22 @@ class OperationManager:
         finally:
             self._live.pop(op.id, None)
             self._notify(op.id, final=True)
+            self._publish(op)
 
     def progress(self, op: Operation, message: str, fraction: float | None = None) -> None:
         op.progress.append(Progress(at=time.time(), message=message, fraction=fraction))
         self.store.save(op)
         self._notify(op.id)
+        self._publish(op, message)
+
+    def _publish(self, op: Operation, progress: str | None = None) -> None:
+        """An operation started, said how it goes, or ended (its project's stream; the
+        host's own operations, image builds, have none: administrators see those)."""
+        said: dict[str, object] = {"progress": progress} if progress is not None else {}
+        if op.error is not None:
+            said["error"] = op.error
+        self.events.publish("operation", op.project_id, operation_id=op.id, operation=op.kind,
+                            target=op.target, status=op.status.value, **said)  # fmt: skip
 
     def _notify(self, op_id: str, final: bool = False) -> None:
         event = self._changed.pop(op_id, None) if final else self._changed.get(op_id)

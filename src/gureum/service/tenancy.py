@@ -42,6 +42,7 @@ from gureum.model.tenancy import (
     Token,
     User,
 )
+from gureum.service.events import EventBus
 from gureum.store.tenancy import TenancyStore
 from gureum.units import MIB
 
@@ -63,8 +64,15 @@ def hash_secret(secret: str) -> str:
 
 
 class TenancyService:
-    def __init__(self, store: TenancyStore, *, max_tokens_per_user: int = 50) -> None:
+    def __init__(
+        self,
+        store: TenancyStore,
+        *,
+        max_tokens_per_user: int = 50,
+        events: EventBus | None = None,
+    ) -> None:
         self.store = store
+        self.events = events or EventBus()
         self.max_tokens_per_user = max_tokens_per_user  # 0: no bound
         self._touched: dict[str, float] = {}  # token id -> when its last_used_at was written
 
@@ -300,9 +308,18 @@ class TenancyService:
         """Audit entries, newest first (filters: project, user, action, since, limit)."""
         return self.store.audit(**filters)
 
-    def record(self, **entry: Any) -> None:
-        """One audit entry (user, project, action, target, result, detail)."""
+    def record(self, *, project_id: str | None = None, **entry: Any) -> None:
+        """One audit entry (user, project, action, target, result, detail), also told to the
+        event stream of its project (``project_id``)."""
         self.store.record(**entry)
+        self.events.publish(
+            "audit",
+            project_id,
+            user=entry.get("user"),
+            action=entry.get("action"),
+            target=entry.get("target"),
+            result=entry.get("result"),
+        )
 
     def prune_audit(self, retention_days: float) -> int:
         """Forget audit entries older than the retention (0: keep everything)."""

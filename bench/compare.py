@@ -8,7 +8,8 @@ Prints the table with each container/VM ratio, checks the issue's two targets (a
 container ready in at most 300 ms; its host memory at most a tenth of the VM's), and writes the
 report as JSON and a chart.
 
-    python bench/compare.py [--image tiny] [--runs 5] [--budget-mib 1024] [--max-fit 32]
+    python bench/compare.py [--image tiny] [--runs 5] [--memory-mib 256] [--budget-mib 1024]
+                            [--max-fit 32]
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", default="tiny")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--memory-mib", type=int, default=256, help="each instance's memory")
     parser.add_argument("--budget-mib", type=int, default=1024)
     parser.add_argument("--max-fit", type=int, default=32)
     parser.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "compare.json")
@@ -52,7 +54,11 @@ def main() -> None:
         op = svc.client.build_image(args.image)
         svc.client.wait(op["id"], timeout=1800)
         settings = Settings(
-            image=args.image, runs=args.runs, budget_mib=args.budget_mib, max_fit=args.max_fit
+            image=args.image,
+            memory_mib=args.memory_mib,
+            runs=args.runs,
+            budget_mib=args.budget_mib,
+            max_fit=args.max_fit,
         )
         probe = build_probe(home / "probe")
         report = Comparison(svc.client, settings, lambda line: print(f"  {line}"), probe).run()

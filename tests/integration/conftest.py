@@ -163,7 +163,8 @@ class Service:
         cgroups = Path("/sys/fs/cgroup")
         groups = [str(p) for p in (cgroups / group, *cgroups.glob(f"*/{group}")) if p.is_dir()]
         # A container's root mounted in the home: never walked by rmtree (its image is below).
-        mounts = _mounts_under(self.home)
+        # Only gureum's own (a test may mount its own under the home, and unmount it after).
+        mounts = _mounts_under(self.home / "instances")
         for point in reversed(mounts):
             subprocess.run(["umount", "-l", point], check=False)
         shutil.rmtree(self.home, ignore_errors=True)
@@ -174,10 +175,10 @@ class Service:
         assert not mounts, f"mounts left behind: {mounts}"
 
 
-def _mounts_under(home: Path) -> list[str]:
+def _mounts_under(folder: Path) -> list[str]:
     with open("/proc/self/mountinfo") as table:
         points = [line.split()[4] for line in table]
-    return [p for p in points if p.startswith(f"{home}/")]
+    return [p for p in points if p.startswith(f"{folder}/")]
 
 
 def _pids_named(name: str) -> list[int]:

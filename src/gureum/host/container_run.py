@@ -146,9 +146,10 @@ class RunningContainer:
         self._pidfd: int | None = None
 
     def _marker(self, event: str, at: float) -> None:
-        self.events.on_boot_event(event, at)
-        if event == "agent_ready":
+        if event == "agent_ready":  # its ready line: reported once, by mark_ready
             self.mark_ready(at)
+        else:
+            self.events.on_boot_event(event, at)
 
     def mark_ready(self, at: float) -> None:
         if not self.ready.is_set():

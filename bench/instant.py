@@ -41,6 +41,8 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from launch import Service  # noqa: E402
 
+from gureum.cli.comparison import pss_bytes  # noqa: E402
+
 # bench/os.py (named like the standard library's module: loaded by path)
 _spec = importlib.util.spec_from_file_location("bench_os", REPO / "bench" / "os.py")
 assert _spec is not None and _spec.loader is not None
@@ -55,13 +57,6 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
-
-
-def pss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-        if line.startswith("Pss:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def phase_at(inst: dict, event: str) -> float | None:

@@ -98,7 +98,8 @@ def build_probe(cache: Path) -> bytes:
     return binary.read_bytes()
 
 
-def _pss(pid: int) -> int:
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size (its shared pages split among their users)."""
     with open(f"/proc/{pid}/smaps_rollup") as f:
         for line in f:
             if line.startswith("Pss:"):
@@ -113,7 +114,7 @@ def pss_by_pid_namespace() -> dict[str, int]:
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 namespace = os.readlink(f"/proc/{entry}/ns/pid")
-                sums[namespace] = sums.get(namespace, 0) + _pss(int(entry))
+                sums[namespace] = sums.get(namespace, 0) + pss_bytes(int(entry))
     return sums
 
 
@@ -128,7 +129,7 @@ def host_memory(
         if not pid:
             raise OSError("no pid")
         if inst.get("type") != "container":
-            return _pss(pid), "PSS"
+            return pss_bytes(pid), "PSS"
         namespace = os.readlink(f"/proc/{pid}/ns/pid")
         sums = by_namespace if by_namespace is not None else pss_by_pid_namespace()
         return sums.get(namespace, 0), "PSS"

@@ -41,7 +41,7 @@ sys.path.insert(0, str(REPO / "bench"))
 
 from launch import Service  # noqa: E402
 
-from gureum.cli.comparison import pss_bytes  # noqa: E402
+from gureum.sys.procs import pss_bytes  # noqa: E402
 
 # bench/os.py (named like the standard library's module: loaded by path)
 _spec = importlib.util.spec_from_file_location("bench_os", REPO / "bench" / "os.py")

@@ -6,6 +6,7 @@ packages=(qemu-system-x86 qemu-utils e2fsprogs cpio kmod iproute2 nftables dnsma
           mmdebstrap openssh-client ovmf
           debootstrap extlinux syslinux-common fdisk dosfstools mtools
           gcc runc
+          chromium
           postgresql-15
           python3 python3-venv python3-pip
           ca-certificates)

@@ -39,6 +39,9 @@ class Config:
     # large for no gain on small guests.
     tcg_tb_size_mib: int = 128
     reconcile_interval_s: float = 2.0
+    # How often every instance's CPU, memory, disk and NIC figures are measured (/metrics and
+    # the console's graphs, which keep an hour of them).
+    metrics_interval_s: float = 10.0
     # Per API token: sustained requests per second and burst (0: no limit).
     rate_limit_per_s: float = 20.0
     rate_limit_burst: float = 40.0
@@ -133,6 +136,7 @@ _ENV = {
     "stop_timeout_s": "GUREUM_STOP_TIMEOUT",
     "tcg_tb_size_mib": "GUREUM_TCG_TB_SIZE_MIB",
     "reconcile_interval_s": "GUREUM_RECONCILE_INTERVAL",
+    "metrics_interval_s": "GUREUM_METRICS_INTERVAL",
     "cache_dir_override": "GUREUM_CACHE_DIR",
     "rate_limit_per_s": "GUREUM_RATE_LIMIT",
     "rate_limit_burst": "GUREUM_RATE_BURST",

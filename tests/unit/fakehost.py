@@ -30,6 +30,7 @@ from gureum.host.interface import (
     VMEvents,
     VMSpec,
 )
+from gureum.host.stats import InstanceStats
 from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network
 from gureum.network.metadata import Lookup
@@ -93,6 +94,9 @@ class FakeHost:
     # Containers: layers put back from snapshots (instance, snapshot); limits set while running.
     restored_layers: list[tuple[str, str]] = field(default_factory=list)
     limits: dict[str, tuple[int, int]] = field(default_factory=dict)
+    # What instance_stats reports of a running VM (default: 1 s of CPU more at each round).
+    stats: dict[str, InstanceStats] = field(default_factory=dict)
+    rounds: int = 0
 
     @property
     def accel(self) -> AccelChoice:
@@ -479,6 +483,16 @@ class FakeHost:
 
     def rss_bytes(self, instance_id: str) -> int | None:
         return 1 << 20 if instance_id in self.vms else None
+
+    async def instance_stats(
+        self, instances: list[tuple[str, Hardware]]
+    ) -> dict[str, InstanceStats]:
+        self.rounds += 1
+        return {
+            i: self.stats.get(i, InstanceStats(float(self.rounds), 1 << 20, 1 << 19))
+            for i, _ in instances
+            if i in self.vms
+        }
 
     def _vm(self, instance_id: str) -> FakeVM:
         vm = self.vms.get(instance_id)

@@ -20,6 +20,7 @@ from fastapi.routing import APIRoute
 from gureum import __version__
 from gureum.api import errors, tls
 from gureum.api.auth import AnyUser, RateLimiter
+from gureum.api.http_metrics import HttpMetricsMiddleware
 from gureum.api.middleware import AuditMiddleware, AuthMiddleware, BodyLimitMiddleware
 from gureum.api.routes import (
     backups,
@@ -27,6 +28,7 @@ from gureum.api.routes import (
     images,
     instances,
     keypairs,
+    metrics,
     networks,
     operations,
     snapshots,
@@ -63,7 +65,7 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     errors.install(app)
     for module in (
         instances, snapshots, backups, networks, operations, images, system, tenancy, keypairs,
-        events,
+        events, metrics,
     ):  # fmt: skip
         app.include_router(module.router)
 
@@ -81,6 +83,7 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, limit=svc.config.max_request_bytes)
     app.add_middleware(AuditMiddleware)
     app.add_middleware(AuthMiddleware)
+    app.add_middleware(HttpMetricsMiddleware)  # outermost: counts and times every answer
     return app
 
 

@@ -321,3 +321,24 @@ class NicOut(BaseModel):
     note: str | None = Field(
         default=None, description="set when a live NIC was plugged but the guest did not take it up"
     )
+
+
+class MetricsPointOut(BaseModel):
+    t: float = Field(description="Unix time at the end of the interval")
+    cpu_percent: float | None = Field(description="CPU time per second, in % of one host CPU")
+    memory_bytes: int | None = Field(description="QEMU's resident memory (a container: its group)")
+    guest_memory_used_bytes: int | None = Field(
+        description="MemTotal - MemAvailable, from the guest"
+    )
+    guest_memory_total_bytes: int | None
+    disk_read_bps: float | None
+    disk_write_bps: float | None
+    net_rx_bps: float | None = Field(description="bytes per second the guest received")
+    net_tx_bps: float | None
+
+
+class MetricsHistoryOut(BaseModel):
+    instance: str
+    interval_s: float
+    history_s: float
+    points: list[MetricsPointOut]

@@ -29,6 +29,7 @@ from typing import Any
 from gureum.client.client import ApiError, Client
 from gureum.engine.container.bundle import DENIED_SYSCALLS
 from gureum.images.build import CC_ARGV
+from gureum.sys.procs import pss_bytes
 
 KINDS = ("vm", "container")
 PROBE_SOURCE = Path(__file__).with_name("probe.c")
@@ -96,15 +97,6 @@ def build_probe(cache: Path) -> bytes:
                 raise SystemExit(f"cannot build the probe: {exc.stderr.strip()[:500]}") from None
             out.replace(binary)
     return binary.read_bytes()
-
-
-def pss_bytes(pid: int) -> int:
-    """A process's proportional set size (its shared pages split among their users)."""
-    with open(f"/proc/{pid}/smaps_rollup") as f:
-        for line in f:
-            if line.startswith("Pss:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def pss_by_pid_namespace() -> dict[str, int]:

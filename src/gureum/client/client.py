@@ -257,6 +257,14 @@ class Client:
             "GET", path("instances", ref, "console", "log"), params={"tail_bytes": tail_bytes}
         )
 
+    def instance_metrics(self, ref: str, since: float = 0.0) -> dict[str, Any]:
+        """The instance's figures over the last hour (one point per metrics round)."""
+        return self.request("GET", path("instances", ref, "metrics"), params={"since": since})
+
+    def metrics(self) -> str:
+        """/metrics: the Prometheus text format, as this caller may see it."""
+        return self.request("GET", "/metrics")
+
     # -- operations ------------------------------------------------------------------------------
     def operations(self, *, target: str | None = None, limit: int = 50) -> list[dict[str, Any]]:
         params: dict[str, Any] = {"limit": limit}

@@ -37,10 +37,10 @@ from gureum.errors import (
     InvalidState,
     Unavailable,
 )
-from gureum.host import permissions
+from gureum.host import permissions, stats
 from gureum.host.capacity import HostCapacity, admit, measure
 from gureum.host.cgroups import ProjectGroups
-from gureum.host.containers import Containers, ContainerStart
+from gureum.host.containers import Containers, ContainerStart, cgroup_folders
 from gureum.host.interface import Console, Identity, NetworkPlan, ProjectUsage, VMSpec
 from gureum.host.network import BRIDGE, NetworkHost
 from gureum.host.sealed_ram import SealedRam
@@ -1175,6 +1175,58 @@ class LocalHostAgent:
             return self.containers.memory_bytes(instance_id)
         vm = self._vms.get(instance_id)
         return vm.rss_bytes() if vm else None
+
+    async def instance_stats(
+        self, instances: list[tuple[str, Hardware]]
+    ) -> dict[str, stats.InstanceStats]:
+        # Each network's counters once (one `ip` call each), then every instance at once: a
+        # guest slow to answer costs its own figures' wait (bounded), not everyone's.
+        namespaces = sorted(
+            {self.network.namespace(net) for _, hw in instances for _, _, net in hw.nics}
+        )
+        read = await asyncio.gather(*(stats.link_counters(ns) for ns in namespaces))
+        counters = dict(zip(namespaces, read, strict=True))
+        results = await asyncio.gather(
+            *(self._instance_stats(i, hw, counters) for i, hw in instances)
+        )
+        return {i: r for (i, _), r in zip(instances, results, strict=True) if r is not None}
+
+    async def _instance_stats(
+        self,
+        instance_id: str,
+        hardware: Hardware,
+        counters: dict[str, dict[str, tuple[int, int, int, int]]],
+    ) -> stats.InstanceStats | None:
+        nics = stats.nic_stats(
+            instance_id,
+            [(slot, mac, net, self.network.namespace(net)) for slot, mac, net in hardware.nics],
+            counters,
+        )
+        running = self.containers.running.get(instance_id)
+        if running is not None and not running.exited:
+            try:
+                cpu = stats.cgroup_cpu_seconds(cgroup_folders(running.pid))
+            except OSError:
+                return None
+            return stats.InstanceStats(
+                cpu, self.containers.memory_bytes(instance_id), None, nics=nics
+            )
+        vm = self._vms.get(instance_id)
+        if vm is None or vm.exited or vm.pid is None:
+            return None
+        cpu, rss, pss = stats.process(vm.pid)
+        timeout = stats.GUEST_TIMEOUT_S
+        answer = await stats.bounded(vm.monitor.execute("query-blockstats", timeout=timeout), [])
+        # The guest's own view only from a guest that runs and whose agent nobody is using:
+        # the figures never queue behind (or hold up) a snapshot's freeze or a user's exec.
+        status = await stats.bounded(vm.monitor.execute("query-status", timeout=timeout), {})
+        text = b""
+        if isinstance(status, dict) and status.get("running") and not vm.agent.busy:
+            text = await stats.bounded(
+                vm.agent.read_file("/proc/meminfo", stats.MEMINFO_LIMIT, timeout), b""
+            )
+        total, available = stats.meminfo(text)
+        return stats.InstanceStats(cpu, rss, pss, total, available, stats.blockstats(answer), nics)
 
     # -- networks --------------------------------------------------------------------------------
     def serve_metadata(self, lookup: Lookup) -> None:

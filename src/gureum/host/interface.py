@@ -28,6 +28,7 @@ from gureum.engine.qemu.accel import AccelChoice
 from gureum.engine.qemu.agent import ExecResult
 from gureum.engine.qemu.vm import VMEvents
 from gureum.host.capacity import HostCapacity
+from gureum.host.stats import InstanceStats
 from gureum.model.hardware import Hardware
 from gureum.model.network import Forward, Network, Nic, Rule
 from gureum.network.firewall import Port
@@ -399,6 +400,12 @@ class HostAgent(Protocol):
     async def console_log(self, instance_id: str, tail_bytes: int) -> bytes: ...
 
     def rss_bytes(self, instance_id: str) -> int | None: ...
+
+    async def instance_stats(
+        self, instances: list[tuple[str, Hardware]]
+    ) -> dict[str, InstanceStats]:
+        """What each running instance uses now (``host/stats.py``); those not running on this
+        host are left out. Each instance's NICs as its hardware records them."""
 
     # -- networks --------------------------------------------------------------------------------
     def serve_metadata(self, lookup: Lookup) -> None:

@@ -24,6 +24,7 @@ from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.keypairs import KeyPairService
 from gureum.service.lifecycle import Lifecycle
+from gureum.service.metrics import MetricsService
 from gureum.service.networks import NetworkService
 from gureum.service.nics import NicService
 from gureum.service.operations import OperationManager
@@ -73,6 +74,7 @@ class Services:
     quotas: QuotaService
     templates: TemplateService
     events: EventBus
+    metrics: MetricsService
     _lock_fd: int | None = None
 
     @classmethod
@@ -152,6 +154,9 @@ class Services:
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
         )
+        metrics = MetricsService(
+            instance_store, tenancy_store, quotas, admission, host, config.metrics_interval_s
+        )
         return cls(
             config,
             db,
@@ -173,6 +178,7 @@ class Services:
             quotas,
             templates,
             events,
+            metrics,
         )
 
     def lock_home(self) -> None:
@@ -201,6 +207,7 @@ class Services:
         await self.forwards.start_all()
         report["autostarted"] = await self.instances.autostart()
         self.templates.pool.start()  # after the leftovers of the last run are gone
+        self.metrics.start()
         return report
 
     def close(self) -> None:
@@ -211,6 +218,7 @@ class Services:
 
     async def stop(self) -> None:
         """Stop the service, never the VMs: they keep running and are re-adopted next start."""
+        await self.metrics.stop()
         await self.reconciler.stop()
         await self.templates.pool.close()
         await self.ops.shutdown()

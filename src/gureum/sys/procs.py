@@ -56,3 +56,38 @@ def reap(pid: int) -> None:
 def kill(pid: int, sig: int = signal.SIGKILL) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User plus system CPU time of a process, all its threads together (/proc/PID/stat)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # After the parenthesised command name: state is field 3, utime 14 and stime 15.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def memory(pid: int) -> tuple[int, int] | None:
+    """(RSS, PSS) of a process in bytes, from /proc/PID/smaps_rollup (PSS splits each shared
+    page among the processes that map it: what sharing saves shows there, not in RSS)."""
+    rss = pss = 0
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Rss:"):
+                    rss = int(line.split()[1]) * 1024
+                elif line.startswith("Pss:"):
+                    pss = int(line.split()[1]) * 1024
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    return rss, pss
+
+
+def pss_bytes(pid: int) -> int:
+    """A process's proportional set size; OSError when it is gone."""
+    measured = memory(pid)
+    if measured is None:
+        raise FileNotFoundError(f"no process {pid}")
+    return measured[1]

@@ -109,6 +109,11 @@ class GuestAgent:
             raise EngineError(f"guest agent: {cmd}: {reply['error'].get('desc', reply['error'])}")
         return reply.get("return")
 
+    @property
+    def busy(self) -> bool:
+        """Someone is talking to the agent now (a call is under way)."""
+        return self._lock.locked()
+
     async def ping(self, timeout: float = 5.0) -> None:
         await self.call("guest-ping", timeout=timeout)
 
@@ -172,12 +177,12 @@ class GuestAgent:
         finally:
             await self.call("guest-file-close", {"handle": handle})
 
-    async def read_file(self, path: str, limit: int = 65536) -> bytes:
-        handle = await self.call("guest-file-open", {"path": path, "mode": "r"})
+    async def read_file(self, path: str, limit: int = 65536, timeout: float = 10.0) -> bytes:
+        handle = await self.call("guest-file-open", {"path": path, "mode": "r"}, timeout)
         try:
-            out = await self.call("guest-file-read", {"handle": handle, "count": limit})
+            out = await self.call("guest-file-read", {"handle": handle, "count": limit}, timeout)
         finally:
-            await self.call("guest-file-close", {"handle": handle})
+            await self.call("guest-file-close", {"handle": handle}, timeout)
         return base64.b64decode(out.get("buf-b64", ""))
 
     async def _close_locked(self) -> None:

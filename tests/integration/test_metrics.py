@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from gureum.sys import procs
 from tests.integration.conftest import Service
 from tests.waiting import wait_for
 
@@ -47,11 +49,6 @@ def next_round(service: Service, after: float) -> dict:  # type: ignore[type-arg
     return found[0]
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def test_metrics_match_what_the_host_and_the_guest_report(service: Service) -> None:
     vm = service.launch("met1")
     try:
@@ -68,9 +65,9 @@ def test_metrics_match_what_the_host_and_the_guest_report(service: Service) -> N
         guest_rx = int(service.exec("met1", "cat", "/sys/class/net/eth0/statistics/rx_bytes"))
         meminfo = service.exec("met1", "cat", "/proc/meminfo")
         figures = next_round(service, time.time())
-        real_cpu = proc_cpu_seconds(pid)
+        real_cpu = procs.cpu_seconds(pid) or 0.0
         status = dict(
-            line.split(":", 1) for line in open(f"/proc/{pid}/status").read().splitlines()
+            line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
         )
         real_rss = int(status["VmRSS"].split()[0]) * 1024
 
@@ -83,7 +80,8 @@ def test_metrics_match_what_the_host_and_the_guest_report(service: Service) -> N
         assert abs(rss - real_rss) <= 0.15 * real_rss, (rss, real_rss)
         assert 0 < pick(figures, "gureum_instance_memory_pss_bytes", **key) <= rss
         # The guest's own view: exactly what its /proc/meminfo says.
-        total_kib = int(next(x for x in meminfo.splitlines() if x.startswith("MemTotal:")).split()[1])
+        total = next(x for x in meminfo.splitlines() if x.startswith("MemTotal:"))
+        total_kib = int(total.split()[1])
         assert pick(figures, "gureum_instance_guest_memory_total_bytes", **key) == total_kib * 1024
         # Disk: the 8 MiB written are in QEMU's blockstats.
         written = pick(figures, "gureum_instance_disk_written_bytes_total", **key)

@@ -98,9 +98,10 @@ def test_a_scrape_never_asks_the_host(tmp_path):
 @pytest.fixture
 def two_teams(tmp_path):
     """The TCP app, a VM in each of two projects; vera views team-a, bob administers team-b."""
-    svc, host = fake_services(tmp_path, ("tiny",))
+    svc, _ = fake_services(tmp_path, ("tiny",))
     t = svc.tenancy
-    team_a, team_b = t.create_project("team-a", {"max_instances": 3}), t.create_project("team-b", {})
+    team_a = t.create_project("team-a", {"max_instances": 3})
+    team_b = t.create_project("team-b", {})
     tokens = {}
     for name, project, role in (("vera", team_a, Role.VIEWER), ("bob", team_b, Role.ADMIN)):
         user = t.create_user(name)
@@ -141,7 +142,7 @@ def test_an_instances_graph_is_its_projects_business(two_teams):
 
 
 def test_the_graph_has_one_point_per_interval_with_rates(tmp_path):
-    with fake_api(tmp_path, ("tiny",)) as (root, svc, host):
+    with fake_api(tmp_path, ("tiny",)) as (root, svc, _):
         web = launch(root, svc, "web")
         for _ in range(3):
             root.portal.call(svc.metrics.sample)  # type: ignore[union-attr]

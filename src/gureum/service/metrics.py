@@ -212,7 +212,8 @@ class MetricsService:
     def graph(self, instance_id: str, since: float = 0.0) -> list[dict[str, float | int | None]]:
         """The instance's history as the console draws it: one point per interval."""
         points = list(self.history.get(instance_id, ()))
-        return [graph_point(a, b) for a, b in itertools.pairwise(points) if b.t > since]
+        # Compared as shown (to the millisecond): a client passes back the last t it got.
+        return [graph_point(a, b) for a, b in itertools.pairwise(points) if round(b.t, 3) > since]
 
     # -- the Prometheus view -------------------------------------------------------------------
     def collect(self, seen: Visibility) -> Iterator[Metric]:

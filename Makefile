@@ -9,7 +9,7 @@ GUREUM := $(VENV)/bin/gureum
 DEMO_HOME ?= /var/lib/gureum-demo
 export GUREUM_CACHE_DIR ?= $(CURDIR)/.gureum/cache
 
-.PHONY: setup system-packages venv demo test unit integration lint bench clean install
+.PHONY: setup system-packages venv demo test unit integration lint bench clean install screenshots
 
 setup: system-packages venv
 
@@ -41,6 +41,10 @@ integration: setup
 
 test: setup lint
 	$(PY) -m pytest tests -q --durations=10
+
+# The web console's screenshots in docs/console/, taken by its browser tests.
+screenshots: setup
+	GUREUM_SCREENSHOTS=1 $(PY) -m pytest tests/integration/test_console.py -q
 
 bench: setup
 	$(PY) bench/launch.py

@@ -83,6 +83,11 @@ class Config:
         return self.home / "gureum.sock"
 
     @property
+    def ui_socket_path(self) -> Path:
+        """Where `gureum ui` tunnels a browser: every request needs a token or a session."""
+        return self.home / "ui.sock"
+
+    @property
     def images_dir(self) -> Path:
         return self.home / "images"
 

@@ -12,6 +12,7 @@ import asyncio
 import itertools
 import shutil
 import socket
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -489,7 +490,7 @@ class FakeHost:
     ) -> dict[str, InstanceStats]:
         self.rounds += 1
         return {
-            i: self.stats.get(i, InstanceStats(float(self.rounds), 1 << 20, 1 << 19))
+            i: self.stats.get(i, InstanceStats(time.time(), float(self.rounds), 1 << 20, 1 << 19))
             for i, _ in instances
             if i in self.vms
         }

@@ -4,6 +4,8 @@ graphs from the history, and the host's readers of what QEMU and guests answer."
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
@@ -43,6 +45,7 @@ def test_metrics_show_the_rounds_figures_of_each_instance(tmp_path):
     with fake_api(tmp_path, ("tiny",)) as (root, svc, host):
         web = launch(root, svc, "web")
         host.stats[web] = InstanceStats(
+            at=time.time(),
             cpu_seconds=12.5,
             rss_bytes=300 << 20,
             pss_bytes=250 << 20,

@@ -15,7 +15,6 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 from fastapi.responses import JSONResponse
-from fastapi.routing import APIRoute
 
 from gureum import __version__
 from gureum.api import errors, tls
@@ -34,7 +33,9 @@ from gureum.api.routes import (
     snapshots,
     system,
     tenancy,
+    ui,
 )
+from gureum.api.sessions import Sessions
 from gureum.config import Config
 from gureum.errors import Conflict, InvalidInput
 from gureum.service.core import Services
@@ -42,9 +43,11 @@ from gureum.service.core import Services
 log = logging.getLogger(__name__)
 
 
-def create_app(svc: Services, transport: str = "unix") -> FastAPI:
+def create_app(svc: Services, transport: str = "unix", sessions: Sessions | None = None) -> FastAPI:
     """The API. ``transport``: "unix" (the root-only local socket, where a request without a
-    token is the administrator) or "tcp" (a token on every request)."""
+    token is the administrator), "tcp" (a token or a console session on every request) or "ui"
+    (the socket `gureum ui` tunnels a browser to: as tcp). ``sessions``: the console's, shared
+    by every listener of the service (one is made if not given)."""
     app = FastAPI(
         title="gureum",
         version=__version__,
@@ -62,17 +65,18 @@ def create_app(svc: Services, transport: str = "unix") -> FastAPI:
     user_rate = config.user_rate_limit_per_s if config.rate_limit_per_s > 0 else 0
     app.state.user_limiter = RateLimiter(user_rate, config.user_rate_limit_burst)
     app.state.unauthenticated_audit = RateLimiter(1, 60)  # per client address
+    app.state.signin_limiter = RateLimiter(2, 10)  # console sign-ins with a token, per address
+    app.state.sessions = sessions if sessions is not None else Sessions()
     errors.install(app)
     for module in (
         instances, snapshots, backups, networks, operations, images, system, tenancy, keypairs,
-        events, metrics,
+        events, metrics, ui,
     ):  # fmt: skip
         app.include_router(module.router)
 
-    for route in app.routes:
-        # Every route says which role it needs; the authorisation test checks each one.
-        if isinstance(route, APIRoute) and "x-gureum-role" not in (route.openapi_extra or {}):
-            raise RuntimeError(f"route {route.path} does not declare x-gureum-role")
+    # Every route says which role it needs (x-gureum-role): tests/unit/test_authz_matrix.py
+    # refuses a route of the schema without one, and calls each as every role. (The check once
+    # made here walked app.routes, where FastAPI no longer lists included routers' routes.)
 
     @app.get("/openapi.json", include_in_schema=False)
     async def openapi(_: AnyUser) -> JSONResponse:
@@ -146,14 +150,16 @@ async def serve(config: Config) -> None:
     for kind, items in report.items():
         for item in items:
             log.info("reconcile at start: %s %s", kind, item)
-    app = create_app(svc, "unix")
+    sessions = Sessions()  # the console's, whichever listener a browser comes through
     sock = config.socket_path
     admin_socket = _root_only_socket(sock)
+    # `gureum ui` tunnels a browser here: an identity on every request, as over TCP.
+    ui_socket = _root_only_socket(config.ui_socket_path)
     servers = [
         uvicorn.Server(
             uvicorn.Config(
-                app,
-                fd=admin_socket.fileno(),
+                create_app(svc, transport, sessions),
+                fd=listener.fileno(),
                 lifespan="off",
                 log_level="warning",
                 loop="asyncio",
@@ -161,6 +167,7 @@ async def serve(config: Config) -> None:
                 timeout_graceful_shutdown=GRACE_S,
             )
         )
+        for transport, listener in (("unix", admin_socket), ("ui", ui_socket))
     ]
     if config.listen_tcp and tcp is not None:
         host, _, port = config.listen_tcp.rpartition(":")
@@ -170,7 +177,7 @@ async def serve(config: Config) -> None:
         servers.append(
             uvicorn.Server(
                 uvicorn.Config(
-                    create_app(svc, "tcp"),
+                    create_app(svc, "tcp", sessions),
                     host=host or "127.0.0.1",
                     port=int(port),
                     ssl_certfile=str(cert),
@@ -191,7 +198,7 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    bound: list[list[socket.socket] | None] = [None, [tcp] if tcp else None]  # uvicorn binds: None
+    bound: list[list[socket.socket] | None] = [None, None, [tcp] if tcp else None]
     tasks = [asyncio.create_task(s.serve(b)) for s, b in zip(servers, bound, strict=False)]
     log.info(
         "gureum %s serving on %s%s (accel %s)",
@@ -212,4 +219,6 @@ async def serve(config: Config) -> None:
         await asyncio.gather(*tasks, return_exceptions=True)
     await svc.stop()
     admin_socket.close()
+    ui_socket.close()
     sock.unlink(missing_ok=True)
+    config.ui_socket_path.unlink(missing_ok=True)

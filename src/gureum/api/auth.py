@@ -21,12 +21,14 @@ from typing import Annotated
 from fastapi import Depends, Request, WebSocket
 from starlette.applications import Starlette
 
-from gureum.errors import RateLimited, Unauthenticated
+from gureum.api import sessions
+from gureum.errors import Forbidden, RateLimited, Unauthenticated
 from gureum.model.tenancy import Principal, Role, Scope
 from gureum.service.core import Services
 from gureum.service.tenancy import SUPERUSER
 
 PROJECT_HEADER = "x-gureum-project"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 class RateLimiter:
@@ -59,24 +61,58 @@ def take_all(*buckets: tuple[RateLimiter, str]) -> None:
         raise RateLimited(f"too many requests; retry in {wait:.1f} s", retry_after=wait)
 
 
-def identify(app: Starlette, headers: dict[str, str]) -> Principal:
-    """Who is calling, from the request headers and the transport it came in on."""
-    svc: Services = app.state.services
+def identify(
+    app: Starlette, headers: dict[str, str], method: str = "GET", websocket: bool = False
+) -> Principal:
+    """Who is calling, from the request headers and the transport it came in on: a token, the
+    web console's session cookie, or root on the local socket."""
     header = headers.get("authorization")
     if header:
         scheme, _, secret = header.partition(" ")
         if scheme.lower() != "bearer" or not secret.strip():
             raise Unauthenticated("use an Authorization: Bearer TOKEN header")
-        principal = svc.tenancy.authenticate(secret.strip())
-        state = app.state
-        take_all(
-            (state.limiter, principal.token_id or principal.name),
-            (state.user_limiter, principal.user_id or principal.name),
-        )
-        return principal
+        return _with_token(app, secret.strip())
     if app.state.transport == "unix":
         return SUPERUSER  # the socket is root's alone (mode 0600)
+    sid = sessions.cookie_value(headers)
+    if sid is not None:
+        return _with_session(app, sid, headers, method, websocket)
     raise Unauthenticated("this endpoint needs a token (Authorization: Bearer TOKEN)")
+
+
+def _with_token(app: Starlette, secret: str) -> Principal:
+    svc: Services = app.state.services
+    principal = svc.tenancy.authenticate(secret)
+    state = app.state
+    take_all(
+        (state.limiter, principal.token_id or principal.name),
+        (state.user_limiter, principal.user_id or principal.name),
+    )
+    return principal
+
+
+def _with_session(
+    app: Starlette, sid: str, headers: dict[str, str], method: str, websocket: bool
+) -> Principal:
+    """The console's session: its token checked again (revoked: the session ends with it); a
+    state-changing request must carry the session's CSRF value in a header (a page of another
+    site can make the browser send the cookie, not read the value), and a WebSocket must come
+    from a page of this origin."""
+    session = app.state.sessions.get(sid)
+    if session is None:
+        raise Unauthenticated("the console session has ended: sign in again")
+    if websocket:
+        origin = headers.get("origin", "")
+        if origin.partition("://")[2] != headers.get("host", ""):
+            raise Forbidden("a console WebSocket must come from the console's own origin")
+    elif method not in SAFE_METHODS and not session.csrf_matches(headers.get(sessions.CSRF_HEADER)):
+        raise Forbidden(
+            "this request needs the session's CSRF value in an X-CSRF-Token header",
+            code="csrf",
+        )
+    if session.secret is None:
+        return session.principal
+    return _with_token(app, session.secret)
 
 
 def _identify(conn: Request | WebSocket) -> Principal:
@@ -121,7 +157,10 @@ async def superuser(who: Annotated[Principal, Depends(principal)]) -> Principal:
 
 
 def ws_scope(websocket: WebSocket, role: Role) -> Scope:
-    return enter(websocket, _identify(websocket), websocket.headers.get(PROJECT_HEADER), role)
+    """A WebSocket's project: the header, or ``?project=`` (a browser cannot set headers on
+    a WebSocket)."""
+    project = websocket.headers.get(PROJECT_HEADER) or websocket.query_params.get("project")
+    return enter(websocket, _identify(websocket), project, role)
 
 
 def _path_scope(role: Role):

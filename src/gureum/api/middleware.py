@@ -213,9 +213,14 @@ class AuthMiddleware:
             return
         from gureum.api.auth import identify
 
+        if _public(scope["path"]):
+            await self.app(scope, receive, send)
+            return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
         try:
-            principal = identify(scope["app"], headers)
+            principal = identify(
+                scope["app"], headers, scope.get("method", "GET"), scope["type"] == "websocket"
+            )
         except GureumError as exc:
             if exc.status == 401:
                 _record_unauthenticated(scope, exc.message)
@@ -227,6 +232,12 @@ class AuthMiddleware:
             return
         scope.setdefault("state", {})["principal"] = principal
         await self.app(scope, receive, send)
+
+
+def _public(path: str) -> bool:
+    """The web console's files and its sign-in (``routes/ui.py``): they answer without an
+    identity (the files hold no data; sign-in checks what it is given)."""
+    return path == "/ui" or path.startswith("/ui/")
 
 
 def _record_unauthenticated(scope: Scope, reason: str) -> None:

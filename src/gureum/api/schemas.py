@@ -135,6 +135,11 @@ class InstanceOut(BaseModel):
     updated_at: float | None
     boot: BootOut
     host: dict[str, Any]
+    usage: dict[str, Any] | None = Field(
+        None,
+        description="CPU % and memory between the last two metrics rounds (null until two "
+        "rounds have seen it running)",
+    )
 
 
 class ProgressOut(BaseModel):

@@ -23,6 +23,7 @@ from gureum.cli import (
     ssh,
     system,
     tenancy,
+    ui,
 )
 from gureum.client.client import ApiError, ServiceDown
 from gureum.errors import GureumError
@@ -93,6 +94,7 @@ tenancy.register(app)
 system.register(app)
 compare.register(app)
 events.register(app)
+ui.register(app)
 app.add_typer(images.app, name="image")
 app.add_typer(keypairs.app, name="keypair")
 

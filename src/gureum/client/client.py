@@ -261,6 +261,15 @@ class Client:
         """The instance's figures over the last hour (one point per metrics round)."""
         return self.request("GET", path("instances", ref, "metrics"), params={"since": since})
 
+    def sign_in_code(self) -> str:
+        """A one-time code that signs a browser in to the web console as this caller."""
+        return self.request("POST", "/v1/ui/codes")["code"]
+
+    def console_url(self, code: str, base: str | None = None) -> str:
+        """The web console's URL that trades ``code`` for a session (``base``: where the
+        browser reaches the service, if not this client's URL)."""
+        return f"{(base or self.endpoint.base_url).rstrip('/')}/ui/#code={code}"
+
     def metrics(self) -> str:
         """/metrics: the Prometheus text format, as this caller may see it."""
         return self.request("GET", "/metrics")

@@ -1209,11 +1209,12 @@ class LocalHostAgent:
             except OSError:
                 return None
             return stats.InstanceStats(
-                cpu, self.containers.memory_bytes(instance_id), None, nics=nics
+                time.time(), cpu, self.containers.memory_bytes(instance_id), None, nics=nics
             )
         vm = self._vms.get(instance_id)
         if vm is None or vm.exited or vm.pid is None:
             return None
+        at = time.time()
         cpu, rss, pss = stats.process(vm.pid)
         timeout = stats.GUEST_TIMEOUT_S
         answer = await stats.bounded(vm.monitor.execute("query-blockstats", timeout=timeout), [])
@@ -1226,7 +1227,9 @@ class LocalHostAgent:
                 vm.agent.read_file("/proc/meminfo", stats.MEMINFO_LIMIT, timeout), b""
             )
         total, available = stats.meminfo(text)
-        return stats.InstanceStats(cpu, rss, pss, total, available, stats.blockstats(answer), nics)
+        return stats.InstanceStats(
+            at, cpu, rss, pss, total, available, stats.blockstats(answer), nics
+        )
 
     # -- networks --------------------------------------------------------------------------------
     def serve_metadata(self, lookup: Lookup) -> None:

@@ -56,6 +56,7 @@ class NicStats:
 
 @dataclass(frozen=True)
 class InstanceStats:
+    at: float  # when its CPU and memory were read (Unix time): rates are between these
     cpu_seconds: float | None
     rss_bytes: int | None  # a container: its control group's memory
     pss_bytes: int | None  # a VM's QEMU only

@@ -57,9 +57,9 @@ class Point:
     tx_bytes: int
 
     @classmethod
-    def of(cls, t: float, stats: InstanceStats) -> Point:
+    def of(cls, stats: InstanceStats) -> Point:
         return cls(
-            t,
+            stats.at,
             stats.cpu_seconds,
             stats.rss_bytes,
             stats.guest_memory_total_bytes,
@@ -176,7 +176,7 @@ class MetricsService:
             kept = self.history.get(instance_id)
             if kept is None:
                 kept = self.history[instance_id] = deque(maxlen=self.points_kept)
-            kept.append(Point.of(now, stats))
+            kept.append(Point.of(stats))
         present = {i.id for i in instances}
         for gone in [k for k in self.history if k not in present]:
             del self.history[gone]  # deleted instances' history goes with them
@@ -214,6 +214,13 @@ class MetricsService:
         points = list(self.history.get(instance_id, ()))
         # Compared as shown (to the millisecond): a client passes back the last t it got.
         return [graph_point(a, b) for a, b in itertools.pairwise(points) if round(b.t, 3) > since]
+
+    def now(self, instance_id: str) -> dict[str, float | int | None] | None:
+        """Its last interval's figures (CPU %, memory...), None until two rounds saw it."""
+        kept = self.history.get(instance_id)
+        if not kept or len(kept) < 2 or kept[-1].t < self.last.t - 1:
+            return None  # not yet two rounds, or the last round did not see it (stopped)
+        return graph_point(kept[-2], kept[-1])
 
     # -- the Prometheus view -------------------------------------------------------------------
     def collect(self, seen: Visibility) -> Iterator[Metric]:

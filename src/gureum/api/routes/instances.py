@@ -42,7 +42,13 @@ async def list_instances(
     if all_projects and not scope.principal.superuser:
         raise Forbidden("all_projects is for the host's administrator")
     project = None if all_projects else scope.project_id
-    return JSONResponse(svc.instances.views(svc.instances.list(project)))
+    return JSONResponse([_used(svc, v) for v in svc.instances.views(svc.instances.list(project))])
+
+
+def _used(svc: Services, view: dict[str, object]) -> dict[str, object]:
+    """The view with what the last metrics rounds saw it use (the console's list shows it)."""
+    view["usage"] = svc.metrics.now(str(view["id"]))
+    return view
 
 
 @router.post(
@@ -73,7 +79,7 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
 @router.get("/{ref}", response_model=InstanceOut, openapi_extra={"x-gureum-role": "viewer"})
 async def get_instance(ref: str, svc: Svc, scope: Viewer) -> JSONResponse:
     """By name or id."""
-    return JSONResponse(svc.instances.view(svc.instances.get(ref, scope.project_id)))
+    return JSONResponse(_used(svc, svc.instances.view(svc.instances.get(ref, scope.project_id))))
 
 
 @starts_operation(router, "/{ref}/start", "member")

@@ -29,7 +29,9 @@ def world(tmp_path):
     with (
         TestClient(create_app(svc, "unix", shared)) as admin,
         TestClient(create_app(svc, "tcp", shared)) as tcp,
+        TestClient(create_app(svc, "ui", shared), base_url="http://localhost:8123") as ui,
     ):
+        tcp.ui = ui  # type: ignore[attr-defined]  # `gureum ui`'s socket, beside the TCP one
         yield svc, admin, tcp, secret, token
     svc.close()
 
@@ -127,21 +129,72 @@ def test_signing_out_ends_the_session(world):
 
 
 def test_a_one_time_code_signs_in_once(world, monkeypatch):
-    _, admin, tcp, secret, _ = world
+    svc, admin, tcp, secret, token = world
+    ui = tcp.ui
     code = admin.post("/v1/ui/codes").json()["code"]  # root on the local socket: `gureum ui`
-    page, _ = sign_in(tcp, code=code)
-    assert tcp.get("/ui/session", headers={"Cookie": page["Cookie"]}).json()["superuser"]
-    assert tcp.post("/ui/session", json={"code": code}).status_code == 401  # used
+    page, _ = sign_in(ui, code=code)
+    assert ui.get("/ui/session", headers={"Cookie": page["Cookie"]}).json()["superuser"]
+    assert ui.post("/ui/session", json={"code": code}).status_code == 401  # used
     # A user's code carries their token: the session is theirs, and ends with it.
     code = tcp.post("/v1/ui/codes", headers={"Authorization": f"Bearer {secret}"}).json()["code"]
     page, _ = sign_in(tcp, code=code)
     assert tcp.get("/ui/session", headers={"Cookie": page["Cookie"]}).json()["user"] == "alice"
-    # A session cannot make codes for more sessions; a code expires in a minute.
+    # A session cannot make codes (it would renew itself for ever); a code expires in a minute.
     assert tcp.post("/v1/ui/codes", headers=page).status_code == 403
     code = admin.post("/v1/ui/codes").json()["code"]
     later = time.monotonic() + sessions.CODE_S + 1
     monkeypatch.setattr(sessions.time, "monotonic", lambda: later)
+    assert ui.post("/ui/session", json={"code": code}).status_code == 401
+    monkeypatch.undo()
+    # A code made with a token that is revoked before it is used signs no one in.
+    code = tcp.post("/v1/ui/codes", headers={"Authorization": f"Bearer {secret}"}).json()["code"]
+    svc.tenancy.revoke(SUPERUSER, token.id)
     assert tcp.post("/ui/session", json={"code": code}).status_code == 401
+
+
+def test_roots_session_lives_behind_gureum_ui_only(world):
+    """Review: root's tunnel session cookie, sent by the browser to any port of localhost,
+    worked on the TCP listener as the administrator."""
+    _, admin, tcp, _, _ = world
+    code = admin.post("/v1/ui/codes").json()["code"]
+    assert tcp.post("/ui/session", json={"code": code}).status_code == 403  # not over TCP
+    page, _ = sign_in(tcp.ui, code=admin.post("/v1/ui/codes").json()["code"])
+    assert tcp.get("/ui/session", headers={"Cookie": page["Cookie"]}).status_code == 401
+    assert tcp.post("/v1/projects", json={"name": "mine"}, headers=page).status_code == 401
+    assert tcp.ui.post("/v1/ui/codes", headers=page).status_code == 403
+
+
+def test_the_tunnel_answers_to_localhost_only(world):
+    """A page of another site whose name resolves to 127.0.0.1 (DNS rebinding) is refused."""
+    _, _, tcp, _, _ = world
+    assert tcp.ui.get("/ui/").status_code == 200
+    rebound = tcp.ui.get("/ui/", headers={"Host": "evil.example:8123"})
+    assert rebound.status_code == 421
+
+
+def test_one_users_sign_ins_end_their_own_sessions_only(world):
+    """Review: a tenant signing in 1000 times pushed everyone else's sessions out."""
+    svc, _, tcp, secret, _ = world
+    bob = svc.tenancy.create_user("bob")
+    svc.tenancy.store.set_role(svc.tenancy.scope(SUPERUSER, None).project.id, bob.id, Role.VIEWER)
+    bob_secret = svc.tenancy.create_token(SUPERUSER, "bob", "t")[1]
+    page, _ = sign_in(tcp, token=secret)
+    tcp.app.state.signin_limiter.rate = 0  # no rate limit: only the bound per user is tried
+    for _ in range(sessions.MAX_SESSIONS_EACH + 5):
+        sign_in(tcp, token=bob_secret)
+    assert tcp.get("/v1/instances", headers={"Cookie": page["Cookie"]}).status_code == 200
+
+
+def test_refused_sign_ins_do_not_fill_the_audit(world):
+    """Review: 600 refused console calls were 600 audit entries. They are now recorded as any
+    call without an identity is: a burst of 60 per address, then one a second."""
+    svc, _, tcp, _, _ = world
+    before = len(svc.tenancy.audit(limit=1000))
+    for _ in range(100):
+        tcp.post("/ui/session", json={"code": "x"})
+        tcp.delete("/ui/session")  # no session: nothing to record
+        tcp.post("/ui/whatever")
+    assert len(svc.tenancy.audit(limit=1000)) - before <= 60 + 5
 
 
 def test_the_admin_socket_does_not_make_sessions(world):

@@ -194,3 +194,53 @@ def test_blockstats_names_the_disks_the_guest_sees():
     ]
     assert stats.blockstats(answer) == (DiskStats("root-disk", 1, 2, 3, 4),)
     assert stats.blockstats({"error": "not a list"}) == ()
+
+
+@pytest.mark.parametrize("reply", [b'{"return": []}', b'{"error": "x"}', b"[1, 2]", b'"text"'])
+def test_a_guest_agent_answering_nonsense_costs_its_own_figure_only(tmp_path, reply):
+    """Review: a qemu-ga answering {"error": "x"} or {"return": []} raised AttributeError out of
+    the metrics round, which stopped every tenant's figures."""
+    import asyncio
+    import json as jsonlib
+
+    from gureum.engine.qemu.agent import GuestAgent
+    from gureum.errors import EngineError
+
+    sock = tmp_path / "qga.sock"
+
+    async def handle(reader, writer):
+        while line := await reader.readline():
+            msg = jsonlib.loads(line.strip().lstrip(b"\xff"))
+            if msg["execute"] == "guest-sync-delimited":
+                sync = jsonlib.dumps({"return": msg["arguments"]["id"]}).encode()
+                writer.write(b"\xff" + sync + b"\n")
+            elif msg["execute"] == "guest-file-open":
+                writer.write(b'{"return": 7}\n')
+            else:
+                writer.write(reply + b"\n")
+            await writer.drain()
+
+    async def run() -> tuple[str, bytes]:
+        server = await asyncio.start_unix_server(handle, str(sock))
+        agent = GuestAgent(sock)
+        try:
+            with pytest.raises(EngineError) as raised:
+                await agent.read_file("/proc/meminfo", stats.MEMINFO_LIMIT, 2.0)
+            bounded = await stats.bounded(agent.read_file("/proc/meminfo", 4096, 2.0), b"-")
+            return raised.value.message, bounded
+        finally:
+            await agent.close()
+            server.close()
+
+    message, bounded = asyncio.run(run())
+    assert "guest agent" in message and bounded == b"-"
+
+
+def test_made_up_methods_are_one_series(tmp_path):
+    """Review: every invented HTTP method (even unauthenticated) was a series of its own."""
+    with fake_api(tmp_path) as (root, _, _):
+        for i in range(20):
+            root.request(f"X{i}", "/anything")
+        text = root.get("/metrics").text
+        methods = {lab.get("method") for n, lab, _ in samples(text) if n.startswith("gureum_http")}
+        assert not any(m and m.startswith("X") for m in methods) and "other" in methods

@@ -99,11 +99,11 @@ def _with_session(
     site can make the browser send the cookie, not read the value), and a WebSocket must come
     from a page of this origin."""
     session = app.state.sessions.get(sid)
-    if session is None:
+    if session is None or session.transport != app.state.transport:
         raise Unauthenticated("the console session has ended: sign in again")
     if websocket:
-        origin = headers.get("origin", "")
-        if origin.partition("://")[2] != headers.get("host", ""):
+        origin, host = headers.get("origin", ""), headers.get("host", "")
+        if not host or origin.partition("://")[2] != host:
             raise Forbidden("a console WebSocket must come from the console's own origin")
     elif method not in SAFE_METHODS and not session.csrf_matches(headers.get(sessions.CSRF_HEADER)):
         raise Forbidden(

@@ -13,6 +13,7 @@ from prometheus_client import Counter, Histogram
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 REQUESTS = Counter(
     "gureum_http_requests",
     "API requests answered, by method, route and status.",
@@ -53,6 +54,7 @@ class HttpMetricsMiddleware:
             await self.app(scope, receive, watch)
         finally:
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
+            # Any method a client makes up is one series, not one per invention.
+            method = scope["method"] if scope["method"] in METHODS else "other"
             REQUESTS.labels(method, route, str(code)).inc()
             LATENCY.labels(method, route).observe(max(answered, began) - began)

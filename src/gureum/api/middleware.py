@@ -62,7 +62,15 @@ class AuditMiddleware:
             named = (scope.get("state") or {}).get("audit_made")
             if isinstance(named, str):  # the route named what its operation makes
                 made = (named, None)
-            self._record(scope, status["code"], made, operation[0] if operation else None)
+            public = _public(scope["path"])
+            if public and status["code"] >= 400:
+                # A refused sign-in (or a change asked of a console file): anyone can send
+                # these, so they are recorded as calls without an identity are, rate limited.
+                _record_unauthenticated(scope, "console sign-in refused", status["code"])
+            elif public and (scope.get("state") or {}).get("principal") is None:
+                pass  # a sign-out with no session: nothing happened
+            else:
+                self._record(scope, status["code"], made, operation[0] if operation else None)
 
     @staticmethod
     def _record(
@@ -213,10 +221,19 @@ class AuthMiddleware:
             return
         from gureum.api.auth import identify
 
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
+        if scope["app"].state.transport == "ui" and not _loopback_host(headers.get("host", "")):
+            # `gureum ui`'s tunnel is reached as localhost: another name is a page of another
+            # site that had its name point at 127.0.0.1 (DNS rebinding), refused outright.
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 4421})
+            else:
+                refusal = {"code": "misdirected", "message": "the console tunnel is localhost's"}
+                await _respond(send, 421, {"error": refusal}, [])
+            return
         if _public(scope["path"]):
             await self.app(scope, receive, send)
             return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope.get("headers") or []}
         try:
             principal = identify(
                 scope["app"], headers, scope.get("method", "GET"), scope["type"] == "websocket"
@@ -234,13 +251,18 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def _loopback_host(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    return name in ("localhost", "127.0.0.1", "[::1]")
+
+
 def _public(path: str) -> bool:
     """The web console's files and its sign-in (``routes/ui.py``): they answer without an
     identity (the files hold no data; sign-in checks what it is given)."""
     return path == "/ui" or path.startswith("/ui/")
 
 
-def _record_unauthenticated(scope: Scope, reason: str) -> None:
+def _record_unauthenticated(scope: Scope, reason: str, result: int = 401) -> None:
     """A call refused for want of a valid identity, in the audit: method, path, reason and the
     caller's address, never the token. Past a burst, at most one a second per address is
     recorded, so that anyone who can reach the port cannot fill the audit log."""
@@ -257,7 +279,7 @@ def _record_unauthenticated(scope: Scope, reason: str) -> None:
             project=None,
             action=f"{method} {scope['path'][:200]}",
             target=None,
-            result=401,
+            result=result,
             detail={"reason": reason, "client": client},
         )
     except Exception:  # the audit must never turn a refusal into an error

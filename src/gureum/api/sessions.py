@@ -28,13 +28,19 @@ IDLE_S = 2 * 3600.0
 ABSOLUTE_S = 12 * 3600.0
 CODE_S = 60.0
 MAX_SESSIONS = 1000  # all callers together: past it the least recently used ends
-MAX_CODES = 100
+MAX_SESSIONS_EACH = 20  # per user (or the administrator): past it their own oldest ends
+MAX_CODES = 1000
+MAX_CODES_EACH = 5
 
 
 @dataclass
 class Session:
     principal: Principal
     secret: str | None  # the token it was made from (None: the administrator)
+    # The listener it was made on ("tcp", or "ui": `gureum ui`'s socket): it works there only.
+    # A browser sends a localhost cookie to every port of localhost, so a cookie of the tunnel
+    # may leak to whatever else listens there; it must not then work on the TCP listener.
+    transport: str
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
@@ -53,15 +59,21 @@ class Sessions:
         self._sessions: dict[str, Session] = {}
         self._codes: dict[str, tuple[Principal, str | None, float]] = {}
 
-    def open(self, principal: Principal, secret: str | None) -> tuple[str, Session]:
-        """A new session: (its cookie value, it)."""
+    def open(self, principal: Principal, secret: str | None, transport: str) -> tuple[str, Session]:
+        """A new session: (its cookie value, it). One caller's many sign-ins end their own
+        oldest sessions, never another user's."""
         now = time.monotonic()
         self._sessions = {k: s for k, s in self._sessions.items() if s.live(now)}
+        mine = [k for k, s in self._sessions.items() if s.principal.name == principal.name]
+        for key in sorted(mine, key=lambda k: self._sessions[k].seen)[
+            : max(0, len(mine) - MAX_SESSIONS_EACH + 1)
+        ]:
+            del self._sessions[key]
         while len(self._sessions) >= MAX_SESSIONS:
             oldest = min(self._sessions, key=lambda k: self._sessions[k].seen)
             del self._sessions[oldest]
         sid = secrets.token_urlsafe(32)
-        session = self._sessions[sid] = Session(principal, secret)
+        session = self._sessions[sid] = Session(principal, secret, transport)
         return sid, session
 
     def get(self, sid: str | None) -> Session | None:
@@ -80,9 +92,13 @@ class Sessions:
             self._sessions.pop(sid, None)
 
     def code(self, principal: Principal, secret: str | None) -> str:
-        """A one-time sign-in code for ``principal``, valid CODE_S seconds."""
+        """A one-time sign-in code for ``principal``, valid CODE_S seconds (a caller's sixth
+        outstanding code ends their oldest)."""
         now = time.monotonic()
         self._codes = {k: v for k, v in self._codes.items() if v[2] > now}
+        mine = sorted((v[2], k) for k, v in self._codes.items() if v[0].name == principal.name)
+        for _, key in mine[: max(0, len(mine) - MAX_CODES_EACH + 1)]:
+            del self._codes[key]
         while len(self._codes) >= MAX_CODES:
             del self._codes[min(self._codes, key=lambda k: self._codes[k][2])]
         value = secrets.token_urlsafe(32)

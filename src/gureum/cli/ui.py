@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import sys
 import webbrowser
 from pathlib import Path
@@ -34,12 +35,32 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+def loopback_peer_uid(peer_port: int, server_port: int) -> int | None:
+    """The user owning the other end of a loopback TCP connection to ``server_port``: the
+    socket bound to 127.0.0.1:``peer_port`` connected to 127.0.0.1:``server_port``, as the
+    kernel lists it in /proc/net/tcp (addresses in hex, uid in the eighth column)."""
+    local, remote = f"0100007F:{peer_port:04X}", f"0100007F:{server_port:04X}"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if len(fields) > 7 and fields[1] == local and fields[2] == remote:
+                return int(fields[7])
+    return None
+
+
 async def tunnel(socket_path: Path, port: int, ready: asyncio.Future[int] | None = None) -> None:
     """Pass each connection to 127.0.0.1:``port`` (0: any free port) to the console socket,
-    until cancelled."""
+    until cancelled. Only the user running it is served: another local user who connects (to
+    use a sign-in code they read, or to hold every slot) is closed at once."""
     slots = asyncio.Semaphore(MAX_CONNECTIONS)
+    me = os.getuid()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        own = writer.get_extra_info("sockname")
+        if loopback_peer_uid(peer[1], own[1]) != me:
+            writer.close()
+            return
         async with slots:
             try:
                 up_reader, up_writer = await asyncio.open_unix_connection(str(socket_path))
@@ -80,7 +101,9 @@ def register(app: typer.Typer) -> None:
                 sys.stdout.write(url + ("\n(the console, until Ctrl-C)\n" if tunnel else "\n"))
             sys.stdout.flush()
             if open_browser:
-                webbrowser.open(url)
+                # A browser's command line is every local user's to read: a remote's code is
+                # not put there (its page asks for a token); the tunnel serves only this user.
+                webbrowser.open(url if tunnel else url.split("#")[0])
 
         endpoint = Endpoint.from_env()
         client = Client(endpoint)

@@ -1187,9 +1187,16 @@ class LocalHostAgent:
         read = await asyncio.gather(*(stats.link_counters(ns) for ns in namespaces))
         counters = dict(zip(namespaces, read, strict=True))
         results = await asyncio.gather(
-            *(self._instance_stats(i, hw, counters) for i, hw in instances)
+            *(self._instance_stats(i, hw, counters) for i, hw in instances),
+            return_exceptions=True,  # one instance's failure is its own figures' loss
         )
-        return {i: r for (i, _), r in zip(instances, results, strict=True) if r is not None}
+        out = {}
+        for (instance_id, _), result in zip(instances, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("cannot measure %s: %s", instance_id, result)
+            elif result is not None:
+                out[instance_id] = result
+        return out
 
     async def _instance_stats(
         self,

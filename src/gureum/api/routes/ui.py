@@ -104,33 +104,41 @@ async def sign_in(body: SignIn, request: Request, svc: Svc) -> JSONResponse:
     """Trade a token (or a one-time code from ``gureum ui``) for a session cookie; the answer
     carries the session's CSRF value, which the page sends back on every change."""
     app = request.app
-    if app.state.transport == "unix":
+    transport = app.state.transport
+    if transport == "unix":
         raise Forbidden("sign in through `gureum ui` or the TCP listener, not the admin socket")
+    # Guessing costs time: a few tries a second per address (codes and tokens alike).
+    app.state.signin_limiter.take(request.client.host if request.client else "-")
     if body.code:
         found = app.state.sessions.redeem(body.code)
         if found is None:
             raise Unauthenticated("this sign-in code is unknown, used or expired (a minute)")
         principal, secret = found
+        if principal.superuser and transport != "ui":
+            # Root's session exists only behind `gureum ui` on the host, never over TCP.
+            raise Forbidden("the administrator's console is `gureum ui` on the service's host")
+        if secret is not None:  # the token it carries may have been revoked since
+            principal = svc.tenancy.authenticate(secret)
     elif body.token:
-        # Guessing costs time: a few tries a second per address, as the audit of refusals.
-        app.state.signin_limiter.take(request.client.host if request.client else "-")
         secret = body.token.strip()
         principal = svc.tenancy.authenticate(secret)
     else:
         raise Unauthenticated("give a token or a sign-in code")
     request.state.principal = principal  # the audit names who signed in
-    sid, session = app.state.sessions.open(principal, secret)
+    sid, session = app.state.sessions.open(principal, secret, transport)
     answer = _session_answer(session, 201)
     answer.headers["Set-Cookie"] = sessions.set_cookie_header(sid)
     return answer
 
 
 @router.get("/ui/session", include_in_schema=False, openapi_extra=PUBLIC)
-async def current_session(request: Request) -> JSONResponse:
+async def current_session(request: Request, svc: Svc) -> JSONResponse:
     """Who this browser's session is, and its CSRF value (a reloaded page asks again)."""
     session = request.app.state.sessions.get(sessions.cookie_value(dict(request.headers)))
-    if session is None:
+    if session is None or session.transport != request.app.state.transport:
         raise Unauthenticated("no console session: sign in")
+    if session.secret is not None:
+        svc.tenancy.authenticate(session.secret)  # revoked since: the session is over
     return _session_answer(session)
 
 
@@ -167,7 +175,8 @@ async def sign_in_code(request: Request, who: AnyUser) -> dict[str, object]:
     used once. A caller with a token passes it on to the session (revoking it ends both)."""
     header = request.headers.get("authorization", "")
     secret = header.partition(" ")[2].strip() or None
-    if secret is None and not who.superuser:  # a console session asking for another
+    if secret is None and request.app.state.transport != "unix":
+        # A console session may not make codes: it would renew itself past its lifetime.
         raise Forbidden("sign-in codes are made with a token or on the admin socket")
     code = request.app.state.sessions.code(who, secret)
     return {"code": code, "expires_in_s": sessions.CODE_S}

@@ -65,7 +65,7 @@ class GuestAgent:
             await asyncio.wait_for(self._reader.readuntil(b"\xff"), timeout)
             while True:
                 reply = await asyncio.wait_for(self._read_message(), timeout)
-                if reply.get("return") == sync_id:
+                if isinstance(reply, dict) and reply.get("return") == sync_id:
                     return
         except (TimeoutError, asyncio.IncompleteReadError, OSError) as exc:
             await self.close()
@@ -105,8 +105,13 @@ class GuestAgent:
             except (OSError, EngineError, json.JSONDecodeError) as exc:
                 await self._close_locked()
                 raise Unavailable(f"guest agent: {cmd} failed: {exc}") from exc
+        # The guest wrote the reply: its shape is checked, not assumed.
+        if not isinstance(reply, dict):
+            raise EngineError(f"guest agent: {cmd}: the reply is not an object")
         if "error" in reply:
-            raise EngineError(f"guest agent: {cmd}: {reply['error'].get('desc', reply['error'])}")
+            error = reply["error"]
+            desc = error.get("desc", error) if isinstance(error, dict) else error
+            raise EngineError(f"guest agent: {cmd}: {str(desc)[:500]}")
         return reply.get("return")
 
     @property
@@ -183,6 +188,8 @@ class GuestAgent:
             out = await self.call("guest-file-read", {"handle": handle, "count": limit}, timeout)
         finally:
             await self.call("guest-file-close", {"handle": handle}, timeout)
+        if not isinstance(out, dict) or not isinstance(out.get("buf-b64", ""), str):
+            raise EngineError(f"guest agent: reading {path}: not a file's contents")
         return base64.b64decode(out.get("buf-b64", ""))
 
     async def _close_locked(self) -> None:

@@ -126,6 +126,13 @@ async function boot() {
   try {
     if (code) {
       history.replaceState(null, "", "/ui/#/instances");  // the code is used once: not kept
+      // A link someone sent must not quietly replace who this browser is signed in as.
+      let current = null;
+      try { current = await call("GET", "/ui/session", undefined, { project: null }); } catch (_) { /* none */ }
+      if (current && !window.confirm(`You are signed in as ${current.user}. Sign in with this link instead?`)) {
+        await start(current);
+        return;
+      }
       await start(await call("POST", "/ui/session", { code }, { project: null }));
     } else {
       await start(await call("GET", "/ui/session", undefined, { project: null }));

@@ -72,6 +72,8 @@ class Config:
     # The first launch of an image (one a template can be made of) in a shape with no template
     # also makes one, in the background, so the next launches of that shape are clones.
     auto_templates: bool = False
+    # The region the EC2 API answers as (its clients sign requests for it: AWS_DEFAULT_REGION).
+    ec2_region: str = "gureum-1"
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -156,6 +158,7 @@ _ENV = {
     "nat_dns": "GUREUM_NAT_DNS",
     "image_import_max_bytes": "GUREUM_IMAGE_IMPORT_MAX_BYTES",
     "auto_templates": "GUREUM_AUTO_TEMPLATES",
+    "ec2_region": "GUREUM_EC2_REGION",
 }
 
 

@@ -23,6 +23,7 @@ from gureum.api.http_metrics import HttpMetricsMiddleware
 from gureum.api.middleware import AuditMiddleware, AuthMiddleware, BodyLimitMiddleware
 from gureum.api.routes import (
     backups,
+    ec2,
     events,
     images,
     instances,
@@ -67,10 +68,11 @@ def create_app(svc: Services, transport: str = "unix", sessions: Sessions | None
     app.state.unauthenticated_audit = RateLimiter(1, 60)  # per client address
     app.state.signin_limiter = RateLimiter(2, 10)  # console sign-ins with a token, per address
     app.state.sessions = sessions if sessions is not None else Sessions()
+    app.state.ec2_terminated = {}  # instances terminated through EC2, shown as such an hour
     errors.install(app)
     for module in (
         instances, snapshots, backups, networks, operations, images, system, tenancy, keypairs,
-        events, metrics, ui,
+        events, metrics, ui, ec2,
     ):  # fmt: skip
         app.include_router(module.router)
 

@@ -33,7 +33,7 @@ class AuditMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in CHANGES:
+        if scope["type"] != "http" or scope["method"] not in CHANGES or _ec2(scope["path"]):
             await self.app(scope, receive, send)
             return
         status = {"code": 500}
@@ -251,6 +251,10 @@ class AuthMiddleware:
         await self.app(scope, receive, send)
 
 
+def _ec2(path: str) -> bool:
+    return path == "/ec2" or path.startswith("/ec2/")
+
+
 def _loopback_host(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     return name in ("localhost", "127.0.0.1", "[::1]")
@@ -258,8 +262,9 @@ def _loopback_host(host: str) -> bool:
 
 def _public(path: str) -> bool:
     """The web console's files and its sign-in (``routes/ui.py``): they answer without an
-    identity (the files hold no data; sign-in checks what it is given)."""
-    return path == "/ui" or path.startswith("/ui/")
+    identity (the files hold no data; sign-in checks what it is given); and the EC2 API
+    (``routes/ec2.py``), which checks its own signatures and audits its own changes."""
+    return path in ("/ui", "/ec2") or path.startswith(("/ui/", "/ec2/"))
 
 
 def _record_unauthenticated(scope: Scope, reason: str, result: int = 401) -> None:

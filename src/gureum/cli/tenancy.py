@@ -368,17 +368,29 @@ def token_create(
         str | None,
         typer.Option("--expires", help="Lifetime, e.g. 12h, 30d or 2w (default: until revoked)."),
     ] = None,
+    aws: Annotated[
+        bool,
+        typer.Option(
+            "--aws", help="An AWS access key for the EC2 API (boto3, the AWS CLI) instead."
+        ),
+    ] = False,
     fmt: OutputOpt = Format.table,
 ) -> None:
-    """Create a token. Its secret is shown this once (-o json: field ``token``)."""
+    """Create a token. Its secret is shown this once (-o json: field ``token``). With --aws, an
+    access key id and secret access key (-o json: ``access_key_id``, ``secret_access_key``)
+    acting in one project (the global --project, default: default)."""
     lifetime = None if expires is None else read_duration(expires, what="--expires")
-    token = call(Client.create_token, name, user=user, expires_in_s=lifetime)
+    project = (Endpoint.from_env().project or "default") if aws else None
+    token = call(Client.create_token, name, user=user, expires_in_s=lifetime, aws_project=project)
 
     def show() -> None:
-        out.print(
-            f"token {token['id']} for {token['user']} ({name}); keep it now, it is not shown again:"
-        )
-        print(token["token"])
+        what = f"AWS access key for {token['user']} in {token['project']}" if aws else "token"
+        out.print(f"{what} {token['id']} ({name}); keep it now, the secret is not shown again:")
+        if aws:
+            print(f"AWS_ACCESS_KEY_ID={token['access_key_id']}")
+            print(f"AWS_SECRET_ACCESS_KEY={token['secret_access_key']}")
+        else:
+            print(token["token"])
 
     emit(token, fmt, show)
 

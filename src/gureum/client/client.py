@@ -585,12 +585,20 @@ class Client:
         return self.request("GET", path("tokens"))
 
     def create_token(
-        self, name: str, *, user: str | None = None, expires_in_s: float | None = None
+        self,
+        name: str,
+        *,
+        user: str | None = None,
+        expires_in_s: float | None = None,
+        aws_project: str | None = None,
     ) -> dict[str, Any]:
-        """The new token; its secret (``token``) is in this answer only."""
+        """The new token; its secret (``token``) is in this answer only. ``aws_project``: an
+        AWS access key acting there instead (``access_key_id``, ``secret_access_key``)."""
         body: dict[str, Any] = {"name": name, "user": user}
         if expires_in_s is not None:
             body["expires_in_s"] = expires_in_s
+        if aws_project is not None:
+            body |= {"aws": True, "project": aws_project}
         return self.request("POST", path("tokens"), json=body)
 
     def revoke_token(self, token: str) -> dict[str, Any]:

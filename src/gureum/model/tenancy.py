@@ -104,6 +104,12 @@ class Token:
     last_used_at: float | None = None
     expires_at: float | None = None  # None: until revoked
     former_user: str | None = None  # its user's name, once that user is deleted
+    # An AWS access key (the EC2 API, SigV4): its id, the project it acts in, and its secret
+    # sealed with the service's key (SigV4 needs the secret itself, so a hash would not do;
+    # the database alone does not give it). None for a gureum token.
+    access_key_id: str | None = None
+    project_id: str | None = None
+    secret_sealed: str | None = None
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from gureum.service.guest_ssh import GuestSsh
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.keypairs import KeyPairService
+from gureum.service.keyring import ServiceKey
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.metrics import MetricsService
 from gureum.service.networks import NetworkService
@@ -107,7 +108,10 @@ class Services:
         transfers = Transfers()  # uploads and downloads, backups and images together
         images = ImageService(config, image_store, instance_store, ops, host, transfers)
         tenancy = TenancyService(
-            tenancy_store, max_tokens_per_user=config.max_tokens_per_user, events=events
+            tenancy_store,
+            max_tokens_per_user=config.max_tokens_per_user,
+            events=events,
+            keyring=ServiceKey(config.home / "keys" / "service.key"),
         )
         quotas = QuotaService(
             tenancy_store, instance_store, snapshot_store, network_store, layer_store, host

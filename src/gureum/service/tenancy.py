@@ -43,6 +43,7 @@ from gureum.model.tenancy import (
     User,
 )
 from gureum.service.events import EventBus
+from gureum.service.keyring import ServiceKey
 from gureum.store.tenancy import TenancyStore
 from gureum.units import MIB
 
@@ -55,6 +56,7 @@ ANONYMOUS = "anonymous"  # who the audit says called without a valid identity
 RESERVED_USER_NAMES = frozenset({SUPERUSER.name, ANONYMOUS})
 BIGINT_MAX = (1 << 63) - 1
 TOKEN_PREFIX = "gur_"
+ACCESS_KEY_PREFIX = "GKIA"  # then 16 hex digits, upper case: 20 characters, as AWS's AKIA...
 MAX_TOKEN_LIFETIME_S = 10 * 365 * 86400
 TOUCH_EVERY_S = 60.0
 
@@ -70,8 +72,10 @@ class TenancyService:
         *,
         max_tokens_per_user: int = 50,
         events: EventBus | None = None,
+        keyring: ServiceKey | None = None,
     ) -> None:
         self.store = store
+        self.keyring = keyring  # seals AWS secret keys (service/keyring.py)
         self.events = events or EventBus()
         self.max_tokens_per_user = max_tokens_per_user  # 0: no bound
         self._touched: dict[str, float] = {}  # token id -> when its last_used_at was written
@@ -80,7 +84,8 @@ class TenancyService:
     def authenticate(self, secret: str) -> Principal:
         known = secret.startswith(TOKEN_PREFIX)
         found = self.store.token_holder(hash_secret(secret)) if known else None
-        if found is None or found[0].revoked_at is not None:
+        if found is None or found[0].revoked_at is not None or found[0].access_key_id:
+            # (An AWS secret key signs requests; it is never a bearer token.)
             raise Unauthenticated("invalid or revoked token")
         token, user = found
         if token.expires_at is not None and time.time() >= token.expires_at:
@@ -250,10 +255,13 @@ class TenancyService:
         user_ref: str | None,
         name: str,
         expires_in_s: int | None = None,
+        aws_project: str | None = None,
     ) -> tuple[Token, str]:
         """A new token; the secret is returned here and never again. ``expires_in_s``: it stops
         working that many seconds from now (None: until revoked, or, made with a token that
-        expires, when that one does: a token never outlives the token that made it)."""
+        expires, when that one does: a token never outlives the token that made it).
+        ``aws_project``: an AWS access key acting in that project (the EC2 API) instead, whose
+        secret is the secret access key."""
         if expires_in_s is not None and not 0 < expires_in_s <= MAX_TOKEN_LIFETIME_S:
             raise InvalidInput(
                 f"a token's lifetime is 1 s to {MAX_TOKEN_LIFETIME_S // 86400} days, "
@@ -288,14 +296,49 @@ class TenancyService:
                 f"user {user.name} already holds {cap} tokens that work (max_tokens_per_user); "
                 "revoke one first (gureum token revoke ID)"
             )
-        secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
-        token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
+        if aws_project is None:
+            secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+            token = Token(new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires)
+        else:
+            # An AWS access key acts in one project, where its user must have a role.
+            member = Principal(name=user.name, user_id=user.id)
+            project = self.scope(member, aws_project).project
+            if self.keyring is None:
+                raise InvalidInput("this service has no key to seal AWS secrets with")
+            secret = secrets.token_urlsafe(30)  # 40 characters, as AWS's
+            token = Token(
+                new_id("t-"), user.id, name, hash_secret(secret), now, expires_at=expires,
+                access_key_id=ACCESS_KEY_PREFIX + secrets.token_hex(8).upper(),
+                project_id=project.id, secret_sealed=self.keyring.seal(secret),
+            )  # fmt: skip
         self.store.add_token(token)
         return token, secret
+
+    def authenticate_access_key(self, access_key_id: str) -> tuple[Principal, str, str]:
+        """(who, the secret key, the project) of an AWS access key that works now; the same
+        rules as a token (revoked, expired, its user deleted: refused)."""
+        found = self.store.access_key_holder(access_key_id)
+        if found is None or found[0].revoked_at is not None or found[0].secret_sealed is None:
+            raise Unauthenticated("invalid or revoked access key")
+        token, user = found
+        if token.expires_at is not None and time.time() >= token.expires_at:
+            raise Unauthenticated("the access key has expired")
+        if user is None or self.keyring is None or token.project_id is None:
+            raise Unauthenticated("the access key's user no longer exists")
+        secret = self.keyring.open(token.secret_sealed or "")
+        return (
+            Principal(name=user.name, user_id=user.id, token_id=token.id),
+            secret,
+            token.project_id,
+        )
 
     # -- what the API reads and records (it never speaks to the store itself) --------------------
     def users(self) -> list[User]:
         return self.store.users()
+
+    def project_names(self) -> dict[str, str]:
+        """Every project's name by id."""
+        return {p.id: p.name for p in self.store.projects()}
 
     def members(self, project_id: str) -> list[tuple[str, str]]:
         """(user name, role) of each member of the project."""

@@ -405,6 +405,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "each container gets a range of host uids no instance ever had",
         ["INSERT INTO sequences VALUES ('container_uid', 0)"],
     ),
+    (
+        18,
+        "AWS access keys for the EC2 API: tokens with a key id, a project and a sealed secret",
+        [
+            "ALTER TABLE tokens ADD COLUMN access_key_id TEXT",
+            "ALTER TABLE tokens ADD COLUMN project_id TEXT",
+            "ALTER TABLE tokens ADD COLUMN secret_sealed TEXT",
+            "CREATE UNIQUE INDEX tokens_access_key_id ON tokens (access_key_id)",
+        ],
+    ),
 ]
 
 

@@ -240,6 +240,9 @@ tokens = Table(
     Column("last_used_at", Float),
     Column("expires_at", Float),
     Column("former_user", Text),  # the user's name, kept when the user is deleted
+    Column("access_key_id", Text, unique=True),  # an AWS access key's (EC2 API)
+    Column("project_id", Text),
+    Column("secret_sealed", Text),
 )
 
 audit = Table(

@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.sql.elements import ColumnElement
 
 from gureum.errors import Conflict
 from gureum.ids import new_id
@@ -155,10 +156,17 @@ class TenancyStore:
     def token_holder(self, secret_hash: str) -> tuple[Token, User | None] | None:
         """The token with this hash and its user (None if the user is gone), in one query:
         every authenticated request starts here."""
+        return self._holder(tokens.c.secret_hash == secret_hash)
+
+    def access_key_holder(self, access_key_id: str) -> tuple[Token, User | None] | None:
+        """The AWS access key with this id and its user (None if the user is gone)."""
+        return self._holder(tokens.c.access_key_id == access_key_id)
+
+    def _holder(self, where: ColumnElement[bool]) -> tuple[Token, User | None] | None:
         query = select(tokens, users.c.name.label("user_name"), users.c.created_at.label("uc"))
         query = query.outerjoin(users, users.c.id == tokens.c.user_id)
         with self.db.read() as conn:
-            row = conn.execute(query.where(tokens.c.secret_hash == secret_hash)).mappings().first()
+            row = conn.execute(query.where(where)).mappings().first()
         if row is None:
             return None
         values = dict(row)

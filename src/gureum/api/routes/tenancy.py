@@ -11,6 +11,8 @@ from gureum.api.auth import PROJECT_HEADER, AnyUser, ProjectAdmin, ProjectViewer
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
 from gureum.api.schemas import Strict
+from gureum.errors import InvalidInput
+from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.tenancy import LIMITS, QUOTAS, Amount, Role, Scope
 from gureum.service.core import Services
 from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK
@@ -75,6 +77,13 @@ class TokenIn(Strict):
     expires_in_s: int | None = Field(
         None, description="seconds until it stops working (up to 10 years); default: never"
     )
+    aws: bool = Field(
+        False,
+        description="an AWS access key for the EC2 API instead (SigV4), acting in one project",
+    )
+    project: str | None = Field(
+        None, description="the project an AWS access key acts in; default: default"
+    )
 
 
 class TokenOut(BaseModel):
@@ -86,6 +95,11 @@ class TokenOut(BaseModel):
     last_used_at: float | None
     expires_at: float | None = Field(None, description="when it stops working; null: never")
     token: str | None = Field(None, description="the secret: shown once, at creation")
+    access_key_id: str | None = Field(None, description="an AWS access key's id (EC2 API)")
+    secret_access_key: str | None = Field(
+        None, description="an AWS access key's secret: shown once, at creation"
+    )
+    project: str | None = Field(None, description="the project an AWS access key acts in")
 
 
 class MembershipOut(BaseModel):
@@ -127,14 +141,19 @@ def _project_view(project: Any, role: str | None = None) -> dict[str, object]:
 def _token_views(
     svc: Services, tokens: list[Any], secret: str | None = None
 ) -> list[dict[str, object]]:
-    """Tokens as shown, their users' names read once for all of them."""
+    """Tokens as shown, their users' and projects' names read once for all of them."""
     users = {u.id: u.name for u in svc.tenancy.users()}
+    projects = svc.tenancy.project_names()
     return [
-        _token_view(t, users.get(t.user_id) or t.former_user or t.user_id, secret) for t in tokens
+        _token_view(t, users.get(t.user_id) or t.former_user or t.user_id, projects, secret)
+        for t in tokens
     ]
 
 
-def _token_view(token: Any, user: str, secret: str | None) -> dict[str, object]:
+def _token_view(
+    token: Any, user: str, projects: dict[str, str], secret: str | None
+) -> dict[str, object]:
+    aws = token.access_key_id is not None
     return {
         "id": token.id,
         "user": user,
@@ -143,7 +162,10 @@ def _token_view(token: Any, user: str, secret: str | None) -> dict[str, object]:
         "revoked_at": token.revoked_at,
         "last_used_at": token.last_used_at,
         "expires_at": token.expires_at,
-        "token": secret,
+        "token": None if aws else secret,
+        "access_key_id": token.access_key_id,
+        "secret_access_key": secret if aws else None,
+        "project": projects.get(token.project_id, token.project_id) if aws else None,
     }
 
 
@@ -301,7 +323,12 @@ async def delete_user(user: str, svc: Svc, _: Super) -> dict[str, object]:
 )
 async def create_token(body: TokenIn, svc: Svc, who: AnyUser) -> dict[str, object]:
     """The secret is in ``token``, this once; only its hash is kept."""
-    token, secret = svc.tenancy.create_token(who, body.user, body.name, body.expires_in_s)
+    project = (body.project or DEFAULT_PROJECT) if body.aws else None
+    if body.project and not body.aws:
+        raise InvalidInput("a project is for an AWS access key (aws: true); tokens act anywhere")
+    token, secret = svc.tenancy.create_token(
+        who, body.user, body.name, body.expires_in_s, aws_project=project
+    )
     return _token_views(svc, [token], secret)[0]
 
 

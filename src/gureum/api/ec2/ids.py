@@ -1,0 +1,31 @@
+"""EC2's id shapes for gureum's resources, one to one, computed (nothing stored): an instance
+``i-`` + 17 hex digits is ``i-00000`` + gureum's 12; an image ``ami-`` + the first 17 hex
+digits of its name's SHA-256 (gureum's images are named); a network is a VPC and its subnet."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+PAD = "00000"  # gureum's ids have 12 hex digits, EC2's 17
+_EC2 = re.compile(r"(i|sg|snap|key|vpc|subnet)-" + PAD + r"([0-9a-f]{12})")
+
+# EC2 prefix -> gureum prefix
+GUREUM_PREFIX = {"i": "i-", "sg": "sg-", "snap": "s-", "key": "kp-", "vpc": "n-", "subnet": "n-"}
+
+
+def to_ec2(kind: str, gureum_id: str) -> str:
+    """``to_ec2("i", "i-0123456789ab")`` = ``i-000000123456789ab``."""
+    return f"{kind}-{PAD}{gureum_id.split('-', 1)[1]}"
+
+
+def to_gureum(ec2_id: str, kind: str) -> str | None:
+    """The gureum id of an EC2 id of ``kind`` (None: not of that shape)."""
+    m = _EC2.fullmatch(ec2_id)
+    if m is None or m.group(1) != kind:
+        return None
+    return GUREUM_PREFIX[kind] + m.group(2)
+
+
+def image_id(name: str) -> str:
+    return "ami-" + hashlib.sha256(name.encode()).hexdigest()[:17]

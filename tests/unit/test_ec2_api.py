@@ -1,0 +1,225 @@
+"""The EC2 Query API on a fake host: requests signed by botocore's own signer (as boto3 and the
+AWS CLI sign them), answers parsed by botocore's own EC2 parser; the signature checks (a wrong
+secret, a tampered body, an old date, an expired presigned URL, a revoked key), each caller's
+project only, roles, DryRun, and the launch mapped onto gureum's own."""
+
+from __future__ import annotations
+
+import base64
+import time
+from urllib.parse import urlencode
+
+import pytest
+from botocore.auth import SigV4Auth, SigV4QueryAuth
+from botocore.awsrequest import AWSRequest
+from botocore.credentials import Credentials
+from botocore.loaders import Loader
+from botocore.model import ServiceModel
+from botocore.parsers import create_parser
+from fastapi.testclient import TestClient
+
+from gureum.api.app import create_app
+from gureum.api.ec2 import ids
+from gureum.model.tenancy import Role
+from gureum.service.tenancy import SUPERUSER
+from tests.unit.fakeworld import fake_services
+
+URL = "https://testserver/ec2"
+EC2_MODEL = ServiceModel(Loader().load_service_model("ec2", "service-2"), "ec2")
+PARSER = create_parser("ec2")
+
+
+class Caller:
+    """One access key, signing as boto3 does."""
+
+    def __init__(self, client: TestClient, key: str, secret: str) -> None:
+        self.client, self.key, self.secret = client, key, secret
+
+    def raw(self, action: str, params: dict[str, str] | None = None, *, secret: str | None = None,
+            when: float | None = None, tamper: bool = False):  # fmt: skip
+        body = urlencode({"Action": action, "Version": "2016-11-15", **(params or {})})
+        request = AWSRequest(
+            method="POST", url=URL, data=body,
+            headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
+        )  # fmt: skip
+        signer = SigV4Auth(Credentials(self.key, secret or self.secret), "ec2", "gureum-1")
+        if when is not None:
+            request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+            signer._modify_request_before_signing(request)
+            request.headers["X-Amz-Date"] = request.context["timestamp"]
+            canonical = signer.canonical_request(request)
+            sig = signer.signature(signer.string_to_sign(request, canonical), request)
+            signer._inject_signature_to_request(request, sig)
+        else:
+            signer.add_auth(request)
+        data = body + ("&InstanceType=t3.large" if tamper else "")
+        return self.client.post("/ec2", content=data, headers=dict(request.headers.items()))
+
+    def call(self, action: str, params: dict[str, str] | None = None, **kw) -> dict:  # type: ignore[no-untyped-def]
+        resp = self.raw(action, params, **kw)
+        operation = EC2_MODEL.operation_model(action)
+        parsed = PARSER.parse(
+            {"body": resp.content, "headers": dict(resp.headers), "status_code": resp.status_code},
+            operation.output_shape,
+        )
+        parsed["status"] = resp.status_code
+        return parsed
+
+
+@pytest.fixture
+def world(tmp_path):
+    svc, _ = fake_services(tmp_path, ("tiny",))
+    t = svc.tenancy
+    team_a, team_b = t.create_project("team-a", {}), t.create_project("team-b", {})
+    keys = {}
+    for name, project, role in (
+        ("alice", team_a, Role.MEMBER),
+        ("vera", team_a, Role.VIEWER),
+        ("bob", team_b, Role.MEMBER),
+    ):
+        user = t.create_user(name)
+        t.store.set_role(project.id, user.id, role)
+        token, secret = t.create_token(SUPERUSER, name, "sdk", aws_project=project.name)
+        keys[name] = (token, secret)
+    with TestClient(create_app(svc, "tcp"), base_url="https://testserver") as client:
+        callers = {n: Caller(client, tok.access_key_id, sec) for n, (tok, sec) in keys.items()}
+        yield svc, callers, keys
+    svc.close()
+
+
+def run(caller: Caller, **params: str) -> dict:  # type: ignore[type-arg]
+    image = ids.image_id("tiny")
+    return caller.call("RunInstances", {"ImageId": image, "MinCount": "1", "MaxCount": "1",
+                                        "InstanceType": "t2.micro", **params})  # fmt: skip
+
+
+def test_run_describe_stop_terminate_through_botocores_parser(world):
+    svc, callers, _ = world
+    alice = callers["alice"]
+    user_data = base64.b64encode(b"#cloud-config\nhostname: x\n").decode()
+    named = {
+        "TagSpecification.1.ResourceType": "instance",
+        "TagSpecification.1.Tag.1.Key": "Name",
+        "TagSpecification.1.Tag.1.Value": "web1",
+    }
+    made = run(alice, UserData=user_data, **named)
+    assert made["status"] == 200, made
+    ec2_id = made["Instances"][0]["InstanceId"]
+    assert len(ec2_id) == 19 and ec2_id.startswith("i-")
+    inst = svc.instances.get("web1", svc.tenancy.scope(SUPERUSER, "team-a").project_id)
+    assert ids.to_ec2("i", inst.id) == ec2_id
+    assert (inst.spec.cpus, inst.spec.memory_mib) == (1, 1024)  # t2.micro
+    assert inst.user_data == "#cloud-config\nhostname: x\n"
+    seen = alice.call("DescribeInstances", {"InstanceId.1": ec2_id})
+    (only,) = seen["Reservations"][0]["Instances"]
+    assert only["InstanceType"] == "t2.micro" and only["ImageId"] == ids.image_id("tiny")
+    assert {"Key": "Name", "Value": "web1"} in only["Tags"]
+    filtered = alice.call("DescribeInstances", {"Filter.1.Name": "instance-state-name",
+                                                "Filter.1.Value.1": "stopped"})  # fmt: skip
+    assert filtered["Reservations"] == []
+    stopped = alice.call("StopInstances", {"InstanceId.1": ec2_id})
+    assert stopped["StoppingInstances"][0]["CurrentState"]["Name"] == "stopping"
+    gone = alice.call("TerminateInstances", {"InstanceId.1": ec2_id})
+    assert gone["TerminatingInstances"][0]["CurrentState"]["Name"] == "shutting-down"
+    # Shown as terminated for a while (boto3's instance_terminated waiter looks for it).
+    after = alice.call("DescribeInstances", {"InstanceId.1": ec2_id})
+    assert after["Reservations"][0]["Instances"][0]["State"]["Name"] == "terminated"
+    assert svc.instances.list() == []
+
+
+def test_pagination_and_unknown_ids(world):
+    _, callers, _ = world
+    alice = callers["alice"]
+    for n in range(7):
+        run(alice, **{"TagSpecification.1.ResourceType": "instance",
+                      "TagSpecification.1.Tag.1.Key": "Name",
+                      "TagSpecification.1.Tag.1.Value": f"w{n}"})  # fmt: skip
+    first = alice.call("DescribeInstances", {"MaxResults": "5"})
+    assert len(first["Reservations"]) == 5 and first["NextToken"]
+    rest = alice.call("DescribeInstances", {"MaxResults": "5", "NextToken": first["NextToken"]})
+    assert len(rest["Reservations"]) == 2 and "NextToken" not in rest
+    missing = alice.call("DescribeInstances", {"InstanceId.1": "i-00000aaaaaaaaaaaa"})
+    assert missing["status"] == 400
+    assert missing["Error"]["Code"] == "InvalidInstanceID.NotFound"
+
+
+@pytest.mark.parametrize(
+    "how, code",
+    [
+        ({"secret": "x" * 40}, "AuthFailure"),
+        ({"tamper": True}, "AuthFailure"),
+        ({"when": time.time() - 20 * 60}, "RequestExpired"),
+    ],
+)
+def test_bad_signatures_are_refused_and_nothing_is_done(world, how, code):
+    svc, callers, _ = world
+    launch = {"ImageId": ids.image_id("tiny"), "MinCount": "1", "MaxCount": "1"}
+    resp = callers["alice"].call("RunInstances", launch, **how)
+    assert resp["Error"]["Code"] == code, resp
+    assert svc.instances.list() == []
+
+
+def test_a_presigned_url_works_until_it_expires(world):
+    _, callers, _ = world
+    alice = callers["alice"]
+    query = urlencode({"Action": "DescribeRegions", "Version": "2016-11-15"})
+
+    def presigned(when: float, expires: int) -> str:
+        request = AWSRequest(method="GET", url=f"{URL}?{query}")
+        request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
+        SigV4QueryAuth(Credentials(alice.key, alice.secret), "ec2", "gureum-1",
+                       expires=expires)._modify_request_before_signing(request)  # fmt: skip
+        signer = SigV4QueryAuth(Credentials(alice.key, alice.secret), "ec2", "gureum-1", expires)
+        canonical = signer.canonical_request(request)
+        sig = signer.signature(signer.string_to_sign(request, canonical), request)
+        return request.url.replace("https://testserver", "") + f"&X-Amz-Signature={sig}"
+
+    ok = alice.client.get(presigned(time.time(), 300))
+    assert ok.status_code == 200 and b"gureum-1" in ok.content
+    late = alice.client.get(presigned(time.time() - 600, 300))
+    assert late.status_code == 400 and b"RequestExpired" in late.content
+
+
+def test_a_revoked_key_is_refused(world):
+    svc, callers, keys = world
+    svc.tenancy.revoke(SUPERUSER, keys["alice"][0].id)
+    assert callers["alice"].call("DescribeInstances")["Error"]["Code"] == "AuthFailure"
+
+
+def test_each_key_sees_its_own_project_and_roles_hold(world):
+    svc, callers, _ = world
+    made = run(callers["alice"])
+    ec2_id = made["Instances"][0]["InstanceId"]
+    bob = callers["bob"]
+    assert bob.call("DescribeInstances")["Reservations"] == []
+    refused = bob.call("TerminateInstances", {"InstanceId.1": ec2_id})
+    assert refused["Error"]["Code"] == "InvalidInstanceID.NotFound"
+    vera = callers["vera"]
+    assert len(vera.call("DescribeInstances")["Reservations"]) == 1
+    denied = vera.call("StopInstances", {"InstanceId.1": ec2_id})
+    assert denied["status"] == 403 and denied["Error"]["Code"] == "UnauthorizedOperation"
+    assert len(svc.instances.list()) == 1
+
+
+def test_dry_run_says_whether_it_would_succeed(world):
+    svc, callers, _ = world
+    yes = run(callers["alice"], DryRun="true")
+    assert yes["Error"]["Code"] == "DryRunOperation" and svc.instances.list() == []
+    no = run(callers["vera"], DryRun="true")
+    assert no["Error"]["Code"] == "UnauthorizedOperation"
+
+
+def test_caller_identity_and_the_catalogue(world):
+    _, callers, _ = world
+    alice = callers["alice"]
+    resp = alice.client.post("/ec2", content=b"", headers={})  # unsigned
+    assert resp.status_code == 401
+    types = alice.call("DescribeInstanceTypes")["InstanceTypes"]
+    assert {"t3.nano", "t3.micro", "t3.small", "t3.medium", "t3.large"} <= {
+        t["InstanceType"] for t in types
+    }
+    images = alice.call("DescribeImages")["Images"]
+    assert images[0]["ImageId"] == ids.image_id("tiny") and images[0]["Name"] == "tiny"
+    assert alice.call("DescribeRegions")["Regions"][0]["RegionName"] == "gureum-1"
+    bad = alice.call("RunInstances", {"ImageId": "ami-0000", "MinCount": "1", "MaxCount": "1"})
+    assert bad["Error"]["Code"] == "InvalidAMIID.NotFound"

@@ -23,6 +23,7 @@ from gureum.api.ec2 import ids
 from gureum.model.tenancy import Role
 from gureum.service.tenancy import SUPERUSER
 from tests.unit.fakeworld import fake_services
+from tests.waiting import wait_for
 
 URL = "https://testserver/ec2"
 EC2_MODEL = ServiceModel(Loader().load_service_model("ec2", "service-2"), "ec2")
@@ -35,13 +36,22 @@ class Caller:
     def __init__(self, client: TestClient, key: str, secret: str) -> None:
         self.client, self.key, self.secret = client, key, secret
 
-    def raw(self, action: str, params: dict[str, str] | None = None, *, secret: str | None = None,
-            when: float | None = None, tamper: bool = False):  # fmt: skip
+    def raw(
+        self,
+        action: str,
+        params: dict[str, str] | None = None,
+        *,
+        secret: str | None = None,
+        when: float | None = None,
+        tamper: bool = False,
+    ):
         body = urlencode({"Action": action, "Version": "2016-11-15", **(params or {})})
         request = AWSRequest(
-            method="POST", url=URL, data=body,
+            method="POST",
+            url=URL,
+            data=body,
             headers={"Content-Type": "application/x-www-form-urlencoded; charset=utf-8"},
-        )  # fmt: skip
+        )
         signer = SigV4Auth(Credentials(self.key, secret or self.secret), "ec2", "gureum-1")
         if when is not None:
             request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
@@ -89,8 +99,10 @@ def world(tmp_path):
 
 def run(caller: Caller, **params: str) -> dict:  # type: ignore[type-arg]
     image = ids.image_id("tiny")
-    return caller.call("RunInstances", {"ImageId": image, "MinCount": "1", "MaxCount": "1",
-                                        "InstanceType": "t2.micro", **params})  # fmt: skip
+    return caller.call(
+        "RunInstances",
+        {"ImageId": image, "MinCount": "1", "MaxCount": "1", "InstanceType": "t2.micro", **params},
+    )
 
 
 def test_run_describe_stop_terminate_through_botocores_parser(world):
@@ -114,8 +126,9 @@ def test_run_describe_stop_terminate_through_botocores_parser(world):
     (only,) = seen["Reservations"][0]["Instances"]
     assert only["InstanceType"] == "t2.micro" and only["ImageId"] == ids.image_id("tiny")
     assert {"Key": "Name", "Value": "web1"} in only["Tags"]
-    filtered = alice.call("DescribeInstances", {"Filter.1.Name": "instance-state-name",
-                                                "Filter.1.Value.1": "stopped"})  # fmt: skip
+    filtered = alice.call(
+        "DescribeInstances", {"Filter.1.Name": "instance-state-name", "Filter.1.Value.1": "stopped"}
+    )
     assert filtered["Reservations"] == []
     stopped = alice.call("StopInstances", {"InstanceId.1": ec2_id})
     assert stopped["StoppingInstances"][0]["CurrentState"]["Name"] == "stopping"
@@ -131,9 +144,14 @@ def test_pagination_and_unknown_ids(world):
     _, callers, _ = world
     alice = callers["alice"]
     for n in range(7):
-        run(alice, **{"TagSpecification.1.ResourceType": "instance",
-                      "TagSpecification.1.Tag.1.Key": "Name",
-                      "TagSpecification.1.Tag.1.Value": f"w{n}"})  # fmt: skip
+        run(
+            alice,
+            **{
+                "TagSpecification.1.ResourceType": "instance",
+                "TagSpecification.1.Tag.1.Key": "Name",
+                "TagSpecification.1.Tag.1.Value": f"w{n}",
+            },
+        )
     first = alice.call("DescribeInstances", {"MaxResults": "5"})
     assert len(first["Reservations"]) == 5 and first["NextToken"]
     rest = alice.call("DescribeInstances", {"MaxResults": "5", "NextToken": first["NextToken"]})
@@ -167,8 +185,9 @@ def test_a_presigned_url_works_until_it_expires(world):
     def presigned(when: float, expires: int) -> str:
         request = AWSRequest(method="GET", url=f"{URL}?{query}")
         request.context["timestamp"] = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(when))
-        SigV4QueryAuth(Credentials(alice.key, alice.secret), "ec2", "gureum-1",
-                       expires=expires)._modify_request_before_signing(request)  # fmt: skip
+        SigV4QueryAuth(
+            Credentials(alice.key, alice.secret), "ec2", "gureum-1", expires=expires
+        )._modify_request_before_signing(request)
         signer = SigV4QueryAuth(Credentials(alice.key, alice.secret), "ec2", "gureum-1", expires)
         canonical = signer.canonical_request(request)
         sig = signer.signature(signer.string_to_sign(request, canonical), request)
@@ -223,3 +242,125 @@ def test_caller_identity_and_the_catalogue(world):
     assert alice.call("DescribeRegions")["Regions"][0]["RegionName"] == "gureum-1"
     bad = alice.call("RunInstances", {"ImageId": "ami-0000", "MinCount": "1", "MaxCount": "1"})
     assert bad["Error"]["Code"] == "InvalidAMIID.NotFound"
+
+
+def test_key_pairs_security_groups_networks_and_snapshots(world):
+    svc, callers, _ = world
+    alice = callers["alice"]
+    made = alice.call("CreateKeyPair", {"KeyName": "laptop"})
+    assert made["KeyMaterial"].startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl me"
+    imported = alice.call(
+        "ImportKeyPair",
+        {"KeyName": "desk", "PublicKeyMaterial": base64.b64encode(pub.encode()).decode()},
+    )
+    assert imported["KeyName"] == "desk"
+    assert {k["KeyName"] for k in alice.call("DescribeKeyPairs")["KeyPairs"]} == {"laptop", "desk"}
+    assert callers["bob"].call("DescribeKeyPairs")["KeyPairs"] == []
+    alice.call("DeleteKeyPair", {"KeyName": "desk"})
+    assert [k["KeyName"] for k in alice.call("DescribeKeyPairs")["KeyPairs"]] == ["laptop"]
+
+    group = alice.call("CreateSecurityGroup", {"GroupName": "web", "GroupDescription": "w"})
+    sg = group["GroupId"]
+    opened = alice.call(
+        "AuthorizeSecurityGroupIngress",
+        {
+            "GroupId": sg,
+            "IpPermissions.1.IpProtocol": "tcp",
+            "IpPermissions.1.FromPort": "80",
+            "IpPermissions.1.ToPort": "80",
+            "IpPermissions.1.IpRanges.1.CidrIp": "10.0.0.0/8",
+        },
+    )
+    assert opened["Return"] is True
+    (web,) = alice.call("DescribeSecurityGroups", {"GroupId.1": sg})["SecurityGroups"]
+    assert web["IpPermissions"] == [
+        {"IpProtocol": "tcp", "FromPort": 80, "ToPort": 80, "IpRanges": [{"CidrIp": "10.0.0.0/8"}]}
+    ]
+    group_id = ids.to_gureum(sg, "sg")
+    assert [r.port_from for r in svc.secgroups.get(group_id).rules] == [80]
+    alice.call(
+        "RevokeSecurityGroupIngress",
+        {
+            "GroupId": sg,
+            "IpPermissions.1.IpProtocol": "tcp",
+            "IpPermissions.1.FromPort": "80",
+            "IpPermissions.1.ToPort": "80",
+            "IpPermissions.1.IpRanges.1.CidrIp": "10.0.0.0/8",
+        },
+    )
+    assert svc.secgroups.get(group_id).rules == []
+
+    launched = run(alice, KeyName="laptop", **{"SecurityGroupId.1": sg})
+    instance = launched["Instances"][0]
+    assert [g["GroupName"] for g in instance["SecurityGroups"]] == ["web"]
+    vpcs = alice.call("DescribeVpcs")["Vpcs"]
+    subnets = alice.call("DescribeSubnets")["Subnets"]
+    assert instance["SubnetId"] == subnets[0]["SubnetId"] and instance["VpcId"] == vpcs[0]["VpcId"]
+    (volume,) = alice.call("DescribeVolumes")["Volumes"]
+    assert volume["Attachments"][0]["InstanceId"] == instance["InstanceId"]
+    snap = alice.call("CreateSnapshot", {"VolumeId": volume["VolumeId"]})
+    assert snap["State"] == "completed" and snap["VolumeId"] == volume["VolumeId"]
+    listed = alice.call("DescribeSnapshots")["Snapshots"]
+    assert [s["SnapshotId"] for s in listed] == [snap["SnapshotId"]]
+    assert callers["bob"].call("DescribeSnapshots")["Snapshots"] == []
+    bobs = callers["bob"].call("DeleteSnapshot", {"SnapshotId": snap["SnapshotId"]})
+    assert bobs["Error"]["Code"] == "InvalidSnapshot.NotFound"
+    alice.call("DeleteSnapshot", {"SnapshotId": snap["SnapshotId"]})
+    assert alice.call("DescribeSnapshots")["Snapshots"] == []
+
+
+def test_tags_on_run_and_after(world):
+    _, callers, _ = world
+    alice = callers["alice"]
+    spec = {
+        "TagSpecification.1.ResourceType": "instance",
+        "TagSpecification.1.Tag.1.Key": "Name",
+        "TagSpecification.1.Tag.1.Value": "db1",
+        "TagSpecification.1.Tag.2.Key": "team",
+        "TagSpecification.1.Tag.2.Value": "a",
+    }
+    ec2_id = run(alice, **spec)["Instances"][0]["InstanceId"]
+    alice.call("CreateTags", {"ResourceId.1": ec2_id, "Tag.1.Key": "env", "Tag.1.Value": "prod"})
+    (inst,) = alice.call(
+        "DescribeInstances", {"Filter.1.Name": "tag:env", "Filter.1.Value.1": "prod"}
+    )["Reservations"]
+    tags = {t["Key"]: t["Value"] for t in inst["Instances"][0]["Tags"]}
+    assert tags == {"Name": "db1", "team": "a", "env": "prod"}
+    described = alice.call("DescribeTags", {"Filter.1.Name": "key", "Filter.1.Value.1": "env"})
+    assert [(t["ResourceId"], t["Value"]) for t in described["Tags"]] == [(ec2_id, "prod")]
+    alice.call("DeleteTags", {"ResourceId.1": ec2_id, "Tag.1.Key": "env"})
+    assert (
+        alice.call("DescribeTags", {"Filter.1.Name": "key", "Filter.1.Value.1": "env"})["Tags"]
+        == []
+    )
+    renamed = alice.call(
+        "CreateTags", {"ResourceId.1": ec2_id, "Tag.1.Key": "Name", "Tag.1.Value": "other"}
+    )
+    assert renamed["Error"]["Code"] == "InvalidParameterValue"
+    reserved = alice.call(
+        "CreateTags", {"ResourceId.1": ec2_id, "Tag.1.Key": "aws:x", "Tag.1.Value": "1"}
+    )
+    assert reserved["Error"]["Code"] == "InvalidParameterValue"
+    # Another project's instance is not there to tag.
+    foreign = callers["bob"].call(
+        "CreateTags", {"ResourceId.1": ec2_id, "Tag.1.Key": "x", "Tag.1.Value": "y"}
+    )
+    assert foreign["Error"]["Code"] == "InvalidInstanceID.NotFound"
+
+
+def test_the_instance_type_changes_only_when_stopped(world):
+    svc, callers, _ = world
+    alice = callers["alice"]
+    ec2_id = run(alice)["Instances"][0]["InstanceId"]
+    change = {"InstanceId": ec2_id, "InstanceType.Value": "t3.small"}
+    running = alice.call("ModifyInstanceAttribute", change)
+    assert running["Error"]["Code"] == "IncorrectInstanceState"
+    alice.call("StopInstances", {"InstanceId.1": ec2_id})
+    gureum_id = ids.to_gureum(ec2_id, "i")
+    wait_for(lambda: svc.instances.get(gureum_id).state.value == "stopped", 10, what="stopped")
+    assert alice.call("ModifyInstanceAttribute", change)["status"] == 200
+    inst = svc.instances.get(gureum_id)
+    assert (inst.spec.cpus, inst.spec.memory_mib) == (2, 2048)
+    (seen,) = alice.call("DescribeInstances")["Reservations"][0]["Instances"]
+    assert seen["InstanceType"] == "t3.small"

@@ -35,6 +35,7 @@ from gureum.service.reconciler import Reconciler
 from gureum.service.resize import ResizeService
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
+from gureum.service.tags import TagService
 from gureum.service.templates import TemplateService
 from gureum.service.tenancy import TenancyService
 from gureum.service.transfers import Transfers
@@ -47,6 +48,7 @@ from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
 from gureum.store.operations import OperationStore
 from gureum.store.settings import SettingsStore
+from gureum.store.tags import TagStore
 from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
 
@@ -76,6 +78,7 @@ class Services:
     templates: TemplateService
     events: EventBus
     metrics: MetricsService
+    tags: TagService
     _lock_fd: int | None = None
 
     @classmethod
@@ -158,6 +161,7 @@ class Services:
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
         )
+        tags = TagService(TagStore(db))
         metrics = MetricsService(
             instance_store, tenancy_store, quotas, admission, host, config.metrics_interval_s
         )
@@ -183,6 +187,7 @@ class Services:
             templates,
             events,
             metrics,
+            tags,
         )
 
     def lock_home(self) -> None:

@@ -415,6 +415,22 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE UNIQUE INDEX tokens_access_key_id ON tokens (access_key_id)",
         ],
     ),
+    (
+        19,
+        "EC2's tags on a project's resources",
+        [
+            """
+            CREATE TABLE tags (
+                resource_id TEXT NOT NULL,
+                key TEXT NOT NULL,
+                value TEXT NOT NULL,
+                project_id TEXT NOT NULL,
+                PRIMARY KEY (resource_id, key)
+            )
+            """,
+            "CREATE INDEX tags_project ON tags (project_id)",
+        ],
+    ),
 ]
 
 

@@ -162,6 +162,15 @@ keypairs = Table(
     UniqueConstraint("project_id", "name"),
 )
 
+tags = Table(  # EC2's tags on a project's resources (by gureum id)
+    "tags",
+    metadata,
+    Column("resource_id", Text, primary_key=True),
+    Column("key", Text, primary_key=True),
+    Column("value", Text, nullable=False),
+    Column("project_id", Text, nullable=False),
+)
+
 secgroups = Table(
     "secgroups",
     metadata,

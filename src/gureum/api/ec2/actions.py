@@ -16,6 +16,7 @@ from gureum.api.ec2 import ids
 from gureum.api.ec2.errors import Ec2Error, from_gureum, invalid
 from gureum.api.ec2.query import Params
 from gureum.errors import GureumError
+from gureum.model.operation import Operation
 from gureum.model.tenancy import Role, Scope
 from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
@@ -34,18 +35,30 @@ class InstanceType:
 INSTANCE_TYPES = [
     InstanceType(n, c, m)
     for n, c, m in (
-        ("t2.nano", 1, 512), ("t2.micro", 1, 1024), ("t2.small", 1, 2048),
-        ("t3.nano", 2, 512), ("t3.micro", 2, 1024), ("t3.small", 2, 2048),
-        ("t3.medium", 2, 4096), ("t3.large", 2, 8192),
-        ("c5.large", 2, 4096), ("m5.large", 2, 8192), ("r5.large", 2, 16384),
+        ("t2.nano", 1, 512),
+        ("t2.micro", 1, 1024),
+        ("t2.small", 1, 2048),
+        ("t3.nano", 2, 512),
+        ("t3.micro", 2, 1024),
+        ("t3.small", 2, 2048),
+        ("t3.medium", 2, 4096),
+        ("t3.large", 2, 8192),
+        ("c5.large", 2, 4096),
+        ("m5.large", 2, 8192),
+        ("r5.large", 2, 16384),
     )
-]  # fmt: skip
+]
 TYPES = {t.name: t for t in INSTANCE_TYPES}
 STATES = {  # gureum state -> EC2 (code, name)
-    "pending": (0, "pending"), "starting": (0, "pending"), "running": (16, "running"),
-    "paused": (16, "running"), "stopping": (64, "stopping"), "stopped": (80, "stopped"),
-    "crashed": (80, "stopped"), "error": (80, "stopped"),
-}  # fmt: skip
+    "pending": (0, "pending"),
+    "starting": (0, "pending"),
+    "running": (16, "running"),
+    "paused": (16, "running"),
+    "stopping": (64, "stopping"),
+    "stopped": (80, "stopped"),
+    "crashed": (80, "stopped"),
+    "error": (80, "stopped"),
+}
 
 
 def type_of(cpus: int, memory_mib: int) -> str:
@@ -70,9 +83,10 @@ class Context:
             self.svc.tenancy.require(self.scope, role)
         except GureumError as exc:
             raise Ec2Error(
-                "UnauthorizedOperation", f"You are not authorized to perform this operation. "
-                f"({exc.message})", 403,
-            ) from None  # fmt: skip
+                "UnauthorizedOperation",
+                f"You are not authorized to perform this operation. ({exc.message})",
+                403,
+            ) from None
         if self.params.bool("DryRun"):
             raise Ec2Error(
                 "DryRunOperation", "Request would have succeeded, but DryRun flag is set.", 412
@@ -81,6 +95,22 @@ class Context:
     @property
     def project_id(self) -> str:
         return self.scope.project_id
+
+    @functools.cached_property
+    def tags(self) -> dict[str, dict[str, str]]:
+        """The project's tags by gureum id (of resources that exist)."""
+        return self.svc.tags.of(self.project_id, set(self.resources()))
+
+    def resources(self) -> dict[str, str]:
+        """Every taggable resource of the project: gureum id -> EC2 id."""
+        svc, project = self.svc, self.project_id
+        out = {i.id: ids.to_ec2("i", i.id) for i in svc.instances.list(project)}
+        out |= {g.id: ids.to_ec2("sg", g.id) for g in svc.secgroups.list(project)}
+        out |= {k.id: ids.to_ec2("key", k.id) for k in svc.keypairs.list(project)}
+        out |= {n.id: ids.to_ec2("vpc", n.id) for n in svc.networks.list(project)}
+        for inst in svc.instances.list(project):
+            out |= {s.id: ids.to_ec2("snap", s.id) for s in svc.snapshots.list(inst.id, project)}
+        return out
 
     @functools.cached_property
     def network_ids(self) -> dict[str, str]:
@@ -118,9 +148,29 @@ def _instance_xml(ctx: Context, view: dict[str, Any], state: str | None = None) 
         "rootDeviceType": "ebs",
         "rootDeviceName": "/dev/vda",
         "virtualizationType": "hvm",
-        "tagSet": [{"key": "Name", "value": view["name"]}],
+        "blockDeviceMapping": [
+            {
+                "deviceName": "/dev/vda",
+                "ebs": {
+                    "volumeId": ids.to_ec2("vol", view["id"]),
+                    "status": "attached",
+                    "deleteOnTermination": True,
+                },
+            }
+        ],
+        "tagSet": [{"key": "Name", "value": view["name"]}]
+        + [{"key": k, "value": v} for k, v in ctx.tags.get(view["id"], {}).items() if k != "Name"],
         "cpuOptions": {"coreCount": view["cpus"], "threadsPerCore": 1},
     }
+
+
+async def finished(ctx: Context, op_id: str) -> Operation:
+    """The operation once it has ended (EC2 answers when the work is done, for the few
+    actions whose work is short: a snapshot, a resize)."""
+    done = await ctx.svc.ops.wait(op_id, timeout=600)
+    while not done.done:
+        done = await ctx.svc.ops.wait(op_id, timeout=600, progress_after=len(done.progress))
+    return done
 
 
 def _views(ctx: Context) -> list[dict[str, Any]]:
@@ -153,6 +203,8 @@ def _matches(item: dict[str, Any], filters: dict[str, list[str]]) -> bool:
     for name, values in filters.items():
         if name.startswith("tag:"):
             have = {t["value"] for t in item["tagSet"] if t["key"] == name[4:]}
+        elif name == "tag-key":
+            have = {t["key"] for t in item["tagSet"]}
         elif name in fields:
             have = {fields[name]}
         else:
@@ -186,16 +238,23 @@ async def describe_instances(ctx: Context) -> dict[str, Any]:
             f"The instance IDs '{', '.join(ids.to_ec2('i', m) for m in missing)}' do not exist",
         )
     items = [_instance_xml(ctx, v) for k, v in views.items() if not wanted or k in wanted]
-    items += [_instance_xml(ctx, v, "terminated") for k, v in gone.items()
-              if (not wanted or k in wanted) and k not in views]  # fmt: skip
+    items += [
+        _instance_xml(ctx, v, "terminated")
+        for k, v in gone.items()
+        if (not wanted or k in wanted) and k not in views
+    ]
     filters = ctx.params.filters()
     items = [i for i in items if _matches(i, filters)]
     page, token = _page(ctx, items)
     reservations = [
-        {"reservationId": "r-" + i["instanceId"][2:], "ownerId": ctx.scope.project.id,
-         "groupSet": [], "instancesSet": [i]}
+        {
+            "reservationId": "r-" + i["instanceId"][2:],
+            "ownerId": ctx.scope.project.id,
+            "groupSet": [],
+            "instancesSet": [i],
+        }
         for i in page
-    ]  # fmt: skip
+    ]
     return {"reservationSet": reservations, "nextToken": token}
 
 
@@ -211,13 +270,15 @@ async def describe_instance_status(ctx: Context) -> dict[str, Any]:
         if name != "running" and not every:
             continue
         ok = "ok" if name == "running" else "not-applicable"
-        out.append({
-            "instanceId": ids.to_ec2("i", view["id"]),
-            "availabilityZone": ctx.zone,
-            "instanceState": {"code": code, "name": name},
-            "systemStatus": {"status": ok},
-            "instanceStatus": {"status": ok},
-        })  # fmt: skip
+        out.append(
+            {
+                "instanceId": ids.to_ec2("i", view["id"]),
+                "availabilityZone": ctx.zone,
+                "instanceState": {"code": code, "name": name},
+                "systemStatus": {"status": ok},
+                "instanceStatus": {"status": ok},
+            }
+        )
     page, token = _page(ctx, out)
     return {"instanceStatusSet": page, "nextToken": token}
 
@@ -265,6 +326,10 @@ async def run_instances(ctx: Context) -> dict[str, Any]:
         except (binascii.Error, UnicodeDecodeError):
             raise invalid("UserData", "...", "It must be base64 of UTF-8 text.") from None
     name = p.tags("instance").get("Name") or f"ec2-{secrets.token_hex(4)}"
+    try:
+        ctx.svc.tags.check(p.tags("instance"))
+    except GureumError as exc:
+        raise from_gureum(exc) from None
     key = p.get("KeyName")
     launched: list[dict[str, Any]] = []
     for n in range(high):
@@ -288,6 +353,13 @@ async def run_instances(ctx: Context) -> dict[str, Any]:
                     )
                 raise from_gureum(exc, "InvalidParameterValue") from None
             break
+        others = {k: v for k, v in p.tags("instance").items() if k != "Name"}
+        if others:
+            try:
+                ctx.svc.tags.add(ctx.project_id, [inst.id], others)
+            except GureumError as exc:
+                await ctx.svc.instances.delete(inst.id, force=True, project_id=ctx.project_id)
+                raise from_gureum(exc) from None
         launched.append(ctx.svc.instances.view(inst))
     return {
         "reservationId": "r-" + secrets.token_hex(8) + "0",
@@ -320,22 +392,30 @@ async def _each(
         except GureumError as exc:
             raise from_gureum(exc, "InvalidInstanceID.NotFound") from None
         code = {"stopping": 64, "pending": 0, "shutting-down": 32}[state_after]
-        changes.append({
-            "instanceId": ids.to_ec2("i", gureum_id),
-            "currentState": {"code": code, "name": state_after},
-            "previousState": {"code": before[0], "name": before[1]},
-        })  # fmt: skip
+        changes.append(
+            {
+                "instanceId": ids.to_ec2("i", gureum_id),
+                "currentState": {"code": code, "name": state_after},
+                "previousState": {"code": before[0], "name": before[1]},
+            }
+        )
     return changes
 
 
 async def start_instances(ctx: Context) -> dict[str, Any]:
-    return {"instancesSet": await _each(
-        ctx, lambda i: ctx.svc.instances.start(i, ctx.project_id), "pending")}  # fmt: skip
+    return {
+        "instancesSet": await _each(
+            ctx, lambda i: ctx.svc.instances.start(i, ctx.project_id), "pending"
+        )
+    }
 
 
 async def stop_instances(ctx: Context) -> dict[str, Any]:
-    return {"instancesSet": await _each(
-        ctx, lambda i: ctx.svc.instances.stop(i, ctx.project_id), "stopping")}  # fmt: skip
+    return {
+        "instancesSet": await _each(
+            ctx, lambda i: ctx.svc.instances.stop(i, ctx.project_id), "stopping"
+        )
+    }
 
 
 async def reboot_instances(ctx: Context) -> dict[str, Any]:
@@ -353,33 +433,86 @@ async def terminate_instances(ctx: Context) -> dict[str, Any]:
     return {"instancesSet": await _each(ctx, terminate, "shutting-down")}
 
 
+async def modify_instance_attribute(ctx: Context) -> dict[str, Any]:
+    """The instance type of a stopped instance (EC2's rule; gureum's resize does the rest)."""
+    ctx.need(Role.MEMBER)
+    wanted = ids.to_gureum(ctx.params.required("InstanceId"), "i")
+    kind = ctx.params.get("InstanceType.Value") or (
+        ctx.params.get("Value") if ctx.params.get("Attribute") == "instanceType" else None
+    )
+    if wanted is None or kind is None:
+        why = "Only InstanceType (of a stopped instance) can be modified here."
+        raise Ec2Error("InvalidParameterCombination", why)
+    if kind not in TYPES:
+        raise invalid("InstanceType", kind[:40], f"Supported: {', '.join(TYPES)}.")
+    try:
+        inst = ctx.svc.instances.get(wanted, ctx.project_id)
+        if inst.state.value not in ("stopped", "crashed", "error"):
+            raise Ec2Error(
+                "IncorrectInstanceState",
+                f"The instance '{ids.to_ec2('i', inst.id)}' is not in the 'stopped' state.",
+            )
+        op = await ctx.svc.resize.resize(
+            inst.id,
+            cpus=TYPES[kind].vcpus,
+            memory_mib=TYPES[kind].memory_mib,
+            project_id=ctx.project_id,
+        )
+        done = await finished(ctx, op.id)
+    except GureumError as exc:
+        raise from_gureum(exc, "InvalidInstanceID.NotFound") from None
+    if done.error is not None:
+        raise Ec2Error("InvalidParameterValue", done.error.get("message", "the resize failed"))
+    return {"return": True}
+
+
 async def describe_instance_types(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.VIEWER)
     wanted = set(ctx.params.list("InstanceType"))
     unknown = wanted - set(TYPES)
     if unknown:
         raise invalid("InstanceType", ", ".join(sorted(unknown))[:60], "No such type here.")
-    return {"instanceTypeSet": [
-        {"instanceType": t.name, "currentGeneration": True, "hypervisor": "nitro",
-         "vCpuInfo": {"defaultVCpus": t.vcpus, "defaultCores": t.vcpus, "defaultThreadsPerCore": 1},
-         "memoryInfo": {"sizeInMiB": t.memory_mib},
-         "processorInfo": {"supportedArchitectures": ["x86_64"]}}
-        for t in INSTANCE_TYPES if not wanted or t.name in wanted
-    ]}  # fmt: skip
+    return {
+        "instanceTypeSet": [
+            {
+                "instanceType": t.name,
+                "currentGeneration": True,
+                "hypervisor": "nitro",
+                "vCpuInfo": {
+                    "defaultVCpus": t.vcpus,
+                    "defaultCores": t.vcpus,
+                    "defaultThreadsPerCore": 1,
+                },
+                "memoryInfo": {"sizeInMiB": t.memory_mib},
+                "processorInfo": {"supportedArchitectures": ["x86_64"]},
+            }
+            for t in INSTANCE_TYPES
+            if not wanted or t.name in wanted
+        ]
+    }
 
 
 async def describe_images(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.VIEWER)
     wanted = set(ctx.params.list("ImageId"))
     images = [
-        {"imageId": ids.image_id(i.name), "name": i.name, "imageState": "available",
-         "imageOwnerId": "gureum", "isPublic": True, "architecture": "x86_64",
-         "imageType": "machine", "rootDeviceType": "ebs", "rootDeviceName": "/dev/vda",
-         "virtualizationType": "hvm", "hypervisor": "qemu", "description":
-         f"{i.name} {i.version} ({i.origin})",
-         "creationDate": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(i.built_at))}
+        {
+            "imageId": ids.image_id(i.name),
+            "name": i.name,
+            "imageState": "available",
+            "imageOwnerId": "gureum",
+            "isPublic": True,
+            "architecture": "x86_64",
+            "imageType": "machine",
+            "rootDeviceType": "ebs",
+            "rootDeviceName": "/dev/vda",
+            "virtualizationType": "hvm",
+            "hypervisor": "qemu",
+            "description": f"{i.name} {i.version} ({i.origin})",
+            "creationDate": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(i.built_at)),
+        }
         for i in ctx.svc.images.list()
-    ]  # fmt: skip
+    ]
     missing = wanted - {i["imageId"] for i in images}
     if missing:
         raise Ec2Error("InvalidAMIID.NotFound", f"The image id '{sorted(missing)}' does not exist")
@@ -388,14 +521,29 @@ async def describe_images(ctx: Context) -> dict[str, Any]:
 
 async def describe_regions(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.VIEWER)
-    return {"regionInfo": [{"regionName": ctx.region, "regionEndpoint": "this service",
-                            "optInStatus": "opt-in-not-required"}]}  # fmt: skip
+    return {
+        "regionInfo": [
+            {
+                "regionName": ctx.region,
+                "regionEndpoint": "this service",
+                "optInStatus": "opt-in-not-required",
+            }
+        ]
+    }
 
 
 async def describe_availability_zones(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.VIEWER)
-    return {"availabilityZoneInfo": [{"zoneName": ctx.zone, "zoneState": "available",
-                                      "regionName": ctx.region, "zoneId": ctx.zone}]}  # fmt: skip
+    return {
+        "availabilityZoneInfo": [
+            {
+                "zoneName": ctx.zone,
+                "zoneState": "available",
+                "regionName": ctx.region,
+                "zoneId": ctx.zone,
+            }
+        ]
+    }
 
 
 ACTIONS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
@@ -406,6 +554,7 @@ ACTIONS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "StopInstances": stop_instances,
     "RebootInstances": reboot_instances,
     "TerminateInstances": terminate_instances,
+    "ModifyInstanceAttribute": modify_instance_attribute,
     "DescribeInstanceTypes": describe_instance_types,
     "DescribeImages": describe_images,
     "DescribeRegions": describe_regions,

@@ -8,10 +8,19 @@ import hashlib
 import re
 
 PAD = "00000"  # gureum's ids have 12 hex digits, EC2's 17
-_EC2 = re.compile(r"(i|sg|snap|key|vpc|subnet)-" + PAD + r"([0-9a-f]{12})")
+_EC2 = re.compile(r"(i|sg|snap|key|vpc|subnet|vol)-" + PAD + r"([0-9a-f]{12})")
 
 # EC2 prefix -> gureum prefix
-GUREUM_PREFIX = {"i": "i-", "sg": "sg-", "snap": "s-", "key": "kp-", "vpc": "n-", "subnet": "n-"}
+# (an instance's root volume is named after the instance: one disk each)
+GUREUM_PREFIX = {
+    "i": "i-",
+    "sg": "sg-",
+    "snap": "s-",
+    "key": "kp-",
+    "vpc": "n-",
+    "subnet": "n-",
+    "vol": "i-",
+}
 
 
 def to_ec2(kind: str, gureum_id: str) -> str:

@@ -69,8 +69,11 @@ class Params:
         CreateTags too when ``resource_type`` is empty)."""
         tags: dict[str, str] = {}
         pattern = re.compile(r"TagSpecification\.(\d{1,4})\.ResourceType")
-        indices = [m.group(1) for k, v in self.values.items()
-                   if (m := pattern.fullmatch(k)) and v == resource_type]  # fmt: skip
+        indices = [
+            m.group(1)
+            for k, v in self.values.items()
+            if (m := pattern.fullmatch(k)) and v == resource_type
+        ]
         prefixes = [f"TagSpecification.{i}.Tag" for i in indices] if resource_type else ["Tag"]
         for prefix in prefixes:
             tag_index = re.compile(re.escape(prefix) + r"\.(\d{1,4})\.Key")

@@ -94,9 +94,17 @@ def read(headers: dict[str, str], query: dict[str, str]) -> Signed:
             expires = int(query.get("X-Amz-Expires", "0"))
         except ValueError:
             raise auth_failure("X-Amz-Expires is not a number of seconds") from None
-        return Signed(key, query.get("X-Amz-Date", ""), day, region, service,
-                      tuple(query.get("X-Amz-SignedHeaders", "").split(";")),
-                      query.get("X-Amz-Signature", ""), True, expires)  # fmt: skip
+        return Signed(
+            key,
+            query.get("X-Amz-Date", ""),
+            day,
+            region,
+            service,
+            tuple(query.get("X-Amz-SignedHeaders", "").split(";")),
+            query.get("X-Amz-Signature", ""),
+            True,
+            expires,
+        )
     raise Ec2Error("MissingAuthenticationToken", "the request is not signed (AWS SigV4)", 401)
 
 
@@ -144,10 +152,12 @@ def verify(
         # The query the client signed: everything it sent but the signature itself.
         base, _, query = url.partition("?")
         rest = "&".join(p for p in query.split("&") if not p.startswith("X-Amz-Signature="))
-        request = AWSRequest(method=method, url=f"{base}?{rest}" if rest else base,
-                             data=body, headers=kept)  # fmt: skip
-        signer: SigV4Auth = SigV4QueryAuth(credentials, signed.service, signed.region,
-                                           expires=signed.expires_s)  # fmt: skip
+        request = AWSRequest(
+            method=method, url=f"{base}?{rest}" if rest else base, data=body, headers=kept
+        )
+        signer: SigV4Auth = SigV4QueryAuth(
+            credentials, signed.service, signed.region, expires=signed.expires_s
+        )
     else:
         request = AWSRequest(method=method, url=url, data=body, headers=kept)
         signer = SigV4Auth(credentials, signed.service, signed.region)

@@ -44,8 +44,13 @@ def sts_answer(action: str, request_id: str, body: dict[str, Any]) -> bytes:
 def error(code: str, message: str, request_id: str, sts: bool = False) -> bytes:
     if sts:
         root = ET.Element("ErrorResponse", xmlns=STS_NS)
-        _fill(root, {"Error": {"Type": "Sender", "Code": code, "Message": message},
-                     "RequestId": request_id})  # fmt: skip
+        _fill(
+            root,
+            {
+                "Error": {"Type": "Sender", "Code": code, "Message": message},
+                "RequestId": request_id,
+            },
+        )
         return ET.tostring(root)
     root = ET.Element("Response")
     _fill(root, {"Errors": {"Error": {"Code": code, "Message": message}}, "RequestID": request_id})

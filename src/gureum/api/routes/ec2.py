@@ -20,7 +20,7 @@ from fastapi.responses import Response
 
 from gureum.api.auth import take_all
 from gureum.api.deps import services
-from gureum.api.ec2 import sigv4, xml
+from gureum.api.ec2 import resources, sigv4, xml
 from gureum.api.ec2.actions import ACTIONS, Context
 from gureum.api.ec2.errors import Ec2Error, auth_failure, from_gureum
 from gureum.api.ec2.query import Params
@@ -35,13 +35,17 @@ READ_ONLY = ("Describe", "Get")
 
 
 @router.api_route(
-    "/ec2", methods=["GET", "POST"], include_in_schema=False,
+    "/ec2",
+    methods=["GET", "POST"],
+    include_in_schema=False,
     openapi_extra={"x-gureum-role": "public"},
-)  # fmt: skip
+)
 @router.api_route(
-    "/ec2/", methods=["GET", "POST"], include_in_schema=False,
+    "/ec2/",
+    methods=["GET", "POST"],
+    include_in_schema=False,
     openapi_extra={"x-gureum-role": "public"},
-)  # fmt: skip
+)
 async def ec2(request: Request, svc: Svc) -> Response:
     request_id = str(uuid.uuid4())
     body = await request.body()
@@ -65,7 +69,7 @@ async def ec2(request: Request, svc: Svc) -> Response:
             arn = f"arn:aws:iam::{project_id}:user/{principal.name}"
             answer = {"Arn": arn, "UserId": principal.user_id, "Account": project_id}
             return Response(xml.sts_answer(action, request_id, answer), media_type=XML)
-        handler = ACTIONS.get(action)
+        handler = ACTIONS.get(action) or resources.ACTIONS.get(action)
         if handler is None:
             raise Ec2Error(
                 "InvalidAction", f"The action {action[:60]!r} is not valid for this web service."

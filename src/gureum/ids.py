@@ -33,3 +33,12 @@ def check_name(name: str, *, what: str = "name") -> str:
 def looks_like_id(ref: str, prefix: str = "") -> bool:
     body = ref[len(prefix) :] if prefix and ref.startswith(prefix) else None
     return body is not None and len(body) == 12 and all(c in "0123456789abcdef" for c in body)
+
+
+EC2_PAD = "00000"  # gureum's ids have 12 hex digits, EC2's 17
+
+
+def ec2_id(kind: str, gureum_id: str) -> str:
+    """A resource's id in EC2's shape: ``ec2_id("i", "i-0123456789ab")`` is
+    ``i-000000123456789ab`` (the EC2 API's and the metadata service's EC2 paths': one fact)."""
+    return f"{kind}-{EC2_PAD}{gureum_id.split('-', 1)[1]}"

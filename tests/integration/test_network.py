@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gureum.cli.main import ExitCode, exit_for
+from gureum.ids import ec2_id
 from tests.waiting import wait_for
 
 pytestmark = pytest.mark.vm
@@ -219,7 +220,10 @@ def test_port_forward_reaches_a_guest_server(service, net, web_vm):
 def test_metadata_answers_each_vm_with_its_own_data(service, net):
     for name in ("na", "nb"):
         shown = json.loads(service.cli("show", name, "-o", "json").stdout)
-        assert sh(service, name, f"wget -qO- {MD}/meta-data/instance-id") == shown["id"]
+        # EC2's shape, as the EC2 API shows it (cloud-init's NoCloud id stays gureum's own)
+        assert sh(service, name, f"wget -qO- {MD}/meta-data/instance-id") == ec2_id(
+            "i", shown["id"]
+        )
         assert sh(service, name, f"wget -qO- {MD}/meta-data/hostname") == name
         assert sh(service, name, f"wget -qO- {MD}/meta-data/local-ipv4") == ip_of(service, name)
         assert sh(service, name, f"wget -qO- {MD}/meta-data/mac") == shown["mac"]

@@ -31,6 +31,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gureum.ids import ec2_id
+
 log = logging.getLogger(__name__)
 
 
@@ -265,7 +267,8 @@ class MetadataServer:
         keys = "".join(f"{i}=key-{i}\n" for i in range(len(who.public_keys)))
         answers = {
             "/latest/meta-data": "instance-id\nhostname\nlocal-ipv4\nmac\npublic-keys/\n",
-            "/latest/meta-data/instance-id": who.instance_id,
+            # EC2's shape, as the EC2 API shows it (cloud-init's NoCloud keeps gureum's own).
+            "/latest/meta-data/instance-id": ec2_id("i", who.instance_id),
             "/latest/meta-data/hostname": who.hostname,
             "/latest/meta-data/local-hostname": who.hostname,
             "/latest/meta-data/local-ipv4": who.ip,

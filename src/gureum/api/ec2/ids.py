@@ -7,7 +7,9 @@ from __future__ import annotations
 import hashlib
 import re
 
-PAD = "00000"  # gureum's ids have 12 hex digits, EC2's 17
+from gureum.ids import EC2_PAD as PAD
+from gureum.ids import ec2_id
+
 _EC2 = re.compile(r"(i|sg|snap|key|vpc|subnet|vol)-" + PAD + r"([0-9a-f]{12})")
 
 # EC2 prefix -> gureum prefix
@@ -24,8 +26,7 @@ GUREUM_PREFIX = {
 
 
 def to_ec2(kind: str, gureum_id: str) -> str:
-    """``to_ec2("i", "i-0123456789ab")`` = ``i-000000123456789ab``."""
-    return f"{kind}-{PAD}{gureum_id.split('-', 1)[1]}"
+    return ec2_id(kind, gureum_id)
 
 
 def to_gureum(ec2_id: str, kind: str) -> str | None:

@@ -181,10 +181,7 @@ def _wanted_ids(ctx: Context) -> list[str]:
     """``InstanceId.N`` as gureum ids; a malformed or unknown one is EC2's NotFound."""
     out = []
     for ec2_id in ctx.params.list("InstanceId"):
-        gureum_id = ids.to_gureum(ec2_id, "i")
-        if gureum_id is None:
-            raise Ec2Error("InvalidInstanceID.Malformed", f'Invalid id: "{ec2_id[:40]}"')
-        out.append(gureum_id)
+        out.append(ids.parse(ec2_id, "i"))
     return out
 
 
@@ -293,19 +290,13 @@ def _image_name(ctx: Context, ami: str) -> str:
 def _network(ctx: Context, subnet: str | None) -> tuple[str, ...]:
     if not subnet:
         return ()
-    gureum_id = ids.to_gureum(subnet, "subnet")
-    if gureum_id is None:
-        raise Ec2Error("InvalidSubnetID.Malformed", f"Invalid subnet id: '{subnet[:40]}'")
-    return (gureum_id,)
+    return (ids.parse(subnet, "subnet"),)
 
 
 def _groups(ctx: Context) -> tuple[str, ...]:
     named = ctx.params.list("SecurityGroup")
     for sg in ctx.params.list("SecurityGroupId"):
-        gureum_id = ids.to_gureum(sg, "sg")
-        if gureum_id is None:
-            raise Ec2Error("InvalidGroupId.Malformed", f"Invalid id: '{sg[:40]}'")
-        named.append(gureum_id)
+        named.append(ids.parse(sg, "sg"))
     return tuple(named)
 
 

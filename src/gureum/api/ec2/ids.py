@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import re
 
+from gureum.api.ec2.errors import Ec2Error
 from gureum.ids import EC2_PAD as PAD
 from gureum.ids import ec2_id
 
@@ -39,3 +40,16 @@ def to_gureum(ec2_id: str, kind: str) -> str | None:
 
 def image_id(name: str) -> str:
     return "ami-" + hashlib.sha256(name.encode()).hexdigest()[:17]
+
+
+MALFORMED = {"i": "InvalidInstanceID", "sg": "InvalidGroupId", "subnet": "InvalidSubnetID",
+             "vol": "InvalidVolumeID", "snap": "InvalidSnapshotID", "key": "InvalidKeyPair",
+             "vpc": "InvalidVpcID"}  # fmt: skip
+
+
+def parse(ec2_id: str, kind: str) -> str:
+    """The gureum id of an EC2 id of ``kind``; EC2's ``...Malformed`` error if not of its shape."""
+    gureum_id = to_gureum(ec2_id, kind)
+    if gureum_id is None:
+        raise Ec2Error(f"{MALFORMED[kind]}.Malformed", f"Invalid id: '{ec2_id[:40]}'")
+    return gureum_id

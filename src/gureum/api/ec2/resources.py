@@ -124,10 +124,7 @@ async def delete_key_pair(ctx: Context) -> dict[str, Any]:
 def _group_ref(ctx: Context) -> str:
     group_id = ctx.params.get("GroupId")
     if group_id:
-        gureum_id = ids.to_gureum(group_id, "sg")
-        if gureum_id is None:
-            raise Ec2Error("InvalidGroupId.Malformed", f"Invalid id: '{group_id[:40]}'")
-        return gureum_id
+        return ids.parse(group_id, "sg")
     return ctx.params.required("GroupName")
 
 
@@ -235,10 +232,7 @@ def _ingress_specs(ctx: Context) -> list[tuple[str, str | None, str | None]]:
             )
         out += [(spec, c, None) for c in cidrs]
         for g in groups:
-            gureum_id = ids.to_gureum(g, "sg")
-            if gureum_id is None:
-                raise Ec2Error("InvalidGroupId.Malformed", f"Invalid id: '{g[:40]}'")
-            out.append((spec, None, gureum_id))
+            out.append((spec, None, ids.parse(g, "sg")))
     if not out:
         raise Ec2Error("MissingParameter", "The request must contain the parameter IpPermissions")
     return out
@@ -389,9 +383,7 @@ def _snapshot_xml(inst: Instance, snap: Snapshot) -> dict[str, Any]:
 async def create_snapshot(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.MEMBER)
     volume = ctx.params.required("VolumeId")
-    instance_id = ids.to_gureum(volume, "vol")
-    if instance_id is None:
-        raise Ec2Error("InvalidVolumeID.Malformed", f"Invalid id: '{volume[:40]}'")
+    instance_id = ids.parse(volume, "vol")
     name = f"snap-{secrets.token_hex(4)}"
     op = await _guarded(
         ctx.svc.snapshots.create(instance_id, name, project_id=ctx.project_id),

@@ -62,7 +62,7 @@ def take_all(*buckets: tuple[RateLimiter, str]) -> None:
 
 
 def identify(
-    app: Starlette, headers: dict[str, str], method: str = "GET", websocket: bool = False
+    app: Starlette, headers: dict[str, str], method: str, websocket: bool = False
 ) -> Principal:
     """Who is calling, from the request headers and the transport it came in on: a token, the
     web console's session cookie, or root on the local socket."""
@@ -119,7 +119,9 @@ def _identify(conn: Request | WebSocket) -> Principal:
     # The authentication middleware has already identified every request; this reads it.
     principal = getattr(conn.state, "principal", None)
     if principal is None:
-        principal = identify(conn.app, dict(conn.headers))
+        # (a session's CSRF check needs the method)
+        method = conn.method if isinstance(conn, Request) else "GET"
+        principal = identify(conn.app, dict(conn.headers), method, isinstance(conn, WebSocket))
         conn.state.principal = principal
     return principal
 

@@ -199,10 +199,12 @@ def test_a_presigned_url_works_until_it_expires(world):
     assert late.status_code == 400 and b"RequestExpired" in late.content
 
 
-def test_a_revoked_key_is_refused(world):
+def test_a_revoked_key_is_refused_and_audited(world):
     svc, callers, keys = world
     svc.tenancy.revoke(SUPERUSER, keys["alice"][0].id)
     assert callers["alice"].call("DescribeInstances")["Error"]["Code"] == "AuthFailure"
+    (refusal,) = [e for e in svc.tenancy.audit(limit=10) if e["action"].startswith("POST /ec2")]
+    assert refusal["result"] == 401 and "signature refused" in refusal["detail"]["reason"]
 
 
 def test_each_key_sees_its_own_project_and_roles_hold(world):

@@ -66,7 +66,7 @@ class AuditMiddleware:
             if public and status["code"] >= 400:
                 # A refused sign-in (or a change asked of a console file): anyone can send
                 # these, so they are recorded as calls without an identity are, rate limited.
-                _record_unauthenticated(scope, "console sign-in refused", status["code"])
+                record_unauthenticated(scope, "console sign-in refused", status["code"])
             elif public and (scope.get("state") or {}).get("principal") is None:
                 pass  # a sign-out with no session: nothing happened
             else:
@@ -240,7 +240,7 @@ class AuthMiddleware:
             )
         except GureumError as exc:
             if exc.status == 401:
-                _record_unauthenticated(scope, exc.message)
+                record_unauthenticated(scope, exc.message)
             if scope["type"] == "websocket":
                 await send({"type": "websocket.close", "code": 4000 + exc.status})
                 return
@@ -267,7 +267,7 @@ def _public(path: str) -> bool:
     return path in ("/ui", "/ec2") or path.startswith(("/ui/", "/ec2/"))
 
 
-def _record_unauthenticated(scope: Scope, reason: str, result: int = 401) -> None:
+def record_unauthenticated(scope: Scope, reason: str, result: int = 401) -> None:
     """A call refused for want of a valid identity, in the audit: method, path, reason and the
     caller's address, never the token. Past a burst, at most one a second per address is
     recorded, so that anyone who can reach the port cannot fill the audit log."""

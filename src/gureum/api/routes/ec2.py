@@ -24,6 +24,7 @@ from gureum.api.ec2 import resources, sigv4, xml
 from gureum.api.ec2.actions import ACTIONS, Context
 from gureum.api.ec2.errors import Ec2Error, auth_failure, from_gureum
 from gureum.api.ec2.query import Params
+from gureum.api.middleware import record_unauthenticated
 from gureum.errors import GureumError, Unauthenticated
 from gureum.model.tenancy import Principal
 from gureum.service.core import Services
@@ -120,9 +121,13 @@ def _authenticate(
 
 def _audit(request: Request, svc: Services, action: str, result: int) -> None:
     """A change through EC2 in the audit (by whom, in which project, what, how it ended);
-    reads are not recorded, as elsewhere."""
+    reads are not recorded, as elsewhere. A refused signature is recorded as every call without
+    a valid identity is (its reason and address, rate limited per address)."""
     principal = getattr(request.state, "principal", None)
     scope = getattr(request.state, "scope", None)
+    if principal is None and result in (401, 403):
+        record_unauthenticated(request.scope, f"EC2 {action[:60]}: signature refused", result)
+        return
     if principal is None or not action or action.startswith(READ_ONLY):
         return
     svc.tenancy.record(

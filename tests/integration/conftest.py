@@ -58,7 +58,6 @@ class Service:
             "GUREUM_CACHE_DIR": str(CACHE),
             "GUREUM_STOP_TIMEOUT": "20",
             "GUREUM_RECONCILE_INTERVAL": "1",
-            "GUREUM_METRICS_INTERVAL": "2",  # /metrics and the graphs: fresh within a test
             **(env or {}),
         }
         self.env.pop("GUREUM_URL", None)

@@ -268,6 +268,8 @@ class LocalHostAgent:
     def __init__(self, config: Config) -> None:
         self.config = config
         self._vms: dict[str, QemuVM] = {}
+        # When each VM's guest last told its memory, and what (host/stats.py, metrics).
+        self._guest_seen: dict[str, tuple[float, int | None, int | None]] = {}
         self._waiting: dict[str, QemuVM] = {}  # QEMUs of VMs to come (``start_waiting``)
         self._claimed: set[str] = set()  # of those, the ones ``claim_waiting`` readied
         self.accel = accel_probe.choose(config.accel)
@@ -899,6 +901,7 @@ class LocalHostAgent:
     def forget(self, instance_id: str) -> None:
         self.containers.forget(instance_id)
         self._vms.pop(instance_id, None)
+        self._guest_seen.pop(instance_id, None)
         self.sealed_ram.drop(instance_id)
 
     async def destroy(self, instance_id: str) -> None:
@@ -1225,8 +1228,23 @@ class LocalHostAgent:
         cpu, rss, pss = stats.process(vm.pid)
         timeout = stats.GUEST_TIMEOUT_S
         answer = await stats.bounded(vm.monitor.execute("query-blockstats", timeout=timeout), [])
-        # The guest's own view only from a guest that runs and whose agent nobody is using:
-        # the figures never queue behind (or hold up) a snapshot's freeze or a user's exec.
+        total, available = await self._guest_memory(instance_id, vm)
+        return stats.InstanceStats(
+            at, cpu, rss, pss, total, available, stats.blockstats(answer), nics
+        )
+
+    async def _guest_memory(self, instance_id: str, vm: QemuVM) -> tuple[int | None, int | None]:
+        """The guest's own view of its memory, asked at most every GUEST_EVERY_S (a question
+        makes the guest work: under TCG, real host CPU), only of a guest that runs and whose
+        agent nobody is using: it never queues behind (or holds up) a snapshot's freeze or a
+        user's exec. Between questions, the last answer."""
+        now = time.monotonic()
+        asked, total, available = self._guest_seen.get(
+            instance_id, (-stats.GUEST_EVERY_S, None, None)
+        )
+        if now - asked < stats.GUEST_EVERY_S:
+            return total, available
+        timeout = stats.GUEST_TIMEOUT_S
         status = await stats.bounded(vm.monitor.execute("query-status", timeout=timeout), {})
         text = b""
         if isinstance(status, dict) and status.get("running") and not vm.agent.busy:
@@ -1234,9 +1252,9 @@ class LocalHostAgent:
                 vm.agent.read_file("/proc/meminfo", stats.MEMINFO_LIMIT, timeout), b""
             )
         total, available = stats.meminfo(text)
-        return stats.InstanceStats(
-            at, cpu, rss, pss, total, available, stats.blockstats(answer), nics
-        )
+        if total is not None:  # no answer (booting, busy): asked again next round
+            self._guest_seen[instance_id] = (now, total, available)
+        return total, available
 
     # -- networks --------------------------------------------------------------------------------
     def serve_metadata(self, lookup: Lookup) -> None:

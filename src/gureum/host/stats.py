@@ -7,7 +7,8 @@ make the host ask QEMU or a guest anything.
 - CPU and memory of a VM: its QEMU process (/proc; PSS shows what it shares with others, such as
   a template's memory). Of a container: its own control group (every process in it).
 - The guest's own view of its memory (MemTotal, MemAvailable) through the guest agent, bounded
-  in time and size: what a guest answers is hostile, so only two integers are kept.
+  in time and size, at most every 30 s (answering costs the guest CPU: under TCG, the host's):
+  what a guest answers is hostile, so only two integers are kept.
 - Disks: QMP ``query-blockstats`` of the VM's disks (a container has no block device of its own).
 - NICs: the host end of each (a VM's TAP, a container's veth), in its network's namespace, one
   ``ip`` call per network per round; its counters turned round to the guest's view (what the
@@ -28,6 +29,7 @@ from gureum.network import netns, tap
 from gureum.sys import procs
 
 GUEST_TIMEOUT_S = 2.0  # a guest that does not answer at once is not waited for
+GUEST_EVERY_S = 30.0  # how often a guest is asked its memory (it works to answer)
 MEMINFO_LIMIT = 4096
 T = TypeVar("T")
 

@@ -171,11 +171,21 @@ class QemuVM:
                 self.cfg.runtime.qmp, timeout=self.monitor_timeout_s, owner=self._owner
             )
         )
-        died = asyncio.ensure_future(self._watch.exited.wait())
+        watch = self._watch
+        died = asyncio.ensure_future(watch.exited.wait())
+
+        async def look() -> None:
+            # The exit's own event (pidfd) has once not come on a busy host: look at /proc too.
+            while not watch.exited.is_set():
+                await asyncio.sleep(0.5)
+                watch.check()
+
+        looking = asyncio.ensure_future(look())
         try:
             await asyncio.wait({connect, died}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             died.cancel()
+            looking.cancel()
         if not connect.done():
             connect.cancel()
             with contextlib.suppress(asyncio.CancelledError, GureumError):

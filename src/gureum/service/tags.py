@@ -43,10 +43,13 @@ class TagService:
             for key, value in tags.items():
                 self.store.remove(resource, key, value)
 
-    def of(self, project_id: str, existing: set[str]) -> dict[str, dict[str, str]]:
-        """Each resource's tags, of the project's resources that still exist (the tags of
-        those gone are dropped here)."""
+    def prune(self, project_id: str, existing: set[str]) -> None:
+        """Drop the tags of the project's resources that are gone (all but ``existing``)."""
         self.store.forget(project_id, existing)
+
+    def of(self, project_id: str) -> dict[str, dict[str, str]]:
+        """Each resource's tags, by its gureum id (a resource gone may still be listed until
+        the next ``prune``: callers look up the ids they have)."""
         out: dict[str, dict[str, str]] = {}
         for resource, key, value in self.store.of(project_id):
             out.setdefault(resource, {})[key] = value

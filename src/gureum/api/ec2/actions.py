@@ -98,8 +98,8 @@ class Context:
 
     @functools.cached_property
     def tags(self) -> dict[str, dict[str, str]]:
-        """The project's tags by gureum id (of resources that exist)."""
-        return self.svc.tags.of(self.project_id, set(self.resources()))
+        """The project's tags by gureum id (one query; looked up by the ids at hand)."""
+        return self.svc.tags.of(self.project_id)
 
     def resources(self) -> dict[str, str]:
         """Every taggable resource of the project: gureum id -> EC2 id."""

@@ -448,6 +448,7 @@ def _tagged(ctx: Context) -> list[str]:
 async def create_tags(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.MEMBER)
     resources = _tagged(ctx)
+    ctx.svc.tags.prune(ctx.project_id, set(ctx.resources()))  # the tags of what is gone go
     tags = ctx.params.tags("")
     names = {i.id: i.name for i in ctx.svc.instances.list(ctx.project_id)}
     for resource in resources:
@@ -492,6 +493,8 @@ async def describe_tags(ctx: Context) -> dict[str, Any]:
     }
     rows = [(ec2, "Name", name) for gid, name in names.items() for ec2 in [resources[gid]]]
     for gid, tags in ctx.tags.items():
+        if gid not in resources:
+            continue  # gone (pruned at the next CreateTags)
         rows += [
             (resources[gid], k, v) for k, v in tags.items() if not (gid in names and k == "Name")
         ]

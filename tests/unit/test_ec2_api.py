@@ -366,3 +366,23 @@ def test_the_instance_type_changes_only_when_stopped(world):
     assert (inst.spec.cpus, inst.spec.memory_mib) == (2, 2048)
     (seen,) = alice.call("DescribeInstances")["Reservations"][0]["Instances"]
     assert seen["InstanceType"] == "t3.small"
+
+
+def test_every_ec2_action_declares_its_role(world):
+    """The authorisation matrix for EC2: a viewer is refused every action that changes
+    something (UnauthorizedOperation, before its parameters are read), and allowed every
+    Describe; nothing is made either way."""
+    from gureum.api.ec2 import actions, resources
+
+    svc, callers, _ = world
+    vera = callers["vera"]
+    every = {**actions.ACTIONS, **resources.ACTIONS}
+    assert len(every) >= 30
+    for action in sorted(every):
+        answer = vera.raw(action)
+        if action.startswith("Describe"):
+            assert answer.status_code != 403, (action, answer.text)
+        else:
+            assert answer.status_code == 403, (action, answer.text)
+            assert b"UnauthorizedOperation" in answer.content, action
+    assert svc.instances.list() == []

@@ -386,3 +386,14 @@ def test_every_ec2_action_declares_its_role(world):
             assert answer.status_code == 403, (action, answer.text)
             assert b"UnauthorizedOperation" in answer.content, action
     assert svc.instances.list() == []
+
+
+def test_a_key_shows_when_it_was_used_and_is_revoked_by_its_key_id(world):
+    """A new user's walk through the docs: the key's "last used" stayed empty, and `gureum token
+    revoke GKIA...` (the id the user has) was not found."""
+    svc, callers, keys = world
+    token = keys["alice"][0]
+    callers["alice"].call("DescribeRegions")
+    assert svc.tenancy.store.token(token.id).last_used_at is not None
+    svc.tenancy.revoke(SUPERUSER, token.access_key_id)
+    assert callers["alice"].call("DescribeRegions")["Error"]["Code"] == "AuthFailure"

@@ -408,7 +408,7 @@ def token_list(fmt: OutputOpt = Format.table) -> None:
     listing(
         call(Client.tokens),
         fmt,
-        ["ID", "USER", "NAME", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
+        ["ID", "USER", "NAME", "AWS KEY", "CREATED", "LAST USED", "EXPIRES", "REVOKED"],
         _token_row,
     )
 
@@ -418,6 +418,7 @@ def _token_row(t: dict[str, Any]) -> list[str]:
         t["id"],
         t["user"],
         t["name"],
+        t.get("access_key_id") or "",
         output.age(t["created_at"]),
         output.age(t["last_used_at"]),
         _expiry(t["expires_at"]),

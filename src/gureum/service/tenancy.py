@@ -92,12 +92,15 @@ class TenancyService:
             raise Unauthenticated("the token has expired; create a new one")
         if user is None:
             raise Unauthenticated("the token's user no longer exists")
-        now = time.monotonic()
-        if now - self._touched.get(token.id, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
-            # "Last used" to the minute: a write per request would serialise every reader.
-            self.store.touch(token.id)
-            self._touched[token.id] = now
+        self._touch(token.id)
         return Principal(name=user.name, user_id=user.id, token_id=token.id)
+
+    def _touch(self, token_id: str) -> None:
+        """ "Last used" to the minute: a write per request would serialise every reader."""
+        now = time.monotonic()
+        if now - self._touched.get(token_id, -TOUCH_EVERY_S) >= TOUCH_EVERY_S:
+            self.store.touch(token_id)
+            self._touched[token_id] = now
 
     def scope(self, principal: Principal, project_ref: str | None) -> Scope:
         """The project a request acts in, and the caller's role there."""
@@ -326,6 +329,7 @@ class TenancyService:
         if user is None or self.keyring is None or token.project_id is None:
             raise Unauthenticated("the access key's user no longer exists")
         secret = self.keyring.open(token.secret_sealed or "")
+        self._touch(token.id)
         return (
             Principal(name=user.name, user_id=user.id, token_id=token.id),
             secret,
@@ -377,7 +381,11 @@ class TenancyService:
         return self.store.tokens(None if principal.superuser else principal.user_id)
 
     def revoke(self, principal: Principal, token_id: str) -> Token:
+        """By its id, or an AWS access key by its key id (``GKIA...``: the id its user has)."""
         token = self.store.token(token_id)
+        if token is None and token_id.startswith(ACCESS_KEY_PREFIX):
+            found = self.store.access_key_holder(token_id)
+            token = found[0] if found else None
         if token is None or not (principal.superuser or token.user_id == principal.user_id):
             raise NotFound(f"no token {token_id!r}")  # another's is as good as missing
         self.store.revoke(token.id)

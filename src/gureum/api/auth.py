@@ -83,12 +83,18 @@ def identify(
 def _with_token(app: Starlette, secret: str) -> Principal:
     svc: Services = app.state.services
     principal = svc.tenancy.authenticate(secret)
+    throttle(app, principal)
+    return principal
+
+
+def throttle(app: Starlette, principal: Principal) -> None:
+    """One request against its token's and its user's buckets (RateLimited when either is
+    empty): every way of calling with a token, EC2's signed requests included."""
     state = app.state
     take_all(
         (state.limiter, principal.token_id or principal.name),
         (state.user_limiter, principal.user_id or principal.name),
     )
-    return principal
 
 
 def _with_session(

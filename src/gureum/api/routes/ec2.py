@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from gureum.api.auth import take_all
+from gureum.api.auth import throttle
 from gureum.api.deps import services
 from gureum.api.ec2 import resources, sigv4, xml
 from gureum.api.ec2.actions import ACTIONS, Context
@@ -108,12 +108,8 @@ def _authenticate(
     url = f"{request.url.scheme}://{headers.get('host', '')}{raw_path}"
     url += f"?{raw_query}" if raw_query else ""
     sigv4.verify(signed, secret, method=request.method, url=url, headers=headers, body=body)
-    state = request.app.state
     try:
-        take_all(
-            (state.limiter, principal.token_id or principal.name),
-            (state.user_limiter, principal.user_id or principal.name),
-        )
+        throttle(request.app, principal)
     except GureumError as exc:
         raise from_gureum(exc) from None
     return principal, project_id

@@ -94,6 +94,12 @@ class Config:
         return self.home / "images"
 
     @property
+    def project_images_dir(self) -> Path:
+        """Images projects made from their VMs: apart from ``images_dir``, whose files every
+        VM's user may read, since each is readable by its own project's VMs alone."""
+        return self.home / "project-images"
+
+    @property
     def instances_dir(self) -> Path:
         return self.home / "instances"
 

@@ -1,8 +1,9 @@
 """The EC2 API with the real clients, unmodified, over HTTPS with the service's certificate: boto3
 launches two tiny VMs with user-data and a key pair, waits with its own waiters, and the guests
 themselves report both; describe with filters and pagination, stop and start, tag, snapshot,
-terminate; a security-group rule added through EC2 opens a port between the two VMs (traffic
-from inside a guest); the AWS CLI lists them; a key of another project sees nothing of them.
+an image of a running VM that boots with the file written in it, terminate; a security-group
+rule added through EC2 opens a port between the two VMs (traffic from inside a guest); the AWS
+CLI lists them; a key of another project sees nothing of them.
 (The signature checks, one by one: tests/unit/test_ec2_api.py.)"""
 
 from __future__ import annotations
@@ -253,6 +254,34 @@ def test_another_projects_key_sees_and_touches_nothing(cloud: Cloud, pair: list[
     with pytest.raises(ClientError) as bad:
         wrong.describe_instances()
     assert bad.value.response["Error"]["Code"] == "AuthFailure"
+
+
+def test_an_image_of_a_running_vm_boots_with_its_files(cloud: Cloud, pair: list[str]) -> None:
+    ec2 = cloud.ec2("ec2-alice")
+    guest(cloud, "e-1", "echo golden-$((6*7)) > /root/mark && sync")
+    made = ec2.create_image(InstanceId=pair[0], Name="golden", Description="e-1 with a mark")
+    ec2.get_waiter("image_available").wait(
+        ImageIds=[made["ImageId"]], WaiterConfig={"Delay": 2, "MaxAttempts": 150}
+    )
+    # e-1 kept running through it (its disk was copied through a snapshot).
+    state = ec2.describe_instances(InstanceIds=[pair[0]])["Reservations"][0]["Instances"][0]
+    assert state["State"]["Name"] == "running"
+    assert made["ImageId"] not in {
+        i["ImageId"] for i in cloud.ec2("ec2-bob").describe_images()["Images"]
+    }
+    run = ec2.run_instances(
+        ImageId=made["ImageId"], InstanceType="t2.nano", MinCount=1, MaxCount=1,
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "Name", "Value": "g"}]}],
+    )  # fmt: skip
+    new = run["Instances"][0]["InstanceId"]
+    ec2.get_waiter("instance_running").wait(
+        InstanceIds=[new], WaiterConfig={"Delay": 2, "MaxAttempts": 120}
+    )
+    assert guest(cloud, "g", "cat /root/mark").strip() == "golden-42"  # what the guest reads
+    ec2.terminate_instances(InstanceIds=[new])
+    ec2.get_waiter("instance_terminated").wait(InstanceIds=[new], WaiterConfig={"Delay": 2})
+    ec2.deregister_image(ImageId=made["ImageId"])
+    assert ec2.describe_images(Owners=["self"])["Images"] == []
 
 
 def test_terminate_and_wait(cloud: Cloud, pair: list[str]) -> None:

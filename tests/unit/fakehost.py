@@ -227,6 +227,16 @@ class FakeHost:
         return {"format": "raw", "virtual_bytes": len(data) << 20, "firmware": "bios",
                 "file": {"file": "disk.qcow2", "bytes": len(data), "sha256": "0" * 64}}  # fmt: skip
 
+    async def capture_image(
+        self, chain: tuple[Path, ...], boot: tuple[Path, Path] | None, folder: Path
+    ) -> dict[str, dict[str, object]]:
+        self._step("capture_image")
+        self.files.add(folder / "disk.qcow2")
+        roles = {"disk": "disk.qcow2"} | (
+            {"kernel": "vmlinuz", "initrd": "initrd.img"} if boot else {}
+        )
+        return {r: {"file": f, "bytes": 1, "sha256": "0" * 64} for r, f in roles.items()}
+
     def remove_image(self, folder: Path) -> None:
         self.files.discard(folder / "disk.qcow2")
 

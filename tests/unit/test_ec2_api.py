@@ -397,3 +397,48 @@ def test_a_key_shows_when_it_was_used_and_is_revoked_by_its_key_id(world):
     assert svc.tenancy.store.token(token.id).last_used_at is not None
     svc.tenancy.revoke(SUPERUSER, token.access_key_id)
     assert callers["alice"].call("DescribeRegions")["Error"]["Code"] == "AuthFailure"
+
+
+def test_create_image_describe_launch_and_deregister(world):
+    svc, callers, _ = world
+    alice, vera, bob = callers["alice"], callers["vera"], callers["bob"]
+    web = run(alice)["Instances"][0]["InstanceId"]
+    made = alice.call("CreateImage", {"InstanceId": web, "Name": "golden", "Description": "base"})
+    ami = made["ImageId"]
+    assert made["status"] == 200 and ami == ids.image_id("golden")
+
+    def own() -> list[dict]:  # type: ignore[type-arg]
+        return alice.call("DescribeImages", {"Owner.1": "self"})["Images"]
+
+    wait_for(lambda: [i["State"] for i in own()] == ["available"], 10, what="the image made")
+    (image,) = own()
+    team_a = svc.tenancy.store.project("team-a").id
+    assert (image["Name"], image["OwnerId"], image["Public"]) == ("golden", team_a, False)
+    assert image["Description"] == "base"
+    everything = {i["ImageId"] for i in alice.call("DescribeImages")["Images"]}
+    assert everything == {ami, ids.image_id("tiny")}
+    launched = alice.call("RunInstances", {"ImageId": ami, "MinCount": "1", "MaxCount": "1"})
+    clone = launched["Instances"][0]["InstanceId"]
+    # Another project: not found anywhere, the name still taken.
+    assert ami not in {i["ImageId"] for i in bob.call("DescribeImages")["Images"]}
+    for action, params in (
+        ("RunInstances", {"ImageId": ami, "MinCount": "1", "MaxCount": "1"}),
+        ("DeregisterImage", {"ImageId": ami}),
+        ("DescribeImages", {"ImageId.1": ami}),
+    ):
+        assert bob.call(action, params)["Error"]["Code"] == "InvalidAMIID.NotFound"
+    bobs = run(bob)["Instances"][0]["InstanceId"]
+    dup = bob.call("CreateImage", {"InstanceId": bobs, "Name": "golden"})
+    assert dup["Error"]["Code"] == "InvalidAMIName.Duplicate"
+    bad = bob.call("CreateImage", {"InstanceId": bobs, "Name": "has space"})
+    assert bad["Error"]["Code"] == "InvalidAMIName.Malformed"
+    assert (
+        vera.call("DeregisterImage", {"ImageId": ami})["Error"]["Code"] == "UnauthorizedOperation"
+    )
+    catalog = alice.call("DeregisterImage", {"ImageId": ids.image_id("tiny")})
+    assert catalog["Error"]["Code"] == "UnauthorizedOperation"
+    assert alice.call("DeregisterImage", {"ImageId": ami})["status"] == 400  # the clone uses it
+    alice.call("TerminateInstances", {"InstanceId.1": clone})
+    gone = alice.call("DeregisterImage", {"ImageId": ami})
+    assert gone["status"] == 200 and gone["Return"] is True
+    assert own() == [] and svc.images.store.get("golden") is None

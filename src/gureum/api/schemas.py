@@ -180,13 +180,25 @@ class ImageOut(BaseModel):
     built_at: float
     boot: str = Field(description="kernel (booted directly) or firmware (the disk's bootloader)")
     default_user: str | None = Field(description="who `gureum ssh` logs in as, if not root")
-    origin: str = Field(description="built, or imported qcow2 / imported raw")
+    origin: str = Field(
+        description="built, imported qcow2 / imported raw, or from instance NAME (ID)"
+    )
     firmware: str | None = Field(
         description="an imported image's: bios (SeaBIOS) or uefi (OVMF) boots its bootloader"
     )
     templates: list[dict[str, Any]] | None = Field(
         None, description="GET of one image: its templates, each with its number of clones"
     )
+    project_id: str | None = Field(
+        None, description="the project whose own image it is; null: the host's catalog"
+    )
+    description: str = ""
+
+
+class ImageIn(Strict):
+    name: str = Field(description="the new image's name (one namespace on the host)")
+    instance: str = Field(description="the VM whose disk becomes the image, running or stopped")
+    description: str = Field("", description="at most 255 printable characters")
 
 
 class TemplateIn(Strict):

@@ -1,4 +1,4 @@
-"""Image commands: build, import, export, list, show, verify, delete."""
+"""Image commands: build, import, create (from a VM), export, list, show, verify, delete."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from gureum.model.hardware import Firmware
 from gureum.units import format_size
 
 app = typer.Typer(
-    help="VM images: built from Debian packages (tiny, debian), or disk image files you import.",
+    help="VM images: built from Debian packages (tiny, debian), disk image files you import, "
+    "or made from a VM (create).",
     no_args_is_help=True,
 )
 Name = Annotated[str, typer.Argument(help="Image name, e.g. tiny.")]
@@ -46,8 +47,8 @@ def build(name: Name, fmt: OutputOpt = Format.table) -> None:
 
 @app.command("list")
 def list_(fmt: OutputOpt = Format.table) -> None:
-    """List built images."""
-    columns = ["NAME", "VERSION", "BOOT", "KERNEL", "DISK", "SIZE", "MADE"]
+    """List the host's images and your projects' own."""
+    columns = ["NAME", "VERSION", "BOOT", "KERNEL", "DISK", "SIZE", "MADE", "PROJECT"]
     listing(call(Client.images), fmt, columns, _image_row)
 
 
@@ -60,6 +61,7 @@ def _image_row(i: dict[str, Any]) -> list[str]:
         f"{i['disk_gib']:g}G",
         format_size(i["size_bytes"]),
         output.age(i["built_at"]) + " ago",
+        i.get("project_id") or "-",  # -: the host's catalog
     ]
 
 
@@ -117,6 +119,27 @@ def template(
     tpl = done["result"]["template"]
     emit(tpl, fmt, f"template {tpl['id']} of {name}: {tpl['cpus']} vCPU, {tpl['memory_mib']} MiB, "
                    f"{tpl['nics']} NIC(s), {format_size(tpl['size_bytes'])} on disk")  # fmt: skip
+
+
+@app.command()
+def create(
+    name: Annotated[str, typer.Argument(help="The new image's name.")],
+    instance: Annotated[
+        str, typer.Option("--from", help="The VM whose disk becomes the image.", show_default=False)
+    ],
+    description: Annotated[str, typer.Option(help="A line about it.")] = "",
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """Make an image of the project's own from one of its VMs, running or stopped (a running
+    one keeps running: its disk is copied through a snapshot). Its members see and launch it
+    (`gureum launch NAME`); nobody else sees it. It counts against the snapshot quota."""
+    with Client() as client:
+        op = client.create_image(name, instance, description)
+        if fmt == Format.table:
+            output.err.print(f"Making image {name} from {instance} (operation {op['id']})")
+        img = output.follow(client, op)["result"]["image"]
+    emit(img, fmt, f"image {name} {img['version']} made from {instance}: "
+                   f"{format_size(img['size_bytes'])} on disk")  # fmt: skip
 
 
 @app.command()
@@ -184,5 +207,6 @@ def export(
 
 @app.command()
 def delete(name: Name, fmt: OutputOpt = Format.table) -> None:
-    """Delete an image (refused while instances use it)."""
+    """Delete an image (refused while instances use it): the host's catalog's by the
+    administrator, a project's own by its members."""
     emit(call(Client.delete_image, name), fmt, f"image {name} deleted")

@@ -412,6 +412,11 @@ class Client:
     def images(self) -> list[dict[str, Any]]:
         return self.request("GET", path("images"))
 
+    def create_image(self, name: str, instance: str, description: str = "") -> dict[str, Any]:
+        """The operation that makes image ``name`` of the project from one of its VMs."""
+        body = {"name": name, "instance": instance, "description": description}
+        return self.request("POST", path("images"), json=body)
+
     def image(self, name: str) -> dict[str, Any]:
         return self.request("GET", path("images", name))
 

@@ -32,6 +32,7 @@ from gureum.engine.qemu.vm import QemuVM, VMEvents, ended_with_power_down
 from gureum.errors import (
     EngineError,
     GureumError,
+    InsufficientCapacity,
     InvalidImage,
     InvalidInput,
     InvalidState,
@@ -250,6 +251,15 @@ def _publish(image_file: Path, images: Path) -> None:
         permissions.public(path)
 
 
+def _grant_private(path: Path, uid: int, home: Path) -> None:
+    """A root-owned file that one VM's user may read, and no one else; its folders below the
+    home crossable (0711), never listable."""
+    home = home.resolve()
+    permissions.crossable(*[p for p in path.resolve().parents if home in p.parents])
+    permissions.root_only(path)
+    permissions.grant_read([path], uid)
+
+
 def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None:
     """Copy a body to ``dest``: at most ``limit`` bytes, and never past ``keep_free`` bytes
     free where it is written (the host's reserve)."""
@@ -262,6 +272,13 @@ def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None
                 raise InvalidImage(f"the image file is over {limit >> 20} MiB: refused")
             room.check(len(chunk))
             out.write(chunk)
+
+
+async def _drop_image_folder(folder: Path) -> None:
+    """A half-made image version's folder, and the image's own if it held only this one."""
+    await asyncio.to_thread(shutil.rmtree, folder, True)
+    with contextlib.suppress(OSError):
+        folder.parent.rmdir()
 
 
 class LocalHostAgent:
@@ -283,14 +300,15 @@ class LocalHostAgent:
         cfg = self.config
         for folder in (
             cfg.home, cfg.run_dir, cfg.instances_dir, cfg.images_dir, cfg.cache_dir,
-            cfg.disks_dir, cfg.snapshots_dir,
+            cfg.disks_dir, cfg.snapshots_dir, cfg.project_images_dir,
         ):  # fmt: skip
             folder.mkdir(parents=True, exist_ok=True)
         # The home and the folders VMs' files are in are 0711 (crossable, not listable: each
         # QEMU runs as its own user and opens its own files by path); all else is 0600/0700.
         permissions.crossable(
-            cfg.home, cfg.run_dir, cfg.disks_dir, cfg.snapshots_dir, cfg.instances_dir
-        )
+            cfg.home, cfg.run_dir, cfg.disks_dir, cfg.snapshots_dir, cfg.instances_dir,
+            cfg.project_images_dir,
+        )  # fmt: skip
         os.chmod(cfg.cache_dir, 0o700)
 
     def first_start_since_boot(self) -> bool:
@@ -397,16 +415,44 @@ class LocalHostAgent:
                 "file": {"file": dest.name, "bytes": dest.stat().st_size, "sha256": digest},
             }
         except BaseException:
-            await asyncio.to_thread(shutil.rmtree, folder, True)
-            with contextlib.suppress(OSError):  # the image's folder, if it held only this one
-                folder.parent.rmdir()
+            await _drop_image_folder(folder)
             raise
         finally:
             self.remove_scratch(scratch)
 
+    async def capture_image(
+        self, chain: tuple[Path, ...], boot: tuple[Path, Path] | None, folder: Path
+    ) -> dict[str, dict[str, object]]:
+        # The flattened disk holds at most the data of every layer of the chain.
+        need = sum(self.disk_bytes(p) for p in chain) + sum(p.stat().st_size for p in boot or ())
+        if need > self._room():
+            raise InsufficientCapacity(
+                f"an image of this disk may take {need / 2**30:.2f} GiB and the host has "
+                f"{max(0, self._room()) / 2**30:.2f} GiB free above its reserve"
+            )
+        folder.mkdir(parents=True)
+        permissions.crossable(folder.parent, folder)  # the project's VMs open files by name
+        try:
+            files = {"disk": folder / "disk.qcow2"}
+            await disks.flatten(chain, files["disk"])
+            if boot is not None:
+                files["kernel"], files["initrd"] = folder / "vmlinuz", folder / "initrd.img"
+                for src, dest in zip(boot, (files["kernel"], files["initrd"]), strict=True):
+                    await asyncio.to_thread(shutil.copyfile, src, dest)
+            facts: dict[str, dict[str, object]] = {}
+            for role, path in files.items():
+                permissions.root_only(path)  # until a VM of the project is given read on it
+                digest = await asyncio.to_thread(sha256_file, path)
+                facts[role] = {"file": path.name, "bytes": path.stat().st_size, "sha256": digest}
+            return facts
+        except BaseException:
+            await _drop_image_folder(folder)
+            raise
+
     def remove_image(self, folder: Path) -> None:
         """An image version's folder (an import's, when its catalog entry could not be made)."""
-        if folder.resolve().parent.parent == self.config.images_dir.resolve():
+        tops = {self.config.images_dir.resolve(), self.config.project_images_dir.resolve()}
+        if folder.resolve().parent.parent in tops:
             _remove(folder)
 
     # -- boot files ------------------------------------------------------------------------------
@@ -801,22 +847,15 @@ class LocalHostAgent:
                 os.chown(entry, uid, uid, follow_symlinks=False)
         permissions.own(spec.root_disk, uid)
         images = cfg.images_dir.resolve()
-        for boot_file in (spec.kernel, spec.initrd):
-            if boot_file is None:  # the firmware boots the disk
+        for shared in (spec.kernel, spec.initrd, *spec.disk_chain[1:]):
+            if shared is None:  # the firmware boots the disk
                 continue
-            if images not in boot_file.resolve().parents:
-                # An imported machine's own boot files (instances/<id>/): its user's alone.
-                permissions.crossable(cfg.instances_dir, boot_file.parent)
-                permissions.root_only(boot_file)
-                permissions.grant_read([boot_file], uid)
-                continue
-            _publish(boot_file, images)
-        for lower in spec.disk_chain[1:]:
-            if images in lower.resolve().parents:
-                _publish(lower, images)  # an image's disk (its folders too: an import's are new)
+            if images in shared.resolve().parents:
+                _publish(shared, images)  # the catalog's (its folders too: an import's are new)
             else:
-                permissions.root_only(lower)
-                permissions.grant_read([lower], uid)
+                # A layer under the VM's top, an imported machine's own boot files, a project's
+                # image: root's, read by the users of the VMs that use them alone.
+                _grant_private(shared, uid, cfg.home)
         if restore_from is not None:
             # QEMU gets sealed copies of the RAM files (``host/sealed_ram.py``) and the state
             # as an fd: the saved files are root's alone.

@@ -212,6 +212,16 @@ class HostAgent(Protocol):
         ``uefi``, what its first sectors show). InvalidImage when it is not a
         bootable qcow2 or raw disk of at most ``max_bytes``; nothing is left on failure."""
 
+    async def capture_image(
+        self, chain: tuple[Path, ...], boot: tuple[Path, Path] | None, folder: Path
+    ) -> dict[str, dict[str, object]]:
+        """A new image version's ``folder`` from an instance's disk: the chain (top first, as
+        the store records it) flattened into a standalone ``disk.qcow2``, and the kernel and
+        initramfs it boots copied beside it when it boots them directly. Returns the files by
+        role (``disk``, ``kernel``, ``initrd``) as ``{file, bytes, sha256}``.
+        InsufficientCapacity when the copy could eat into the host's reserve; nothing is left
+        on failure."""
+
     def remove_image(self, folder: Path) -> None: ...
 
     # -- boot files ------------------------------------------------------------------------------

@@ -23,6 +23,10 @@ class Image:
     origin: str = "built"  # "built", or "imported qcow2" / "imported raw"
     # Imported images: what boots their disk's own bootloader, "bios" (SeaBIOS) or "uefi" (OVMF).
     firmware: str | None = None
+    # Images a project made from its instances are its own (seen and launched by its members
+    # only); None: the host's catalog, which every user sees.
+    project_id: str | None = None
+    description: str = ""
 
     @property
     def boot(self) -> str:
@@ -50,4 +54,6 @@ class Image:
             "default_user": self.default_user,
             "origin": self.origin,
             "firmware": self.firmware,
+            "project_id": self.project_id,
+            "description": self.description,
         }

@@ -37,7 +37,6 @@ from gureum.model.snapshot import Snapshot
 from gureum.service.creation import Creator, Draft, Reverter
 from gureum.service.disks import DiskLayers
 from gureum.service.instances import (
-    INTERNAL_SNAPSHOT_PREFIX,
     MAX_DISK_BYTES,
     InstanceService,
     check_cpus,
@@ -45,7 +44,7 @@ from gureum.service.instances import (
 )
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
-from gureum.service.operations import OpContext, OperationManager, Quiet
+from gureum.service.operations import OpContext, OperationManager
 from gureum.service.secgroups import SecGroupService
 from gureum.service.snapshots import SnapshotService
 from gureum.service.transfers import UPLOAD_IDLE_S, UPLOAD_MIN_BYTES, Transfers
@@ -107,10 +106,7 @@ class BackupService:
     async def _prepare(
         self, inst: Instance, memory: bool, work: Path
     ) -> tuple[dict[str, Path], dict[str, Any]]:
-        name = f"{INTERNAL_SNAPSHOT_PREFIX}export-{secrets.token_hex(3)}"
-        await self.snapshots.create_now(inst.id, name, memory, Quiet(), internal=True)
-        try:
-            _, snap = self.snapshots.get(inst.id, name)
+        async with self.snapshots.internal(inst.id, "export", memory=memory) as snap:
             files = {"disk.qcow2": work / "disk.qcow2"}
             await self.host.flatten_disk(self.disks.chain(snap.layer), work / "disk.qcow2")
             boot = self.disks.boot_files(inst)
@@ -132,8 +128,6 @@ class BackupService:
                 "exported_at": time.time(),
             }
             return files, config
-        finally:
-            await self.snapshots.delete(inst.id, name)
 
     async def _stream(
         self,

@@ -20,6 +20,7 @@ from gureum.service.disks import DiskLayers
 from gureum.service.events import EventBus
 from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
+from gureum.service.image_capture import ImageCapture
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
 from gureum.service.keypairs import KeyPairService
@@ -79,6 +80,7 @@ class Services:
     events: EventBus
     metrics: MetricsService
     tags: TagService
+    capture: ImageCapture
     _lock_fd: int | None = None
 
     @classmethod
@@ -117,8 +119,9 @@ class Services:
             keyring=ServiceKey(config.home / "keys" / "service.key"),
         )
         quotas = QuotaService(
-            tenancy_store, instance_store, snapshot_store, network_store, layer_store, host
-        )
+            tenancy_store, instance_store, snapshot_store, network_store, layer_store,
+            image_store, host,
+        )  # fmt: skip
         networks = NetworkService(host, network_store, instance_store, quotas)
         secgroups = SecGroupService(network_store, networks)
         forwards = ForwardService(networks, min_host_port=config.forward_min_host_port)
@@ -161,6 +164,7 @@ class Services:
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
         )
+        capture = ImageCapture(images, instances, snapshots, disks, admission, quotas, ops, host)
         tags = TagService(TagStore(db))
         metrics = MetricsService(
             instance_store, tenancy_store, quotas, admission, host, config.metrics_interval_s
@@ -188,6 +192,7 @@ class Services:
             events,
             metrics,
             tags,
+            capture,
         )
 
     def lock_home(self) -> None:

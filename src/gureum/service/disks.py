@@ -48,6 +48,11 @@ class DiskLayers:
         self.host = host
 
     def image_folder(self, inst: Instance) -> Path:
+        """The folder of the image version the instance was made from: where the store says it
+        is (a project's own image is apart from the catalog), else where the catalog keeps it."""
+        image = self.images.get(inst.spec.image)
+        if image is not None and image.version == inst.image_version:
+            return Path(image.path)
         return Path(self.config.images_dir) / inst.spec.image / inst.image_version
 
     def image_disk(self, inst: Instance) -> Path:

@@ -7,7 +7,7 @@ import builtins
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import replace
 from pathlib import Path
 
@@ -30,6 +30,12 @@ USER_NAME = re.compile(r"[a-z_][a-z0-9_-]{0,31}")
 SYSTEM = "images"  # the catalog's transfers count apart from any project's
 
 
+def visible(image: Image, projects: Collection[str] | None) -> bool:
+    """Whether a caller in ``projects`` (None: the service or the administrator) sees the
+    image: the host's catalog is everyone's, a project's image its members' alone."""
+    return projects is None or image.project_id is None or image.project_id in projects
+
+
 class ImageService:
     def __init__(
         self,
@@ -46,14 +52,19 @@ class ImageService:
         self.ops = ops
         self.host = host
         self.transfers = transfers
-        self._importing: set[str] = set()  # names whose import is under way
+        # Names being made, not in the store yet (an import, a capture) -> the project making
+        # it (None: the host's catalog).
+        self._reserved: dict[str, str | None] = {}
 
-    def list(self) -> list[Image]:
-        return self.store.list()
+    def list(self, projects: Collection[str] | None = None) -> list[Image]:
+        """The catalog and the images of ``projects`` (None: every image)."""
+        return [i for i in self.store.list() if visible(i, projects)]
 
-    def get(self, name: str) -> Image:
+    def get(self, name: str, projects: Collection[str] | None = None) -> Image:
+        """The image ``name`` as a caller in ``projects`` sees it (None: the service itself):
+        another project's image is not found, as if it did not exist."""
         image = self.store.get(name)
-        if image is None:
+        if image is None or not visible(image, projects):
             hint = (
                 f"; build it with `gureum image build {name}`"
                 if name in recipes.DESCRIPTIONS
@@ -109,18 +120,14 @@ class ImageService:
         checked before anything is kept (``HostAgent.import_image``) and put in the catalog
         under ``name``, with a version of its own and the checksum of the stored disk.
         ``firmware`` (bios, uefi) overrides what the disk's first sectors show."""
-        check_name(name, what="image name")
-        if name in recipes.DESCRIPTIONS:
-            raise InvalidInput(f"{name!r} is an image gureum builds: give the import another name")
+        self.check_new_name(name)
         if default_user is not None and not USER_NAME.fullmatch(default_user):
             raise InvalidInput(f"{default_user!r} is not a Linux user name")
         if firmware is not None and firmware not in FIRMWARES:
             raise InvalidInput(f"firmware is one of {', '.join(FIRMWARES)}, not {firmware!r}")
-        if self.store.get(name) is not None or name in self._importing:
-            raise Conflict(f"an image named {name!r} already exists; delete it first")
         release = self.transfers.take(SYSTEM)
-        self._importing.add(name)  # no await from the check to here: one import per name
-        folder = self.config.images_dir / name / secrets.token_hex(6)
+        unreserve = self.reserve(name, None)  # no await from the check to here
+        folder = self.new_folder(name)
         try:
             facts = await self.host.import_image(
                 body, folder, max_bytes=self.config.image_import_max_bytes,
@@ -145,8 +152,43 @@ class ImageService:
                 raise
             return image
         finally:
-            self._importing.discard(name)
+            unreserve()
             release()
+
+    # -- names -----------------------------------------------------------------------------------
+    def check_new_name(self, name: str) -> None:
+        """Refuse a name a new image cannot take. Image names are one namespace on the host,
+        the catalog's and every project's (as bucket names are in S3): a name another project
+        took is refused too, without saying more than that it is taken."""
+        check_name(name, what="image name")
+        if name in recipes.DESCRIPTIONS:
+            raise InvalidInput(f"{name!r} is an image gureum builds: choose another name")
+        if self.store.get(name) is not None or name in self._reserved:
+            raise Conflict(
+                f"an image named {name!r} already exists (image names are one namespace on "
+                "the host); choose another"
+            )
+
+    def reserve(self, name: str, project_id: str | None) -> Callable[[], None]:
+        """Hold ``name`` for an image being made (checked with ``check_new_name`` just before,
+        with no await between); returns the release."""
+        self.check_new_name(name)
+        self._reserved[name] = project_id
+
+        def release() -> None:
+            self._reserved.pop(name, None)
+
+        return release
+
+    def pending(self, project_id: str) -> builtins.list[str]:
+        """The names of the images the project is making."""
+        return sorted(n for n, p in self._reserved.items() if p == project_id)
+
+    def new_folder(self, name: str, project_id: str | None = None) -> Path:
+        """Where a new version of image ``name`` goes (its version is the folder's name): a
+        project's own images apart from the catalog, whose files every VM may read."""
+        top = self.config.images_dir if project_id is None else self.config.project_images_dir
+        return top / name / secrets.token_hex(6)
 
     def default_user(self, name: str) -> str:
         """Who ``gureum ssh`` logs in as on the image's VMs: an imported image's recorded user,

@@ -169,7 +169,7 @@ class InstanceService:
         check_name(req.name, what="instance name")
         check_cpus(req.cpus)
         check_memory(req.memory_mib)
-        image = self.images.get(req.image)
+        image = self.images.get(req.image, (project_id,))
         disk = image.disk_virtual_bytes if req.disk_bytes is None else req.disk_bytes
         if disk < image.disk_virtual_bytes:
             raise InvalidInput(
@@ -204,8 +204,9 @@ class InstanceService:
             keys.append(checked)
         if req.container and image.origin != "built":
             raise InvalidInput(
-                f"image {image.name} was imported ({image.origin}): a container runs only the "
-                "files of an image gureum built, which it unpacks from the image's own disk"
+                f"image {image.name} is not one gureum built ({image.origin}): a container runs "
+                "only the files of an image gureum built, which it unpacks from the image's own "
+                "disk (a tenant's disk is never unpacked on the host)"
             )
         spec = InstanceSpec(req.name, req.image, req.cpus, req.memory_mib, whole_mib(disk))
         return spec, image, tuple(keys)

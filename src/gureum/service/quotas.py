@@ -17,6 +17,7 @@ from gureum.host.interface import HostAgent
 from gureum.model.instance import Instance
 from gureum.model.tenancy import QUOTAS, Project
 from gureum.service.holds import Holds
+from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 from gureum.store.networks import NetworkStore
@@ -37,6 +38,7 @@ class QuotaService:
         snapshots: SnapshotStore,
         networks: NetworkStore,
         layers: LayerStore,
+        images: ImageStore,
         host: HostAgent,
     ) -> None:
         self.tenancy = tenancy
@@ -44,6 +46,7 @@ class QuotaService:
         self.snapshots = snapshots
         self.networks = networks
         self.layers = layers
+        self.images = images
         self.host = host
         self._names: dict[str, str] = {}
         self.held = Holds()  # by project id
@@ -59,7 +62,8 @@ class QuotaService:
 
     def allocated(self, project_id: str) -> dict[str, int]:
         counts = self.instances.allocated(project_id)
-        counts["snapshots"] = self.snapshots.count(project_id)
+        # An image the project made is a saved disk, as a snapshot is.
+        counts["snapshots"] = self.snapshots.count(project_id) + self.images.count(project_id)
         counts["networks"] = len(self.networks.networks(project_id))
         counts["forwards"] = self.networks.forward_count(project_id)
         return counts

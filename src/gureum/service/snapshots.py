@@ -19,7 +19,9 @@ breaks a chain: layers another disk builds on (the VM's own, a clone's) stay unt
 from __future__ import annotations
 
 import contextlib
+import secrets
 import time
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from functools import partial
 
@@ -37,7 +39,7 @@ from gureum.service.disks import DiskLayers
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
-from gureum.service.operations import OperationManager, Reporter
+from gureum.service.operations import OperationManager, Quiet, Reporter
 from gureum.service.quotas import QuotaService
 from gureum.service.secgroups import SecGroupService
 from gureum.store.layers import SnapshotStore
@@ -123,6 +125,19 @@ class SnapshotService:
             raise InvalidState(
                 f"a memory snapshot needs a running VM; {inst.name} is {inst.state.value}"
             )
+
+    @contextlib.asynccontextmanager
+    async def internal(
+        self, instance_id: str, purpose: str, *, memory: bool = False
+    ) -> AsyncIterator[Snapshot]:
+        """A snapshot taken for the service's own work on a copy of the instance (a backup
+        export, an image), running or not, and deleted when that work is done."""
+        name = f"{INTERNAL_SNAPSHOT_PREFIX}{purpose}-{secrets.token_hex(3)}"
+        await self.create_now(instance_id, name, memory, Quiet(), internal=True)
+        try:
+            yield self.get(instance_id, name)[1]
+        finally:
+            await self.delete(instance_id, name)
 
     async def create_now(
         self, instance_id: str, name: str, memory: bool, ctx: Reporter, *, internal: bool = False

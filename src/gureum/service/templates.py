@@ -160,7 +160,8 @@ class TemplateService:
         image and the launch asked for the image's own disk size; why not, in the log."""
         image = self.images.store.get(req.image)
         shape = shape_of(req)
-        if image is None or req.disk_bytes is not None:
+        # Templates are of the host's catalog: a project's image is its project's alone.
+        if image is None or image.project_id is not None or req.disk_bytes is not None:
             return
         key = (image.name, image.version, shape)
         tried = [k for k in self._auto_made if k[:2] == key[:2]]
@@ -182,8 +183,9 @@ class TemplateService:
     # -- making and removing ---------------------------------------------------------------------
     def make(self, image_name: str, cpus: int, memory_mib: int, nics: int = 1) -> Operation:
         """Boot the image once in the templates project, let it settle, save it running, and
-        keep the saved machine as the image's template of this shape (an operation)."""
-        image = self.images.get(image_name)
+        keep the saved machine as the image's template of this shape (an operation). Of the
+        host's catalog only: a project's own image is refused, as if it did not exist."""
+        image = self.images.get(image_name, (TEMPLATES_PROJECT,))
         if not 0 <= nics <= MAX_TEMPLATE_NICS:
             raise InvalidInput(f"a template has 0 to {MAX_TEMPLATE_NICS} NICs, not {nics}")
         shape = Shape(cpus, memory_mib, nics)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from sqlalchemy import RowMapping, delete, insert, select
+from sqlalchemy import RowMapping, delete, func, insert, select
 
 from gureum.model.hardware import BIOS
 from gureum.model.image import Image
@@ -27,6 +27,8 @@ def _from_row(row: RowMapping) -> Image:
         origin=row["origin"] or "built",
         # Imported before UEFI was told apart: every such image was booted by SeaBIOS.
         firmware=row["firmware"] or (BIOS if "disk" in files and "kernel" not in files else None),
+        project_id=row["project_id"],
+        description=row["description"] or "",
     )
 
 
@@ -51,6 +53,8 @@ class ImageStore:
                     default_user=image.default_user,
                     origin=image.origin,
                     firmware=image.firmware,
+                    project_id=image.project_id,
+                    description=image.description,
                 )
             )
 
@@ -62,6 +66,12 @@ class ImageStore:
     def list(self) -> list[Image]:
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(select(t).order_by(t.c.name)).mappings()]
+
+    def count(self, project_id: str) -> int:
+        """How many images the project made (they count against its snapshot quota)."""
+        query = select(func.count()).select_from(t).where(t.c.project_id == project_id)
+        with self.db.read() as conn:
+            return int(conn.execute(query).scalar_one())
 
     def delete(self, name: str) -> None:
         with self.db.begin() as conn:

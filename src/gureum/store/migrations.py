@@ -431,6 +431,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE INDEX tags_project ON tags (project_id)",
         ],
     ),
+    (
+        20,
+        "images a project made from its instances: theirs alone (NULL: the host's catalog)",
+        [
+            "ALTER TABLE images ADD COLUMN project_id TEXT",
+            "ALTER TABLE images ADD COLUMN description TEXT",
+        ],
+    ),
 ]
 
 

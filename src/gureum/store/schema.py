@@ -107,6 +107,8 @@ images = Table(
     Column("default_user", Text),
     Column("origin", Text),
     Column("firmware", Text),
+    Column("project_id", Text),
+    Column("description", Text),
 )
 
 networks = Table(

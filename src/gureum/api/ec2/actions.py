@@ -16,6 +16,7 @@ from gureum.api.ec2 import ids
 from gureum.api.ec2.errors import Ec2Error, from_gureum, invalid
 from gureum.api.ec2.query import Params
 from gureum.errors import GureumError
+from gureum.model.image import Image
 from gureum.model.operation import Operation
 from gureum.model.tenancy import Role, Scope
 from gureum.service.core import Services
@@ -280,10 +281,11 @@ async def describe_instance_status(ctx: Context) -> dict[str, Any]:
     return {"instanceStatusSet": page, "nextToken": token}
 
 
-def _image_name(ctx: Context, ami: str) -> str:
-    for image in ctx.svc.images.list():
+def image_named(ctx: Context, ami: str) -> Image:
+    """The image of an ``ami-`` id among those the caller's project sees."""
+    for image in ctx.svc.images.list((ctx.project_id,)):
         if ids.image_id(image.name) == ami:
-            return image.name
+            return image
     raise Ec2Error("InvalidAMIID.NotFound", f"The image id '[{ami[:40]}]' does not exist")
 
 
@@ -303,7 +305,7 @@ def _groups(ctx: Context) -> tuple[str, ...]:
 async def run_instances(ctx: Context) -> dict[str, Any]:
     p = ctx.params
     ctx.need(Role.MEMBER)
-    image = _image_name(ctx, p.required("ImageId"))
+    image = image_named(ctx, p.required("ImageId")).name
     kind = p.get("InstanceType") or "t2.micro"
     if kind not in TYPES:
         raise invalid("InstanceType", kind[:40], f"Supported: {', '.join(TYPES)}.")
@@ -483,33 +485,6 @@ async def describe_instance_types(ctx: Context) -> dict[str, Any]:
     }
 
 
-async def describe_images(ctx: Context) -> dict[str, Any]:
-    ctx.need(Role.VIEWER)
-    wanted = set(ctx.params.list("ImageId"))
-    images = [
-        {
-            "imageId": ids.image_id(i.name),
-            "name": i.name,
-            "imageState": "available",
-            "imageOwnerId": "gureum",
-            "isPublic": True,
-            "architecture": "x86_64",
-            "imageType": "machine",
-            "rootDeviceType": "ebs",
-            "rootDeviceName": "/dev/vda",
-            "virtualizationType": "hvm",
-            "hypervisor": "qemu",
-            "description": f"{i.name} {i.version} ({i.origin})",
-            "creationDate": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(i.built_at)),
-        }
-        for i in ctx.svc.images.list()
-    ]
-    missing = wanted - {i["imageId"] for i in images}
-    if missing:
-        raise Ec2Error("InvalidAMIID.NotFound", f"The image id '{sorted(missing)}' does not exist")
-    return {"imagesSet": [i for i in images if not wanted or i["imageId"] in wanted]}
-
-
 async def describe_regions(ctx: Context) -> dict[str, Any]:
     ctx.need(Role.VIEWER)
     return {
@@ -547,7 +522,6 @@ ACTIONS: dict[str, Callable[[Context], Awaitable[dict[str, Any]]]] = {
     "TerminateInstances": terminate_instances,
     "ModifyInstanceAttribute": modify_instance_attribute,
     "DescribeInstanceTypes": describe_instance_types,
-    "DescribeImages": describe_images,
     "DescribeRegions": describe_regions,
     "DescribeAvailabilityZones": describe_availability_zones,
 }

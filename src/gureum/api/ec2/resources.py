@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fnmatch
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -15,9 +16,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gureum.api.ec2 import ids
-from gureum.api.ec2.actions import Context, finished
+from gureum.api.ec2.actions import Context, finished, image_named
 from gureum.api.ec2.errors import Ec2Error, from_gureum, invalid
-from gureum.errors import GureumError
+from gureum.errors import Conflict, GureumError
+from gureum.model.image import Image
 from gureum.model.instance import Instance
 from gureum.model.network import Rule
 from gureum.model.snapshot import Snapshot
@@ -420,6 +422,103 @@ async def delete_snapshot(ctx: Context) -> dict[str, Any]:
     raise Ec2Error("InvalidSnapshot.NotFound", f"The snapshot '{wanted[:40]}' does not exist.")
 
 
+# -- images ----------------------------------------------------------------------------------------
+CATALOG_OWNER = "gureum"  # the owner id of the host's catalog; a project's images have its id
+
+
+def _image_xml(image: Image | None, name: str, project_id: str | None) -> dict[str, Any]:
+    """An image in EC2's shape; ``image`` None: one being made (``pending``)."""
+    made = image.built_at if image else time.time()
+    description = image.description if image else ""
+    if image and not description:
+        description = f"{image.name} {image.version} ({image.origin})"
+    return {
+        "imageId": ids.image_id(name),
+        "name": name,
+        "imageState": "available" if image else "pending",
+        "imageOwnerId": project_id or CATALOG_OWNER,
+        "isPublic": project_id is None,
+        "architecture": "x86_64",
+        "imageType": "machine",
+        "rootDeviceType": "ebs",
+        "rootDeviceName": "/dev/vda",
+        "virtualizationType": "hvm",
+        "hypervisor": "qemu",
+        "description": description,
+        "creationDate": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(made)),
+    }
+
+
+async def describe_images(ctx: Context) -> dict[str, Any]:
+    """The host's catalog and the project's own images, those being made as ``pending``."""
+    ctx.need(Role.VIEWER)
+    p = ctx.params
+    images = [_image_xml(i, i.name, i.project_id) for i in ctx.svc.images.list((ctx.project_id,))]
+    images += [_image_xml(None, n, ctx.project_id) for n in ctx.svc.images.pending(ctx.project_id)]
+    owners = {ctx.project_id if o == "self" else o for o in p.list("Owner")}
+    filters = p.filters()
+    unknown = set(filters) - {"image-id", "name", "state", "owner-id", "is-public"}
+    if unknown:
+        raise invalid("Filter", sorted(unknown)[0][:60],
+                      "Filters: image-id, name, state, owner-id, is-public.")  # fmt: skip
+    found = []
+    for i in images:
+        fields = {
+            "image-id": i["imageId"],
+            "name": i["name"],
+            "state": i["imageState"],
+            "owner-id": i["imageOwnerId"],
+            "is-public": str(i["isPublic"]).lower(),
+        }
+        if owners and i["imageOwnerId"] not in owners:
+            continue
+        if all(any(fnmatch.fnmatchcase(fields[n], v) for v in vs) for n, vs in filters.items()):
+            found.append(i)
+    wanted = set(p.list("ImageId"))
+    missing = wanted - {i["imageId"] for i in images}
+    if missing:
+        raise Ec2Error("InvalidAMIID.NotFound", f"The image id '{sorted(missing)}' does not exist")
+    return {"imagesSet": [i for i in found if not wanted or i["imageId"] in wanted]}
+
+
+async def create_image(ctx: Context) -> dict[str, Any]:
+    """An image of the project's own from one of its instances, answered at once with its id:
+    DescribeImages shows it ``pending`` until it is made. The instance is never rebooted
+    (``NoReboot`` or not): its disk is copied through a snapshot taken with its filesystems
+    frozen where its agent answers."""
+    ctx.need(Role.MEMBER)
+    p = ctx.params
+    instance_id = ids.parse(p.required("InstanceId"), "i")
+    name = p.required("Name")
+    try:
+        ctx.svc.images.check_new_name(name)
+    except Conflict as exc:
+        raise Ec2Error("InvalidAMIName.Duplicate", exc.message) from None
+    except GureumError as exc:
+        raise Ec2Error("InvalidAMIName.Malformed", exc.message) from None
+    await _guarded(
+        ctx.svc.capture.capture(instance_id, name, ctx.project_id, p.get("Description") or ""),
+        "InvalidInstanceID.NotFound",
+    )
+    return {"imageId": ids.image_id(name)}
+
+
+async def deregister_image(ctx: Context) -> dict[str, Any]:
+    """Delete one of the project's own images (refused while instances use it); the host's
+    catalog is its administrator's, through gureum's own API."""
+    ctx.need(Role.MEMBER)
+    image = image_named(ctx, ctx.params.required("ImageId"))
+    if image.project_id is None:
+        raise Ec2Error(
+            "UnauthorizedOperation",
+            f"You are not authorized to deregister {ids.image_id(image.name)}: it is the "
+            "host's, not your project's",
+            403,
+        )
+    await _guarded(ctx.svc.templates.delete_image(image.name), "InvalidAMIID.NotFound")
+    return {"return": True}
+
+
 # -- tags ------------------------------------------------------------------------------------------
 def _tagged(ctx: Context) -> list[str]:
     """``ResourceId.N`` as gureum ids of the project's resources (another project's, or none:
@@ -532,4 +631,7 @@ ACTIONS = {
     "CreateSnapshot": create_snapshot,
     "DescribeSnapshots": describe_snapshots,
     "DeleteSnapshot": delete_snapshot,
+    "DescribeImages": describe_images,
+    "CreateImage": create_image,
+    "DeregisterImage": deregister_image,
 }

@@ -9,14 +9,15 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import FileResponse, JSONResponse
 
 from gureum.api.accepted import accepted, starts_operation
-from gureum.api.auth import AnyUser, Super
+from gureum.api.auth import AnyUser, Member, Super, enter
 from gureum.api.deps import services
 from gureum.api.errors import COMMON_RESPONSES
-from gureum.api.schemas import ImageOut, TemplateIn, TemplatesRemovedOut
+from gureum.api.schemas import ImageIn, ImageOut, TemplateIn, TemplatesRemovedOut
 from gureum.model.hardware import Firmware
 from gureum.model.image import Image
-from gureum.model.tenancy import Principal
+from gureum.model.tenancy import Principal, Role
 from gureum.service.core import Services
+from gureum.service.tenancy import TenancyService
 
 router = APIRouter(prefix="/v1/images", tags=["images"], responses=COMMON_RESPONSES)
 Svc = Annotated[Services, Depends(services)]
@@ -30,16 +31,38 @@ def _view(image: Image, who: Principal) -> dict[str, object]:
     return view
 
 
+def _projects(svc: Services, who: Principal) -> set[str] | None:
+    """The projects whose own images the caller sees (None: all, the administrator)."""
+    return None if who.superuser else {p.id for p, _ in svc.tenancy.projects(who)}
+
+
+def _visible(svc: Services, image: str, who: Principal) -> Image:
+    """The image if the caller may see it: another project's image is not found (404)."""
+    return svc.images.get(image, _projects(svc, who))
+
+
 @router.get("", response_model=list[ImageOut], openapi_extra={"x-gureum-role": "user"})
 async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
-    return [_view(i, who) for i in svc.images.list()]
+    """The host's catalog and the images of the caller's projects."""
+    return [_view(i, who) for i in svc.images.list(_projects(svc, who))]
 
 
 @router.get("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
 async def get_image(image: str, svc: Svc, who: AnyUser) -> dict[str, object]:
     """The catalog entry, and the image's templates (each with how many clones it has)."""
+    found = _visible(svc, image, who)
     templates = svc.templates.list(image, detail=who.superuser)
-    return {**_view(svc.images.get(image), who), "templates": templates}
+    return {**_view(found, who), "templates": templates}
+
+
+@starts_operation(router, "", "member")
+async def create_image(body: ImageIn, svc: Svc, scope: Member) -> JSONResponse:
+    """An image of the project's own from one of its VMs, running (it keeps running: its disk
+    is copied through a snapshot) or stopped; the operation's result is ``{image}``. The
+    image is seen and launched by the project's members alone, and counts against its
+    snapshot quota. Names are one namespace on the host: a taken one is refused (409)."""
+    op = await svc.capture.capture(body.instance, body.name, scope.project_id, body.description)
+    return accepted(op)
 
 
 @starts_operation(router, "/{image}/template", "superuser")
@@ -117,7 +140,14 @@ async def remove_templates(image: str, svc: Svc, _: Super) -> dict[str, object]:
     return {"image": image, "removed": await svc.templates.remove(image)}
 
 
-@router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "superuser"})
-async def delete_image(image: str, svc: Svc, _: Super) -> dict[str, object]:
-    """The image, its files and its templates; refused while instances use it (409)."""
+@router.delete("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})
+async def delete_image(image: str, request: Request, svc: Svc, who: AnyUser) -> dict[str, object]:
+    """The image, its files and its templates; refused while instances use it (409). The
+    host's catalog is the administrator's; a project's own image its members' (a viewer of it
+    403, anyone else 404)."""
+    found = _visible(svc, image, who)
+    if found.project_id is None:
+        TenancyService.require_superuser(who)
+    else:
+        enter(request, who, found.project_id, Role.MEMBER)
     return (await svc.templates.delete_image(image)).to_dict()

@@ -244,6 +244,7 @@ async def delete_project(project: str, svc: Svc, _: Super) -> dict[str, object]:
     in_use = [f"instance {i.name}" for i in svc.instances.list(target.id)]
     in_use += [f"network {n.name}" for n in nets if n.name != DEFAULT_NETWORK]
     in_use += [f"security group {g.name}" for g in groups if g.name != DEFAULT_GROUP]
+    in_use += [f"image {i.name}" for i in svc.images.list((target.id,)) if i.project_id]
     svc.tenancy.deletable(project, in_use)
     for net in nets:
         await svc.networks.delete(net.id, target.id)

@@ -36,13 +36,7 @@ def fake_services(
 def finish(root: TestClient, svc: Services, op_id: str) -> Operation:
     """Wait, on the app's own event loop, for an operation to end; the ended operation."""
 
-    async def done() -> Operation:
-        op = await svc.ops.wait(op_id, timeout=5)
-        while not op.done:
-            op = await svc.ops.wait(op_id, timeout=5, progress_after=len(op.progress))
-        return op
-
-    return root.portal.call(done)  # type: ignore[union-attr]  # portal: set by the context manager
+    return root.portal.call(svc.ops.finished, op_id, 30)  # type: ignore[union-attr]  # portal: set by the context manager
 
 
 def launch(root: TestClient, svc: Services, name: str, image: str, **body: object) -> dict:

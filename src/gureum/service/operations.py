@@ -15,7 +15,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
-from gureum.errors import GureumError, NotFound
+from gureum.errors import GureumError, NotFound, Timeout
 from gureum.ids import new_id
 from gureum.model.operation import Operation, OpStatus, Progress
 from gureum.service.events import EventBus
@@ -200,6 +200,17 @@ class OperationManager:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(event.wait(), timeout)
         return self.get(op_id)
+
+    async def finished(self, op_id: str, timeout: float) -> Operation:
+        """The operation once it has ended; Timeout if it has not within ``timeout`` s."""
+        deadline = time.monotonic() + timeout
+        op = self.get(op_id)
+        while not op.done:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Timeout(f"operation {op_id} did not finish in {timeout:g} s")
+            op = await self.wait(op_id, timeout=min(left, 5), progress_after=len(op.progress))
+        return op
 
     async def shutdown(self) -> None:
         for task in list(self._tasks):

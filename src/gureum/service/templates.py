@@ -244,11 +244,10 @@ class TemplateService:
         return tpl
 
     async def _finished(self, op: Operation) -> None:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while not op.done:
-            if time.monotonic() > deadline:
-                raise Timeout(f"the template's boot did not finish in {LAUNCH_TIMEOUT_S:g} s")
-            op = await self.ops.wait(op.id, timeout=5, progress_after=len(op.progress))
+        try:
+            op = await self.ops.finished(op.id, LAUNCH_TIMEOUT_S)
+        except Timeout:
+            raise Timeout(f"the template's boot did not finish in {LAUNCH_TIMEOUT_S:g} s") from None
         if op.error is not None:
             raise EngineError(f"the template's boot failed: {op.error.get('message')}")
 

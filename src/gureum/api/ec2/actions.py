@@ -17,13 +17,14 @@ from gureum.api.ec2.errors import Ec2Error, from_gureum, invalid
 from gureum.api.ec2.query import Params
 from gureum.errors import GureumError
 from gureum.model.image import Image
-from gureum.model.operation import Operation
 from gureum.model.tenancy import Role, Scope
 from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
 
 AVAILABILITY_ZONE_SUFFIX = "a"
-TERMINATED_KEPT_S = 3600.0  # as EC2 shows a terminated instance for about an hour
+TERMINATED_KEPT_S = 3600.0
+# EC2 answers when the work is done for the few actions whose work is short (a snapshot, a resize).
+OP_TIMEOUT_S = 600.0  # as EC2 shows a terminated instance for about an hour
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,11 @@ STATES = {  # gureum state -> EC2 (code, name)
     "crashed": (80, "stopped"),
     "error": (80, "stopped"),
 }
+
+
+def ec2_state(state: str) -> tuple[int, str]:
+    """EC2's (code, name) of a gureum state (any other: stopped, as EC2 has no word for it)."""
+    return STATES.get(state, (80, "stopped"))
 
 
 def type_of(cpus: int, memory_mib: int) -> str:
@@ -105,11 +111,12 @@ class Context:
     def resources(self) -> dict[str, str]:
         """Every taggable resource of the project: gureum id -> EC2 id."""
         svc, project = self.svc, self.project_id
-        out = {i.id: ids.to_ec2("i", i.id) for i in svc.instances.list(project)}
+        instances = svc.instances.list(project)
+        out = {i.id: ids.to_ec2("i", i.id) for i in instances}
         out |= {g.id: ids.to_ec2("sg", g.id) for g in svc.secgroups.list(project)}
         out |= {k.id: ids.to_ec2("key", k.id) for k in svc.keypairs.list(project)}
         out |= {n.id: ids.to_ec2("vpc", n.id) for n in svc.networks.list(project)}
-        for inst in svc.instances.list(project):
+        for inst in instances:
             out |= {s.id: ids.to_ec2("snap", s.id) for s in svc.snapshots.list(inst.id, project)}
         return out
 
@@ -124,9 +131,7 @@ class Context:
 
 
 def _instance_xml(ctx: Context, view: dict[str, Any], state: str | None = None) -> dict[str, Any]:
-    code, name = (
-        (48, "terminated") if state == "terminated" else STATES.get(view["state"], (80, "stopped"))
-    )
+    code, name = (48, "terminated") if state == "terminated" else ec2_state(view["state"])
     nic = (view.get("nics") or [{}])[0]
     network = ctx.network_ids.get(nic.get("network", ""))
     return {
@@ -163,15 +168,6 @@ def _instance_xml(ctx: Context, view: dict[str, Any], state: str | None = None) 
         + [{"key": k, "value": v} for k, v in ctx.tags.get(view["id"], {}).items() if k != "Name"],
         "cpuOptions": {"coreCount": view["cpus"], "threadsPerCore": 1},
     }
-
-
-async def finished(ctx: Context, op_id: str) -> Operation:
-    """The operation once it has ended (EC2 answers when the work is done, for the few
-    actions whose work is short: a snapshot, a resize)."""
-    done = await ctx.svc.ops.wait(op_id, timeout=600)
-    while not done.done:
-        done = await ctx.svc.ops.wait(op_id, timeout=600, progress_after=len(done.progress))
-    return done
 
 
 def _views(ctx: Context) -> list[dict[str, Any]]:
@@ -264,7 +260,7 @@ async def describe_instance_status(ctx: Context) -> dict[str, Any]:
     for view in _views(ctx):
         if wanted and view["id"] not in wanted:
             continue
-        code, name = STATES.get(view["state"], (80, "stopped"))
+        code, name = ec2_state(view["state"])
         if name != "running" and not every:
             continue
         ok = "ok" if name == "running" else "not-applicable"
@@ -379,7 +375,7 @@ async def _each(
         )
     changes = []
     for gureum_id in wanted:
-        before = STATES.get(views[gureum_id]["state"], (80, "stopped"))
+        before = ec2_state(views[gureum_id]["state"])
         try:
             await act(gureum_id)
         except GureumError as exc:
@@ -451,7 +447,7 @@ async def modify_instance_attribute(ctx: Context) -> dict[str, Any]:
             memory_mib=TYPES[kind].memory_mib,
             project_id=ctx.project_id,
         )
-        done = await finished(ctx, op.id)
+        done = await ctx.svc.ops.finished(op.id, OP_TIMEOUT_S)
     except GureumError as exc:
         raise from_gureum(exc, "InvalidInstanceID.NotFound") from None
     if done.error is not None:

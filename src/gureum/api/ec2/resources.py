@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from gureum.api.ec2 import ids
-from gureum.api.ec2.actions import Context, finished, image_named
+from gureum.api.ec2.actions import OP_TIMEOUT_S, Context, image_named
 from gureum.api.ec2.errors import Ec2Error, from_gureum, invalid
 from gureum.errors import Conflict, GureumError
 from gureum.model.image import Image
@@ -391,7 +391,7 @@ async def create_snapshot(ctx: Context) -> dict[str, Any]:
         ctx.svc.snapshots.create(instance_id, name, project_id=ctx.project_id),
         "InvalidVolume.NotFound",
     )
-    done = await finished(ctx, op.id)
+    done = await ctx.svc.ops.finished(op.id, OP_TIMEOUT_S)
     if done.error is not None:
         raise Ec2Error("InvalidParameterValue", str(done.error.get("message", "failed")))
     inst, snap = ctx.svc.snapshots.get(instance_id, name, ctx.project_id)

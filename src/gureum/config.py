@@ -74,6 +74,13 @@ class Config:
     auto_templates: bool = False
     # The region the EC2 API answers as (its clients sign requests for it: AWS_DEFAULT_REGION).
     ec2_region: str = "gureum-1"
+    # This host's name in the cluster's host list (`gureum host list`); empty: its hostname.
+    host_name: str = ""
+    # Where new instances go among the hosts that can take them: spread (the freest host) or
+    # pack (the busiest that fits).
+    placement: str = "spread"
+    # A host whose last heartbeat is older than this is unreachable: nothing is placed on it.
+    host_unreachable_after_s: float = 30.0
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -165,6 +172,9 @@ _ENV = {
     "image_import_max_bytes": "GUREUM_IMAGE_IMPORT_MAX_BYTES",
     "auto_templates": "GUREUM_AUTO_TEMPLATES",
     "ec2_region": "GUREUM_EC2_REGION",
+    "host_name": "GUREUM_HOST_NAME",
+    "placement": "GUREUM_PLACEMENT",
+    "host_unreachable_after_s": "GUREUM_HOST_UNREACHABLE_AFTER",
 }
 
 
@@ -196,6 +206,8 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
     config = Config(**kwargs)  # type: ignore[arg-type]
     if config.accel not in ("auto", "kvm", "tcg"):
         raise InvalidInput(f"accel must be auto, kvm or tcg, not {config.accel!r}")
+    if config.placement not in ("spread", "pack"):
+        raise InvalidInput(f"placement must be spread or pack, not {config.placement!r}")
     return config
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -76,6 +77,23 @@ def test_refused_cleanly(service, busy, args, message, code):
     assert message in res.stderr and f"[{code}]" in res.stderr
     assert "Traceback" not in res.stderr
     assert snapshot(service) == before
+
+
+def test_a_cordoned_host_refuses_a_launch_and_keeps_running_its_own(service, busy):
+    (here,) = json.loads(service.cli("host", "list", "-o", "json").stdout)
+    assert here["local"] and here["state"] == "ready" and here["instances"] >= 1
+    service.cli("host", "cordon", here["name"])
+    try:
+        before = snapshot(service)
+        res = service.cli("launch", "tiny", "--name", "x1", check=False)
+        assert res.returncode == exit_for("insufficient-capacity"), res.stderr
+        assert f"{here['name']}: cordoned" in res.stderr
+        assert snapshot(service) == before
+        assert "busy" in service.exec("busy", "hostname")  # what is on it carries on
+    finally:
+        service.cli("host", "uncordon", here["name"])
+    shown = json.loads(service.cli("show", "busy", "-o", "json").stdout)
+    assert shown["placement"]["host"] == here["name"]
 
 
 def test_malformed_body_over_the_real_socket(service, busy):

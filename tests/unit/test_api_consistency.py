@@ -14,7 +14,7 @@ from tests.unit.inprocess import client_class, put_image, service
 
 # {ref} is an instance, always; every other parameter is named for what it picks out.
 PARAMETERS = {"ref", "snapshot", "image", "network", "secgroup", "rule", "nic", "forward",
-              "project", "user", "token", "operation", "keypair"}  # fmt: skip
+              "project", "user", "token", "operation", "keypair", "host"}  # fmt: skip
 pytestmark = pytest.mark.filterwarnings("ignore:You should not use the 'timeout' argument")
 
 

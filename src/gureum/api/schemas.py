@@ -47,6 +47,10 @@ class LaunchIn(Strict):
         description="a system container from the image's files (its own init, on the host's "
         "kernel) instead of a VM",
     )
+    host: str | None = Field(None, description="the host it must go on; default: the scheduler's")
+    spread_group: str | None = Field(
+        None, description="no two instances of one spread group are placed on one host"
+    )
 
 
 class KeyPairIn(Strict):
@@ -127,6 +131,9 @@ class InstanceOut(BaseModel):
     autostart: bool = False
     template_id: str | None = Field(
         None, description="the image template it was cloned from; null: it booted"
+    )
+    placement: dict[str, Any] = Field(
+        default_factory=dict, description="host: where it was placed; spread_group: its group"
     )
     type: Literal["vm", "container"] = Field(
         "vm", description="vm: a virtual machine under QEMU; container: a system container"
@@ -222,6 +229,17 @@ class HostOut(BaseModel):
     view: str = Field(
         description="host: the whole host (the administrator); projects: the caller's projects"
     )
+
+
+class HostEntryOut(BaseModel):
+    name: str
+    state: str = Field(description="ready, or cordoned: no new instance is placed on it")
+    local: bool = Field(description="the host this service runs on")
+    accel: str
+    capacity: dict[str, Any]
+    committed: dict[str, Any] = Field(description="vCPUs and memory of its active VMs")
+    instances: int = Field(description="instances placed on it, whatever their state")
+    heartbeat_at: float = Field(description="when it last reported")
 
 
 class PoolIn(Strict):

@@ -115,6 +115,14 @@ def register(app: typer.Typer) -> None:
                 "kernel) instead of a VM.",
             ),
         ] = False,
+        host: Annotated[
+            str | None,
+            typer.Option("--host", help="The host it must go on (default: the scheduler's)."),
+        ] = None,
+        spread_group: Annotated[
+            str | None,
+            typer.Option(help="No two instances of this group are placed on one host."),
+        ] = None,
         no_wait: NoWait = False,
         fmt: OutputOpt = Format.table,
     ) -> None:
@@ -131,6 +139,8 @@ def register(app: typer.Typer) -> None:
             "autostart": autostart,
             "cold": cold,
             "container": container,
+            "host": host,
+            "spread_group": spread_group,
         }
         if user_data is not None:
             if not user_data.is_file():

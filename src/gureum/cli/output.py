@@ -226,6 +226,11 @@ def _next_boot(i: dict[str, Any], key: str, unit: str) -> str:
     return f" ({pending}{unit} at the next boot)" if pending is not None else ""
 
 
+def _placed(placement: dict[str, Any]) -> str:
+    group = placement.get("spread_group")
+    return (placement.get("host") or "-") + (f" (spread group {group})" if group else "")
+
+
 def instance_detail(i: dict[str, Any]) -> None:
     host = i.get("host") or {}
     pairs = [
@@ -240,6 +245,7 @@ def instance_detail(i: dict[str, Any]) -> None:
         ("Memory", f"{i['memory_mib']} MiB" + _next_boot(i, "memory_mib", " MiB")),
         ("Disk", f"{i['disk_gib']:g} GiB"),
         ("Accel", i["accel"] or "-"),
+        ("Host", _placed(i.get("placement") or {})),
         ("PID", str(i["pid"] or "-")),
         ("Created", time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(i["created_at"]))),
     ]

@@ -63,7 +63,8 @@ def register(app: typer.Typer) -> None:
 
 
 host_app = typer.Typer(
-    help="The host: accelerator, capacity, what VMs have committed, and the pool of waiting QEMUs.",
+    help="The host: accelerator, capacity, what VMs have committed, the pool of waiting QEMUs; "
+    "the hosts instances are placed on (list, cordon, uncordon).",
     invoke_without_command=True,
 )
 
@@ -74,6 +75,40 @@ def host(ctx: typer.Context, fmt: OutputOpt = Format.table) -> None:
     if ctx.invoked_subcommand is None:
         info = call(Client.host)
         emit(info, fmt, lines(*_host_lines(info)))
+
+
+@host_app.command("list")
+def host_list(fmt: OutputOpt = Format.table) -> None:
+    """The hosts instances are placed on: state, accelerator, capacity and use (administrator)."""
+    columns = ["NAME", "STATE", "ACCEL", "VCPUS", "MEMORY", "INSTANCES"]
+    listing(call(Client.hosts), fmt, columns, _host_row)
+
+
+def _host_row(h: dict[str, Any]) -> list[str]:
+    cap, used = h["capacity"], h["committed"]
+    return [
+        h["name"] + (" (this one)" if h["local"] else ""),
+        h["state"],
+        h["accel"],
+        f"{used['cpus']}/{cap['vcpu_limit']}",
+        f"{used['memory_mib']}/{cap['memory_limit_mib']} MiB",
+        str(h["instances"]),
+    ]
+
+
+HostName = Annotated[str, typer.Argument(help="The host's name, as `gureum host list` shows.")]
+
+
+@host_app.command("cordon")
+def cordon(name: HostName, fmt: OutputOpt = Format.table) -> None:
+    """Place no new instance on the host; those on it carry on (administrator)."""
+    emit(call(Client.set_host_state, name, True), fmt, f"host {name} cordoned")
+
+
+@host_app.command("uncordon")
+def uncordon(name: HostName, fmt: OutputOpt = Format.table) -> None:
+    """Place new instances on the host again (administrator)."""
+    emit(call(Client.set_host_state, name, False), fmt, f"host {name} ready")
 
 
 @host_app.command("pool")

@@ -457,6 +457,12 @@ class Client:
     def delete_image(self, name: str) -> dict[str, Any]:
         return self.request("DELETE", path("images", name))
 
+    def hosts(self) -> list[dict[str, Any]]:
+        return self.request("GET", path("hosts"))
+
+    def set_host_state(self, name: str, cordon: bool) -> dict[str, Any]:
+        return self.request("POST", path("hosts", name, "cordon" if cordon else "uncordon"))
+
     def host(self) -> dict[str, Any]:
         return self.request("GET", path("host"))
 

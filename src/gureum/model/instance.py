@@ -190,6 +190,8 @@ class Instance:
     host_keys: tuple[str, ...] = ()
     template_id: str | None = None  # the image template it was cloned from (None: booted)
     kind: str = "vm"  # one of KINDS: what runs it (QEMU, or runc for a system container)
+    host: str | None = None  # the host it was placed on (None: not placed yet)
+    spread_group: str | None = None  # no two instances of one group are placed on one host
 
     @property
     def name(self) -> str:

@@ -20,6 +20,7 @@ from gureum.service.disks import DiskLayers
 from gureum.service.events import EventBus
 from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
+from gureum.service.hosts import HostService
 from gureum.service.image_capture import ImageCapture
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
@@ -42,6 +43,7 @@ from gureum.service.tenancy import TenancyService
 from gureum.service.transfers import Transfers
 from gureum.service.views import InstanceViews
 from gureum.store.db import Database
+from gureum.store.hosts import HostStore
 from gureum.store.images import ImageStore
 from gureum.store.instances import InstanceStore
 from gureum.store.keypairs import KeyPairStore
@@ -81,6 +83,7 @@ class Services:
     metrics: MetricsService
     tags: TagService
     capture: ImageCapture
+    hosts: HostService
     _lock_fd: int | None = None
 
     @classmethod
@@ -131,7 +134,8 @@ class Services:
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, image_store, host)
         views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
-        creator = Creator(instance_store, admission, quotas, networks, disks, host, events)
+        hosts = HostService(config, HostStore(db), instance_store, admission, host)
+        creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
             secgroups, forwards, disks, lifecycle, views, creator, keypairs,
@@ -163,6 +167,7 @@ class Services:
             host,
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
+            heartbeat=hosts.heartbeat,
         )
         capture = ImageCapture(images, instances, snapshots, disks, admission, quotas, ops, host)
         tags = TagService(TagStore(db))
@@ -193,6 +198,7 @@ class Services:
             metrics,
             tags,
             capture,
+            hosts,
         )
 
     def lock_home(self) -> None:
@@ -214,6 +220,7 @@ class Services:
         if interrupted:
             log.warning("%d operation(s) were cut short by the last shutdown", interrupted)
         self.tenancy.ensure_default()
+        self.hosts.report()
         await self.quotas.apply_all()
         await self.networks.ensure_all()
         report = await self.reconciler.start()

@@ -30,7 +30,9 @@ from gureum.model.snapshot import Layer
 from gureum.service.admission import Admission
 from gureum.service.disks import DiskLayers
 from gureum.service.events import EventBus, publish_state
+from gureum.service.hosts import HostService
 from gureum.service.networks import NetworkService, machine_nics
+from gureum.service.placement import Want
 from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
 
@@ -116,7 +118,9 @@ class Creator:
         disks: DiskLayers,
         host: HostAgent,
         events: EventBus,
+        hosts: HostService,
     ) -> None:
+        self.hosts = hosts
         self.events = events
         self.store = store
         self.admission = admission
@@ -136,9 +140,12 @@ class Creator:
         ssh_keys: tuple[str, ...] = (),
         autostart: bool = False,
         kind: str = "vm",
+        host: str | None = None,
+        spread_group: str | None = None,
     ) -> Instance:
         """A new instance's row: its own id and its own unprivileged user on this host (a
-        container: its own range of them, root inside being the first)."""
+        container: its own range of them, root inside being the first). ``host``: the one it
+        must go on (None: the scheduler chooses when it is claimed)."""
         return Instance(
             id=new_id("i-"),
             spec=spec,
@@ -152,6 +159,8 @@ class Creator:
             uid=self.store.next_uid_range() if kind == "container" else self.store.next_uid(),
             autostart=autostart,
             kind=kind,
+            host=host,
+            spread_group=spread_group,
         )
 
     async def claim(self, draft: Draft) -> Callable[[], None]:
@@ -160,8 +169,9 @@ class Creator:
         inst = draft.inst
         async with self.admission:
             self.quotas.check(inst.project_id, replacing=None, **draft.wanted)
-            if draft.runs:
-                await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib)
+            # The scheduler: its host filters, and the host's capacity if it will run.
+            cpus, mib = (inst.spec.cpus, inst.spec.memory_mib) if draft.runs else (0, 0)
+            inst.host = self.hosts.place(Want(cpus, mib, inst.host, inst.spread_group))
             release_quota = self.quotas.hold(inst.project_id, **draft.wanted)
             release_host = (
                 self.admission.hold_growth(inst.spec.cpus, inst.spec.memory_mib)

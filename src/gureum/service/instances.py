@@ -78,6 +78,8 @@ class LaunchRequest:
     keypairs: tuple[str, ...] = ()  # the project's key pairs, by name: their keys are added
     autostart: bool = False  # start when the service first starts after the host boots
     container: bool = False  # a system container from the image's files instead of a VM
+    host: str | None = None  # the host it must go on (None: the scheduler chooses)
+    spread_group: str | None = None  # no two instances of one group on one host
 
 
 def check_cpus(cpus: object) -> int:
@@ -167,6 +169,8 @@ class InstanceService:
         """Everything a launch is given, checked before anything is made: (the spec, the image,
         the SSH keys as checked: the text handed in may carry more)."""
         check_name(req.name, what="instance name")
+        if req.spread_group is not None:
+            check_name(req.spread_group, what="spread group")
         check_cpus(req.cpus)
         check_memory(req.memory_mib)
         image = self.images.get(req.image, (project_id,))
@@ -248,6 +252,8 @@ class InstanceService:
             ssh_keys=keys,
             autostart=req.autostart,
             kind="container" if req.container else "vm",
+            host=req.host,
+            spread_group=req.spread_group,
         )
         if saved is not None:
             inst = replace(inst, template_id=saved.template.id)

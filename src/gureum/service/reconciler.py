@@ -36,6 +36,7 @@ class Reconciler:
         host: HostAgent,
         interval_s: float,
         chores: list[Callable[[], object]] | None = None,
+        heartbeat: Callable[[], object] | None = None,
     ) -> None:
         self.instances = instances
         self.lifecycle = lifecycle
@@ -44,6 +45,7 @@ class Reconciler:
         # Housekeeping of the store (audit retention...): at start, then hourly.
         self.chores = chores or []
         self._chores_done = 0.0
+        self.heartbeat = heartbeat  # each pass: this host says it is alive
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -57,6 +59,8 @@ class Reconciler:
         while True:
             await asyncio.sleep(self.interval_s)
             try:
+                if self.heartbeat is not None:
+                    self.heartbeat()
                 await self.host.check_alive()
                 for name in await self.lifecycle.resume_paused():
                     log.info("%s resumed: the host's disk has room again", name)

@@ -353,6 +353,7 @@ class SnapshotService:
             source.project_id,
             user_data=source.user_data,
             ssh_keys=source.ssh_keys,
+            host=source.host,  # its disk starts as layers of the source's, on that host
         )
 
         def hardware(nics: tuple[tuple[int, str, str], ...]) -> Hardware:

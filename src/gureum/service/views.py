@@ -115,6 +115,7 @@ class InstanceViews:
             "snapshots": snapshots.get(inst.id, 0),
             "autostart": inst.autostart,
             "template_id": inst.template_id,
+            "placement": {"host": inst.host, "spread_group": inst.spread_group},
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),

@@ -51,6 +51,8 @@ def _from_row(row: RowMapping) -> Instance:
         host_keys=tuple(json.loads(row["host_keys"] or "[]")),
         template_id=row["template_id"],
         kind=row["kind"],
+        host=row["host"],
+        spread_group=row["spread_group"],
     )
 
 
@@ -84,6 +86,8 @@ class InstanceStore:
             "host_keys": json.dumps(list(inst.host_keys)),
             "template_id": inst.template_id,
             "kind": inst.kind,
+            "host": inst.host,
+            "spread_group": inst.spread_group,
         }
         try:
             if conn is not None:
@@ -226,6 +230,10 @@ class InstanceStore:
             with self.db.begin() as c:
                 cpus, mem = c.execute(query).one()
         return int(cpus), int(mem)
+
+    def count_on_host(self, host: str) -> int:
+        with self.db.read() as conn:
+            return int(conn.execute(select(func.count()).where(t.c.host == host)).scalar() or 0)
 
     def count_using_image(self, image: str) -> int:
         with self.db.read() as conn:

@@ -439,6 +439,27 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE images ADD COLUMN description TEXT",
         ],
     ),
+    (
+        21,
+        "the hosts instances are placed on, and each instance's host and spread group",
+        [
+            """
+            CREATE TABLE hosts (
+                name TEXT PRIMARY KEY,
+                state TEXT NOT NULL,
+                accel TEXT NOT NULL,
+                cpus BIGINT NOT NULL,
+                memory_mib BIGINT NOT NULL,
+                memory_reserve_mib BIGINT NOT NULL,
+                cpu_overcommit DOUBLE PRECISION NOT NULL,
+                heartbeat_at DOUBLE PRECISION NOT NULL,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "ALTER TABLE instances ADD COLUMN host TEXT",
+            "ALTER TABLE instances ADD COLUMN spread_group TEXT",
+        ],
+    ),
 ]
 
 

@@ -35,6 +35,8 @@ instances = Table(
     Column("host_keys", Text),
     Column("template_id", Text),  # the template it was cloned from, if it was
     Column("kind", Text, nullable=False, server_default="vm"),  # vm or container
+    Column("host", Text),  # the host it was placed on (NULL before hosts were recorded: this one)
+    Column("spread_group", Text),  # no two of one group on one host
 )
 
 # Host-wide settings the administrator changes at run time (the pool's size), one value each.
@@ -91,6 +93,20 @@ operations = Table(
     Column("result", Text),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
+)
+
+hosts = Table(
+    "hosts",
+    metadata,
+    Column("name", Text, primary_key=True),
+    Column("state", Text, nullable=False),
+    Column("accel", Text, nullable=False),
+    Column("cpus", BigInteger, nullable=False),
+    Column("memory_mib", BigInteger, nullable=False),
+    Column("memory_reserve_mib", BigInteger, nullable=False),
+    Column("cpu_overcommit", Float, nullable=False),
+    Column("heartbeat_at", Float, nullable=False),
+    Column("created_at", Float, nullable=False),
 )
 
 images = Table(

@@ -71,6 +71,8 @@ async def launch(body: LaunchIn, svc: Svc, scope: Member) -> JSONResponse:
         keypairs=tuple(body.keypairs),
         autostart=body.autostart,
         container=body.container,
+        host=body.host,
+        spread_group=body.spread_group,
     )
     inst, op = await svc.templates.launch(req, scope.project_id, cold=body.cold)
     return accepted(op, {"instance": svc.instances.view(inst), "operation": op.to_dict()})

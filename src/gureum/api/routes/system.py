@@ -9,9 +9,10 @@ from fastapi import APIRouter, Depends
 from gureum import __version__
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
-from gureum.api.schemas import HostOut, PoolIn, PoolOut, VersionOut
+from gureum.api.schemas import HostEntryOut, HostOut, PoolIn, PoolOut, VersionOut
 from gureum.model.instance import committed
 from gureum.service.core import Services
+from gureum.service.placement import CORDONED, READY
 
 router = APIRouter(prefix="/v1", tags=["system"])
 
@@ -41,6 +42,36 @@ async def host(svc: Annotated[Services, Depends(services)], who: AnyUser) -> dic
         "instances": len(mine),
         "view": "projects",
     }
+
+
+@router.get(
+    "/hosts", response_model=list[HostEntryOut], openapi_extra={"x-gureum-role": "superuser"}
+)
+async def hosts(svc: Annotated[Services, Depends(services)], _: Super) -> list[dict[str, object]]:
+    """The hosts instances are placed on, their state, capacity and what is committed."""
+    return svc.hosts.list()
+
+
+@router.post(
+    "/hosts/{host}/cordon", response_model=HostEntryOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)  # fmt: skip
+async def cordon(
+    host: str, svc: Annotated[Services, Depends(services)], _: Super
+) -> dict[str, object]:
+    """No new instance is placed on the host; those on it carry on (start, stop, resize)."""
+    return svc.hosts.set_state(host, CORDONED)
+
+
+@router.post(
+    "/hosts/{host}/uncordon", response_model=HostEntryOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)  # fmt: skip
+async def uncordon(
+    host: str, svc: Annotated[Services, Depends(services)], _: Super
+) -> dict[str, object]:
+    """New instances may be placed on the host again."""
+    return svc.hosts.set_state(host, READY)
 
 
 @router.get("/host/pool", response_model=PoolOut, openapi_extra={"x-gureum-role": "superuser"})

@@ -1,0 +1,116 @@
+"""The hosts instances are placed on: their list, cordoning, and the scheduler's view of them.
+
+On one machine the list holds this host alone, reporting at each service start; each new
+instance is placed through ``service/placement.py`` all the same, so that cordoning, pinning
+(``--host``) and spread groups mean on one host what they will mean on many.
+"""
+
+from __future__ import annotations
+
+import builtins
+import socket
+import time
+
+from gureum.config import Config
+from gureum.errors import InvalidInput, NotFound
+from gureum.host.capacity import HostCapacity
+from gureum.host.interface import HostAgent
+from gureum.ids import check_name
+from gureum.model.instance import committed
+from gureum.service.admission import Admission
+from gureum.service.placement import CORDONED, READY, UNREACHABLE, HostView, Want, place
+from gureum.store.hosts import HostRecord, HostStore
+from gureum.store.instances import InstanceStore
+
+HEARTBEAT_EVERY_S = 10.0
+
+
+class HostService:
+    def __init__(
+        self,
+        config: Config,
+        store: HostStore,
+        instances: InstanceStore,
+        admission: Admission,
+        host: HostAgent,
+    ) -> None:
+        self.store, self.instances, self.admission, self.host = store, instances, admission, host
+        self.strategy = config.placement
+        self.unreachable_after_s = config.host_unreachable_after_s
+        self._beat = 0.0  # when this host last reported (monotonic)
+        self.name = config.host_name or socket.gethostname().split(".")[0]
+        check_name(self.name, what="host name (host_name, or the machine's hostname)")
+
+    def heartbeat(self) -> None:
+        """At each reconciler pass: report, at most every HEARTBEAT_EVERY_S."""
+        if time.monotonic() - self._beat >= HEARTBEAT_EVERY_S:
+            self.report()
+
+    def report(self) -> None:
+        """This host is alive, with what it has now (at each start, then as a heartbeat)."""
+        self._beat = time.monotonic()
+        cap = self.host.capacity()
+        self.store.report(
+            self.name, time.time(), accel=self.host.accel.accel, cpus=cap.cpus,
+            memory_mib=cap.memory_mib, memory_reserve_mib=cap.memory_reserve_mib,
+            cpu_overcommit=cap.cpu_overcommit,
+        )  # fmt: skip
+
+    def _record(self, name: str) -> HostRecord:
+        found = self.store.get(name)
+        if found is None:
+            raise NotFound(f"no host named {name!r}")
+        return found
+
+    def state_of(self, rec: HostRecord, now: float) -> str:
+        """Its recorded state, or unreachable when its heartbeat is too old (another host's:
+        this one is answering, since it asks)."""
+        if rec.name != self.name and now - rec.heartbeat_at > self.unreachable_after_s:
+            return UNREACHABLE
+        return rec.state
+
+    def _view(self, rec: HostRecord) -> HostView:
+        if rec.name == self.name:
+            # What this host has committed, as admission counts it (growing VMs and the pool's
+            # waiting QEMUs included): the same rule a start or a resize is admitted by.
+            cpus, mib = self.admission.committed()
+        else:  # another's: its active instances, as the store has them
+            cpus, mib = committed([i for i in self.instances.list() if i.host == rec.name])
+        capacity = HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib,
+                                rec.cpu_overcommit)  # fmt: skip
+        return HostView(rec.name, self.state_of(rec, time.time()), capacity, cpus, mib,
+                        rec.accel, self.store.spread_groups(rec.name))  # fmt: skip
+
+    def place(self, want: Want) -> str:
+        """The host a new instance goes to (call it under the admission lock, and record the
+        instance before letting it go, as every claim is)."""
+        return place(want, [self._view(r) for r in self._records()], self.strategy).name
+
+    def _records(self) -> builtins.list[HostRecord]:
+        if self.store.get(self.name) is None:
+            self.report()  # a service used before its start (tools, tests) is a host too
+        return self.store.list()
+
+    def list(self) -> list[dict[str, object]]:
+        out = []
+        for rec in self._records():
+            view = self._view(rec)
+            out.append({
+                "name": rec.name,
+                "state": view.state,
+                "local": rec.name == self.name,
+                "accel": rec.accel,
+                "capacity": view.capacity.to_dict(),
+                "committed": {"cpus": view.committed_cpus, "memory_mib": view.committed_mib},
+                "instances": self.instances.count_on_host(rec.name),
+                "heartbeat_at": rec.heartbeat_at,
+            })  # fmt: skip
+        return out
+
+    def set_state(self, name: str, state: str) -> dict[str, object]:
+        """Cordon (no new instance is placed on it; those on it carry on) or uncordon."""
+        if state not in (READY, CORDONED):
+            raise InvalidInput(f"a host is cordoned or ready, not {state!r}")
+        self._record(name)
+        self.store.set_state(name, state)
+        return next(h for h in self.list() if h["name"] == name)

@@ -460,6 +460,36 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE instances ADD COLUMN spread_group TEXT",
         ],
     ),
+    (
+        22,
+        "work queued for hosts, claimed under leases; and which control plane acts on an instance",
+        [
+            """
+            CREATE TABLE work (
+                id TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                instance_id TEXT,
+                kind TEXT NOT NULL,
+                payload TEXT NOT NULL,
+                state TEXT NOT NULL,
+                owner TEXT,
+                lease_until DOUBLE PRECISION,
+                attempts BIGINT NOT NULL,
+                result TEXT,
+                created_at DOUBLE PRECISION NOT NULL,
+                finished_at DOUBLE PRECISION
+            )
+            """,
+            "CREATE INDEX work_waiting ON work (host, state, created_at)",
+            """
+            CREATE TABLE instance_leases (
+                instance_id TEXT PRIMARY KEY,
+                owner TEXT NOT NULL,
+                until DOUBLE PRECISION NOT NULL
+            )
+            """,
+        ],
+    ),
 ]
 
 

@@ -109,6 +109,31 @@ hosts = Table(
     Column("created_at", Float, nullable=False),
 )
 
+work = Table(
+    "work",
+    metadata,
+    Column("id", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("instance_id", Text),
+    Column("kind", Text, nullable=False),
+    Column("payload", Text, nullable=False),
+    Column("state", Text, nullable=False),  # queued, claimed, done, failed
+    Column("owner", Text),
+    Column("lease_until", Float),
+    Column("attempts", BigInteger, nullable=False),
+    Column("result", Text),
+    Column("created_at", Float, nullable=False),
+    Column("finished_at", Float),
+)
+
+instance_leases = Table(
+    "instance_leases",
+    metadata,
+    Column("instance_id", Text, primary_key=True),
+    Column("owner", Text, nullable=False),
+    Column("until", Float, nullable=False),
+)
+
 images = Table(
     "images",
     metadata,

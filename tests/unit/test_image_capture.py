@@ -9,6 +9,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from gureum.api.app import create_app
+from gureum.errors import InvalidArchive
 from gureum.model.tenancy import Role
 from gureum.service.tenancy import SUPERUSER
 from tests.unit.fakeworld import fake_services, finish
@@ -129,3 +130,67 @@ def test_a_failed_copy_leaves_no_image_and_gives_back_the_name_and_the_quota(wor
     host.fail_at = None
     for name in ("golden", "silver"):  # the name and both quota places are free again
         assert made(svc, tcp, alice, name, "web").error is None
+
+
+def test_a_backup_naming_another_projects_image_is_refused(world, tmp_path):
+    """An imported backup's manifest names its image: another project's would have counted as a
+    use of it (its owners could no longer delete it) and lent its user and boot files."""
+    svc, _, tcp, people = world
+    alice, bob = people["alice"], people["bob"]
+    launched(svc, tcp, alice, "web")
+    assert made(svc, tcp, alice, "golden", "web").error is None
+    image = svc.images.store.get("golden")
+    inst = svc.instances.get(launched(svc, tcp, bob, "db")["id"])
+    work = tmp_path / "w"
+    (work / "in").mkdir(parents=True)
+    (work / "in" / "disk.qcow2").write_bytes(b"x")
+    config = {"name": "x", "image": "golden", "image_version": image.version,
+              "cpus": inst.spec.cpus, "memory_mib": inst.spec.memory_mib,
+              "disk_bytes": inst.spec.disk_bytes, "memory": False, "consistency": "offline",
+              "hardware": inst.hardware.to_json()}  # fmt: skip
+    manifest = {"files": {"disk.qcow2": {}}, "config": config}
+    team_b = svc.tenancy.store.project("team-b").id
+    with pytest.raises(InvalidArchive, match="another project's"):
+        tcp.portal.call(svc.backups._create, manifest, work, "stolen", team_b)
+    assert [i.name for i in svc.instances.list(team_b)] == ["db"]
+    # Even an instance of B that names it (as one imported before this check could) is no use
+    # of A's image, and gets none of its files or its user.
+    svc.instances.store.update(inst.id, image="golden", image_version=image.version)
+    named = svc.instances.get(inst.id)
+    assert svc.images.of_instance(named) is None
+    assert svc.capture.disks.private_image_files(named) == []
+    assert "project-images" not in str(svc.capture.disks.image_folder(named))
+    assert alice.delete("/v1/images/golden").status_code == 200
+
+
+def test_a_source_deleted_during_the_copy_leaves_no_file(world):
+    svc, host, tcp, people = world
+    alice = people["alice"]
+    web = launched(svc, tcp, alice, "web")
+    real = host.capture_image
+
+    async def and_delete(chain, boot, folder):
+        facts = await real(chain, boot, folder)  # the copy is made (the fake host notes it)
+        await svc.instances.delete(web["id"], force=True)
+        return facts
+
+    host.capture_image = and_delete  # type: ignore[method-assign]
+    op = made(svc, tcp, alice, "golden", "web")
+    assert op.error is not None
+    assert not [f for f in host.files if svc.config.project_images_dir in f.parents]
+    assert svc.images.store.get("golden") is None
+    assert svc.quotas.held.of(svc.tenancy.store.project("team-a").id)["snapshots"] == 0
+
+
+def test_a_refused_name_gives_back_the_quota_and_the_result_hides_the_path(world):
+    svc, _, tcp, people = world
+    alice = people["alice"]
+    launched(svc, tcp, alice, "web")
+    team_a = svc.tenancy.store.project("team-a").id
+    release = svc.images.reserve("gold", team_a)  # a create of that name under way
+    taken = alice.post("/v1/images", json={"name": "gold", "instance": "web"})
+    assert taken.status_code == 409
+    release()
+    assert svc.quotas.held.of(team_a)["snapshots"] == 0
+    op = made(svc, tcp, alice, "gold", "web")
+    assert op.error is None and op.result["image"]["path"] is None

@@ -152,7 +152,7 @@ def test_an_import_is_in_the_catalog_and_its_vms_boot_their_own_bootloader(world
     inst = svc.instances.get("w2")
     spec = svc.instances.lifecycle.vm_spec(inst, inst.hardware)
     assert spec.kernel is None and spec.initrd is None
-    assert svc.images.default_user("mine") == "debian"
+    assert svc.images.default_user(inst) == "debian"
     assert (image["firmware"], spec.hardware.firmware) == ("bios", "bios")
 
 

@@ -454,6 +454,8 @@ class LocalHostAgent:
         tops = {self.config.images_dir.resolve(), self.config.project_images_dir.resolve()}
         if folder.resolve().parent.parent in tops:
             _remove(folder)
+            with contextlib.suppress(OSError):  # the image's folder, if it held only this one
+                folder.parent.rmdir()
 
     # -- boot files ------------------------------------------------------------------------------
     def own_boot_files(self, instance_id: str) -> Path | None:

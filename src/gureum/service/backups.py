@@ -174,6 +174,7 @@ class BackupService:
     ) -> Instance:
         data = work / "in"
         found = _Found.check(manifest, set(manifest.get("files") or {}))
+        self.disks.images.check_named(found.image, project_id)
         spec = InstanceSpec(name, found.image, found.cpus, found.memory_mib, found.disk_bytes)
         # Every image file is checked before anything is created or counted: a header that
         # names another host file (backing, data file) is refused here (storage/qcow2.py).

@@ -131,7 +131,7 @@ class Services:
         keypairs = KeyPairService(KeyPairStore(db))
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
-        disks = DiskLayers(config, layer_store, snapshot_store, instance_store, image_store, host)
+        disks = DiskLayers(config, layer_store, snapshot_store, instance_store, images, host)
         views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
         hosts = HostService(config, HostStore(db), instance_store, admission, host)

@@ -18,7 +18,7 @@ from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.instance import Instance
 from gureum.model.snapshot import UNSETTLED_BASE, Layer
-from gureum.store.images import ImageStore
+from gureum.service.images import ImageService
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
 
@@ -37,7 +37,7 @@ class DiskLayers:
         layers: LayerStore,
         snapshots: SnapshotStore,
         instances: InstanceStore,
-        images: ImageStore,
+        images: ImageService,
         host: HostAgent,
     ) -> None:
         self.config = config
@@ -50,10 +50,18 @@ class DiskLayers:
     def image_folder(self, inst: Instance) -> Path:
         """The folder of the image version the instance was made from: where the store says it
         is (a project's own image is apart from the catalog), else where the catalog keeps it."""
-        image = self.images.get(inst.spec.image)
+        image = self.images.of_instance(inst)
         if image is not None and image.version == inst.image_version:
             return Path(image.path)
         return Path(self.config.images_dir) / inst.spec.image / inst.image_version
+
+    def private_image_files(self, inst: Instance) -> list[Path]:
+        """The files of a project's own image its VM was given read on (the catalog's are
+        every VM's): taken back when the VM goes."""
+        image = self.images.of_instance(inst)
+        if image is None or image.project_id is None:
+            return []
+        return [image.file(role) for role in image.files]
 
     def image_disk(self, inst: Instance) -> Path:
         return self.image_folder(inst) / "disk.qcow2"
@@ -68,7 +76,7 @@ class DiskLayers:
         bootloader: an imported image's VM, or a machine imported without boot files."""
         own = self.host.own_boot_files(inst.id)
         if own is None:
-            image = self.images.get(inst.spec.image)
+            image = self.images.of_instance(inst)
             if image is None or image.boot == "firmware":
                 return None
         folder = own or self.image_folder(inst)

@@ -61,7 +61,7 @@ class GuestSsh:
         return {
             "instance": inst.name,
             "id": inst.id,
-            "user": self.instances.images.default_user(inst.spec.image),
+            "user": self.instances.images.default_user(inst),
             "address": ip,
             "port": SSH_PORT,
             "host_keys": list(keys),

@@ -12,13 +12,14 @@ from dataclasses import replace
 from pathlib import Path
 
 from gureum.config import Config
-from gureum.errors import Conflict, InvalidInput, InvalidState, NotFound
+from gureum.errors import Conflict, InvalidArchive, InvalidInput, InvalidState, NotFound
 from gureum.host.interface import HostAgent
 from gureum.ids import check_name
 from gureum.images import build as builder
 from gureum.images import recipes
 from gureum.model.hardware import FIRMWARES
 from gureum.model.image import Image
+from gureum.model.instance import Instance
 from gureum.model.operation import Operation
 from gureum.service.operations import OpContext, OperationManager
 from gureum.service.transfers import UPLOAD_IDLE_S, UPLOAD_MIN_BYTES, Transfers
@@ -190,13 +191,29 @@ class ImageService:
         top = self.config.images_dir if project_id is None else self.config.project_images_dir
         return top / name / secrets.token_hex(6)
 
-    def default_user(self, name: str) -> str:
-        """Who ``gureum ssh`` logs in as on the image's VMs: an imported image's recorded user,
-        a built one's cloud-init default user, else root."""
+    def check_named(self, name: str, project_id: str) -> None:
+        """Refuse (InvalidArchive) a machine brought into ``project_id`` that names another
+        project's image: it may name the catalog's, its own project's, or no image at all."""
         image = self.store.get(name)
+        if image is not None and not visible(image, (project_id,)):
+            raise InvalidArchive(
+                f"the manifest names image {name!r}, another project's: this project cannot use it"
+            )
+
+    def of_instance(self, inst: Instance) -> Image | None:
+        """The image an instance was made from, as its project sees it: None when it is gone,
+        or is another project's (an imported backup may name any image: only a name)."""
+        image = self.store.get(inst.spec.image)
+        return image if image is not None and visible(image, (inst.project_id,)) else None
+
+    def default_user(self, inst: Instance) -> str:
+        """Who ``gureum ssh`` logs in as on the instance: its image's recorded user (an
+        imported one's, or the VM's an image was made from), a built one's cloud-init default
+        user, else root."""
+        image = self.of_instance(inst)
         if image is not None and image.default_user:
             return image.default_user
-        return recipes.default_user(name)
+        return recipes.default_user(inst.spec.image)
 
     def export_path(self, name: str) -> Path:
         """The disk file of an image that boots by itself (an imported one)."""
@@ -211,7 +228,7 @@ class ImageService:
 
     def delete(self, name: str) -> Image:
         image = self.get(name)
-        users = self.instances.count_using_image(name)
+        users = self.instances.count_using_image(name, image.project_id)
         if users:
             raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
         self.store.delete(name)

@@ -313,7 +313,7 @@ class InstanceService:
         # Its SSH keys for the image's default user, should its guest be a cloud-init one that
         # is provisioned again (the guest decides): SSH need not wait for cloud-init.
         # Not root's: cloud-init gives root only a "log in as ..." refusal (disable_root).
-        user = self.images.default_user(inst.spec.image)
+        user = self.images.default_user(inst)
         login = (user, inst.ssh_keys) if inst.ssh_keys and user != "root" else None
         identity = Identity(
             hostname=inst.name,
@@ -386,8 +386,9 @@ class InstanceService:
             )
         async with self.lifecycle.lock(inst.id):
             await self.host.destroy(inst.id)
-            # The files under its top layer: others (a clone's source) may share them.
-            below = self.disks.below_top(inst)
+            # The files under its top layer (others, a clone's source, may share them), and its
+            # project's image's files it was given read on.
+            below = self.disks.below_top(inst) + self.disks.private_image_files(inst)
             await self.forwards.drop_instance(inst.id)
             # Layers a clone still builds on stay; the rest go.
             await self.creator.forget(inst.id)

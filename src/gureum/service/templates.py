@@ -298,10 +298,10 @@ class TemplateService:
     async def delete_image(self, name: str) -> Image:
         """An image and its templates: refused while any instance but the templates' own
         machines uses it (clones included)."""
-        self.images.get(name)
+        image = self.images.get(name)
         tpls = self.store.list(name)
         async with self._closed(tpls):  # no clone of them is half made while users are counted
-            users = self.instances.store.count_using_image(name) - len(tpls)
+            users = self.instances.store.count_using_image(name, image.project_id) - len(tpls)
             if users > 0:
                 raise Conflict(f"image {name!r} is used by {users} instance(s); delete them first")
             await self.remove(name)

@@ -235,6 +235,11 @@ class InstanceStore:
         with self.db.read() as conn:
             return int(conn.execute(select(func.count()).where(t.c.host == host)).scalar() or 0)
 
-    def count_using_image(self, image: str) -> int:
+    def count_using_image(self, image: str, project_id: str | None = None) -> int:
+        """Instances made from ``image``; of ``project_id`` only when given (a project's own
+        image: another project's instance that names it, an imported backup's, is not a use)."""
+        query = select(func.count()).where(t.c.image == image)
+        if project_id is not None:
+            query = query.where(t.c.project_id == project_id)
         with self.db.read() as conn:
-            return int(conn.execute(select(func.count()).where(t.c.image == image)).scalar() or 0)
+            return int(conn.execute(query).scalar() or 0)

@@ -71,13 +71,15 @@ class HostService:
 
     def _view(self, rec: HostRecord) -> HostView:
         if rec.name == self.name:
-            # What this host has committed, as admission counts it (growing VMs and the pool's
-            # waiting QEMUs included): the same rule a start or a resize is admitted by.
+            # This host's capacity as it is now, and what it has committed as admission counts
+            # it (growing VMs and the pool's waiting QEMUs included): the rule a start or a
+            # resize is admitted by.
+            capacity = self.host.capacity()
             cpus, mib = self.admission.committed()
-        else:  # another's: its active instances, as the store has them
+        else:  # another's: as it last reported, and its active instances in the store
+            capacity = HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib,
+                                    rec.cpu_overcommit)  # fmt: skip
             cpus, mib = committed([i for i in self.instances.list() if i.host == rec.name])
-        capacity = HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib,
-                                rec.cpu_overcommit)  # fmt: skip
         return HostView(rec.name, self.state_of(rec, time.time()), capacity, cpus, mib,
                         rec.accel, self.store.spread_groups(rec.name))  # fmt: skip
 

@@ -40,13 +40,9 @@ class ImageCapture:
         ops: OperationManager,
         host: HostAgent,
     ) -> None:
-        self.images, self.instances, self.snapshots, self.disks = (
-            images,
-            instances,
-            snapshots,
-            disks,
-        )
-        self.admission, self.quotas, self.ops, self.host = admission, quotas, ops, host
+        self.images, self.instances, self.snapshots = images, instances, snapshots
+        self.disks, self.admission, self.quotas = disks, admission, quotas
+        self.ops, self.host = ops, host
 
     async def capture(
         self, ref: str, name: str, project_id: str, description: str = ""

@@ -274,11 +274,15 @@ def _receive_file(inp: BinaryIO, dest: Path, limit: int, keep_free: int) -> None
             out.write(chunk)
 
 
-async def _drop_image_folder(folder: Path) -> None:
-    """A half-made image version's folder, and the image's own if it held only this one."""
-    await asyncio.to_thread(shutil.rmtree, folder, True)
+def _remove_image_folder(folder: Path) -> None:
+    """An image version's folder, and the image's own if it held only this one."""
+    _remove(folder)
     with contextlib.suppress(OSError):
         folder.parent.rmdir()
+
+
+async def _drop_image_folder(folder: Path) -> None:
+    await asyncio.to_thread(_remove_image_folder, folder)
 
 
 class LocalHostAgent:
@@ -453,9 +457,7 @@ class LocalHostAgent:
         """An image version's folder (an import's, when its catalog entry could not be made)."""
         tops = {self.config.images_dir.resolve(), self.config.project_images_dir.resolve()}
         if folder.resolve().parent.parent in tops:
-            _remove(folder)
-            with contextlib.suppress(OSError):  # the image's folder, if it held only this one
-                folder.parent.rmdir()
+            _remove_image_folder(folder)
 
     # -- boot files ------------------------------------------------------------------------------
     def own_boot_files(self, instance_id: str) -> Path | None:

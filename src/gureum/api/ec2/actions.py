@@ -22,9 +22,9 @@ from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
 
 AVAILABILITY_ZONE_SUFFIX = "a"
-TERMINATED_KEPT_S = 3600.0
+TERMINATED_KEPT_S = 3600.0  # as EC2 shows a terminated instance for about an hour
 # EC2 answers when the work is done for the few actions whose work is short (a snapshot, a resize).
-OP_TIMEOUT_S = 600.0  # as EC2 shows a terminated instance for about an hour
+OP_TIMEOUT_S = 600.0
 
 
 @dataclass(frozen=True)

@@ -117,6 +117,15 @@ def test_a_member_launches_uses_the_console_and_snapshots(browser, console, shot
     page.click("button:has-text('Take snapshot')")
     page.wait_for_selector("tr[data-snapshot=first]", timeout=120_000)
     page.screenshot(path=str(shots / "instance.png"), full_page=True)
+    # An image of the running VM, the project's own: listed, then deleted, from the console.
+    page.once("dialog", lambda dialog: dialog.accept("cona-img"))
+    page.click("button:has-text('Make image')")
+    page.locator("#notice", has_text="image cona-img: done").wait_for(timeout=120_000)
+    page.goto(console.base + "#/images")
+    page.wait_for_selector("tr[data-image=cona-img] td:has-text('this project')", timeout=120_000)
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.click("tr[data-image=cona-img] button:has-text('Delete')")
+    page.wait_for_selector("tr[data-image=cona-img]", state="detached", timeout=60_000)
     assert errors == []
 
 

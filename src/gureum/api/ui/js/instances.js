@@ -246,7 +246,11 @@ export async function detail(view, ref) {
           { name: snapName.value.trim(), memory: withMemory.checked }), reload);
       } }, snapName, h("label", {}, withMemory, " with memory"),
       h("button", { type: "submit" }, "Take snapshot"),
-      h("button", { type: "button", onclick: () => exportBackup(inst) }, "Export backup")) : null);
+      h("button", { type: "button", onclick: () => exportBackup(inst) }, "Export backup"),
+      h("button", { type: "button", onclick: () => {
+        const image = window.prompt(`Name of the image of ${inst.name} (your project's own)`);
+        if (image) act(`image ${image}`, () => post("/v1/images", { name: image.trim(), instance: inst.id }), reload);
+      } }, "Make image")) : null);
   };
   const fillNetwork = async () => {
     const [nics, forwards] = await Promise.all([

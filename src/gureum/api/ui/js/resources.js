@@ -85,16 +85,24 @@ export async function images(view) {
   for (const i of list) {
     let templates = [];
     try { templates = (await get(path("images", i.name))).templates || []; } catch (_) { /* none */ }
-    rows.push(h("tr", {}, h("td", {}, i.name), h("td", {}, i.version), h("td", {}, i.origin),
+    // A project's own image (made from one of its VMs) is its members' to delete.
+    const mine = i.project_id && canAct();
+    rows.push(h("tr", { dataset: { image: i.name } }, h("td", {}, i.name), h("td", {}, i.version),
+      h("td", {}, i.origin), h("td", {}, i.project_id ? "this project" : "the host"),
       h("td", {}, i.boot), h("td", { class: "num" }, size(i.disk_virtual_bytes)),
       h("td", { class: "num" }, size(i.size_bytes)), h("td", {}, i.default_user || "root"),
       h("td", {}, templates.map((t) => `${t.cpus || "?"} vCPU ${t.memory_mib || "?"} MiB (${t.clones ?? 0} clones)`).join("; ") || "-"),
-      h("td", {}, when(i.built_at))));
+      h("td", {}, when(i.built_at)),
+      h("td", {}, mine ? h("button", { type: "button", class: "danger", onclick: () => {
+        if (window.confirm(`Delete image ${i.name}?`)) {
+          attempt(`delete image ${i.name}`, () => del(path("images", i.name)), () => { clear(view); return images(view); });
+        }
+      } }, "Delete") : null)));
   }
   view.append(h("h1", {}, "Images and templates"),
-    table(["Name", "Version", "Origin", "Boots", "Disk", "Stored", "User", "Templates", "Built"], rows,
+    table(["Name", "Version", "Origin", "Owner", "Boots", "Disk", "Stored", "User", "Templates", "Built", ""], rows,
       "No images: the administrator builds them (gureum image build tiny)."),
-    h("p", { class: "muted" }, "Images are built and templates made by the host's administrator (gureum image build, gureum image template)."));
+    h("p", { class: "muted" }, "The host's images are built and their templates made by its administrator (gureum image build, gureum image template); your project's own are made from its VMs (Make image on a VM's page)."));
 }
 
 function bar(used, limit) {

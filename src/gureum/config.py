@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gureum.errors import InvalidInput
+from gureum.model.cluster import ADDRESS
 
 DEFAULT_HOME = "/var/lib/gureum"
 
@@ -81,6 +82,8 @@ class Config:
     placement: str = "spread"
     # A host whose last heartbeat is older than this is unreachable: nothing is placed on it.
     host_unreachable_after_s: float = 30.0
+    # HOST:PORT where host agents join and report (mutual TLS); empty: no cluster port.
+    cluster_listen: str = ""
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -99,6 +102,16 @@ class Config:
     @property
     def images_dir(self) -> Path:
         return self.home / "images"
+
+    @property
+    def cluster_dir(self) -> Path:
+        """The cluster CA's key and certificates (a control plane's), 0700."""
+        return self.home / "cluster"
+
+    @property
+    def agent_dir(self) -> Path:
+        """A host agent's key, certificate and the cluster it joined."""
+        return self.home / "agent"
 
     @property
     def project_images_dir(self) -> Path:
@@ -175,6 +188,7 @@ _ENV = {
     "host_name": "GUREUM_HOST_NAME",
     "placement": "GUREUM_PLACEMENT",
     "host_unreachable_after_s": "GUREUM_HOST_UNREACHABLE_AFTER",
+    "cluster_listen": "GUREUM_CLUSTER_LISTEN",
 }
 
 
@@ -206,6 +220,8 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
     config = Config(**kwargs)  # type: ignore[arg-type]
     if config.accel not in ("auto", "kvm", "tcg"):
         raise InvalidInput(f"accel must be auto, kvm or tcg, not {config.accel!r}")
+    if config.cluster_listen and not ADDRESS.fullmatch(config.cluster_listen):
+        raise InvalidInput(f"cluster_listen is HOST:PORT, not {config.cluster_listen!r}")
     if config.placement not in ("spread", "pack"):
         raise InvalidInput(f"placement must be spread or pack, not {config.placement!r}")
     return config

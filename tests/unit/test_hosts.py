@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from gureum.model.cluster import JoinToken
 from tests.unit.fakeworld import fake_api, finish, launch
 
 
@@ -101,6 +102,25 @@ def test_a_host_that_stops_heartbeating_is_unreachable_and_takes_nothing(world) 
     assert launch(root, svc, "web", "tiny")["placement"]["host"] == svc.hosts.name
     svc.hosts.store.report(far, time.time(), accel="tcg", cpus=64, memory_mib=1 << 20,
                            memory_reserve_mib=1024, cpu_overcommit=1.0)  # fmt: skip
-    assert launch(root, svc, "db", "tiny")["placement"]["host"] == far
     (entry,) = [h for h in root.get("/v1/hosts").json() if h["name"] == far]
-    assert (entry["state"], entry["instances"], entry["local"]) == ("ready", 1, False)
+    assert (entry["state"], entry["instances"], entry["local"]) == ("ready", 0, False)
+    # Reachable again, it reports; but its agent is not driven from here yet.
+    said = refused(root.post("/v1/instances", json={"name": "x", "image": "tiny", "host": far}),
+                   409, "insufficient-capacity")  # fmt: skip
+    assert "far: its agent reports, but is not driven from here yet" in said
+    assert launch(root, svc, "db", "tiny")["placement"]["host"] == svc.hosts.name
+
+
+def test_enrolling_a_host_through_the_api(world) -> None:
+    root, svc, _ = world
+    body = {"name": "h2", "address": "10.0.0.2:8444"}
+    said = refused(root.post("/v1/hosts", json=body), 409, "invalid-state")
+    assert "cluster_listen" in said
+    svc.enrolment.cluster_listen = "127.0.0.1:8443"
+    made = root.post("/v1/hosts", json=body)
+    assert made.status_code == 201, made.text
+    token = JoinToken.parse(made.json()["token"])
+    assert (token.host, token.control_plane) == ("h2", "127.0.0.1:8443")
+    assert token.ca == svc.enrolment.ca.fingerprint()
+    bad = root.post("/v1/hosts", json={"name": "h3", "address": "no port"})
+    assert "HOST:PORT" in refused(bad, 400, "invalid-input")

@@ -75,6 +75,8 @@ REFUSED = [
      [host("h1", spread_groups=frozenset({"web"})), host("h2", spread_groups=frozenset({"web"}))],
      Want(1, 1024, spread_group="web"), ["h1: already runs", "h2: already runs"]),
     ("no kvm anywhere", [host("h1")], Want(1, 1024, needs_kvm=True), ["h1: has no KVM"]),
+    ("an agent that only reports", [host("h1", driven=False)], SMALL,
+     ["h1: its agent reports, but is not driven from here yet"]),
     ("no hosts at all", [], SMALL, ["no hosts"]),
 ]  # fmt: skip
 

@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from gureum import __version__
 from gureum.api import errors, tls
 from gureum.api.auth import AnyUser, RateLimiter
+from gureum.api.cluster_port import ClusterPort
 from gureum.api.http_metrics import HttpMetricsMiddleware
 from gureum.api.middleware import AuditMiddleware, AuthMiddleware, BodyLimitMiddleware
 from gureum.api.routes import (
@@ -196,6 +197,13 @@ async def serve(config: Config) -> None:
         # We handle signals ourselves, once for all servers: uvicorn's own capture would
         # replace the process's handlers per server and raise the signal again on its way out.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
+    cluster = ClusterPort(svc.enrolment.ca, svc.enrolment) if config.cluster_listen else None
+    if cluster is not None:
+        host, _, port = config.cluster_listen.rpartition(":")
+        await cluster.start(host or "127.0.0.1", int(port))
+        log.info(
+            "cluster port on %s (CA %s)", config.cluster_listen, svc.enrolment.ca.fingerprint()
+        )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -219,6 +227,8 @@ async def serve(config: Config) -> None:
         server.should_exit = True
     with contextlib.suppress(Exception):
         await asyncio.gather(*tasks, return_exceptions=True)
+    if cluster is not None:
+        await cluster.stop()
     await svc.stop()
     admin_socket.close()
     ui_socket.close()

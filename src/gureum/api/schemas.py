@@ -240,6 +240,18 @@ class HostEntryOut(BaseModel):
     committed: dict[str, Any] = Field(description="vCPUs and memory of its active VMs")
     instances: int = Field(description="instances placed on it, whatever their state")
     heartbeat_at: float = Field(description="when it last reported")
+    address: str | None = Field(None, description="where its agent answers; null: this host")
+
+
+class EnrolIn(Strict):
+    name: str = Field(description="the host's name in the cluster")
+    address: str = Field(description="HOST:PORT where its agent will answer")
+
+
+class EnrolOut(BaseModel):
+    host: str
+    token: str = Field(description="for `gureum agent --join`: single-use, shown once")
+    expires_at: float
 
 
 class PoolIn(Strict):

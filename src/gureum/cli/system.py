@@ -6,6 +6,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,8 +14,9 @@ import typer
 from rich.text import Text
 
 from gureum.cli import output
-from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing
+from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing, usage_error
 from gureum.client.client import Client
+from gureum.errors import GureumError
 
 operation_app = typer.Typer(
     help="Follow long work: launches, stops, image builds.", no_args_is_help=True
@@ -58,9 +60,12 @@ def register(app: typer.Typer) -> None:
         )
         asyncio.run(run_server(config))
 
+    app.command("agent")(agent)
     app.add_typer(host_app, name="host")
     app.add_typer(operation_app, name="operation")
 
+
+HEARTBEAT_S = 10.0  # as often as the control plane's own host reports
 
 host_app = typer.Typer(
     help="The host: accelerator, capacity, what VMs have committed, the pool of waiting QEMUs; "
@@ -97,6 +102,22 @@ def _host_row(h: dict[str, Any]) -> list[str]:
 
 
 HostName = Annotated[str, typer.Argument(help="The host's name, as `gureum host list` shows.")]
+
+
+@host_app.command("enroll")
+def enroll(
+    name: HostName,
+    address: Annotated[str, typer.Argument(help="HOST:PORT where its agent will answer.")],
+    fmt: OutputOpt = Format.table,
+) -> None:
+    """A join token for a new host (administrator): run `gureum agent --join TOKEN` on it
+    within the hour. The token is shown once and works once."""
+    made = call(Client.enrol_host, name, address)
+    emit(made, fmt, lines(
+        bold("Host:", f"   {made['host']}"),
+        bold("Token:", f"  {made['token']}"),
+        Text("On that host, within the hour: gureum agent --join TOKEN"),
+    ))  # fmt: skip
 
 
 @host_app.command("cordon")
@@ -197,3 +218,43 @@ def op_wait(op_id: OpId, fmt: OutputOpt = Format.table) -> None:
     with Client() as client:
         op = output.follow(client, client.operation(op_id))
     emit(op, fmt, f"{op['id']} {op['status']}")
+
+
+def agent(
+    join: Annotated[
+        str | None,
+        typer.Option("--join", help="The token `gureum host enroll` printed (used once)."),
+    ] = None,
+    once: Annotated[bool, typer.Option("--once", help="Report once and exit.")] = False,
+) -> None:
+    """Run this host's agent: join the cluster with a token the first time, then report this
+    host's capacity to the control plane every 10 s over mutual TLS. (The control plane does
+    not run instances on a joined host yet: it lists it, and its state follows its reports.)"""
+    from gureum.config import load_config
+    from gureum.host import enrolment
+    from gureum.host.agent import LocalHostAgent
+
+    config = load_config()
+    folder = config.agent_dir
+    if join is not None:
+        if enrolment.joined(folder) is not None:
+            raise usage_error(f"this host has joined a cluster already ({folder}/cluster.json)")
+        name = enrolment.join(join, folder)
+        output.err.print(f"joined the cluster as {name}")
+    elif enrolment.joined(folder) is None:
+        raise usage_error("this host has not joined a cluster: gureum agent --join TOKEN")
+    host = LocalHostAgent(config)
+    while True:
+        cap = host.capacity()
+        facts = {"accel": host.accel.accel, "cpus": cap.cpus, "memory_mib": cap.memory_mib,
+                 "memory_reserve_mib": cap.memory_reserve_mib,
+                 "cpu_overcommit": cap.cpu_overcommit}  # fmt: skip
+        try:
+            enrolment.heartbeat(folder, facts)
+        except GureumError as exc:
+            output.err.print(f"heartbeat refused or lost: {exc.message}")
+            if once:
+                raise typer.Exit(1) from None
+        if once:
+            return
+        time.sleep(HEARTBEAT_S)

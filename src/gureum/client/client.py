@@ -460,6 +460,9 @@ class Client:
     def hosts(self) -> list[dict[str, Any]]:
         return self.request("GET", path("hosts"))
 
+    def enrol_host(self, name: str, address: str) -> dict[str, Any]:
+        return self.request("POST", path("hosts"), json={"name": name, "address": address})
+
     def set_host_state(self, name: str, cordon: bool) -> dict[str, Any]:
         return self.request("POST", path("hosts", name, "cordon" if cordon else "uncordon"))
 

@@ -15,8 +15,10 @@ from gureum.ids import new_id
 from gureum.model.instance import ACTIVE
 from gureum.service.admission import Admission
 from gureum.service.backups import BackupService
+from gureum.service.cluster_ca import ClusterCA
 from gureum.service.creation import Creator
 from gureum.service.disks import DiskLayers
+from gureum.service.enrolment import EnrolmentService
 from gureum.service.events import EventBus
 from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
@@ -84,6 +86,7 @@ class Services:
     tags: TagService
     capture: ImageCapture
     hosts: HostService
+    enrolment: EnrolmentService
     _lock_fd: int | None = None
 
     @classmethod
@@ -134,7 +137,11 @@ class Services:
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, images, host)
         views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
-        hosts = HostService(config, HostStore(db), instance_store, admission, host)
+        host_store = HostStore(db)
+        hosts = HostService(config, host_store, instance_store, admission, host)
+        enrolment = EnrolmentService(
+            ClusterCA(config.cluster_dir), host_store, config.cluster_listen
+        )
         creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
@@ -199,6 +206,7 @@ class Services:
             tags,
             capture,
             hosts,
+            enrolment,
         )
 
     def lock_home(self) -> None:

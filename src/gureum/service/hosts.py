@@ -51,7 +51,7 @@ class HostService:
         self._beat = time.monotonic()
         cap = self.host.capacity()
         self.store.report(
-            self.name, time.time(), accel=self.host.accel.accel, cpus=cap.cpus,
+            self.name, time.time(), adopt=True, accel=self.host.accel.accel, cpus=cap.cpus,
             memory_mib=cap.memory_mib, memory_reserve_mib=cap.memory_reserve_mib,
             cpu_overcommit=cap.cpu_overcommit,
         )  # fmt: skip
@@ -81,7 +81,8 @@ class HostService:
                                     rec.cpu_overcommit)  # fmt: skip
             cpus, mib = committed([i for i in self.instances.list() if i.host == rec.name])
         return HostView(rec.name, self.state_of(rec, time.time()), capacity, cpus, mib,
-                        rec.accel, self.store.spread_groups(rec.name))  # fmt: skip
+                        rec.accel, self.store.spread_groups(rec.name),
+                        driven=rec.name == self.name)  # fmt: skip
 
     def place(self, want: Want) -> str:
         """The host a new instance goes to (call it under the admission lock, and record the
@@ -106,6 +107,7 @@ class HostService:
                 "committed": {"cpus": view.committed_cpus, "memory_mib": view.committed_mib},
                 "instances": self.instances.count_on_host(rec.name),
                 "heartbeat_at": rec.heartbeat_at,
+                "address": rec.address,
             })  # fmt: skip
         return out
 

@@ -7,6 +7,7 @@ their instances) taken under the admission lock, and claims the chosen host befo
 lock go, as admission does on one host.
 
 - ``ready``: a cordoned host takes nothing new; an unreachable one cannot be asked.
+- ``driven``: a host whose agent only reports (remote agents are not driven yet) takes nothing.
 - ``pinned``: ``--host NAME`` leaves that host alone (still filtered: pinning never overcommits).
 - ``accelerator``: an instance that needs KVM goes only where KVM is.
 - ``capacity``: the admission rule of ``host/capacity.py``, the same as on one host.
@@ -41,6 +42,7 @@ class HostView:
     committed_mib: int = 0
     accel: str = "tcg"
     spread_groups: frozenset[str] = field(default_factory=frozenset)
+    driven: bool = True  # the control plane can have its agent run what it places there
 
     def free_fraction(self) -> float:
         """The share of the host's guest memory and vCPUs still free, the scarcer of the two."""
@@ -68,6 +70,11 @@ def _ready(want: Want, host: HostView) -> str | None:
     return None if host.state == READY else host.state
 
 
+def _driven(want: Want, host: HostView) -> str | None:
+    # An enrolled agent reports, but the control plane does not drive remote agents yet.
+    return None if host.driven else "its agent reports, but is not driven from here yet"
+
+
 def _pinned(want: Want, host: HostView) -> str | None:
     return None if want.host in (None, host.name) else f"not {want.host}, which was asked for"
 
@@ -90,7 +97,7 @@ def _spread(want: Want, host: HostView) -> str | None:
     return None
 
 
-FILTERS: tuple[Filter, ...] = (_ready, _pinned, _accelerator, _capacity, _spread)
+FILTERS: tuple[Filter, ...] = (_ready, _driven, _pinned, _accelerator, _capacity, _spread)
 
 
 def place(want: Want, hosts: Sequence[HostView], strategy: str = SPREAD) -> HostView:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import RowMapping, insert, select, update
 
 from gureum.store.db import Database
 from gureum.store.schema import hosts as t
 from gureum.store.schema import instances
+from gureum.store.schema import join_tokens as tokens
 
 
 @dataclass(frozen=True)
@@ -22,6 +24,7 @@ class HostRecord:
     cpu_overcommit: float
     heartbeat_at: float
     created_at: float
+    address: str | None = None  # where its agent answers (None: this host, in-process)
 
 
 def _from_row(row: RowMapping) -> HostRecord:
@@ -35,6 +38,7 @@ def _from_row(row: RowMapping) -> HostRecord:
         cpu_overcommit=float(row["cpu_overcommit"]),
         heartbeat_at=row["heartbeat_at"],
         created_at=row["created_at"],
+        address=row["address"],
     )
 
 
@@ -42,11 +46,11 @@ class HostStore:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def report(self, name: str, now: float, **facts: object) -> None:
+    def report(self, name: str, now: float, *, adopt: bool = False, **facts: Any) -> None:
         """A host says it is alive, and what it has (``accel``, ``cpus``, ``memory_mib``,
         ``memory_reserve_mib``, ``cpu_overcommit``); its state (cordoned or not) is kept. A
-        host reporting for the first time is ready, and takes the instances recorded before
-        hosts were (a store from one host)."""
+        host reporting for the first time is ready. ``adopt`` (the control plane's own host):
+        it takes the instances recorded before hosts were (a store from one host)."""
         facts["heartbeat_at"] = now
         with self.db.begin() as conn:
             known = conn.execute(select(t.c.name).where(t.c.name == name)).first()
@@ -54,7 +58,50 @@ class HostStore:
                 conn.execute(update(t).where(t.c.name == name).values(**facts))
             else:
                 conn.execute(insert(t).values(name=name, state="ready", created_at=now, **facts))
-            conn.execute(update(instances).where(instances.c.host.is_(None)).values(host=name))
+            if adopt:
+                unplaced = instances.c.host.is_(None)
+                conn.execute(update(instances).where(unplaced).values(host=name))
+
+    def enrol(self, name: str, address: str, now: float) -> None:
+        """A host whose agent joined: known, never heard from yet (unreachable until its first
+        heartbeat), nothing to give until it says what it has."""
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(t).values(
+                    name=name, state="ready", accel="", cpus=0, memory_mib=0,
+                    memory_reserve_mib=0, cpu_overcommit=1.0, heartbeat_at=0.0,
+                    created_at=now, address=address,
+                )
+            )  # fmt: skip
+
+    def add_join_token(
+        self, secret_hash: str, host: str, address: str, expires_at: float, now: float
+    ) -> None:
+        with self.db.begin() as conn:
+            conn.execute(
+                insert(tokens).values(
+                    secret_hash=secret_hash,
+                    host=host,
+                    address=address,
+                    expires_at=expires_at,
+                    created_at=now,
+                )
+            )
+
+    def use_join_token(self, secret_hash: str, now: float) -> tuple[str, str] | None:
+        """(host, address) of an unused, unexpired token, now used (once: the UPDATE's own
+        condition decides between two joins racing with one token)."""
+        fresh = (tokens.c.secret_hash == secret_hash) & tokens.c.used_at.is_(None)
+        with self.db.begin() as conn:
+            won = conn.execute(
+                update(tokens).where(fresh, tokens.c.expires_at > now).values(used_at=now)
+            ).rowcount
+            if not won:
+                return None
+            row = conn.execute(
+                select(tokens.c.host, tokens.c.address).where(tokens.c.secret_hash == secret_hash)
+            ).one()
+        return row[0], row[1]
 
     def list(self) -> list[HostRecord]:
         with self.db.read() as conn:

@@ -490,6 +490,23 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             """,
         ],
     ),
+    (
+        23,
+        "hosts enrolled with single-use join tokens, and where each host's agent answers",
+        [
+            """
+            CREATE TABLE join_tokens (
+                secret_hash TEXT PRIMARY KEY,
+                host TEXT NOT NULL,
+                address TEXT NOT NULL,
+                expires_at DOUBLE PRECISION NOT NULL,
+                used_at DOUBLE PRECISION,
+                created_at DOUBLE PRECISION NOT NULL
+            )
+            """,
+            "ALTER TABLE hosts ADD COLUMN address TEXT",
+        ],
+    ),
 ]
 
 

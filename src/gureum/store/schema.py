@@ -107,6 +107,18 @@ hosts = Table(
     Column("cpu_overcommit", Float, nullable=False),
     Column("heartbeat_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("address", Text),  # where its agent answers (None: this host, in-process)
+)
+
+join_tokens = Table(
+    "join_tokens",
+    metadata,
+    Column("secret_hash", Text, primary_key=True),
+    Column("host", Text, nullable=False),
+    Column("address", Text, nullable=False),
+    Column("expires_at", Float, nullable=False),
+    Column("used_at", Float),
+    Column("created_at", Float, nullable=False),
 )
 
 work = Table(

@@ -9,7 +9,15 @@ from fastapi import APIRouter, Depends
 from gureum import __version__
 from gureum.api.auth import AnyUser, Super
 from gureum.api.deps import services
-from gureum.api.schemas import HostEntryOut, HostOut, PoolIn, PoolOut, VersionOut
+from gureum.api.schemas import (
+    EnrolIn,
+    EnrolOut,
+    HostEntryOut,
+    HostOut,
+    PoolIn,
+    PoolOut,
+    VersionOut,
+)
 from gureum.model.instance import committed
 from gureum.service.core import Services
 from gureum.service.placement import CORDONED, READY
@@ -50,6 +58,19 @@ async def host(svc: Annotated[Services, Depends(services)], who: AnyUser) -> dic
 async def hosts(svc: Annotated[Services, Depends(services)], _: Super) -> list[dict[str, object]]:
     """The hosts instances are placed on, their state, capacity and what is committed."""
     return svc.hosts.list()
+
+
+@router.post(
+    "/hosts", status_code=201, response_model=EnrolOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)  # fmt: skip
+async def enrol(
+    body: EnrolIn, svc: Annotated[Services, Depends(services)], _: Super
+) -> dict[str, object]:
+    """A join token for a new host's agent (`gureum agent --join TOKEN` on that host): used
+    once, within an hour. Needs the control plane's cluster port (``cluster_listen``)."""
+    token, expires_at = svc.enrolment.enrol(body.name, body.address)
+    return {"host": body.name, "token": token, "expires_at": expires_at}
 
 
 @router.post(

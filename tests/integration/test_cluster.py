@@ -1,0 +1,68 @@
+"""A host agent joins a real `gureum serve` through its cluster port (issue 17, part 1), as an
+administrator runs it: `gureum host enroll` on the control plane, `gureum agent --join TOKEN`
+in another home (the other host), then `gureum host list` shows it reporting. The token does not
+work twice. (Forged certificates, expiry, a wrong CA: tests/unit/test_enrolment.py.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gureum.cli.main import exit_for
+from tests.integration.conftest import Service, new_home
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def control_plane() -> Iterator[Service]:
+    svc = Service(new_home(), {"GUREUM_CLUSTER_LISTEN": f"127.0.0.1:{_free_port()}"})
+    try:
+        svc.start()
+        yield svc
+    finally:
+        svc.cleanup()
+
+
+def agent(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
+    env["GUREUM_HOME"] = str(home)
+    return subprocess.run(
+        [sys.executable, "-m", "gureum.cli.main", "agent", *args],
+        env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_path) -> None:
+    made = json.loads(
+        control_plane.cli("host", "enroll", "h2", "127.0.0.1:8444", "-o", "json").stdout
+    )
+    joined = agent(tmp_path / "h2", "--join", made["token"], "--once")
+    assert joined.returncode == 0, joined.stderr
+    assert "joined the cluster as h2" in joined.stderr
+    hosts = {
+        h["name"]: h for h in json.loads(control_plane.cli("host", "list", "-o", "json").stdout)
+    }
+    h2 = hosts["h2"]
+    assert (h2["state"], h2["address"], h2["local"]) == ("ready", "127.0.0.1:8444", False)
+    assert h2["capacity"]["cpus"] == os.cpu_count()
+    assert [h["local"] for h in hosts.values()].count(True) == 1
+    # Its key stayed on its host; the control plane has the CA's.
+    assert (tmp_path / "h2" / "agent" / "agent.key").stat().st_mode & 0o777 == 0o600
+    assert (control_plane.home / "cluster" / "ca.key").stat().st_mode & 0o777 == 0o600
+    # Reporting again needs no token; the token itself is spent.
+    assert agent(tmp_path / "h2", "--once").returncode == 0
+    replay = agent(tmp_path / "h2-again", "--join", made["token"], "--once")
+    assert replay.returncode == exit_for("unauthenticated"), replay.stderr
+    assert "already used" in replay.stderr

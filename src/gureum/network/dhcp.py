@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -31,6 +32,7 @@ class Dhcp:
         # there. None: this network's names only (a sealed network has nowhere to ask).
         self.servers = servers or []
         self._proc: subprocess.Popen[bytes] | None = None  # when this process started it
+        self._writing = threading.Lock()
 
     @property
     def pidfile(self) -> Path:
@@ -49,14 +51,17 @@ class Dhcp:
         return None
 
     def write_hosts(self, nics: list[tuple[Nic, str]]) -> None:
-        """``nics``: (NIC, hostname) pairs of this network."""
+        """``nics``: (NIC, hostname) pairs of this network. Safe to call from several threads
+        at once (two VMs of one network booting together each sync it): one writer at a time,
+        so that the two files always come from the same call."""
         self.folder.mkdir(parents=True, exist_ok=True)
         dhcp = "".join(f"{n.mac},{n.ip},{host},infinite\n" for n, host in nics)
         dns = "".join(f"{n.ip} {host}\n" for n, host in nics)
-        for name, text in (("dhcp-hosts", dhcp), ("hosts", dns)):
-            tmp = self.folder / f"{name}.tmp"
-            tmp.write_text(text)
-            tmp.rename(self.folder / name)
+        with self._writing:
+            for name, text in (("dhcp-hosts", dhcp), ("hosts", dns)):
+                tmp = self.folder / f"{name}.tmp"
+                tmp.write_text(text)
+                tmp.rename(self.folder / name)
 
     def argv(self) -> list[str]:
         net = self.network

@@ -50,7 +50,7 @@ def leaves():
 
 
 def test_every_command_takes_o_json_or_says_why_not():
-    said_why = {"serve", "console", "completion", "ssh", "ssh-proxy"}
+    said_why = {"serve", "agent", "console", "completion", "ssh", "ssh-proxy"}
     for words, cmd in leaves():
         options = {o for p in cmd.params for o in getattr(p, "opts", [])}
         if words in said_why:

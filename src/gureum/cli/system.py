@@ -229,7 +229,8 @@ def agent(
 ) -> None:
     """Run this host's agent: join the cluster with a token the first time, then report this
     host's capacity to the control plane every 10 s over mutual TLS. (The control plane does
-    not run instances on a joined host yet: it lists it, and its state follows its reports.)"""
+    not run instances on a joined host yet: it lists it, and its state follows its reports.)
+    No -o json: it runs until stopped and prints what it does, not data."""
     from gureum.config import load_config
     from gureum.host import enrolment
     from gureum.host.agent import LocalHostAgent

@@ -153,6 +153,13 @@ class TenancyService:
         roles = dict(self.store.memberships_of(principal.user_id or ""))
         return [(p, Role(roles[p.id])) for p in self.store.projects() if p.id in roles]
 
+    def project_ids(self, principal: Principal) -> set[str] | None:
+        """The ids of the projects whose resources the caller sees (None: every project's, the
+        administrator)."""
+        if principal.superuser:
+            return None
+        return {p.id for p, _ in self.projects(principal)}
+
     def create_project(self, name: str, quotas: dict[str, float | int | None]) -> Project:
         check_name(name, what="project name")
         if looks_like_id(name, "p-"):

@@ -31,20 +31,15 @@ def _view(image: Image, who: Principal) -> dict[str, object]:
     return view
 
 
-def _projects(svc: Services, who: Principal) -> set[str] | None:
-    """The projects whose own images the caller sees (None: all, the administrator)."""
-    return None if who.superuser else {p.id for p, _ in svc.tenancy.projects(who)}
-
-
 def _visible(svc: Services, image: str, who: Principal) -> Image:
     """The image if the caller may see it: another project's image is not found (404)."""
-    return svc.images.get(image, _projects(svc, who))
+    return svc.images.get(image, svc.tenancy.project_ids(who))
 
 
 @router.get("", response_model=list[ImageOut], openapi_extra={"x-gureum-role": "user"})
 async def list_images(svc: Svc, who: AnyUser) -> list[dict[str, object]]:
     """The host's catalog and the images of the caller's projects."""
-    return [_view(i, who) for i in svc.images.list(_projects(svc, who))]
+    return [_view(i, who) for i in svc.images.list(svc.tenancy.project_ids(who))]
 
 
 @router.get("/{image}", response_model=ImageOut, openapi_extra={"x-gureum-role": "user"})

@@ -41,9 +41,7 @@ class _Scoped(Collector):
 
 
 def visibility(svc: Services, who: Principal) -> Visibility:
-    if who.superuser:
-        return Visibility(None, host=True)
-    return Visibility({p.id for p, _ in svc.tenancy.projects(who)}, host=False)
+    return Visibility(svc.tenancy.project_ids(who), host=who.superuser)
 
 
 @router.get(

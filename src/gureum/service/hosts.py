@@ -16,7 +16,7 @@ from gureum.errors import InvalidInput, NotFound
 from gureum.host.capacity import HostCapacity
 from gureum.host.interface import HostAgent
 from gureum.ids import check_name
-from gureum.model.instance import committed
+from gureum.model.instance import Instance, committed
 from gureum.service.admission import Admission
 from gureum.service.placement import CORDONED, READY, UNREACHABLE, HostView, Want, place
 from gureum.store.hosts import HostRecord, HostStore
@@ -69,7 +69,7 @@ class HostService:
             return UNREACHABLE
         return rec.state
 
-    def _view(self, rec: HostRecord) -> HostView:
+    def _view(self, rec: HostRecord, others: builtins.list[Instance], now: float) -> HostView:
         if rec.name == self.name:
             # This host's capacity as it is now, and what it has committed as admission counts
             # it (growing VMs and the pool's waiting QEMUs included): the rule a start or a
@@ -79,25 +79,32 @@ class HostService:
         else:  # another's: as it last reported, and its active instances in the store
             capacity = HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib,
                                     rec.cpu_overcommit)  # fmt: skip
-            cpus, mib = committed([i for i in self.instances.list() if i.host == rec.name])
-        return HostView(rec.name, self.state_of(rec, time.time()), capacity, cpus, mib,
+            cpus, mib = committed([i for i in others if i.host == rec.name])
+        return HostView(rec.name, self.state_of(rec, now), capacity, cpus, mib,
                         rec.accel, self.store.spread_groups(rec.name),
                         driven=rec.name == self.name)  # fmt: skip
+
+    def _views(self) -> builtins.list[tuple[HostRecord, HostView]]:
+        """Every host with the scheduler's view of it; the store read once for all of them
+        (on one host: its hosts row, and no instance list)."""
+        records = self.store.list()
+        if self.name not in {r.name for r in records}:
+            self.report()  # a service used before its start (tools, tests) is a host too
+            records = self.store.list()
+        others = (
+            [i for i in self.instances.list() if i.host != self.name] if len(records) > 1 else []
+        )
+        now = time.time()
+        return [(r, self._view(r, others, now)) for r in records]
 
     def place(self, want: Want) -> str:
         """The host a new instance goes to (call it under the admission lock, and record the
         instance before letting it go, as every claim is)."""
-        return place(want, [self._view(r) for r in self._records()], self.strategy).name
-
-    def _records(self) -> builtins.list[HostRecord]:
-        if self.store.get(self.name) is None:
-            self.report()  # a service used before its start (tools, tests) is a host too
-        return self.store.list()
+        return place(want, [view for _, view in self._views()], self.strategy).name
 
     def list(self) -> list[dict[str, object]]:
         out = []
-        for rec in self._records():
-            view = self._view(rec)
+        for rec, view in self._views():
             out.append({
                 "name": rec.name,
                 "state": view.state,

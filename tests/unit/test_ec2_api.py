@@ -442,3 +442,22 @@ def test_create_image_describe_launch_and_deregister(world):
     gone = alice.call("DeregisterImage", {"ImageId": ami})
     assert gone["status"] == 200 and gone["Return"] is True
     assert own() == [] and svc.images.store.get("golden") is None
+
+
+def test_an_instance_whose_host_is_unreachable_is_running_and_impaired(world):
+    svc, callers, _ = world
+    alice = callers["alice"]
+    ec2_id = run(alice)["Instances"][0]["InstanceId"]
+    (inst,) = svc.instances.list()
+    svc.hosts.store.report("far", time.time() - svc.config.host_unreachable_after_s - 5,
+                           accel="tcg", cpus=8, memory_mib=8192, memory_reserve_mib=512,
+                           cpu_overcommit=1.0)  # fmt: skip
+    ok = alice.call("DescribeInstanceStatus", {"InstanceId.1": ec2_id})["InstanceStatuses"][0]
+    assert (ok["InstanceState"]["Name"], ok["InstanceStatus"]["Status"]) == ("running", "ok")
+    svc.instances.store.update(inst.id, host="far")
+    seen = alice.call("DescribeInstanceStatus", {"InstanceId.1": ec2_id})["InstanceStatuses"][0]
+    assert seen["InstanceState"]["Name"] == "running"  # as EC2 keeps it on an impaired host
+    assert (seen["SystemStatus"]["Status"], seen["InstanceStatus"]["Status"]) == (
+        "impaired",
+        "impaired",
+    )

@@ -111,6 +111,31 @@ def test_a_host_that_stops_heartbeating_is_unreachable_and_takes_nothing(world) 
     assert launch(root, svc, "db", "tiny")["placement"]["host"] == svc.hosts.name
 
 
+def test_instances_on_an_unreachable_host_are_shown_unknown_not_running(world) -> None:
+    root, svc, _ = world
+    far = "far"
+    svc.hosts.store.report(far, time.time(), accel="tcg", cpus=64, memory_mib=1 << 20,
+                           memory_reserve_mib=1024, cpu_overcommit=1.0)  # fmt: skip
+    web = launch(root, svc, "web", "tiny")
+    here = launch(root, svc, "db", "tiny")
+    svc.instances.store.update(web["id"], host=far)  # as if placed there
+    shown = root.get("/v1/instances/web").json()
+    assert (shown["state"], shown.get("last_state")) == ("running", None)
+    # It stops reporting: its instances are not known to run any more.
+    old = time.time() - svc.config.host_unreachable_after_s - 5
+    svc.hosts.store.report(far, old)
+    shown = {i["name"]: i for i in root.get("/v1/instances").json()}
+    assert (shown["web"]["state"], shown["web"]["last_state"]) == ("unknown", "running")
+    assert "its host far is unreachable (last heard from" in shown["web"]["state_reason"]
+    assert shown["web"]["pid"] is None
+    assert shown["db"]["state"] == "running" and "last_state" not in shown["db"]
+    assert here["placement"]["host"] == svc.hosts.name
+    assert svc.instances.get(web["id"]).state.value == "running"  # the store keeps what it knew
+    # It reports again: shown as it was.
+    svc.hosts.store.report(far, time.time())
+    assert root.get("/v1/instances/web").json()["state"] == "running"
+
+
 def test_enrolling_a_host_through_the_api(world) -> None:
     root, svc, _ = world
     body = {"name": "h2", "address": "10.0.0.2:8444"}

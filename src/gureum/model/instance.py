@@ -23,6 +23,10 @@ class State(StrEnum):
     ERROR = "error"  # a start failed (boot timeout, QEMU refused to start...)
 
 
+# Shown, never stored: an active instance whose host has stopped reporting. What runs there is
+# not known until it reports again (its last known state is shown beside it).
+UNKNOWN = "unknown"
+
 # States in which a QEMU process may exist and the VM holds host capacity.
 ACTIVE = frozenset({State.PENDING, State.STARTING, State.RUNNING, State.PAUSED, State.STOPPING})
 

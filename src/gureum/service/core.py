@@ -135,10 +135,12 @@ class Services:
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, images, host)
-        views = InstanceViews(layer_store, snapshot_store, network_store, forwards, quotas, host)
-        lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
         host_store = HostStore(db)
         hosts = HostService(config, host_store, instance_store, admission, host)
+        views = InstanceViews(
+            layer_store, snapshot_store, network_store, forwards, quotas, host, hosts
+        )
+        lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
         enrolment = EnrolmentService(
             ClusterCA(config.cluster_dir), host_store, config.cluster_listen
         )

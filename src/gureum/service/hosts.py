@@ -69,6 +69,13 @@ class HostService:
             return UNREACHABLE
         return rec.state
 
+    def unreachable(self) -> dict[str, float]:
+        """The hosts not heard from within ``host_unreachable_after_s``, each with its last
+        heartbeat's time: what their instances are shown against (``unknown``)."""
+        now = time.time()
+        records = self.store.list()
+        return {r.name: r.heartbeat_at for r in records if self.state_of(r, now) == UNREACHABLE}
+
     def _view(self, rec: HostRecord, others: builtins.list[Instance], now: float) -> HostView:
         if rec.name == self.name:
             # This host's capacity as it is now, and what it has committed as admission counts

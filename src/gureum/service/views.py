@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import time
+
 from gureum.host.interface import HostAgent
-from gureum.model.instance import ACTIVE, Instance
+from gureum.model.instance import ACTIVE, UNKNOWN, Instance
 from gureum.model.snapshot import Layer
 from gureum.service.forwards import ForwardService
+from gureum.service.hosts import HostService
 from gureum.service.networks import nic_view
 from gureum.service.quotas import QuotaService
 from gureum.store.layers import LayerStore, SnapshotStore
@@ -24,6 +27,7 @@ class InstanceViews:
         forwards: ForwardService,
         quotas: QuotaService,
         host: HostAgent,
+        hosts: HostService,
     ) -> None:
         self.layers = layers
         self.snapshots = snapshots
@@ -31,6 +35,7 @@ class InstanceViews:
         self.forwards = forwards
         self.quotas = quotas
         self.host = host
+        self.hosts = hosts
 
     def view(self, inst: Instance) -> dict[str, object]:
         return self.views([inst])[0]
@@ -66,7 +71,12 @@ class InstanceViews:
             ip = first_ip.get(fwd.instance_id, (0, None))[1]
             view = self.forwards.view(fwd, name=names[fwd.instance_id], ip=ip)
             forwards.setdefault(fwd.instance_id, []).append(view)
-        return [self._view(i, layers, snapshots, nics, groups, forwards) for i in insts]
+        lost = self.hosts.unreachable()
+        out = [self._view(i, layers, snapshots, nics, groups, forwards) for i in insts]
+        for inst, view in zip(insts, out, strict=True):
+            if inst.host in lost and inst.state in ACTIVE:
+                _unknown(view, inst.host, lost[inst.host])
+        return out
 
     def _view(
         self,
@@ -80,6 +90,7 @@ class InstanceViews:
         spec = inst.spec
         hw = inst.hardware
         running = inst.state in ACTIVE
+        here = inst.host in (None, self.hosts.name)
         # An active VM shows what its guest has now; a resize that waits for the next boot
         # is shown beside it, not in its place.
         cpus, memory_mib = inst.running_now or (spec.cpus, spec.memory_mib)
@@ -119,8 +130,21 @@ class InstanceViews:
             "created_at": inst.created_at,
             "updated_at": inst.updated_at,
             "boot": inst.boot.to_dict(),
+            # Read from this host's files: another host's instances have none here.
             "host": {
-                "rss_bytes": self.host.rss_bytes(inst.id) if running else None,
-                "disk_allocated_bytes": self.host.disk_bytes(top) if top else None,
+                "rss_bytes": self.host.rss_bytes(inst.id) if running and here else None,
+                "disk_allocated_bytes": self.host.disk_bytes(top) if top and here else None,
             },
         }
+
+
+def _unknown(view: dict[str, object], host: str, heard_at: float) -> None:
+    """An active instance on a host that stopped reporting: what runs there is not known, so it
+    is not shown running (its last known state is kept beside it)."""
+    ago = f"{time.time() - heard_at:.0f} s ago" if heard_at else "never"
+    view["last_state"] = view["state"]
+    view["state"] = UNKNOWN
+    view["state_reason"] = (
+        f"its host {host} is unreachable (last heard from {ago}); it was {view['last_state']}"
+    )
+    view["pid"] = None

@@ -63,9 +63,11 @@ STATES = {  # gureum state -> EC2 (code, name)
 }
 
 
-def ec2_state(state: str) -> tuple[int, str]:
-    """EC2's (code, name) of a gureum state (any other: stopped, as EC2 has no word for it)."""
-    return STATES.get(state, (80, "stopped"))
+def ec2_state(view: dict[str, Any]) -> tuple[int, str]:
+    """EC2's (code, name) of an instance's gureum state (any other: stopped, as EC2 has no word
+    for it). An instance whose host is unreachable keeps its last known state, as EC2 keeps an
+    instance whose host is impaired ``running`` (DescribeInstanceStatus says ``impaired``)."""
+    return STATES.get(str(view.get("last_state", view["state"])), (80, "stopped"))
 
 
 def type_of(cpus: int, memory_mib: int) -> str:
@@ -131,7 +133,7 @@ class Context:
 
 
 def _instance_xml(ctx: Context, view: dict[str, Any], state: str | None = None) -> dict[str, Any]:
-    code, name = (48, "terminated") if state == "terminated" else ec2_state(view["state"])
+    code, name = (48, "terminated") if state == "terminated" else ec2_state(view)
     nic = (view.get("nics") or [{}])[0]
     network = ctx.network_ids.get(nic.get("network", ""))
     return {
@@ -260,10 +262,12 @@ async def describe_instance_status(ctx: Context) -> dict[str, Any]:
     for view in _views(ctx):
         if wanted and view["id"] not in wanted:
             continue
-        code, name = ec2_state(view["state"])
+        code, name = ec2_state(view)
         if name != "running" and not every:
             continue
         ok = "ok" if name == "running" else "not-applicable"
+        if "last_state" in view:  # its host is unreachable
+            ok = "impaired"
         out.append(
             {
                 "instanceId": ids.to_ec2("i", view["id"]),
@@ -375,7 +379,7 @@ async def _each(
         )
     changes = []
     for gureum_id in wanted:
-        before = ec2_state(views[gureum_id]["state"])
+        before = ec2_state(views[gureum_id])
         try:
             await act(gureum_id)
         except GureumError as exc:

@@ -136,6 +136,14 @@ class Unavailable(GureumError):
     status = 503
 
 
+class Untrusted(GureumError):
+    """What answered at a host agent's address is not that host's agent, or the agent refused
+    the control plane's certificate: the caller's own identity is not in question (not 401)."""
+
+    code = "untrusted"
+    status = 502
+
+
 class Timeout(GureumError):
     code = "timeout"
     status = 504

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -45,9 +46,8 @@ def agent(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_path) -> None:
-    made = json.loads(
-        control_plane.cli("host", "enroll", "h2", "127.0.0.1:8444", "-o", "json").stdout
-    )
+    address = f"127.0.0.1:{_free_port()}"
+    made = json.loads(control_plane.cli("host", "enroll", "h2", address, "-o", "json").stdout)
     joined = agent(tmp_path / "h2", "--join", made["token"], "--once")
     assert joined.returncode == 0, joined.stderr
     assert "joined the cluster as h2" in joined.stderr
@@ -55,7 +55,7 @@ def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_pa
         h["name"]: h for h in json.loads(control_plane.cli("host", "list", "-o", "json").stdout)
     }
     h2 = hosts["h2"]
-    assert (h2["state"], h2["address"], h2["local"]) == ("ready", "127.0.0.1:8444", False)
+    assert (h2["state"], h2["address"], h2["local"]) == ("ready", address, False)
     assert h2["capacity"]["cpus"] == os.cpu_count()
     assert [h["local"] for h in hosts.values()].count(True) == 1
     # Its key stayed on its host; the control plane has the CA's.
@@ -66,3 +66,27 @@ def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_pa
     replay = agent(tmp_path / "h2-again", "--join", made["token"], "--once")
     assert replay.returncode == exit_for("unauthenticated"), replay.stderr
     assert "already used" in replay.stderr
+    # Nothing answers at its address yet: the control plane says so.
+    unreached = control_plane.cli("host", "check", "h2", check=False)
+    assert unreached.returncode != 0 and "cannot reach h2" in unreached.stderr
+    # The agent running: it reports and answers the control plane on its command port.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
+    env["GUREUM_HOME"] = str(tmp_path / "h2")
+    running = subprocess.Popen(
+        [sys.executable, "-m", "gureum.cli.main", "agent"], env=env, stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            seen = control_plane.cli("host", "check", "h2", "-o", "json", check=False)
+            if seen.returncode == 0 or time.monotonic() > deadline or running.poll() is not None:
+                break
+            time.sleep(0.5)
+        assert seen.returncode == 0, (seen.stderr, running.poll())
+        facts = json.loads(seen.stdout)["facts"]
+        assert (facts["host"], facts["cpus"]) == ("h2", os.cpu_count())
+    finally:
+        running.terminate()
+        _, err = running.communicate(timeout=30)
+    assert f"answering the control plane on {address}" in err

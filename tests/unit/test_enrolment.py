@@ -23,6 +23,7 @@ from gureum.errors import Conflict, GureumError, InvalidState
 from gureum.host import enrolment as agent
 from gureum.model.cluster import JoinToken
 from gureum.service import enrolment
+from gureum.service.agents import Agents
 from gureum.service.cluster_ca import ClusterCA
 from gureum.service.enrolment import EnrolmentService
 from gureum.service.placement import Want
@@ -35,16 +36,21 @@ FACTS = {"accel": "tcg", "cpus": 16, "memory_mib": 65536, "memory_reserve_mib": 
 
 class Cluster:
     def __init__(self, tmp_path: Path) -> None:
-        self.svc, _ = fake_services(tmp_path)
+        self.svc, self.host = fake_services(tmp_path)
         self.store = self.svc.hosts.store
         self.ca = ClusterCA(tmp_path / "cluster")
         self.enrolment = EnrolmentService(self.ca, self.store, "")
+        self.agents = Agents(self.ca, self.store)  # the control plane asking agents
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.port = ClusterPort(self.ca, self.enrolment)
         number = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1", 0), self.loop)
         self.enrolment.cluster_listen = f"127.0.0.1:{number.result(10)}"
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        """Run a coroutine on the cluster's loop (where its servers live); its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(30)
 
     def close(self) -> None:
         asyncio.run_coroutine_threadsafe(self.port.stop(), self.loop).result(10)
@@ -66,7 +72,8 @@ def test_a_host_joins_with_a_token_and_reports(cluster: Cluster, tmp_path: Path)
     folder = tmp_path / "h2" / "agent"
     assert agent.join(token, folder) == "h2"
     assert (folder / "agent.key").stat().st_mode & 0o777 == 0o600
-    assert agent.joined(folder) == {"control_plane": cluster.enrolment.cluster_listen, "host": "h2"}
+    assert agent.joined(folder) == {"control_plane": cluster.enrolment.cluster_listen, "host": "h2",
+                                    "address": "127.0.0.1:8444"}  # fmt: skip
     (h2,) = [h for h in cluster.svc.hosts.list() if h["name"] == "h2"]
     assert (h2["state"], h2["address"], h2["local"]) == ("unreachable", "127.0.0.1:8444", False)
     assert agent.heartbeat(folder, FACTS) == {"ok": True, "host": "h2"}

@@ -243,6 +243,12 @@ class HostEntryOut(BaseModel):
     address: str | None = Field(None, description="where its agent answers; null: this host")
 
 
+class HostCheckOut(BaseModel):
+    host: str
+    round_trip_ms: float = Field(description="a new TLS connection and one request")
+    facts: dict[str, Any] = Field(description="what the agent says of its host")
+
+
 class EnrolIn(Strict):
     name: str = Field(description="the host's name in the cluster")
     address: str = Field(description="HOST:PORT where its agent will answer")

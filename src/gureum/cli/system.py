@@ -6,9 +6,8 @@ import asyncio
 import logging
 import os
 import sys
-import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.text import Text
@@ -17,6 +16,9 @@ from gureum.cli import output
 from gureum.cli.output import Format, OutputOpt, bold, call, emit, lines, listing, usage_error
 from gureum.client.client import Client
 from gureum.errors import GureumError
+
+if TYPE_CHECKING:
+    from gureum.host.interface import HostAgent
 
 operation_app = typer.Typer(
     help="Follow long work: launches, stops, image builds.", no_args_is_help=True
@@ -69,7 +71,7 @@ HEARTBEAT_S = 10.0  # as often as the control plane's own host reports
 
 host_app = typer.Typer(
     help="The host: accelerator, capacity, what VMs have committed, the pool of waiting QEMUs; "
-    "the hosts instances are placed on (list, cordon, uncordon).",
+    "the hosts instances are placed on (list, enroll, check, cordon, uncordon).",
     invoke_without_command=True,
 )
 
@@ -118,6 +120,18 @@ def enroll(
         bold("Token:", f"  {made['token']}"),
         Text("On that host, within the hour: gureum agent --join TOKEN"),
     ))  # fmt: skip
+
+
+@host_app.command("check")
+def check(name: HostName, fmt: OutputOpt = Format.table) -> None:
+    """Ask a joined host's agent, as the control plane drives it (administrator); exits 5
+    (`untrusted`) if what answers is not that host's agent, 1 (`unavailable`) if nothing
+    answers."""
+    seen = call(Client.check_host, name)
+    facts = seen["facts"]
+    emit(seen, fmt, f"host {name}'s agent answered in {seen['round_trip_ms']} ms: "
+                    f"{facts.get('cpus')} CPUs, {facts.get('memory_mib')} MiB, "
+                    f"{facts.get('accel')}")  # fmt: skip
 
 
 @host_app.command("cordon")
@@ -226,11 +240,19 @@ def agent(
         typer.Option("--join", help="The token `gureum host enroll` printed (used once)."),
     ] = None,
     once: Annotated[bool, typer.Option("--once", help="Report once and exit.")] = False,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            help="HOST:PORT for the command port (default: the address it was enrolled with).",
+        ),
+    ] = None,
 ) -> None:
     """Run this host's agent: join the cluster with a token the first time, then report this
-    host's capacity to the control plane every 10 s over mutual TLS. (The control plane does
-    not run instances on a joined host yet: it lists it, and its state follows its reports.)
-    No -o json: it runs until stopped and prints what it does, not data."""
+    host's capacity to the control plane every 10 s, and answer it on the command port, both
+    over mutual TLS. (The control plane does not run instances on a joined host yet: it lists
+    it, its state follows its reports, and `gureum host check` asks it.) No -o json: it runs
+    until stopped and prints what it does, not data."""
     from gureum.config import load_config
     from gureum.host import enrolment
     from gureum.host.agent import LocalHostAgent
@@ -245,17 +267,32 @@ def agent(
     elif enrolment.joined(folder) is None:
         raise usage_error("this host has not joined a cluster: gureum agent --join TOKEN")
     host = LocalHostAgent(config)
-    while True:
-        cap = host.capacity()
-        facts = {"accel": host.accel.accel, "cpus": cap.cpus, "memory_mib": cap.memory_mib,
-                 "memory_reserve_mib": cap.memory_reserve_mib,
-                 "cpu_overcommit": cap.cpu_overcommit}  # fmt: skip
+    if once:
         try:
-            enrolment.heartbeat(folder, facts)
+            enrolment.heartbeat(folder, enrolment.facts(host))
         except GureumError as exc:
             output.err.print(f"heartbeat refused or lost: {exc.message}")
-            if once:
-                raise typer.Exit(1) from None
-        if once:
-            return
-        time.sleep(HEARTBEAT_S)
+            raise typer.Exit(1) from None
+        return
+    asyncio.run(_run_agent(folder, host, listen))
+
+
+async def _run_agent(folder: Path, host: HostAgent, listen: str | None) -> None:
+    from gureum.host import enrolment
+    from gureum.host.agent_port import AgentPort
+
+    port = AgentPort(folder, host)
+    try:
+        await port.start(listen)
+    except OSError as exc:
+        raise usage_error(f"cannot listen on {listen or port.address}: {exc}") from None
+    output.err.print(f"answering the control plane on {listen or port.address}")
+    try:
+        while True:
+            try:
+                await asyncio.to_thread(enrolment.heartbeat, folder, enrolment.facts(host))
+            except GureumError as exc:
+                output.err.print(f"heartbeat refused or lost: {exc.message}")
+            await asyncio.sleep(HEARTBEAT_S)
+    finally:
+        await port.stop()

@@ -463,6 +463,9 @@ class Client:
     def enrol_host(self, name: str, address: str) -> dict[str, Any]:
         return self.request("POST", path("hosts"), json={"name": name, "address": address})
 
+    def check_host(self, name: str) -> dict[str, Any]:
+        return self.request("POST", path("hosts", name, "check"))
+
     def set_host_state(self, name: str, cordon: bool) -> dict[str, Any]:
         return self.request("POST", path("hosts", name, "cordon" if cordon else "uncordon"))
 

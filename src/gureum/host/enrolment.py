@@ -7,61 +7,33 @@ Its key never leaves the host. Reporting: a heartbeat over TLS with that certifi
 control plane verified as the holder of the CA's ``control-plane`` certificate.
 
 The agent's files are under ``GUREUM_HOME/agent/``: ``agent.key`` (0600), ``agent.pem``,
-``ca.pem`` and ``cluster.json`` (the control plane's address and this host's name).
+``ca.pem`` and ``cluster.json`` (the control plane's address, this host's name and its command
+port's address).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
 import ssl
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import GureumError, Unauthenticated, Unavailable
+from gureum.errors import GureumError, Unauthenticated
+from gureum.host.interface import HostAgent
 from gureum.model.cluster import CONTROL_PLANE, JoinToken
+from gureum.sys import jsonline
+from gureum.sys.jsonline import tls_context
 from gureum.sys.pki import csr_pem, fingerprint, new_key_pem
-
-TIMEOUT_S = 10.0
-MAX_ANSWER = 1 << 20
 
 
 def ask(address: str, request: dict[str, Any], ctx: ssl.SSLContext) -> dict[str, Any]:
-    """One request to the cluster port; its answer (GureumError with the port's code if it
-    refused)."""
-    host, _, port = address.rpartition(":")
-    try:
-        with (
-            socket.create_connection((host.strip("[]"), int(port)), timeout=TIMEOUT_S) as raw,
-            ctx.wrap_socket(raw, server_hostname=CONTROL_PLANE) as tls,
-        ):
-            tls.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n") and len(data) < MAX_ANSWER:
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
-    except ssl.SSLCertVerificationError as exc:
-        raise Unauthenticated(f"the cluster port at {address} is not the cluster's: {exc}") from exc
-    except (OSError, ssl.SSLError) as exc:
-        raise Unavailable(f"cannot reach the cluster port at {address}: {exc}") from exc
-    try:
-        answer = json.loads(data)
-    except ValueError:
-        raise Unavailable(f"the cluster port at {address} gave no answer") from None
-    if "error" in answer:
-        error = answer["error"]
-        raise GureumError(str(error.get("message")), code=str(error.get("code")))
-    return dict(answer)
+    """One request to the control plane's cluster port."""
+    return jsonline.ask(address, request, ctx, CONTROL_PLANE)
 
 
 def _verifying(ca_pem: str) -> ssl.SSLContext:
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # check_hostname and CERT_REQUIRED
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    ctx.load_verify_locations(cadata=ca_pem)
-    return ctx
+    return tls_context(False, ca_pem)
 
 
 def join(token_text: str, folder: Path) -> str:
@@ -89,13 +61,18 @@ def join(token_text: str, folder: Path) -> str:
         f.write(key)
     (folder / "agent.pem").write_text(str(answer["cert"]))
     (folder / "ca.pem").write_text(ca_pem)
-    cluster = {"control_plane": token.control_plane, "host": answer["host"]}
+    cluster = {
+        "control_plane": token.control_plane,
+        "host": answer["host"],
+        "address": answer["address"],
+    }
     (folder / "cluster.json").write_text(json.dumps(cluster))
     return str(answer["host"])
 
 
 def joined(folder: Path) -> dict[str, str] | None:
-    """The control plane's address and this host's name, if this agent has joined."""
+    """The control plane's address, this host's name and the address its command port listens
+    on, if this agent has joined."""
     path = folder / "cluster.json"
     return dict(json.loads(path.read_text())) if path.exists() else None
 
@@ -105,6 +82,18 @@ def heartbeat(folder: Path, facts: dict[str, object]) -> dict[str, Any]:
     cluster = joined(folder)
     if cluster is None:
         raise GureumError(f"this agent has not joined a cluster ({folder} has no cluster.json)")
-    ctx = _verifying((folder / "ca.pem").read_text())
-    ctx.load_cert_chain(str(folder / "agent.pem"), str(folder / "agent.key"))
-    return ask(cluster["control_plane"], {"op": "heartbeat", "facts": facts}, ctx)
+    return ask(cluster["control_plane"], {"op": "heartbeat", "facts": facts}, own_context(folder))
+
+
+def own_context(folder: Path, *, server: bool = False) -> ssl.SSLContext:
+    """TLS with this agent's certificate, checking the peer against the cluster's CA."""
+    ca = (folder / "ca.pem").read_text()
+    return tls_context(server, ca, str(folder / "agent.pem"), str(folder / "agent.key"))
+
+
+def facts(host: HostAgent) -> dict[str, object]:
+    """What a host reports of itself: its accelerator and capacity."""
+    cap = host.capacity()
+    return {"accel": host.accel.accel, "cpus": cap.cpus, "memory_mib": cap.memory_mib,
+            "memory_reserve_mib": cap.memory_reserve_mib,
+            "cpu_overcommit": cap.cpu_overcommit}  # fmt: skip

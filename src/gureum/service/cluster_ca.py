@@ -14,14 +14,13 @@ import os
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from gureum.errors import Unauthenticated
 from gureum.model.cluster import CONTROL_PLANE
-from gureum.sys.pki import csr_pem, fingerprint, new_key_pem
+from gureum.sys.pki import csr_pem, fingerprint, issued_name, new_key_pem
 
 VALID_DAYS = 365
 
@@ -112,16 +111,5 @@ class ClusterCA:
         return cert.public_bytes(serialization.Encoding.PEM)
 
     def name_of(self, der: bytes) -> str:
-        """The name a peer's certificate (DER, as TLS gives it) was issued for, if this CA
-        issued it and it is in its validity period; Unauthenticated otherwise. TLS has already
-        checked the chain: this checks it again, since it is what the answer rests on."""
-        try:
-            cert = x509.load_der_x509_certificate(der)
-            cert.verify_directly_issued_by(x509.load_pem_x509_certificate(self.pem))
-        except (ValueError, TypeError, InvalidSignature):
-            raise Unauthenticated("the peer's certificate is not the cluster CA's") from None
-        now = datetime.datetime.now(datetime.UTC)
-        if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-            raise Unauthenticated("the peer's certificate has expired")
-        names = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
-        return str(names[0].value) if names else ""
+        """The name a peer's certificate was issued for by this CA (``pki.issued_name``)."""
+        return issued_name(self.pem, der)

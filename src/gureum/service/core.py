@@ -14,6 +14,7 @@ from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.instance import ACTIVE
 from gureum.service.admission import Admission
+from gureum.service.agents import Agents
 from gureum.service.backups import BackupService
 from gureum.service.cluster_ca import ClusterCA
 from gureum.service.creation import Creator
@@ -87,6 +88,7 @@ class Services:
     capture: ImageCapture
     hosts: HostService
     enrolment: EnrolmentService
+    agents: Agents
     _lock_fd: int | None = None
 
     @classmethod
@@ -141,9 +143,9 @@ class Services:
             layer_store, snapshot_store, network_store, forwards, quotas, host, hosts
         )
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
-        enrolment = EnrolmentService(
-            ClusterCA(config.cluster_dir), host_store, config.cluster_listen
-        )
+        cluster_ca = ClusterCA(config.cluster_dir)
+        enrolment = EnrolmentService(cluster_ca, host_store, config.cluster_listen)
+        agents = Agents(cluster_ca, host_store)
         creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
@@ -209,6 +211,7 @@ class Services:
             capture,
             hosts,
             enrolment,
+            agents,
         )
 
     def lock_home(self) -> None:

@@ -72,7 +72,8 @@ class EnrolmentService:
             raise Conflict(f"a host named {name!r} is already in the cluster")
         cert = self.ca.issue(request_pem.encode(), name)
         self.store.enrol(name, address, time.time())
-        return {"host": name, "cert": cert.decode(), "ca": self.ca.pem.decode()}
+        # The address it was enrolled with: where its command port listens.
+        return {"host": name, "cert": cert.decode(), "ca": self.ca.pem.decode(), "address": address}
 
     def heartbeat(self, peer_der: bytes | None, facts: object) -> str:
         """An enrolled agent's report of what its host has; the host's name."""

@@ -12,6 +12,7 @@ from gureum.api.deps import services
 from gureum.api.schemas import (
     EnrolIn,
     EnrolOut,
+    HostCheckOut,
     HostEntryOut,
     HostOut,
     PoolIn,
@@ -93,6 +94,19 @@ async def uncordon(
 ) -> dict[str, object]:
     """New instances may be placed on the host again."""
     return svc.hosts.set_state(host, READY)
+
+
+@router.post(
+    "/hosts/{host}/check", response_model=HostCheckOut,
+    openapi_extra={"x-gureum-role": "superuser"},
+)  # fmt: skip
+async def check_host(
+    host: str, svc: Annotated[Services, Depends(services)], _: Super
+) -> dict[str, object]:
+    """Ask a joined host's agent on its command port, as the control plane drives it: what it
+    answers and the round trip; **503** where it cannot be reached, **401** where what answers
+    is not that host's agent."""
+    return await svc.agents.check(host)
 
 
 @router.get("/host/pool", response_model=PoolOut, openapi_extra={"x-gureum-role": "superuser"})

@@ -1,0 +1,71 @@
+"""A host agent's command port: where the control plane asks this host (issue 17, part 1).
+
+It listens on the address the host was enrolled with, over TLS 1.3 with the agent's own
+certificate, and answers only a client whose certificate the cluster CA issued to the control
+plane (``control-plane``): another host's certificate, one from any other CA, or none at all is
+refused before a request is read. The wire is ``sys/jsonline.py``'s.
+
+What it answers so far:
+
+- ``{"op": "facts"}``: the host's name, accelerator and capacity (what its heartbeat says);
+- ``{"op": "running", "ids": [...]}``: which of those instances have a process on this host
+  (``{id: pid or null}``), for the control plane to compare with what it recorded.
+
+The instances themselves are not driven through it yet (the rest of the ``HostAgent``
+interface is the next step of issue 17).
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any
+
+from gureum.errors import InvalidInput, Unauthenticated
+from gureum.host import enrolment
+from gureum.host.interface import HostAgent
+from gureum.ids import looks_like_id
+from gureum.model.cluster import CONTROL_PLANE
+from gureum.sys.jsonline import LineServer
+from gureum.sys.pki import issued_name
+
+MAX_IDS = 10_000
+
+
+class AgentPort:
+    def __init__(self, folder: Path, host: HostAgent) -> None:
+        self.folder, self.host = folder, host
+        self.ca = (folder / "ca.pem").read_bytes()
+        cluster = enrolment.joined(folder)
+        if cluster is None:
+            raise InvalidInput(f"this agent has not joined a cluster ({folder}/cluster.json)")
+        self.name, self.address = cluster["host"], cluster["address"]
+        ctx = enrolment.own_context(folder, server=True)
+        ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate, no connection
+        self.server = LineServer(self._answer, ctx)
+
+    async def start(self, listen: str | None = None) -> int:
+        """Listen on the enrolled address (or ``listen``, HOST:PORT); the port."""
+        host, _, port = (listen or self.address).rpartition(":")
+        return await self.server.start(host.strip("[]"), int(port))
+
+    async def stop(self) -> None:
+        await self.server.stop()
+
+    async def _answer(self, request: dict[str, Any], tls: ssl.SSLObject | None) -> dict[str, Any]:
+        peer = tls.getpeercert(binary_form=True) if tls is not None else None
+        if peer is None or issued_name(self.ca, peer) != CONTROL_PLANE:
+            raise Unauthenticated("this agent takes commands from its control plane only")
+        op = request.get("op")
+        if op == "facts":
+            return {"host": self.name, **enrolment.facts(self.host)}
+        if op == "running":
+            ids = request.get("ids")
+            if (
+                not isinstance(ids, list)
+                or len(ids) > MAX_IDS
+                or not all(isinstance(i, str) and looks_like_id(i, "i-") for i in ids)
+            ):
+                raise InvalidInput(f"running takes ids: a list of at most {MAX_IDS} instance ids")
+            return {"running": {i: self.host.find_running(i) for i in ids}}
+        raise InvalidInput(f"no operation {str(op)[:40]!r}")

@@ -1,0 +1,50 @@
+"""The control plane asking host agents, on their command ports (``host/agent_port.py``).
+
+It connects to the address each host was enrolled with, presents its own ``control-plane``
+certificate and checks that the agent's was issued by the cluster CA for that very host: an
+address taken over by another enrolled host, or by anything else, is refused before a request
+is sent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from gureum.errors import GureumError, NotFound, Untrusted
+from gureum.service.cluster_ca import ClusterCA
+from gureum.store.hosts import HostStore
+from gureum.sys import jsonline
+from gureum.sys.jsonline import tls_context
+
+
+class Agents:
+    def __init__(self, ca: ClusterCA, store: HostStore) -> None:
+        self.ca, self.store = ca, store
+
+    async def ask(self, host: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to a joined host's agent; its answer (Unavailable when it cannot be
+        reached, Untrusted when what answers is not that host's agent or it refuses us)."""
+        rec = self.store.get(host)
+        if rec is None or rec.address is None:
+            raise NotFound(f"no joined host named {host!r}")
+        cert, key = self.ca.control_plane_files
+        ctx = tls_context(False, self.ca.pem.decode(), str(cert), str(key))
+        try:
+            return await asyncio.to_thread(jsonline.ask, rec.address, request, ctx, host)
+        except GureumError as exc:
+            if exc.code == "unauthenticated":  # either end refused the other's certificate
+                raise Untrusted(f"host {host}: {exc.message}") from None
+            raise
+
+    async def check(self, host: str) -> dict[str, Any]:
+        """Whether the control plane reaches the host's agent: what it answers and how fast
+        (a new connection, TLS included, as each command takes)."""
+        began = time.monotonic()
+        answer = await self.ask(host, {"op": "facts"})
+        return {
+            "host": host,
+            "round_trip_ms": round((time.monotonic() - began) * 1000, 1),
+            "facts": answer,
+        }

@@ -1,0 +1,139 @@
+"""A host agent's command port and the control plane asking it (issue 17, part 1), over real
+TLS on loopback: the agent answers the control plane's certificate alone (not another host's,
+not one from another CA, not none), and the control plane talks only to the agent whose
+certificate was issued for the host it means to reach."""
+
+from __future__ import annotations
+
+import socket
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gureum.errors import GureumError, Unavailable, Untrusted
+from gureum.host import enrolment as agent
+from gureum.host.agent_port import AgentPort
+from gureum.model.cluster import CONTROL_PLANE
+from gureum.sys import jsonline
+from gureum.sys.jsonline import tls_context
+from tests.unit.test_enrolment import FACTS, Cluster, _forged
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    made = Cluster(tmp_path)
+    yield made
+    made.close()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _joined(cluster: Cluster, tmp_path: Path, name: str) -> tuple[Path, str]:
+    """A host enrolled at a free loopback port and joined; its folder and address."""
+    address = f"127.0.0.1:{_free_port()}"
+    token, _ = cluster.enrolment.enrol(name, address)
+    folder = tmp_path / name
+    agent.join(token, folder)
+    agent.heartbeat(folder, FACTS)
+    return folder, address
+
+
+def _serving(cluster: Cluster, folder: Path, listen: str | None = None) -> AgentPort:
+    port = AgentPort(folder, cluster.host)
+    cluster.run(port.start(listen))
+    return port
+
+
+def test_the_control_plane_asks_a_joined_agent(cluster: Cluster, tmp_path: Path) -> None:
+    folder, address = _joined(cluster, tmp_path, "h2")
+    assert agent.joined(folder)["address"] == address  # type: ignore[index]
+    port = _serving(cluster, folder)
+    try:
+        seen = cluster.run(cluster.agents.check("h2"))
+        assert seen["host"] == "h2" and seen["round_trip_ms"] > 0
+        cap = cluster.host.capacity()
+        assert seen["facts"] == {"host": "h2", "accel": cluster.host.accel.accel,
+                                 "cpus": cap.cpus, "memory_mib": cap.memory_mib,
+                                 "memory_reserve_mib": cap.memory_reserve_mib,
+                                 "cpu_overcommit": cap.cpu_overcommit}  # fmt: skip
+        ids = ["i-0123456789ab"]
+        asked = cluster.run(cluster.agents.ask("h2", {"op": "running", "ids": ids}))
+        assert asked == {"running": {"i-0123456789ab": None}}
+        for bad in ({"op": "running", "ids": ["../x"]}, {"op": "running", "ids": "i-1"},
+                    {"op": "destroy-everything"}):  # fmt: skip
+            with pytest.raises(GureumError) as refused:
+                cluster.run(cluster.agents.ask("h2", bad))
+            assert refused.value.code == "invalid-input"
+    finally:
+        cluster.run(port.stop())
+    # Gone: the control plane says it cannot reach it.
+    with pytest.raises(Unavailable, match="cannot reach h2"):
+        cluster.run(cluster.agents.ask("h2", {"op": "facts"}))
+    with pytest.raises(GureumError) as unknown:
+        cluster.run(cluster.agents.ask("h9", {"op": "facts"}))
+    assert unknown.value.code == "not-found"
+
+
+def test_the_agent_takes_commands_from_the_control_plane_alone(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    folder, address = _joined(cluster, tmp_path, "h2")
+    other, _ = _joined(cluster, tmp_path, "h3")
+    port = _serving(cluster, folder)
+    ca = (folder / "ca.pem").read_text()
+    try:
+        # Another enrolled host's certificate, issued by the same CA: refused by name.
+        with pytest.raises(GureumError, match="from its control plane only") as refused:
+            jsonline.ask(address, {"op": "facts"}, agent.own_context(other), "h2")
+        assert refused.value.code == "unauthenticated"
+        # A certificate for the control plane's name that the cluster CA did not issue, and no
+        # certificate at all: the handshake itself fails, no request is read.
+        key, cert = _forged(CONTROL_PLANE)
+        (tmp_path / "forged.key").write_bytes(key)
+        (tmp_path / "forged.pem").write_bytes(cert)
+        forged = tls_context(False, ca, str(tmp_path / "forged.pem"), str(tmp_path / "forged.key"))
+        for ctx in (forged, tls_context(False, ca)):
+            with pytest.raises(Unavailable):
+                jsonline.ask(address, {"op": "facts"}, ctx, "h2")
+    finally:
+        cluster.run(port.stop())
+
+
+def test_the_control_plane_talks_only_to_the_host_it_means(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    _, address = _joined(cluster, tmp_path, "h2")
+    impostor, _ = _joined(cluster, tmp_path, "h3")
+    # h3's agent (a real member of the cluster) answers at h2's address: its certificate is
+    # for h3, so the control plane refuses it before sending anything.
+    port = _serving(cluster, impostor, listen=address)
+    try:
+        with pytest.raises(Untrusted, match="host h2") as refused:
+            cluster.run(cluster.agents.ask("h2", {"op": "facts"}))
+        assert refused.value.status == 502  # not the caller's own identity: not 401
+    finally:
+        cluster.run(port.stop())
+    # Something that is not the cluster's at all, with a certificate of its own for h2.
+    key, cert = _forged("h2")
+    (tmp_path / "h2.key").write_bytes(key)
+    (tmp_path / "h2.pem").write_bytes(cert)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(tmp_path / "h2.pem"), str(tmp_path / "h2.key"))
+
+    async def answer(request, tls):  # type: ignore[no-untyped-def]
+        return {"host": "h2"}
+
+    fake = jsonline.LineServer(answer, ctx)
+    host, _, number = address.rpartition(":")
+    cluster.run(fake.start(host, int(number)))
+    try:
+        with pytest.raises(Untrusted, match="not the cluster's h2"):
+            cluster.run(cluster.agents.ask("h2", {"op": "facts"}))
+    finally:
+        cluster.run(fake.stop())

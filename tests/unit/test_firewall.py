@@ -97,6 +97,25 @@ def test_a_nat_network_masquerades_out_of_its_uplink_and_lets_nothing_in_unasked
         assert line.startswith('iifname "br0"'), line
 
 
+def test_a_network_spanning_hosts_keeps_its_gateway_dhcp_and_ipv6_on_each_host():
+    assert '"vx0"' not in render("10.80.1.1", [WEB], {})
+    script = render("10.80.1.1", [WEB], {}, overlay=True)
+    local = "{ 10.80.1.1, 169.254.169.254 }"
+    into = [x for x in chain(script, "prerouting") if x.startswith('iifname "vx0"')]
+    assert into == ['iifname "vx0" ether type ip6 counter drop',
+                    f'iifname "vx0" arp daddr ip {local} counter drop',
+                    f'iifname "vx0" arp saddr ip {local} counter drop',
+                    'iifname "vx0" udp dport { 67, 68 } counter drop']  # fmt: skip
+    assert chain(script, "postrouting") == [
+        "type filter hook postrouting priority 0; policy accept;",
+        f'oifname "vx0" arp daddr ip {local} counter drop',
+        f'oifname "vx0" arp saddr ip {local} counter drop',
+        'oifname "vx0" udp dport { 67, 68 } counter drop',
+    ]
+    # The guests' own rules are untouched: anti-spoofing on the TAP comes first.
+    assert chain(script, "prerouting")[1] == 'iifname "gt-a0" ether saddr != 52:54:00:00:00:0a drop'
+
+
 def test_uplink_resolvers_and_transfer_nets(tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.53\nnameserver 192.0.2.53\nnameserver ::1\n")

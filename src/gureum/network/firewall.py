@@ -26,6 +26,7 @@ from gureum.sys.runner import arun
 METADATA_IP = "169.254.169.254"
 BRIDGE = "br0"  # the network's bridge, its guests' side
 UPLINK = "up0"  # a NAT network's way out (network/uplink.py)
+VXLAN = "vx0"  # a network's port to its other hosts (network/overlay.py)
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,19 @@ def _rule(rule: Rule) -> str:
 
 
 def render(
-    gateway: str, ports: list[Port], rules: dict[str, list[Rule]], *, nat: bool = False
+    gateway: str,
+    ports: list[Port],
+    rules: dict[str, list[Rule]],
+    *,
+    nat: bool = False,
+    overlay: bool = False,
 ) -> str:
     """The whole nftables script for one network. ``rules``: security group id -> its rules.
     ``nat``: the network has a way out (``network/uplink.py``): guests' connections through
-    ``up0`` are masqueraded, and from ``up0`` only what a guest's groups let in gets through."""
+    ``up0`` are masqueraded, and from ``up0`` only what a guest's groups let in gets through.
+    ``overlay``: the network spans hosts (``network/overlay.py``): ARP for the gateway's and
+    the metadata service's addresses, DHCP and IPv6 do not cross its VXLAN port, so that each
+    instance reaches its own host's gateway (the same address and MAC on every host)."""
     lines = [
         "table bridge gureum",
         "delete table bridge gureum",
@@ -89,6 +98,20 @@ def render(
             f"    {tap} arp saddr ip != {p.ip} drop",
             f"    {tap} ip saddr 0.0.0.0 udp sport 68 udp dport 67 accept",
             f"    {tap} ether type ip ip saddr != {p.ip} drop",
+        ]
+    local = f"{{ {gateway}, {METADATA_IP} }}"
+    if overlay:
+        lines += [
+            f'    iifname "{VXLAN}" ether type ip6 counter drop',
+            f'    iifname "{VXLAN}" arp daddr ip {local} counter drop',
+            f'    iifname "{VXLAN}" arp saddr ip {local} counter drop',
+            f'    iifname "{VXLAN}" udp dport {{ 67, 68 }} counter drop',
+            "  }",
+            "  chain postrouting {",
+            "    type filter hook postrouting priority 0; policy accept;",
+            f'    oifname "{VXLAN}" arp daddr ip {local} counter drop',
+            f'    oifname "{VXLAN}" arp saddr ip {local} counter drop',
+            f'    oifname "{VXLAN}" udp dport {{ 67, 68 }} counter drop',
         ]
     lines += ["  }", "}", "table inet gureum {"]
     groups_here = sorted({g for p in ports for g in p.groups} | _source_groups(rules))

@@ -77,9 +77,11 @@ class Hosts:
                 sh("ip", "-n", netns, "link", "set", port, "master", firewall.BRIDGE, "up")
                 sh("ip", "-n", vm, "addr", "add", f"{ip}/24", "dev", "eth0")
                 sh("ip", "-n", vm, "link", "set", "eth0", "up")
-                self.macs[(host, name)] = sh(
-                    "ip", "-n", vm, "-o", "link", "show", "eth0"
-                ).split("link/ether ")[1].split()[0]
+                self.macs[(host, name)] = (
+                    sh("ip", "-n", vm, "-o", "link", "show", "eth0")
+                    .split("link/ether ")[1]
+                    .split()[0]
+                )
                 # Its security group lets the whole subnet in (the other host's members are not
                 # in this host's sets yet: that comes with the service driving both hosts).
                 rule = Rule("r-1", "sg-1", "all", None, None, SUBNET, None, 0.0)

@@ -34,13 +34,13 @@ from gureum.sys import procs  # noqa: E402
 RECEIVER = """
 import socket, sys
 s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("10.77.1.2", 5001)); s.listen(1); c, _ = s.accept()
+s.bind((sys.argv[1], 5001)); s.listen(1); c, _ = s.accept()
 while c.recv(1 << 20): pass
 """
 SENDER = """
 import socket, sys, time
-total = int(sys.argv[1]) << 20; block = b"\\0" * (1 << 16)
-s = socket.create_connection(("10.77.1.2", 5001)); t = time.perf_counter(); sent = 0
+total = int(sys.argv[2]) << 20; block = b"\\0" * (1 << 16)
+s = socket.create_connection((sys.argv[1], 5001)); t = time.perf_counter(); sent = 0
 while sent < total: s.sendall(block); sent += len(block)
 s.close(); print(total / (time.perf_counter() - t) / 1e6)
 """
@@ -51,6 +51,28 @@ def ping_avg_ms(text: str) -> float:
     if not match:
         raise RuntimeError(f"no ping summary in: {text[-300:]}")
     return float(match.group(1))
+
+
+def between_namespaces(
+    client: str, server: str, server_ip: str, mib: int, pings: int
+) -> tuple[float, float]:
+    """TCP throughput (MB/s, Python sockets) and ping round trip (ms, average) from namespace
+    ``client`` to ``server_ip`` in namespace ``server``."""
+    out = subprocess.run(
+        ["ip", "netns", "exec", client, "ping", "-c", str(pings), "-i", "0.2", server_ip],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    rtt = ping_avg_ms(out)
+    receiver = subprocess.Popen(
+        ["ip", "netns", "exec", server, sys.executable, "-c", RECEIVER, server_ip]
+    )
+    time.sleep(0.5)
+    sent = subprocess.run(
+        ["ip", "netns", "exec", client, sys.executable, "-c", SENDER, server_ip, str(mib)],
+        check=True, capture_output=True, text=True,
+    ).stdout  # fmt: skip
+    receiver.wait(30)
+    return float(sent), rtt
 
 
 def veth_baseline(mib: int, pings: int) -> tuple[float, float]:
@@ -82,16 +104,7 @@ def veth_baseline(mib: int, pings: int) -> tuple[float, float]:
             run("ip", "-n", ns, "addr", "add", addr, "dev", dev)
             run("ip", "-n", ns, "link", "set", dev, "up")
             run("ip", "-n", ns, "link", "set", "lo", "up")
-        rtt = ping_avg_ms(
-            run(
-                "ip", "netns", "exec", ns1, "ping", "-c", str(pings), "-i", "0.2", "10.77.1.2"
-            ).stdout
-        )
-        receiver = subprocess.Popen(["ip", "netns", "exec", ns2, sys.executable, "-c", RECEIVER])
-        time.sleep(0.5)
-        mbps = float(run("ip", "netns", "exec", ns1, sys.executable, "-c", SENDER, str(mib)).stdout)
-        receiver.wait(30)
-        return mbps, rtt
+        return between_namespaces(ns1, ns2, "10.77.1.2", mib, pings)
     finally:
         for ns in (ns1, ns2):
             subprocess.run(["ip", "netns", "delete", ns], capture_output=True)

@@ -47,7 +47,8 @@ class Hosts:
             for i, n in enumerate(NETWORKS)
         }
         self.hosts = {h: NetworkHost(load_config(tmp_path / h)) for h in UNDERLAY}
-        self.macs: dict[tuple[str, str], str] = {}
+        self.macs: dict[tuple[str, str], str] = {}  # each host's first instance of a network
+        self.ports: dict[tuple[str, str], list[firewall.Port]] = {}
 
     def ns(self, name: str) -> str:
         made = f"gureum-test-{self.tag}-{name}"
@@ -69,28 +70,34 @@ class Hosts:
             peer = UNDERLAY["b" if host == "a" else "a"]
             for name, net in self.networks.items():
                 asyncio.run(nh.ensure(net))
+                self.add_instance(host, name, ADDRESSES[(host, name)])
                 netns = nh.namespace(net.id)
-                vm, ip = self.vm(host, name), f"10.91.0.{ADDRESSES[(host, name)]}"
-                port = f"gt{host}{name}"
-                sh("ip", "-n", netns, "link", "add", port, "type", "veth", "peer", "name",
-                   "eth0", "netns", vm)  # fmt: skip
-                sh("ip", "-n", netns, "link", "set", port, "master", firewall.BRIDGE, "up")
-                sh("ip", "-n", vm, "addr", "add", f"{ip}/24", "dev", "eth0")
-                sh("ip", "-n", vm, "link", "set", "eth0", "up")
-                self.macs[(host, name)] = (
-                    sh("ip", "-n", vm, "-o", "link", "show", "eth0")
-                    .split("link/ether ")[1]
-                    .split()[0]
-                )
-                # Its security group lets the whole subnet in (the other host's members are not
-                # in this host's sets yet: that comes with the service driving both hosts).
-                rule = Rule("r-1", "sg-1", "all", None, None, SUBNET, None, 0.0)
-                ports = [firewall.Port(port, self.macs[(host, name)], ip, ("sg-1",))]
-                script = firewall.render(GATEWAY, ports, {"sg-1": [rule]}, overlay=True)
-                asyncio.run(firewall.apply(netns, script))
                 asyncio.run(overlay.join(netns, NETWORKS[name], UNDERLAY[host], [peer],
                                          bridge=firewall.BRIDGE,
                                          underlay_ns=self.ns(f"ul-{host}")))  # fmt: skip
+
+    def add_instance(self, host: str, name: str, octet: int, vm: str | None = None) -> str:
+        """An instance of network ``name`` on ``host`` at 10.91.0.``octet``: a namespace (``vm``,
+        by default the host's one for that network) with a veth on the network's bridge, and
+        the network's firewall on that host rendered again with it; its namespace."""
+        netns = self.hosts[host].namespace(self.networks[name].id)
+        vm = vm or self.vm(host, name)
+        ip, port = f"10.91.0.{octet}", f"gt{host}{name}{octet}"
+        sh("ip", "-n", netns, "link", "add", port, "type", "veth", "peer", "name",
+           "eth0", "netns", vm)  # fmt: skip
+        sh("ip", "-n", netns, "link", "set", port, "master", firewall.BRIDGE, "up")
+        sh("ip", "-n", vm, "addr", "add", f"{ip}/24", "dev", "eth0")
+        sh("ip", "-n", vm, "link", "set", "eth0", "up")
+        mac = sh("ip", "-n", vm, "-o", "link", "show", "eth0").split("link/ether ")[1].split()[0]
+        self.macs.setdefault((host, name), mac)
+        # Its security group lets the whole subnet in (the other host's members are not in this
+        # host's sets yet: that comes with the service driving both hosts).
+        self.ports.setdefault((host, name), []).append(firewall.Port(port, mac, ip, ("sg-1",)))
+        rule = Rule("r-1", "sg-1", "all", None, None, SUBNET, None, 0.0)
+        script = firewall.render(GATEWAY, self.ports[(host, name)], {"sg-1": [rule]},
+                                 overlay=True)  # fmt: skip
+        asyncio.run(firewall.apply(netns, script))
+        return vm
 
     def count_arp(self, ip: str) -> None:
         """Count, in every instance, the ARP requests for ``ip`` it receives."""

@@ -1,0 +1,156 @@
+"""Cluster benchmark (issue 17): what the cluster adds to a launch, and what the overlay costs.
+
+1. Placement: the scheduler choosing among 3 hosts (the control plane's own and two joined
+   ones, each with its reported capacity), median of --runs; baseline, in the same run: the
+   same choice on a control plane that has only its own host.
+2. Dispatch: one question to a joined host's agent on its command port (a new TLS 1.3
+   connection with both certificates checked, one JSON line each way: what each command to a
+   remote host costs), median of --runs; baseline: the same answer asked in-process, as the
+   control plane's own host is.
+   Target: placement and dispatch add at most 50 ms per launch.
+3. Overlay: TCP throughput (Python sockets, --mib MiB) and ping round trip between two instances
+   of one network on two hosts joined by VXLAN, against two instances of it on one host, in the
+   same run. The hosts are two gureum homes with their networks' real namespaces, bridges and
+   firewalls on a cluster network of two namespaces; the instances stand as namespaces with a
+   veth on the network's bridge (tests/integration/test_overlay.py builds the same), so what is
+   measured is the overlay itself, not a guest's virtual NIC. Target: at least 0.7 of same-host.
+
+Not yet measured: launches spread over 3 hosts (the control plane does not start instances on
+joined hosts yet).
+
+    python bench/cluster.py [--runs 30] [--mib 256] [--pings 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import socket
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+sys.path.insert(0, str(REPO / "bench"))
+sys.path.insert(0, str(REPO))
+
+from network import between_namespaces  # noqa: E402
+from tests.integration.test_overlay import ADDRESSES, Hosts  # noqa: E402
+
+from gureum.api.cluster_port import ClusterPort  # noqa: E402
+from gureum.config import load_config  # noqa: E402
+from gureum.host import enrolment as agent  # noqa: E402
+from gureum.host.agent import LocalHostAgent  # noqa: E402
+from gureum.host.agent_port import AgentPort  # noqa: E402
+from gureum.service.core import Services  # noqa: E402
+from gureum.service.placement import Want  # noqa: E402
+
+DISPATCH_TARGET_S = 0.050
+OVERLAY_TARGET = 0.7
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def median_s(fn: Callable[[], object], runs: int) -> float:
+    times = []
+    for _ in range(runs):
+        began = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - began)
+    return statistics.median(times)
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.2f} ms"
+
+
+def control_plane(runs: int, root: Path) -> None:
+    loop = asyncio.new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def on_loop(coro: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+
+    alone = Services.build(load_config(root / "alone"))
+    svc = Services.build(load_config(root / "cp"))
+    port = ClusterPort(svc.enrolment.ca, svc.enrolment)
+    svc.enrolment.cluster_listen = f"127.0.0.1:{on_loop(port.start('127.0.0.1', 0))}"
+    agents = []
+    try:
+        for name in ("h2", "h3"):
+            token, _ = svc.enrolment.enrol(name, f"127.0.0.1:{free_port()}")
+            folder = root / name / "agent"
+            agent.join(token, folder)
+            host = LocalHostAgent(load_config(root / name))
+            agent.heartbeat(folder, agent.facts(host))
+            agents.append(AgentPort(folder, host))
+            on_loop(agents[-1].start())
+        assert len(svc.hosts.list()) == 3
+        want = Want(1, 256)
+        three = median_s(lambda: svc.hosts.place(want), runs)
+        one = median_s(lambda: alone.hosts.place(want), runs)
+        print(f"placement among 3 hosts, median of {runs}: {ms(three)}; among 1: {ms(one)}; "
+              f"ratio x{three / one:.2f}")  # fmt: skip
+        remote = median_s(lambda: on_loop(svc.agents.ask("h2", {"op": "facts"})), runs)
+        local_host = svc.hosts.host
+        here = median_s(lambda: agent.facts(local_host), runs)
+        print(f"dispatch: a question to h2's agent over its command port, median of {runs}: "
+              f"{ms(remote)}; the same answer in-process: {ms(here)}; "
+              f"ratio x{remote / here:.1f}")  # fmt: skip
+        added = three + remote
+        verdict = "met" if added <= DISPATCH_TARGET_S else "NOT met"
+        print(f"placement and dispatch add {ms(added)} per launch (one command); "
+              f"target <= {ms(DISPATCH_TARGET_S)}: {verdict}")  # fmt: skip
+    finally:
+        for one_port in agents:
+            on_loop(one_port.stop())
+        on_loop(port.stop())
+        loop.call_soon_threadsafe(loop.stop)
+        svc.close()
+        alone.close()
+
+
+def overlay(mib: int, pings: int, root: Path) -> None:
+    hosts = Hosts(root / "overlay")
+    try:
+        hosts.build()
+        a1 = hosts.vm("a", "n1")
+        peer = hosts.add_instance("a", "n1", 12, vm=hosts.ns("vm-a-n1-peer"))
+        same_mbps, same_rtt = between_namespaces(a1, peer, "10.91.0.12", mib, pings)
+        b1 = hosts.vm("b", "n1")
+        far = f"10.91.0.{ADDRESSES[('b', 'n1')]}"
+        cross_mbps, cross_rtt = between_namespaces(a1, b1, far, mib, pings)
+    finally:
+        hosts.close()
+    ratio = cross_mbps / same_mbps
+    verdict = "met" if ratio >= OVERLAY_TARGET else "NOT met"
+    print(f"overlay TCP throughput ({mib} MiB): two hosts {cross_mbps:.0f} MB/s, one host "
+          f"{same_mbps:.0f} MB/s; ratio x{ratio:.2f}; "
+          f"target >= {OVERLAY_TARGET}: {verdict}")  # fmt: skip
+    print(f"overlay round trip (ping, average of {pings}): two hosts {cross_rtt:.3f} ms, one "
+          f"host {same_rtt:.3f} ms; ratio x{cross_rtt / same_rtt:.2f}")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--mib", type=int, default=256)
+    parser.add_argument("--pings", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="gureum-bench-cluster-") as tmp:
+        control_plane(args.runs, Path(tmp))
+        overlay(args.mib, args.pings, Path(tmp))
+
+
+if __name__ == "__main__":
+    main()

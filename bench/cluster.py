@@ -2,7 +2,8 @@
 
 1. Placement: the scheduler choosing among 3 hosts (the control plane's own and two joined
    ones, each with its reported capacity), median of --runs; baseline, in the same run: the
-   same choice on a control plane that has only its own host.
+   same choice on a control plane that has only its own host. Both on PostgreSQL (a private
+   server, as the tests run it).
 2. Dispatch: one question to a joined host's agent on its command port (a new TLS 1.3
    connection with both certificates checked, one JSON line each way: what each command to a
    remote host costs), median of --runs; baseline: the same answer asked in-process, as the
@@ -42,6 +43,7 @@ sys.path.insert(0, str(REPO))
 
 from network import between_namespaces  # noqa: E402
 from tests.integration.test_overlay import ADDRESSES, Hosts  # noqa: E402
+from tests.postgres import PostgresServer  # noqa: E402
 
 from gureum.api.cluster_port import ClusterPort  # noqa: E402
 from gureum.config import load_config  # noqa: E402
@@ -81,8 +83,13 @@ def control_plane(runs: int, root: Path) -> None:
     def on_loop(coro: Any) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
 
-    alone = Services.build(load_config(root / "alone"))
-    svc = Services.build(load_config(root / "cp"))
+    # Both on PostgreSQL, as a cluster must be (tests/postgres.py: a private server).
+    pg = PostgresServer()
+    pg.start()
+    alone = Services.build(
+        load_config(root / "alone", env={"GUREUM_DATABASE_URL": pg.new_database()})
+    )
+    svc = Services.build(load_config(root / "cp", env={"GUREUM_DATABASE_URL": pg.new_database()}))
     port = ClusterPort(svc.enrolment.ca, svc.enrolment)
     svc.enrolment.cluster_listen = f"127.0.0.1:{on_loop(port.start('127.0.0.1', 0))}"
     agents = []
@@ -118,6 +125,7 @@ def control_plane(runs: int, root: Path) -> None:
         loop.call_soon_threadsafe(loop.stop)
         svc.close()
         alone.close()
+        pg.stop()
 
 
 def overlay(mib: int, pings: int, root: Path) -> None:

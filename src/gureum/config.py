@@ -222,6 +222,13 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
         raise InvalidInput(f"accel must be auto, kvm or tcg, not {config.accel!r}")
     if config.cluster_listen and not ADDRESS.fullmatch(config.cluster_listen):
         raise InvalidInput(f"cluster_listen is HOST:PORT, not {config.cluster_listen!r}")
+    if config.cluster_listen and not (config.database_url or "").startswith("postgresql"):
+        # Several control planes, and hosts that outlive any one of them, share one store:
+        # SQLite is a file on one machine.
+        raise InvalidInput(
+            "a cluster (cluster_listen) needs PostgreSQL: set database_url "
+            "(GUREUM_DATABASE_URL=postgresql://...); SQLite serves one host"
+        )
     if config.placement not in ("spread", "pack"):
         raise InvalidInput(f"placement must be spread or pack, not {config.placement!r}")
     return config

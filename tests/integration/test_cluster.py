@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -27,8 +28,12 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def control_plane() -> Iterator[Service]:
-    svc = Service(new_home(), {"GUREUM_CLUSTER_LISTEN": f"127.0.0.1:{_free_port()}"})
+def control_plane(postgres) -> Iterator[Service]:
+    env = {
+        "GUREUM_CLUSTER_LISTEN": f"127.0.0.1:{_free_port()}",
+        "GUREUM_DATABASE_URL": postgres.new_database(),
+    }
+    svc = Service(new_home(), env)
     try:
         svc.start()
         yield svc
@@ -43,6 +48,19 @@ def agent(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
         [sys.executable, "-m", "gureum.cli.main", "agent", *args],
         env=env, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
     )  # fmt: skip
+
+
+def test_a_cluster_needs_postgresql() -> None:
+    home = new_home()
+    refused = subprocess.run(
+        [sys.executable, "-m", "gureum.cli.main", "serve"],
+        env={**os.environ, "GUREUM_HOME": str(home), "GUREUM_CLUSTER_LISTEN": "127.0.0.1:8443"},
+        capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert refused.returncode == exit_for("invalid-input"), refused.stderr
+    assert "a cluster (cluster_listen) needs PostgreSQL" in refused.stderr
+    assert not (home / "gureum.sock").exists()
+    shutil.rmtree(home, ignore_errors=True)
 
 
 def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_path) -> None:

@@ -58,3 +58,11 @@ def test_config_errors(tmp_path, text, env):
     (tmp_path / "config.toml").write_text(text)
     with pytest.raises(InvalidInput):
         load_config(tmp_path, env=env)
+
+
+def test_a_cluster_port_needs_postgresql(tmp_path):
+    with pytest.raises(InvalidInput, match="needs PostgreSQL"):
+        load_config(tmp_path, env={"GUREUM_CLUSTER_LISTEN": "127.0.0.1:8443"})
+    with_pg = {"GUREUM_CLUSTER_LISTEN": "127.0.0.1:8443",
+               "GUREUM_DATABASE_URL": "postgresql://gureum@db/gureum"}  # fmt: skip
+    assert load_config(tmp_path, env=with_pg).cluster_listen == "127.0.0.1:8443"

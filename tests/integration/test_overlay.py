@@ -8,7 +8,7 @@ namespace of its own with a veth on its network's bridge, in place of a VM's TAP
 hosts is the bridge's business, not the guest's). Checked with ping and the instances' own
 counters: an instance reaches the one on the other host in its own network, never the one with
 the same address in the other network; a broadcast of one network reaches no instance of the
-other; ARP for the gateway stays on its host.
+other; ARP for the gateway stays on its host; security groups hold across hosts.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import pytest
 
 from gureum.config import load_config
 from gureum.host.network import NetworkHost, bridge_mac
-from gureum.model.network import Network, Rule
+from gureum.model.network import Network
 from gureum.network import firewall, overlay
 
 SUBNET, GATEWAY = "10.91.0.0/24", "10.91.0.1"
@@ -48,7 +48,7 @@ class Hosts:
         }
         self.hosts = {h: NetworkHost(load_config(tmp_path / h)) for h in UNDERLAY}
         self.macs: dict[tuple[str, str], str] = {}  # each host's first instance of a network
-        self.ports: dict[tuple[str, str], list[firewall.Port]] = {}
+        self.ports: dict[str, list[firewall.Port]] = {}  # network -> its instances, every host
 
     def ns(self, name: str) -> str:
         made = f"gureum-test-{self.tag}-{name}"
@@ -66,20 +66,27 @@ class Hosts:
         for host, ns in (("a", a), ("b", b)):
             sh("ip", "-n", ns, "addr", "add", f"{UNDERLAY[host]}/24", "dev", "ul0")
             sh("ip", "-n", ns, "link", "set", "ul0", "up")
+        for nh in self.hosts.values():
+            for net in self.networks.values():
+                asyncio.run(nh.ensure(net))
+        for (host, name), octet in ADDRESSES.items():
+            self.add_instance(host, name, octet)
         for host, nh in self.hosts.items():
             peer = UNDERLAY["b" if host == "a" else "a"]
             for name, net in self.networks.items():
-                asyncio.run(nh.ensure(net))
-                self.add_instance(host, name, ADDRESSES[(host, name)])
                 netns = nh.namespace(net.id)
                 asyncio.run(overlay.join(netns, NETWORKS[name], UNDERLAY[host], [peer],
                                          bridge=firewall.BRIDGE,
                                          underlay_ns=self.ns(f"ul-{host}")))  # fmt: skip
 
-    def add_instance(self, host: str, name: str, octet: int, vm: str | None = None) -> str:
-        """An instance of network ``name`` on ``host`` at 10.91.0.``octet``: a namespace (``vm``,
-        by default the host's one for that network) with a veth on the network's bridge, and
-        the network's firewall on that host rendered again with it; its namespace."""
+    def add_instance(
+        self, host: str, name: str, octet: int, vm: str | None = None, group: str = "sg-1"
+    ) -> str:
+        """An instance of network ``name`` on ``host`` at 10.91.0.``octet`` in security group
+        ``group``: a namespace (``vm``, by default the host's one for that network) with a veth
+        on the network's bridge; the network's firewall is rendered again on every host, with
+        every host's instances of it, as the service hands each host the whole network's NICs.
+        Its namespace."""
         netns = self.hosts[host].namespace(self.networks[name].id)
         vm = vm or self.vm(host, name)
         ip, port = f"10.91.0.{octet}", f"gt{host}{name}{octet}"
@@ -90,13 +97,11 @@ class Hosts:
         sh("ip", "-n", vm, "link", "set", "eth0", "up")
         mac = sh("ip", "-n", vm, "-o", "link", "show", "eth0").split("link/ether ")[1].split()[0]
         self.macs.setdefault((host, name), mac)
-        # Its security group lets the whole subnet in (the other host's members are not in this
-        # host's sets yet: that comes with the service driving both hosts).
-        self.ports.setdefault((host, name), []).append(firewall.Port(port, mac, ip, ("sg-1",)))
-        rule = Rule("r-1", "sg-1", "all", None, None, SUBNET, None, 0.0)
-        script = firewall.render(GATEWAY, self.ports[(host, name)], {"sg-1": [rule]},
-                                 overlay=True)  # fmt: skip
-        asyncio.run(firewall.apply(netns, script))
+        # No rules: only members of an instance's own group get in, wherever they run.
+        self.ports.setdefault(name, []).append(firewall.Port(port, mac, ip, (group,)))
+        script = firewall.render(GATEWAY, self.ports[name], {}, overlay=True)
+        for other in self.hosts.values():
+            asyncio.run(firewall.apply(other.namespace(self.networks[name].id), script))
         return vm
 
     def count_arp(self, ip: str) -> None:
@@ -184,3 +189,15 @@ def test_peers_change_in_place(hosts: Hosts) -> None:
                                  bridge=firewall.BRIDGE, underlay_ns=ul))  # fmt: skip
     asyncio.run(overlay.leave(ns))
     assert asyncio.run(overlay.flood_list(ns)) == set()
+
+
+def test_security_groups_hold_across_hosts(hosts: Hosts) -> None:
+    # Members of one group reach each other from host to host with no rule naming an address
+    # (b's instance is in a's group's set on both hosts); an instance of another group on the
+    # other host is neither reached nor reaches.
+    a1 = hosts.vm("a", "n1")
+    assert ping(a1, "10.91.0.11").returncode == 0
+    other = hosts.add_instance("b", "n1", 13, vm=hosts.ns("vm-b-n1-other"), group="sg-2")
+    assert ping(a1, "10.91.0.13", count=2).returncode != 0
+    assert ping(other, "10.91.0.10", count=2).returncode != 0
+    assert ping(other, GATEWAY).returncode == 0  # its own host's gateway still answers it

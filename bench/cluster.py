@@ -98,9 +98,10 @@ def control_plane(runs: int, root: Path) -> None:
             token, _ = svc.enrolment.enrol(name, f"127.0.0.1:{free_port()}")
             folder = root / name / "agent"
             agent.join(token, folder)
-            host = LocalHostAgent(load_config(root / name))
+            config = load_config(root / name)
+            host = LocalHostAgent(config)
             agent.heartbeat(folder, agent.facts(host))
-            agents.append(AgentPort(folder, host))
+            agents.append(AgentPort(folder, host, config.home))
             on_loop(agents[-1].start())
         assert len(svc.hosts.list()) == 3
         want = Want(1, 256)

@@ -159,3 +159,15 @@ class EngineError(GureumError):
 class ImageBuildError(GureumError):
     code = "image-build-failed"
     status = 500
+
+
+def from_code(code: str, message: str) -> GureumError:
+    """The error a code names, as another process reported it (a host agent's refusal raised
+    again on the control plane: callers catch ``InvalidState``, not a code)."""
+    pending: list[type[GureumError]] = [GureumError]
+    while pending:
+        cls = pending.pop()
+        pending.extend(cls.__subclasses__())
+        if cls.code == code and cls is not RateLimited:  # RateLimited needs its retry time
+            return cls(message)
+    return GureumError(message, code=code)

@@ -12,9 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from gureum.errors import GureumError, Unavailable, Untrusted
+from gureum.errors import GureumError, InvalidInput, InvalidState, Unavailable, Untrusted
 from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
+from gureum.host.remote_calls import REMOTE_ROOT
+from gureum.model.network import Network
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.sys import jsonline
 from gureum.sys.jsonline import tls_context
@@ -45,7 +47,7 @@ def _joined(cluster: Cluster, tmp_path: Path, name: str) -> tuple[Path, str]:
 
 
 def _serving(cluster: Cluster, folder: Path, listen: str | None = None) -> AgentPort:
-    port = AgentPort(folder, cluster.host)
+    port = AgentPort(folder, cluster.host, cluster.host.config.home)
     cluster.run(port.start(listen))
     return port
 
@@ -137,3 +139,42 @@ def test_the_control_plane_talks_only_to_the_host_it_means(
             cluster.run(cluster.agents.ask("h2", {"op": "facts"}))
     finally:
         cluster.run(fake.stop())
+
+
+def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_path: Path) -> None:
+    folder, _ = _joined(cluster, tmp_path, "h2")
+    port = _serving(cluster, folder)
+    home = cluster.host.config.home
+    remote = cluster.agents.host("h2")
+    try:
+        disk = remote.path("disks/i-0123456789ab/root.qcow2")
+        assert disk == REMOTE_ROOT / "disks/i-0123456789ab/root.qcow2"  # a stand-in here
+        cluster.run(remote.create_disk(disk, remote.path("images/tiny/v1/disk.qcow2"), 1 << 30))
+        there = home / "disks/i-0123456789ab/root.qcow2"  # the agent's own path
+        assert there in cluster.host.files and cluster.host.sizes[there] == 1 << 30
+        cluster.run(remote.remove_file(disk))
+        assert there not in cluster.host.files
+        net = Network("n-0123456789ab", "p-default", "lan", "10.90.0.0/24", False, False, 0.0)
+        cluster.run(remote.ensure_network(net))
+        assert net.id in cluster.host.networks
+        assert cluster.run(remote.neighbour_mac(net.id, "10.90.0.2")) is None
+        # The host's own refusal comes back as the same error.
+        with pytest.raises(InvalidState, match="not running on this host"):
+            cluster.run(remote.stop("i-0123456789ab", 5.0))
+        # A path the store never recorded (not under a home) is not even sent.
+        with pytest.raises(InvalidInput, match="not under"):
+            cluster.run(remote.remove_file(Path("/etc/shadow")))
+    finally:
+        cluster.run(port.stop())
+    # A hand-made call that climbs out of the agent's home is refused there, and one the
+    # interface does not let travel too.
+    port = _serving(cluster, folder)
+    try:
+        for bad, said in (
+            ({"method": "remove_file", "args": {"path": "../../etc/shadow"}}, "under the host's"),
+            ({"method": "remove_leftovers", "args": {}}, "no remote method"),
+        ):
+            with pytest.raises(InvalidInput, match=said):
+                cluster.run(remote.ask({"op": "call", **bad}))
+    finally:
+        cluster.run(port.stop())

@@ -274,14 +274,14 @@ def agent(
             output.err.print(f"heartbeat refused or lost: {exc.message}")
             raise typer.Exit(1) from None
         return
-    asyncio.run(_run_agent(folder, host, listen))
+    asyncio.run(_run_agent(folder, host, config.home, listen))
 
 
-async def _run_agent(folder: Path, host: HostAgent, listen: str | None) -> None:
+async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | None) -> None:
     from gureum.host import enrolment
     from gureum.host.agent_port import AgentPort
 
-    port = AgentPort(folder, host)
+    port = AgentPort(folder, host, home)
     try:
         await port.start(listen)
     except OSError as exc:

@@ -9,10 +9,13 @@ What it answers so far:
 
 - ``{"op": "facts"}``: the host's name, accelerator and capacity (what its heartbeat says);
 - ``{"op": "running", "ids": [...]}``: which of those instances have a process on this host
-  (``{id: pid or null}``), for the control plane to compare with what it recorded.
+  (``{id: pid or null}``), for the control plane to compare with what it recorded;
+- ``{"op": "call", "method", "args"}``: one of the ``HostAgent`` methods that travel
+  (``host/remote_calls.py``), run on this host with its paths under this agent's home:
+  ``{"result": ...}``.
 
-The instances themselves are not driven through it yet (the rest of the ``HostAgent``
-interface is the next step of issue 17).
+Starting instances (with their events coming back) is not among them yet: the rest of the
+interface is the next step of issue 17.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gureum.errors import InvalidInput, Unauthenticated
-from gureum.host import enrolment
+from gureum.host import enrolment, remote_calls
 from gureum.host.interface import HostAgent
 from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
@@ -33,8 +36,8 @@ MAX_IDS = 10_000
 
 
 class AgentPort:
-    def __init__(self, folder: Path, host: HostAgent) -> None:
-        self.folder, self.host = folder, host
+    def __init__(self, folder: Path, host: HostAgent, home: Path) -> None:
+        self.folder, self.host, self.home = folder, host, home
         self.ca = (folder / "ca.pem").read_bytes()
         cluster = enrolment.joined(folder)
         if cluster is None:
@@ -68,4 +71,9 @@ class AgentPort:
             ):
                 raise InvalidInput(f"running takes ids: a list of at most {MAX_IDS} instance ids")
             return {"running": {i: self.host.find_running(i) for i in ids}}
+        if op == "call":
+            method, kwargs = remote_calls.decode_call(request, self.home)
+            result = await getattr(self.host, method)(**kwargs)
+            returns = remote_calls.hints(method)["return"]
+            return {"result": remote_calls.encode(result, returns, self.home)}
         raise InvalidInput(f"no operation {str(op)[:40]!r}")

@@ -8,14 +8,14 @@ is sent.
 
 from __future__ import annotations
 
-import asyncio
+import ssl
 import time
 from typing import Any
 
-from gureum.errors import GureumError, NotFound, Untrusted
+from gureum.errors import NotFound
+from gureum.host.remote import RemoteHostAgent
 from gureum.service.cluster_ca import ClusterCA
 from gureum.store.hosts import HostStore
-from gureum.sys import jsonline
 from gureum.sys.jsonline import tls_context
 
 
@@ -23,20 +23,24 @@ class Agents:
     def __init__(self, ca: ClusterCA, store: HostStore) -> None:
         self.ca, self.store = ca, store
 
-    async def ask(self, host: str, request: dict[str, Any]) -> dict[str, Any]:
-        """One request to a joined host's agent; its answer (Unavailable when it cannot be
-        reached, Untrusted when what answers is not that host's agent or it refuses us)."""
+    def _context(self) -> ssl.SSLContext:
+        """TLS as the control plane: its own certificate, the agent's checked against the CA."""
+        cert, key = self.ca.control_plane_files
+        return tls_context(False, self.ca.pem.decode(), str(cert), str(key))
+
+    def _address(self, host: str) -> str:
         rec = self.store.get(host)
         if rec is None or rec.address is None:
             raise NotFound(f"no joined host named {host!r}")
-        cert, key = self.ca.control_plane_files
-        ctx = tls_context(False, self.ca.pem.decode(), str(cert), str(key))
-        try:
-            return await asyncio.to_thread(jsonline.ask, rec.address, request, ctx, host)
-        except GureumError as exc:
-            if exc.code == "unauthenticated":  # either end refused the other's certificate
-                raise Untrusted(f"host {host}: {exc.message}") from None
-            raise
+        return rec.address
+
+    def host(self, name: str) -> RemoteHostAgent:
+        """The joined host's ``HostAgent``, as the control plane drives it."""
+        return RemoteHostAgent(name, self._address(name), self._context)
+
+    async def ask(self, host: str, request: dict[str, Any]) -> dict[str, Any]:
+        """One request to a joined host's agent (``RemoteHostAgent.ask``)."""
+        return await self.host(host).ask(request)
 
     async def check(self, host: str) -> dict[str, Any]:
         """Whether the control plane reaches the host's agent: what it answers and how fast

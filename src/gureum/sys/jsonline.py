@@ -18,7 +18,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from gureum.errors import GureumError, Unauthenticated, Unavailable
+from gureum.errors import GureumError, Unauthenticated, Unavailable, from_code
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def ask(
         raise Unavailable(f"{server_name} at {address} gave no answer")
     if "error" in answer:
         error = answer["error"] if isinstance(answer["error"], dict) else {}
-        raise GureumError(str(error.get("message"))[:1000], code=str(error.get("code")))
+        raise from_code(str(error.get("code"))[:64], str(error.get("message"))[:1000])
     return answer
 
 

@@ -16,8 +16,8 @@ from gureum.errors import GureumError, InvalidInput, InvalidState, Unavailable, 
 from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
 from gureum.host.remote_calls import REMOTE_ROOT
-from gureum.model.network import Network
 from gureum.model.cluster import CONTROL_PLANE
+from gureum.model.network import Network
 from gureum.sys import jsonline
 from gureum.sys.jsonline import tls_context
 from tests.unit.test_enrolment import FACTS, Cluster, _forged

@@ -92,7 +92,7 @@ def test_the_agent_takes_commands_from_the_control_plane_alone(
     try:
         # Another enrolled host's certificate, issued by the same CA: refused by name.
         with pytest.raises(GureumError, match="from its control plane only") as refused:
-            jsonline.ask(address, {"op": "facts"}, agent.own_context(other), "h2")
+            jsonline.ask_blocking(address, {"op": "facts"}, agent.own_context(other), "h2")
         assert refused.value.code == "unauthenticated"
         # A certificate for the control plane's name that the cluster CA did not issue, and no
         # certificate at all: the handshake itself fails, no request is read.
@@ -102,7 +102,7 @@ def test_the_agent_takes_commands_from_the_control_plane_alone(
         forged = tls_context(False, ca, str(tmp_path / "forged.pem"), str(tmp_path / "forged.key"))
         for ctx in (forged, tls_context(False, ca)):
             with pytest.raises(Unavailable):
-                jsonline.ask(address, {"op": "facts"}, ctx, "h2")
+                jsonline.ask_blocking(address, {"op": "facts"}, ctx, "h2")
     finally:
         cluster.run(port.stop())
 

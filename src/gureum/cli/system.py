@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import resource
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -281,6 +282,10 @@ async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | No
     from gureum.host import enrolment
     from gureum.host.agent_port import AgentPort
 
+    # Each connection to the command port is a descriptor: take all the kernel allows, as
+    # serve does (the port bounds the connections it serves).
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     port = AgentPort(folder, host, home)
     try:
         await port.start(listen)
@@ -293,6 +298,8 @@ async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | No
                 await asyncio.to_thread(enrolment.heartbeat, folder, enrolment.facts(host))
             except GureumError as exc:
                 output.err.print(f"heartbeat refused or lost: {exc.message}")
+            except Exception as exc:  # a heartbeat that fails never ends the agent
+                output.err.print(f"heartbeat failed: {type(exc).__name__}: {exc}")
             await asyncio.sleep(HEARTBEAT_S)
     finally:
         await port.stop()

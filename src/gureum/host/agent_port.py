@@ -42,23 +42,34 @@ class AgentPort:
         cluster = enrolment.joined(folder)
         if cluster is None:
             raise InvalidInput(f"this agent has not joined a cluster ({folder}/cluster.json)")
-        self.name, self.address = cluster["host"], cluster["address"]
+        self.name, self.address = cluster["host"], cluster.get("address")
         ctx = enrolment.own_context(folder, server=True)
         ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate, no connection
-        self.server = LineServer(self._answer, ctx)
+        self.server = LineServer(self._answer, ctx, peer=self._control_plane_only)
 
     async def start(self, listen: str | None = None) -> int:
         """Listen on the enrolled address (or ``listen``, HOST:PORT); the port."""
-        host, _, port = (listen or self.address).rpartition(":")
+        where = listen or self.address
+        if where is None:  # joined before agents had a command port
+            raise InvalidInput(
+                "this agent's cluster.json has no command port address: "
+                "pass --listen HOST:PORT (the address it was enrolled with)"
+            )
+        host, _, port = where.rpartition(":")
         return await self.server.start(host.strip("[]"), int(port))
+
+    def _control_plane_only(self, tls: ssl.SSLObject | None) -> None:
+        """Right after the handshake, before anything is read: another host's certificate
+        holds no slot."""
+        peer = tls.getpeercert(binary_form=True) if tls is not None else None
+        if peer is None or issued_name(self.ca, peer) != CONTROL_PLANE:
+            raise Unauthenticated("this agent takes commands from its control plane only")
 
     async def stop(self) -> None:
         await self.server.stop()
 
     async def _answer(self, request: dict[str, Any], tls: ssl.SSLObject | None) -> dict[str, Any]:
-        peer = tls.getpeercert(binary_form=True) if tls is not None else None
-        if peer is None or issued_name(self.ca, peer) != CONTROL_PLANE:
-            raise Unauthenticated("this agent takes commands from its control plane only")
+        self._control_plane_only(tls)  # checked at the handshake too; what the answer rests on
         op = request.get("op")
         if op == "facts":
             return {"host": self.name, **enrolment.facts(self.host)}

@@ -29,7 +29,7 @@ from gureum.sys.pki import csr_pem, fingerprint, new_key_pem
 
 def ask(address: str, request: dict[str, Any], ctx: ssl.SSLContext) -> dict[str, Any]:
     """One request to the control plane's cluster port."""
-    return jsonline.ask(address, request, ctx, CONTROL_PLANE)
+    return jsonline.ask_blocking(address, request, ctx, CONTROL_PLANE)
 
 
 def _verifying(ca_pem: str) -> ssl.SSLContext:

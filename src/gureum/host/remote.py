@@ -12,7 +12,6 @@ instances, with their events coming back, consoles, streams) is the next step of
 
 from __future__ import annotations
 
-import asyncio
 import ssl
 from collections.abc import Callable
 from pathlib import Path
@@ -36,12 +35,12 @@ class RemoteHostAgent:
         return REMOTE_ROOT / relative
 
     async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
-        """One request to the host's agent; its answer (Unavailable when it cannot be reached,
-        Untrusted when what answers is not that host's agent, or it refuses this side)."""
+        """One request to the host's agent; its answer (Untrusted when what answers is not that
+        host's agent, or it says this side's certificate is not the control plane's;
+        Unavailable when it cannot be reached, does not answer in time, or drops the connection,
+        as TLS does when the agent's CA does not know this side's certificate)."""
         try:
-            return await asyncio.to_thread(
-                jsonline.ask, self.address, request, self._context(), self.name
-            )
+            return await jsonline.ask(self.address, request, self._context(), self.name)
         except Unauthenticated as exc:  # either end refused the other's certificate: not 401
             raise Untrusted(f"host {self.name}: {exc.message}") from None
 

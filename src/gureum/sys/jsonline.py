@@ -2,9 +2,13 @@
 
 The control plane's cluster port (agents join and report) and each host agent's command port
 (the control plane asks) speak it: one request per connection, one JSON object per line, an
-answer ``{"error": {"code", "message"}}`` for a refusal. A request is bounded in size and time
-and so are the connections served at once, so that an address that can reach a port cannot
-stall it.
+answer ``{"error": {"code", "message"}}`` for a refusal.
+
+Whoever can reach a port may be hostile, so a server bounds everything before it trusts
+anything: a connection takes a slot before its TLS handshake (slots are bounded, and so are
+those one address may hold), and the handshake, the peer check and the request line together
+have one deadline. A client bounds each call as a whole: one deadline for connecting, the
+handshake and the answer, and the answer's size.
 """
 
 from __future__ import annotations
@@ -13,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -23,26 +26,43 @@ from gureum.errors import GureumError, Unauthenticated, Unavailable, from_code
 log = logging.getLogger(__name__)
 
 MAX_REQUEST = 64 * 1024
-REQUEST_TIMEOUT_S = 10.0
+REQUEST_TIMEOUT_S = 10.0  # a connection's handshake, peer check and request line, together
+CALL_TIMEOUT_S = 60.0  # a client's whole call: a remote host's work may take a while
 MAX_CONNECTIONS = 64
+MAX_PER_ADDRESS = 8  # so that one address cannot hold every slot
 MAX_ANSWER = 1 << 20
 
 # What answers a request: the request and the TLS connection (whose peer certificate says who
 # asks); raises GureumError to refuse.
 Answer = Callable[[dict[str, Any], ssl.SSLObject | None], Awaitable[dict[str, Any]]]
+# What a server checks of a peer right after the handshake, before it reads anything (raises
+# GureumError to refuse): a command port lets no one but the control plane hold a slot.
+PeerCheck = Callable[[ssl.SSLObject | None], None]
+
+
+def _no_constants(name: str) -> None:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(data: bytes | str) -> Any:
+    """Strict JSON: NaN and infinities refused, nesting too deep refused (both ValueError)."""
+    try:
+        return json.loads(data, parse_constant=_no_constants)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 class LineServer:
-    def __init__(self, answer: Answer, ctx: ssl.SSLContext) -> None:
-        self.answer, self.ctx = answer, ctx
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+    def __init__(self, answer: Answer, ctx: ssl.SSLContext, peer: PeerCheck | None = None) -> None:
+        self.answer, self.ctx, self.peer = answer, ctx, peer
+        self._open = 0
+        self._per_address: dict[str, int] = {}
         self.server: asyncio.Server | None = None
 
     async def start(self, host: str, port: int) -> int:
-        """Listen; the port listened on (``port`` 0: one the system chose)."""
-        self.server = await asyncio.start_server(
-            self._serve, host, port, ssl=self.ctx, limit=MAX_REQUEST
-        )
+        """Listen; the port listened on (``port`` 0: one the system chose). Plain TCP: TLS
+        starts once the connection has a slot."""
+        self.server = await asyncio.start_server(self._serve, host, port, limit=MAX_REQUEST)
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
@@ -51,53 +71,89 @@ class LineServer:
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._slots.locked():
+        address = str((writer.get_extra_info("peername") or ("?",))[0])
+        held = self._per_address.get(address, 0)
+        if self._open >= MAX_CONNECTIONS or held >= MAX_PER_ADDRESS:
             writer.close()
             return
-        async with self._slots:
-            try:
-                line = await asyncio.wait_for(reader.readline(), REQUEST_TIMEOUT_S)
-                request = json.loads(line)
-                if not isinstance(request, dict):
-                    raise ValueError("a request is a JSON object")
-                answer = await self.answer(request, writer.get_extra_info("ssl_object"))
-            except GureumError as exc:
-                answer = {"error": {"code": exc.code, "message": exc.message}}
-            except (TimeoutError, ValueError, ConnectionError, ssl.SSLError) as exc:
-                answer = {"error": {"code": "invalid-input", "message": f"bad request: {exc}"}}
-            with contextlib.suppress(ConnectionError, ssl.SSLError):
-                writer.write(json.dumps(answer).encode() + b"\n")
-                await writer.drain()
+        self._open += 1
+        self._per_address[address] = held + 1
+        try:
+            await self._one(reader, writer)
+        finally:
+            self._open -= 1
+            left = self._per_address[address] - 1
+            if left:
+                self._per_address[address] = left
+            else:
+                del self._per_address[address]
             writer.close()
 
+    async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + REQUEST_TIMEOUT_S
+        try:
+            async with asyncio.timeout_at(deadline):
+                await writer.start_tls(self.ctx, ssl_handshake_timeout=REQUEST_TIMEOUT_S)
+        except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+            return  # no TLS, no answer: nothing was read
+        tls = writer.get_extra_info("ssl_object")
+        try:
+            if self.peer is not None:
+                self.peer(tls)
+            async with asyncio.timeout_at(deadline):
+                line = await reader.readline()
+            request = loads(line)
+            if not isinstance(request, dict):
+                raise ValueError("a request is a JSON object")
+            answer = await self.answer(request, tls)
+        except GureumError as exc:
+            answer = {"error": {"code": exc.code, "message": exc.message}}
+        except (TimeoutError, ValueError, ConnectionError, ssl.SSLError) as exc:
+            answer = {"error": {"code": "invalid-input", "message": f"bad request: {exc}"}}
+        except Exception as exc:  # one bad request ends its own connection, nothing more
+            log.error("a request failed: %s: %s", type(exc).__name__, exc)
+            answer = {"error": {"code": "internal", "message": "the request failed"}}
+        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+            writer.write(json.dumps(answer).encode() + b"\n")
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
 
-def ask(
-    address: str, request: dict[str, Any], ctx: ssl.SSLContext, server_name: str
+
+async def ask(
+    address: str,
+    request: dict[str, Any],
+    ctx: ssl.SSLContext,
+    server_name: str,
+    timeout: float = CALL_TIMEOUT_S,
 ) -> dict[str, Any]:
     """One request to ``HOST:PORT``, whose certificate must be issued for ``server_name``; its
-    answer (GureumError with the answer's code if it refused). Blocking: from async code, run
-    it in a thread."""
+    answer (GureumError with the answer's class if it refused), within ``timeout`` in all."""
     host, _, port = address.rpartition(":")
     try:
-        with (
-            socket.create_connection(
-                (host.strip("[]"), int(port)), timeout=REQUEST_TIMEOUT_S
-            ) as raw,
-            ctx.wrap_socket(raw, server_hostname=server_name) as tls,
-        ):
-            tls.sendall(json.dumps(request).encode() + b"\n")
-            data = b""
-            while not data.endswith(b"\n") and len(data) < MAX_ANSWER:
-                chunk = tls.recv(65536)
-                if not chunk:
-                    break
-                data += chunk
+        async with asyncio.timeout(timeout):
+            reader, writer = await asyncio.open_connection(
+                host.strip("[]"), int(port), ssl=ctx, server_hostname=server_name,
+                limit=MAX_ANSWER, ssl_handshake_timeout=REQUEST_TIMEOUT_S,
+            )  # fmt: skip
+            try:
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                line = await reader.readline()
+            finally:
+                writer.close()
     except ssl.SSLCertVerificationError as exc:
         raise Unauthenticated(f"{address} is not the cluster's {server_name}: {exc}") from exc
-    except (OSError, ssl.SSLError) as exc:
+    except ssl.SSLError as exc:
+        if "CERTIFICATE" in str(exc.reason or "").upper() or "UNKNOWN_CA" in str(exc.reason):
+            said = f"{server_name} at {address} refused this side's certificate"
+            raise Unauthenticated(said) from exc
+        raise Unavailable(f"cannot reach {server_name} at {address}: {exc}") from exc
+    except TimeoutError:
+        raise Unavailable(f"{server_name} at {address} did not answer in {timeout:.0f} s") from None
+    except (OSError, ValueError) as exc:  # ValueError: an answer past MAX_ANSWER
         raise Unavailable(f"cannot reach {server_name} at {address}: {exc}") from exc
     try:
-        answer = json.loads(data)
+        answer = loads(line)
     except ValueError:
         raise Unavailable(f"{server_name} at {address} gave no answer") from None
     if not isinstance(answer, dict):
@@ -106,6 +162,13 @@ def ask(
         error = answer["error"] if isinstance(answer["error"], dict) else {}
         raise from_code(str(error.get("code"))[:64], str(error.get("message"))[:1000])
     return answer
+
+
+def ask_blocking(
+    address: str, request: dict[str, Any], ctx: ssl.SSLContext, server_name: str
+) -> dict[str, Any]:
+    """``ask`` from code with no event loop of its own (the CLI, a thread)."""
+    return asyncio.run(ask(address, request, ctx, server_name))
 
 
 def tls_context(

@@ -90,7 +90,7 @@ def control_plane(runs: int, root: Path) -> None:
         load_config(root / "alone", env={"GUREUM_DATABASE_URL": pg.new_database()})
     )
     svc = Services.build(load_config(root / "cp", env={"GUREUM_DATABASE_URL": pg.new_database()}))
-    port = ClusterPort(svc.enrolment.ca, svc.enrolment)
+    port = ClusterPort(svc.enrolment.ca, svc.enrolment, svc.images)
     svc.enrolment.cluster_listen = f"127.0.0.1:{on_loop(port.start('127.0.0.1', 0))}"
     agents = []
     try:
@@ -101,7 +101,7 @@ def control_plane(runs: int, root: Path) -> None:
             config = load_config(root / name)
             host = LocalHostAgent(config)
             agent.heartbeat(folder, agent.facts(host))
-            agents.append(AgentPort(folder, host, config.home))
+            agents.append(AgentPort(config, host))
             on_loop(agents[-1].start())
         assert len(svc.hosts.list()) == 3
         want = Want(1, 256)

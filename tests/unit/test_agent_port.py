@@ -5,6 +5,8 @@ certificate was issued for the host it means to reach."""
 
 from __future__ import annotations
 
+import hashlib
+import os
 import socket
 import ssl
 from collections.abc import Iterator
@@ -12,11 +14,20 @@ from pathlib import Path
 
 import pytest
 
-from gureum.errors import GureumError, InvalidInput, InvalidState, Unavailable, Untrusted
+from gureum.config import load_config
+from gureum.errors import (
+    GureumError,
+    InvalidInput,
+    InvalidState,
+    NotFound,
+    Unavailable,
+    Untrusted,
+)
 from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
 from gureum.host.remote_calls import REMOTE_ROOT
 from gureum.model.cluster import CONTROL_PLANE
+from gureum.model.image import Image
 from gureum.model.network import Network
 from gureum.sys import jsonline
 from gureum.sys.jsonline import tls_context
@@ -40,14 +51,15 @@ def _joined(cluster: Cluster, tmp_path: Path, name: str) -> tuple[Path, str]:
     """A host enrolled at a free loopback port and joined; its folder and address."""
     address = f"127.0.0.1:{_free_port()}"
     token, _ = cluster.enrolment.enrol(name, address)
-    folder = tmp_path / name
+    folder = load_config(tmp_path / name).agent_dir  # as `gureum agent` keeps it
     agent.join(token, folder)
     agent.heartbeat(folder, FACTS)
     return folder, address
 
 
 def _serving(cluster: Cluster, folder: Path, listen: str | None = None) -> AgentPort:
-    port = AgentPort(folder, cluster.host, cluster.host.config.home)
+    """The agent of the home ``folder`` is in, answering on its port (its host: the fake)."""
+    port = AgentPort(load_config(folder.parent), cluster.host)
     cluster.run(port.start(listen))
     return port
 
@@ -144,7 +156,7 @@ def test_the_control_plane_talks_only_to_the_host_it_means(
 def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_path: Path) -> None:
     folder, _ = _joined(cluster, tmp_path, "h2")
     port = _serving(cluster, folder)
-    home = cluster.host.config.home
+    home = port.home  # the agent's own
     remote = cluster.agents.host("h2")
     try:
         disk = remote.path("disks/i-0123456789ab/root.qcow2")
@@ -178,3 +190,73 @@ def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_pa
                 cluster.run(remote.ask({"op": "call", **bad}))
     finally:
         cluster.run(port.stop())
+
+
+def _catalog_image(cluster: Cluster) -> Image:
+    """A catalog image on the control plane, with real files of its own."""
+    folder = cluster.svc.config.images_dir / "tiny" / "v1"
+    folder.mkdir(parents=True)
+    files = {}
+    for role, name, size in (("disk", "disk.qcow2", 3 << 20), ("kernel", "vmlinuz", 4096),
+                             ("initrd", "initrd.img", 70_000)):  # fmt: skip
+        data = os.urandom(size)
+        (folder / name).write_bytes(data)
+        files[role] = {"file": name, "bytes": size, "sha256": hashlib.sha256(data).hexdigest()}
+    image = Image("tiny", "v1", "6.1", str(folder), files=files)
+    cluster.svc.images.store.put(image)
+    return image
+
+
+def test_a_joined_host_fetches_a_catalog_image_and_checks_it(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    image = _catalog_image(cluster)
+    folder, _ = _joined(cluster, tmp_path, "h2")
+    port = _serving(cluster, folder)
+    remote = cluster.agents.host("h2")
+    there = port.images_dir / "tiny" / "v1"
+    try:
+        got = cluster.run(remote.ensure_image("tiny", "v1", image.files))
+        assert (got["fetched"], got["present"]) == (["disk", "initrd", "kernel"], [])
+        for role, entry in image.files.items():
+            copy = there / str(entry["file"])
+            assert hashlib.sha256(copy.read_bytes()).hexdigest() == entry["sha256"], role
+            assert copy.stat().st_mode & 0o777 == 0o644
+        again = cluster.run(remote.ensure_image("tiny", "v1", image.files))
+        assert (again["fetched"], again["present"]) == ([], ["disk", "initrd", "kernel"])
+        # The control plane's file is not what the catalog recorded: nothing is kept.
+        (there / "vmlinuz").unlink()
+        (Path(image.path) / "vmlinuz").write_bytes(os.urandom(4096))
+        with pytest.raises(Unavailable, match="not the one the catalog recorded"):
+            cluster.run(remote.ensure_image("tiny", "v1", image.files))
+        assert sorted(p.name for p in there.iterdir()) == ["disk.qcow2", "initrd.img"]
+        # Another version, a name or a file that would be a path, an image of a project.
+        with pytest.raises(NotFound):
+            cluster.run(remote.ensure_image("tiny", "v2", image.files))
+        with pytest.raises(InvalidInput):
+            cluster.run(remote.ensure_image("../tiny", "v1", image.files))
+        evil = {"kernel": {**image.files["kernel"], "file": "../../../etc/cron.d/x"}}
+        with pytest.raises(InvalidInput, match="bad file name"):
+            cluster.run(remote.ensure_image("tiny", "v1", evil))
+        mine = _catalog_image_of_project(cluster)
+        with pytest.raises(NotFound):
+            cluster.run(remote.ensure_image(mine.name, mine.version, mine.files))
+    finally:
+        cluster.run(port.stop())
+    # The cluster port serves image files to enrolled hosts' agents alone.
+    ctx = tls_context(False, cluster.ca.pem.decode())
+    with pytest.raises(GureumError, match="needs the agent's certificate"):
+        jsonline.ask_blocking(cluster.enrolment.cluster_listen,
+                              {"op": "image-file", "image": "tiny", "version": "v1",
+                               "role": "disk"}, ctx, CONTROL_PLANE)  # fmt: skip
+
+
+def _catalog_image_of_project(cluster: Cluster) -> Image:
+    folder = cluster.svc.config.project_images_dir / "mine" / "v1"
+    folder.mkdir(parents=True)
+    (folder / "disk.qcow2").write_bytes(b"x" * 10)
+    sha = hashlib.sha256(b"x" * 10).hexdigest()
+    image = Image("mine", "v1", "", str(folder), project_id="p-default",
+                  files={"disk": {"file": "disk.qcow2", "bytes": 10, "sha256": sha}})  # fmt: skip
+    cluster.svc.images.store.put(image)
+    return image

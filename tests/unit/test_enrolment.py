@@ -44,7 +44,7 @@ class Cluster:
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = ClusterPort(self.ca, self.enrolment)
+        self.port = ClusterPort(self.ca, self.enrolment, self.svc.images)
         number = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1", 0), self.loop)
         self.enrolment.cluster_listen = f"127.0.0.1:{number.result(10)}"
 

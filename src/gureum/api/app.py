@@ -197,7 +197,9 @@ async def serve(config: Config) -> None:
         # We handle signals ourselves, once for all servers: uvicorn's own capture would
         # replace the process's handlers per server and raise the signal again on its way out.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
-    cluster = ClusterPort(svc.enrolment.ca, svc.enrolment) if config.cluster_listen else None
+    cluster = (
+        ClusterPort(svc.enrolment.ca, svc.enrolment, svc.images) if config.cluster_listen else None
+    )
     if cluster is not None:
         host, _, port = config.cluster_listen.rpartition(":")
         await cluster.start(host or "127.0.0.1", int(port))

@@ -8,7 +8,11 @@ line each way:
   fingerprint before it sends anything secret;
 - ``{"op": "join", "secret", "csr"}``: a join token's secret and a certificate request: the
   agent's certificate (``service/enrolment.py``);
-- ``{"op": "heartbeat", "facts"}``: with the agent's certificate only: what its host has.
+- ``{"op": "heartbeat", "facts"}``: with the agent's certificate only: what its host has;
+- ``{"op": "image-file", "image", "version", "role"}``: with the agent's certificate only: one
+  file of a catalog image's current version, as a header ``{file, bytes, sha256}`` and then the
+  file (the agent checks both before it keeps it, ``host/image_pull.py``). A project's own
+  image is not served (it goes where its project's instances go, which is not yet).
 
 The wire (one request per connection, bounded in size, time and connections) is
 ``sys/jsonline.py``'s, as on each agent's command port.
@@ -19,10 +23,12 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from gureum.errors import Conflict, InvalidInput, NotFound
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.service.cluster_ca import ClusterCA
 from gureum.service.enrolment import EnrolmentService
-from gureum.sys.jsonline import LineServer, tls_context
+from gureum.service.images import ImageService
+from gureum.sys.jsonline import LineServer, Streamed, tls_context
 
 
 def server_context(ca: ClusterCA) -> ssl.SSLContext:
@@ -33,8 +39,8 @@ def server_context(ca: ClusterCA) -> ssl.SSLContext:
 
 
 class ClusterPort:
-    def __init__(self, ca: ClusterCA, enrolment: EnrolmentService) -> None:
-        self.ca, self.enrolment = ca, enrolment
+    def __init__(self, ca: ClusterCA, enrolment: EnrolmentService, images: ImageService) -> None:
+        self.ca, self.enrolment, self.images = ca, enrolment, images
         self.server: LineServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -47,7 +53,9 @@ class ClusterPort:
         if self.server is not None:
             await self.server.stop()
 
-    async def _answer(self, request: dict[str, Any], tls: ssl.SSLObject | None) -> dict[str, Any]:
+    async def _answer(
+        self, request: dict[str, Any], tls: ssl.SSLObject | None
+    ) -> dict[str, Any] | Streamed:
         op = request.get("op")
         if op == "ca":
             return {"ca": self.ca.pem.decode(), "name": CONTROL_PLANE}
@@ -57,4 +65,21 @@ class ClusterPort:
             peer = tls.getpeercert(binary_form=True) if tls is not None else None
             host = self.enrolment.heartbeat(peer, request.get("facts"))
             return {"ok": True, "host": host}
+        if op == "image-file":
+            self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
+            return self._image_file(request)
         raise ValueError(f"no operation {str(op)[:40]!r}")
+
+    def _image_file(self, request: dict[str, Any]) -> Streamed:
+        name, version, role = request.get("image"), request.get("version"), request.get("role")
+        if not all(isinstance(x, str) for x in (name, version, role)):
+            raise InvalidInput("image-file takes image, version and role")
+        image = self.images.get(str(name), ())  # the catalog's alone: () is no project
+        if image.version != version or role not in image.files:
+            raise NotFound(f"image {name} has no {str(role)[:20]} of version {str(version)[:64]}")
+        entry = image.files[str(role)]
+        path = image.file(str(role))
+        if path.stat().st_size != entry["bytes"]:
+            raise Conflict(f"image {name} {version}: its {role} is not the size recorded")
+        header = {"file": entry["file"], "bytes": entry["bytes"], "sha256": entry["sha256"]}
+        return Streamed(header, path)

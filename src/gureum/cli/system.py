@@ -19,6 +19,7 @@ from gureum.client.client import Client
 from gureum.errors import GureumError
 
 if TYPE_CHECKING:
+    from gureum.config import Config
     from gureum.host.interface import HostAgent
 
 operation_app = typer.Typer(
@@ -275,10 +276,10 @@ def agent(
             output.err.print(f"heartbeat refused or lost: {exc.message}")
             raise typer.Exit(1) from None
         return
-    asyncio.run(_run_agent(folder, host, config.home, listen))
+    asyncio.run(_run_agent(config, host, listen))
 
 
-async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | None) -> None:
+async def _run_agent(config: Config, host: HostAgent, listen: str | None) -> None:
     from gureum.host import enrolment
     from gureum.host.agent_port import AgentPort
 
@@ -286,7 +287,7 @@ async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | No
     # serve does (the port bounds the connections it serves).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    port = AgentPort(folder, host, home)
+    port = AgentPort(config, host)
     try:
         await port.start(listen)
     except OSError as exc:
@@ -295,7 +296,8 @@ async def _run_agent(folder: Path, host: HostAgent, home: Path, listen: str | No
     try:
         while True:
             try:
-                await asyncio.to_thread(enrolment.heartbeat, folder, enrolment.facts(host))
+                facts = enrolment.facts(host)
+                await asyncio.to_thread(enrolment.heartbeat, config.agent_dir, facts)
             except GureumError as exc:
                 output.err.print(f"heartbeat refused or lost: {exc.message}")
             except Exception as exc:  # a heartbeat that fails never ends the agent

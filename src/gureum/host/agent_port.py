@@ -10,6 +10,8 @@ What it answers so far:
 - ``{"op": "facts"}``: the host's name, accelerator and capacity (what its heartbeat says);
 - ``{"op": "running", "ids": [...]}``: which of those instances have a process on this host
   (``{id: pid or null}``), for the control plane to compare with what it recorded;
+- ``{"op": "image", "name", "version", "files"}``: make sure this host holds that version of
+  a catalog image, fetching what it lacks from the control plane (``host/image_pull.py``);
 - ``{"op": "call", "method", "args"}``: one of the ``HostAgent`` methods that travel
   (``host/remote_calls.py``), run on this host with its paths under this agent's home:
   ``{"result": ...}``.
@@ -21,11 +23,11 @@ interface is the next step of issue 17.
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 from typing import Any
 
+from gureum.config import Config
 from gureum.errors import InvalidInput, Unauthenticated
-from gureum.host import enrolment, remote_calls
+from gureum.host import enrolment, image_pull, remote_calls
 from gureum.host.interface import HostAgent
 from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
@@ -36,8 +38,10 @@ MAX_IDS = 10_000
 
 
 class AgentPort:
-    def __init__(self, folder: Path, host: HostAgent, home: Path) -> None:
-        self.folder, self.host, self.home = folder, host, home
+    def __init__(self, config: Config, host: HostAgent) -> None:
+        folder = config.agent_dir
+        self.folder, self.host, self.home = folder, host, config.home
+        self.images_dir = config.images_dir
         self.ca = (folder / "ca.pem").read_bytes()
         cluster = enrolment.joined(folder)
         if cluster is None:
@@ -82,6 +86,11 @@ class AgentPort:
             ):
                 raise InvalidInput(f"running takes ids: a list of at most {MAX_IDS} instance ids")
             return {"running": {i: self.host.find_running(i) for i in ids}}
+        if op == "image":
+            return await image_pull.pull(
+                self.folder, self.images_dir, request.get("name"), request.get("version"),
+                request.get("files"),
+            )  # fmt: skip
         if op == "call":
             method, kwargs = remote_calls.decode_call(request, self.home)
             result = await getattr(self.host, method)(**kwargs)

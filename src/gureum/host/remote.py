@@ -25,6 +25,8 @@ from gureum.model.hardware import Hardware
 from gureum.model.network import Network
 from gureum.sys import jsonline
 
+IMAGE_PULL_TIMEOUT_S = 3600.0  # a Debian image over a slow link; each chunk has its own deadline
+
 
 class RemoteHostAgent:
     def __init__(self, name: str, address: str, context: Callable[[], ssl.SSLContext]) -> None:
@@ -34,13 +36,15 @@ class RemoteHostAgent:
         """A file the store recorded (relative to a home), as it is named on this side."""
         return REMOTE_ROOT / relative
 
-    async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+    async def ask(
+        self, request: dict[str, Any], timeout: float = jsonline.CALL_TIMEOUT_S
+    ) -> dict[str, Any]:
         """One request to the host's agent; its answer (Untrusted when what answers is not that
         host's agent, or it says this side's certificate is not the control plane's;
         Unavailable when it cannot be reached, does not answer in time, or drops the connection,
         as TLS does when the agent's CA does not know this side's certificate)."""
         try:
-            return await jsonline.ask(self.address, request, self._context(), self.name)
+            return await jsonline.ask(self.address, request, self._context(), self.name, timeout)
         except Unauthenticated as exc:  # either end refused the other's certificate: not 401
             raise Untrusted(f"host {self.name}: {exc.message}") from None
 
@@ -48,6 +52,15 @@ class RemoteHostAgent:
         """``method`` of the host's agent with these arguments; its result."""
         answer = await self.ask(encode_call(method, kwargs, REMOTE_ROOT))
         return decode(answer.get("result"), hints(method)["return"], REMOTE_ROOT, method)
+
+    # -- images ----------------------------------------------------------------------------------
+    async def ensure_image(
+        self, name: str, version: str, files: dict[str, dict[str, object]]
+    ) -> dict[str, Any]:
+        """The host holds this version of a catalog image: its agent fetches what it lacks from
+        the control plane, each file checked against ``files`` (what the catalog recorded)."""
+        request = {"op": "image", "name": name, "version": version, "files": files}
+        return await self.ask(request, timeout=IMAGE_PULL_TIMEOUT_S)
 
     # -- disks -----------------------------------------------------------------------------------
     async def create_disk(self, path: Path, backing: Path, size_bytes: int) -> None:

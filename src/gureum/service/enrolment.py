@@ -75,14 +75,20 @@ class EnrolmentService:
         # The address it was enrolled with: where its command port listens.
         return {"host": name, "cert": cert.decode(), "ca": self.ca.pem.decode(), "address": address}
 
-    def heartbeat(self, peer_der: bytes | None, facts: object) -> str:
-        """An enrolled agent's report of what its host has; the host's name."""
+    def enrolled_host(self, peer_der: bytes | None) -> str:
+        """The name of the enrolled host whose agent's certificate this is (Unauthenticated
+        for none, another CA's, the control plane's own, or a host the store does not hold)."""
         if peer_der is None:
-            raise Unauthenticated("a heartbeat needs the agent's certificate")
+            raise Unauthenticated("this needs the agent's certificate")
         name = self.ca.name_of(peer_der)
         host = self.store.get(name)
         if name == CONTROL_PLANE or host is None or host.address is None:
             raise Unauthenticated(f"{name!r} is not an enrolled host")
+        return name
+
+    def heartbeat(self, peer_der: bytes | None, facts: object) -> str:
+        """An enrolled agent's report of what its host has; the host's name."""
+        name = self.enrolled_host(peer_der)
         if not isinstance(facts, dict) or not isinstance(facts.get("accel"), str):
             raise InvalidInput(
                 "a heartbeat says accel, cpus, memory_mib, memory_reserve_mib, cpu_overcommit"

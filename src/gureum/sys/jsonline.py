@@ -15,10 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
+import os
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from gureum.errors import GureumError, Unauthenticated, Unavailable, from_code
@@ -32,9 +36,21 @@ MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 8  # so that one address cannot hold every slot
 MAX_ANSWER = 1 << 20
 
+CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class Streamed:
+    """An answer with a body: its header line, then the file's bytes (``size`` of them, said in
+    the header), sent as fast as the reader takes them, each chunk within the request deadline."""
+
+    header: dict[str, Any]
+    path: Path
+
+
 # What answers a request: the request and the TLS connection (whose peer certificate says who
 # asks); raises GureumError to refuse.
-Answer = Callable[[dict[str, Any], ssl.SSLObject | None], Awaitable[dict[str, Any]]]
+Answer = Callable[[dict[str, Any], ssl.SSLObject | None], Awaitable[dict[str, Any] | Streamed]]
 # What a server checks of a peer right after the handshake, before it reads anything (raises
 # GureumError to refuse): a command port lets no one but the control plane hold a slot.
 PeerCheck = Callable[[ssl.SSLObject | None], None]
@@ -114,9 +130,59 @@ class LineServer:
         except Exception as exc:  # one bad request ends its own connection, nothing more
             log.error("a request failed: %s: %s", type(exc).__name__, exc)
             answer = {"error": {"code": "internal", "message": "the request failed"}}
-        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError):
+        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
+            if isinstance(answer, Streamed):
+                await _stream(writer, answer)
+                return
             writer.write(json.dumps(answer).encode() + b"\n")
             await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+
+
+async def _stream(writer: asyncio.StreamWriter, answer: Streamed) -> None:
+    """The header, then the file: a reader that takes nothing for REQUEST_TIMEOUT_S is dropped."""
+    with answer.path.open("rb") as f:
+        writer.write(json.dumps(answer.header).encode() + b"\n")
+        while chunk := await asyncio.to_thread(f.read, CHUNK):
+            writer.write(chunk)
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+
+
+async def _connect(
+    address: str, ctx: ssl.SSLContext, server_name: str
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    host, _, port = address.rpartition(":")
+    return await asyncio.open_connection(
+        host.strip("[]"), int(port), ssl=ctx, server_hostname=server_name,
+        limit=MAX_ANSWER, ssl_handshake_timeout=REQUEST_TIMEOUT_S,
+    )  # fmt: skip
+
+
+def _answer(line: bytes, where: str) -> dict[str, Any]:
+    """An answer line as a dict; the error it carries raised as its own class."""
+    try:
+        answer = loads(line)
+    except ValueError:
+        raise Unavailable(f"{where} gave no answer") from None
+    if not isinstance(answer, dict):
+        raise Unavailable(f"{where} gave no answer")
+    if "error" in answer:
+        error = answer["error"] if isinstance(answer["error"], dict) else {}
+        raise from_code(str(error.get("code"))[:64], str(error.get("message"))[:1000])
+    return answer
+
+
+def _failed(exc: BaseException, address: str, server_name: str) -> GureumError:
+    """What a call that failed on the way (not refused by the peer) is reported as."""
+    where = f"{server_name} at {address}"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return Unauthenticated(f"{address} is not the cluster's {server_name}: {exc}")
+    if isinstance(exc, ssl.SSLError) and (
+        "CERTIFICATE" in str(exc.reason or "").upper() or "UNKNOWN_CA" in str(exc.reason)
+    ):
+        return Unauthenticated(f"{where} refused this side's certificate")
+    if isinstance(exc, TimeoutError):
+        return Unavailable(f"{where} did not answer in time")
+    return Unavailable(f"cannot reach {where}: {exc}")  # ValueError: past MAX_ANSWER
 
 
 async def ask(
@@ -128,40 +194,75 @@ async def ask(
 ) -> dict[str, Any]:
     """One request to ``HOST:PORT``, whose certificate must be issued for ``server_name``; its
     answer (GureumError with the answer's class if it refused), within ``timeout`` in all."""
-    host, _, port = address.rpartition(":")
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await asyncio.open_connection(
-                host.strip("[]"), int(port), ssl=ctx, server_hostname=server_name,
-                limit=MAX_ANSWER, ssl_handshake_timeout=REQUEST_TIMEOUT_S,
-            )  # fmt: skip
+            reader, writer = await _connect(address, ctx, server_name)
             try:
                 writer.write(json.dumps(request).encode() + b"\n")
                 await writer.drain()
                 line = await reader.readline()
             finally:
                 writer.close()
-    except ssl.SSLCertVerificationError as exc:
-        raise Unauthenticated(f"{address} is not the cluster's {server_name}: {exc}") from exc
-    except ssl.SSLError as exc:
-        if "CERTIFICATE" in str(exc.reason or "").upper() or "UNKNOWN_CA" in str(exc.reason):
-            said = f"{server_name} at {address} refused this side's certificate"
-            raise Unauthenticated(said) from exc
-        raise Unavailable(f"cannot reach {server_name} at {address}: {exc}") from exc
-    except TimeoutError:
-        raise Unavailable(f"{server_name} at {address} did not answer in {timeout:.0f} s") from None
-    except (OSError, ValueError) as exc:  # ValueError: an answer past MAX_ANSWER
-        raise Unavailable(f"cannot reach {server_name} at {address}: {exc}") from exc
+    except (OSError, ValueError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        raise _failed(exc, address, server_name) from exc
+    return _answer(line, f"{server_name} at {address}")
+
+
+async def fetch(
+    address: str,
+    request: dict[str, Any],
+    ctx: ssl.SSLContext,
+    server_name: str,
+    dest: Path,
+    max_bytes: int,
+) -> dict[str, Any]:
+    """A request answered with a body (``Streamed``): the body written to ``dest`` (a new file,
+    never one that exists or a link), at most ``max_bytes`` of it, each step within the request
+    deadline. Returns the header with what arrived: ``received_bytes`` and ``received_sha256``.
+    Nothing is left at ``dest`` on failure."""
+    where = f"{server_name} at {address}"
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    out = os.fdopen(os.open(dest, flags, 0o600), "wb")
     try:
-        answer = loads(line)
-    except ValueError:
-        raise Unavailable(f"{server_name} at {address} gave no answer") from None
-    if not isinstance(answer, dict):
-        raise Unavailable(f"{server_name} at {address} gave no answer")
-    if "error" in answer:
-        error = answer["error"] if isinstance(answer["error"], dict) else {}
-        raise from_code(str(error.get("code"))[:64], str(error.get("message"))[:1000])
-    return answer
+        with out:
+            async with asyncio.timeout(REQUEST_TIMEOUT_S):
+                reader, writer = await _connect(address, ctx, server_name)
+                writer.write(json.dumps(request).encode() + b"\n")
+                await writer.drain()
+                header = _answer(await reader.readline(), where)
+            try:
+                size = header.get("bytes")
+                if (
+                    isinstance(size, bool)
+                    or not isinstance(size, int)
+                    or not 0 <= size <= max_bytes
+                ):
+                    raise Unavailable(f"{where} offered {size!r} bytes")
+                digest = await _receive(reader, out, size, where)
+            finally:
+                writer.close()
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException as exc:
+        dest.unlink(missing_ok=True)
+        if isinstance(exc, OSError | ValueError | TimeoutError):
+            raise _failed(exc, address, server_name) from exc
+        raise
+    return {**header, "received_bytes": size, "received_sha256": digest}
+
+
+async def _receive(reader: asyncio.StreamReader, out: Any, size: int, where: str) -> str:
+    """``size`` bytes of a body into ``out``; their SHA-256."""
+    digest, received = hashlib.sha256(), 0
+    while received < size:
+        want = min(CHUNK, size - received)
+        chunk = await asyncio.wait_for(reader.read(want), REQUEST_TIMEOUT_S)
+        if not chunk:
+            raise Unavailable(f"{where} ended the transfer early")
+        digest.update(chunk)
+        await asyncio.to_thread(out.write, chunk)
+        received += len(chunk)
+    return digest.hexdigest()
 
 
 def ask_blocking(

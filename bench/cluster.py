@@ -26,13 +26,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import socket
-import statistics
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +37,8 @@ sys.path.insert(0, str(REPO / "src"))
 sys.path.insert(0, str(REPO / "bench"))
 sys.path.insert(0, str(REPO))
 
+from console import ms, timed  # noqa: E402
+from ec2 import free_port  # noqa: E402
 from network import between_namespaces  # noqa: E402
 from tests.integration.test_overlay import ADDRESSES, Hosts  # noqa: E402
 from tests.postgres import PostgresServer  # noqa: E402
@@ -55,25 +53,6 @@ from gureum.service.placement import Want  # noqa: E402
 
 DISPATCH_TARGET_S = 0.050
 OVERLAY_TARGET = 0.7
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def median_s(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        began = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.2f} ms"
 
 
 def control_plane(runs: int, root: Path) -> None:
@@ -105,13 +84,13 @@ def control_plane(runs: int, root: Path) -> None:
             on_loop(agents[-1].start())
         assert len(svc.hosts.list()) == 3
         want = Want(1, 256)
-        three = median_s(lambda: svc.hosts.place(want), runs)
-        one = median_s(lambda: alone.hosts.place(want), runs)
+        three = timed(lambda: svc.hosts.place(want), runs)
+        one = timed(lambda: alone.hosts.place(want), runs)
         print(f"placement among 3 hosts, median of {runs}: {ms(three)}; among 1: {ms(one)}; "
               f"ratio x{three / one:.2f}")  # fmt: skip
-        remote = median_s(lambda: on_loop(svc.agents.ask("h2", {"op": "facts"})), runs)
+        remote = timed(lambda: on_loop(svc.agents.ask("h2", {"op": "facts"})), runs)
         local_host = svc.hosts.host
-        here = median_s(lambda: agent.facts(local_host), runs)
+        here = timed(lambda: agent.facts(local_host), runs)
         print(f"dispatch: a question to h2's agent over its command port, median of {runs}: "
               f"{ms(remote)}; the same answer in-process: {ms(here)}; "
               f"ratio x{remote / here:.1f}")  # fmt: skip

@@ -104,8 +104,8 @@ async def check_host(
     host: str, svc: Annotated[Services, Depends(services)], _: Super
 ) -> dict[str, object]:
     """Ask a joined host's agent on its command port, as the control plane drives it: what it
-    answers and the round trip; **503** where it cannot be reached, **401** where what answers
-    is not that host's agent."""
+    answers and the round trip; **503** where it cannot be reached, **502** (``untrusted``)
+    where what answers is not that host's agent."""
     return await svc.agents.check(host)
 
 

@@ -5,10 +5,13 @@ certificate was issued for the host it means to reach."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
 import os
 import socket
 import ssl
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -183,7 +186,10 @@ def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_pa
     port = _serving(cluster, folder)
     try:
         for bad, said in (
-            ({"method": "remove_file", "args": {"path": "../../etc/shadow"}}, "under the host's"),
+            (
+                {"method": "remove_file", "args": {"path": "../../etc/shadow"}},
+                "must stay in the host's",
+            ),
             ({"method": "remove_leftovers", "args": {}}, "no remote method"),
         ):
             with pytest.raises(InvalidInput, match=said):
@@ -192,12 +198,12 @@ def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_pa
         cluster.run(port.stop())
 
 
-def _catalog_image(cluster: Cluster) -> Image:
+def _catalog_image(cluster: Cluster, disk_bytes: int = 3 << 20) -> Image:
     """A catalog image on the control plane, with real files of its own."""
     folder = cluster.svc.config.images_dir / "tiny" / "v1"
     folder.mkdir(parents=True)
     files = {}
-    for role, name, size in (("disk", "disk.qcow2", 3 << 20), ("kernel", "vmlinuz", 4096),
+    for role, name, size in (("disk", "disk.qcow2", disk_bytes), ("kernel", "vmlinuz", 4096),
                              ("initrd", "initrd.img", 70_000)):  # fmt: skip
         data = os.urandom(size)
         (folder / name).write_bytes(data)
@@ -225,11 +231,14 @@ def test_a_joined_host_fetches_a_catalog_image_and_checks_it(
         again = cluster.run(remote.ensure_image("tiny", "v1", image.files))
         assert (again["fetched"], again["present"]) == ([], ["disk", "initrd", "kernel"])
         # The control plane's file is not what the catalog recorded: nothing is kept.
+        kernel = (there / "vmlinuz").read_bytes()
         (there / "vmlinuz").unlink()
         (Path(image.path) / "vmlinuz").write_bytes(os.urandom(4096))
         with pytest.raises(Unavailable, match="not the one the catalog recorded"):
             cluster.run(remote.ensure_image("tiny", "v1", image.files))
-        assert sorted(p.name for p in there.iterdir()) == ["disk.qcow2", "initrd.img"]
+        assert sorted(p.name for p in there.iterdir()) == [
+            ".verified.json", "disk.qcow2", "initrd.img"
+        ]  # fmt: skip
         # Another version, a name or a file that would be a path, an image of a project.
         with pytest.raises(NotFound):
             cluster.run(remote.ensure_image("tiny", "v2", image.files))
@@ -241,6 +250,19 @@ def test_a_joined_host_fetches_a_catalog_image_and_checks_it(
         mine = _catalog_image_of_project(cluster)
         with pytest.raises(NotFound):
             cluster.run(remote.ensure_image(mine.name, mine.version, mine.files))
+        # A file of the right size but other bytes (built here, or changed) is fetched again.
+        (Path(image.path) / "vmlinuz").write_bytes(kernel)
+        (there / "vmlinuz").write_bytes(b"\0" * len(kernel))
+        (there / ".verified.json").unlink()
+        got = cluster.run(remote.ensure_image("tiny", "v1", image.files))
+        assert got["fetched"] == ["kernel"] and (there / "vmlinuz").read_bytes() == kernel
+        # A link where a folder of the images should be is not followed.
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        (port.images_dir / "tiny2").symlink_to(elsewhere)
+        with pytest.raises(InvalidInput, match="not a folder of this host's images"):
+            cluster.run(remote.ensure_image("tiny2", "v1", image.files))
+        assert list(elsewhere.iterdir()) == []
     finally:
         cluster.run(port.stop())
     # The cluster port serves image files to enrolled hosts' agents alone.
@@ -260,3 +282,75 @@ def _catalog_image_of_project(cluster: Cluster) -> Image:
                   files={"disk": {"file": "disk.qcow2", "bytes": 10, "sha256": sha}})  # fmt: skip
     cluster.svc.images.store.put(image)
     return image
+
+
+def test_what_a_hostile_agent_answers_is_not_taken_as_said(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    folder, address = _joined(cluster, tmp_path, "h2")
+    answers: list[dict[str, object]] = []
+
+    async def hostile(request, tls):  # type: ignore[no-untyped-def]
+        return answers.pop(0)
+
+    ctx = agent.own_context(folder, server=True)
+    fake = jsonline.LineServer(hostile, ctx)
+    host, _, number = address.rpartition(":")
+    cluster.run(fake.start(host, int(number)))
+    remote = cluster.agents.host("h2")
+    try:
+        answers.append({"result": {"exit_code": 0, "stdout": "not base64!", "stderr": ""}})
+        with pytest.raises(Unavailable, match="h2 gave a malformed answer"):
+            cluster.run(remote.exec("i-0123456789ab", ["true"], None, 5.0))
+        answers.append({"result": {"at": 1e300 * 10, "cpu_seconds": None, "rss_bytes": None,
+                                   "pss_bytes": None}})  # fmt: skip
+        with pytest.raises(Unavailable):
+            cluster.run(remote.instance_stats([]))
+        # Only its host's own refusals pass as themselves; a 403 or a quota is not an agent's.
+        for code in ("forbidden", "quota-exceeded", "unauthenticated-ish", "payload-too-large"):
+            answers.append({"error": {"code": code, "message": "log in at http://evil"}})
+            with pytest.raises(Unavailable, match=f"host h2 answered {code}"):
+                cluster.run(remote.kill("i-0123456789ab"))
+        answers.append({"error": {"code": "invalid-state", "message": "it is stopped"}})
+        with pytest.raises(InvalidState, match="it is stopped"):
+            cluster.run(remote.kill("i-0123456789ab"))
+    finally:
+        cluster.run(fake.stop())
+
+
+def test_a_slow_reader_of_an_image_is_dropped_and_gives_its_slot_back(
+    cluster: Cluster, tmp_path: Path, monkeypatch
+) -> None:  # type: ignore[no-untyped-def]
+    # A reader that keeps taking a little (each chunk within the request deadline) but far
+    # below the minimum rate: dropped at the whole stream's deadline, not when it is done.
+    monkeypatch.setattr(jsonline, "REQUEST_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(jsonline, "MIN_RATE", 64 << 20)  # 64 MiB: a deadline of 2 s
+    image = _catalog_image(cluster, disk_bytes=64 << 20)
+    folder, _ = _joined(cluster, tmp_path, "h2")
+    server = cluster.port.server
+    request = {"op": "image-file", "image": "tiny", "version": "v1", "role": "disk"}
+
+    async def read_slowly() -> tuple[float, int]:
+        began, got = time.monotonic(), 0
+        host, _, number = cluster.enrolment.cluster_listen.rpartition(":")
+        reader, writer = await asyncio.open_connection(
+            host, int(number), ssl=agent.own_context(folder), server_hostname=CONTROL_PLANE
+        )
+        writer.write(json.dumps(request).encode() + b"\n")
+        await writer.drain()
+        try:
+            while chunk := await reader.read(64 << 10):  # about 1.3 MB/s
+                got += len(chunk)
+                await asyncio.sleep(0.05)
+        except (ConnectionError, ssl.SSLError):
+            pass
+        writer.close()
+        return time.monotonic() - began, got
+
+    took, got = asyncio.run(read_slowly())
+    assert got < image.files["disk"]["bytes"]  # type: ignore[operator]
+    assert took < 10, took  # the old per-chunk deadline let it go on for some 50 s
+    deadline = time.monotonic() + 5
+    while server._open and time.monotonic() < deadline:  # type: ignore[union-attr]
+        time.sleep(0.05)
+    assert server._open == 0  # type: ignore[union-attr]

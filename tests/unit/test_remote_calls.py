@@ -35,6 +35,10 @@ def travels(value, hint):  # type: ignore[no-untyped-def]
 
 def test_arguments_arrive_as_the_interface_types_them() -> None:
     assert travels(REMOTE_ROOT / "disks/i-1/top.qcow2", Path) == HOME / "disks/i-1/top.qcow2"
+    assert (
+        travels(REMOTE_ROOT / "images/tiny/v1/disk.qcow2", Path)
+        == HOME / "images/tiny/v1/disk.qcow2"
+    )
     assert travels(NET, Network) == NET
     rule = Rule("r-1", "sg-1", "tcp", 22, 22, "10.0.0.0/8", None, 2.0)
     plan = NetworkPlan([(NIC, "web")], [Port("gt-1", NIC.mac, NIC.ip, ("sg-1",))], {"sg-1": [rule]})
@@ -95,15 +99,41 @@ def test_values_are_checked_strictly(raw, hint) -> None:  # type: ignore[no-unty
 def test_only_the_methods_that_travel_are_called() -> None:
     call = remote_calls.encode_call(
         "create_disk",
-        {"path": REMOTE_ROOT / "a.qcow2", "backing": REMOTE_ROOT / "b", "size_bytes": 1},
+        {"path": REMOTE_ROOT / "disks/a", "backing": REMOTE_ROOT / "images/b", "size_bytes": 1},
         REMOTE_ROOT,
     )
     assert decode_call(call, HOME) == (
         "create_disk",
-        {"path": HOME / "a.qcow2", "backing": HOME / "b", "size_bytes": 1},
+        {"path": HOME / "disks/a", "backing": HOME / "images/b", "size_bytes": 1},
     )
     for method in ("remove_leftovers", "prepare", "__init__", "start", "remove_scratch", None):
         with pytest.raises(InvalidInput, match="no remote method"):
             decode_call({"op": "call", "method": method, "args": {}}, HOME)
     with pytest.raises(InvalidInput, match="create_disk takes"):
         decode_call({"op": "call", "method": "create_disk", "args": {"shell": "rm"}}, HOME)
+
+
+def test_a_path_names_a_data_folder_of_the_home_and_no_link_leads_out(tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    (home / "disks").mkdir(parents=True)
+    (home / "agent").mkdir()
+    (home / "disks" / "out").symlink_to(tmp_path)  # a link inside the home, leading out
+    assert decode("disks/i-1/root.qcow2", Path, home) == home / "disks/i-1/root.qcow2"
+    for raw in (".", "./.", "agent/agent.key", "gureum.db", "cluster/ca.key", "disks/out/x"):
+        with pytest.raises(InvalidInput):
+            decode(raw, Path, home, "path")
+
+
+def test_the_folders_a_path_may_name_are_the_configurations() -> None:
+    from gureum.config import load_config
+
+    cfg = load_config(Path("/nonexistent-home"), env={})
+    folders = (cfg.disks_dir, cfg.images_dir, cfg.instances_dir, cfg.project_images_dir,
+               cfg.snapshots_dir)  # fmt: skip
+    assert {p.relative_to(cfg.home).as_posix() for p in folders} == remote_calls.HOST_FOLDERS
+
+
+@pytest.mark.parametrize(("raw", "hint"), [(1 << 70, int), (1e400, float), (-(1 << 64), float)])
+def test_numbers_stay_within_what_a_host_holds(raw, hint) -> None:  # type: ignore[no-untyped-def]
+    with pytest.raises(InvalidInput):
+        decode(raw, hint, HOME)

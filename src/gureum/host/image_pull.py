@@ -6,13 +6,17 @@ an image version (each file's name, size and SHA-256); the agent fetches what it
 cluster port (``{"op": "image-file"}``, answered with the file), checks size and digest while it
 writes, and only then puts the file in place, under ``images/NAME/VERSION/`` as a host that built
 the image has it. A transfer cut short or a file that is not what the catalog recorded leaves
-nothing behind. One pull of a version at a time; a version already in place is not fetched
-again (its files' sizes are checked, and their digests were when they arrived).
+nothing behind. One pull of a version at a time; a file already in place is not fetched again
+when it is of the recorded size and was checked to have the recorded digest (when it arrived, or
+once when first found: a file this host built itself, ``.verified.json``). None of
+``images/``, ``images/NAME`` and ``images/NAME/VERSION`` may be a link.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import re
 import secrets
@@ -68,11 +72,12 @@ async def pull(
     lock = _locks.setdefault((name, version), asyncio.Lock())
     async with lock:
         dest = images_dir / name / version
-        await asyncio.to_thread(dest.mkdir, 0o755, True, True)
+        await asyncio.to_thread(_folders, (images_dir, images_dir / name, dest))
+        verified = _verified(dest)
         fetched, present = [], []
         for role, (file, size, sha) in sorted(wanted.items()):
             target = dest / file
-            if target.is_file() and not target.is_symlink() and target.stat().st_size == size:
+            if await asyncio.to_thread(_holds, target, size, sha, verified):
                 present.append(role)
                 continue
             part = dest / f".{file}.{secrets.token_hex(4)}.part"
@@ -89,5 +94,52 @@ async def pull(
                 )
             os.chmod(part, 0o644)  # the catalog's files are every VM's to read
             os.replace(part, target)
+            verified[file] = sha
+            _record(dest, verified)
             fetched.append(role)
     return {"image": name, "version": version, "fetched": fetched, "present": present}
+
+
+def _folders(levels: tuple[Path, ...]) -> None:
+    """Make each folder in turn, none of them followed if it is a link (a link where a folder
+    of the images should be would send the files elsewhere)."""
+    for level in levels:
+        if not level.is_symlink() and not level.exists():
+            level.mkdir(0o755)
+        if level.is_symlink() or not level.is_dir():
+            raise InvalidInput(f"{level} is not a folder of this host's images")
+
+
+VERIFIED = ".verified.json"  # file -> the SHA-256 it was checked to have, when it arrived
+
+
+def _verified(dest: Path) -> dict[str, str]:
+    try:
+        seen = json.loads((dest / VERIFIED).read_text())
+    except (OSError, ValueError):
+        return {}
+    return {str(k): str(v) for k, v in seen.items()} if isinstance(seen, dict) else {}
+
+
+def _record(dest: Path, verified: dict[str, str]) -> None:
+    part = dest / f"{VERIFIED}.{secrets.token_hex(4)}"
+    part.write_text(json.dumps(verified))
+    os.replace(part, dest / VERIFIED)
+
+
+def _holds(target: Path, size: int, sha: str, verified: dict[str, str]) -> bool:
+    """Whether ``target`` is already the file the catalog recorded: of its size, and checked to
+    have its digest (when it arrived, or now: a file this host built itself is hashed once)."""
+    if target.is_symlink() or not target.is_file() or target.stat().st_size != size:
+        return False
+    if verified.get(target.name) == sha:
+        return True
+    digest = hashlib.sha256()
+    with target.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    if digest.hexdigest() != sha:
+        return False
+    verified[target.name] = sha
+    _record(target.parent, verified)
+    return True

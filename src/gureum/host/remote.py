@@ -18,13 +18,28 @@ from pathlib import Path
 from typing import Any
 
 from gureum.engine.qemu.agent import ExecResult
-from gureum.errors import Unauthenticated, Untrusted
+from gureum.errors import (
+    Conflict,
+    EngineError,
+    GureumError,
+    InsufficientCapacity,
+    InvalidInput,
+    NotFound,
+    Timeout,
+    Unauthenticated,
+    Unavailable,
+    Untrusted,
+)
 from gureum.host.remote_calls import REMOTE_ROOT, decode, encode_call, hints
 from gureum.host.stats import InstanceStats
 from gureum.model.hardware import Hardware
 from gureum.model.network import Network
 from gureum.sys import jsonline
 
+# What an agent's refusal may be raised as on the control plane (InvalidState is a Conflict,
+# CommandNotFound, VMOnly and InvalidImage are InvalidInput): its host's own answers.
+AGENT_ERRORS = (Conflict, EngineError, InsufficientCapacity, InvalidInput, NotFound, Timeout,
+                Unavailable)  # fmt: skip
 IMAGE_PULL_TIMEOUT_S = 3600.0  # a Debian image over a slow link; each chunk has its own deadline
 
 
@@ -47,11 +62,20 @@ class RemoteHostAgent:
             return await jsonline.ask(self.address, request, self._context(), self.name, timeout)
         except Unauthenticated as exc:  # either end refused the other's certificate: not 401
             raise Untrusted(f"host {self.name}: {exc.message}") from None
+        except GureumError as exc:
+            if isinstance(exc, AGENT_ERRORS):
+                raise
+            # Nothing else is an agent's to say: not 403, not a quota, not the caller's token.
+            raise Unavailable(f"host {self.name} answered {exc.code}: {exc.message}") from None
 
     async def call(self, method: str, **kwargs: Any) -> Any:
         """``method`` of the host's agent with these arguments; its result."""
         answer = await self.ask(encode_call(method, kwargs, REMOTE_ROOT))
-        return decode(answer.get("result"), hints(method)["return"], REMOTE_ROOT, method)
+        try:
+            return decode(answer.get("result"), hints(method)["return"], REMOTE_ROOT, method)
+        except (InvalidInput, ValueError, TypeError) as exc:  # the agent's fault, not the caller's
+            said = exc.message if isinstance(exc, GureumError) else str(exc)
+            raise Unavailable(f"host {self.name} gave a malformed answer: {said}") from None
 
     # -- images ----------------------------------------------------------------------------------
     async def ensure_image(

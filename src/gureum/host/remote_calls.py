@@ -7,14 +7,18 @@ One fact in one place: a call is encoded and decoded by the type hints of the me
 
 Paths never travel as the sender's absolute paths. Each end has a root: the agent its home, the
 control plane ``REMOTE_ROOT`` (a stand-in, as it cannot know a remote home); a path is sent
-relative to the sender's root and joined to the receiver's, and one that is absolute, climbs
-out with ``..``, or is outside the sender's root is refused.
+relative to the sender's root and joined to the receiver's. One that is absolute, climbs out
+with ``..``, is outside the sender's root, names no folder of ``HOST_FOLDERS`` (the agent's own
+keys, the store, the home itself are never named), or leads out of its folder through a link
+is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path, PurePosixPath
@@ -35,6 +39,11 @@ REMOTE_METHODS = frozenset({
 })  # fmt: skip
 
 MAX_ITEMS = 10_000
+MAX_INT = (1 << 63) - 1  # what the store and the host's figures hold
+
+# The folders of a host's home a travelling path may name (as ``config.py`` names them; a test
+# holds the two together): never the agent's keys, the store or the cluster's files.
+HOST_FOLDERS = frozenset({"disks", "images", "instances", "project-images", "snapshots"})
 
 
 def hints(method: str) -> dict[str, Any]:
@@ -89,25 +98,45 @@ def decode(raw: Any, hint: Any, root: Path, where: str = "value") -> Any:
         if not isinstance(raw, str) or not raw or len(raw) > 4096:
             raise bad
         rel = PurePosixPath(raw)
-        if rel.is_absolute() or ".." in rel.parts or "\0" in raw:
-            raise InvalidInput(f"{where}: a path must stay under the host's home, not {raw!r}")
-        return root / rel
+        if (
+            rel.is_absolute()
+            or ".." in rel.parts
+            or "\0" in raw
+            or not rel.parts
+            or rel.parts[0] not in HOST_FOLDERS
+        ):
+            raise InvalidInput(
+                f"{where}: a path must stay in the host's {', '.join(sorted(HOST_FOLDERS))}, "
+                f"not {raw[:100]!r}"
+            )
+        full = root / rel
+        if root.is_dir() and not Path(os.path.realpath(full)).is_relative_to(
+            os.path.realpath(root / rel.parts[0])
+        ):  # a link inside the home does not lead out of its folder
+            raise InvalidInput(f"{where}: {raw[:100]!r} leads out of the host's home")
+        return full
     if hint is bytes:
         if not isinstance(raw, str):
             raise bad
-        return base64.b64decode(raw, validate=True)
+        try:
+            return base64.b64decode(raw, validate=True)
+        except ValueError:  # binascii.Error
+            raise bad from None
     if hint is bool:
         if not isinstance(raw, bool):
             raise bad
         return raw
     if hint is int:
-        if isinstance(raw, bool) or not isinstance(raw, int):
+        if isinstance(raw, bool) or not isinstance(raw, int) or not -MAX_INT <= raw <= MAX_INT:
             raise bad
         return raw
     if hint is float:
-        if isinstance(raw, bool) or not isinstance(raw, int | float) or raw != raw:
+        if isinstance(raw, bool) or not isinstance(raw, int | float) or abs(raw) > MAX_INT:
             raise bad
-        return float(raw)
+        value = float(raw)
+        if not math.isfinite(value):
+            raise bad
+        return value
     if hint is str:
         if not isinstance(raw, str):
             raise bad

@@ -37,6 +37,7 @@ MAX_PER_ADDRESS = 8  # so that one address cannot hold every slot
 MAX_ANSWER = 1 << 20
 
 CHUNK = 1 << 20
+MIN_RATE = 4 << 20  # bytes a second a streamed answer's reader must take, on average
 
 
 @dataclass(frozen=True)
@@ -97,13 +98,13 @@ class LineServer:
         try:
             await self._one(reader, writer)
         finally:
+            await _closed(writer)  # the slot is given back once the socket is gone
             self._open -= 1
             left = self._per_address[address] - 1
             if left:
                 self._per_address[address] = left
             else:
                 del self._per_address[address]
-            writer.close()
 
     async def _one(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         loop = asyncio.get_running_loop()
@@ -139,12 +140,28 @@ class LineServer:
 
 
 async def _stream(writer: asyncio.StreamWriter, answer: Streamed) -> None:
-    """The header, then the file: a reader that takes nothing for REQUEST_TIMEOUT_S is dropped."""
-    with answer.path.open("rb") as f:
-        writer.write(json.dumps(answer.header).encode() + b"\n")
-        while chunk := await asyncio.to_thread(f.read, CHUNK):
-            writer.write(chunk)
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+    """The header, then the file, within a deadline for the whole of it (MIN_RATE): a reader
+    that takes it slower, or stops, is dropped at once, its buffers with it."""
+    size = answer.path.stat().st_size
+    try:
+        async with asyncio.timeout(REQUEST_TIMEOUT_S + size / MIN_RATE):
+            with answer.path.open("rb") as f:
+                writer.write(json.dumps(answer.header).encode() + b"\n")
+                while chunk := await asyncio.to_thread(f.read, CHUNK):
+                    writer.write(chunk)
+                    await writer.drain()
+    except TimeoutError:
+        writer.transport.abort()
+        raise
+
+
+async def _closed(writer: asyncio.StreamWriter) -> None:
+    """Close, waiting briefly for the peer to take what is left; then drop it."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), 2.0)
+    except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
+        writer.transport.abort()
 
 
 async def _connect(

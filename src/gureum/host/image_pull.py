@@ -15,7 +15,6 @@ once when first found: a file this host built itself, ``.verified.json``). None 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import re
@@ -26,6 +25,7 @@ from typing import Any
 from gureum.errors import InvalidInput, Unavailable
 from gureum.host import enrolment
 from gureum.ids import check_name
+from gureum.images.debian import sha256_file
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.sys import jsonline
 
@@ -134,11 +134,7 @@ def _holds(target: Path, size: int, sha: str, verified: dict[str, str]) -> bool:
         return False
     if verified.get(target.name) == sha:
         return True
-    digest = hashlib.sha256()
-    with target.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    if digest.hexdigest() != sha:
+    if sha256_file(target) != sha:
         return False
     verified[target.name] = sha
     _record(target.parent, verified)

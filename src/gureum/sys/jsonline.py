@@ -42,8 +42,8 @@ MIN_RATE = 4 << 20  # bytes a second a streamed answer's reader must take, on av
 
 @dataclass(frozen=True)
 class Streamed:
-    """An answer with a body: its header line, then the file's bytes (``size`` of them, said in
-    the header), sent as fast as the reader takes them, each chunk within the request deadline."""
+    """An answer with a body: its header line, then the file's bytes (as many as the header
+    says), sent as fast as the reader takes them, the whole within a deadline (``MIN_RATE``)."""
 
     header: dict[str, Any]
     path: Path

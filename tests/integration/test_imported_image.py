@@ -20,6 +20,10 @@ from tests.waiting import wait_for
 
 VM = "w2"
 
+# Building the image to import (debootstrap, once, cached) and its first boot fall on the first
+# test: about 240 s here, near the suite's default of 300 s.
+pytestmark = pytest.mark.timeout(900)
+
 
 # firmware -> what its bootloader prints on the serial console
 BOOTLOADER = {"bios": "SYSLINUX", "uefi": "GNU GRUB"}

@@ -108,3 +108,55 @@ def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_pa
         running.terminate()
         _, err = running.communicate(timeout=30)
     assert f"answering the control plane on {address}" in err
+
+
+def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> None:
+    """Issue 17: `launch --host h2` runs the VM under h2's agent (another home, its own QEMU
+    and network), the guest answers through it, and stop and delete reach it there."""
+    control_plane.cli("image", "build", "tiny", timeout=900)
+    address = f"127.0.0.1:{_free_port()}"
+    made = json.loads(control_plane.cli("host", "enroll", "h2", address, "-o", "json").stdout)
+    h2 = Service(new_home())  # its home and what it leaves, as a service's (never started)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
+    env["GUREUM_HOME"] = str(h2.home)
+    log = open(h2.home / "agent.out", "wb")  # noqa: SIM115 - closed below
+    running = subprocess.Popen(
+        [sys.executable, "-m", "gureum.cli.main", "agent", "--join", made["token"]], env=env,
+        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while control_plane.cli("host", "check", "h2", check=False).returncode != 0:
+            assert time.monotonic() < deadline and running.poll() is None, (
+                h2.home / "agent.out"
+            ).read_text()
+            time.sleep(0.5)
+        launched = control_plane.cli("launch", "tiny", "--name", "far", "--host", "h2",
+                                     "-o", "json", timeout=600)  # fmt: skip
+        inst = json.loads(launched.stdout)
+        shown = json.loads(control_plane.cli("show", "far", "-o", "json").stdout)
+        assert (shown["placement"]["host"], shown["state"]) == ("h2", "running"), shown
+        # Its QEMU is h2's, from h2's copy of the image; nothing of it runs in the control
+        # plane's home.
+        assert h2.qemu_pids() and not control_plane.qemu_pids()
+        assert (h2.home / "images" / "tiny").is_dir()
+        phases = {p["event"] for p in shown["boot"]["phases"] if p["at"]}
+        assert {"process_started", "agent_ready"} <= phases  # h2's engine's events, heard here
+        # The guest itself answers, through h2's agent.
+        out = control_plane.cli("exec", "far", "--", "cat", "/proc/sys/kernel/hostname").stdout
+        assert out.strip() == "far"
+        control_plane.cli("stop", "far", timeout=120)
+        assert json.loads(control_plane.cli("show", "far", "-o", "json").stdout)["state"] == (
+            "stopped"
+        )
+        assert not h2.qemu_pids()
+        disks = list((h2.home / "disks").iterdir())
+        assert disks, "its disk is on h2"
+        control_plane.cli("delete", "far")
+        assert not any(d.exists() for d in disks)
+        assert inst["id"] not in control_plane.cli("list", "-o", "json").stdout
+    finally:
+        running.terminate()
+        running.wait(30)
+        log.close()
+        h2.cleanup()  # fails the test on any QEMU, namespace or dnsmasq of h2's left behind

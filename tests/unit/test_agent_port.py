@@ -163,7 +163,7 @@ def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_pa
     remote = cluster.agents.host("h2")
     try:
         disk = remote.path("disks/i-0123456789ab/root.qcow2")
-        assert disk == REMOTE_ROOT / "disks/i-0123456789ab/root.qcow2"  # a stand-in here
+        assert disk == REMOTE_ROOT / "h2" / "disks/i-0123456789ab/root.qcow2"  # a stand-in here
         cluster.run(remote.create_disk(disk, remote.path("images/tiny/v1/disk.qcow2"), 1 << 30))
         there = home / "disks/i-0123456789ab/root.qcow2"  # the agent's own path
         assert there in cluster.host.files and cluster.host.sizes[there] == 1 << 30
@@ -179,6 +179,9 @@ def test_the_host_agent_interface_over_the_command_port(cluster: Cluster, tmp_pa
         # A path the store never recorded (not under a home) is not even sent.
         with pytest.raises(InvalidInput, match="not under"):
             cluster.run(remote.remove_file(Path("/etc/shadow")))
+        # Nor is another host's.
+        with pytest.raises(InvalidInput, match="not under"):
+            cluster.run(remote.remove_file(REMOTE_ROOT / "h3" / "disks/x.qcow2"))
     finally:
         cluster.run(port.stop())
     # A hand-made call that climbs out of the agent's home is refused there, and one the

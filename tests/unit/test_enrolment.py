@@ -23,8 +23,6 @@ from gureum.errors import Conflict, GureumError, InvalidState
 from gureum.host import enrolment as agent
 from gureum.model.cluster import JoinToken
 from gureum.service import enrolment
-from gureum.service.agents import Agents
-from gureum.service.cluster_ca import ClusterCA
 from gureum.service.enrolment import EnrolmentService
 from gureum.service.placement import Want
 from gureum.sys.pki import csr_pem, new_key_pem
@@ -38,13 +36,14 @@ class Cluster:
     def __init__(self, tmp_path: Path) -> None:
         self.svc, self.host = fake_services(tmp_path)
         self.store = self.svc.hosts.store
-        self.ca = ClusterCA(tmp_path / "cluster")
+        self.ca = self.svc.enrolment.ca  # the control plane's own, as `gureum serve` has it
         self.enrolment = EnrolmentService(self.ca, self.store, "")
-        self.agents = Agents(self.ca, self.store)  # the control plane asking agents
+        self.agents = self.svc.agents  # the control plane asking agents, as its services do
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.port = ClusterPort(self.ca, self.enrolment, self.svc.images)
+        lifecycle = self.svc.instances.lifecycle
+        self.port = ClusterPort(self.ca, self.enrolment, self.svc.images, lifecycle.host_event)
         number = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1", 0), self.loop)
         self.enrolment.cluster_listen = f"127.0.0.1:{number.result(10)}"
 

@@ -53,6 +53,10 @@ CHOSEN = [
      Want(1, 1024, spread_group="web"), SPREAD, "h1"),
     ("kvm wanted: a kvm host", [host("h1"), host("h2", 4096, accel="kvm")],
      Want(1, 1024, needs_kvm=True), SPREAD, "h2"),
+    ("a joined host takes a VM of the catalog", [host("h1", 6000), host("h2", local=False)],
+     SMALL, SPREAD, "h2"),
+    ("what runs here only stays here", [host("h1", 6000), host("h2", local=False)],
+     Want(1, 1024, local_only="containers"), SPREAD, "h1"),
 ]  # fmt: skip
 
 
@@ -77,6 +81,9 @@ REFUSED = [
     ("no kvm anywhere", [host("h1")], Want(1, 1024, needs_kvm=True), ["h1: has no KVM"]),
     ("an agent that only reports", [host("h1", driven=False)], SMALL,
      ["h1: its agent reports, but is not driven from here yet"]),
+    ("here only, and here is full", [host("h1", 8000), host("h2", local=False)],
+     Want(1, 1024, local_only="containers"),
+     ["h1: not enough host memory", "h2: a joined host does not run containers yet"]),
     ("no hosts at all", [], SMALL, ["no hosts"]),
 ]  # fmt: skip
 

@@ -198,7 +198,9 @@ async def serve(config: Config) -> None:
         # replace the process's handlers per server and raise the signal again on its way out.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     cluster = (
-        ClusterPort(svc.enrolment.ca, svc.enrolment, svc.images) if config.cluster_listen else None
+        ClusterPort(svc.enrolment.ca, svc.enrolment, svc.images, svc.instances.lifecycle.host_event)
+        if config.cluster_listen
+        else None
     )
     if cluster is not None:
         host, _, port = config.cluster_listen.rpartition(":")

@@ -12,7 +12,11 @@ line each way:
 - ``{"op": "image-file", "image", "version", "role"}``: with the agent's certificate only: one
   file of a catalog image's current version, as a header ``{file, bytes, sha256}`` and then the
   file (the agent checks both before it keeps it, ``host/image_pull.py``). A project's own
-  image is not served (it goes where its project's instances go, which is not yet).
+  image is not served (it goes where its project's instances go, which is not yet);
+- ``{"op": "event", "instance", "event", ...}``: with the agent's certificate only: an engine
+  event of a VM on that host (``host/event_report.py``): ``boot`` (``name``, ``at``), ``paused``
+  (``reason``), ``resumed``, ``exit`` (``how``, ``detail``). Taken only for an instance the store
+  places on that very host.
 
 The wire (one request per connection, bounded in size, time and connections) is
 ``sys/jsonline.py``'s, as on each agent's command port.
@@ -20,11 +24,15 @@ The wire (one request per connection, bounded in size, time and connections) is
 
 from __future__ import annotations
 
+import math
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 from gureum.errors import Conflict, InvalidInput, NotFound
+from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
+from gureum.model.instance import BOOT_EVENTS
 from gureum.service.cluster_ca import ClusterCA
 from gureum.service.enrolment import EnrolmentService
 from gureum.service.images import ImageService
@@ -38,9 +46,53 @@ def server_context(ca: ClusterCA) -> ssl.SSLContext:
     return tls_context(True, ca.pem.decode(), str(cert), str(key))
 
 
+EVENT_TEXT_MAX = 2000  # an exit's detail or a pause's reason, as the agent's QEMU told it
+EXITS = ("stopped", "crashed")
+
+# (host, instance id, event, its fields): the service's taker of a joined host's VM events
+# (``Lifecycle.host_event``).
+EventTaker = Callable[[str, str, str, dict[str, Any]], None]
+
+
+def event_fields(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
+    """An agent's event, checked field by field: (instance id, event, its fields)."""
+    instance_id, event = request.get("instance"), request.get("event")
+    if not isinstance(instance_id, str) or not looks_like_id(instance_id, "i-"):
+        raise InvalidInput("an event names an instance id")
+
+    def text(key: str) -> str:
+        value = request.get(key)
+        if not isinstance(value, str) or len(value) > EVENT_TEXT_MAX:
+            raise InvalidInput(f"a {event} event's {key} is text of at most {EVENT_TEXT_MAX}")
+        return value
+
+    if event == "boot":
+        name, at = request.get("name"), request.get("at")
+        if name not in BOOT_EVENTS:
+            raise InvalidInput("a boot event names one of the boot phases")
+        if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
+            raise InvalidInput("a boot event's at is a time")
+        return instance_id, event, {"name": name, "at": float(at)}
+    if event == "paused":
+        return instance_id, event, {"reason": text("reason")}
+    if event == "resumed":
+        return instance_id, event, {}
+    if event == "exit":
+        if request.get("how") not in EXITS:
+            raise InvalidInput(f"an exit is {' or '.join(EXITS)}")
+        return instance_id, event, {"how": request["how"], "detail": text("detail")}
+    raise InvalidInput(f"no event {str(event)[:40]!r}")
+
+
 class ClusterPort:
-    def __init__(self, ca: ClusterCA, enrolment: EnrolmentService, images: ImageService) -> None:
-        self.ca, self.enrolment, self.images = ca, enrolment, images
+    def __init__(
+        self,
+        ca: ClusterCA,
+        enrolment: EnrolmentService,
+        images: ImageService,
+        events: EventTaker | None = None,
+    ) -> None:
+        self.ca, self.enrolment, self.images, self.events = ca, enrolment, images, events
         self.server: LineServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -68,6 +120,10 @@ class ClusterPort:
         if op == "image-file":
             self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
             return self._image_file(request)
+        if op == "event" and self.events is not None:
+            host = self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
+            self.events(host, *event_fields(request))
+            return {"ok": True}
         raise ValueError(f"no operation {str(op)[:40]!r}")
 
     def _image_file(self, request: dict[str, Any]) -> Streamed:

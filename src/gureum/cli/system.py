@@ -251,10 +251,10 @@ def agent(
     ] = None,
 ) -> None:
     """Run this host's agent: join the cluster with a token the first time, then report this
-    host's capacity to the control plane every 10 s, and answer it on the command port, both
-    over mutual TLS. (The control plane does not run instances on a joined host yet: it lists
-    it, its state follows its reports, and `gureum host check` asks it.) No -o json: it runs
-    until stopped and prints what it does, not data."""
+    host's capacity to the control plane every 10 s, and run what the control plane places
+    here (VMs from catalog images, their disks and networks), answering it on the command port,
+    both over mutual TLS. No -o json: it runs until stopped and prints what it does, not
+    data."""
     from gureum.config import load_config
     from gureum.host import enrolment
     from gureum.host.agent import LocalHostAgent
@@ -287,6 +287,7 @@ async def _run_agent(config: Config, host: HostAgent, listen: str | None) -> Non
     # serve does (the port bounds the connections it serves).
     _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    host.prepare()  # the folders VMs' files go in, as a service's start makes them
     port = AgentPort(config, host)
     try:
         await port.start(listen)

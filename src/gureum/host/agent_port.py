@@ -14,10 +14,9 @@ What it answers so far:
   a catalog image, fetching what it lacks from the control plane (``host/image_pull.py``);
 - ``{"op": "call", "method", "args"}``: one of the ``HostAgent`` methods that travel
   (``host/remote_calls.py``), run on this host with its paths under this agent's home:
-  ``{"result": ...}``.
-
-Starting instances (with their events coming back) is not among them yet: the rest of the
-interface is the next step of issue 17.
+  ``{"result": ...}``;
+- ``{"op": "start", "spec"}``: start a VM (a cold boot) from its ``VMSpec``: ``{"pid": ...}``.
+  Its engine events go back to the control plane as they happen (``host/event_report.py``).
 """
 
 from __future__ import annotations
@@ -28,7 +27,8 @@ from typing import Any
 from gureum.config import Config
 from gureum.errors import InvalidInput, Unauthenticated
 from gureum.host import enrolment, image_pull, remote_calls
-from gureum.host.interface import HostAgent
+from gureum.host.event_report import EventReport
+from gureum.host.interface import HostAgent, VMSpec
 from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.sys.jsonline import LineServer
@@ -50,6 +50,7 @@ class AgentPort:
         ctx = enrolment.own_context(folder, server=True)
         ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate, no connection
         self.server = LineServer(self._answer, ctx, peer=self._control_plane_only)
+        self.events = EventReport(folder)
 
     async def start(self, listen: str | None = None) -> int:
         """Listen on the enrolled address (or ``listen``, HOST:PORT); the port."""
@@ -71,6 +72,7 @@ class AgentPort:
 
     async def stop(self) -> None:
         await self.server.stop()
+        await self.events.close()
 
     async def _answer(self, request: dict[str, Any], tls: ssl.SSLObject | None) -> dict[str, Any]:
         self._control_plane_only(tls)  # checked at the handshake too; what the answer rests on
@@ -96,4 +98,12 @@ class AgentPort:
             result = await getattr(self.host, method)(**kwargs)
             returns = remote_calls.hints(method)["return"]
             return {"result": remote_calls.encode(result, returns, self.home)}
+        if op == "start":
+            spec = remote_calls.decode(request.get("spec"), VMSpec, self.home, "start.spec")
+            if spec.kind != "vm":
+                raise InvalidInput("a joined host runs VMs only, not containers, yet")
+            if not looks_like_id(spec.instance_id, "i-") or not spec.uid:  # names its folders
+                raise InvalidInput("start needs an instance id and an unprivileged uid")
+            pid = await self.host.start(spec, self.events.for_instance(spec.instance_id))
+            return {"pid": pid}
         raise InvalidInput(f"no operation {str(op)[:40]!r}")

@@ -4,36 +4,40 @@ on its command port (``host/agent_port.py``) and comes back as the agent's own h
 Arguments and results travel as ``host/remote_calls.py`` encodes them (the interface's own type
 hints); an error the agent's host raised is raised here as the same class (``errors.from_code``),
 so the service handles a remote ``InvalidState`` as a local one. Paths are this side's stand-ins
-under ``REMOTE_ROOT`` (``path``), made the agent's own paths under its home there.
+under ``REMOTE_ROOT/<host>`` (``path``), made the agent's own paths under its home there: which
+host a path is on is read from the path itself (``host_of``).
 
-Not every method travels yet (``REMOTE_METHODS``): the rest of the interface (starting
-instances, with their events coming back, consoles, streams) is the next step of issue 17.
+Each method of ``REMOTE_METHODS`` is called as the interface names it (``wait_ready(id, 300)``),
+its arguments bound by the interface's own signature. ``start`` runs a VM there; its engine
+events come back to the control plane's cluster port as the agent reports them
+(``host/event_report.py``), not through this object. What does not travel yet (memory images,
+consoles, streams, hot-plugging) is not here, and the service's ``HostRouter`` says so.
 """
 
 from __future__ import annotations
 
+import inspect
 import ssl
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from gureum.engine.qemu.agent import ExecResult
+from gureum.engine.qemu.accel import AccelChoice
 from gureum.errors import (
     Conflict,
     EngineError,
     GureumError,
     InsufficientCapacity,
     InvalidInput,
+    InvalidState,
     NotFound,
     Timeout,
     Unauthenticated,
     Unavailable,
     Untrusted,
 )
-from gureum.host.remote_calls import REMOTE_ROOT, decode, encode_call, hints
-from gureum.host.stats import InstanceStats
-from gureum.model.hardware import Hardware
-from gureum.model.network import Network
+from gureum.host.interface import HostAgent, VMEvents, VMSpec
+from gureum.host.remote_calls import REMOTE_METHODS, REMOTE_ROOT, decode, encode, encode_call, hints
 from gureum.sys import jsonline
 
 # What an agent's refusal may be raised as on the control plane (InvalidState is a Conflict,
@@ -41,15 +45,32 @@ from gureum.sys import jsonline
 AGENT_ERRORS = (Conflict, EngineError, InsufficientCapacity, InvalidInput, NotFound, Timeout,
                 Unavailable)  # fmt: skip
 IMAGE_PULL_TIMEOUT_S = 3600.0  # a Debian image over a slow link; each chunk has its own deadline
+# A call that itself waits (``wait_ready(id, 300)``, ``stop(id, 60)``) is given that long and
+# this much more for the wire.
+WIRE_SLACK_S = 30.0
+
+
+def host_of(path: Path) -> str | None:
+    """The joined host a path names (``REMOTE_ROOT/<host>/...``); None: this host's own."""
+    try:
+        rel = path.relative_to(REMOTE_ROOT)
+    except ValueError:
+        return None
+    return rel.parts[0] if rel.parts else None
 
 
 class RemoteHostAgent:
-    def __init__(self, name: str, address: str, context: Callable[[], ssl.SSLContext]) -> None:
+    def __init__(
+        self, name: str, address: str, context: Callable[[], ssl.SSLContext], accel: str = "tcg"
+    ) -> None:
         self.name, self.address, self._context = name, address, context
+        self.root = REMOTE_ROOT / name
+        # What its heartbeat said its QEMU runs with, as the control plane records instances.
+        self.accel = AccelChoice(accel, f"reported by host {name}")
 
     def path(self, relative: str) -> Path:
         """A file the store recorded (relative to a home), as it is named on this side."""
-        return REMOTE_ROOT / relative
+        return self.root / relative
 
     async def ask(
         self, request: dict[str, Any], timeout: float = jsonline.CALL_TIMEOUT_S
@@ -68,14 +89,34 @@ class RemoteHostAgent:
             # Nothing else is an agent's to say: not 403, not a quota, not the caller's token.
             raise Unavailable(f"host {self.name} answered {exc.code}: {exc.message}") from None
 
-    async def call(self, method: str, **kwargs: Any) -> Any:
-        """``method`` of the host's agent with these arguments; its result."""
-        answer = await self.ask(encode_call(method, kwargs, REMOTE_ROOT))
+    def _result(self, answer: dict[str, Any], key: str, hint: Any, what: str) -> Any:
         try:
-            return decode(answer.get("result"), hints(method)["return"], REMOTE_ROOT, method)
+            return decode(answer.get(key), hint, self.root, what)
         except (InvalidInput, ValueError, TypeError) as exc:  # the agent's fault, not the caller's
             said = exc.message if isinstance(exc, GureumError) else str(exc)
             raise Unavailable(f"host {self.name} gave a malformed answer: {said}") from None
+
+    async def call(self, method: str, **kwargs: Any) -> Any:
+        """``method`` of the host's agent with these arguments; its result."""
+        waits = kwargs.get("timeout")
+        deadline = jsonline.CALL_TIMEOUT_S
+        if isinstance(waits, int | float):
+            deadline = max(deadline, float(waits) + WIRE_SLACK_S)
+        answer = await self.ask(encode_call(method, kwargs, self.root), timeout=deadline)
+        return self._result(answer, "result", hints(method)["return"], method)
+
+    def __getattr__(self, method: str) -> Callable[..., Awaitable[Any]]:
+        """A method of ``REMOTE_METHODS``, called as the interface names it."""
+        if method not in REMOTE_METHODS:
+            raise AttributeError(method)
+        signature = inspect.signature(getattr(HostAgent, method))
+
+        async def remote(*args: Any, **kwargs: Any) -> Any:
+            bound = signature.bind(None, *args, **kwargs).arguments
+            bound.pop("self")
+            return await self.call(method, **bound)
+
+        return remote
 
     # -- images ----------------------------------------------------------------------------------
     async def ensure_image(
@@ -86,49 +127,39 @@ class RemoteHostAgent:
         request = {"op": "image", "name": name, "version": version, "files": files}
         return await self.ask(request, timeout=IMAGE_PULL_TIMEOUT_S)
 
-    # -- disks -----------------------------------------------------------------------------------
-    async def create_disk(self, path: Path, backing: Path, size_bytes: int) -> None:
-        await self.call("create_disk", path=path, backing=backing, size_bytes=size_bytes)
-
-    async def remove_file(self, path: Path) -> None:
-        await self.call("remove_file", path=path)
-
-    # -- networks --------------------------------------------------------------------------------
-    async def ensure_network(self, net: Network) -> None:
-        await self.call("ensure_network", net=net)
-
-    async def remove_network(self, network_id: str) -> None:
-        await self.call("remove_network", network_id=network_id)
-
-    async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
-        found: str | None = await self.call("neighbour_mac", network_id=network_id, ip=ip)
-        return found
-
     # -- instances -------------------------------------------------------------------------------
-    async def stop(self, instance_id: str, timeout: float) -> str:
-        how: str = await self.call("stop", instance_id=instance_id, timeout=timeout)
-        return how
+    async def start(
+        self,
+        spec: VMSpec,
+        events: VMEvents,
+        restore_from: str | None = None,
+        keep_memory: bool = False,
+    ) -> int:
+        """Start the VM's QEMU there (a cold boot); its pid on that host. ``events`` are not
+        passed: the agent reports them to the cluster port, where the service takes them."""
+        if restore_from is not None:
+            raise InvalidState(
+                f"{spec.name} is on joined host {self.name}, where resuming a memory image "
+                "is not supported yet"
+            )
+        answer = await self.ask({"op": "start", "spec": encode(spec, VMSpec, self.root)})
+        pid: int = self._result(answer, "pid", int, "start")
+        return pid
 
-    async def kill(self, instance_id: str) -> None:
-        await self.call("kill", instance_id=instance_id)
+    async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
+        """Nothing: QEMUs wait in the pool on the control plane's own host only."""
 
-    async def destroy(self, instance_id: str) -> None:
-        await self.call("destroy", instance_id=instance_id)
+    async def discard_waiting(self, instance_id: str) -> None:
+        """Nothing: see ``claim_waiting``."""
 
-    async def exec(
-        self, instance_id: str, argv: list[str], stdin: bytes | None, timeout: float
-    ) -> ExecResult:
-        result: ExecResult = await self.call(
-            "exec", instance_id=instance_id, argv=argv, stdin=stdin, timeout=timeout
-        )
-        return result
+    def forget(self, instance_id: str) -> None:
+        """Nothing to drop here: the agent forgets its own VMs as they end."""
 
-    async def console_log(self, instance_id: str, tail_bytes: int) -> bytes:
-        log: bytes = await self.call("console_log", instance_id=instance_id, tail_bytes=tail_bytes)
-        return log
+    def rss_bytes(self, instance_id: str) -> int | None:
+        """None: not measured from here (a joined host's figures do not travel yet)."""
+        return None
 
-    async def instance_stats(
-        self, instances: list[tuple[str, Hardware]]
-    ) -> dict[str, InstanceStats]:
-        stats: dict[str, InstanceStats] = await self.call("instance_stats", instances=instances)
-        return stats
+    def own_boot_files(self, instance_id: str) -> Path | None:
+        """None: a machine imported from a backup (with boot files of its own) stays on the
+        control plane's host."""
+        return None

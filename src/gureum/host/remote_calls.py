@@ -32,7 +32,7 @@ REMOTE_ROOT = Path("/gureum-remote-host")  # what a remote host's paths look lik
 # What the control plane may ask of a joined host's agent (async methods of HostAgent whose
 # arguments and results are data): its disks, networks and instances' lives.
 REMOTE_METHODS = frozenset({
-    "create_disk", "grow_disk_offline", "remove_file",
+    "create_disk", "grow_disk_offline", "remove_file", "revoke_access",
     "ensure_network", "remove_network", "sync_network", "neighbour_mac",
     "wait_ready", "stop", "kill", "destroy", "pause", "resume", "freeze", "thaw",
     "thaw_if_frozen", "guest_memory_kib", "console_log", "exec", "instance_stats",

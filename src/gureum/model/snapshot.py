@@ -28,6 +28,9 @@ class Layer:
     # standalone bottom (an imported disk). The store's word, never the file header's: chains
     # are passed to QEMU and qemu-img explicitly from these two fields.
     base_image: str | None = None
+    # The host its file is on (None: the control plane's own). A layer never moves: a clone and
+    # a snapshot stay on the host of the disk they build on.
+    host: str | None = None
 
 
 @dataclass(frozen=True)

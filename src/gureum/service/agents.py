@@ -28,15 +28,12 @@ class Agents:
         cert, key = self.ca.control_plane_files
         return tls_context(False, self.ca.pem.decode(), str(cert), str(key))
 
-    def _address(self, host: str) -> str:
-        rec = self.store.get(host)
-        if rec is None or rec.address is None:
-            raise NotFound(f"no joined host named {host!r}")
-        return rec.address
-
     def host(self, name: str) -> RemoteHostAgent:
         """The joined host's ``HostAgent``, as the control plane drives it."""
-        return RemoteHostAgent(name, self._address(name), self._context)
+        rec = self.store.get(name)
+        if rec is None or rec.address is None:
+            raise NotFound(f"no joined host named {name!r}")
+        return RemoteHostAgent(name, rec.address, self._context, rec.accel)
 
     async def ask(self, host: str, request: dict[str, Any]) -> dict[str, Any]:
         """One request to a joined host's agent (``RemoteHostAgent.ask``)."""

@@ -23,7 +23,8 @@ from gureum.service.enrolment import EnrolmentService
 from gureum.service.events import EventBus
 from gureum.service.forwards import ForwardService
 from gureum.service.guest_ssh import GuestSsh
-from gureum.service.hosts import HostService
+from gureum.service.host_router import HostRouter
+from gureum.service.hosts import HostService, local_host_name
 from gureum.service.image_capture import ImageCapture
 from gureum.service.images import ImageService
 from gureum.service.instances import InstanceService
@@ -89,6 +90,7 @@ class Services:
     hosts: HostService
     enrolment: EnrolmentService
     agents: Agents
+    router: HostRouter  # what the services hold: ``host``, or a joined host's agent
     _lock_fd: int | None = None
 
     @classmethod
@@ -102,8 +104,8 @@ class Services:
                 f"GUREUM_HOME {config.home} is too long: VM socket paths under it would exceed "
                 "the 107-byte limit of unix sockets; use a shorter path"
             )
-        host = host or LocalHostAgent(config)
-        host.prepare()
+        local = host or LocalHostAgent(config)
+        local.prepare()
         db = (
             Database.open_url(config.database_url)
             if config.database_url
@@ -114,6 +116,11 @@ class Services:
         layer_store, snapshot_store = LayerStore(db), SnapshotStore(db)
         network_store = NetworkStore(db)
         tenancy_store = TenancyStore(db)
+        # The host each call is for: this one, or a joined host's agent (issue 17).
+        host_store = HostStore(db)
+        cluster_ca = ClusterCA(config.cluster_dir)
+        agents = Agents(cluster_ca, host_store)
+        host = HostRouter(local, instance_store, agents, local_host_name(config))
         # Rules that need only the store and the host.
         events = EventBus()  # what changed, as it changes: the console's and `gureum events`'
         ops = OperationManager(OperationStore(db), events)
@@ -137,15 +144,12 @@ class Services:
         # An instance's parts, then the use cases built from them.
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, images, host)
-        host_store = HostStore(db)
         hosts = HostService(config, host_store, instance_store, admission, host)
         views = InstanceViews(
             layer_store, snapshot_store, network_store, forwards, quotas, host, hosts
         )
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
-        cluster_ca = ClusterCA(config.cluster_dir)
         enrolment = EnrolmentService(cluster_ca, host_store, config.cluster_listen)
-        agents = Agents(cluster_ca, host_store)
         creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
@@ -188,7 +192,7 @@ class Services:
         return cls(
             config,
             db,
-            host,
+            local,
             ops,
             images,
             instances,
@@ -212,6 +216,7 @@ class Services:
             hosts,
             enrolment,
             agents,
+            host,
         )
 
     def lock_home(self) -> None:

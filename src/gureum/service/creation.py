@@ -21,7 +21,6 @@ from functools import partial
 from types import TracebackType
 
 from gureum.errors import GureumError
-from gureum.host.interface import HostAgent
 from gureum.ids import new_id
 from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State
@@ -30,6 +29,7 @@ from gureum.model.snapshot import Layer
 from gureum.service.admission import Admission
 from gureum.service.disks import DiskLayers
 from gureum.service.events import EventBus, publish_state
+from gureum.service.host_router import HostRouter
 from gureum.service.hosts import HostService
 from gureum.service.networks import NetworkService, machine_nics
 from gureum.service.placement import Want
@@ -96,6 +96,8 @@ class Draft:
     layers: list[Layer] = field(default_factory=list)  # made for it before its row (an import)
     # MACs chosen before the draft (by slot): those a QEMU of the pool was started with.
     macs: dict[int, str] = field(default_factory=dict)
+    # What keeps it on the control plane's own host (placement's ``here``), if anything.
+    local_only: str | None = None
 
     @property
     def wanted(self) -> dict[str, int]:
@@ -116,7 +118,7 @@ class Creator:
         quotas: QuotaService,
         networks: NetworkService,
         disks: DiskLayers,
-        host: HostAgent,
+        host: HostRouter,
         events: EventBus,
         hosts: HostService,
     ) -> None:
@@ -171,7 +173,8 @@ class Creator:
             self.quotas.check(inst.project_id, replacing=None, **draft.wanted)
             # The scheduler: its host filters, and the host's capacity if it will run.
             cpus, mib = (inst.spec.cpus, inst.spec.memory_mib) if draft.runs else (0, 0)
-            inst.host = self.hosts.place(Want(cpus, mib, inst.host, inst.spread_group))
+            want = Want(cpus, mib, inst.host, inst.spread_group, local_only=draft.local_only)
+            inst.host = self.hosts.place(want)
             release_quota = self.quotas.hold(inst.project_id, **draft.wanted)
             release_host = (
                 self.admission.hold_growth(inst.spec.cpus, inst.spec.memory_mib)
@@ -227,6 +230,7 @@ class Creator:
         networks = {n.network_id for n in self.networks.store.nics(instance_id=instance_id)}
         snapshots = [s.id for s in self.disks.snapshots.list(instance_id)]
         gone = self.store.get(instance_id)
+        on = self.host.on(gone.host if gone else None)
         self.store.forget(instance_id)
         if gone is not None:
             publish_state(self.events, gone, "deleted")
@@ -235,12 +239,14 @@ class Creator:
         steps: list[tuple[str, Undo]] = [
             *((f"memory image {s}", partial(self.host.remove_snapshot, s)) for s in snapshots),
             ("unused disk layers", self._collect),
-            ("the host's files of the instance", partial(self.host.destroy, instance_id)),
+            # Its row is gone: the host it was on is told, not looked up.
+            ("the host's files of the instance", partial(on.destroy, instance_id)),
         ]
         for network_id in sorted(networks):
             net = self.networks.store.network(network_id)
             if net is not None:  # its DHCP and firewall forget the instance's NICs
-                steps.append((f"network {net.name}", partial(self.networks.sync, net)))
+                sync = partial(self.networks.sync, net, gone.host if gone else None)
+                steps.append((f"network {net.name}", sync))
         for what, step in steps:
             try:
                 await step()

@@ -13,11 +13,11 @@ import time
 from pathlib import Path
 
 from gureum.config import Config
-from gureum.errors import EngineError, GureumError, NotFound
-from gureum.host.interface import HostAgent
+from gureum.errors import EngineError, GureumError, InvalidState, NotFound
 from gureum.ids import new_id
 from gureum.model.instance import Instance
 from gureum.model.snapshot import UNSETTLED_BASE, Layer
+from gureum.service.host_router import HostRouter
 from gureum.service.images import ImageService
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import LayerStore, SnapshotStore
@@ -38,7 +38,7 @@ class DiskLayers:
         snapshots: SnapshotStore,
         instances: InstanceStore,
         images: ImageService,
-        host: HostAgent,
+        host: HostRouter,
     ) -> None:
         self.config = config
         self.store = layers
@@ -51,9 +51,30 @@ class DiskLayers:
         """The folder of the image version the instance was made from: where the store says it
         is (a project's own image is apart from the catalog), else where the catalog keeps it."""
         image = self.images.of_instance(inst)
+        if not self.host.is_local(inst.host):  # a catalog image's copy there (``image_pull``)
+            if image is not None and image.project_id is not None:
+                raise InvalidState(
+                    f"{inst.name} is on joined host {inst.host}, where a project's own image "
+                    "is not supported yet"
+                )
+            relative = Path(self.config.images_dir).relative_to(self.config.home)
+            return self.host.path_on(
+                inst.host, str(relative / inst.spec.image / inst.image_version)
+            )
         if image is not None and image.version == inst.image_version:
             return Path(image.path)
         return Path(self.config.images_dir) / inst.spec.image / inst.image_version
+
+    async def bring_image(self, inst: Instance) -> None:
+        """A joined host holds the catalog image ``inst`` is made from, as the catalog recorded
+        it (its agent fetches and checks what it lacks: ``host/image_pull.py``)."""
+        image = self.images.of_instance(inst)
+        if image is None or image.version != inst.image_version or image.project_id is not None:
+            raise InvalidState(
+                f"{inst.name} is on joined host {inst.host}, which can be given the catalog's "
+                f"current images only, not {inst.spec.image} {inst.image_version}"
+            )
+        await self.host.remote(str(inst.host)).ensure_image(image.name, image.version, image.files)
 
     def private_image_files(self, inst: Instance) -> list[Path]:
         """The files of a project's own image its VM was given read on (the catalog's are
@@ -86,7 +107,11 @@ class DiskLayers:
         layer = self.store.get(layer_id)
         if layer is None:
             raise NotFound(f"disk layer {layer_id} is missing from the store")
-        return self.host.path(layer.path)
+        return self.file(layer)
+
+    def file(self, layer: Layer) -> Path:
+        """A layer's file, on the host the store recorded it on."""
+        return self.host.path_on(layer.host, layer.path)
 
     def chain(self, layer_id: str) -> tuple[Path, ...]:
         """The files of a disk whose top is ``layer_id``, top first, down to the image disk
@@ -95,18 +120,18 @@ class DiskLayers:
         chain = self.store.chain(layer_id)
         if not chain or chain[-1].backing is not None:
             raise NotFound(f"disk layer {chain[-1].backing if chain else layer_id} is missing")
-        paths = [self.host.path(layer.path) for layer in chain]
+        paths = [self.file(layer) for layer in chain]
         bottom = chain[-1]
         if bottom.base_image == UNSETTLED_BASE:
             raise EngineError(f"disk layer {bottom.id} has no recorded base yet")
         if bottom.base_image:
-            paths.append(self.host.path(bottom.base_image))
+            paths.append(self.host.path_on(bottom.host, bottom.base_image))
         return tuple(paths)
 
     def below_top(self, inst: Instance) -> list[Path]:
         """The files under a VM's top layer (others, a clone's source, may share them)."""
         chain = self.store.chain(inst.root_layer) if inst.root_layer else []
-        return [self.host.path(layer.path) for layer in chain[1:]]
+        return [self.file(layer) for layer in chain[1:]]
 
     def settle_base_images(self) -> list[str]:
         """Layers recorded before the store kept each bottom layer's base (migration 6): read
@@ -120,7 +145,7 @@ class DiskLayers:
             owner = instances.get(layer.instance_id or "") or next(
                 (instances[i] for i in self.store.users(layer.id) if i in instances), None
             )
-            path = self.host.path(layer.path)
+            path = self.file(layer)
             if owner is not None and self.host.names_backing_file(path):
                 base = self.image_disk(owner)
                 self.store.set_base_image(layer.id, str(base.relative_to(self.config.home)))
@@ -145,7 +170,7 @@ class DiskLayers:
         """
         previous = inst.root_layer
         layer = self._on_top(inst, new_id("l-"), on)
-        path = self.host.path(layer.path)
+        path = self.file(layer)
         try:
             if live:
                 await self.host.snapshot_disk_live(inst.id, path)
@@ -171,8 +196,9 @@ class DiskLayers:
         return self._on_top(inst, layer_id, on)
 
     def _on_top(self, inst: Instance, layer_id: str, on: str | None) -> Layer:
-        base = None if on else str(self.image_disk(inst).relative_to(self.config.home))
-        layer = Layer(layer_id, inst.id, layer_file(layer_id), on, time.time(), base)
+        base = None if on else self._relative(inst, self.image_disk(inst))
+        host = None if self.host.is_local(inst.host) else inst.host
+        layer = Layer(layer_id, inst.id, layer_file(layer_id), on, time.time(), base, host)
         self.store.add_on_top(layer, inst.id)
         inst.root_layer = layer_id
         return layer
@@ -181,11 +207,26 @@ class DiskLayers:
         """Delete the files of layers that no disk and no snapshot builds on any more."""
         gone = []
         for layer in self.store.unreachable():
-            await self.host.remove_file(self.host.path(layer.path))
+            try:
+                await self.host.remove_file(self.file(layer))
+            except GureumError as exc:  # its host is away: its row stays, for the next pass
+                log.warning("cannot remove disk layer %s yet: %s", layer.id, exc.message)
+                continue
             self.store.remove(layer.id)
             gone.append(layer.id)
         return gone
 
     def known_files(self) -> set[Path]:
-        """Every disk layer the store knows (the reconciler keeps them)."""
-        return {self.host.path(layer.path) for layer in self.store.all().values()}
+        """Every disk layer the store knows on this host (the reconciler keeps them)."""
+        return {
+            self.file(layer)
+            for layer in self.store.all().values()
+            if self.host.is_local(layer.host)
+        }
+
+    def _relative(self, inst: Instance, path: Path) -> str:
+        """A file of ``inst``'s host, as the store records it (relative to a home)."""
+        root = (
+            self.config.home if self.host.is_local(inst.host) else self.host.path_on(inst.host, "")
+        )
+        return str(path.relative_to(root))

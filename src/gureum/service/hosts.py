@@ -25,6 +25,13 @@ from gureum.store.instances import InstanceStore
 HEARTBEAT_EVERY_S = 10.0
 
 
+def local_host_name(config: Config) -> str:
+    """This host's name in the cluster: ``host_name``, else the machine's short hostname."""
+    name = config.host_name or socket.gethostname().split(".")[0]
+    check_name(name, what="host name (host_name, or the machine's hostname)")
+    return name
+
+
 class HostService:
     def __init__(
         self,
@@ -38,8 +45,7 @@ class HostService:
         self.strategy = config.placement
         self.unreachable_after_s = config.host_unreachable_after_s
         self._beat = 0.0  # when this host last reported (monotonic)
-        self.name = config.host_name or socket.gethostname().split(".")[0]
-        check_name(self.name, what="host name (host_name, or the machine's hostname)")
+        self.name = local_host_name(config)
 
     def heartbeat(self) -> None:
         """At each reconciler pass: report, at most every HEARTBEAT_EVERY_S."""
@@ -89,7 +95,8 @@ class HostService:
             cpus, mib = committed([i for i in others if i.host == rec.name])
         return HostView(rec.name, self.state_of(rec, now), capacity, cpus, mib,
                         rec.accel, self.store.spread_groups(rec.name),
-                        driven=rec.name == self.name)  # fmt: skip
+                        driven=rec.name == self.name or rec.address is not None,
+                        local=rec.name == self.name)  # fmt: skip
 
     def _views(self) -> builtins.list[tuple[HostRecord, HostView]]:
         """Every host with the scheduler's view of it; the store read once for all of them

@@ -267,7 +267,14 @@ class InstanceService:
             # The firmware matters only to a disk with its own bootloader (an imported image).
             return Hardware.for_boot(spec.cpus, spec.memory_mib, nics, image.firmware or BIOS)
 
-        draft = Draft(inst, networks, groups, hardware, macs=dict(waiting.macs) if waiting else {})
+        local_only = (
+            "containers" if req.container
+            else "clones of a template" if saved is not None
+            else "a project's own images" if image.project_id is not None
+            else None
+        )  # fmt: skip
+        draft = Draft(inst, networks, groups, hardware, macs=dict(waiting.macs) if waiting else {},
+                      local_only=local_only)  # fmt: skip
         inst = await self.creator.create(draft)
         if saved is None:
             work = partial(self.lifecycle.boot, inst.id, fresh=True)

@@ -12,14 +12,16 @@ import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 from gureum.config import Config
 from gureum.errors import GureumError, InvalidState, NotFound, found
-from gureum.host.interface import HostAgent, Identity, VMSpec
+from gureum.host.interface import Identity, VMSpec
 from gureum.model.hardware import Hardware, new_generation_id
 from gureum.model.instance import ACTIVE, BootTimeline, Instance, State, check_transition
 from gureum.service.disks import DiskLayers
 from gureum.service.events import EventBus, publish_state
+from gureum.service.host_router import HostRouter
 from gureum.service.networks import NetworkService
 from gureum.service.operations import OpContext, OperationManager, Reporter
 from gureum.service.views import InstanceViews
@@ -86,7 +88,7 @@ class Lifecycle:
         self,
         config: Config,
         store: InstanceStore,
-        host: HostAgent,
+        host: HostRouter,
         ops: OperationManager,
         disks: DiskLayers,
         networks: NetworkService,
@@ -166,6 +168,9 @@ class Lifecycle:
                 raise NotFound("the instance was deleted")
             events = _Events(self, instance_id, container=inst.is_container)
             try:
+                if not self.host.is_local(inst.host):
+                    ctx.progress(f"on joined host {inst.host}: its copy of the image")
+                    await self.disks.bring_image(inst)
                 if fresh and not inst.is_container:
                     ctx.progress(
                         f"creating root disk ({inst.spec.disk_bytes / GIB:g} GiB, thin overlay)"
@@ -198,8 +203,10 @@ class Lifecycle:
                     self.store.update(instance_id, pid=pid, accel=None)
                     ctx.progress(f"container's init running as host pid {pid}")
                 else:
-                    self.store.update(instance_id, pid=pid, accel=self.host.accel.accel)
-                    ctx.progress(f"QEMU running as pid {pid} ({self.host.accel.accel})")
+                    accel = self.host.on(inst.host).accel.accel
+                    self.store.update(instance_id, pid=pid, accel=accel)
+                    where = "" if self.host.is_local(inst.host) else f" on {inst.host}"
+                    ctx.progress(f"QEMU running as pid {pid}{where} ({accel})")
             except GureumError as exc:
                 self._fail_start(instance_id, exc)
                 raise
@@ -297,6 +304,26 @@ class Lifecycle:
             self.set_state(inst, State.STOPPED, detail, pid=None)
         # STARTING: the boot waiter sees the exit and records why the start failed.
 
+    def host_event(self, host: str, instance_id: str, event: str, fields: dict[str, Any]) -> None:
+        """An engine event a joined host's agent reported for one of its VMs (the cluster port
+        checked each field): taken as this host's engine's would be, and only from the host the
+        store places the instance on (another host's word about it is refused, not believed)."""
+        inst = self.store.get(instance_id)
+        if inst is None or inst.host != host:
+            raise NotFound(f"host {host} has no instance {instance_id}")
+        events = self._events.get(instance_id)
+        if events is None:  # not booting now: its timeline as recorded
+            events = _Events(self, instance_id)
+            events.boot = inst.boot
+        if event == "boot":
+            events.on_boot_event(fields["name"], fields["at"])
+        elif event == "paused":
+            events.on_paused(fields["reason"])
+        elif event == "resumed":
+            events.on_resumed()
+        elif event == "exit":
+            events.on_exit(fields["how"], fields["detail"])
+
     def on_paused(self, instance_id: str, reason: str) -> None:
         inst = self.store.get(instance_id)
         if inst is not None and inst.state == State.RUNNING:
@@ -317,7 +344,9 @@ class Lifecycle:
         """Resume VMs QEMU paused on a full host disk once there is room again (the
         reconciler asks every pass). A VM that fills it again is simply paused again."""
         resumed = []
-        paused = [i for i in self.store.list() if i.state == State.PAUSED]
+        paused = [
+            i for i in self.store.list() if i.state == State.PAUSED and self.host.is_local(i.host)
+        ]
         if paused and self.host.free_disk_bytes() >= RESUME_FREE_BYTES:
             for inst in paused:
                 try:
@@ -336,6 +365,8 @@ class Lifecycle:
         finished); a dead one is marked crashed, or stopped if its guest powered off; a QEMU
         running for a VM the store says is down is killed (the store holds the intent).
         """
+        if not self.host.is_local(inst.host):
+            return None  # a joined host's: its agent says what runs there, not this host
         if inst.hardware is None:  # a row from before hardware was recorded
             inst.hardware = Hardware.for_boot(inst.spec.cpus, inst.spec.memory_mib)
             self.store.update(inst.id, hardware=inst.hardware)

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from gureum.host.interface import HostAgent
 from gureum.host.stats import InstanceStats
 from gureum.model.instance import ACTIVE, Instance
 from gureum.model.tenancy import QUOTAS, Project
 from gureum.service.admission import Admission
+from gureum.service.host_router import HostRouter
 from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
 from gureum.store.tenancy import TenancyStore
@@ -130,7 +130,7 @@ class MetricsService:
         tenancy: TenancyStore,
         quotas: QuotaService,
         admission: Admission,
-        host: HostAgent,
+        host: HostRouter,
         interval_s: float,
     ) -> None:
         self.store, self.tenancy, self.quotas = store, tenancy, quotas
@@ -169,7 +169,12 @@ class MetricsService:
         """One round: measure, keep, and return it."""
         began = time.monotonic()
         instances = self.store.list()
-        active = [(i.id, i.hardware) for i in instances if i.state in ACTIVE and i.hardware]
+        # This host's (a joined host's are not measured from here yet).
+        active = [
+            (i.id, i.hardware)
+            for i in instances
+            if i.state in ACTIVE and i.hardware and self.host.is_local(i.host)
+        ]
         measured = await self.host.instance_stats(active)
         now = time.time()
         for instance_id, stats in measured.items():

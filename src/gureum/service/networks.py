@@ -9,13 +9,14 @@ import logging
 import time
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, found
-from gureum.host.interface import HostAgent, NetworkPlan
+from gureum.host.interface import NetworkPlan
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import NAT_TRANSFER, Network, Nic, Rule
 from gureum.network.firewall import Port
 from gureum.network.metadata import Caller
+from gureum.service.host_router import HostRouter
 from gureum.service.quotas import QuotaService
 from gureum.store.instances import InstanceStore
 from gureum.store.networks import NetworkStore
@@ -61,7 +62,7 @@ def nic_view(nic: Nic, network: str) -> dict[str, object]:
 class NetworkService:
     def __init__(
         self,
-        host: HostAgent,
+        host: HostRouter,
         store: NetworkStore,
         instances: InstanceStore,
         quotas: QuotaService,
@@ -215,14 +216,31 @@ class NetworkService:
         return {i.id: i.name for i in self.instances.list()}
 
     # -- keeping the host in step ----------------------------------------------------------------
-    async def sync(self, net: Network) -> None:
+    async def sync(self, net: Network, left: str | None = None) -> None:
+        """Bring the network's DHCP, DNS and firewall in step with the store on this host and
+        on each joined host one of its instances is on (made there first if need be); ``left``:
+        a joined host an instance of it has just left, which loses it if no other remains."""
         nics = self.store.nics(network_id=net.id)
         groups = self.store.instance_groups()
-        names = self._names()
+        instances = {i.id: i for i in self.instances.list()}
+        names = {i.id: i.name for i in instances.values()}
         hosts = [(n, names.get(n.instance_id, n.instance_id)) for n in nics]
         ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
         rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
-        await self.host.sync_network(net, NetworkPlan(hosts, ports, rules))
+        plan = NetworkPlan(hosts, ports, rules)
+        await self.host.sync_network(net, plan)
+        joined = {
+            h
+            for n in nics
+            if (h := getattr(instances.get(n.instance_id), "host", None)) is not None
+            and not self.host.is_local(h)
+        }
+        for name in sorted(joined):
+            remote = self.host.remote(name)
+            await remote.ensure_network(net)
+            await remote.sync_network(net, plan)
+        if left is not None and not self.host.is_local(left) and left not in joined:
+            await self.host.remote(left).remove_network(net.id)
 
     async def sync_instance(self, instance_id: str) -> None:
         for network_id in {n.network_id for n in self.store.nics(instance_id=instance_id)}:

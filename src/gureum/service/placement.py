@@ -7,7 +7,10 @@ their instances) taken under the admission lock, and claims the chosen host befo
 lock go, as admission does on one host.
 
 - ``ready``: a cordoned host takes nothing new; an unreachable one cannot be asked.
-- ``driven``: a host whose agent only reports (remote agents are not driven yet) takes nothing.
+- ``driven``: a host whose agent only reports (joined before agents had a command port) takes
+  nothing.
+- ``here``: what runs on the control plane's own host only yet (a container, a clone of a
+  template, a project's own image) goes nowhere else.
 - ``pinned``: ``--host NAME`` leaves that host alone (still filtered: pinning never overcommits).
 - ``accelerator``: an instance that needs KVM goes only where KVM is.
 - ``capacity``: the admission rule of ``host/capacity.py``, the same as on one host.
@@ -43,6 +46,7 @@ class HostView:
     accel: str = "tcg"
     spread_groups: frozenset[str] = field(default_factory=frozenset)
     driven: bool = True  # the control plane can have its agent run what it places there
+    local: bool = True  # the control plane's own host
 
     def free_fraction(self) -> float:
         """The share of the host's guest memory and vCPUs still free, the scarcer of the two."""
@@ -61,6 +65,7 @@ class Want:
     host: str | None = None  # pinned
     spread_group: str | None = None
     needs_kvm: bool = False
+    local_only: str | None = None  # what makes it run on the control plane's host only yet
 
 
 Filter = Callable[[Want, HostView], str | None]  # the reason a host is turned away, or None
@@ -71,8 +76,14 @@ def _ready(want: Want, host: HostView) -> str | None:
 
 
 def _driven(want: Want, host: HostView) -> str | None:
-    # An enrolled agent reports, but the control plane does not drive remote agents yet.
+    # An agent enrolled without a command port address reports, but cannot be asked.
     return None if host.driven else "its agent reports, but is not driven from here yet"
+
+
+def _here(want: Want, host: HostView) -> str | None:
+    if want.local_only is None or host.local:
+        return None
+    return f"a joined host does not run {want.local_only} yet"
 
 
 def _pinned(want: Want, host: HostView) -> str | None:
@@ -97,7 +108,9 @@ def _spread(want: Want, host: HostView) -> str | None:
     return None
 
 
-FILTERS: tuple[Filter, ...] = (_ready, _driven, _pinned, _accelerator, _capacity, _spread)
+FILTERS: tuple[Filter, ...] = (
+    _ready, _driven, _here, _pinned, _accelerator, _capacity, _spread
+)  # fmt: skip
 
 
 def place(want: Want, hosts: Sequence[HostView], strategy: str = SPREAD) -> HostView:

@@ -133,7 +133,7 @@ class QuotaService:
         disk = sum(
             self.host.disk_bytes(self.host.path(layer.path))
             for layer in self.layers.all().values()
-            if layer.instance_id in ids
+            if layer.instance_id in ids and layer.host is None  # measured on this host only
         )
         disk += sum(
             self.host.snapshot_bytes(s.id) for s in self.snapshots.list() if s.instance_id in ids

@@ -114,6 +114,8 @@ class TemplateService:
         """A launch: from the image's template when one fits (and not ``cold``), in a QEMU of
         the pool when one waits for it, else a boot."""
         cold = cold or req.container  # a container starts in milliseconds without one
+        # A joined host boots: the template's machine is on this one.
+        cold = cold or (req.host is not None and req.host != self.instances.creator.hosts.name)
         saved = None if cold else self.find(req)
         if saved is None:
             made = await self.instances.launch(req, project_id)

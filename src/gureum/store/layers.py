@@ -15,7 +15,7 @@ from gureum.store.schema import instances, layers, snapshots
 def _layer(row: RowMapping) -> Layer:
     return Layer(
         row["id"], row["instance_id"], row["path"], row["backing"], row["created_at"],
-        row["base_image"],
+        row["base_image"], row["host"],
     )  # fmt: skip
 
 

@@ -507,6 +507,11 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "ALTER TABLE hosts ADD COLUMN address TEXT",
         ],
     ),
+    (
+        24,
+        "the host each disk layer's file is on (NULL: the control plane's own)",
+        ["ALTER TABLE layers ADD COLUMN host TEXT"],
+    ),
 ]
 
 

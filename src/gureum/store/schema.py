@@ -63,6 +63,7 @@ layers = Table(
     Column("backing", Text),
     Column("created_at", Float, nullable=False),
     Column("base_image", Text),
+    Column("host", Text),
 )
 
 snapshots = Table(

@@ -1,0 +1,162 @@
+"""Instances on a joined host (issue 17): the control plane places one there, and every call
+about it goes to that host's agent over real TLS on loopback (``service/host_router.py``), its
+engine's events coming back to the cluster port. The joined host is a FakeHost of its own, so
+what ran where is plain: nothing of the instance touches the control plane's own host."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gureum.config import load_config
+from gureum.errors import InsufficientCapacity, InvalidState, NotFound
+from gureum.host import enrolment as agent
+from gureum.host.agent_port import AgentPort
+from gureum.host.remote_calls import REMOTE_ROOT
+from gureum.model.instance import DEFAULT_PROJECT, State
+from gureum.service.instances import LaunchRequest
+from tests.unit.fakehost import FakeHost
+from tests.unit.test_agent_port import _catalog_image, _joined
+from tests.unit.test_enrolment import Cluster
+
+
+class Joined:
+    """The cluster, with h2 joined and its agent serving a FakeHost of its own."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.cluster = Cluster(tmp_path)
+        self.image = _catalog_image(self.cluster)
+        self.folder, _ = _joined(self.cluster, tmp_path, "h2")
+        config = load_config(self.folder.parent)
+        self.h2 = FakeHost(config)
+        self.h2.prepare()
+        self.port = AgentPort(config, self.h2)
+        self.cluster.run(self.port.start())
+        self.svc = self.cluster.svc
+
+    def run(self, coro):  # type: ignore[no-untyped-def]
+        return self.cluster.run(coro)
+
+    def launch(self, name: str, **want: object) -> str:
+        req = LaunchRequest(name=name, image="tiny", **want)  # type: ignore[arg-type]
+        inst, op = self.run(self.svc.templates.launch(req, DEFAULT_PROJECT))
+        done = self.run(self.svc.ops.finished(op.id, 20))
+        assert done.error is None, done.error
+        return str(inst.id)
+
+    def state(self, instance_id: str) -> State:
+        return self.svc.instances.store.get(instance_id).state  # type: ignore[union-attr]
+
+    def close(self) -> None:
+        self.cluster.run(self.port.stop())
+        self.cluster.close()
+
+
+@pytest.fixture
+def joined(tmp_path: Path) -> Iterator[Joined]:
+    made = Joined(tmp_path)
+    yield made
+    made.close()
+
+
+def _until(check, what: str, within: float = 10.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.02)
+
+
+def test_an_instance_pinned_to_a_joined_host_runs_there(joined: Joined) -> None:
+    local = joined.cluster.host
+    instance_id = joined.launch("web", host="h2")
+    inst = joined.svc.instances.store.get(instance_id)
+    assert inst is not None and (inst.host, inst.state) == ("h2", State.RUNNING)
+    # It runs on h2, from h2's copy of the catalog image, on a disk recorded as h2's.
+    assert instance_id in joined.h2.vms and instance_id not in local.vms
+    vm = joined.h2.vms[instance_id].spec
+    home = joined.folder.parent
+    assert vm.kernel == home / "images" / "tiny" / "v1" / "vmlinuz"
+    assert (home / "images" / "tiny" / "v1" / "vmlinuz").read_bytes() == (
+        Path(joined.image.path) / "vmlinuz"
+    ).read_bytes()
+    layer = joined.svc.instances.disks.store.get(inst.root_layer)  # type: ignore[arg-type]
+    assert layer is not None and layer.host == "h2"
+    assert vm.disk_chain == (home / layer.path, home / "images" / "tiny" / "v1" / "disk.qcow2")
+    assert home / layer.path in joined.h2.files
+    assert not any(str(f).startswith(str(REMOTE_ROOT)) for f in local.files)
+    # Its network is on h2 as well as here (DHCP there answers it).
+    assert joined.h2.networks and "sync_network" in joined.h2.calls
+
+    # Its engine's boot events came back over the cluster port.
+    def phases() -> list[str]:
+        view = joined.svc.instances.lifecycle.views.view(joined.svc.instances.get("web"))
+        return [p["event"] for p in view["boot"]["phases"] if p["at"]]  # type: ignore[index]
+
+    _until(lambda: {"process_started", "running"} <= set(phases()), "h2's boot events here")
+    assert joined.svc.instances.store.get(instance_id).accel == "tcg"  # type: ignore[union-attr]
+
+
+def test_its_guest_powering_off_there_is_heard_here(joined: Joined) -> None:
+    instance_id = joined.launch("web", host="h2")
+    vm = joined.h2.vms.pop(instance_id)
+    joined.run(_call_soon(vm.events.on_exit, "stopped", "the guest powered off"))
+    _until(lambda: joined.state(instance_id) == State.STOPPED, "stopped, as h2 reported")
+    inst = joined.svc.instances.store.get(instance_id)
+    assert inst is not None and inst.state_reason == "the guest powered off"
+
+
+async def _call_soon(fn, *args):  # type: ignore[no-untyped-def]
+    """Call an agent-side callback on the loop its agent runs on."""
+    fn(*args)
+
+
+def test_stop_start_and_delete_go_to_its_host(joined: Joined) -> None:
+    instance_id = joined.launch("web", host="h2")
+    svc = joined.svc
+    op = joined.run(svc.instances.stop("web"))
+    assert joined.run(svc.ops.finished(op.id, 20)).error is None
+    assert joined.state(instance_id) == State.STOPPED and instance_id not in joined.h2.vms
+    assert "stop" in joined.h2.calls and "stop" not in joined.cluster.host.calls
+    op = joined.run(svc.instances.start("web"))
+    assert joined.run(svc.ops.finished(op.id, 20)).error is None
+    assert joined.state(instance_id) == State.RUNNING and instance_id in joined.h2.vms
+    layer = svc.instances.store.get(instance_id).root_layer  # type: ignore[union-attr]
+    disk = joined.folder.parent / "disks" / f"{layer}.qcow2"
+    assert disk in joined.h2.files
+    joined.run(svc.instances.delete("web", force=True))
+    assert instance_id not in joined.h2.vms and disk not in joined.h2.files
+    assert svc.instances.store.get(instance_id) is None
+    assert not joined.h2.networks  # its last instance there is gone, and so is its network
+
+
+def test_what_does_not_travel_yet_is_refused_and_never_done_here(joined: Joined) -> None:
+    joined.launch("web", host="h2")
+    with pytest.raises(InvalidState, match=r"console is not supported yet .* joined host h2"):
+        joined.svc.instances.console("web", None)
+    op = joined.run(joined.svc.snapshots.create("web", "s1", memory=True))
+    done = joined.run(joined.svc.ops.finished(op.id, 20))
+    assert done.error is not None and "not supported yet" in done.error["message"], done.error
+    assert "joined host h2" in done.error["message"]
+    assert joined.cluster.host.vms == {} and joined.cluster.host.memory_images == set()
+    assert joined.svc.snapshots.store.list() == []
+
+
+def test_a_container_goes_only_to_the_control_planes_host(joined: Joined) -> None:
+    joined.svc.hosts.report()
+    joined.svc.hosts.set_state(joined.svc.hosts.name, "cordoned")
+    req = LaunchRequest(name="c1", image="tiny", container=True)
+    with pytest.raises(InsufficientCapacity, match="h2: a joined host does not run containers"):
+        joined.run(joined.svc.templates.launch(req, DEFAULT_PROJECT))
+
+
+def test_another_hosts_word_about_an_instance_is_not_taken(joined: Joined, tmp_path: Path) -> None:
+    instance_id = joined.launch("web", host="h2")
+    folder3, _ = _joined(joined.cluster, tmp_path, "h3")
+    request = {"op": "event", "instance": instance_id, "event": "exit", "how": "crashed",
+               "detail": "h3 says so"}  # fmt: skip
+    with pytest.raises(NotFound, match="host h3 has no instance"):
+        agent.ask(joined.cluster.enrolment.cluster_listen, request, agent.own_context(folder3))
+    assert joined.state(instance_id) == State.RUNNING

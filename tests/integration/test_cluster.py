@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import socket
 import subprocess
@@ -160,3 +161,81 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
         running.wait(30)
         log.close()
         h2.cleanup()  # fails the test on any QEMU, namespace or dnsmasq of h2's left behind
+
+
+def test_a_network_spans_the_hosts_of_its_instances(postgres) -> None:
+    """Issue 17, part 4, with VMs: the agent of h2 runs in a namespace of its own, reached over
+    a cluster network the test makes (a veth pair); a VM on the control plane's host and one on
+    h2 share the default network, which spans both over VXLAN: they reach each other by name,
+    with ping and TCP, and the guest on h2 is told the VXLAN port's MTU."""
+    tag = secrets.token_hex(2)
+    ns, outside = f"gureum-test-{tag}-h2", f"gct{tag}"
+    cp_ip, h2_ip = "10.252.9.1", "10.252.9.2"
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    cp: Service | None = None
+    h2 = Service(new_home())
+    running: subprocess.Popen[bytes] | None = None
+    try:
+        subprocess.run(["ip", "link", "add", outside, "type", "veth", "peer", "name", "cl0",
+                        "netns", ns], check=True)  # fmt: skip
+        subprocess.run(["ip", "addr", "add", f"{cp_ip}/24", "dev", outside], check=True)
+        subprocess.run(["ip", "link", "set", outside, "up"], check=True)
+        for args in (["addr", "add", f"{h2_ip}/24", "dev", "cl0"], ["link", "set", "cl0", "up"],
+                     ["link", "set", "lo", "up"]):  # fmt: skip
+            subprocess.run(["ip", "-n", ns, *args], check=True)
+        cp = Service(new_home(), {"GUREUM_CLUSTER_LISTEN": f"{cp_ip}:{_free_port()}",
+                                  "GUREUM_DATABASE_URL": postgres.new_database(),
+                                  "GUREUM_HOST_NAME": "h1"})  # fmt: skip
+        cp.start()
+        cp.cli("image", "build", "tiny", timeout=900)
+        made = json.loads(cp.cli("host", "enroll", "h2", f"{h2_ip}:8444", "-o", "json").stdout)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
+        env["GUREUM_HOME"] = str(h2.home)
+        log = open(h2.home / "agent.out", "wb")  # noqa: SIM115 - the agent's, closed with it
+        running = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-m", "gureum.cli.main", "agent",
+             "--join", made["token"]],
+            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+        log.close()
+        deadline = time.monotonic() + 60
+        while cp.cli("host", "check", "h2", check=False).returncode != 0:
+            assert time.monotonic() < deadline and running.poll() is None, (
+                h2.home / "agent.out"
+            ).read_text()
+            time.sleep(0.5)
+        cp.cli("launch", "tiny", "--name", "a1", "--host", "h1", timeout=600)
+        cp.cli("launch", "tiny", "--name", "b1", "--host", "h2", timeout=600)
+        assert h2.qemu_pids() and len(cp.qemu_pids()) == 1
+        # b1 got its address once the network spanned both: it was told the VXLAN port's MTU
+        # (the cluster link's 1500 less VXLAN's 50).
+        assert cp.exec("b1", "cat", "/sys/class/net/eth0/mtu").strip() == "1450"
+        # By name, both ways: each host's DNS knows the whole network.
+        for src, dst in (("a1", "b1"), ("b1", "a1")):
+            out = cp.cli("exec", src, "--", "ping", "-c", "2", "-W", "5", dst, check=False)
+            assert out.returncode == 0 and " 0% packet loss" in out.stdout, out.stdout + out.stderr
+        # TCP, both ways: a megabyte of random bytes served by busybox httpd on one, fetched
+        # whole (by digest) by the other; every full-sized frame crosses the VXLAN port.
+        for server, client in (("b1", "a1"), ("a1", "b1")):
+            made_sum = cp.exec(server, "sh", "-c", "mkdir -p /tmp/www && head -c 1000000 "
+                               "/dev/urandom > /tmp/www/blob && sha256sum /tmp/www/blob && "
+                               "httpd -p 8080 -h /tmp/www").split()[0]  # fmt: skip
+            fetched = cp.exec(client, "sh", "-c", f"wget -q -O - http://{server}:8080/blob | "
+                              "sha256sum").split()[0]  # fmt: skip
+            assert fetched == made_sum, f"{client} fetched from {server} a blob not whole"
+        cp.cli("delete", "b1", "--force")
+        cp.cli("delete", "a1", "--force")
+        assert not h2.qemu_pids()
+    finally:
+        try:
+            if cp is not None:
+                cp.cleanup()  # deletes its VMs, h2's through h2's agent
+        finally:
+            if running is not None:
+                running.terminate()
+                running.wait(30)
+            try:
+                h2.cleanup()  # fails the test on any QEMU, namespace or dnsmasq of h2's left
+            finally:
+                subprocess.run(["ip", "link", "del", outside], check=False)
+                subprocess.run(["ip", "netns", "delete", ns], check=False)

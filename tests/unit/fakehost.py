@@ -28,6 +28,7 @@ from gureum.host.interface import (
     Identity,
     NetworkPlan,
     ProjectUsage,
+    Span,
     VMEvents,
     VMSpec,
 )
@@ -83,6 +84,7 @@ class FakeHost:
     memory_images: set[str] = field(default_factory=set)
     boot_files: set[str] = field(default_factory=set)
     networks: set[str] = field(default_factory=set)
+    spans: dict[str, Span | None] = field(default_factory=dict)  # how each network spans hosts
     forwards: set[str] = field(default_factory=set)
     groups: dict[str, tuple[float | None, int | None]] = field(default_factory=dict)
     hardware: dict[str, Hardware] = field(default_factory=dict)
@@ -530,6 +532,7 @@ class FakeHost:
 
     async def sync_network(self, net: Network, plan: NetworkPlan) -> None:
         self._step("sync_network")
+        self.spans[net.id] = plan.span
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
         return None

@@ -15,6 +15,7 @@ from gureum.config import load_config
 from gureum.errors import InsufficientCapacity, InvalidState, NotFound
 from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
+from gureum.host.interface import Span
 from gureum.host.remote_calls import REMOTE_ROOT
 from gureum.model.instance import DEFAULT_PROJECT, State
 from gureum.service.instances import LaunchRequest
@@ -160,3 +161,22 @@ def test_another_hosts_word_about_an_instance_is_not_taken(joined: Joined, tmp_p
     with pytest.raises(NotFound, match="host h3 has no instance"):
         agent.ask(joined.cluster.enrolment.cluster_listen, request, agent.own_context(folder3))
     assert joined.state(instance_id) == State.RUNNING
+
+
+def test_a_network_with_instances_on_two_hosts_spans_them(joined: Joined) -> None:
+    """Each host with one of the network's instances joins the others over VXLAN, with the
+    network's own VNI, from its cluster address; the span goes when one host is left."""
+    svc, local = joined.svc, joined.cluster.host
+    svc.router.cluster_listen = "127.0.0.9:8443"  # the control plane's cluster address
+    svc.hosts.report()
+    joined.launch("here", host=svc.hosts.name)
+    net = svc.networks.get("default", DEFAULT_PROJECT)
+    assert net.vni is not None and local.spans[net.id] is None  # one host: no span
+    joined.launch("there", host="h2")
+    h2_ip = "127.0.0.1"  # where h2 was enrolled
+    assert local.spans[net.id] == Span(net.vni, "127.0.0.9", [h2_ip])
+    assert joined.h2.spans[net.id] == Span(net.vni, h2_ip, ["127.0.0.9"])
+    other = joined.run(svc.networks.create("lan", "10.91.0.0/24"))
+    assert other.vni is not None and other.vni != net.vni  # one VNI per network
+    joined.run(svc.instances.delete("there", force=True))
+    assert local.spans[net.id] is None and net.id not in joined.h2.networks

@@ -1319,7 +1319,7 @@ class LocalHostAgent:
         return present
 
     async def sync_network(self, net: Network, plan: NetworkPlan) -> None:
-        await self.network.sync(net, plan.hosts, plan.ports, plan.rules)
+        await self.network.sync(net, plan.hosts, plan.ports, plan.rules, plan.span)
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
         return await self.network.neighbour_mac(network_id, ip)

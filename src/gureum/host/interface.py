@@ -43,6 +43,7 @@ __all__ = [
     "Identity",
     "NetworkPlan",
     "ProjectUsage",
+    "Span",
     "VMEvents",
     "VMSpec",
 ]
@@ -107,13 +108,24 @@ class Identity:
 
 
 @dataclass(frozen=True)
+class Span:
+    """How one host joins a network that spans hosts (``network/overlay.py``)."""
+
+    vni: int  # the network's VXLAN id
+    local: str  # this host's cluster address (IPv4), where its VXLAN socket is
+    peers: list[str]  # the cluster addresses of the other hosts that have the network
+
+
+@dataclass(frozen=True)
 class NetworkPlan:
     """What a network must serve, as the store has it: its NICs with their instances' names
-    (DHCP and DNS), their ports with security groups, and the groups' rules (the firewall)."""
+    (DHCP and DNS), their ports with security groups, and the groups' rules (the firewall);
+    ``span``: how this host joins the network's other hosts (None: it is on this host alone)."""
 
     hosts: list[tuple[Nic, str]]
     ports: list[Port]
     rules: dict[str, list[Rule]]
+    span: Span | None = None
 
 
 @dataclass(frozen=True)

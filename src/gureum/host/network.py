@@ -16,8 +16,9 @@ from pathlib import Path
 
 from gureum.config import Config
 from gureum.errors import GureumError
+from gureum.host.interface import Span
 from gureum.model.network import Network, Nic, Rule
-from gureum.network import firewall, netns, tap, uplink
+from gureum.network import firewall, netns, overlay, tap, uplink
 from gureum.network.dhcp import Dhcp
 from gureum.network.forward import Forward
 from gureum.network.metadata import Lookup, MetadataServer, Tokens
@@ -105,16 +106,26 @@ class NetworkHost:
         nics: list[tuple[Nic, str]],
         ports: list[firewall.Port],
         rules: dict[str, list[Rule]],
+        span: Span | None = None,
     ) -> None:
-        """Make DHCP, DNS and the firewall match the network's NICs and security groups."""
+        """Make DHCP, DNS and the firewall match the network's NICs and security groups, and
+        its VXLAN port its other hosts (``span``; None: it is on this host alone)."""
         server = self._metadata.get(net.id)
         if server is not None:
             server.forget_callers()
+        ns = self.namespace(net.id)
+        mtu = None
+        if span is not None:
+            mtu = await overlay.join(ns, span.vni, span.local, span.peers, bridge=BRIDGE)
+        else:
+            await overlay.leave(ns)
         dhcp = self.dhcp(net)
-        await asyncio.to_thread(dhcp.write_hosts, nics)
+        # Guests are told the VXLAN port's MTU, so that a full-sized frame is never dropped
+        # on its way to another host (a bridge cannot fragment).
+        await asyncio.to_thread(dhcp.write_hosts, nics, mtu)
         await asyncio.to_thread(dhcp.reload, nics)
-        script = firewall.render(net.gateway, ports, rules, nat=net.nat)
-        await firewall.apply(self.namespace(net.id), script)
+        script = firewall.render(net.gateway, ports, rules, nat=net.nat, overlay=span is not None)
+        await firewall.apply(ns, script)
 
     async def supervise(self) -> list[str]:
         """Restart the DHCP/DNS server of any network whose dnsmasq died (killed from outside,

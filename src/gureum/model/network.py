@@ -26,6 +26,7 @@ class Network:
     nat: bool  # egress NAT to the outside (off by default)
     imds_tokens_required: bool  # metadata: IMDSv2 tokens only
     created_at: float
+    vni: int | None = None  # its VXLAN network identifier, given by the store (one per network)
 
     @property
     def net(self) -> ipaddress.IPv4Network:

@@ -50,15 +50,17 @@ class Dhcp:
             return pid
         return None
 
-    def write_hosts(self, nics: list[tuple[Nic, str]]) -> None:
-        """``nics``: (NIC, hostname) pairs of this network. Safe to call from several threads
-        at once (two VMs of one network booting together each sync it): one writer at a time,
-        so that the two files always come from the same call."""
+    def write_hosts(self, nics: list[tuple[Nic, str]], mtu: int | None = None) -> None:
+        """``nics``: (NIC, hostname) pairs of this network; ``mtu``: the MTU guests are told
+        (None: their own default). Safe to call from several threads at once (two VMs of one
+        network booting together each sync it): one writer at a time, so that the files
+        always come from the same call. dnsmasq reads them all again on SIGHUP (``reload``)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         dhcp = "".join(f"{n.mac},{n.ip},{host},infinite\n" for n, host in nics)
         dns = "".join(f"{n.ip} {host}\n" for n, host in nics)
+        opts = f"option:mtu,{int(mtu)}\n" if mtu is not None else ""
         with self._writing:
-            for name, text in (("dhcp-hosts", dhcp), ("hosts", dns)):
+            for name, text in (("dhcp-hosts", dhcp), ("hosts", dns), ("dhcp-opts", opts)):
                 tmp = self.folder / f"{name}.tmp"
                 tmp.write_text(text)
                 tmp.rename(self.folder / name)
@@ -84,6 +86,7 @@ class Dhcp:
             f"--dhcp-range={net.net.network_address},static,{net.net.netmask},infinite",
             f"--dhcp-hostsfile={f / 'dhcp-hosts'}",
             f"--addn-hosts={f / 'hosts'}",
+            f"--dhcp-optsfile={f / 'dhcp-opts'}",
             f"--dhcp-option=option:router,{net.gateway}",
             f"--dhcp-option=option:dns-server,{net.gateway}",
             f"--dhcp-leasefile={f / 'leases'}",
@@ -99,7 +102,7 @@ class Dhcp:
         if (pid := self.pid()) is not None:
             return pid
         self.folder.mkdir(parents=True, exist_ok=True)
-        for name in ("dhcp-hosts", "hosts"):
+        for name in ("dhcp-hosts", "hosts", "dhcp-opts"):
             (self.folder / name).touch()
         log = open(self.folder / "dnsmasq.out", "ab")  # noqa: SIM115 - handed to the child
         with log:

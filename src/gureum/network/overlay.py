@@ -53,11 +53,11 @@ async def join(
     *,
     bridge: str,
     underlay_ns: str | None = None,
-) -> None:
+) -> int:
     """Give the network in namespace ``ns`` its VXLAN port (idempotent), sending from
     ``local`` (this host's cluster address) to ``peers`` (the other hosts that have the
     network), in place of whatever peers it had. ``underlay_ns``: the namespace the cluster
-    address lives in (None: this process's, as an agent runs)."""
+    address lives in (None: this process's, as an agent runs). Returns the port's MTU."""
     _check(vni, local, peers)
     links = await netns.ip(ns, "-o", "link", "show")
     if f": {VXLAN}@" not in links:
@@ -73,11 +73,14 @@ async def join(
         mtu = await _underlay_mtu(local, underlay_ns)
         await netns.ip(ns, "link", "set", VXLAN, "mtu", str(mtu - OVERHEAD))
         await netns.ip(ns, "link", "set", VXLAN, "master", bridge, "up")
+        links = await netns.ip(ns, "-o", "link", "show", VXLAN)
     have = await flood_list(ns)
     for peer in sorted(set(peers) - have):
         await arun(["bridge", "-n", ns, "fdb", "append", FLOOD, "dev", VXLAN, "dst", peer])
     for peer in sorted(have - set(peers)):
         await arun(["bridge", "-n", ns, "fdb", "del", FLOOD, "dev", VXLAN, "dst", peer])
+    shown = links.split(f": {VXLAN}", 1)[-1].split()
+    return int(shown[shown.index("mtu") + 1]) if "mtu" in shown else 1500 - OVERHEAD
 
 
 async def flood_list(ns: str) -> set[str]:

@@ -120,7 +120,9 @@ class Services:
         host_store = HostStore(db)
         cluster_ca = ClusterCA(config.cluster_dir)
         agents = Agents(cluster_ca, host_store)
-        host = HostRouter(local, instance_store, agents, local_host_name(config))
+        host = HostRouter(
+            local, instance_store, agents, local_host_name(config), config.cluster_listen
+        )
         # Rules that need only the store and the host.
         events = EventBus()  # what changed, as it changes: the console's and `gureum events`'
         ops = OperationManager(OperationStore(db), events)

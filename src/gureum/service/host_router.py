@@ -17,6 +17,7 @@ refused with ``InvalidState`` naming it, and never done on this host instead.
 from __future__ import annotations
 
 import inspect
+import ipaddress
 import typing
 from collections.abc import Callable
 from pathlib import Path
@@ -61,8 +62,33 @@ ROUTES = {name: route for name in dir(HostAgent) if (route := _route(name)) is n
 
 
 class HostRouter:
-    def __init__(self, local: HostAgent, instances: InstanceStore, agents: Agents, name: str):
+    def __init__(
+        self,
+        local: HostAgent,
+        instances: InstanceStore,
+        agents: Agents,
+        name: str,
+        cluster_listen: str = "",
+    ) -> None:
         self.local, self.instances, self.agents, self.name = local, instances, agents, name
+        self.cluster_listen = cluster_listen  # this host's cluster address, HOST:PORT
+
+    def cluster_address(self, host: str | None) -> str | None:
+        """The IPv4 address ``host`` is reached at on the cluster network (where networks that
+        span hosts carry their VXLAN): the control plane's ``cluster_listen``, a joined host's
+        enrolled address. None: it has none (a control plane with no cluster port)."""
+        if self.is_local(host):
+            where: str | None = self.cluster_listen or None
+        else:
+            rec = self.agents.store.get(str(host))
+            where = rec.address if rec is not None else None
+        if where is None:
+            return None
+        address = where.rpartition(":")[0].strip("[]")
+        try:
+            return str(ipaddress.IPv4Address(address))
+        except ValueError:
+            return None
 
     def is_local(self, host: str | None) -> bool:
         """Whether ``host`` (as an instance or a layer records it) is this one."""

@@ -232,6 +232,10 @@ class Lifecycle:
         refreshed: dict[str, object] = {}
         try:
             await self.host.wait_ready(instance_id, self.config.boot_timeout_s)
+            if self.host.host_of_instance(instance_id) is not None:
+                # A joined host's report of the moment may still be on its way: this is when
+                # its agent said so (the first of the two is kept).
+                events.on_boot_event("agent_ready", time.time())
             if refresh:
                 # Restored or cloned: the guest's random pool and machine id were someone
                 # else's a moment ago (and for a clone, its hostname and MACs too).

@@ -9,7 +9,7 @@ import logging
 import time
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, found
-from gureum.host.interface import NetworkPlan
+from gureum.host.interface import NetworkPlan, Span
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import MAX_NICS, new_mac
 from gureum.model.instance import DEFAULT_PROJECT
@@ -114,7 +114,7 @@ class NetworkService:
             new_id("n-"), project_id, name, str(parsed), nat, imds_tokens_required, time.time()
         )
         self.quotas.check(project_id, networks=1)
-        self.store.add_network(net)
+        net = self.store.add_network(net)  # with its VXLAN id
         try:
             await self.host.ensure_network(net)
             await self.sync(net)
@@ -227,20 +227,33 @@ class NetworkService:
         hosts = [(n, names.get(n.instance_id, n.instance_id)) for n in nics]
         ports = [Port(n.tap, n.mac, n.ip, tuple(groups.get(n.instance_id, []))) for n in nics]
         rules: dict[str, list[Rule]] = {g.id: g.rules for g in self.store.groups()}
-        plan = NetworkPlan(hosts, ports, rules)
-        await self.host.sync_network(net, plan)
-        joined = {
-            h
-            for n in nics
-            if (h := getattr(instances.get(n.instance_id), "host", None)) is not None
-            and not self.host.is_local(h)
-        }
-        for name in sorted(joined):
+        placed = {instances[n.instance_id].host for n in nics if n.instance_id in instances}
+        on = {None if self.host.is_local(h) else h for h in placed}  # None: this host
+        spans = self._spans(net, on)
+        await self.host.sync_network(net, NetworkPlan(hosts, ports, rules, spans.get(None)))
+        joined = sorted(str(h) for h in on if h is not None)
+        for name in joined:
             remote = self.host.remote(name)
             await remote.ensure_network(net)
-            await remote.sync_network(net, plan)
+            await remote.sync_network(net, NetworkPlan(hosts, ports, rules, spans.get(name)))
         if left is not None and not self.host.is_local(left) and left not in joined:
             await self.host.remote(left).remove_network(net.id)
+
+    def _spans(self, net: Network, on: set[str | None]) -> dict[str | None, Span]:
+        """How each host (None: this one) joins the others that have one of the network's
+        instances: none when it is on one host, or when a host has no cluster address."""
+        if len(on) < 2 or net.vni is None:
+            return {}
+        addresses = {h: self.host.cluster_address(h) for h in on}
+        lacking = sorted(h or self.host.name for h, a in addresses.items() if a is None)
+        if lacking:
+            log.warning("network %s is on hosts %s without a cluster address: not joined",
+                        net.name, ", ".join(lacking))  # fmt: skip
+            return {}
+        return {
+            h: Span(net.vni, str(a), sorted(str(b) for k, b in addresses.items() if k != h))
+            for h, a in addresses.items()
+        }
 
     async def sync_instance(self, instance_id: str) -> None:
         for network_id in {n.network_id for n in self.store.nics(instance_id=instance_id)}:

@@ -512,6 +512,16 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
         "the host each disk layer's file is on (NULL: the control plane's own)",
         ["ALTER TABLE layers ADD COLUMN host TEXT"],
     ),
+    (
+        25,
+        "each network's VXLAN network identifier, for when it spans hosts",
+        [
+            "ALTER TABLE networks ADD COLUMN vni BIGINT",
+            "UPDATE networks SET vni = (SELECT COUNT(*) FROM networks AS n2"
+            " WHERE n2.id <= networks.id)",
+            "CREATE UNIQUE INDEX networks_vni ON networks (vni)",
+        ],
+    ),
 ]
 
 

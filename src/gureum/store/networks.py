@@ -39,15 +39,21 @@ class NetworkStore:
             return [make(**dict(r)) for r in conn.execute(query).mappings()]
 
     # -- networks --------------------------------------------------------------------------------
-    def add_network(self, net: Network) -> None:
+    def add_network(self, net: Network) -> Network:
+        """Record a new network; it, with the VXLAN id the store gave it (the next unused)."""
+        vni = select(func.coalesce(func.max(networks.c.vni), 0) + 1).scalar_subquery()
         values = {
             **net.__dict__,
             "nat": int(net.nat),
             "imds_tokens_required": int(net.imds_tokens_required),
+            "vni": vni,
         }
         self._insert(
             networks, values, f"a network named {net.name!r} already exists in this project"
         )
+        made = self.network(net.id)
+        assert made is not None
+        return made
 
     def networks(self, project_id: str | None = None) -> list[Network]:
         def make(**r: Any) -> Network:

@@ -175,6 +175,7 @@ networks = Table(
     Column("nat", BigInteger, nullable=False),
     Column("imds_tokens_required", BigInteger, nullable=False),
     Column("created_at", Float, nullable=False),
+    Column("vni", BigInteger, unique=True),  # its VXLAN id where it spans hosts
 )
 
 nics = Table(

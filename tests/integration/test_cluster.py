@@ -33,6 +33,7 @@ def control_plane(postgres) -> Iterator[Service]:
     env = {
         "GUREUM_CLUSTER_LISTEN": f"127.0.0.1:{_free_port()}",
         "GUREUM_DATABASE_URL": postgres.new_database(),
+        "GUREUM_HOST_UNREACHABLE_AFTER": "8",  # an agent killed is seen gone within seconds
     }
     svc = Service(new_home(), env)
     try:
@@ -111,27 +112,37 @@ def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_pa
     assert f"answering the control plane on {address}" in err
 
 
+def _state(service: Service, name: str) -> str:
+    return str(json.loads(service.cli("show", name, "-o", "json").stdout)["state"])
+
+
 def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> None:
     """Issue 17: `launch --host h2` runs the VM under h2's agent (another home, its own QEMU
-    and network), the guest answers through it, and stop and delete reach it there."""
+    and network), the guest answers through it; the agent killed, the VM is shown unknown and
+    keeps running; the agent back, it is watched again; stop and delete reach it there."""
     control_plane.cli("image", "build", "tiny", timeout=900)
     address = f"127.0.0.1:{_free_port()}"
     made = json.loads(control_plane.cli("host", "enroll", "h2", address, "-o", "json").stdout)
     h2 = Service(new_home())  # its home and what it leaves, as a service's (never started)
     env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
     env["GUREUM_HOME"] = str(h2.home)
-    log = open(h2.home / "agent.out", "wb")  # noqa: SIM115 - closed below
-    running = subprocess.Popen(
-        [sys.executable, "-m", "gureum.cli.main", "agent", "--join", made["token"]], env=env,
-        stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-    )  # fmt: skip
-    try:
+
+    def agent_runs(*args: str) -> subprocess.Popen[bytes]:
+        with open(h2.home / "agent.out", "ab") as log:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "gureum.cli.main", "agent", *args], env=env,
+                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+            )  # fmt: skip
         deadline = time.monotonic() + 60
         while control_plane.cli("host", "check", "h2", check=False).returncode != 0:
-            assert time.monotonic() < deadline and running.poll() is None, (
+            assert time.monotonic() < deadline and proc.poll() is None, (
                 h2.home / "agent.out"
             ).read_text()
             time.sleep(0.5)
+        return proc
+
+    running = agent_runs("--join", made["token"])
+    try:
         launched = control_plane.cli("launch", "tiny", "--name", "far", "--host", "h2",
                                      "-o", "json", timeout=600)  # fmt: skip
         inst = json.loads(launched.stdout)
@@ -146,10 +157,25 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
         # The guest itself answers, through h2's agent.
         out = control_plane.cli("exec", "far", "--", "cat", "/proc/sys/kernel/hostname").stdout
         assert out.strip() == "far"
+        # The agent killed: h2 goes unreachable and far unknown; its QEMU runs on.
+        qemu = h2.qemu_pids()
+        running.kill()
+        running.wait(30)
+        deadline = time.monotonic() + 60
+        while _state(control_plane, "far") != "unknown":
+            assert time.monotonic() < deadline, "far never became unknown"
+            time.sleep(1)
+        assert h2.qemu_pids() == qemu
+        # The agent again (no token): h2 reports, far is watched again, and it answers.
+        running = agent_runs()
+        deadline = time.monotonic() + 60
+        while _state(control_plane, "far") != "running":
+            assert time.monotonic() < deadline, "far was never seen running again"
+            time.sleep(1)
+        out = control_plane.cli("exec", "far", "--", "cat", "/proc/sys/kernel/hostname").stdout
+        assert out.strip() == "far" and h2.qemu_pids() == qemu  # the same QEMU, not another
         control_plane.cli("stop", "far", timeout=120)
-        assert json.loads(control_plane.cli("show", "far", "-o", "json").stdout)["state"] == (
-            "stopped"
-        )
+        assert _state(control_plane, "far") == "stopped"
         assert not h2.qemu_pids()
         disks = list((h2.home / "disks").iterdir())
         assert disks, "its disk is on h2"
@@ -159,7 +185,6 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
     finally:
         running.terminate()
         running.wait(30)
-        log.close()
         h2.cleanup()  # fails the test on any QEMU, namespace or dnsmasq of h2's left behind
 
 

@@ -385,6 +385,8 @@ class FakeHost:
 
     async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> Path:
         self._step("adopt")
+        if spec.instance_id in self.vms:  # its events are the new watcher's now
+            self.vms[spec.instance_id] = FakeVM(spec, events, pid, None)
         return spec.root_disk
 
     async def stop(self, instance_id: str, timeout: float) -> str:

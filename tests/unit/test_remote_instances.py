@@ -31,7 +31,7 @@ class Joined:
         self.cluster = Cluster(tmp_path)
         self.image = _catalog_image(self.cluster)
         self.folder, _ = _joined(self.cluster, tmp_path, "h2")
-        config = load_config(self.folder.parent)
+        self.config = config = load_config(self.folder.parent)
         self.h2 = FakeHost(config)
         self.h2.prepare()
         self.port = AgentPort(config, self.h2)
@@ -180,3 +180,29 @@ def test_a_network_with_instances_on_two_hosts_spans_them(joined: Joined) -> Non
     assert other.vni is not None and other.vni != net.vni  # one VNI per network
     joined.run(svc.instances.delete("there", force=True))
     assert local.spans[net.id] is None and net.id not in joined.h2.networks
+
+
+def test_an_agent_that_comes_back_is_converged_with(joined: Joined) -> None:
+    """Part 5: the agent restarts (a new process watches nothing); each reconciler pass asks it
+    what runs and brings the store in step, without starting anything twice."""
+    svc, h2 = joined.svc, joined.h2
+    web, gone, parked = (joined.launch(n, host="h2") for n in ("web", "gone", "parked"))
+    op = joined.run(svc.instances.stop("parked"))
+    assert joined.run(svc.ops.finished(op.id, 20)).error is None
+    joined.run(joined.port.stop())
+    del h2.vms[gone]  # its QEMU ended while nobody watched
+    h2.vms[parked] = h2.vms[web].__class__(h2.vms[web].spec, h2.vms[web].events, 4242, None)
+    joined.port = AgentPort(joined.config, h2)  # the agent again, knowing nothing
+    joined.run(joined.port.start())
+    changes = joined.run(svc.reconciler.converge_joined())
+    assert joined.state(gone) == State.CRASHED
+    gone_now = svc.instances.store.get(gone)
+    assert gone_now is not None and gone_now.state_reason == "QEMU exited while h2 was away"
+    assert joined.state(web) == State.RUNNING and h2.calls.count("adopt") == 1
+    assert parked not in h2.vms and joined.state(parked) == State.STOPPED  # the store's intent
+    assert len(changes) == 3, changes
+    # Nothing is done twice, and web's events flow again through the new agent.
+    assert joined.run(svc.reconciler.converge_joined()) == []
+    assert h2.calls.count("adopt") == 1 and h2.calls.count("start") == 3  # the launches' own
+    joined.run(_call_soon(h2.vms[web].events.on_exit, "stopped", "the guest powered off"))
+    _until(lambda: joined.state(web) == State.STOPPED, "web's exit, heard through the new agent")

@@ -9,23 +9,31 @@ What it answers so far:
 
 - ``{"op": "facts"}``: the host's name, accelerator and capacity (what its heartbeat says);
 - ``{"op": "running", "ids": [...]}``: which of those instances have a process on this host
-  (``{id: pid or null}``), for the control plane to compare with what it recorded;
+  (``running``: ``{id: pid or null}``), which of them this agent watches (``watched``: it
+  started or adopted them, and has not seen them end), and which of those with no process
+  ended with their guest powering off (``clean``): for the control plane to compare with what
+  it recorded (``Lifecycle.converge``);
 - ``{"op": "image", "name", "version", "files"}``: make sure this host holds that version of
   a catalog image, fetching what it lacks from the control plane (``host/image_pull.py``);
 - ``{"op": "call", "method", "args"}``: one of the ``HostAgent`` methods that travel
   (``host/remote_calls.py``), run on this host with its paths under this agent's home:
   ``{"result": ...}``;
 - ``{"op": "start", "spec"}``: start a VM (a cold boot) from its ``VMSpec``: ``{"pid": ...}``.
-  Its engine events go back to the control plane as they happen (``host/event_report.py``).
+  Its engine events go back to the control plane as they happen (``host/event_report.py``);
+- ``{"op": "adopt", "spec", "pid", "booted"}``: watch again a VM whose QEMU outlived an earlier
+  run of this agent (its monitor and events taken up again): ``{"top": its disk's file}``, or
+  ``{"top": null}`` for one this agent watches already (two control planes may both ask).
 """
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from pathlib import Path
 from typing import Any
 
 from gureum.config import Config
-from gureum.errors import InvalidInput, Unauthenticated
+from gureum.errors import InvalidInput, NotFound, Unauthenticated
 from gureum.host import enrolment, image_pull, remote_calls
 from gureum.host.event_report import EventReport
 from gureum.host.interface import HostAgent, VMSpec
@@ -50,7 +58,10 @@ class AgentPort:
         ctx = enrolment.own_context(folder, server=True)
         ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate, no connection
         self.server = LineServer(self._answer, ctx, peer=self._control_plane_only)
-        self.events = EventReport(folder)
+        self.events = EventReport(folder, ended=self._ended)
+        # The VMs this agent started or adopted and has not seen end: what it answers for.
+        self.watched: set[str] = set()
+        self._adopting = asyncio.Lock()
 
     async def start(self, listen: str | None = None) -> int:
         """Listen on the enrolled address (or ``listen``, HOST:PORT); the port."""
@@ -74,6 +85,17 @@ class AgentPort:
         await self.server.stop()
         await self.events.close()
 
+    def _vm_spec(self, request: dict[str, Any]) -> VMSpec:
+        spec: VMSpec = remote_calls.decode(request.get("spec"), VMSpec, self.home, "spec")
+        if spec.kind != "vm":
+            raise InvalidInput("a joined host runs VMs only, not containers, yet")
+        if not looks_like_id(spec.instance_id, "i-") or not spec.uid:  # names its folders
+            raise InvalidInput("a VM needs an instance id and an unprivileged uid")
+        return spec
+
+    def _ended(self, instance_id: str) -> None:
+        self.watched.discard(instance_id)
+
     async def _answer(self, request: dict[str, Any], tls: ssl.SSLObject | None) -> dict[str, Any]:
         self._control_plane_only(tls)  # checked at the handshake too; what the answer rests on
         op = request.get("op")
@@ -87,7 +109,13 @@ class AgentPort:
                 or not all(isinstance(i, str) and looks_like_id(i, "i-") for i in ids)
             ):
                 raise InvalidInput(f"running takes ids: a list of at most {MAX_IDS} instance ids")
-            return {"running": {i: self.host.find_running(i) for i in ids}}
+            running = {i: self.host.find_running(i) for i in ids}
+            return {
+                "running": running,
+                "watched": sorted(self.watched.intersection(ids)),
+                "clean": sorted(i for i, pid in running.items()
+                                if pid is None and self.host.died_cleanly(i)),
+            }  # fmt: skip
         if op == "image":
             return await image_pull.pull(
                 self.folder, self.images_dir, request.get("name"), request.get("version"),
@@ -99,11 +127,22 @@ class AgentPort:
             returns = remote_calls.hints(method)["return"]
             return {"result": remote_calls.encode(result, returns, self.home)}
         if op == "start":
-            spec = remote_calls.decode(request.get("spec"), VMSpec, self.home, "start.spec")
-            if spec.kind != "vm":
-                raise InvalidInput("a joined host runs VMs only, not containers, yet")
-            if not looks_like_id(spec.instance_id, "i-") or not spec.uid:  # names its folders
-                raise InvalidInput("start needs an instance id and an unprivileged uid")
-            pid = await self.host.start(spec, self.events.for_instance(spec.instance_id))
-            return {"pid": pid}
+            spec = self._vm_spec(request)
+            started = await self.host.start(spec, self.events.for_instance(spec.instance_id))
+            self.watched.add(spec.instance_id)
+            return {"pid": started}
+        if op == "adopt":
+            spec = self._vm_spec(request)
+            pid, booted = request.get("pid"), request.get("booted")
+            if type(pid) is not int or pid <= 1 or not isinstance(booted, bool):
+                raise InvalidInput("adopt takes a pid and whether it had booted")
+            async with self._adopting:  # one at a time: a QEMU's monitor takes one client
+                if spec.instance_id in self.watched:
+                    return {"top": None}
+                if self.host.find_running(spec.instance_id) != pid:
+                    raise NotFound(f"no QEMU of {spec.instance_id} runs as pid {pid} here")
+                events = self.events.for_instance(spec.instance_id)
+                top = await self.host.adopt(spec, pid, events, booted=booted)
+                self.watched.add(spec.instance_id)
+            return {"top": remote_calls.encode(top, Path, self.home)}
         raise InvalidInput(f"no operation {str(op)[:40]!r}")

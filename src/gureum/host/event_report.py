@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,9 @@ SEND_TIMEOUT_S = 10.0
 
 
 class EventReport:
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, ended: Callable[[str], None] | None = None) -> None:
         self.folder = folder
+        self.ended = ended  # told of each VM whose exit is reported (its agent stops watching)
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
 
@@ -97,4 +99,6 @@ class InstanceEvents:
         self._put("resumed")
 
     def on_exit(self, how: str, detail: str) -> None:
+        if self.report.ended is not None:
+            self.report.ended(self.instance_id)
         self._put("exit", how=how, detail=detail)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import inspect
 import ssl
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,15 @@ def host_of(path: Path) -> str | None:
     except ValueError:
         return None
     return rel.parts[0] if rel.parts else None
+
+
+@dataclass(frozen=True)
+class Running:
+    """A joined host's answer about some of its instances."""
+
+    pids: dict[str, int | None]  # each one's QEMU's pid there, or None
+    watched: set[str]  # those its agent watches (started or adopted, not seen to end)
+    clean: set[str]  # of those with no QEMU, the ones whose guest powered off
 
 
 class RemoteHostAgent:
@@ -145,6 +155,22 @@ class RemoteHostAgent:
         answer = await self.ask({"op": "start", "spec": encode(spec, VMSpec, self.root)})
         pid: int = self._result(answer, "pid", int, "start")
         return pid
+
+    async def adopt(self, spec: VMSpec, pid: int, events: VMEvents, *, booted: bool) -> Path | None:
+        """Have the agent watch again a VM whose QEMU outlived its last run; the file its disk
+        writes to, or None when the agent watches it already. ``events``: as for ``start``."""
+        request = {"op": "adopt", "spec": encode(spec, VMSpec, self.root), "pid": pid,
+                   "booted": booted}  # fmt: skip
+        top: Path | None = self._result(await self.ask(request), "top", Path | None, "adopt")
+        return top
+
+    async def running(self, ids: list[str]) -> Running:
+        """What runs there of these instances, as the agent sees it."""
+        answer = await self.ask({"op": "running", "ids": ids})
+        running = self._result(answer, "running", dict[str, int | None], "running")
+        watched = self._result(answer, "watched", list[str], "running")
+        clean = self._result(answer, "clean", list[str], "running")
+        return Running(running, set(watched), set(clean))
 
     async def claim_waiting(self, spec: VMSpec, events: VMEvents) -> None:
         """Nothing: QEMUs wait in the pool on the control plane's own host only."""

@@ -185,6 +185,7 @@ class Services:
             config.reconcile_interval_s,
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
             heartbeat=hosts.heartbeat,
+            joined=hosts.joined,
         )
         capture = ImageCapture(images, instances, snapshots, disks, admission, quotas, ops, host)
         tags = TagService(TagStore(db))

@@ -111,6 +111,18 @@ class HostService:
         now = time.time()
         return [(r, self._view(r, others, now)) for r in records]
 
+    def joined(self) -> builtins.list[str]:
+        """The joined hosts whose agents report and can be asked (cordoned ones too): those
+        whose instances the control plane keeps in step with what runs there."""
+        now = time.time()
+        return [
+            r.name
+            for r in self.store.list()
+            if r.name != self.name
+            and r.address is not None
+            and self.state_of(r, now) != UNREACHABLE
+        ]
+
     def place(self, want: Want) -> str:
         """The host a new instance goes to (call it under the admission lock, and record the
         instance before letting it go, as every claim is)."""

@@ -17,6 +17,7 @@ from typing import Any
 from gureum.config import Config
 from gureum.errors import GureumError, InvalidState, NotFound, found
 from gureum.host.interface import Identity, VMSpec
+from gureum.host.remote import RemoteHostAgent, Running
 from gureum.model.hardware import Hardware, new_generation_id
 from gureum.model.instance import ACTIVE, BootTimeline, Instance, State, check_transition
 from gureum.service.disks import DiskLayers
@@ -415,6 +416,56 @@ class Lifecycle:
             self.ops.start("stop", inst.id, lambda ctx: self.stop(inst.id, ctx), inst.project_id)
         what = "container init" if inst.is_container else "QEMU"
         return f"{inst.name}: re-adopted {what} pid {pid}"
+
+    async def converge(self, host: str) -> list[str]:
+        """Make the records of a joined host's instances agree with what runs there (each
+        reconciler pass while the host reports); what changed. A VM whose QEMU ended unheard
+        (its agent was away) is marked stopped or crashed, as ``recover`` does; one its agent no
+        longer watches (the agent restarted) is adopted again, so its events flow once more and
+        it can be stopped; one that runs although the store says it is down is killed. An
+        instance being started or stopped is left to that operation."""
+        placed = [i for i in self.store.list() if i.host == host]
+        if not placed:
+            return []
+        remote = self.host.remote(host)
+        seen = await remote.running([i.id for i in placed])
+        changes = []
+        for inst in placed:
+            async with self.lock(inst.id):
+                now = self.store.get(inst.id)
+                if now is None or now.host != host:
+                    continue
+                change = await self._converge_one(remote, now, seen)
+            if change:
+                log.info("%s", change)
+                changes.append(change)
+        return changes
+
+    async def _converge_one(
+        self, remote: RemoteHostAgent, inst: Instance, seen: Running
+    ) -> str | None:
+        pid = seen.pids.get(inst.id)
+        if inst.state in (State.RUNNING, State.PAUSED):
+            if pid is None:
+                if inst.id in seen.clean:
+                    new, why = State.STOPPED, f"guest powered off while {remote.name} was away"
+                else:
+                    new, why = State.CRASHED, f"QEMU exited while {remote.name} was away"
+                self._events.pop(inst.id, None)
+                self.set_state(inst, new, why, pid=None)
+                return f"{inst.name}: {new.value} ({why})"
+            if inst.id in seen.watched:
+                return None
+            events = _Events(self, inst.id)
+            events.boot = inst.boot
+            self._events[inst.id] = events
+            await remote.adopt(self.vm_spec(inst), pid, events, booted=True)
+            self.store.update(inst.id, pid=pid)
+            return f"{inst.name}: watched again on {remote.name} (pid {pid})"
+        if inst.state not in ACTIVE and pid is not None:
+            await remote.kill(inst.id)
+            return f"{inst.name}: killed the QEMU of a {inst.state.value} instance on {remote.name}"
+        return None
 
     def _repair_top_layer(self, inst: Instance, real_top: Path) -> None:
         """A snapshot cut short by a crash may leave the store one layer ahead of QEMU (the

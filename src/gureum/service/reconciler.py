@@ -37,6 +37,7 @@ class Reconciler:
         interval_s: float,
         chores: list[Callable[[], object]] | None = None,
         heartbeat: Callable[[], object] | None = None,
+        joined: Callable[[], list[str]] | None = None,
     ) -> None:
         self.instances = instances
         self.lifecycle = lifecycle
@@ -46,6 +47,7 @@ class Reconciler:
         self.chores = chores or []
         self._chores_done = 0.0
         self.heartbeat = heartbeat  # each pass: this host says it is alive
+        self.joined = joined  # each pass: the joined hosts to keep in step (Lifecycle.converge)
         self.interval_s = interval_s
         self._task: asyncio.Task[None] | None = None
 
@@ -64,6 +66,7 @@ class Reconciler:
                 await self.host.check_alive()
                 for name in await self.lifecycle.resume_paused():
                     log.info("%s resumed: the host's disk has room again", name)
+                await self.converge_joined()
             except Exception:
                 log.exception("reconciler pass failed")
             if time.monotonic() - self._chores_done >= CHORES_EVERY_S:
@@ -76,6 +79,18 @@ class Reconciler:
                 chore()
             except Exception:
                 log.exception("housekeeping failed")
+
+    async def converge_joined(self) -> list[str]:
+        """Each joined host's instances brought in step with what runs there; what changed
+        (a host that cannot be asked now is tried again next pass)."""
+        changes = []
+        for host in self.joined() if self.joined is not None else []:
+            try:
+                changes += await self.lifecycle.converge(host)
+            except GureumError as exc:
+                log.warning("cannot compare %s's instances with what runs there: %s", host,
+                            exc.message)  # fmt: skip
+        return changes
 
     async def reconcile_once(self) -> dict[str, list[str]]:
         report: dict[str, list[str]] = {"changed": [], "removed": []}
@@ -91,6 +106,7 @@ class Reconciler:
                 change = f"{inst.name}: error ({exc.message})"
             if change:
                 report["changed"].append(change)
+        report["changed"] += await self.converge_joined()
         for line in await self.instances.drop_internal_snapshots():
             report["changed"].append(line)
         known = {i.id for i in self.instances.list()}

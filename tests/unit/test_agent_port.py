@@ -81,7 +81,7 @@ def test_the_control_plane_asks_a_joined_agent(cluster: Cluster, tmp_path: Path)
                                  "cpu_overcommit": cap.cpu_overcommit}  # fmt: skip
         ids = ["i-0123456789ab"]
         asked = cluster.run(cluster.agents.ask("h2", {"op": "running", "ids": ids}))
-        assert asked == {"running": {"i-0123456789ab": None}}
+        assert asked == {"running": {"i-0123456789ab": None}, "watched": [], "clean": []}
         for bad in ({"op": "running", "ids": ["../x"]}, {"op": "running", "ids": "i-1"},
                     {"op": "destroy-everything"}):  # fmt: skip
             with pytest.raises(GureumError) as refused:

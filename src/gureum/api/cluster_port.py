@@ -13,10 +13,11 @@ line each way:
   file of a catalog image's current version, as a header ``{file, bytes, sha256}`` and then the
   file (the agent checks both before it keeps it, ``host/image_pull.py``). A project's own
   image is not served (it goes where its project's instances go, which is not yet);
-- ``{"op": "event", "instance", "event", ...}``: with the agent's certificate only: an engine
-  event of a VM on that host (``host/event_report.py``): ``boot`` (``name``, ``at``), ``paused``
-  (``reason``), ``resumed``, ``exit`` (``how``, ``detail``). Taken only for an instance the store
-  places on that very host.
+- ``{"op": "event", "instance", "event", "pid", ...}``: with the agent's certificate only: an
+  engine event of a VM on that host (``host/event_report.py``): ``boot`` (``name``, ``at``),
+  ``paused`` (``reason``), ``resumed``, ``exit`` (``how``, ``detail``), with the pid of the QEMU
+  it came from once known. Taken only for an instance the store places on that very host, and
+  not from a QEMU other than the one the store records (an earlier run's late exit).
 
 The wire (one request per connection, bounded in size, time and connections) is
 ``sys/jsonline.py``'s, as on each agent's command port.
@@ -66,21 +67,25 @@ def event_fields(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
             raise InvalidInput(f"a {event} event's {key} is text of at most {EVENT_TEXT_MAX}")
         return value
 
+    pid = request.get("pid")
+    if pid is not None and (type(pid) is not int or not 1 < pid < 1 << 32):
+        raise InvalidInput("an event's pid is a process id")
+    run = {"pid": pid}
     if event == "boot":
         name, at = request.get("name"), request.get("at")
         if name not in BOOT_EVENTS:
             raise InvalidInput("a boot event names one of the boot phases")
         if isinstance(at, bool) or not isinstance(at, int | float) or not math.isfinite(at):
             raise InvalidInput("a boot event's at is a time")
-        return instance_id, event, {"name": name, "at": float(at)}
+        return instance_id, event, {**run, "name": name, "at": float(at)}
     if event == "paused":
-        return instance_id, event, {"reason": text("reason")}
+        return instance_id, event, {**run, "reason": text("reason")}
     if event == "resumed":
-        return instance_id, event, {}
+        return instance_id, event, run
     if event == "exit":
         if request.get("how") not in EXITS:
             raise InvalidInput(f"an exit is {' or '.join(EXITS)}")
-        return instance_id, event, {"how": request["how"], "detail": text("detail")}
+        return instance_id, event, {**run, "how": request["how"], "detail": text("detail")}
     raise InvalidInput(f"no event {str(event)[:40]!r}")
 
 

@@ -37,12 +37,14 @@ from gureum.errors import InvalidInput, NotFound, Unauthenticated
 from gureum.host import enrolment, image_pull, remote_calls
 from gureum.host.event_report import EventReport
 from gureum.host.interface import HostAgent, VMSpec
-from gureum.ids import looks_like_id
+from gureum.ids import check_name, looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
+from gureum.model.instance import DEFAULT_PROJECT
 from gureum.sys.jsonline import LineServer
 from gureum.sys.pki import issued_name
 
 MAX_IDS = 10_000
+MIN_VM_UID = 1000  # a VM's own user is never a system account (the store hands out far above)
 
 
 class AgentPort:
@@ -89,8 +91,14 @@ class AgentPort:
         spec: VMSpec = remote_calls.decode(request.get("spec"), VMSpec, self.home, "spec")
         if spec.kind != "vm":
             raise InvalidInput("a joined host runs VMs only, not containers, yet")
-        if not looks_like_id(spec.instance_id, "i-") or not spec.uid:  # names its folders
-            raise InvalidInput("a VM needs an instance id and an unprivileged uid")
+        if (
+            not looks_like_id(spec.instance_id, "i-")  # names its folders
+            or not (spec.project_id == DEFAULT_PROJECT or looks_like_id(spec.project_id, "p-"))
+            or spec.uid is None
+            or spec.uid < MIN_VM_UID
+        ):
+            raise InvalidInput("a VM needs instance and project ids and an unprivileged uid")
+        check_name(spec.name, what="instance name")
         return spec
 
     def _ended(self, instance_id: str) -> None:
@@ -128,7 +136,9 @@ class AgentPort:
             return {"result": remote_calls.encode(result, returns, self.home)}
         if op == "start":
             spec = self._vm_spec(request)
-            started = await self.host.start(spec, self.events.for_instance(spec.instance_id))
+            events = self.events.for_instance(spec.instance_id)
+            started = await self.host.start(spec, events)
+            events.pid = started
             self.watched.add(spec.instance_id)
             return {"pid": started}
         if op == "adopt":
@@ -142,6 +152,7 @@ class AgentPort:
                 if self.host.find_running(spec.instance_id) != pid:
                     raise NotFound(f"no QEMU of {spec.instance_id} runs as pid {pid} here")
                 events = self.events.for_instance(spec.instance_id)
+                events.pid = pid
                 top = await self.host.adopt(spec, pid, events, booted=booted)
                 self.watched.add(spec.instance_id)
             return {"top": remote_calls.encode(top, Path, self.home)}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gureum.errors import GureumError
+from gureum.errors import GureumError, Unavailable
 from gureum.host import enrolment
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.sys import jsonline
@@ -67,11 +67,15 @@ class EventReport:
                     enrolment.own_context(self.folder), CONTROL_PLANE, SEND_TIMEOUT_S,
                 )  # fmt: skip
                 return
-            except GureumError as exc:
+            except Unavailable as exc:  # not reached: tried again
                 if attempt + 1 == TRIES:
                     log.error("could not report %s of %s to the control plane: %s",
                               event["event"], event["instance"], exc.message)  # fmt: skip
                     return
+            except GureumError as exc:  # refused (an instance deleted meanwhile): not again
+                log.warning("the control plane refused %s of %s: %s", event["event"],
+                            event["instance"], exc.message)  # fmt: skip
+                return
             await asyncio.sleep(RETRY_S * (attempt + 1))
 
     async def close(self) -> None:
@@ -85,9 +89,13 @@ class InstanceEvents:
 
     def __init__(self, report: EventReport, instance_id: str) -> None:
         self.report, self.instance_id = report, instance_id
+        # Its QEMU's pid, once known: the control plane takes an event of an earlier run of
+        # the VM (an exit that arrives after it was started again) for what it is.
+        self.pid: int | None = None
 
     def _put(self, event: str, **fields: Any) -> None:
-        self.report.put({"instance": self.instance_id, "event": event, **fields})
+        run = {} if self.pid is None else {"pid": self.pid}
+        self.report.put({"instance": self.instance_id, "event": event, **run, **fields})
 
     def on_boot_event(self, event: str, at: float) -> None:
         self._put("boot", name=event, at=at)

@@ -44,6 +44,7 @@ class NetworkHost:
         self._dhcp: dict[str, Dhcp] = {}
         self.lookup: Lookup | None = None  # set by the service: who owns an address
         self.tokens_required: dict[str, bool] = {}
+        self._syncing: dict[str, asyncio.Lock] = {}
 
     def namespace(self, network_id: str) -> str:
         return netns.name_for(self.config.home, network_id)
@@ -110,6 +111,18 @@ class NetworkHost:
     ) -> None:
         """Make DHCP, DNS and the firewall match the network's NICs and security groups, and
         its VXLAN port its other hosts (``span``; None: it is on this host alone)."""
+        # One sync of a network at a time: two at once would both make its VXLAN port.
+        async with self._syncing.setdefault(net.id, asyncio.Lock()):
+            await self._sync(net, nics, ports, rules, span)
+
+    async def _sync(
+        self,
+        net: Network,
+        nics: list[tuple[Nic, str]],
+        ports: list[firewall.Port],
+        rules: dict[str, list[Rule]],
+        span: Span | None,
+    ) -> None:
         server = self._metadata.get(net.id)
         if server is not None:
             server.forget_callers()

@@ -11,9 +11,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from gureum.host.interface import HostAgent
+from gureum.host.capacity import HostCapacity, admit
 from gureum.model.instance import Instance, committed
 from gureum.service.holds import Holds
+from gureum.service.host_router import HostRouter
 from gureum.store.instances import InstanceStore
 
 HOST = "host"  # the key of what the host holds for growing VMs
@@ -24,10 +25,12 @@ class Admission(asyncio.Lock):
     """The lock itself (``async with admission:``), and ``admit``, which checks the host
     under it."""
 
-    def __init__(self, store: InstanceStore, host: HostAgent) -> None:
+    def __init__(self, store: InstanceStore, host: HostRouter) -> None:
         super().__init__()
         self.store = store
         self.host = host
+        # A joined host's capacity as it last reported (``HostService``, made after this).
+        self.capacity_of: Callable[[str], HostCapacity] | None = None
         # vCPUs and MiB admitted to running VMs that are still growing into them (a live
         # resize under way), under HOST: the host counts them before the store does.
         self.growing = Holds()
@@ -35,20 +38,38 @@ class Admission(asyncio.Lock):
         self.waiting = Holds()
 
     def committed(self) -> tuple[int, int]:
-        """vCPUs and MiB the host has given to active VMs, and to VMs growing into more."""
-        cpus, mib = committed(self.store.list())
+        """vCPUs and MiB this host has given to active VMs, and to VMs growing into more (a
+        joined host's instances are its own to count)."""
+        here = [i for i in self.store.list() if self.host.is_local(i.host)]
+        cpus, mib = committed(here)
         growing = self.growing.of(HOST)
         waiting = self.waiting.of(POOL)["memory_mib"]
         return cpus + growing["cpus"], mib + growing["memory_mib"] + waiting
 
-    async def admit(self, cpus: int, memory_mib: int, *, replacing: Instance | None = None) -> None:
-        """Refuse what the host cannot take. ``replacing``: an active VM whose own share is
-        counted as freed (a restore or resize replaces it). Call it holding the lock."""
-        used_cpus, used_mib = self.committed()
+    async def admit(
+        self,
+        cpus: int,
+        memory_mib: int,
+        *,
+        replacing: Instance | None = None,
+        on: str | None = None,
+    ) -> None:
+        """Refuse what the host cannot take: this one, or ``on`` (a joined host, by what it
+        last reported and the store's instances on it). ``replacing``: an active VM whose own
+        share is counted as freed (a restore or resize replaces it). Call it holding the
+        lock."""
+        host = replacing.host if replacing is not None else on
+        if self.host.is_local(host):
+            used_cpus, used_mib = self.committed()
+        else:
+            used_cpus, used_mib = committed([i for i in self.store.list() if i.host == host])
         if replacing is not None:
             share = replacing.host_share
             used_cpus, used_mib = used_cpus - share[0], used_mib - share[1]
-        self.host.admit(used_cpus, used_mib, cpus, memory_mib)
+        if self.host.is_local(host):
+            self.host.admit(used_cpus, used_mib, cpus, memory_mib)
+        elif self.capacity_of is not None:
+            admit(self.capacity_of(str(host)), used_cpus, used_mib, cpus, memory_mib)
 
     def hold_growth(self, cpus: int, memory_mib: int) -> Callable[[], None]:
         """Count a live resize's growth against the host until it is in the store."""

@@ -246,6 +246,7 @@ class BackupService:
             hardware,
             runs=False,  # it is made stopped: the host's capacity is admitted when it starts
             layers=[base],
+            local_only="machines imported from backups",  # its files arrive here
         )
         try:
             await self.creator.create(draft, before=take_files, after=add_top_and_memory)

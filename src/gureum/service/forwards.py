@@ -94,6 +94,10 @@ class ForwardService:
                 f"administrator sets forward_min_host_port); use {self.min_host_port} or above"
             )
         inst = self.instances.get(instance_id)
+        if inst is not None and not self.host.is_local(inst.host):
+            raise InvalidState(
+                f"{inst.name} is on joined host {inst.host}, where forwards are not supported yet"
+            )
         if inst is not None:
             # No await from this check to the insert: concurrent adds cannot both pass it.
             self.quotas.check(inst.project_id, forwards=1)

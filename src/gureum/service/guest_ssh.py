@@ -38,6 +38,11 @@ class GuestSsh:
     def _running(self, ref: str, project_id: str | None) -> Instance:
         inst = self.instances.get(ref, project_id)
         check_action("ssh", inst.state, name=inst.name)
+        if not self.forwards.host.is_local(inst.host):  # its network's gateway is there
+            raise InvalidState(
+                f"{inst.name} is on joined host {inst.host}, where SSH is not supported yet "
+                "(use `gureum exec`)"
+            )
         return inst
 
     async def access(self, ref: str, project_id: str | None = None) -> dict[str, object]:

@@ -86,9 +86,11 @@ class HostRouter:
             return None
         address = where.rpartition(":")[0].strip("[]")
         try:
-            return str(ipaddress.IPv4Address(address))
+            ip = ipaddress.IPv4Address(address)
         except ValueError:
             return None
+        # 0.0.0.0 (listening everywhere) or a multicast address names no one host to send to.
+        return None if ip.is_unspecified or ip.is_multicast else str(ip)
 
     def is_local(self, host: str | None) -> bool:
         """Whether ``host`` (as an instance or a layer records it) is this one."""

@@ -42,6 +42,7 @@ class HostService:
         host: HostAgent,
     ) -> None:
         self.store, self.instances, self.admission, self.host = store, instances, admission, host
+        admission.capacity_of = self.capacity_of
         self.strategy = config.placement
         self.unreachable_after_s = config.host_unreachable_after_s
         self._beat = 0.0  # when this host last reported (monotonic)
@@ -90,8 +91,7 @@ class HostService:
             capacity = self.host.capacity()
             cpus, mib = self.admission.committed()
         else:  # another's: as it last reported, and its active instances in the store
-            capacity = HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib,
-                                    rec.cpu_overcommit)  # fmt: skip
+            capacity = self.capacity_of(rec.name)
             cpus, mib = committed([i for i in others if i.host == rec.name])
         return HostView(rec.name, self.state_of(rec, now), capacity, cpus, mib,
                         rec.accel, self.store.spread_groups(rec.name),
@@ -110,6 +110,11 @@ class HostService:
         )
         now = time.time()
         return [(r, self._view(r, others, now)) for r in records]
+
+    def capacity_of(self, name: str) -> HostCapacity:
+        """A joined host's capacity as it last reported."""
+        rec = self._record(name)
+        return HostCapacity(rec.cpus, rec.memory_mib, rec.memory_reserve_mib, rec.cpu_overcommit)
 
     def joined(self) -> builtins.list[str]:
         """The joined hosts whose agents report and can be asked (cordoned ones too): those

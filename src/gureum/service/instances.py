@@ -345,7 +345,7 @@ class InstanceService:
         inst = self.get(ref, project_id)
         check_action("start", inst.state, name=inst.name)
         async with self.admission:
-            await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib)
+            await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib, on=inst.host)
         return self.ops.start(
             "start", inst.id, lambda ctx: self.lifecycle.boot(inst.id, ctx), inst.project_id
         )
@@ -355,7 +355,7 @@ class InstanceService:
         check_action("restart", inst.state, name=inst.name)
         if inst.state not in ACTIVE:
             async with self.admission:
-                await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib)
+                await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib, on=inst.host)
 
         async def work(ctx: OpContext) -> dict[str, object]:
             if self.get(inst.id).state in (State.RUNNING, State.STARTING, State.PAUSED):

@@ -316,6 +316,10 @@ class Lifecycle:
         inst = self.store.get(instance_id)
         if inst is None or inst.host != host:
             raise NotFound(f"host {host} has no instance {instance_id}")
+        pid = fields.get("pid")
+        if pid is not None and inst.pid is not None and pid != inst.pid:
+            log.info("%s: %s of an earlier run (pid %s) ignored", inst.name, event, pid)
+            return
         events = self._events.get(instance_id)
         if events is None:  # not booting now: its timeline as recorded
             events = _Events(self, instance_id)
@@ -340,6 +344,8 @@ class Lifecycle:
         if inst is not None and inst.state == State.PAUSED:
             self.set_state(inst, State.RUNNING)
             log.info("%s (%s) resumed", inst.name, inst.id)
+            if not self.host.is_local(inst.host):
+                return  # no snapshot of it freezes it (not on joined hosts yet): nothing to thaw
             # Paused in the middle of a snapshot's freeze, its thaw may have failed.
             task = asyncio.create_task(self.host.thaw_if_frozen(instance_id))
             self._background.add(task)

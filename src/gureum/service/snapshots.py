@@ -26,7 +26,7 @@ from dataclasses import replace
 from functools import partial
 
 from gureum.errors import Conflict, GureumError, InvalidInput, InvalidState, NotFound
-from gureum.host.interface import HostAgent, Identity
+from gureum.host.interface import Identity
 from gureum.ids import check_name, new_id
 from gureum.model.hardware import Hardware
 from gureum.model.instance import Instance, InstanceSpec, State, check_action
@@ -36,6 +36,7 @@ from gureum.model.snapshot import CONTAINER_LAYER, Snapshot
 from gureum.service.admission import Admission
 from gureum.service.creation import Creator, Draft, Reverter
 from gureum.service.disks import DiskLayers
+from gureum.service.host_router import HostRouter
 from gureum.service.instances import INTERNAL_SNAPSHOT_PREFIX, InstanceService
 from gureum.service.lifecycle import Lifecycle
 from gureum.service.networks import NetworkService
@@ -59,7 +60,7 @@ class SnapshotService:
         secgroups: SecGroupService,
         creator: Creator,
         ops: OperationManager,
-        host: HostAgent,
+        host: HostRouter,
     ) -> None:
         self.store = store
         self.instances = instances
@@ -119,6 +120,10 @@ class SnapshotService:
         if self.store.get(inst.id, name) is not None:
             raise Conflict(f"{inst.name} already has a snapshot named {name!r}")
         check_action("snapshot", inst.state, name=inst.name)
+        if not self.host.is_local(inst.host):  # before any layer is made for it
+            raise InvalidState(
+                f"{inst.name} is on joined host {inst.host}, where snapshots are not supported yet"
+            )
         if memory:
             inst.needs_vm("a memory snapshot")
         if memory and inst.state != State.RUNNING:

@@ -37,6 +37,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -67,12 +68,29 @@ DISPATCH_TARGET_S = 0.050
 OVERLAY_TARGET = 0.7
 
 
-def control_plane(runs: int, root: Path) -> None:
+def background_loop() -> tuple[asyncio.AbstractEventLoop, Callable[[Any], Any]]:
+    """An event loop in a thread of its own (where the ports serve), and a way to run a
+    coroutine on it and wait for its result."""
     loop = asyncio.new_event_loop()
     threading.Thread(target=loop.run_forever, daemon=True).start()
 
     def on_loop(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(60)
+        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
+
+    return loop, on_loop
+
+
+def stop_ports(
+    loop: asyncio.AbstractEventLoop, on_loop: Callable[[Any], Any], ports: list[Any]
+) -> None:
+    """Stop the agents' and the cluster's ports, then their loop."""
+    for one in ports:
+        on_loop(one.stop())
+    loop.call_soon_threadsafe(loop.stop)
+
+
+def control_plane(runs: int, root: Path) -> None:
+    loop, on_loop = background_loop()
 
     # Both on PostgreSQL, as a cluster must be (tests/postgres.py: a private server).
     pg = PostgresServer()
@@ -111,10 +129,7 @@ def control_plane(runs: int, root: Path) -> None:
         print(f"placement and dispatch add {ms(added)} per launch (one command); "
               f"target <= {ms(DISPATCH_TARGET_S)}: {verdict}")  # fmt: skip
     finally:
-        for one_port in agents:
-            on_loop(one_port.stop())
-        on_loop(port.stop())
-        loop.call_soon_threadsafe(loop.stop)
+        stop_ports(loop, on_loop, [*agents, port])
         svc.close()
         alone.close()
         pg.stop()
@@ -130,11 +145,7 @@ def mean_of(fn: Any, runs: int) -> float:
 
 
 def launches(count: int, root: Path) -> None:
-    loop = asyncio.new_event_loop()
-    threading.Thread(target=loop.run_forever, daemon=True).start()
-
-    def on_loop(coro: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, loop).result(120)
+    loop, on_loop = background_loop()
 
     pg = PostgresServer()
     pg.start()
@@ -183,10 +194,7 @@ def launches(count: int, root: Path) -> None:
         spread = mean_of(lambda: launch(None), count)
         placed = {h["name"]: h["instances"] for h in svc.hosts.list()}
     finally:
-        for one_port in agents:
-            on_loop(one_port.stop())
-        on_loop(port.stop())
-        loop.call_soon_threadsafe(loop.stop)
+        stop_ports(loop, on_loop, [*agents, port])
         svc.close()
         pg.stop()
     added = spread - here

@@ -112,6 +112,25 @@ def test_an_agent_joins_with_the_printed_token_and_reports(control_plane, tmp_pa
     assert f"answering the control plane on {address}" in err
 
 
+def agent_answering(control_plane: Service, home: Path, *args: str,
+                    netns: str | None = None) -> subprocess.Popen[bytes]:  # fmt: skip
+    """`gureum agent ARGS` for the host h2 whose home is ``home`` (in network namespace
+    ``netns``, if given), once the control plane's `host check h2` gets its answer."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
+    env["GUREUM_HOME"] = str(home)
+    inside = ["ip", "netns", "exec", netns] if netns else []
+    with open(home / "agent.out", "ab") as log:
+        proc = subprocess.Popen(
+            [*inside, sys.executable, "-m", "gureum.cli.main", "agent", *args], env=env,
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+        )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while control_plane.cli("host", "check", "h2", check=False).returncode != 0:
+        assert time.monotonic() < deadline and proc.poll() is None, (home / "agent.out").read_text()
+        time.sleep(0.5)
+    return proc
+
+
 def _state(service: Service, name: str) -> str:
     return str(json.loads(service.cli("show", name, "-o", "json").stdout)["state"])
 
@@ -124,24 +143,7 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
     address = f"127.0.0.1:{_free_port()}"
     made = json.loads(control_plane.cli("host", "enroll", "h2", address, "-o", "json").stdout)
     h2 = Service(new_home())  # its home and what it leaves, as a service's (never started)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
-    env["GUREUM_HOME"] = str(h2.home)
-
-    def agent_runs(*args: str) -> subprocess.Popen[bytes]:
-        with open(h2.home / "agent.out", "ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "gureum.cli.main", "agent", *args], env=env,
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-            )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while control_plane.cli("host", "check", "h2", check=False).returncode != 0:
-            assert time.monotonic() < deadline and proc.poll() is None, (
-                h2.home / "agent.out"
-            ).read_text()
-            time.sleep(0.5)
-        return proc
-
-    running = agent_runs("--join", made["token"])
+    running = agent_answering(control_plane, h2.home, "--join", made["token"])
     try:
         launched = control_plane.cli("launch", "tiny", "--name", "far", "--host", "h2",
                                      "-o", "json", timeout=600)  # fmt: skip
@@ -167,7 +169,7 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
             time.sleep(1)
         assert h2.qemu_pids() == qemu
         # The agent again (no token): h2 reports, far is watched again, and it answers.
-        running = agent_runs()
+        running = agent_answering(control_plane, h2.home)
         deadline = time.monotonic() + 60
         while _state(control_plane, "far") != "running":
             assert time.monotonic() < deadline, "far was never seen running again"
@@ -214,21 +216,7 @@ def test_a_network_spans_the_hosts_of_its_instances(postgres) -> None:
         cp.start()
         cp.cli("image", "build", "tiny", timeout=900)
         made = json.loads(cp.cli("host", "enroll", "h2", f"{h2_ip}:8444", "-o", "json").stdout)
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GUREUM_")}
-        env["GUREUM_HOME"] = str(h2.home)
-        log = open(h2.home / "agent.out", "wb")  # noqa: SIM115 - the agent's, closed with it
-        running = subprocess.Popen(
-            ["ip", "netns", "exec", ns, sys.executable, "-m", "gureum.cli.main", "agent",
-             "--join", made["token"]],
-            env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-        )  # fmt: skip
-        log.close()
-        deadline = time.monotonic() + 60
-        while cp.cli("host", "check", "h2", check=False).returncode != 0:
-            assert time.monotonic() < deadline and running.poll() is None, (
-                h2.home / "agent.out"
-            ).read_text()
-            time.sleep(0.5)
+        running = agent_answering(cp, h2.home, "--join", made["token"], netns=ns)
         cp.cli("launch", "tiny", "--name", "a1", "--host", "h1", timeout=600)
         cp.cli("launch", "tiny", "--name", "b1", "--host", "h2", timeout=600)
         assert h2.qemu_pids() and len(cp.qemu_pids()) == 1

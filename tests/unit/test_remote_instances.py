@@ -139,7 +139,9 @@ def test_what_does_not_travel_yet_is_refused_and_never_done_here(joined: Joined)
         joined.svc.instances.console("web", None)
     with pytest.raises(InvalidState, match="on joined host h2, where snapshots are not"):
         joined.run(joined.svc.snapshots.create("web", "s1", memory=True))
-    with pytest.raises(InvalidState, match="resize disk live is not supported yet for what is on joined host h2"):
+    with pytest.raises(
+        InvalidState, match="resize disk live is not supported yet for what is on joined host h2"
+    ):
         joined.run(joined.svc.instances.host.resize_disk_live(
             joined.svc.instances.get("web").id, 1 << 30))  # fmt: skip
     assert joined.cluster.host.vms == {} and joined.cluster.host.memory_images == set()

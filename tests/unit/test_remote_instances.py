@@ -279,3 +279,21 @@ def test_a_joined_host_away_does_not_hold_up_launches_elsewhere(joined: Joined) 
     joined.launch("near", host=svc.hosts.name)  # the default network, which far is on too
     assert joined.state(svc.instances.get("near").id) == State.RUNNING
     joined.run(joined.port.start())  # for the fixture's own stop
+
+
+def test_a_joined_hosts_image_is_checked_once_and_again_after_a_failed_start(
+    joined: Joined,
+) -> None:
+    """Each launch there does not ask the host for the image again; a start there that
+    failed does, so a file gone from it is fetched again."""
+    joined.launch("one", host="h2")
+    kernel = joined.folder.parent / "images" / "tiny" / "v1" / "vmlinuz"
+    kernel.unlink()
+    joined.launch("two", host="h2")  # not asked again: the fake boots without it
+    assert not kernel.exists()
+    joined.h2.fail_at, joined.h2.fail_on = "start", joined.h2.calls.count("start") + 1
+    req = LaunchRequest(name="three", image="tiny", host="h2")
+    _inst, op = joined.run(joined.svc.templates.launch(req, DEFAULT_PROJECT))
+    assert "injected failure" in joined.run(joined.svc.ops.finished(op.id, 20)).error["message"]
+    joined.launch("four", host="h2")
+    assert kernel.exists()  # asked again, and fetched

@@ -18,6 +18,9 @@ What it answers so far:
 - ``{"op": "call", "method", "args"}``: one of the ``HostAgent`` methods that travel
   (``host/remote_calls.py``), run on this host with its paths under this agent's home:
   ``{"result": ...}``;
+- ``{"op": "network", "net", "plan"}``: make the network exist on this host and bring its DHCP,
+  DNS, firewall and VXLAN port in step with the plan (``ensure_network`` then
+  ``sync_network``, in one round trip);
 - ``{"op": "start", "spec"}``: start a VM (a cold boot) from its ``VMSpec``: ``{"pid": ...}``.
   Its engine events go back to the control plane as they happen (``host/event_report.py``);
 - ``{"op": "adopt", "spec", "pid", "booted"}``: watch again a VM whose QEMU outlived an earlier
@@ -36,10 +39,11 @@ from gureum.config import Config
 from gureum.errors import InvalidInput, NotFound, Unauthenticated
 from gureum.host import enrolment, image_pull, remote_calls
 from gureum.host.event_report import EventReport
-from gureum.host.interface import HostAgent, VMSpec
+from gureum.host.interface import HostAgent, NetworkPlan, VMSpec
 from gureum.ids import check_name, looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.model.instance import DEFAULT_PROJECT
+from gureum.model.network import Network
 from gureum.sys.jsonline import LineServer
 from gureum.sys.pki import issued_name
 
@@ -134,6 +138,12 @@ class AgentPort:
             result = await getattr(self.host, method)(**kwargs)
             returns = remote_calls.hints(method)["return"]
             return {"result": remote_calls.encode(result, returns, self.home)}
+        if op == "network":
+            net = remote_calls.decode(request.get("net"), Network, self.home, "network.net")
+            plan = remote_calls.decode(request.get("plan"), NetworkPlan, self.home, "network.plan")
+            await self.host.ensure_network(net)
+            await self.host.sync_network(net, plan)
+            return {"ok": True}
         if op == "start":
             spec = self._vm_spec(request)
             events = self.events.for_instance(spec.instance_id)

@@ -37,8 +37,9 @@ from gureum.errors import (
     Unavailable,
     Untrusted,
 )
-from gureum.host.interface import HostAgent, VMEvents, VMSpec
+from gureum.host.interface import HostAgent, NetworkPlan, VMEvents, VMSpec
 from gureum.host.remote_calls import REMOTE_METHODS, REMOTE_ROOT, decode, encode, encode_call, hints
+from gureum.model.network import Network
 from gureum.sys import jsonline
 
 # What an agent's refusal may be raised as on the control plane (InvalidState is a Conflict,
@@ -136,6 +137,13 @@ class RemoteHostAgent:
         the control plane, each file checked against ``files`` (what the catalog recorded)."""
         request = {"op": "image", "name": name, "version": version, "files": files}
         return await self.ask(request, timeout=IMAGE_PULL_TIMEOUT_S)
+
+    # -- networks --------------------------------------------------------------------------------
+    async def bring_network(self, net: Network, plan: NetworkPlan) -> None:
+        """The network made there if need be and brought in step with ``plan``: one round trip
+        for ``ensure_network`` and ``sync_network``."""
+        await self.ask({"op": "network", "net": encode(net, Network, self.root),
+                        "plan": encode(plan, NetworkPlan, self.root)})  # fmt: skip
 
     # -- instances -------------------------------------------------------------------------------
     async def start(

@@ -46,6 +46,8 @@ class DiskLayers:
         self.instances = instances
         self.images = images  # an image's boot (its kernel, or the firmware)
         self.host = host
+        # (joined host, image, version) this control plane has had that host fetch and check.
+        self._images_on: set[tuple[str, str, str]] = set()
 
     def image_folder(self, inst: Instance) -> Path:
         """The folder of the image version the instance was made from: where the store says it
@@ -74,7 +76,16 @@ class DiskLayers:
                 f"{inst.name} is on joined host {inst.host}, which can be given the catalog's "
                 f"current images only, not {inst.spec.image} {inst.image_version}"
             )
-        await self.host.remote(str(inst.host)).ensure_image(image.name, image.version, image.files)
+        key = (str(inst.host), image.name, image.version)
+        if key in self._images_on:  # brought there already by this control plane
+            return
+        await self.host.remote(key[0]).ensure_image(image.name, image.version, image.files)
+        self._images_on.add(key)
+
+    def forget_images_on(self, host: str | None) -> None:
+        """After a start there failed: the next one checks the host's images again (one may
+        have gone)."""
+        self._images_on = {k for k in self._images_on if k[0] != host}
 
     def private_image_files(self, inst: Instance) -> list[Path]:
         """The files of a project's own image its VM was given read on (the catalog's are

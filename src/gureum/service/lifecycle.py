@@ -277,6 +277,8 @@ class Lifecycle:
     def _fail_start(self, instance_id: str, exc: GureumError) -> None:
         inst = self.store.get(instance_id)
         self.host.forget(instance_id)
+        if inst is not None and not self.host.is_local(inst.host):
+            self.disks.forget_images_on(inst.host)
         if inst is not None and inst.state in (State.PENDING, State.STARTING):
             self.set_state(inst, State.ERROR, f"start failed: {exc.message}", pid=None)
 

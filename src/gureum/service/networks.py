@@ -236,9 +236,8 @@ class NetworkService:
             # One host away does not hold up the others: its instances' own commands will
             # say it cannot be reached, and the next sync brings it in step.
             try:
-                remote = self.host.remote(name)
-                await remote.ensure_network(net)
-                await remote.sync_network(net, NetworkPlan(hosts, ports, rules, spans.get(name)))
+                plan = NetworkPlan(hosts, ports, rules, spans.get(name))
+                await self.host.remote(name).bring_network(net, plan)
             except GureumError as exc:
                 log.warning("network %s on %s not brought in step: %s", net.name, name,
                             exc.message)  # fmt: skip

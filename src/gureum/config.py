@@ -84,6 +84,10 @@ class Config:
     host_unreachable_after_s: float = 30.0
     # HOST:PORT where host agents join and report (mutual TLS); empty: no cluster port.
     cluster_listen: str = ""
+    # How long a control plane's claim on work for a joined host's instance lasts unrenewed
+    # (it renews a third of the way): a control plane that dies leaves its work to another
+    # after this.
+    work_lease_s: float = 30.0
 
     # -- derived paths -------------------------------------------------------------------------
     @property
@@ -189,6 +193,7 @@ _ENV = {
     "placement": "GUREUM_PLACEMENT",
     "host_unreachable_after_s": "GUREUM_HOST_UNREACHABLE_AFTER",
     "cluster_listen": "GUREUM_CLUSTER_LISTEN",
+    "work_lease_s": "GUREUM_WORK_LEASE",
 }
 
 
@@ -229,6 +234,8 @@ def load_config(home: Path | None = None, env: dict[str, str] | None = None) -> 
             "a cluster (cluster_listen) needs PostgreSQL: set database_url "
             "(GUREUM_DATABASE_URL=postgresql://...); SQLite serves one host"
         )
+    if not 3 <= config.work_lease_s <= 3600:
+        raise InvalidInput(f"work_lease_s is from 3 to 3600 seconds, not {config.work_lease_s:g}")
     if config.placement not in ("spread", "pack"):
         raise InvalidInput(f"placement must be spread or pack, not {config.placement!r}")
     return config

@@ -75,7 +75,7 @@ def test_a_host_joins_with_a_token_and_reports(cluster: Cluster, tmp_path: Path)
                                     "address": "127.0.0.1:8444"}  # fmt: skip
     (h2,) = [h for h in cluster.svc.hosts.list() if h["name"] == "h2"]
     assert (h2["state"], h2["address"], h2["local"]) == ("unreachable", "127.0.0.1:8444", False)
-    assert agent.heartbeat(folder, FACTS) == {"ok": True, "host": "h2"}
+    assert agent.heartbeat(folder, FACTS) == {"ok": True, "host": "h2", "control_planes": []}
     (h2,) = [h for h in cluster.svc.hosts.list() if h["name"] == "h2"]
     assert h2["state"] == "ready" and h2["capacity"]["vcpu_limit"] == 32
     # The token works once: a second join (the same token replayed) is refused.
@@ -83,6 +83,31 @@ def test_a_host_joins_with_a_token_and_reports(cluster: Cluster, tmp_path: Path)
         agent.join(token, tmp_path / "again")
     assert replay.value.code == "unauthenticated"
     assert not (tmp_path / "again" / "agent.pem").exists()
+
+
+def test_an_agent_reports_to_another_control_plane_when_its_own_is_gone(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """A second control plane (the same CA and store, its own cluster port): the heartbeat's
+    answer names both; with the first gone, the agent's reports reach the second, which it
+    tries first from then on. A bad address in the answer is not kept."""
+    other = ClusterPort(cluster.ca, cluster.enrolment, cluster.svc.images)
+    second = f"127.0.0.1:{cluster.run(other.start('127.0.0.1', 0))}"
+    first = cluster.enrolment.cluster_listen
+    cluster.enrolment.control_planes = lambda: [first, second, "no place;rm -rf /"]
+    token, _ = cluster.enrolment.enrol("h2", "127.0.0.1:8444")
+    folder = tmp_path / "h2" / "agent"
+    agent.join(token, folder)
+    agent.heartbeat(folder, FACTS)
+    assert agent.control_planes(folder) == [first, second]
+    cluster.run(cluster.port.stop())
+    try:
+        assert agent.heartbeat(folder, FACTS)["host"] == "h2"
+        assert agent.control_planes(folder) == [second, first]
+        assert agent.joined(folder)["host"] == "h2"
+    finally:
+        cluster.run(other.stop())
+        cluster.run(cluster.port.start("127.0.0.1", int(first.rpartition(":")[2])))
 
 
 def test_an_expired_token_is_refused(cluster: Cluster, tmp_path, monkeypatch) -> None:

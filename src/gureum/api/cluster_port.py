@@ -9,6 +9,8 @@ line each way:
 - ``{"op": "join", "secret", "csr"}``: a join token's secret and a certificate request: the
   agent's certificate (``service/enrolment.py``);
 - ``{"op": "heartbeat", "facts"}``: with the agent's certificate only: what its host has;
+  answered with the cluster ports of the control planes heard from lately, where the agent
+  reports next should this one go;
 - ``{"op": "image-file", "image", "version", "role"}``: with the agent's certificate only: one
   file of a catalog image's current version, as a header ``{file, bytes, sha256}`` and then the
   file (the agent checks both before it keeps it, ``host/image_pull.py``). A project's own
@@ -121,7 +123,8 @@ class ClusterPort:
         if op == "heartbeat":
             peer = tls.getpeercert(binary_form=True) if tls is not None else None
             host = self.enrolment.heartbeat(peer, request.get("facts"))
-            return {"ok": True, "host": host}
+            # Where else it may report: should this control plane go, another takes over.
+            return {"ok": True, "host": host, "control_planes": self.enrolment.control_planes()}
         if op == "image-file":
             self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
             return self._image_file(request)

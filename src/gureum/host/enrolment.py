@@ -7,21 +7,28 @@ Its key never leaves the host. Reporting: a heartbeat over TLS with that certifi
 control plane verified as the holder of the CA's ``control-plane`` certificate.
 
 The agent's files are under ``GUREUM_HOME/agent/``: ``agent.key`` (0600), ``agent.pem``,
-``ca.pem`` and ``cluster.json`` (the control plane's address, this host's name and its command
-port's address).
+``ca.pem`` and ``cluster.json`` (the control plane's address, this host's name, its command
+port's address, and the other control planes' addresses it was told of).
+
+Several control planes may run (for availability). Each heartbeat's answer names the cluster
+ports of those heard from lately; the agent keeps them and, when the one it reports to does not
+answer, reports (heartbeats, events, image fetches) to the next that does. Whatever answers must
+still prove itself a control plane of this cluster's CA, so a wrong address gets nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gureum.errors import GureumError, Unauthenticated
+from gureum.errors import GureumError, Unauthenticated, Unavailable
 from gureum.host.interface import HostAgent
-from gureum.model.cluster import CONTROL_PLANE, JoinToken
+from gureum.model.cluster import ADDRESS, CONTROL_PLANE, JoinToken
 from gureum.sys import jsonline
 from gureum.sys.jsonline import tls_context
 from gureum.sys.pki import csr_pem, fingerprint, new_key_pem
@@ -70,19 +77,65 @@ def join(token_text: str, folder: Path) -> str:
     return str(answer["host"])
 
 
-def joined(folder: Path) -> dict[str, str] | None:
+def joined(folder: Path) -> dict[str, Any] | None:
     """The control plane's address, this host's name and the address its command port listens
     on, if this agent has joined."""
     path = folder / "cluster.json"
     return dict(json.loads(path.read_text())) if path.exists() else None
 
 
-def heartbeat(folder: Path, facts: dict[str, object]) -> dict[str, Any]:
-    """Tell the control plane this host is alive and what it has."""
+T = TypeVar("T")
+MAX_CONTROL_PLANES = 16  # addresses kept from a heartbeat's answer
+
+
+def control_planes(folder: Path) -> list[str]:
+    """The control planes' cluster ports, in the order this agent tries them: the one that
+    answered last first."""
     cluster = joined(folder)
     if cluster is None:
         raise GureumError(f"this agent has not joined a cluster ({folder} has no cluster.json)")
-    return ask(cluster["control_plane"], {"op": "heartbeat", "facts": facts}, own_context(folder))
+    others: list[str] = cluster.get("control_planes") or []
+    return list(dict.fromkeys([cluster["control_plane"], *others]))
+
+
+def _learn(folder: Path, answered: str, told: object) -> None:
+    """After ``answered`` took a heartbeat: it is tried first from now on, with the control
+    planes it named (each an address: they become places to connect to, nothing more)."""
+    cluster = dict(joined(folder) or {})
+    named = told if isinstance(told, list) else []
+    others = [a for a in named if isinstance(a, str) and ADDRESS.fullmatch(a)]
+    updated = {**cluster, "control_plane": answered,
+               "control_planes": others[:MAX_CONTROL_PLANES]}  # fmt: skip
+    if updated != cluster:
+        part = folder / "cluster.json.part"
+        part.write_text(json.dumps(updated))
+        os.replace(part, folder / "cluster.json")
+
+
+async def to_control_plane(folder: Path, call: Callable[[str], Awaitable[T]]) -> T:
+    """``call`` with each control plane's address in turn until one answers; a refusal is the
+    answer (only a control plane that cannot be reached passes it on to the next)."""
+    unreached: Unavailable | None = None
+    for address in control_planes(folder):
+        try:
+            return await call(address)
+        except Unavailable as exc:
+            unreached = exc
+    assert unreached is not None
+    raise unreached
+
+
+def heartbeat(folder: Path, facts: dict[str, object]) -> dict[str, Any]:
+    """Tell a control plane this host is alive and what it has; learn where the others are."""
+    request = {"op": "heartbeat", "facts": facts}
+    ctx = own_context(folder)
+
+    async def send(address: str) -> tuple[str, dict[str, Any]]:
+        return address, await jsonline.ask(address, request, ctx, CONTROL_PLANE)
+
+    answered, answer = asyncio.run(to_control_plane(folder, send))
+    _learn(folder, answered, answer.get("control_planes"))
+    return answer
 
 
 def own_context(folder: Path, *, server: bool = False) -> ssl.SSLContext:

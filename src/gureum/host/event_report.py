@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -58,14 +59,13 @@ class EventReport:
 
     async def _send(self, event: dict[str, Any]) -> None:
         for attempt in range(TRIES):
-            cluster = enrolment.joined(self.folder)
-            if cluster is None:
+            if enrolment.joined(self.folder) is None:
                 return
+            send = partial(jsonline.ask, request={"op": "event", **event},
+                           ctx=enrolment.own_context(self.folder), server_name=CONTROL_PLANE,
+                           timeout=SEND_TIMEOUT_S)  # fmt: skip
             try:
-                await jsonline.ask(
-                    cluster["control_plane"], {"op": "event", **event},
-                    enrolment.own_context(self.folder), CONTROL_PLANE, SEND_TIMEOUT_S,
-                )  # fmt: skip
+                await enrolment.to_control_plane(self.folder, send)
                 return
             except Unavailable as exc:  # not reached: tried again
                 if attempt + 1 == TRIES:

@@ -19,6 +19,7 @@ import json
 import os
 import re
 import secrets
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +67,9 @@ async def pull(
     if not isinstance(version, str) or not _PART.fullmatch(version):
         raise InvalidInput("a bad image version")
     wanted = check_files(files)
-    cluster = enrolment.joined(folder)
-    if cluster is None:
+    if enrolment.joined(folder) is None:
         raise InvalidInput("this agent has not joined a cluster")
+    ctx = enrolment.own_context(folder)
     lock = _locks.setdefault((name, version), asyncio.Lock())
     async with lock:
         dest = images_dir / name / version
@@ -81,10 +82,10 @@ async def pull(
                 present.append(role)
                 continue
             part = dest / f".{file}.{secrets.token_hex(4)}.part"
-            got = await jsonline.fetch(
-                cluster["control_plane"],
-                {"op": "image-file", "image": name, "version": version, "role": role},
-                enrolment.own_context(folder), CONTROL_PLANE, part, size,
+            request = {"op": "image-file", "image": name, "version": version, "role": role}
+            got = await enrolment.to_control_plane(
+                folder, partial(jsonline.fetch, request=request, ctx=ctx,
+                                server_name=CONTROL_PLANE, dest=part, max_bytes=size),
             )  # fmt: skip
             if (got["received_bytes"], got["received_sha256"]) != (size, sha):
                 part.unlink(missing_ok=True)

@@ -16,7 +16,6 @@ consoles, streams, hot-plugging) is not here, and the service's ``HostRouter`` s
 
 from __future__ import annotations
 
-import inspect
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -37,8 +36,16 @@ from gureum.errors import (
     Unavailable,
     Untrusted,
 )
-from gureum.host.interface import HostAgent, NetworkPlan, VMEvents, VMSpec
-from gureum.host.remote_calls import REMOTE_METHODS, REMOTE_ROOT, decode, encode, encode_call, hints
+from gureum.host.interface import NetworkPlan, VMEvents, VMSpec
+from gureum.host.remote_calls import (
+    REMOTE_METHODS,
+    REMOTE_ROOT,
+    decode,
+    encode,
+    encode_call,
+    hints,
+    signature,
+)
 from gureum.model.network import Network
 from gureum.sys import jsonline
 
@@ -120,10 +127,10 @@ class RemoteHostAgent:
         """A method of ``REMOTE_METHODS``, called as the interface names it."""
         if method not in REMOTE_METHODS:
             raise AttributeError(method)
-        signature = inspect.signature(getattr(HostAgent, method))
+        bind = signature(method).bind
 
         async def remote(*args: Any, **kwargs: Any) -> Any:
-            bound = signature.bind(None, *args, **kwargs).arguments
+            bound = bind(None, *args, **kwargs).arguments
             bound.pop("self")
             return await self.call(method, **bound)
 

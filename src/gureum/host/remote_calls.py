@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
+import inspect
 import math
 import os
 import types
@@ -46,11 +48,20 @@ MAX_INT = (1 << 63) - 1  # what the store and the host's figures hold
 HOST_FOLDERS = frozenset({"disks", "images", "instances", "project-images", "snapshots"})
 
 
+@functools.cache
 def hints(method: str) -> dict[str, Any]:
-    """The argument and return types of a remote method (``KeyError`` for any other name)."""
+    """The argument and return types of a remote method (``KeyError`` for any other name);
+    read once each (every call to a joined host decodes by them)."""
     if method not in REMOTE_METHODS:
         raise KeyError(method)
     return typing.get_type_hints(getattr(HostAgent, method))
+
+
+@functools.cache
+def signature(method: str) -> inspect.Signature:
+    """A ``HostAgent`` method's signature, read once: calls routed or sent to another host
+    bind their arguments to it."""
+    return inspect.signature(getattr(HostAgent, method))
 
 
 def encode(value: Any, hint: Any, root: Path) -> Any:

@@ -32,6 +32,7 @@ class Operation:
     error: dict[str, str] | None = None  # {"code", "message"} when failed
     result: dict[str, object] | None = None
     project_id: str | None = None
+    owner: str | None = None  # the control plane (host name) running it
 
     @property
     def done(self) -> bool:

@@ -46,6 +46,7 @@ from gureum.service.templates import TemplateService
 from gureum.service.tenancy import TenancyService
 from gureum.service.transfers import Transfers
 from gureum.service.views import InstanceViews
+from gureum.service.work_runner import WorkRunner
 from gureum.store.db import Database
 from gureum.store.hosts import HostStore
 from gureum.store.images import ImageStore
@@ -58,6 +59,7 @@ from gureum.store.settings import SettingsStore
 from gureum.store.tags import TagStore
 from gureum.store.templates import TemplateStore
 from gureum.store.tenancy import TenancyStore
+from gureum.store.work import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +127,7 @@ class Services:
         )
         # Rules that need only the store and the host.
         events = EventBus()  # what changed, as it changes: the console's and `gureum events`'
-        ops = OperationManager(OperationStore(db), events)
+        ops = OperationManager(OperationStore(db), events, local_host_name(config))
         image_store = ImageStore(db)
         transfers = Transfers()  # uploads and downloads, backups and images together
         images = ImageService(config, image_store, instance_store, ops, host, transfers)
@@ -147,15 +149,21 @@ class Services:
         admission = Admission(instance_store, host)
         disks = DiskLayers(config, layer_store, snapshot_store, instance_store, images, host)
         hosts = HostService(config, host_store, instance_store, admission, host)
+        enrolment = EnrolmentService(
+            cluster_ca, host_store, config.cluster_listen, hosts.control_planes
+        )
         views = InstanceViews(
             layer_store, snapshot_store, network_store, forwards, quotas, host, hosts
         )
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
-        enrolment = EnrolmentService(cluster_ca, host_store, config.cluster_listen)
         creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
+        work = WorkRunner(WorkQueue(db), ops, local_host_name(config), config.work_lease_s)
+        for kind in ("launch", "start", "restart"):
+            work.resumes(kind, lifecycle.resume_boot)
+        work.resumes("stop", lifecycle.stop)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,
-            secgroups, forwards, disks, lifecycle, views, creator, keypairs,
+            secgroups, forwards, disks, lifecycle, views, creator, keypairs, work,
         )  # fmt: skip
         snapshots = SnapshotService(
             snapshot_store, instances, lifecycle, disks, admission, quotas, networks, secgroups,
@@ -186,6 +194,7 @@ class Services:
             chores=[lambda: tenancy.prune_audit(config.audit_retention_days)],
             heartbeat=hosts.heartbeat,
             joined=hosts.joined,
+            work=work,
         )
         capture = ImageCapture(images, instances, snapshots, disks, admission, quotas, ops, host)
         tags = TagService(TagStore(db))

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from gureum.errors import Conflict, InvalidInput, InvalidState, Unauthenticated
@@ -34,8 +35,16 @@ def _hash(secret: str) -> str:
 
 
 class EnrolmentService:
-    def __init__(self, ca: ClusterCA, store: HostStore, cluster_listen: str) -> None:
+    def __init__(
+        self,
+        ca: ClusterCA,
+        store: HostStore,
+        cluster_listen: str,
+        control_planes: Callable[[], list[str]] = list,
+    ) -> None:
         self.ca, self.store, self.cluster_listen = ca, store, cluster_listen
+        # The cluster ports of the control planes heard from lately (``HostService``'s).
+        self.control_planes = control_planes
 
     def enrol(self, name: str, address: str) -> tuple[str, float]:
         """A join token for host ``name`` whose agent will answer at ``address`` (HOST:PORT),

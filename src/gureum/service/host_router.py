@@ -26,6 +26,7 @@ from typing import Any
 from gureum.errors import InvalidInput, InvalidState
 from gureum.host.interface import HostAgent, VMSpec
 from gureum.host.remote import RemoteHostAgent, host_of
+from gureum.host.remote_calls import signature
 from gureum.service.agents import Agents
 from gureum.store.instances import InstanceStore
 
@@ -59,6 +60,7 @@ def _paths(value: Any) -> list[Path]:
 
 
 ROUTES = {name: route for name in dir(HostAgent) if (route := _route(name)) is not None}
+ASYNC = frozenset(n for n in ROUTES if inspect.iscoroutinefunction(getattr(HostAgent, n)))
 
 
 class HostRouter:
@@ -134,13 +136,13 @@ class HostRouter:
         here = getattr(self.local, name)
         if name not in ROUTES:
             return here
-        signature = inspect.signature(getattr(HostAgent, name))
+        bind = signature(name).bind
 
         def target(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
-            bound = signature.bind(None, *args, **kwargs).arguments
+            bound = bind(None, *args, **kwargs).arguments
             return self._target(name, bound)
 
-        if inspect.iscoroutinefunction(getattr(HostAgent, name)):
+        if name in ASYNC:
 
             async def routed_async(*args: Any, **kwargs: Any) -> Any:
                 host = target(args, kwargs)

@@ -47,6 +47,8 @@ class HostService:
         self.unreachable_after_s = config.host_unreachable_after_s
         self._beat = 0.0  # when this host last reported (monotonic)
         self.name = local_host_name(config)
+        # Where agents report to this control plane (None: it has no cluster port).
+        self.cluster_port = config.cluster_listen or None
 
     def heartbeat(self) -> None:
         """At each reconciler pass: report, at most every HEARTBEAT_EVERY_S."""
@@ -60,7 +62,7 @@ class HostService:
         self.store.report(
             self.name, time.time(), adopt=True, accel=self.host.accel.accel, cpus=cap.cpus,
             memory_mib=cap.memory_mib, memory_reserve_mib=cap.memory_reserve_mib,
-            cpu_overcommit=cap.cpu_overcommit,
+            cpu_overcommit=cap.cpu_overcommit, cluster_port=self.cluster_port,
         )  # fmt: skip
 
     def _record(self, name: str) -> HostRecord:
@@ -82,6 +84,11 @@ class HostService:
         now = time.time()
         records = self.store.list()
         return {r.name: r.heartbeat_at for r in records if self.state_of(r, now) == UNREACHABLE}
+
+    def control_planes(self) -> builtins.list[str]:
+        """The cluster ports of the control planes heard from lately: told to each agent at
+        its heartbeat, so that it reports to another when the one it reports to is gone."""
+        return self.store.control_planes(time.time() - self.unreachable_after_s)
 
     def _view(self, rec: HostRecord, others: builtins.list[Instance], now: float) -> HostView:
         if rec.name == self.name:

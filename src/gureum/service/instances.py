@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 
@@ -52,9 +53,13 @@ from gureum.service.networks import DEFAULT_GROUP, DEFAULT_NETWORK, NO_NETWORK, 
 from gureum.service.operations import OpContext, OperationManager
 from gureum.service.secgroups import SecGroupService
 from gureum.service.views import InstanceViews
+from gureum.service.work_runner import WorkRunner
 from gureum.store.instances import InstanceStore
 from gureum.store.layers import SnapshotStore
 from gureum.units import GIB, MIB
+
+# Work on an instance, run as an operation (``_operation``).
+OpWork = Callable[[OpContext], Awaitable[dict[str, object]]]
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +125,9 @@ class InstanceService:
         views: InstanceViews,
         creator: Creator,
         keypairs: KeyPairService,
+        work: WorkRunner | None = None,
     ) -> None:
+        self.work = work
         self.config = config
         self.store = store
         self.snapshots = snapshots
@@ -282,8 +289,22 @@ class InstanceService:
             tpl, snap = saved
             what = f"template {tpl.id} ({tpl.shape.key})"
             work = partial(self.boot_from, inst.id, snap, what, shared=True, waiting=waiting)
-        op = self.ops.start("launch", inst.id, lambda ctx: work(ctx), inst.project_id)
-        return inst, op
+        return inst, self._operation("launch", inst, work)
+
+    def _operation(self, kind: str, inst: Instance, work: OpWork) -> Operation:
+        """``work`` on the instance as an operation; on a joined host, as work queued in the
+        store, so that another control plane finishes it should this one die."""
+        router = self.lifecycle.host
+        if self.work is None or router.is_local(inst.host):
+            return self.ops.start(kind, inst.id, work, inst.project_id)
+        runner, host = self.work, inst.host
+        assert host is not None
+        runner.check_free(inst.id, inst.name)
+
+        async def queued(ctx: OpContext) -> dict[str, object]:
+            return await runner.run(host, kind, inst.id, ctx, partial(work, ctx))
+
+        return self.ops.start(kind, inst.id, queued, inst.project_id)
 
     async def boot_from(
         self,
@@ -337,18 +358,14 @@ class InstanceService:
     async def stop(self, ref: str, project_id: str | None = None) -> Operation:
         inst = self.get(ref, project_id)
         check_action("stop", inst.state, name=inst.name)
-        return self.ops.start(
-            "stop", inst.id, lambda ctx: self.lifecycle.stop(inst.id, ctx), inst.project_id
-        )
+        return self._operation("stop", inst, partial(self.lifecycle.stop, inst.id))
 
     async def start(self, ref: str, project_id: str | None = None) -> Operation:
         inst = self.get(ref, project_id)
         check_action("start", inst.state, name=inst.name)
         async with self.admission:
             await self.admission.admit(inst.spec.cpus, inst.spec.memory_mib, on=inst.host)
-        return self.ops.start(
-            "start", inst.id, lambda ctx: self.lifecycle.boot(inst.id, ctx), inst.project_id
-        )
+        return self._operation("start", inst, partial(self.lifecycle.boot, inst.id))
 
     async def restart(self, ref: str, project_id: str | None = None) -> Operation:
         inst = self.get(ref, project_id)
@@ -362,7 +379,7 @@ class InstanceService:
                 await self.lifecycle.stop(inst.id, ctx)
             return await self.lifecycle.boot(inst.id, ctx)
 
-        return self.ops.start("restart", inst.id, work, inst.project_id)
+        return self._operation("restart", inst, work)
 
     async def autostart(self) -> builtins.list[str]:
         """At the service's first start since the host booted: start every VM launched with
@@ -391,6 +408,8 @@ class InstanceService:
             raise InvalidState(
                 f"{inst.name} is {inst.state.value}; stop it first or delete with --force"
             )
+        if self.work is not None and not self.lifecycle.host.is_local(inst.host):
+            self.work.check_free(inst.id, inst.name)
         async with self.lifecycle.lock(inst.id):
             await self.host.destroy(inst.id)
             # The files under its top layer (others, a clone's source, may share them), and its

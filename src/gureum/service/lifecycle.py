@@ -219,6 +219,33 @@ class Lifecycle:
             identity=identity,
         )
 
+    async def resume_boot(self, instance_id: str, ctx: OpContext) -> dict[str, object]:
+        """Go on with a boot of a joined host's instance that another control plane began and
+        left (a launch, start or restart; ``service/work_runner.py``), from what the host and
+        the store say was done: a QEMU the agent runs for it is adopted and waited on, and
+        none is started twice; with none, it is booted (its disk made if it has none yet)."""
+        async with self.lock(instance_id):
+            inst = self.get(instance_id)
+            if inst.state in (State.RUNNING, State.PAUSED):
+                return {"instance": self.views.view(inst), "how": "it was running already"}
+            assert inst.host is not None  # a joined host's: its work is queued
+            remote = self.host.remote(inst.host)
+            seen = await remote.running([inst.id])
+            pid = seen.pids.get(inst.id)
+            if pid is not None:
+                events = _Events(self, inst.id)
+                events.boot = inst.boot
+                self._events[inst.id] = events
+                await remote.adopt(self.vm_spec(inst), pid, events, booted=False)
+                self.set_state(inst, State.STARTING, pid=pid)
+                ctx.progress(f"its QEMU (pid {pid} on {remote.name}) was started: waiting on it")
+        if pid is not None:
+            return await self._await_ready(instance_id, events, ctx)
+        if inst.state == State.STARTING:  # its QEMU never started, or ended: boot it again
+            self.set_state(inst, State.ERROR, "its boot was left by another control plane")
+        ctx.progress("no QEMU of it runs: booting it")
+        return await self.boot(instance_id, ctx, fresh=inst.root_layer is None)
+
     async def _await_ready(
         self,
         instance_id: str,
@@ -425,14 +452,15 @@ class Lifecycle:
         what = "container init" if inst.is_container else "QEMU"
         return f"{inst.name}: re-adopted {what} pid {pid}"
 
-    async def converge(self, host: str) -> list[str]:
+    async def converge(self, host: str, busy: frozenset[str] = frozenset()) -> list[str]:
         """Make the records of a joined host's instances agree with what runs there (each
         reconciler pass while the host reports); what changed. A VM whose QEMU ended unheard
         (its agent was away) is marked stopped or crashed, as ``recover`` does; one its agent no
         longer watches (the agent restarted) is adopted again, so its events flow once more and
         it can be stopped; one that runs although the store says it is down is killed. An
-        instance being started or stopped is left to that operation."""
-        placed = [i for i in self.store.list() if i.host == host]
+        instance being started or stopped is left to that operation, and one another control
+        plane is acting on (``busy``) to that one."""
+        placed = [i for i in self.store.list() if i.host == host and i.id not in busy]
         if not placed:
             return []
         remote = self.host.remote(host)

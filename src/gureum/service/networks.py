@@ -230,6 +230,10 @@ class NetworkService:
         placed = {instances[n.instance_id].host for n in nics if n.instance_id in instances}
         on = {None if self.host.is_local(h) else h for h in placed}  # None: this host
         spans = self._spans(net, on)
+        if net.id not in self.host.networks_present():
+            # Made by another control plane since this one started: every network is on each
+            # control plane's own host, as ``ensure_all`` makes them at start.
+            await self.host.ensure_network(net)
         await self.host.sync_network(net, NetworkPlan(hosts, ports, rules, spans.get(None)))
         joined = sorted(str(h) for h in on if h is not None)
         for name in joined:

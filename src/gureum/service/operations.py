@@ -62,16 +62,23 @@ Work = Callable[[OpContext], Awaitable[dict[str, object] | None]]
 
 
 class OperationManager:
-    def __init__(self, store: OperationStore, events: EventBus | None = None) -> None:
+    def __init__(
+        self, store: OperationStore, events: EventBus | None = None, owner: str | None = None
+    ) -> None:
         self.store = store
+        # This control plane's name: its operations are its own, and a restart interrupts
+        # only those (another control plane's, in a cluster, are that one's to end).
+        self.owner = owner
         self.events = events or EventBus()
         self._live: dict[str, Operation] = {}
         self._changed: dict[str, asyncio.Event] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def interrupt_stale(self) -> int:
-        """Mark operations a previous service process left running as failed."""
-        stale = self.store.list_running()
+        """Mark operations a previous process of this control plane left running as failed
+        (work on a joined host's instance is finished by whichever control plane takes it
+        over, and its operation then ends as that work did: ``resume``)."""
+        stale = self.store.list_running(self.owner or "")
         for op in stale:
             op.status = OpStatus.FAILED
             op.finished_at = time.time()
@@ -100,6 +107,7 @@ class OperationManager:
             status=OpStatus.RUNNING,
             created_at=time.time(),
             project_id=project_id,
+            owner=self.owner,
         )
         try:
             self.store.insert(op)
@@ -107,10 +115,26 @@ class OperationManager:
             if then is not None:
                 then()
             raise
+        return self._begin(op, work, then)
+
+    def resume(self, op_id: str, work: Work, why: str) -> Operation | None:
+        """Go on with an operation another control plane began and left (it stopped
+        answering): it is this one's now, running again if it was marked interrupted, and
+        ends as ``work`` does. None if the store has no such operation."""
+        op = self.store.get(op_id)
+        if op is None:
+            return None
+        op.status, op.error, op.finished_at, op.owner = OpStatus.RUNNING, None, None, self.owner
+        self.store.save(op)
+        self._begin(op, work, None)
+        self.progress(op, why)
+        return op
+
+    def _begin(self, op: Operation, work: Work, then: Callable[[], object] | None) -> Operation:
         self._live[op.id] = op
         self._changed[op.id] = asyncio.Event()
         self._publish(op)
-        task = asyncio.create_task(self._run(op, work, then), name=f"op-{kind}-{op.id}")
+        task = asyncio.create_task(self._run(op, work, then), name=f"op-{op.kind}-{op.id}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return op

@@ -20,6 +20,7 @@ from gureum.model.instance import ACTIVE
 from gureum.service.disks import DiskLayers
 from gureum.service.instances import InstanceService
 from gureum.service.lifecycle import Lifecycle
+from gureum.service.work_runner import WorkRunner
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,9 @@ class Reconciler:
         chores: list[Callable[[], object]] | None = None,
         heartbeat: Callable[[], object] | None = None,
         joined: Callable[[], list[str]] | None = None,
+        work: WorkRunner | None = None,
     ) -> None:
+        self.work = work  # joined hosts' work other control planes left: taken over each pass
         self.instances = instances
         self.lifecycle = lifecycle
         self.disks = disks
@@ -83,13 +86,19 @@ class Reconciler:
     async def converge_joined(self) -> list[str]:
         """Each joined host's instances brought in step with what runs there; what changed
         (a host that cannot be asked now is tried again next pass)."""
-        changes = []
-        for host in self.joined() if self.joined is not None else []:
+        changes: list[str] = []
+        hosts = self.joined() if self.joined is not None else []
+        if not hosts:
+            return changes
+        busy = frozenset(self.work.held_by_others()) if self.work is not None else frozenset()
+        for host in hosts:
             try:
-                changes += await self.lifecycle.converge(host)
+                changes += await self.lifecycle.converge(host, busy)
             except GureumError as exc:
                 log.warning("cannot compare %s's instances with what runs there: %s", host,
                             exc.message)  # fmt: skip
+        if self.work is not None:
+            changes += [f"took over the {what}" for what in self.work.take_over(hosts)]
         return changes
 
     async def reconcile_once(self) -> dict[str, list[str]]:

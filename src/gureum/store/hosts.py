@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +26,7 @@ class HostRecord:
     heartbeat_at: float
     created_at: float
     address: str | None = None  # where its agent answers (None: this host, in-process)
+    cluster_port: str | None = None  # a control plane's: where agents report to it
 
 
 def _from_row(row: RowMapping) -> HostRecord:
@@ -39,6 +41,7 @@ def _from_row(row: RowMapping) -> HostRecord:
         heartbeat_at=row["heartbeat_at"],
         created_at=row["created_at"],
         address=row["address"],
+        cluster_port=row["cluster_port"],
     )
 
 
@@ -111,6 +114,17 @@ class HostStore:
         with self.db.read() as conn:
             row = conn.execute(select(t).where(t.c.name == name)).mappings().first()
         return _from_row(row) if row else None
+
+    def control_planes(self, since: float) -> builtins.list[str]:
+        """The cluster ports of the control planes that reported since ``since``, newest
+        report first: where an agent may report to."""
+        query = (
+            select(t.c.cluster_port)
+            .where(t.c.cluster_port.is_not(None), t.c.heartbeat_at >= since)
+            .order_by(t.c.heartbeat_at.desc())
+        )
+        with self.db.read() as conn:
+            return [r[0] for r in conn.execute(query)]
 
     def set_state(self, name: str, state: str) -> None:
         with self.db.begin() as conn:

@@ -522,6 +522,14 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
             "CREATE UNIQUE INDEX networks_vni ON networks (vni)",
         ],
     ),
+    (
+        26,
+        "the control planes' cluster ports, and which control plane runs each operation",
+        [
+            "ALTER TABLE hosts ADD COLUMN cluster_port TEXT",
+            "ALTER TABLE operations ADD COLUMN owner TEXT",
+        ],
+    ),
 ]
 
 

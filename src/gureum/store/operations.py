@@ -24,6 +24,7 @@ def _from_row(row: RowMapping) -> Operation:
         error=json.loads(row["error"]) if row["error"] else None,
         result=json.loads(row["result"]) if row["result"] else None,
         project_id=row["project_id"],
+        owner=row["owner"],
     )
 
 
@@ -34,6 +35,7 @@ def _values(op: Operation) -> dict[str, object]:
         "error": json.dumps(op.error) if op.error else None,
         "result": json.dumps(op.result) if op.result is not None else None,
         "finished_at": op.finished_at,
+        "owner": op.owner,
     }
 
 
@@ -81,7 +83,10 @@ class OperationStore:
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings().all()]
 
-    def list_running(self) -> builtins.list[Operation]:
+    def list_running(self, owner: str) -> builtins.list[Operation]:
+        """The running operations of control plane ``owner`` (and of none: from before
+        operations had owners); another's are its own to finish."""
+        mine = (t.c.owner == owner) | t.c.owner.is_(None)
+        query = select(t).where(t.c.status == OpStatus.RUNNING.value, mine)
         with self.db.read() as conn:
-            rows = conn.execute(select(t).where(t.c.status == OpStatus.RUNNING.value)).mappings()
-            return [_from_row(r) for r in rows.all()]
+            return [_from_row(r) for r in conn.execute(query).mappings().all()]

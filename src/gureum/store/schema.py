@@ -94,6 +94,7 @@ operations = Table(
     Column("result", Text),
     Column("created_at", Float, nullable=False),
     Column("finished_at", Float),
+    Column("owner", Text),  # the control plane (host name) running it; None: from before
 )
 
 hosts = Table(
@@ -109,6 +110,7 @@ hosts = Table(
     Column("heartbeat_at", Float, nullable=False),
     Column("created_at", Float, nullable=False),
     Column("address", Text),  # where its agent answers (None: this host, in-process)
+    Column("cluster_port", Text),  # a control plane's: where agents report to it
 )
 
 join_tokens = Table(

@@ -91,6 +91,43 @@ class WorkQueue:
             )
         return item_id
 
+    def submit(
+        self,
+        host: str,
+        kind: str,
+        payload: dict[str, Any],
+        instance_id: str,
+        owner: str,
+        lease_s: float,
+    ) -> WorkItem | None:
+        """New work on an instance, claimed by ``owner`` from the start (it does it now, and
+        another takes it over only if ``owner``'s lease runs out); None, with nothing
+        recorded, while another live worker holds the instance."""
+        now = time.time()
+        until = now + lease_s
+        item_id = new_id("w-")
+        with self.db.begin() as conn:
+            if conn.dialect.name == "sqlite":  # the write lock first, as a claim takes it
+                conn.execute(update(leases).where(leases.c.until < 0).values(until=0))
+            if not _lease(conn, instance_id, owner, now, until):
+                return None
+            conn.execute(
+                insert(t).values(
+                    id=item_id, host=host, instance_id=instance_id, kind=kind,
+                    payload=json.dumps(payload), state=CLAIMED, owner=owner, lease_until=until,
+                    attempts=1, created_at=now,
+                )
+            )  # fmt: skip
+            row = conn.execute(select(t).where(t.c.id == item_id)).mappings().one()
+        return _from_row(row)
+
+    def held_by_others(self, owner: str, now: float | None = None) -> set[str]:
+        """The instances another live worker holds now: not ``owner``'s to act on."""
+        now = time.time() if now is None else now
+        query = select(leases.c.instance_id).where(leases.c.owner != owner, leases.c.until >= now)
+        with self.db.read() as conn:
+            return {r[0] for r in conn.execute(query)}
+
     def claim(
         self, host: str, owner: str, lease_s: float, now: float | None = None
     ) -> WorkItem | None:

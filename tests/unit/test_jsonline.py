@@ -169,3 +169,47 @@ def test_an_agent_that_joined_before_command_ports_says_what_to_do(tmp_path) -> 
             cluster.run(port.start())
     finally:
         cluster.close()
+
+
+def test_a_command_port_keeps_a_connection_for_the_next_request(ca) -> None:
+    """Issue 17: a keep-alive server answers many requests on one connection the caller's pool
+    keeps (one TLS handshake, not one per command); a refusal ends that connection, and the
+    next call opens another; a server stopped and started again at the same address is never
+    answered for by a connection of the old one."""
+
+    async def counting(request, tls):  # type: ignore[no-untyped-def]
+        return {"echo": request, "connection": id(tls)}
+
+    async def refusing(request, tls):  # type: ignore[no-untyped-def]
+        if request.get("op") == "bad":
+            raise InvalidInput("no")
+        return await counting(request, tls)
+
+    async def run() -> None:
+        server = LineServer(refusing, server_ctx(ca), keep_alive=30.0)
+        port = await server.start("127.0.0.1", 0)
+        address, pool = f"127.0.0.1:{port}", jsonline.Pool()
+        ctx = client_ctx(ca)
+        try:
+            seen = {(await jsonline.ask(address, {"n": n}, ctx, "control-plane", pool=pool))[
+                "connection"] for n in range(5)}  # fmt: skip
+            assert len(seen) == 1 and server._open == 1  # one connection, kept
+            with pytest.raises(InvalidInput):
+                await jsonline.ask(address, {"op": "bad"}, ctx, "control-plane", pool=pool)
+            after = await jsonline.ask(address, {"n": 6}, ctx, "control-plane", pool=pool)
+            assert after["connection"] not in seen  # the refused one's connection was ended
+            # Stopped: its kept connections end with it. Another server at the address
+            # answers the next call (the stale connection is dropped, not believed).
+            await server.stop()
+            assert server._open == 0
+            again = LineServer(counting, server_ctx(ca), keep_alive=30.0)
+            await again.start("127.0.0.1", port)
+            try:
+                answer = await jsonline.ask(address, {"n": 7}, ctx, "control-plane", pool=pool)
+                assert answer["echo"] == {"n": 7} and again._open == 1
+            finally:
+                await again.stop()
+        finally:
+            await server.stop()
+
+    asyncio.run(run())

@@ -44,7 +44,7 @@ from gureum.ids import check_name, looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.model.instance import DEFAULT_PROJECT
 from gureum.model.network import Network
-from gureum.sys.jsonline import LineServer
+from gureum.sys.jsonline import KEEP_ALIVE_S, LineServer
 from gureum.sys.pki import issued_name
 
 MAX_IDS = 10_000
@@ -63,7 +63,10 @@ class AgentPort:
         self.name, self.address = cluster["host"], cluster.get("address")
         ctx = enrolment.own_context(folder, server=True)
         ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate, no connection
-        self.server = LineServer(self._answer, ctx, peer=self._control_plane_only)
+        # Connections kept for the next command: only the control plane holds one.
+        self.server = LineServer(
+            self._answer, ctx, peer=self._control_plane_only, keep_alive=KEEP_ALIVE_S
+        )
         self.events = EventReport(folder, ended=self._ended)
         # The VMs this agent started or adopted and has not seen end: what it answers for.
         self.watched: set[str] = set()

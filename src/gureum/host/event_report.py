@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
@@ -38,6 +39,13 @@ class EventReport:
         self.ended = ended  # told of each VM whose exit is reported (its agent stops watching)
         self._queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_LIMIT)
         self._task: asyncio.Task[None] | None = None
+        self._tls: ssl.SSLContext | None = None
+
+    def _context(self) -> ssl.SSLContext:
+        """The agent's TLS, made once: its files do not change while it runs."""
+        if self._tls is None:
+            self._tls = enrolment.own_context(self.folder)
+        return self._tls
 
     def for_instance(self, instance_id: str) -> InstanceEvents:
         return InstanceEvents(self, instance_id)
@@ -62,7 +70,7 @@ class EventReport:
             if enrolment.joined(self.folder) is None:
                 return
             send = partial(jsonline.ask, request={"op": "event", **event},
-                           ctx=enrolment.own_context(self.folder), server_name=CONTROL_PLANE,
+                           ctx=self._context(), server_name=CONTROL_PLANE,
                            timeout=SEND_TIMEOUT_S)  # fmt: skip
             try:
                 await enrolment.to_control_plane(self.folder, send)

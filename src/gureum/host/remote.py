@@ -79,9 +79,15 @@ class Running:
 
 class RemoteHostAgent:
     def __init__(
-        self, name: str, address: str, context: Callable[[], ssl.SSLContext], accel: str = "tcg"
+        self,
+        name: str,
+        address: str,
+        context: Callable[[], ssl.SSLContext],
+        accel: str = "tcg",
+        pool: jsonline.Pool | None = None,
     ) -> None:
-        self.name, self.address, self._context = name, address, context
+        """``pool``: the control plane's idle connections to agents, reused across calls."""
+        self.name, self.address, self._context, self.pool = name, address, context, pool
         self.root = REMOTE_ROOT / name
         # What its heartbeat said its QEMU runs with, as the control plane records instances.
         self.accel = AccelChoice(accel, f"reported by host {name}")
@@ -98,7 +104,9 @@ class RemoteHostAgent:
         Unavailable when it cannot be reached, does not answer in time, or drops the connection,
         as TLS does when the agent's CA does not know this side's certificate)."""
         try:
-            return await jsonline.ask(self.address, request, self._context(), self.name, timeout)
+            return await jsonline.ask(
+                self.address, request, self._context(), self.name, timeout, self.pool
+            )
         except Unauthenticated as exc:  # either end refused the other's certificate: not 401
             raise Untrusted(f"host {self.name}: {exc.message}") from None
         except GureumError as exc:

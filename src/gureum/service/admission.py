@@ -59,14 +59,15 @@ class Admission(asyncio.Lock):
         share is counted as freed (a restore or resize replaces it). Call it holding the
         lock."""
         host = replacing.host if replacing is not None else on
-        if self.host.is_local(host):
+        here = self.host.is_local(host)
+        if here:
             used_cpus, used_mib = self.committed()
         else:
             used_cpus, used_mib = committed([i for i in self.store.list() if i.host == host])
         if replacing is not None:
             share = replacing.host_share
             used_cpus, used_mib = used_cpus - share[0], used_mib - share[1]
-        if self.host.is_local(host):
+        if here:
             self.host.admit(used_cpus, used_mib, cpus, memory_mib)
         elif self.capacity_of is not None:
             admit(self.capacity_of(str(host)), used_cpus, used_mib, cpus, memory_mib)

@@ -237,7 +237,4 @@ class DiskLayers:
 
     def _relative(self, inst: Instance, path: Path) -> str:
         """A file of ``inst``'s host, as the store records it (relative to a home)."""
-        root = (
-            self.config.home if self.host.is_local(inst.host) else self.host.path_on(inst.host, "")
-        )
-        return str(path.relative_to(root))
+        return str(path.relative_to(self.host.path_on(inst.host, "")))

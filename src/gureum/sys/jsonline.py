@@ -1,8 +1,11 @@
 """One JSON line each way over TLS: the cluster's wire, both ends.
 
 The control plane's cluster port (agents join and report) and each host agent's command port
-(the control plane asks) speak it: one request per connection, one JSON object per line, an
-answer ``{"error": {"code", "message"}}`` for a refusal.
+(the control plane asks) speak it: one JSON object per line each way, an answer ``{"error":
+{"code", "message"}}`` for a refusal. The cluster port takes one request per connection. A
+command port keeps a connection open for the next request (``keep_alive``): only the control
+plane passes its peer check, and a new TLS connection costs a command 10 ms here, several
+times the command itself; the control plane keeps a few idle ones per agent (``Pool``).
 
 Whoever can reach a port may be hostile, so a server bounds everything before it trusts
 anything: a connection takes a slot before its TLS handshake (slots are bounded, and so are
@@ -35,6 +38,10 @@ CALL_TIMEOUT_S = 60.0  # a client's whole call: a remote host's work may take a 
 MAX_CONNECTIONS = 64
 MAX_PER_ADDRESS = 8  # so that one address cannot hold every slot
 MAX_ANSWER = 1 << 20
+KEEP_ALIVE_S = 30.0  # how long a command port waits for the next request on a connection
+POOL_IDLE_S = 10.0  # how long the control plane reuses an idle one: well inside KEEP_ALIVE_S
+POOL_SIZE = 2  # idle connections kept per agent (MAX_PER_ADDRESS bounds all of them)
+MAX_REQUESTS = 10_000  # on one kept connection
 
 CHUNK = 1 << 20
 MIN_RATE = 4 << 20  # bytes a second a streamed answer's reader must take, on average
@@ -70,8 +77,18 @@ def loads(data: bytes | str) -> Any:
 
 
 class LineServer:
-    def __init__(self, answer: Answer, ctx: ssl.SSLContext, peer: PeerCheck | None = None) -> None:
-        self.answer, self.ctx, self.peer = answer, ctx, peer
+    def __init__(
+        self,
+        answer: Answer,
+        ctx: ssl.SSLContext,
+        peer: PeerCheck | None = None,
+        keep_alive: float | None = None,
+    ) -> None:
+        """``keep_alive``: seconds a connection waits for another request after an answer
+        (None: one request per connection). Only for a port whose peer check lets no one but
+        a trusted peer hold a slot: an idle connection keeps its slot."""
+        self.answer, self.ctx, self.peer, self.keep_alive = answer, ctx, peer, keep_alive
+        self._serving: set[asyncio.Task[Any]] = set()  # each connection's, ended at ``stop``
         self._open = 0
         self._per_address: dict[str, int] = {}
         self.server: asyncio.Server | None = None
@@ -83,8 +100,13 @@ class LineServer:
         return int(self.server.sockets[0].getsockname()[1])
 
     async def stop(self) -> None:
+        """Stop listening and end every connection, kept ones too: nothing this server was
+        answers after it stopped."""
         if self.server is not None:
             self.server.close()
+            for task in list(self._serving):
+                task.cancel()
+            await asyncio.gather(*self._serving, return_exceptions=True)
             await self.server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -95,9 +117,16 @@ class LineServer:
             return
         self._open += 1
         self._per_address[address] = held + 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._serving.add(task)
         try:
             await self._one(reader, writer)
+        except asyncio.CancelledError:
+            writer.transport.abort()  # stopped: the connection goes at once
         finally:
+            if task is not None:
+                self._serving.discard(task)
             await _closed(writer)  # the slot is given back once the socket is gone
             self._open -= 1
             left = self._per_address[address] - 1
@@ -115,28 +144,53 @@ class LineServer:
         except (TimeoutError, ConnectionError, ssl.SSLError, OSError):
             return  # no TLS, no answer: nothing was read
         tls = writer.get_extra_info("ssl_object")
+        for served in range(MAX_REQUESTS):
+            line: bytes | None = None
+            if served:  # a kept connection: the next request, or quiet and then closed
+                try:
+                    async with asyncio.timeout(self.keep_alive):
+                        line = await reader.readline()
+                except (TimeoutError, ValueError, ConnectionError, ssl.SSLError, OSError):
+                    return
+                if not line:
+                    return
+            answer = await self._request(reader, line, tls, deadline)
+            if isinstance(answer, Streamed):
+                with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
+                    await _stream(writer, answer)
+                return
+            with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
+                writer.write(json.dumps(answer).encode() + b"\n")
+                await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            if self.keep_alive is None or "error" in answer or writer.is_closing():
+                return  # a refusal ends a connection: a bad peer gets no second go
+
+    async def _request(
+        self,
+        reader: asyncio.StreamReader,
+        line: bytes | None,
+        tls: ssl.SSLObject | None,
+        deadline: float,
+    ) -> dict[str, Any] | Streamed:
+        """The answer to one request (``line``; None: the connection's first, read here
+        within ``deadline``, after the peer check)."""
         try:
-            if self.peer is not None:
-                self.peer(tls)
-            async with asyncio.timeout_at(deadline):
-                line = await reader.readline()
+            if line is None:
+                if self.peer is not None:
+                    self.peer(tls)
+                async with asyncio.timeout_at(deadline):
+                    line = await reader.readline()
             request = loads(line)
             if not isinstance(request, dict):
                 raise ValueError("a request is a JSON object")
-            answer = await self.answer(request, tls)
+            return await self.answer(request, tls)
         except GureumError as exc:
-            answer = {"error": {"code": exc.code, "message": exc.message}}
+            return {"error": {"code": exc.code, "message": exc.message}}
         except (TimeoutError, ValueError, ConnectionError, ssl.SSLError) as exc:
-            answer = {"error": {"code": "invalid-input", "message": f"bad request: {exc}"}}
+            return {"error": {"code": "invalid-input", "message": f"bad request: {exc}"}}
         except Exception as exc:  # one bad request ends its own connection, nothing more
             log.error("a request failed: %s: %s", type(exc).__name__, exc)
-            answer = {"error": {"code": "internal", "message": "the request failed"}}
-        with contextlib.suppress(ConnectionError, ssl.SSLError, OSError, TimeoutError):
-            if isinstance(answer, Streamed):
-                await _stream(writer, answer)
-                return
-            writer.write(json.dumps(answer).encode() + b"\n")
-            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT_S)
+            return {"error": {"code": "internal", "message": "the request failed"}}
 
 
 async def _stream(writer: asyncio.StreamWriter, answer: Streamed) -> None:
@@ -202,27 +256,100 @@ def _failed(exc: BaseException, address: str, server_name: str) -> GureumError:
     return Unavailable(f"cannot reach {where}: {exc}")  # ValueError: past MAX_ANSWER
 
 
+Connection = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class Pool:
+    """Idle connections to keep-alive servers (command ports), kept for the next call: by
+    address and the name the server's certificate was checked for, on the event loop they
+    were made on, each reused for ``POOL_IDLE_S`` at most (the server keeps it longer)."""
+
+    def __init__(self) -> None:
+        self._idle: dict[tuple[str, str], list[tuple[float, Connection]]] = {}
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def take(self, address: str, server_name: str) -> Connection | None:
+        loop = asyncio.get_running_loop()
+        if loop is not self._loop:  # connections of another (ended) loop are no use here
+            self._idle, self._loop = {}, loop
+        idle = self._idle.get((address, server_name), [])
+        while idle:
+            since, conn = idle.pop()
+            if loop.time() - since < POOL_IDLE_S and not conn[0].at_eof():
+                return conn
+            conn[1].close()
+        return None
+
+    def give(self, address: str, server_name: str, conn: Connection) -> None:
+        loop = asyncio.get_running_loop()
+        idle = self._idle.setdefault((address, server_name), [])
+        if loop is self._loop and len(idle) < POOL_SIZE:
+            idle.append((loop.time(), conn))
+        else:
+            conn[1].close()
+
+
+async def _exchange(conn: Connection, request: dict[str, Any]) -> bytes:
+    reader, writer = conn
+    writer.write(json.dumps(request).encode() + b"\n")
+    await writer.drain()
+    return await reader.readline()
+
+
 async def ask(
     address: str,
     request: dict[str, Any],
     ctx: ssl.SSLContext,
     server_name: str,
     timeout: float = CALL_TIMEOUT_S,
+    pool: Pool | None = None,
 ) -> dict[str, Any]:
     """One request to ``HOST:PORT``, whose certificate must be issued for ``server_name``; its
-    answer (GureumError with the answer's class if it refused), within ``timeout`` in all."""
+    answer (GureumError with the answer's class if it refused), within ``timeout`` in all.
+    With ``pool`` (a keep-alive server), over an idle connection if it has one, and the
+    connection is kept after an answer that is not a refusal. One that ends with no answer
+    (the server closed it, or restarted) is dropped and the request sent once more on a new
+    one: it is done twice only if the server took it, died before answering, and another
+    answered at that address at once."""
+    where = f"{server_name} at {address}"
+    kept: Connection | None = None
     try:
         async with asyncio.timeout(timeout):
-            reader, writer = await _connect(address, ctx, server_name)
-            try:
-                writer.write(json.dumps(request).encode() + b"\n")
-                await writer.drain()
-                line = await reader.readline()
-            finally:
-                writer.close()
+            kept = pool.take(address, server_name) if pool is not None else None
+            line = b""
+            if kept is not None:
+                try:
+                    line = await _exchange(kept, request)
+                except (OSError, ValueError):
+                    line = b""
+                conn = kept
+                if not line:
+                    kept[1].close()
+            if not line:
+                conn = await _connect(address, ctx, server_name)
+                try:
+                    line = await _exchange(conn, request)
+                except BaseException:
+                    conn[1].close()
+                    raise
     except (OSError, ValueError, TimeoutError) as exc:  # ssl.SSLError is an OSError
+        if kept is not None:
+            kept[1].close()  # cut short mid-call: its state is unknown
         raise _failed(exc, address, server_name) from exc
-    return _answer(line, f"{server_name} at {address}")
+    except BaseException:  # cancelled mid-call
+        if kept is not None:
+            kept[1].close()
+        raise
+    try:
+        answer = _answer(line, where)
+    except BaseException:
+        conn[1].close()  # a refusal ends the connection at the server too
+        raise
+    if pool is not None:
+        pool.give(address, server_name, conn)
+    else:
+        conn[1].close()
+    return answer
 
 
 async def fetch(

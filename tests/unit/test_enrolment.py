@@ -110,6 +110,34 @@ def test_an_agent_reports_to_another_control_plane_when_its_own_is_gone(
         cluster.run(cluster.port.start("127.0.0.1", int(first.rpartition(":")[2])))
 
 
+def test_an_agent_passes_over_a_server_that_is_not_its_control_plane(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """The control plane an agent knows first is gone and another cluster's server answers at
+    its address: that one fails the certificate check, and the agent's report goes on to the
+    next control plane it was told of, which it tries first from then on."""
+    import json
+
+    from gureum.service.cluster_ca import ClusterCA
+
+    foreign_ca = ClusterCA(tmp_path / "foreign")
+    foreign_ca.ensure()
+    foreign = ClusterPort(foreign_ca, EnrolmentService(foreign_ca, cluster.store, ""),
+                          cluster.svc.images)  # fmt: skip
+    bogus = f"127.0.0.1:{cluster.run(foreign.start('127.0.0.1', 0))}"
+    real = cluster.enrolment.cluster_listen
+    token, _ = cluster.enrolment.enrol("h2", "127.0.0.1:8444")
+    folder = tmp_path / "h2" / "agent"
+    agent.join(token, folder)
+    told = {**agent.joined(folder), "control_plane": bogus, "control_planes": [real]}
+    (folder / "cluster.json").write_text(json.dumps(told))
+    try:
+        assert agent.heartbeat(folder, FACTS)["host"] == "h2"
+        assert agent.control_planes(folder)[0] == real
+    finally:
+        cluster.run(foreign.stop())
+
+
 def test_an_expired_token_is_refused(cluster: Cluster, tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(enrolment, "JOIN_TOKEN_TTL_S", -1.0)
     token, _ = cluster.enrolment.enrol("h3", "127.0.0.1:8444")

@@ -112,3 +112,44 @@ def test_a_restarted_control_plane_interrupts_only_its_own_operations(queue: Wor
     assert [store.get(o).status for o in ("op-a", "op-b", "op-old")] == [
         OpStatus.FAILED, OpStatus.RUNNING, OpStatus.FAILED
     ]  # fmt: skip
+
+
+def test_work_left_too_often_is_given_up_and_its_operation_ended(queue: WorkQueue) -> None:
+    """Work that control planes kept leaving is not tried forever, and the operation it began
+    is ended as failed with the reason (no other control plane would ever end it)."""
+    from gureum.service import work_runner
+
+    store = OperationStore(queue.db)
+    store.insert(Operation("op-1", "launch", "i-1", OpStatus.RUNNING, time.time(), owner="cp-a"))
+    b = _plane(queue, "cp-b")
+    b.resumes("launch", lambda instance_id, ctx: asyncio.sleep(0, {}))  # type: ignore[arg-type]
+    item = queue.submit("h2", "launch", {"operation": "op-1"}, "i-1", "cp-a", 0.001)
+    assert item is not None
+    for attempt in range(work_runner.MAX_ATTEMPTS - 1):  # each claimer dies in turn
+        time.sleep(0.01)
+        assert queue.claim("h2", f"cp-{attempt}", 0.001) is not None
+    time.sleep(0.01)
+    assert asyncio.run(_take_over(b)) == []  # not gone on with
+    op = store.get("op-1")
+    assert op is not None and op.status == OpStatus.FAILED
+    assert op.error == {"code": "interrupted",
+                        "message": "given up after 3 control planes left it"}  # fmt: skip
+    assert queue.get(item.id).state == "failed"
+
+
+async def _take_over(plane: WorkRunner) -> list[str]:
+    return plane.take_over(["h2"])
+
+
+def test_a_delete_holds_the_instance_against_other_control_planes(queue: WorkQueue) -> None:
+    a, b = _plane(queue, "cp-a"), _plane(queue, "cp-b")
+
+    async def main() -> None:
+        async with a.holding("h2", "delete", "i-1", "web"):
+            with pytest.raises(Conflict, match="another control plane is acting on web"):
+                async with b.holding("h2", "delete", "i-1", "web"):
+                    pass
+            b.check_free("i-2", "other")  # only that one is held
+        b.check_free("i-1", "web")  # let go once the delete is done
+
+    asyncio.run(main())

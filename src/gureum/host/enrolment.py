@@ -86,6 +86,7 @@ def joined(folder: Path) -> dict[str, Any] | None:
 
 T = TypeVar("T")
 MAX_CONTROL_PLANES = 16  # addresses kept from a heartbeat's answer
+ASK_TIMEOUT_S = 5.0  # a heartbeat to one control plane, before the next is tried
 
 
 def control_planes(folder: Path) -> list[str]:
@@ -113,16 +114,19 @@ def _learn(folder: Path, answered: str, told: object) -> None:
 
 
 async def to_control_plane(folder: Path, call: Callable[[str], Awaitable[T]]) -> T:
-    """``call`` with each control plane's address in turn until one answers; a refusal is the
-    answer (only a control plane that cannot be reached passes it on to the next)."""
-    unreached: Unavailable | None = None
+    """``call`` with each control plane's address in turn until one answers. Whatever cannot
+    be reached, or is not this cluster's control plane (another server took a dead one's
+    address), passes the call on to the next, and so does a refusal (each control plane is
+    asked in turn: one that still knows this host may take it); the first failure is raised
+    when none answers."""
+    first: Unavailable | Unauthenticated | None = None
     for address in control_planes(folder):
         try:
             return await call(address)
-        except Unavailable as exc:
-            unreached = exc
-    assert unreached is not None
-    raise unreached
+        except (Unavailable, Unauthenticated) as exc:
+            first = first or exc
+    assert first is not None
+    raise first
 
 
 def heartbeat(folder: Path, facts: dict[str, object]) -> dict[str, Any]:
@@ -131,7 +135,9 @@ def heartbeat(folder: Path, facts: dict[str, object]) -> dict[str, Any]:
     ctx = own_context(folder)
 
     async def send(address: str) -> tuple[str, dict[str, Any]]:
-        return address, await jsonline.ask(address, request, ctx, CONTROL_PLANE)
+        # Short: a control plane whose machine is off (its packets dropped) must not hold up
+        # trying the next past the time after which this host counts as unreachable.
+        return address, await jsonline.ask(address, request, ctx, CONTROL_PLANE, ASK_TIMEOUT_S)
 
     answered, answer = asyncio.run(to_control_plane(folder, send))
     _learn(folder, answered, answer.get("control_planes"))

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 QUEUE_LIMIT = 10_000  # events waiting for the control plane; beyond it the oldest wait, new drop
 TRIES = 5
 RETRY_S = 1.0
-SEND_TIMEOUT_S = 10.0
+SEND_TIMEOUT_S = 5.0  # to one control plane, before the next is tried
 
 
 class EventReport:

@@ -158,8 +158,9 @@ class Services:
         lifecycle = Lifecycle(config, instance_store, host, ops, disks, networks, views, events)
         creator = Creator(instance_store, admission, quotas, networks, disks, host, events, hosts)
         work = WorkRunner(WorkQueue(db), ops, local_host_name(config), config.work_lease_s)
-        for kind in ("launch", "start", "restart"):
+        for kind in ("launch", "start"):
             work.resumes(kind, lifecycle.resume_boot)
+        work.resumes("restart", lifecycle.resume_restart)
         work.resumes("stop", lifecycle.stop)
         instances = InstanceService(
             config, instance_store, snapshot_store, images, host, ops, admission, networks,

@@ -9,6 +9,7 @@ path), ``Lifecycle`` (boot, readiness, stop, events), ``DiskLayers`` (the disk c
 from __future__ import annotations
 
 import builtins
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -408,8 +409,16 @@ class InstanceService:
             raise InvalidState(
                 f"{inst.name} is {inst.state.value}; stop it first or delete with --force"
             )
-        if self.work is not None and not self.lifecycle.host.is_local(inst.host):
-            self.work.check_free(inst.id, inst.name)
+        async with contextlib.AsyncExitStack() as held:
+            if self.work is not None and inst.host and not self.lifecycle.host.is_local(inst.host):
+                # No other control plane acts on it while it goes (Conflict if one does now).
+                await held.enter_async_context(
+                    self.work.holding(inst.host, "delete", inst.id, inst.name)
+                )
+            await self._delete(inst)
+        return inst
+
+    async def _delete(self, inst: Instance) -> None:
         async with self.lifecycle.lock(inst.id):
             await self.host.destroy(inst.id)
             # The files under its top layer (others, a clone's source, may share them), and its
@@ -421,7 +430,6 @@ class InstanceService:
             if inst.uid is not None:  # what stays is no longer this VM's to read
                 await self.host.revoke_access(inst.uid, below)
         self.lifecycle.forget_lock(inst.id)
-        return inst
 
     # -- guest access ----------------------------------------------------------------------------
     async def exec(

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -226,6 +227,9 @@ class Lifecycle:
         none is started twice; with none, it is booted (its disk made if it has none yet)."""
         async with self.lock(instance_id):
             inst = self.get(instance_id)
+            if inst.state == State.STOPPING:  # a stop was under way: it is finished first
+                await self.stop_locked(instance_id, ctx)
+                inst = self.get(instance_id)
             if inst.state in (State.RUNNING, State.PAUSED):
                 return {"instance": self.views.view(inst), "how": "it was running already"}
             assert inst.host is not None  # a joined host's: its work is queued
@@ -245,6 +249,12 @@ class Lifecycle:
             self.set_state(inst, State.ERROR, "its boot was left by another control plane")
         ctx.progress("no QEMU of it runs: booting it")
         return await self.boot(instance_id, ctx, fresh=inst.root_layer is None)
+
+    async def resume_restart(self, instance_id: str, ctx: OpContext) -> dict[str, object]:
+        """A restart another control plane left: stopped (whatever of its stop was done; a
+        restart it had finished is done again rather than perhaps not at all), then booted."""
+        await self.stop(instance_id, ctx)
+        return await self.resume_boot(instance_id, ctx)
 
     async def _await_ready(
         self,
@@ -452,15 +462,18 @@ class Lifecycle:
         what = "container init" if inst.is_container else "QEMU"
         return f"{inst.name}: re-adopted {what} pid {pid}"
 
-    async def converge(self, host: str, busy: frozenset[str] = frozenset()) -> list[str]:
+    async def converge(self, host: str, busy: Callable[[], set[str]] | None = None) -> list[str]:
         """Make the records of a joined host's instances agree with what runs there (each
         reconciler pass while the host reports); what changed. A VM whose QEMU ended unheard
         (its agent was away) is marked stopped or crashed, as ``recover`` does; one its agent no
         longer watches (the agent restarted) is adopted again, so its events flow once more and
         it can be stopped; one that runs although the store says it is down is killed. An
         instance being started or stopped is left to that operation, and one another control
-        plane is acting on (``busy``) to that one."""
-        placed = [i for i in self.store.list() if i.host == host and i.id not in busy]
+        plane is acting on (``busy``: the instances others hold now) to that one. What runs is
+        asked once for all, and again for one about to be changed, with ``busy`` asked again
+        too: another control plane may have started or stopped it meanwhile."""
+        held = busy() if busy is not None else set()
+        placed = [i for i in self.store.list() if i.host == host and i.id not in held]
         if not placed:
             return []
         remote = self.host.remote(host)
@@ -469,9 +482,13 @@ class Lifecycle:
         for inst in placed:
             async with self.lock(inst.id):
                 now = self.store.get(inst.id)
-                if now is None or now.host != host:
+                if now is None or now.host != host or not _astray(now, seen):
                     continue
-                change = await self._converge_one(remote, now, seen)
+                seen_now = await remote.running([inst.id])
+                now = self.store.get(inst.id)
+                if now is None or now.host != host or (busy is not None and inst.id in busy()):
+                    continue
+                change = await self._converge_one(remote, now, seen_now)
             if change:
                 log.info("%s", change)
                 changes.append(change)
@@ -480,6 +497,7 @@ class Lifecycle:
     async def _converge_one(
         self, remote: RemoteHostAgent, inst: Instance, seen: Running
     ) -> str | None:
+        """``converge``'s change to one instance (``_astray`` says whether there is one)."""
         pid = seen.pids.get(inst.id)
         if inst.state in (State.RUNNING, State.PAUSED):
             if pid is None:
@@ -564,3 +582,12 @@ class Lifecycle:
 
     def new_generation(self, hardware: Hardware) -> Hardware:
         return replace(hardware, generation_id=new_generation_id())
+
+
+def _astray(inst: Instance, seen: Running) -> bool:
+    """Whether a joined host's instance's record and what runs there disagree in a way
+    ``converge`` mends: it ran and its QEMU is gone or unwatched, or it is down and one runs."""
+    pid = seen.pids.get(inst.id)
+    if inst.state in (State.RUNNING, State.PAUSED):
+        return pid is None or inst.id not in seen.watched
+    return inst.state not in ACTIVE and pid is not None

@@ -130,6 +130,17 @@ class OperationManager:
         self.progress(op, why)
         return op
 
+    def fail(self, op_id: str, code: str, message: str) -> None:
+        """End, as failed, an operation another control plane began and left, whose work is
+        given up (nobody else would ever end it)."""
+        op = self.store.get(op_id)
+        if op is None or op.done:
+            return
+        op.status, op.finished_at = OpStatus.FAILED, time.time()
+        op.error, op.owner = {"code": code, "message": message}, self.owner
+        self.store.save(op)
+        self._publish(op)
+
     def _begin(self, op: Operation, work: Work, then: Callable[[], object] | None) -> Operation:
         self._live[op.id] = op
         self._changed[op.id] = asyncio.Event()

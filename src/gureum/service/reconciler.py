@@ -90,7 +90,7 @@ class Reconciler:
         hosts = self.joined() if self.joined is not None else []
         if not hosts:
             return changes
-        busy = frozenset(self.work.held_by_others()) if self.work is not None else frozenset()
+        busy = self.work.held_by_others if self.work is not None else None
         for host in hosts:
             try:
                 changes += await self.lifecycle.converge(host, busy)

@@ -17,8 +17,9 @@ QEMUs are that process's children), so there is nobody to hand its work to.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 
 from gureum.errors import Conflict, GureumError
@@ -78,26 +79,49 @@ class WorkRunner:
             raise Conflict("another control plane is acting on this instance now; try again")
         return await self._do(item, work)
 
+    @contextlib.asynccontextmanager
+    async def holding(
+        self, host: str, kind: str, instance_id: str, name: str
+    ) -> AsyncIterator[None]:
+        """Hold the instance for a change made within the block (a delete): no other control
+        plane acts on it meanwhile (Conflict if one does now). Left by a control plane that
+        dies, it is given up, not gone on with: the block's caller asked, not the store."""
+        item = self.queue.submit(host, kind, {}, instance_id, self.owner, self.lease_s)
+        if item is None:
+            raise Conflict(
+                f"another control plane is acting on {name} now; try again when it is done"
+            )
+        async with self._claimed(item):
+            yield
+
     async def _do(self, item: WorkItem, work: Callable[[], Awaitable[Result]]) -> Result:
+        async with self._claimed(item) as out:
+            out.update(await work())
+        return out
+
+    @contextlib.asynccontextmanager
+    async def _claimed(self, item: WorkItem) -> AsyncIterator[Result]:
+        """While the block does the item's work, its claim is renewed; then its end is
+        recorded: what the block put in the yielded result, or the block's error."""
         self._held += 1
         if self._renewer is None or self._renewer.done():
             self._renewer = asyncio.create_task(self._renew(), name="work-renew")
+        out: Result = {}
         try:
-            try:
-                result = await work()
-            except GureumError as exc:
-                self.queue.finish(item.id, self.owner, _error(exc), failed=True)
-                raise
-            except asyncio.CancelledError:
-                # This control plane is stopping: the claim is left to run out, and another
-                # (or this one, started again) takes the work over.
-                raise
-            except Exception as exc:
-                message = {"error": {"code": "internal", "message": f"internal error: {exc!r}"}}
-                self.queue.finish(item.id, self.owner, message, failed=True)
-                raise
-            self.queue.finish(item.id, self.owner, result)
-            return result
+            yield out
+        except GureumError as exc:
+            self.queue.finish(item.id, self.owner, _error(exc), failed=True)
+            raise
+        except asyncio.CancelledError:
+            # This control plane is stopping: the claim is left to run out, and another (or
+            # this one, started again) takes the work over.
+            raise
+        except Exception as exc:
+            message = {"error": {"code": "internal", "message": f"internal error: {exc!r}"}}
+            self.queue.finish(item.id, self.owner, message, failed=True)
+            raise
+        else:
+            self.queue.finish(item.id, self.owner, out)
         finally:
             self._held -= 1
             if not self._held and self._renewer is not None:
@@ -123,6 +147,8 @@ class WorkRunner:
             while (item := self.queue.claim(host, self.owner, self.lease_s)) is not None:
                 what = f"{item.kind} of {item.instance_id} on {host}"
                 resume = self.resumers.get(item.kind)
+                op_id = item.payload.get("operation")
+                op_id = op_id if isinstance(op_id, str) else None
                 if resume is None or item.instance_id is None or item.attempts > MAX_ATTEMPTS:
                     why = (
                         f"given up after {item.attempts - 1} control planes left it"
@@ -132,6 +158,8 @@ class WorkRunner:
                     self.queue.finish(item.id, self.owner,
                                       {"error": {"code": "interrupted", "message": why}},
                                       failed=True)  # fmt: skip
+                    if op_id is not None:  # nobody else would ever end it
+                        self.ops.fail(op_id, "interrupted", why)
                     log.error("%s: %s", what, why)
                     continue
                 work = partial(self._resume, item, resume)
@@ -139,8 +167,7 @@ class WorkRunner:
                     f"taken over by control plane {self.name}: the one doing it stopped "
                     f"renewing its claim (try {item.attempts})"
                 )
-                op_id = item.payload.get("operation")
-                op = self.ops.resume(op_id, work, why) if isinstance(op_id, str) else None
+                op = self.ops.resume(op_id, work, why) if op_id is not None else None
                 if op is None:
                     self.ops.start(item.kind, item.instance_id, work)
                 log.warning("%s: %s", what, why)

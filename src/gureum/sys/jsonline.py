@@ -271,11 +271,15 @@ class Pool:
     def take(self, address: str, server_name: str) -> Connection | None:
         loop = asyncio.get_running_loop()
         if loop is not self._loop:  # connections of another (ended) loop are no use here
+            for _, (_, writer) in (c for idle in self._idle.values() for c in idle):
+                with contextlib.suppress(RuntimeError):  # its loop is closed: gone with it
+                    writer.transport.abort()
             self._idle, self._loop = {}, loop
+        self._prune(loop.time())
         idle = self._idle.get((address, server_name), [])
         while idle:
-            since, conn = idle.pop()
-            if loop.time() - since < POOL_IDLE_S and not conn[0].at_eof():
+            _, conn = idle.pop()
+            if not conn[0].at_eof():
                 return conn
             conn[1].close()
         return None
@@ -287,6 +291,15 @@ class Pool:
             idle.append((loop.time(), conn))
         else:
             conn[1].close()
+
+    def _prune(self, now: float) -> None:
+        """Close every idle connection past ``POOL_IDLE_S``, whichever agent it is to."""
+        for key, idle in list(self._idle.items()):
+            fresh = [(since, c) for since, c in idle if now - since < POOL_IDLE_S]
+            for since, (_, writer) in idle:
+                if now - since >= POOL_IDLE_S:
+                    writer.close()
+            self._idle[key] = fresh
 
 
 async def _exchange(conn: Connection, request: dict[str, Any]) -> bytes:
@@ -320,7 +333,7 @@ async def ask(
             if kept is not None:
                 try:
                     line = await _exchange(kept, request)
-                except (OSError, ValueError):
+                except OSError:  # reset or broken: the request never reached a live server
                     line = b""
                 conn = kept
                 if not line:

@@ -38,8 +38,12 @@ class Monitor:
         deadline = loop.time() + timeout
         while True:
             try:
+                # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a cancel
+                # that comes as the connect fails, and this loop then retried, refused, until
+                # its deadline (a VM whose QEMU died at start was waited on for that long).
                 with socket_path(path, owner) as checked:
-                    await asyncio.wait_for(self.client.connect(checked), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self.client.connect(checked)
                 break
             except TimeoutError as exc:
                 raise Timeout(f"QMP at {path} did not answer within {timeout} s") from exc

@@ -35,6 +35,10 @@ Result = dict[str, object]
 MAX_ATTEMPTS = 3  # work that took down (or outlived) this many control planes is given up
 
 
+def _busy(name: str) -> Conflict:
+    return Conflict(f"another control plane is acting on {name} now; try again when it is done")
+
+
 def _error(exc: GureumError) -> dict[str, object]:
     return {"error": {"code": exc.code, "message": exc.message}}
 
@@ -56,9 +60,7 @@ class WorkRunner:
     def check_free(self, instance_id: str, name: str) -> None:
         """Conflict if another control plane is acting on the instance now."""
         if instance_id in self.queue.held_by_others(self.owner):
-            raise Conflict(
-                f"another control plane is acting on {name} now; try again when it is done"
-            )
+            raise _busy(name)
 
     def held_by_others(self) -> set[str]:
         return self.queue.held_by_others(self.owner)
@@ -88,9 +90,7 @@ class WorkRunner:
         dies, it is given up, not gone on with: the block's caller asked, not the store."""
         item = self.queue.submit(host, kind, {}, instance_id, self.owner, self.lease_s)
         if item is None:
-            raise Conflict(
-                f"another control plane is acting on {name} now; try again when it is done"
-            )
+            raise _busy(name)
         async with self._claimed(item):
             yield
 

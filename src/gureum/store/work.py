@@ -107,8 +107,7 @@ class WorkQueue:
         until = now + lease_s
         item_id = new_id("w-")
         with self.db.begin() as conn:
-            if conn.dialect.name == "sqlite":  # the write lock first, as a claim takes it
-                conn.execute(update(leases).where(leases.c.until < 0).values(until=0))
+            _write_lock_first(conn)
             if not _lease(conn, instance_id, owner, now, until):
                 return None
             conn.execute(
@@ -142,10 +141,7 @@ class WorkQueue:
         if self.db.backend == "postgresql":
             query = query.with_for_update(skip_locked=True)
         with self.db.begin() as conn:
-            if conn.dialect.name == "sqlite":
-                # Take the write lock first (a no-op write does): claimers are serialized,
-                # and what this one reads below is what it writes over.
-                conn.execute(update(leases).where(leases.c.until < 0).values(until=0))
+            _write_lock_first(conn)
             for row in conn.execute(query).mappings().all():
                 won = conn.execute(
                     update(t)
@@ -239,6 +235,13 @@ class WorkQueue:
             query = query.where(t.c.host == host)
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings()]
+
+
+def _write_lock_first(conn: Connection) -> None:
+    """On SQLite, take the write lock before reading (a no-op write does): claimers are
+    serialized, and what one reads is what it writes over. PostgreSQL locks rows instead."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(update(leases).where(leases.c.until < 0).values(until=0))
 
 
 def _lease(conn: Connection, instance_id: str, owner: str, now: float, until: float) -> bool:

@@ -15,6 +15,7 @@ import asyncio
 import grp
 import logging
 import os
+import select
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -102,8 +103,20 @@ class ExitWatch:
         reap(self.pid)
 
     def check(self) -> None:
-        """Safety net for the reconciler: fire if the process is gone but no event came."""
-        if not self.exited.is_set() and not is_alive(self.pid):
+        """Safety net for the reconciler: fire if the process is gone but no event came.
+
+        The pidfd says so when it can: /proc shows a many-threaded process's leader as a
+        zombie while its other threads are still dying (QEMU's, for a moment after SIGKILL),
+        and firing then would miss the exit status, which cannot be collected before they go.
+        """
+        if self.exited.is_set():
+            return
+        if self._fd is not None:
+            readable, _, _ = select.select([self._fd], [], [], 0)
+            if readable:
+                self._fire()
+            return
+        if not is_alive(self.pid):
             self._fire()
 
     async def wait(self, timeout: float | None = None) -> bool:

@@ -33,14 +33,19 @@ lint: venv
 	PYTHONPATH=src $(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
+# Unit tests in parallel (pytest-xdist): each is CPU-bound and independent, and the two CPUs
+# of a small CI machine halve their time. Integration tests stay one at a time: each boots
+# real VMs under TCG, which take the CPUs whole, and several share one service.
+UNIT_JOBS ?= 2
+
 unit: venv
-	$(PY) -m pytest tests/unit -q
+	$(PY) -m pytest tests/unit -q -n $(UNIT_JOBS)
 
+# Each test's time goes to .gureum/integration.xml (JUnit), to see where the suite's time goes.
 integration: setup
-	$(PY) -m pytest tests/integration -q
+	$(PY) -m pytest tests/integration -q --durations=15 --junitxml=.gureum/integration.xml
 
-test: setup lint
-	$(PY) -m pytest tests -q --durations=10
+test: setup lint unit integration
 
 # The web console's screenshots in docs/console/, taken by its browser tests.
 screenshots: setup

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 
@@ -49,6 +51,24 @@ def _reap_orphans(stop: threading.Event) -> None:
                     os.waitpid(int(entry.name), os.WNOHANG)
         if finished:
             return
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A short base for tmp_path: a service home under it holds unix sockets, whose paths
+    have 107 bytes at most, and pytest's own base (/tmp/pytest-of-root/pytest-N/, plus
+    popen-gwN/ under pytest-xdist) leaves too few for a long test name."""
+    if config.option.basetemp is None and not hasattr(config, "workerinput"):
+        config.option.basetemp = tempfile.mkdtemp(prefix="gu-", dir="/tmp")
+        config.stash[_MADE_BASETEMP] = config.option.basetemp
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    made = config.stash.get(_MADE_BASETEMP, None)
+    if made is not None:
+        shutil.rmtree(made, ignore_errors=True)
+
+
+_MADE_BASETEMP = pytest.StashKey[str]()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -137,7 +137,8 @@ def _state(service: Service, name: str) -> str:
 
 def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> None:
     """Issue 17: `launch --host h2` runs the VM under h2's agent (another home, its own QEMU
-    and network), the guest answers through it; the agent killed, the VM is shown unknown and
+    and network), the guest answers through it and h2's metadata service answers the guest;
+    the agent killed, the VM is shown unknown and
     keeps running; the agent back, it is watched again; stop and delete reach it there."""
     control_plane.cli("image", "build", "tiny", timeout=900)
     address = f"127.0.0.1:{_free_port()}"
@@ -159,6 +160,12 @@ def test_a_vm_placed_on_a_joined_host_runs_under_its_agent(control_plane) -> Non
         # The guest itself answers, through h2's agent.
         out = control_plane.cli("exec", "far", "--", "cat", "/proc/sys/kernel/hostname").stdout
         assert out.strip() == "far"
+        # Its metadata service is h2's, answering from what the control plane says of it.
+        md = "http://169.254.169.254/latest/meta-data/"
+        said = control_plane.cli("exec", "far", "--", "wget", "-qO-", md + "hostname").stdout
+        assert said.strip() == "far"
+        ip = control_plane.cli("exec", "far", "--", "wget", "-qO-", md + "local-ipv4").stdout
+        assert ip.strip() == shown["nics"][0]["ip"], shown["nics"]
         # The agent killed: h2 goes unreachable and far unknown; its QEMU runs on.
         qemu = h2.qemu_pids()
         running.kill()

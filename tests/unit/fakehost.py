@@ -91,6 +91,8 @@ class FakeHost:
     sizes: dict[Path, int] = field(default_factory=dict)  # a disk layer's virtual size
     _pids: Iterator[int] = field(default_factory=lambda: itertools.count(40000))
     lookup: Lookup | None = None
+    # (network id, ip) -> the MAC that address resolves to in the network's namespace here.
+    neighbours: dict[tuple[str, str], str] = field(default_factory=dict)
     booted: bool = True  # the next service start is the first since the host booted
     host_keys: list[str] = field(default_factory=list)  # what every guest reports as its own
     waiting: dict[str, FakeVM] = field(default_factory=dict)  # the pool's QEMUs, by instance
@@ -537,7 +539,7 @@ class FakeHost:
         self.spans[net.id] = plan.span
 
     async def neighbour_mac(self, network_id: str, ip: str) -> str | None:
-        return None
+        return self.neighbours.get((network_id, ip))
 
     async def add_forward(self, fwd: Forward, network_id: str, ip: str) -> None:
         self._step("add_forward")

@@ -43,7 +43,8 @@ class Cluster:
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         lifecycle = self.svc.instances.lifecycle
-        self.port = ClusterPort(self.ca, self.enrolment, self.svc.images, lifecycle.host_event)
+        self.port = ClusterPort(self.ca, self.enrolment, self.svc.images, lifecycle.host_event,
+                                self.svc.networks.caller_on)  # fmt: skip
         number = asyncio.run_coroutine_threadsafe(self.port.start("127.0.0.1", 0), self.loop)
         self.enrolment.cluster_listen = f"127.0.0.1:{number.result(10)}"
 

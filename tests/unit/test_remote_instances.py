@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from gureum.config import load_config
-from gureum.errors import InsufficientCapacity, InvalidState, NotFound
+from gureum.errors import InsufficientCapacity, InvalidInput, InvalidState, NotFound
 from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
 from gureum.host.interface import Span
@@ -297,3 +297,40 @@ def test_a_joined_hosts_image_is_checked_once_and_again_after_a_failed_start(
     assert "injected failure" in joined.run(joined.svc.ops.finished(op.id, 20)).error["message"]
     joined.launch("four", host="h2")
     assert kernel.exists()  # asked again, and fetched
+
+
+def test_a_joined_hosts_metadata_service_answers_its_own_vms_only(
+    joined: Joined, tmp_path: Path
+) -> None:
+    """Part 4: h2's agent serves 169.254.169.254 there, asking the control plane who owns the
+    address with the MAC it resolves to on h2; only a VM placed on h2, with that very MAC, is
+    answered, and another host asking about it learns nothing."""
+    svc = joined.svc
+    there = joined.launch("there", host="h2", user_data="#cloud-config\n")
+    here = joined.launch("here", host=svc.hosts.name)
+    net = svc.networks.get("default", DEFAULT_PROJECT)
+    (far,) = svc.networks.store.nics(instance_id=there)
+    (near,) = svc.networks.store.nics(instance_id=here)
+    lookup = joined.h2.lookup  # set by h2's agent: its metadata servers' lookup
+    assert lookup is not None
+    joined.h2.neighbours[(net.id, far.ip)] = far.mac.upper()
+    caller = joined.run(lookup(net.id, far.ip))
+    assert caller is not None
+    assert (caller.instance_id, caller.hostname, caller.ip) == (there, "there", far.ip)
+    assert caller.user_data == "#cloud-config\n"
+    # A VM of the control plane's host, even with its own MAC seen on h2: not h2's to serve.
+    joined.h2.neighbours[(net.id, near.ip)] = near.mac
+    assert joined.run(lookup(net.id, near.ip)) is None
+    # Another MAC at the address (a spoof the firewall let through, say), or none: nobody.
+    joined.h2.neighbours[(net.id, "10.0.0.250")] = far.mac
+    assert joined.run(lookup(net.id, "10.0.0.250")) is None
+    assert joined.run(lookup(net.id, "10.0.0.251")) is None
+    # h3, another enrolled host, asking about h2's VM with the right MAC: nothing.
+    folder3, _ = _joined(joined.cluster, tmp_path, "h3")
+    address = joined.cluster.enrolment.cluster_listen
+    question = {"op": "metadata", "network": net.id, "ip": far.ip, "mac": far.mac}
+    assert agent.ask(address, question, agent.own_context(folder3)) == {"caller": None}
+    # Questions that are not one are refused as such.
+    for bad in ({"network": "n-x"}, {"ip": "10.0.0.999"}, {"mac": "aa:bb"}, {"ip": ["x"]}):
+        with pytest.raises(InvalidInput):
+            agent.ask(address, {**question, **bad}, agent.own_context(folder3))

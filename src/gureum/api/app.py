@@ -198,7 +198,13 @@ async def serve(config: Config) -> None:
         # replace the process's handlers per server and raise the signal again on its way out.
         server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]
     cluster = (
-        ClusterPort(svc.enrolment.ca, svc.enrolment, svc.images, svc.instances.lifecycle.host_event)
+        ClusterPort(
+            svc.enrolment.ca,
+            svc.enrolment,
+            svc.images,
+            svc.instances.lifecycle.host_event,
+            svc.networks.caller_on,
+        )
         if config.cluster_listen
         else None
     )

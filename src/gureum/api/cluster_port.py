@@ -19,7 +19,12 @@ line each way:
   engine event of a VM on that host (``host/event_report.py``): ``boot`` (``name``, ``at``),
   ``paused`` (``reason``), ``resumed``, ``exit`` (``how``, ``detail``), with the pid of the QEMU
   it came from once known. Taken only for an instance the store places on that very host, and
-  not from a QEMU other than the one the store records (an earlier run's late exit).
+  not from a QEMU other than the one the store records (an earlier run's late exit);
+- ``{"op": "metadata", "network", "ip", "mac"}``: with the agent's certificate only: who asks
+  that host's metadata service from ``ip`` on ``network``, ``mac`` being what the address
+  resolves to in the network's namespace there (``host/metadata_ask.py``). Answered with the
+  VM's metadata (``caller``) only for a VM the store places on that very host whose NIC has
+  that address and MAC, else ``caller: null``.
 
 The wire (one request per connection, bounded in size, time and connections) is
 ``sys/jsonline.py``'s, as on each agent's command port.
@@ -27,7 +32,9 @@ The wire (one request per connection, bounded in size, time and connections) is
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 import ssl
 from collections.abc import Callable
 from typing import Any
@@ -36,6 +43,7 @@ from gureum.errors import Conflict, InvalidInput, NotFound
 from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.model.instance import BOOT_EVENTS
+from gureum.network.metadata import Caller
 from gureum.service.cluster_ca import ClusterCA
 from gureum.service.enrolment import EnrolmentService
 from gureum.service.images import ImageService
@@ -55,6 +63,32 @@ EXITS = ("stopped", "crashed")
 # (host, instance id, event, its fields): the service's taker of a joined host's VM events
 # (``Lifecycle.host_event``).
 EventTaker = Callable[[str, str, str, dict[str, Any]], None]
+# (host, network id, ip, MAC seen there): the VM asking that host's metadata service
+# (``NetworkService.caller_on``).
+CallerFinder = Callable[[str, str, str, str], Caller | None]
+MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+
+
+def metadata_fields(request: dict[str, Any]) -> tuple[str, str, str]:
+    """A metadata question, checked: (network id, ip, MAC)."""
+    network, ip, mac = request.get("network"), request.get("ip"), request.get("mac")
+    if not isinstance(network, str) or not looks_like_id(network, "n-"):
+        raise InvalidInput("metadata names a network id")
+    try:
+        address = ipaddress.IPv4Address(ip if isinstance(ip, str) else "")
+    except ValueError:
+        raise InvalidInput("metadata names an IPv4 address") from None
+    if not isinstance(mac, str) or not MAC.fullmatch(mac.lower()):
+        raise InvalidInput("metadata names a MAC address")
+    return network, str(address), mac.lower()
+
+
+def caller_fields(caller: Caller | None) -> dict[str, Any] | None:
+    if caller is None:
+        return None
+    return {"instance_id": caller.instance_id, "hostname": caller.hostname, "ip": caller.ip,
+            "mac": caller.mac, "public_keys": list(caller.public_keys),
+            "user_data": caller.user_data}  # fmt: skip
 
 
 def event_fields(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -98,8 +132,10 @@ class ClusterPort:
         enrolment: EnrolmentService,
         images: ImageService,
         events: EventTaker | None = None,
+        callers: CallerFinder | None = None,
     ) -> None:
         self.ca, self.enrolment, self.images, self.events = ca, enrolment, images, events
+        self.callers = callers
         self.server: LineServer | None = None
 
     async def start(self, host: str, port: int) -> int:
@@ -132,6 +168,9 @@ class ClusterPort:
             host = self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
             self.events(host, *event_fields(request))
             return {"ok": True}
+        if op == "metadata" and self.callers is not None:
+            host = self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
+            return {"caller": caller_fields(self.callers(host, *metadata_fields(request)))}
         raise ValueError(f"no operation {str(op)[:40]!r}")
 
     def _image_file(self, request: dict[str, Any]) -> Streamed:

@@ -40,6 +40,7 @@ from gureum.errors import InvalidInput, NotFound, Unauthenticated
 from gureum.host import enrolment, image_pull, remote_calls
 from gureum.host.event_report import EventReport
 from gureum.host.interface import HostAgent, NetworkPlan, VMSpec
+from gureum.host.metadata_ask import MetadataAsk
 from gureum.ids import check_name, looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.model.instance import DEFAULT_PROJECT
@@ -68,6 +69,8 @@ class AgentPort:
             self._answer, ctx, peer=self._control_plane_only, keep_alive=KEEP_ALIVE_S
         )
         self.events = EventReport(folder, ended=self._ended)
+        # The metadata service in its networks' namespaces, answering from the control plane.
+        host.serve_metadata(MetadataAsk(folder, host.neighbour_mac))
         # The VMs this agent started or adopted and has not seen end: what it answers for.
         self.watched: set[str] = set()
         self._adopting = asyncio.Lock()

@@ -281,16 +281,29 @@ class NetworkService:
     async def lookup(self, network_id: str, ip: str) -> Caller | None:
         """Who is asking: the VM whose NIC has this address on this network, if the address
         really resolves to that NIC's MAC there."""
-        nic = next((n for n in self.store.nics(network_id=network_id) if n.ip == ip), None)
-        if nic is None:
+        if not self._nic_at(network_id, ip):
             return None
         seen = await self.host.neighbour_mac(network_id, ip)
-        if seen is None or seen.lower() != nic.mac.lower():
+        return None if seen is None else self.caller_on(None, network_id, ip, seen)
+
+    def caller_on(self, host: str | None, network_id: str, ip: str, seen: str) -> Caller | None:
+        """Who is asking the metadata service of ``host`` (None: this control plane's own):
+        the VM with a NIC of this address on this network, if ``seen`` (the MAC the address
+        resolves to in the network's namespace there) is that NIC's and the VM is placed on
+        that very host. A joined host's agent asks this for its VMs (the cluster port), and
+        so one host can never learn a VM's data on another's."""
+        nic = self._nic_at(network_id, ip)
+        if nic is None or seen.lower() != nic.mac.lower():
             return None
         inst = self.instances.get(nic.instance_id)
         if inst is None:
             return None
+        if not (self.host.is_local(inst.host) if host is None else inst.host == host):
+            return None  # a VM elsewhere: its address's packets never come from this host
         return Caller(inst.id, inst.name, nic.ip, nic.mac, inst.ssh_keys, inst.user_data)
+
+    def _nic_at(self, network_id: str, ip: str) -> Nic | None:
+        return next((n for n in self.store.nics(network_id=network_id) if n.ip == ip), None)
 
     def check_slots_match(
         self, instance_id: str, snapshot_nics: tuple[tuple[int, str, str], ...]

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from gureum.errors import GureumError
+from gureum.errors import GureumError, QuotaExceeded
 from gureum.host.agent import LocalHostAgent
 from gureum.host.interface import HostAgent
 from gureum.model.hardware import Hardware
-from gureum.model.instance import DEFAULT_PROJECT, State
+from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
 from gureum.model.operation import Operation
 from gureum.service.core import Services
 from gureum.service.instances import LaunchRequest
@@ -120,6 +120,38 @@ def test_a_launch_that_fails_at_any_step_leaves_nothing(tmp_path, step, nth):
     asyncio.run(fails_and_is_undone(svc, "web", lambda: launch(svc)))
     assert rows(svc) == before_rows
     assert host.state().without(before_host) == {}
+    svc.close()
+
+
+def test_a_launch_that_another_control_plane_filled_the_quota_of_meanwhile_leaves_nothing(
+    tmp_path,
+):
+    """The quota checked at admission, then, while its network is made, another control plane
+    writes the project's last allowed instance: the store's recheck refuses this one, and
+    nothing of it is left (issue 17: quotas hold across control planes)."""
+    svc, host = build(tmp_path)
+    project = svc.tenancy.create_project("team", {"max_instances": 1})
+    made_network = host.ensure_network
+
+    async def ensure_network(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if not svc.instances.store.allocated(project.id)["instances"]:
+            taken = Instance(id="i-0000000000aa", spec=InstanceSpec("theirs", "tiny", 1, 256,
+                             DISK), state=State.STOPPED, created_at=0.0, image_version="v1",
+                             project_id=project.id)  # fmt: skip
+            svc.instances.store.insert(taken)
+        return await made_network(*args, **kwargs)
+
+    host.ensure_network = ensure_network  # type: ignore[method-assign]
+    before_host = host.state()
+
+    async def run() -> None:
+        with pytest.raises(QuotaExceeded, match="1 of 1 instances in use"):
+            await svc.instances.launch(LaunchRequest("web", "tiny", memory_mib=256), project.id)
+
+    asyncio.run(run())
+    assert [i.name for i in svc.instances.list()] == ["theirs"]
+    assert host.state().without(before_host) == {}
+    assert not +svc.quotas.held.of(project.id)
     svc.close()
 
 

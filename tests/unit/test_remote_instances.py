@@ -17,7 +17,7 @@ from gureum.host import enrolment as agent
 from gureum.host.agent_port import AgentPort
 from gureum.host.interface import Span
 from gureum.host.remote_calls import REMOTE_ROOT
-from gureum.model.instance import DEFAULT_PROJECT, State
+from gureum.model.instance import DEFAULT_PROJECT, Instance, InstanceSpec, State
 from gureum.service.instances import LaunchRequest
 from tests.unit.fakehost import FakeHost
 from tests.unit.test_agent_port import _catalog_image, _joined
@@ -334,3 +334,25 @@ def test_a_joined_hosts_metadata_service_answers_its_own_vms_only(
     for bad in ({"network": "n-x"}, {"ip": "10.0.0.999"}, {"mac": "aa:bb"}, {"ip": ["x"]}):
         with pytest.raises(InvalidInput):
             agent.ask(address, {**question, **bad}, agent.own_context(folder3))
+
+
+def test_a_joined_host_filled_meanwhile_refuses_the_launch_placed_on_it(joined: Joined) -> None:
+    """Placement chose h2 from the store as it was; before this launch is written another
+    control plane's instance fills h2 (32 vCPUs: all it has). The store's transaction checks
+    h2 again under its lock and refuses; nothing of the launch is left."""
+    svc = joined.svc
+    store = svc.instances.store
+    write = store.create
+
+    def filled_first(inst, *args, **kwargs):  # type: ignore[no-untyped-def]
+        theirs = Instance(id="i-0000000000bb", spec=InstanceSpec("theirs", "tiny", 32, 256,
+                          1 << 30), state=State.RUNNING, created_at=0.0, image_version="v1",
+                          host="h2")  # fmt: skip
+        store.insert(theirs)
+        return write(inst, *args, **kwargs)
+
+    store.create = filled_first  # type: ignore[method-assign]
+    with pytest.raises(InsufficientCapacity):
+        joined.launch("web", host="h2", cpus=2)
+    assert [i.name for i in svc.instances.list()] == ["theirs"]
+    assert not joined.h2.vms

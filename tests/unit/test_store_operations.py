@@ -1,11 +1,12 @@
 import asyncio
+import threading
 import time
 from dataclasses import replace
 
 import pytest
 import sqlalchemy as sa
 
-from gureum.errors import Conflict, InvalidInput, NotFound
+from gureum.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
 from gureum.model.instance import ACTIVE, Instance, InstanceSpec, State
 from gureum.model.operation import Operation, OpStatus
 from gureum.service.operations import OperationManager
@@ -181,3 +182,37 @@ def test_what_an_instance_is_is_kept_and_earlier_ones_are_vms(db):
             " 'p-default', 'old', 'tiny', 'v1', 1, 256, 1073741824, 'stopped', '{}', 0, 0)"
         )
     assert store.get_by_name("old", "p-default").kind == "vm"
+
+
+def test_two_creations_under_one_lock_are_counted_one_after_the_other(db, db_url, tmp_path):
+    """Two control planes (two engines on one database) write an instance of one project at
+    the same instant, each under the project's lock: the second's recheck runs only once the
+    first's transaction has ended, and its reads count the first's instance."""
+    other_db = Database.open_url(db_url) if db_url else Database.open_sqlite(tmp_path / "s.db")
+    first, second = InstanceStore(db), InstanceStore(other_db)
+    lock = ("project-instances:p-default",)
+    inside = threading.Event()
+    seen: dict[str, int] = {}
+
+    def slow_recheck() -> None:
+        inside.set()
+        time.sleep(0.5)  # the first holds the project's lock meanwhile
+
+    def refuse_past_one() -> None:
+        seen.update(second.allocated("p-default"))
+        if seen["instances"] + 1 > 1:
+            raise QuotaExceeded("one instance at most")
+
+    a, b = make("a", cpus=2), make("b", cpus=2)
+    writer = threading.Thread(target=first.create, args=(a, [], []), kwargs={
+        "locks": lock, "recheck": slow_recheck})  # fmt: skip
+    writer.start()
+    try:
+        assert inside.wait(10)
+        with pytest.raises(QuotaExceeded):
+            second.create(b, [], [], locks=lock, recheck=refuse_past_one)
+    finally:
+        writer.join(10)
+        other_db.close()
+    assert seen == {"instances": 1, "cpus": 2, "memory_mib": 256, "disk_bytes": 1 << 30}
+    assert [i.name for i in first.list()] == ["a"]

@@ -72,6 +72,16 @@ class Admission(asyncio.Lock):
         elif self.capacity_of is not None:
             admit(self.capacity_of(str(host)), used_cpus, used_mib, cpus, memory_mib)
 
+    def admit_on(self, host: str, cpus: int, memory_mib: int) -> None:
+        """Refuse a new instance that a joined host cannot take, by what it last reported and
+        the store's instances on it now: the check again, in the transaction that writes the
+        instance, under the host's lock (``InstanceStore.create``). Placement chose the host
+        from the store as it was; another launch there, from this control plane or another,
+        may have been written since."""
+        used_cpus, used_mib = committed([i for i in self.store.list() if i.host == host])
+        if self.capacity_of is not None:
+            admit(self.capacity_of(host), used_cpus, used_mib, cpus, memory_mib)
+
     def hold_growth(self, cpus: int, memory_mib: int) -> Callable[[], None]:
         """Count a live resize's growth against the host until it is in the store."""
         return self.growing.hold(HOST, cpus=cpus, memory_mib=memory_mib)

@@ -197,10 +197,31 @@ class Creator:
             nics = self.networks.plan_nics(inst.id, await draft.networks(), draft.macs)
             inst.hardware = draft.hardware(machine_nics(nics))
             # No await from here to the write: a group deleted meanwhile cannot be named.
-            self.store.create(inst, nics, draft.groups(), draft.layers)
+            self.store.create(inst, nics, draft.groups(), draft.layers, *self._rechecks(draft))
         publish_state(self.events, inst, "created")
         undo.add(f"the records of {inst.spec.name}", lambda: self.forget(inst.id))
         return inst
+
+    def _rechecks(self, draft: Draft) -> tuple[list[str], Callable[[], None]]:
+        """What the store checks again as it writes the instance, and under which locks: the
+        project's quota, and a joined host's capacity (another control plane's launches,
+        and this one's own under way to that host, are counted only once written)."""
+        inst = draft.inst
+        locks, checks = [], []
+        quota = self.quotas.recheck(inst.project_id, **draft.wanted)
+        if quota is not None:
+            locks.append(f"project-instances:{inst.project_id}")
+            checks.append(quota)
+        if draft.runs and inst.host is not None and not self.host.is_local(inst.host):
+            host, cpus, mib = inst.host, inst.spec.cpus, inst.spec.memory_mib
+            locks.append(f"host-instances:{host}")
+            checks.append(lambda: self.admission.admit_on(host, cpus, mib))
+
+        def recheck() -> None:
+            for check in checks:
+                check()
+
+        return locks, recheck
 
     async def create(
         self,

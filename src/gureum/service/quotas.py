@@ -86,6 +86,26 @@ class QuotaService:
             held["cpus"] -= replacing.spec.cpus
             held["memory_mib"] -= replacing.spec.memory_mib
             held["disk_bytes"] -= replacing.spec.disk_bytes
+        self._within(project, held, wanted)
+
+    def recheck(self, project_id: str, **wanted: int) -> Callable[[], None] | None:
+        """The check again, for the store's transaction that writes a new instance, under
+        the project's lock (``InstanceStore.create``): what the project's instances hold in
+        the store then, and ``wanted`` on top. ``check`` ran before, with this process's own
+        creations under way (its holds); this one counts another control plane's, written
+        meanwhile. None when no quota limits what is wanted."""
+        project = self.project(project_id)
+        if all(getattr(project, _WHAT[key][0]) is None for key in wanted):
+            return None
+
+        def within() -> None:
+            held = self.instances.allocated(project_id)
+            self._within(project, held, {k: v for k, v in wanted.items() if k in held})
+
+        return within
+
+    @staticmethod
+    def _within(project: Project, held: dict[str, int], wanted: dict[str, int]) -> None:
         for key, more in wanted.items():
             field, label, unit = _WHAT[key]
             limit = getattr(project, field)

@@ -7,18 +7,20 @@ every query are the same on both (``store/migrations.py`` keeps to SQL both acce
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy import Connection, Engine, create_engine, event, text, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError
 
 from gureum.errors import InvalidInput, Unavailable
 from gureum.store.migrations import migrate
+from gureum.store.schema import instance_leases
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,25 @@ def redact(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
         return "<invalid URL>"
+
+
+def hold_lock(conn: Connection, key: str) -> None:
+    """Hold ``key`` until this transaction ends: a transaction of any process that takes the
+    same key waits for it, and then sees what it wrote. On PostgreSQL an advisory lock on a
+    hash of the key (two keys sharing a hash merely wait for each other); SQLite has one
+    writer at a time, which a no-op write takes now rather than at the first real write."""
+    if conn.dialect.name == "postgresql":
+        number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        conn.execute(text("SELECT pg_advisory_xact_lock(:n)"), {"n": number})
+    else:
+        write_lock_first(conn)
+
+
+def write_lock_first(conn: Connection) -> None:
+    """On SQLite, take the write lock before reading (a no-op write does): writers are
+    serialized, and what one reads is what it writes over. No-op on PostgreSQL."""
+    if conn.dialect.name == "sqlite":
+        conn.execute(update(instance_leases).where(instance_leases.c.until < 0).values(until=0))
 
 
 class Database:

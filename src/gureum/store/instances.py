@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import Connection, RowMapping, delete, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
@@ -14,7 +15,7 @@ from gureum.model.hardware import Hardware
 from gureum.model.instance import BootTimeline, Instance, InstanceSpec, State
 from gureum.model.network import Nic
 from gureum.model.snapshot import Layer
-from gureum.store.db import Database
+from gureum.store.db import Database, hold_lock
 from gureum.store.schema import forwards, instance_secgroups, layers, nics, sequences, snapshots
 from gureum.store.schema import instances as t
 
@@ -106,11 +107,23 @@ class InstanceStore:
         nics_: list[Nic],
         group_ids: list[str],
         layers_: list[Layer] | tuple[Layer, ...] = (),
+        locks: Sequence[str] = (),
+        recheck: Callable[[], None] | None = None,
     ) -> None:
         """An instance with its NICs, its security groups and the disk layers made for it
-        (an import's own base), in one transaction: all of it is in the store, or none."""
+        (an import's own base), in one transaction: all of it is in the store, or none.
+
+        ``locks`` are taken first, for the whole transaction (``hold_lock``), and then
+        ``recheck`` runs, and may refuse: its reads see every instance another process wrote
+        under the same locks. Two control planes creating instances in one project, or on
+        one host, at the same instant are so serialized there, and the second counts the
+        first's."""
         try:
             with self.db.begin() as conn:
+                for key in sorted(locks):  # one order: no two creations wait on each other
+                    hold_lock(conn, key)
+                if recheck is not None:
+                    recheck()
                 for layer in layers_:
                     conn.execute(insert(layers).values(**layer.__dict__))
                 self.insert(inst, conn)
@@ -167,12 +180,8 @@ class InstanceStore:
         ).where(t.c.project_id == project_id)
         with self.db.read() as conn:
             n, cpus, mem, disk = conn.execute(query).one()
-        return {
-            "instances": int(n),
-            "cpus": int(cpus),
-            "memory_mib": int(mem),
-            "disk_bytes": int(disk),
-        }
+        return {"instances": int(n), "cpus": int(cpus), "memory_mib": int(mem),
+                "disk_bytes": int(disk)}  # fmt: skip
 
     def update(self, instance_id: str, **fields: object) -> None:
         if "state" in fields and isinstance(fields["state"], State):

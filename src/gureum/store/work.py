@@ -27,7 +27,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 
 from gureum.ids import new_id
-from gureum.store.db import Database
+from gureum.store.db import Database, write_lock_first
 from gureum.store.schema import instance_leases as leases
 from gureum.store.schema import work as t
 
@@ -107,7 +107,7 @@ class WorkQueue:
         until = now + lease_s
         item_id = new_id("w-")
         with self.db.begin() as conn:
-            _write_lock_first(conn)
+            write_lock_first(conn)  # PostgreSQL locks rows instead
             if not _lease(conn, instance_id, owner, now, until):
                 return None
             conn.execute(
@@ -141,7 +141,7 @@ class WorkQueue:
         if self.db.backend == "postgresql":
             query = query.with_for_update(skip_locked=True)
         with self.db.begin() as conn:
-            _write_lock_first(conn)
+            write_lock_first(conn)  # PostgreSQL locks rows instead
             for row in conn.execute(query).mappings().all():
                 won = conn.execute(
                     update(t)
@@ -235,13 +235,6 @@ class WorkQueue:
             query = query.where(t.c.host == host)
         with self.db.read() as conn:
             return [_from_row(r) for r in conn.execute(query).mappings()]
-
-
-def _write_lock_first(conn: Connection) -> None:
-    """On SQLite, take the write lock before reading (a no-op write does): claimers are
-    serialized, and what one reads is what it writes over. PostgreSQL locks rows instead."""
-    if conn.dialect.name == "sqlite":
-        conn.execute(update(leases).where(leases.c.until < 0).values(until=0))
 
 
 def _lease(conn: Connection, instance_id: str, owner: str, now: float, until: float) -> bool:

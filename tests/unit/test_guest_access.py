@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from gureum.cli.main import app
 from gureum.engine.qemu.argv import NOCLOUD_SERIAL, render
-from gureum.model.sshkeys import public_key
+from gureum.model.sshkeys import MAX_KEYS, public_key
 from gureum.network.metadata import Caller
 from gureum.service.core import Services
 from tests.unit.fakehost import FakeHost
@@ -260,3 +260,21 @@ def test_a_pasted_argument_too_long_for_a_file_name_is_a_usage_error_not_echoed(
         public_keys(pasted, "--ssh-key")
     assert getattr(err.value, "code", None) == "usage"
     assert pasted not in str(err.value)
+
+
+def test_an_instance_takes_a_bounded_number_of_keys(world) -> None:
+    """All of an instance's keys and its user-data travel in one metadata answer to a joined
+    host: 33 keys are refused before anything is made; 32 are taken."""
+    root, svc, _ = world
+
+    def key(i: int) -> str:
+        blob = b"\x00\x00\x00\x0bssh-ed25519\x00\x00\x00\x20" + i.to_bytes(32, "big")
+        return f"ssh-ed25519 {base64.b64encode(blob).decode()}"
+
+    many = [key(i) for i in range(MAX_KEYS + 1)]
+    refused = root.post("/v1/instances", json={"name": "w", "image": "debian",
+                                               "ssh_keys": many})  # fmt: skip
+    assert refused.status_code == 400 and f"at most {MAX_KEYS} SSH keys" in refused.text
+    assert svc.instances.list() == []
+    _launch(root, svc, "w", ssh_keys=many[:MAX_KEYS])
+    assert len(svc.instances.get("w").ssh_keys) == MAX_KEYS

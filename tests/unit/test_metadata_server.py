@@ -10,6 +10,7 @@ import socket
 
 import pytest
 
+from gureum.errors import Unavailable
 from gureum.ids import ec2_id
 from gureum.network import metadata
 from gureum.network.metadata import Caller, MetadataServer, Tokens
@@ -149,5 +150,49 @@ def test_the_owner_of_an_address_is_asked_again_when_nics_change(quick, monkeypa
             server.forget_callers()  # a VM deleted, its address given to another
             await get(port, "127.0.0.6")
             assert len(lookups) == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_guests_connections_at_once_cost_one_lookup(quick):
+    """A joined host's lookup is a question to the control plane: a guest's 8 connections
+    waiting together ask it once, and all 8 are answered from that one answer."""
+    asked: list[str] = []
+    release = asyncio.Event()
+
+    async def slow(network_id: str, ip: str) -> Caller | None:
+        asked.append(ip)
+        await release.wait()
+        return await lookup(network_id, ip)
+
+    async def scenario() -> None:
+        async with serving(slow) as (_, port):
+            waiting = [asyncio.ensure_future(get(port, "127.0.0.7")) for _ in range(8)]
+            await wait_for_async(lambda: len(asked) == 1, 5)
+            await asyncio.sleep(0.1)  # all 8 heads are in by now, and wait on that one
+            release.set()
+            answers = await asyncio.gather(*waiting)
+            assert all(a.startswith(b"HTTP/1.1 200") for a in answers), answers
+            assert asked == ["127.0.0.7"]
+
+    asyncio.run(scenario())
+
+
+def test_a_lookup_that_could_not_say_is_503_and_asked_again(quick):
+    """A joined host whose control plane did not answer: 503, and not remembered as nobody
+    (a 403 for the next second)."""
+    calls: list[str] = []
+
+    async def flaky(network_id: str, ip: str) -> Caller | None:
+        calls.append(ip)
+        if len(calls) == 1:
+            raise Unavailable("the control plane did not say")
+        return await lookup(network_id, ip)
+
+    async def scenario() -> None:
+        async with serving(flaky) as (_, port):
+            assert (await get(port, "127.0.0.8")).startswith(b"HTTP/1.1 503 Service Unavailable")
+            assert (await get(port, "127.0.0.8")).startswith(b"HTTP/1.1 200")
+            assert len(calls) == 2
 
     asyncio.run(scenario())

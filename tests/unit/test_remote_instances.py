@@ -5,6 +5,7 @@ what ran where is plain: nothing of the instance touches the control plane's own
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -356,3 +357,34 @@ def test_a_joined_host_filled_meanwhile_refuses_the_launch_placed_on_it(joined: 
         joined.launch("web", host="h2", cpus=2)
     assert [i.name for i in svc.instances.list()] == ["theirs"]
     assert not joined.h2.vms
+
+
+def test_two_launches_at_once_are_not_both_placed_on_a_joined_hosts_last_room(
+    joined: Joined,
+) -> None:
+    """h2 has room for one more 6-vCPU instance and placement packs: of two launches at
+    once, the first placed on h2 counts there until it is written, so the second is placed
+    on the control plane's own host, not refused at its write."""
+    svc = joined.svc
+    svc.hosts.strategy = "pack"
+    joined.launch("filler", host="h2", cpus=24)  # of h2's 32
+    creator = svc.instances.creator
+    insert = creator.insert
+
+    async def slow_insert(draft, undo):  # type: ignore[no-untyped-def]
+        await asyncio.sleep(0.2)  # its network being made, say: both are placed meanwhile
+        return await insert(draft, undo)
+
+    creator.insert = slow_insert  # type: ignore[method-assign]
+
+    async def both() -> list[str | None]:
+        async def one(name: str) -> str | None:
+            req = LaunchRequest(name=name, image="tiny", cpus=6, memory_mib=256)
+            inst, op = await svc.templates.launch(req, DEFAULT_PROJECT)
+            done = await svc.ops.finished(op.id, 20)
+            assert done.error is None, done.error
+            return inst.host
+
+        return list(await asyncio.gather(one("a"), one("b")))
+
+    assert sorted(joined.run(both()), key=str) == sorted(["h2", svc.hosts.name], key=str)

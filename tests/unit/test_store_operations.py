@@ -6,10 +6,11 @@ from dataclasses import replace
 import pytest
 import sqlalchemy as sa
 
-from gureum.errors import Conflict, InvalidInput, NotFound, QuotaExceeded
+from gureum.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, Unavailable
 from gureum.model.instance import ACTIVE, Instance, InstanceSpec, State
 from gureum.model.operation import Operation, OpStatus
 from gureum.service.operations import OperationManager
+from gureum.store import db as store_db
 from gureum.store import schema
 from gureum.store.db import Database
 from gureum.store.instances import InstanceStore
@@ -216,3 +217,34 @@ def test_two_creations_under_one_lock_are_counted_one_after_the_other(db, db_url
         other_db.close()
     assert seen == {"instances": 1, "cpus": 2, "memory_mib": 256, "disk_bytes": 1 << 30}
     assert [i.name for i in first.list()] == ["a"]
+
+
+def test_a_lock_held_past_its_wait_is_unavailable_not_a_stall(postgres, monkeypatch):
+    """A control plane that froze holding a project's lock: another's creation waits
+    LOCK_WAIT_MS at most, then is `unavailable` (its event loop was stalled meanwhile)."""
+    monkeypatch.setattr(store_db, "LOCK_WAIT_MS", 300)
+    url = postgres.new_database()
+    holder_db, other_db = Database.open_url(url), Database.open_url(url)
+    held, done = threading.Event(), threading.Event()
+    lock = "project-instances:p-default"
+
+    def hold() -> None:
+        with holder_db.begin() as conn:
+            store_db.hold_lock(conn, lock)
+            held.set()
+            done.wait(10)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    try:
+        assert held.wait(10)
+        started = time.monotonic()
+        with pytest.raises(Unavailable):
+            InstanceStore(other_db).create(make("b"), [], [], locks=(lock,))
+        assert time.monotonic() - started < 3
+        assert InstanceStore(other_db).list() == []
+    finally:
+        done.set()
+        holder.join(10)
+        holder_db.close()
+        other_db.close()

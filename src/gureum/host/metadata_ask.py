@@ -8,19 +8,23 @@ anti-spoofing ties address, MAC and TAP together). The control plane answers onl
 places on this very host (``NetworkService.caller_on``): a compromised host can read its own
 VMs' metadata, which it holds anyway, and nothing of another host's.
 
-The metadata server keeps each answer a second (``LOOKUP_TTL_S``) and bounds what a guest
-may ask, so a guest that asks in a loop costs the control plane one question a second.
+The metadata server keeps each answer a second (``LOOKUP_TTL_S``), asks once for all of a
+guest's connections waiting on one address, and bounds what a guest may ask; this host asks
+at most ``ASKS_AT_ONCE`` questions at a time, all its guests together, so that its heartbeats
+and event reports always find a connection free at the cluster port. A question the control
+plane does not answer is answered 503 (the guest asks again), not remembered as nobody.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-from gureum.errors import GureumError
+from gureum.errors import GureumError, Unavailable
 from gureum.host import enrolment
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.network.metadata import Caller
@@ -29,6 +33,8 @@ from gureum.sys import jsonline
 log = logging.getLogger(__name__)
 
 ASK_TIMEOUT_S = 5.0  # to one control plane, before the next is tried
+ASKS_AT_ONCE = jsonline.MAX_PER_ADDRESS // 2  # of the cluster port's connections per address
+ASK_WAIT_S = 15.0  # a question waiting for its turn and its answer, at most
 
 # (network id, ip) -> the MAC it resolves to in that network's namespace here, or None: the
 # host's ``neighbour_mac``.
@@ -41,17 +47,24 @@ class MetadataAsk:
     def __init__(self, folder: Path, neighbour: Neighbour) -> None:
         self.folder, self.neighbour = folder, neighbour
         self._tls: ssl.SSLContext | None = None
+        # Questions at once, for every guest of this host together: fewer than the cluster
+        # port's connections per address, which heartbeats, events and image fetches share.
+        self._asking = asyncio.Semaphore(ASKS_AT_ONCE)
 
     async def __call__(self, network_id: str, ip: str) -> Caller | None:
         mac = await self.neighbour(network_id, ip)
         if mac is None:  # nothing at that address here: nobody to answer
             return None
         try:
-            return await self._ask(network_id, ip, mac.lower())
-        except GureumError as exc:  # no control plane answered: this request goes unanswered
+            async with asyncio.timeout(ASK_WAIT_S):
+                async with self._asking:
+                    return await self._ask(network_id, ip, mac.lower())
+        except (GureumError, TimeoutError) as exc:
+            said = exc.message if isinstance(exc, GureumError) else "too many questions waiting"
             log.warning("metadata for %s on %s: the control plane did not say: %s",
-                        ip, network_id, exc.message)  # fmt: skip
-            return None
+                        ip, network_id, said)  # fmt: skip
+            # Not "nobody": the guest is answered 503 and asks again.
+            raise Unavailable(f"the control plane did not say who {ip} is") from None
 
     async def _ask(self, network_id: str, ip: str, mac: str) -> Caller | None:
         if self._tls is None:  # made once: the agent's files do not change while it runs

@@ -8,6 +8,9 @@ import hashlib
 from dataclasses import dataclass
 
 MAX_KEY_LINE = 16384  # an RSA 16384-bit key is under 3 KiB; anything longer is not a key
+# An instance's keys, given and from key pairs together: all of them and its user-data travel
+# in one metadata answer to a joined host (at most 1 MiB, sys/jsonline.py's MAX_ANSWER).
+MAX_KEYS = 32
 
 
 def public_key(text: str, *, keep_comment: bool = False) -> str | None:

@@ -31,6 +31,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
+from gureum.errors import Unavailable
 from gureum.ids import ec2_id
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,7 @@ RATE_BURST = 40.0
 LOOKUP_TTL_S = 1.0
 REASONS = {200: "OK", 400: "Bad Request", 401: "Unauthorized", 403: "Forbidden",
            404: "Not Found", 405: "Method Not Allowed", 408: "Request Timeout",
-           429: "Too Many Requests"}  # fmt: skip
+           429: "Too Many Requests", 503: "Service Unavailable"}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,7 @@ class MetadataServer:
         self._tasks: set[asyncio.Task[None]] = set()
         self._buckets: dict[str, tuple[float, float]] = {}  # source -> (tokens, when)
         self._callers: dict[str, tuple[float, Caller | None]] = {}  # source -> (when, who)
+        self._asking: dict[str, asyncio.Future[Caller | None]] = {}  # source -> its lookup
         self.refused = 0  # connections closed at once for being over a limit
 
     async def start(self, sock: socket.socket) -> None:
@@ -217,7 +219,10 @@ class MetadataServer:
         path = target.split("?", 1)[0]
         if not self._take(source):
             return _text(429)
-        who = await self._caller(source)
+        try:
+            who = await self._caller(source)
+        except Unavailable:  # a joined host's control plane did not answer: try again later
+            return _text(503)
         if who is None:
             return _text(403)
         if path == "/latest/api/token":
@@ -237,11 +242,20 @@ class MetadataServer:
         return True
 
     async def _caller(self, source: str) -> Caller | None:
+        """Who owns ``source``: remembered a second, and asked once at a time however many
+        of its connections wait (a joined host asks the control plane: a guest's 8
+        connections must cost one question, not 8). Unavailable (not remembered) when the
+        lookup could not say."""
         now = time.monotonic()
         cached = self._callers.get(source)
         if cached is not None and now - cached[0] < LOOKUP_TTL_S:
             return cached[1]
-        who = await self.lookup(self.network_id, source)
+        asking = self._asking.get(source)
+        if asking is None:
+            asking = asyncio.ensure_future(self.lookup(self.network_id, source))
+            self._asking[source] = asking
+            asking.add_done_callback(lambda _f: self._asking.pop(source, None))
+        who = await asyncio.shield(asking)  # one waiter's cancel ends no other's
         if len(self._callers) > 4 * PER_NETWORK:  # addresses come and go: forget stale ones
             self._callers = {s: c for s, c in self._callers.items() if now - c[0] < LOOKUP_TTL_S}
         self._callers[source] = (now, who)

@@ -78,10 +78,27 @@ class Admission(asyncio.Lock):
         instance, under the host's lock (``InstanceStore.create``). Placement chose the host
         from the store as it was; another launch there, from this control plane or another,
         may have been written since."""
-        used_cpus, used_mib = committed([i for i in self.store.list() if i.host == host])
+        used_cpus, used_mib = committed(self.store.list(host=host))
         if self.capacity_of is not None:
             admit(self.capacity_of(host), used_cpus, used_mib, cpus, memory_mib)
 
     def hold_growth(self, cpus: int, memory_mib: int) -> Callable[[], None]:
         """Count a live resize's growth against the host until it is in the store."""
         return self.growing.hold(HOST, cpus=cpus, memory_mib=memory_mib)
+
+    def hold_on(self, host: str | None, cpus: int, memory_mib: int) -> Callable[[], None]:
+        """Count a new instance placed on ``host`` against it until it is in the store: this
+        host's growth, or a joined host's launches under way (``held_on``), which placement
+        counts, so that two launches at once are not both placed on one joined host's last
+        room."""
+        key = HOST if self.host.is_local(host) else _joined_key(str(host))
+        return self.growing.hold(key, cpus=cpus, memory_mib=memory_mib)
+
+    def held_on(self, host: str) -> tuple[int, int]:
+        """vCPUs and MiB of this control plane's launches under way to joined ``host``."""
+        held = self.growing.of(_joined_key(host))
+        return held["cpus"], held["memory_mib"]
+
+
+def _joined_key(host: str) -> str:
+    return f"joined:{host}"  # never HOST or POOL, whatever a host is named

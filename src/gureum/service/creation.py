@@ -177,7 +177,7 @@ class Creator:
             inst.host = self.hosts.place(want)
             release_quota = self.quotas.hold(inst.project_id, **draft.wanted)
             release_host = (
-                self.admission.hold_growth(inst.spec.cpus, inst.spec.memory_mib)
+                self.admission.hold_on(inst.host, inst.spec.cpus, inst.spec.memory_mib)
                 if draft.runs
                 else _nothing
             )

@@ -97,9 +97,12 @@ class HostService:
             # resize is admitted by.
             capacity = self.host.capacity()
             cpus, mib = self.admission.committed()
-        else:  # another's: as it last reported, and its active instances in the store
+        else:  # another's: as it last reported, its active instances in the store, and
+            # this control plane's launches to it under way
             capacity = self.capacity_of(rec.name)
             cpus, mib = committed([i for i in others if i.host == rec.name])
+            held_cpus, held_mib = self.admission.held_on(rec.name)
+            cpus, mib = cpus + held_cpus, mib + held_mib
         return HostView(rec.name, self.state_of(rec, now), capacity, cpus, mib,
                         rec.accel, self.store.spread_groups(rec.name),
                         driven=rec.name == self.name or rec.address is not None,

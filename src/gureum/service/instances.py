@@ -40,7 +40,7 @@ from gureum.model.instance import (
 from gureum.model.network import Network
 from gureum.model.operation import Operation
 from gureum.model.snapshot import Snapshot
-from gureum.model.sshkeys import public_key
+from gureum.model.sshkeys import MAX_KEYS, public_key
 from gureum.model.template import SavedTemplate, Waiting
 from gureum.model.userdata import check_user_data
 from gureum.service.admission import Admission
@@ -238,6 +238,11 @@ class InstanceService:
         spec, image, given = self.validate(req, project_id)
         # The key pairs' copied in: one deleted later does not take access away from this VM.
         keys = tuple(dict.fromkeys((*given, *self.keypairs.keys(req.keypairs, project_id))))
+        if len(keys) > MAX_KEYS:
+            raise InvalidInput(
+                f"an instance takes at most {MAX_KEYS} SSH keys, given and from key pairs "
+                f"together ({len(keys)} asked)"
+            )
 
         async def networks() -> builtins.list[tuple[int, Network]]:
             nets = [

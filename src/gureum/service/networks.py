@@ -303,7 +303,7 @@ class NetworkService:
         return Caller(inst.id, inst.name, nic.ip, nic.mac, inst.ssh_keys, inst.user_data)
 
     def _nic_at(self, network_id: str, ip: str) -> Nic | None:
-        return next((n for n in self.store.nics(network_id=network_id) if n.ip == ip), None)
+        return next(iter(self.store.nics(network_id=network_id, ip=ip)), None)
 
     def check_slots_match(
         self, instance_id: str, snapshot_nics: tuple[tuple[int, str, str], ...]

@@ -74,6 +74,9 @@ def redact(url: str) -> str:
         return "<invalid URL>"
 
 
+LOCK_WAIT_MS = 5000  # hold_lock's wait for another holder, at most
+
+
 def hold_lock(conn: Connection, key: str) -> None:
     """Hold ``key`` until this transaction ends: a transaction of any process that takes the
     same key waits for it, and then sees what it wrote. On PostgreSQL an advisory lock on a
@@ -81,6 +84,9 @@ def hold_lock(conn: Connection, key: str) -> None:
     writer at a time, which a no-op write takes now rather than at the first real write."""
     if conn.dialect.name == "postgresql":
         number = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        # Bounded: a holder that froze (its machine paused, cut off) must not stop this
+        # process, whose store calls run on its event loop, for longer; then `unavailable`.
+        conn.execute(text(f"SET LOCAL lock_timeout = '{LOCK_WAIT_MS}ms'"))
         conn.execute(text("SELECT pg_advisory_xact_lock(:n)"), {"n": number})
     else:
         write_lock_first(conn)

@@ -162,10 +162,13 @@ class InstanceStore:
             row = conn.execute(query).mappings().first()
         return _from_row(row) if row else None
 
-    def list(self, project_id: str | None = None) -> list[Instance]:
+    def list(self, project_id: str | None = None, host: str | None = None) -> list[Instance]:
+        """Every instance; of ``project_id`` only, or placed on ``host`` only, when given."""
         query = select(t).order_by(t.c.created_at)
         if project_id is not None:
             query = query.where(t.c.project_id == project_id)
+        if host is not None:
+            query = query.where(t.c.host == host)
         with self.db.read() as conn:
             rows = conn.execute(query).mappings().all()
         return [_from_row(r) for r in rows]

@@ -85,12 +85,20 @@ class NetworkStore:
     def add_nic(self, nic: Nic, conn: Connection | None = None) -> None:
         self._insert(nics, nic.__dict__, f"address {nic.ip} or MAC {nic.mac} is already taken")
 
-    def nics(self, *, instance_id: str | None = None, network_id: str | None = None) -> list[Nic]:
+    def nics(
+        self,
+        *,
+        instance_id: str | None = None,
+        network_id: str | None = None,
+        ip: str | None = None,
+    ) -> list[Nic]:
         query = select(nics).order_by(nics.c.created_at, nics.c.id)
         if instance_id is not None:
             query = query.where(nics.c.instance_id == instance_id)
         if network_id is not None:
             query = query.where(nics.c.network_id == network_id)
+        if ip is not None:
+            query = query.where(nics.c.ip == ip)
         return self._rows(query, Nic)
 
     def remove_nic(self, nic_id: str) -> None:

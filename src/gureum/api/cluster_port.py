@@ -34,14 +34,16 @@ from __future__ import annotations
 
 import ipaddress
 import math
-import re
 import ssl
 from collections.abc import Callable
 from typing import Any
 
 from gureum.errors import Conflict, InvalidInput, NotFound
+from gureum.host import remote_calls
+from gureum.host.remote_calls import REMOTE_ROOT
 from gureum.ids import looks_like_id
 from gureum.model.cluster import CONTROL_PLANE
+from gureum.model.hardware import MAC
 from gureum.model.instance import BOOT_EVENTS
 from gureum.network.metadata import Caller
 from gureum.service.cluster_ca import ClusterCA
@@ -66,7 +68,6 @@ EventTaker = Callable[[str, str, str, dict[str, Any]], None]
 # (host, network id, ip, MAC seen there): the VM asking that host's metadata service
 # (``NetworkService.caller_on``).
 CallerFinder = Callable[[str, str, str, str], Caller | None]
-MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
 
 
 def metadata_fields(request: dict[str, Any]) -> tuple[str, str, str]:
@@ -81,14 +82,6 @@ def metadata_fields(request: dict[str, Any]) -> tuple[str, str, str]:
     if not isinstance(mac, str) or not MAC.fullmatch(mac.lower()):
         raise InvalidInput("metadata names a MAC address")
     return network, str(address), mac.lower()
-
-
-def caller_fields(caller: Caller | None) -> dict[str, Any] | None:
-    if caller is None:
-        return None
-    return {"instance_id": caller.instance_id, "hostname": caller.hostname, "ip": caller.ip,
-            "mac": caller.mac, "public_keys": list(caller.public_keys),
-            "user_data": caller.user_data}  # fmt: skip
 
 
 def event_fields(request: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
@@ -170,7 +163,9 @@ class ClusterPort:
             return {"ok": True}
         if op == "metadata" and self.callers is not None:
             host = self.enrolment.enrolled_host(tls.getpeercert(binary_form=True) if tls else None)
-            return {"caller": caller_fields(self.callers(host, *metadata_fields(request)))}
+            caller = self.callers(host, *metadata_fields(request))
+            # The typed wire of HostAgent calls (a Caller holds no paths: the root is unused).
+            return {"caller": remote_calls.encode(caller, Caller | None, REMOTE_ROOT)}
         raise ValueError(f"no operation {str(op)[:40]!r}")
 
     def _image_file(self, request: dict[str, Any]) -> Streamed:

@@ -24,8 +24,9 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from pathlib import Path
 
-from gureum.errors import GureumError, Unavailable
-from gureum.host import enrolment
+from gureum.errors import GureumError, InvalidInput, Unavailable
+from gureum.host import enrolment, remote_calls
+from gureum.host.remote_calls import REMOTE_ROOT
 from gureum.model.cluster import CONTROL_PLANE
 from gureum.network.metadata import Caller
 from gureum.sys import jsonline
@@ -77,22 +78,13 @@ class MetadataAsk:
 
 
 def caller_of(found: object, network_id: str, ip: str, mac: str) -> Caller | None:
-    """The control plane's answer, checked: it is about the address and MAC asked for."""
-    if found is None:
-        return None
-    if not isinstance(found, dict):
-        raise GureumError(f"the control plane's answer for {ip} on {network_id} is not a VM")
-    keys = found.get("public_keys")
-    user_data = found.get("user_data")
-    fields = (found.get("instance_id"), found.get("hostname"), found.get("ip"), found.get("mac"))
-    if (
-        not all(isinstance(f, str) for f in fields)
-        or not isinstance(keys, list)
-        or not all(isinstance(k, str) for k in keys)
-        or not (user_data is None or isinstance(user_data, str))
-        or found["ip"] != ip
-        or str(found["mac"]).lower() != mac
-    ):
-        raise GureumError(f"the control plane's answer for {ip} on {network_id} is not a VM")
-    return Caller(found["instance_id"], found["hostname"], ip, found["mac"], tuple(keys),
-                  user_data)  # fmt: skip
+    """The control plane's answer, checked: a ``Caller`` on the typed wire of HostAgent calls
+    (``remote_calls.decode``), about the address and MAC asked for."""
+    wrong = GureumError(f"the control plane's answer for {ip} on {network_id} is not a VM")
+    try:
+        caller: Caller | None = remote_calls.decode(found, Caller | None, REMOTE_ROOT, "caller")
+    except InvalidInput:
+        raise wrong from None
+    if caller is not None and (caller.ip != ip or caller.mac.lower() != mac):
+        raise wrong
+    return caller

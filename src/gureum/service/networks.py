@@ -281,10 +281,11 @@ class NetworkService:
     async def lookup(self, network_id: str, ip: str) -> Caller | None:
         """Who is asking: the VM whose NIC has this address on this network, if the address
         really resolves to that NIC's MAC there."""
-        if not self._nic_at(network_id, ip):
+        nic = self._nic_at(network_id, ip)
+        if nic is None:
             return None
         seen = await self.host.neighbour_mac(network_id, ip)
-        return None if seen is None else self.caller_on(None, network_id, ip, seen)
+        return None if seen is None else self._caller(nic, seen, None)
 
     def caller_on(self, host: str | None, network_id: str, ip: str, seen: str) -> Caller | None:
         """Who is asking the metadata service of ``host`` (None: this control plane's own):
@@ -293,7 +294,10 @@ class NetworkService:
         that very host. A joined host's agent asks this for its VMs (the cluster port), and
         so one host can never learn a VM's data on another's."""
         nic = self._nic_at(network_id, ip)
-        if nic is None or seen.lower() != nic.mac.lower():
+        return None if nic is None else self._caller(nic, seen, host)
+
+    def _caller(self, nic: Nic, seen: str, host: str | None) -> Caller | None:
+        if seen.lower() != nic.mac.lower():
             return None
         inst = self.instances.get(nic.instance_id)
         if inst is None:
